@@ -1,0 +1,44 @@
+//! Configuration: command-line flags, the kube-proxy config file, and the resolved [`Settings`].
+pub mod cli;
+pub mod file;
+pub mod settings;
+
+pub use cli::{Cli, ProxyMode};
+pub use settings::{Settings, Source};
+
+use std::path::PathBuf;
+
+/// A configuration problem, naming the flag or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The config file is not a valid KubeProxyConfiguration.
+    #[error("invalid config file {path}: {message}")]
+    InvalidConfig {
+        /// File path.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// A flag or config field has an invalid value.
+    #[error("invalid value for {field}: {message}")]
+    InvalidValue {
+        /// Flag or field name.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The kubeconfig does not exist.
+    #[error("--kubeconfig {0}: file does not exist")]
+    MissingKubeconfig(PathBuf),
+    /// The manifest directory does not exist.
+    #[error("--manifests {0}: not a directory")]
+    MissingManifests(PathBuf),
+}

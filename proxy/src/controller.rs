@@ -1,0 +1,154 @@
+//! The sync loop: source snapshots -> desired state -> diff -> dataplane, coalesced by
+//! minSyncPeriod, with a periodic full resync.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::dataplane::Dataplane;
+use crate::health::{epoch_seconds, Health};
+use crate::metrics::Metrics;
+use crate::model::{
+    compute_desired_state, select_nodeport_addresses, DesiredState, NodeContext, StateDiff,
+};
+use crate::node_addresses::local_addresses;
+use crate::source::Snapshot;
+
+/// Owns the dataplane and the last state it was given.
+pub struct Controller {
+    settings: Settings,
+    dataplane: Box<dyn Dataplane>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    applied: DesiredState,
+    reported: BTreeSet<String>,
+}
+
+impl Controller {
+    /// A controller that has programmed nothing yet.
+    pub fn new(
+        settings: Settings,
+        dataplane: Box<dyn Dataplane>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            settings,
+            dataplane,
+            metrics,
+            health,
+            applied: DesiredState::default(),
+            reported: BTreeSet::new(),
+        }
+    }
+
+    /// Runs until the source goes away. The first sync is a full one.
+    pub async fn run(mut self, mut source: watch::Receiver<Snapshot>) {
+        let mut last_sync: Option<tokio::time::Instant> = None;
+        let mut last_full = tokio::time::Instant::now();
+        let mut full = true;
+        source.mark_changed();
+        loop {
+            tokio::select! {
+                changed = source.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = SystemTime::now();
+                    self.health.queued(now);
+                    self.metrics.last_queued_timestamp.set(epoch_seconds(now));
+                }
+                _ = tokio::time::sleep_until(last_full + self.settings.sync_period) => full = true,
+            }
+            // Coalesce: a burst of changes inside minSyncPeriod produces one sync.
+            if let Some(previous) = last_sync {
+                tokio::time::sleep_until(previous + self.settings.min_sync_period).await;
+            }
+            let snapshot = source.borrow_and_update().clone();
+            self.sync(&snapshot, full);
+            last_sync = Some(tokio::time::Instant::now());
+            if full {
+                last_full = tokio::time::Instant::now();
+                full = false;
+            }
+        }
+    }
+
+    /// One sync from a snapshot; `full` rewrites every service port.
+    pub fn sync(&mut self, snapshot: &Snapshot, full: bool) {
+        let started = Instant::now();
+        let node = self.node_context();
+        let computed = compute_desired_state(&snapshot.objects, &node);
+        let mut problems: BTreeSet<String> = snapshot.warnings.iter().cloned().collect();
+        problems.extend(computed.warnings.iter().map(ToString::to_string));
+        // Each problem is logged once, when it appears, not on every sync.
+        for problem in problems.difference(&self.reported) {
+            tracing::warn!("{problem}");
+        }
+        self.metrics.input_warnings.set(problems.len() as i64);
+        self.reported = problems;
+
+        let diff = StateDiff::between(&self.applied, &computed.state);
+        let report = if full {
+            self.dataplane.full_sync(&computed.state)
+        } else if diff.is_empty() {
+            self.finish(started, full);
+            return;
+        } else {
+            self.dataplane.apply(&computed.state, &diff)
+        };
+        for error in &report.errors {
+            tracing::error!("dataplane: {error}");
+        }
+        self.metrics
+            .dataplane_errors_total
+            .inc_by(report.errors.len() as u64);
+        self.metrics
+            .service_changes_total
+            .inc_by((diff.added.len() + diff.removed.len() + diff.changed.len()) as u64);
+        self.metrics
+            .service_ports
+            .set(computed.state.ports.len() as i64);
+        tracing::info!(
+            full,
+            ports = computed.state.ports.len(),
+            added = diff.added.len(),
+            changed = diff.changed.len(),
+            removed = diff.removed.len(),
+            written = report.ports_written,
+            errors = report.errors.len(),
+            "synced"
+        );
+        self.applied = computed.state;
+        self.finish(started, full);
+    }
+
+    fn finish(&self, started: Instant, full: bool) {
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics.sync_duration.observe(elapsed);
+        if full {
+            self.metrics.sync_full_duration.observe(elapsed);
+        } else {
+            self.metrics.sync_partial_duration.observe(elapsed);
+        }
+        let now = SystemTime::now();
+        self.metrics.last_sync_timestamp.set(epoch_seconds(now));
+        self.health.updated(now);
+    }
+
+    fn node_context(&self) -> NodeContext {
+        let local = local_addresses().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list local addresses; serving no NodePorts");
+            Vec::new()
+        });
+        let routable = |ip: &&std::net::IpAddr| !ip.is_loopback();
+        let mut node = NodeContext::new(self.settings.node_name.clone());
+        node.ipv4 = local.iter().filter(routable).any(|ip| ip.is_ipv4());
+        node.ipv6 = local.iter().filter(routable).any(|ip| ip.is_ipv6());
+        node.nodeport_addresses = select_nodeport_addresses(&local, &self.settings.nodeport_cidrs);
+        node.nodeport_range = self.settings.nodeport_range.clone();
+        node
+    }
+}

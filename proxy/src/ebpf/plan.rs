@@ -1,0 +1,445 @@
+//! Pure planning of eBPF map writes: desired service ports -> ordered map operations.
+//!
+//! Ordering is what keeps concurrent lookups safe: backend slots are written before the service
+//! entry whose count covers them, and on shrink or removal the service entry changes first and
+//! the slots it no longer covers are deleted after.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use switchyard_common::{
+    Backend, BackendKey, ServiceKey, ServiceValue, PROTO_TCP, PROTO_UDP, SERVICE_FLAG_AFFINITY,
+};
+
+use crate::model::{Endpoint, FrontendKind, Protocol, ServicePort, ServicePortKey};
+
+/// One write to the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    /// Insert or replace a backend slot.
+    PutBackend(BackendKey, Backend),
+    /// Insert or replace a service entry.
+    PutService(ServiceKey, ServiceValue),
+    /// Remove a service entry.
+    DeleteService(ServiceKey),
+    /// Remove a backend slot.
+    DeleteBackend(BackendKey),
+}
+
+/// Which endpoint set a frontend uses on the socket path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SetKind {
+    /// ClusterIP: internalTrafficPolicy applies.
+    Internal,
+    /// NodePort, externalIPs, LoadBalancer IPs reached from a local socket: upstream sends
+    /// node-local traffic to the cluster set even with externalTrafficPolicy Local.
+    Cluster,
+}
+
+/// What is in the maps for one service port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Programmed {
+    /// Backend sets: kind -> (id, filled slots).
+    sets: BTreeMap<SetKindKey, (u32, u32)>,
+    /// Service entries written.
+    frontends: BTreeMap<ServiceKey, ServiceValue>,
+}
+
+type SetKindKey = u8;
+
+impl SetKind {
+    fn key(self) -> SetKindKey {
+        self as u8
+    }
+}
+
+/// A frontend another service port already owns; the later one is not programmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{port}: frontend {addr}:{port_number} is already used by {owner}; not programmed")]
+pub struct FrontendConflict {
+    /// The port that lost.
+    pub port: ServicePortKey,
+    /// The conflicting address.
+    pub addr: IpAddr,
+    /// The conflicting port number.
+    pub port_number: u16,
+    /// The port that owns it.
+    pub owner: ServicePortKey,
+}
+
+/// The planner's memory of what is programmed, and the id allocator for backend sets.
+#[derive(Debug, Default)]
+pub struct Planner {
+    programmed: BTreeMap<ServicePortKey, Programmed>,
+    owners: BTreeMap<ServiceKey, ServicePortKey>,
+    free_ids: Vec<u32>,
+    next_id: u32,
+}
+
+impl Planner {
+    /// Ops that make the maps hold `desired` for `key` (`None` removes the port), and the
+    /// frontend conflicts met. The planner records the result as programmed.
+    pub fn plan_port(
+        &mut self,
+        key: &ServicePortKey,
+        desired: Option<&ServicePort>,
+    ) -> (Vec<MapOp>, Vec<FrontendConflict>) {
+        let old = self.programmed.remove(key).unwrap_or_default();
+        for frontend in old.frontends.keys() {
+            self.owners.remove(frontend);
+        }
+        let mut conflicts = Vec::new();
+        let mut new = Programmed::default();
+        let mut backend_ops = Vec::new();
+        let mut sets: BTreeMap<SetKindKey, Vec<Backend>> = BTreeMap::new();
+
+        if let Some(port) = desired {
+            let proto = match port.key.protocol {
+                Protocol::Tcp => PROTO_TCP,
+                Protocol::Udp => PROTO_UDP,
+            };
+            for frontend in &port.frontends {
+                let IpAddr::V4(ip) = frontend.ip else {
+                    continue; // the socket programs handle IPv4 (connect4)
+                };
+                let kind = if frontend.kind == FrontendKind::ClusterIp {
+                    SetKind::Internal
+                } else {
+                    SetKind::Cluster
+                };
+                let service_key = ServiceKey {
+                    addr: u32::from(ip).to_be(),
+                    port: frontend.port.to_be(),
+                    proto,
+                    pad: 0,
+                };
+                if let Some(owner) = self.owners.get(&service_key) {
+                    conflicts.push(FrontendConflict {
+                        port: key.clone(),
+                        addr: frontend.ip,
+                        port_number: frontend.port,
+                        owner: owner.clone(),
+                    });
+                    continue;
+                }
+                let backends = sets.entry(kind.key()).or_insert_with(|| {
+                    let endpoints = match kind {
+                        SetKind::Internal => port.internal_endpoints(),
+                        SetKind::Cluster => port.cluster_endpoints(),
+                    };
+                    endpoints.into_iter().filter_map(backend_of).collect()
+                });
+                let set_id = match old.sets.get(&kind.key()) {
+                    Some((id, _)) => *id,
+                    None => match new.sets.get(&kind.key()) {
+                        Some((id, _)) => *id,
+                        None => self.allocate_id(),
+                    },
+                };
+                new.sets.insert(kind.key(), (set_id, backends.len() as u32));
+                let value = ServiceValue {
+                    id: set_id,
+                    count: backends.len().min(u16::MAX as usize) as u16,
+                    flags: if port.session_affinity_timeout.is_some() {
+                        SERVICE_FLAG_AFFINITY
+                    } else {
+                        0
+                    },
+                    affinity_timeout: port.session_affinity_timeout.unwrap_or(0),
+                    pad: 0,
+                };
+                new.frontends.insert(service_key, value);
+                self.owners.insert(service_key, key.clone());
+            }
+        }
+
+        // 1. Backend slots first, so a service entry never counts an unwritten slot.
+        for (kind, (id, _)) in &new.sets {
+            let backends = sets.get(kind).map(Vec::as_slice).unwrap_or_default();
+            for (slot, backend) in backends.iter().enumerate() {
+                let key = BackendKey {
+                    service_id: *id,
+                    slot: slot as u32,
+                };
+                backend_ops.push(MapOp::PutBackend(key, *backend));
+            }
+        }
+        let mut ops = backend_ops;
+        // 2. Service entries that are new or changed.
+        for (service_key, value) in &new.frontends {
+            if old.frontends.get(service_key) != Some(value) {
+                ops.push(MapOp::PutService(*service_key, *value));
+            }
+        }
+        // 3. Service entries that went away.
+        for service_key in old.frontends.keys() {
+            if !new.frontends.contains_key(service_key) {
+                ops.push(MapOp::DeleteService(*service_key));
+            }
+        }
+        // 4. Slots no longer covered, and whole sets no longer used.
+        for (kind, (id, old_count)) in &old.sets {
+            let new_count = new.sets.get(kind).map(|(_, c)| *c).unwrap_or(0);
+            for slot in new_count..*old_count {
+                ops.push(MapOp::DeleteBackend(BackendKey {
+                    service_id: *id,
+                    slot,
+                }));
+            }
+            if !new.sets.contains_key(kind) {
+                self.free_ids.push(*id);
+            }
+        }
+        if !new.frontends.is_empty() {
+            self.programmed.insert(key.clone(), new);
+        }
+        (ops, conflicts)
+    }
+
+    /// Ports currently programmed.
+    pub fn programmed_ports(&self) -> impl Iterator<Item = &ServicePortKey> {
+        self.programmed.keys()
+    }
+
+    fn allocate_id(&mut self) -> u32 {
+        self.free_ids.pop().unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id
+        })
+    }
+}
+
+fn backend_of(endpoint: &Endpoint) -> Option<Backend> {
+    match endpoint.ip {
+        IpAddr::V4(ip) => Some(Backend {
+            addr: u32::from(ip).to_be(),
+            port: endpoint.port.to_be(),
+            pad: 0,
+        }),
+        IpAddr::V6(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Frontend, TrafficPolicy};
+
+    fn key(name: &str) -> ServicePortKey {
+        ServicePortKey {
+            namespace: "demo".into(),
+            name: name.into(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn endpoint(ip: &str, local: bool) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port: 8080,
+            ready: true,
+            serving: true,
+            terminating: false,
+            local,
+            node_name: None,
+        }
+    }
+
+    fn port(
+        name: &str,
+        frontends: &[(FrontendKind, &str)],
+        endpoints: Vec<Endpoint>,
+    ) -> ServicePort {
+        ServicePort {
+            key: key(name),
+            port: 80,
+            cluster_ips: vec![],
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            session_affinity_timeout: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            endpoints,
+            frontends: frontends
+                .iter()
+                .map(|(kind, ip)| Frontend {
+                    kind: *kind,
+                    ip: ip.parse().unwrap(),
+                    port: 80,
+                })
+                .collect(),
+        }
+    }
+
+    fn position(ops: &[MapOp], pred: impl Fn(&MapOp) -> bool) -> Vec<usize> {
+        ops.iter()
+            .enumerate()
+            .filter(|(_, op)| pred(op))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn is_put_backend(op: &MapOp) -> bool {
+        matches!(op, MapOp::PutBackend(..))
+    }
+    fn is_put_service(op: &MapOp) -> bool {
+        matches!(op, MapOp::PutService(..))
+    }
+    fn is_delete_backend(op: &MapOp) -> bool {
+        matches!(op, MapOp::DeleteBackend(..))
+    }
+    fn is_delete_service(op: &MapOp) -> bool {
+        matches!(op, MapOp::DeleteService(..))
+    }
+
+    #[test]
+    fn backends_are_written_before_the_service_entry() {
+        let mut planner = Planner::default();
+        let web = port(
+            "web",
+            &[(FrontendKind::ClusterIp, "198.18.128.10")],
+            vec![
+                endpoint("198.19.1.10", true),
+                endpoint("198.19.2.10", false),
+            ],
+        );
+        let (ops, conflicts) = planner.plan_port(&web.key, Some(&web));
+        assert!(conflicts.is_empty());
+        let backends = position(&ops, is_put_backend);
+        let services = position(&ops, is_put_service);
+        assert_eq!((backends.len(), services.len()), (2, 1));
+        assert!(backends.iter().all(|b| *b < services[0]), "{ops:?}");
+        let MapOp::PutService(k, v) = ops[services[0]] else {
+            unreachable!()
+        };
+        assert_eq!(
+            k.addr,
+            u32::from(std::net::Ipv4Addr::new(198, 18, 128, 10)).to_be()
+        );
+        assert_eq!(k.port, 80u16.to_be());
+        assert_eq!(k.proto, PROTO_TCP);
+        assert_eq!(v.count, 2);
+    }
+
+    #[test]
+    fn shrinking_updates_the_count_before_deleting_slots() {
+        let mut planner = Planner::default();
+        let two = port(
+            "web",
+            &[(FrontendKind::ClusterIp, "198.18.128.10")],
+            vec![
+                endpoint("198.19.1.10", true),
+                endpoint("198.19.2.10", false),
+            ],
+        );
+        planner.plan_port(&two.key, Some(&two));
+        let one = port(
+            "web",
+            &[(FrontendKind::ClusterIp, "198.18.128.10")],
+            vec![endpoint("198.19.1.10", true)],
+        );
+        let (ops, _) = planner.plan_port(&one.key, Some(&one));
+        let services = position(&ops, is_put_service);
+        let deletes = position(&ops, is_delete_backend);
+        assert_eq!((services.len(), deletes.len()), (1, 1), "{ops:?}");
+        assert!(services[0] < deletes[0]);
+        assert!(matches!(
+            ops[deletes[0]],
+            MapOp::DeleteBackend(BackendKey { slot: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn removal_deletes_the_service_entry_first_and_frees_the_id() {
+        let mut planner = Planner::default();
+        let web = port(
+            "web",
+            &[(FrontendKind::ClusterIp, "198.18.128.10")],
+            vec![endpoint("198.19.1.10", true)],
+        );
+        planner.plan_port(&web.key, Some(&web));
+        let (ops, _) = planner.plan_port(&web.key, None);
+        assert_eq!(position(&ops, is_delete_service), vec![0], "{ops:?}");
+        assert_eq!(position(&ops, is_delete_backend), vec![1]);
+        assert_eq!(planner.programmed_ports().count(), 0);
+        // The freed id is reused.
+        let (ops, _) = planner.plan_port(&web.key, Some(&web));
+        let MapOp::PutBackend(k, _) = ops[0] else {
+            unreachable!()
+        };
+        assert_eq!(k.service_id, 1);
+    }
+
+    #[test]
+    fn internal_policy_local_applies_to_cluster_ip_only() {
+        let mut planner = Planner::default();
+        let mut web = port(
+            "web",
+            &[
+                (FrontendKind::ClusterIp, "198.18.128.10"),
+                (FrontendKind::NodePort, "198.18.0.11"),
+            ],
+            vec![
+                endpoint("198.19.1.10", true),
+                endpoint("198.19.2.10", false),
+            ],
+        );
+        web.internal_traffic_policy = TrafficPolicy::Local;
+        let (ops, _) = planner.plan_port(&web.key, Some(&web));
+        let counts: BTreeMap<u32, u16> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::PutService(k, v) => Some((k.addr, v.count)),
+                _ => None,
+            })
+            .collect();
+        let cluster_ip = u32::from(std::net::Ipv4Addr::new(198, 18, 128, 10)).to_be();
+        let node_ip = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 11)).to_be();
+        assert_eq!(counts[&cluster_ip], 1, "ClusterIP uses the local set");
+        assert_eq!(
+            counts[&node_ip], 2,
+            "local sockets to a NodePort use the cluster set"
+        );
+    }
+
+    #[test]
+    fn no_endpoints_programs_a_zero_count_entry_that_rejects() {
+        let mut planner = Planner::default();
+        let empty = port(
+            "empty",
+            &[(FrontendKind::ClusterIp, "198.18.128.11")],
+            vec![],
+        );
+        let (ops, _) = planner.plan_port(&empty.key, Some(&empty));
+        assert!(
+            matches!(ops.as_slice(), [MapOp::PutService(_, v)] if v.count == 0),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn a_frontend_owned_by_another_port_is_reported_not_overwritten() {
+        let mut planner = Planner::default();
+        let a = port(
+            "a",
+            &[(FrontendKind::ExternalIp, "198.18.200.1")],
+            vec![endpoint("198.19.1.10", true)],
+        );
+        let b = port(
+            "b",
+            &[(FrontendKind::ExternalIp, "198.18.200.1")],
+            vec![endpoint("198.19.2.10", true)],
+        );
+        planner.plan_port(&a.key, Some(&a));
+        let (ops, conflicts) = planner.plan_port(&b.key, Some(&b));
+        assert!(ops.is_empty(), "{ops:?}");
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].owner, a.key);
+        assert!(conflicts[0]
+            .to_string()
+            .contains("already used by demo/a/TCP"));
+    }
+}

@@ -1,0 +1,16 @@
+//! Switchyard: a kube-proxy replacement with iptables and eBPF dataplanes.
+//!
+//! The pure core ([`model`]) turns Kubernetes objects into the desired dataplane state for
+//! this node and diffs it; [`source`] feeds it, [`controller`] drives it, and the dataplane
+//! modes ([`ebpf`]) apply the diffs.
+pub mod config;
+pub mod controller;
+pub mod dataplane;
+pub mod ebpf;
+pub mod health;
+pub mod metrics;
+pub mod model;
+pub mod node_addresses;
+pub mod run;
+pub mod server;
+pub mod source;

@@ -1,0 +1,49 @@
+//! The pure service model: Kubernetes objects -> desired dataplane state for this node -> diff.
+//!
+//! Nothing in here does I/O; the sources fill [`ClusterObjects`], the backends consume
+//! [`DesiredState`] and [`StateDiff`].
+//!
+//! Flow: [`compute_desired_state`] reads [`ClusterObjects`] for one [`NodeContext`] and returns
+//! a [`DesiredState`] (one [`ServicePort`] per service port this node proxies) plus the
+//! [`InputWarning`]s about objects it had to skip; [`StateDiff::between`] compares two states
+//! so dataplanes can resync only what changed. Semantics follow upstream kube-proxy
+//! (`pkg/proxy/serviceport.go`, `endpointslicecache.go`, `topology.go`).
+//!
+//! Decisions worth knowing when reading the code:
+//! - Bad input never fails the computation. An invalid field makes its object (Service,
+//!   EndpointSlice, Endpoints) skipped with exactly one [`InputWarning`]; a value that is valid
+//!   Kubernetes but cannot be used here (an SCTP port, an address of a family this node does
+//!   not serve) drops only that value, with a warning, and the object is kept.
+//! - A service is served in the families it has a cluster IP for on this node; its NodePort,
+//!   external and LoadBalancer addresses and endpoints of other families are left out. Slices
+//!   of another family are expected in dual-stack clusters and ignored without a warning.
+//! - When a service has EndpointSlices, its legacy Endpoints object is not read.
+//! - Warnings are recomputed on every call; callers that log them should log changes only.
+
+mod build;
+mod diff;
+mod endpoints;
+mod node;
+mod objects;
+mod parse;
+mod service;
+mod service_port;
+mod topology;
+mod warnings;
+
+#[cfg(test)]
+mod tests;
+
+pub use build::{compute_desired_state, Computed};
+pub use diff::StateDiff;
+pub use endpoints::{Endpoint, LABEL_SERVICE_NAME};
+pub use node::{select_nodeport_addresses, NodeContext, DEFAULT_NODEPORT_RANGE};
+pub use objects::{ClusterObjects, ObjectKey, DEFAULT_NAMESPACE};
+pub use service::{
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME,
+    MAX_AFFINITY_TIMEOUT_SECONDS,
+};
+pub use service_port::{
+    DesiredState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortKey, TrafficPolicy,
+};
+pub use warnings::{kinds, InputWarning};

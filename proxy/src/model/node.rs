@@ -1,0 +1,68 @@
+//! What the model needs to know about the node it computes rules for.
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+
+use ipnet::IpNet;
+
+/// Kubernetes' default `--service-node-port-range`.
+pub const DEFAULT_NODEPORT_RANGE: RangeInclusive<u16> = 30000..=32767;
+
+/// What the model needs to know about this node.
+#[derive(Clone, Debug)]
+pub struct NodeContext {
+    /// Node name (`--hostname-override`); endpoints whose `nodeName` equals it are local.
+    pub name: String,
+    /// Addresses NodePorts are served on (already filtered by `--nodeport-addresses`).
+    pub nodeport_addresses: Vec<IpAddr>,
+    /// Whether this node serves IPv4.
+    pub ipv4: bool,
+    /// Whether this node serves IPv6.
+    pub ipv6: bool,
+    /// Valid NodePort numbers; a service's nodePort outside it is rejected.
+    pub nodeport_range: RangeInclusive<u16>,
+}
+
+impl NodeContext {
+    /// An IPv4-only node with no NodePort addresses and the default NodePort range.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            nodeport_addresses: Vec::new(),
+            ipv4: true,
+            ipv6: false,
+            nodeport_range: DEFAULT_NODEPORT_RANGE,
+        }
+    }
+
+    /// Whether this node serves the IP family of `ip`.
+    pub fn serves(&self, ip: &IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.ipv4,
+            IpAddr::V6(_) => self.ipv6,
+        }
+    }
+
+    /// Human name of the families this node serves, for warnings.
+    pub(crate) fn families_text(&self) -> &'static str {
+        match (self.ipv4, self.ipv6) {
+            (true, true) => "IPv4 and IPv6",
+            (true, false) => "only IPv4",
+            (false, true) => "only IPv6",
+            (false, false) => "no IP family",
+        }
+    }
+}
+
+/// Local addresses filtered by `--nodeport-addresses` CIDRs (an empty list means all
+/// addresses). The result is sorted and free of duplicates so it is stable across calls.
+pub fn select_nodeport_addresses(local: &[IpAddr], cidrs: &[IpNet]) -> Vec<IpAddr> {
+    let mut selected: Vec<IpAddr> = local
+        .iter()
+        .copied()
+        .filter(|ip| cidrs.is_empty() || cidrs.iter().any(|net| net.contains(ip)))
+        .collect();
+    selected.sort();
+    selected.dedup();
+    selected
+}

@@ -1,0 +1,12 @@
+//! Table-driven tests of the model, one file per rule family.
+
+// Table rows are tuples on purpose: each row reads left to right as case, input, expectation.
+#![allow(clippy::type_complexity)]
+
+mod diff;
+mod endpoints;
+mod fixtures;
+mod invalid;
+mod node_and_objects;
+mod services;
+mod topology;

@@ -1,0 +1,92 @@
+//! Process wiring: settings -> source, dataplane, servers, controller.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use switchyard_common::{DEFAULT_BACKENDS_MAX, DEFAULT_SERVICES_MAX};
+
+use crate::config::settings::DEFAULT_CGROUP_ROOTS;
+use crate::config::{ProxyMode, Settings, Source};
+use crate::controller::Controller;
+use crate::dataplane::Dataplane;
+use crate::ebpf::{EbpfConfig, EbpfDataplane};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::server::{health_router, metrics_router, serve, ServerState};
+use crate::source::ManifestDir;
+
+/// Runs the proxy until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    for field in &settings.ignored_config_fields {
+        tracing::info!(field, "config file field is not used by Switchyard");
+    }
+    let source = match &settings.source {
+        Source::Manifests(dir) => ManifestDir::new(dir.clone()).watch()?,
+        Source::Kubeconfig(_) | Source::InCluster => bail!(
+            "the Kubernetes API source is not available in this build yet; run with --manifests DIR"
+        ),
+    };
+    let dataplane = start_dataplane(&settings)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(settings.sync_period * 2));
+    let state = ServerState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        mode: settings.mode,
+    };
+    if let Some(addr) = settings.healthz_bind {
+        serve("--healthz-bind-address", addr, health_router(state.clone())).await?;
+    }
+    if let Some(addr) = settings.metrics_bind {
+        serve("--metrics-bind-address", addr, metrics_router(state)).await?;
+    }
+    tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
+    let controller = Controller::new(settings, dataplane, metrics, health);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = controller.run(source) => tracing::warn!("source ended"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: exiting"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting"),
+    }
+    Ok(())
+}
+
+fn start_dataplane(settings: &Settings) -> anyhow::Result<Box<dyn Dataplane>> {
+    match settings.mode {
+        ProxyMode::Ebpf => {
+            let cgroup_path = match &settings.cgroup_path {
+                Some(path) => path.clone(),
+                None => default_cgroup_root()?,
+            };
+            let dataplane = EbpfDataplane::start(EbpfConfig {
+                cgroup_path,
+                services_max: DEFAULT_SERVICES_MAX,
+                backends_max: DEFAULT_BACKENDS_MAX,
+            })?;
+            Ok(Box::new(dataplane))
+        }
+        ProxyMode::Iptables => {
+            bail!("--proxy-mode iptables is not available in this build yet; use --proxy-mode ebpf")
+        }
+    }
+}
+
+/// The cgroup v2 root: the unified hierarchy on hybrid hosts, else /sys/fs/cgroup.
+fn default_cgroup_root() -> anyhow::Result<PathBuf> {
+    DEFAULT_CGROUP_ROOTS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+        .context("no cgroup v2 hierarchy found; pass --cgroup-path")
+}
+
+/// `--cleanup`: removes what Switchyard left on the node.
+pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
+    // Programs and maps live only as long as the process today; pins (if any) are ours alone.
+    if settings.bpffs_path.exists() {
+        std::fs::remove_dir_all(&settings.bpffs_path)
+            .with_context(|| format!("removing {}", settings.bpffs_path.display()))?;
+        tracing::info!(path = %settings.bpffs_path.display(), "removed pinned eBPF state");
+    }
+    Ok(())
+}

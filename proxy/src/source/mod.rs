@@ -1,0 +1,35 @@
+//! Object sources: where Services, EndpointSlices, Endpoints and Nodes come from.
+pub mod manifest_dir;
+pub mod manifest_parse;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::model::ClusterObjects;
+
+pub use manifest_dir::ManifestDir;
+
+/// What a source currently knows, and the problems it met reading it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// All objects.
+    pub objects: Arc<ClusterObjects>,
+    /// Source-level problems (unreadable files, malformed documents), each naming its place.
+    pub warnings: Vec<String>,
+}
+
+/// A source that cannot run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The manifest directory cannot be listed.
+    #[error("--manifests {path}: {source}")]
+    ReadDir {
+        /// Directory.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file watcher could not be set up.
+    #[error("cannot watch the manifest directory: {0}")]
+    Watch(String),
+}

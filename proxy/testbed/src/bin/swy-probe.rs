@@ -1,0 +1,437 @@
+//! `swy-probe`: the echo server and request client that testbed tests run inside the
+//! namespaces. It is started many times per test, so it stays small: std sockets,
+//! one thread per listening socket, no async runtime.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use switchyard_testbed::probe_protocol::{
+    echo_line, parse_echo_line, FailureKind, ProbeLine, Proto, READY_LINE,
+};
+
+/// Echo server and request client for the Switchyard testbed.
+#[derive(Debug, Parser)]
+#[command(name = "swy-probe", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Answer every TCP connection and UDP datagram with "NAME PEER_IP:PEER_PORT".
+    Serve {
+        /// Name to answer with (the pod name).
+        #[arg(long)]
+        name: String,
+        /// TCP port to listen on (repeatable).
+        #[arg(long = "tcp")]
+        tcp: Vec<u16>,
+        /// UDP port to listen on (repeatable).
+        #[arg(long = "udp")]
+        udp: Vec<u16>,
+    },
+    /// Make N independent requests and print one JSON line per attempt.
+    Request {
+        /// tcp or udp.
+        #[arg(long)]
+        proto: Proto,
+        /// Destination IP:PORT.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Number of attempts, each on a new socket.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Per-attempt timeout in milliseconds.
+        #[arg(long = "timeout-ms", default_value_t = 1000)]
+        timeout_ms: u64,
+        /// UDP: use sendto/recvfrom on an unconnected socket.
+        #[arg(long)]
+        unconnected: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Serve { name, tcp, udp } => serve(&name, &tcp, &udp),
+        Cmd::Request {
+            proto,
+            to,
+            count,
+            timeout_ms,
+            unconnected,
+        } => {
+            // A zero timeout would make connect_timeout reject its argument.
+            let timeout = Duration::from_millis(timeout_ms.max(1));
+            request(proto, to, count, timeout, unconnected);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// serve
+
+fn serve(name: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> ExitCode {
+    if tcp_ports.is_empty() && udp_ports.is_empty() {
+        eprintln!("swy-probe serve: give at least one --tcp or --udp port");
+        return ExitCode::from(2);
+    }
+    // Bind everything before announcing readiness, so a caller that saw "ready" can
+    // connect at once.
+    let mut listeners = Vec::new();
+    for &port in tcp_ports {
+        match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!("swy-probe serve: binding tcp port {port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut udp_sockets = Vec::new();
+    for &port in udp_ports {
+        match bind_udp_with_pktinfo(port) {
+            Ok(s) => udp_sockets.push(s),
+            Err(e) => {
+                eprintln!("swy-probe serve: binding udp port {port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let mut threads = Vec::new();
+    for listener in listeners {
+        let name = name.to_owned();
+        threads.push(std::thread::spawn(move || serve_tcp(&listener, &name)));
+    }
+    for socket in udp_sockets {
+        let name = name.to_owned();
+        threads.push(std::thread::spawn(move || serve_udp(&socket, &name)));
+    }
+
+    let mut stdout = io::stdout().lock();
+    if writeln!(stdout, "{READY_LINE}")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        eprintln!("swy-probe serve: cannot announce readiness on stdout");
+    }
+    drop(stdout);
+    for t in threads {
+        // The loops never return; a join error means a thread panicked.
+        if t.join().is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve_tcp(listener: &TcpListener, name: &str) {
+    loop {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                if let Err(e) = stream.write_all(echo_line(name, peer).as_bytes()) {
+                    eprintln!("swy-probe serve: writing to {peer}: {e}");
+                }
+                // Dropping the stream closes it: one line per connection.
+            }
+            Err(e) => {
+                eprintln!("swy-probe serve: accept: {e}");
+                // Avoid spinning on persistent errors such as EMFILE.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Binds a UDP socket with IP_PKTINFO enabled, so replies can be sent from exactly
+/// the address the request was sent to (not whatever the route lookup prefers).
+fn bind_udp_with_pktinfo(port: u16) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    let on: libc::c_int = 1;
+    // SAFETY: valid fd and a pointer/length pair describing `on`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+fn serve_udp(socket: &UdpSocket, name: &str) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match recv_with_local(socket, &mut buf) {
+            Ok((peer, local)) => {
+                let reply = echo_line(name, SocketAddr::V4(peer));
+                if let Err(e) = send_from(socket, reply.as_bytes(), peer, local) {
+                    eprintln!("swy-probe serve: replying to {peer}: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("swy-probe serve: udp recv: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// 8-byte aligned buffer for control messages.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+
+/// Receives one datagram; returns the sender and the local address it was sent to.
+fn recv_with_local(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(SocketAddrV4, Option<libc::in_addr>)> {
+    // SAFETY: all-zero is a valid sockaddr_in / msghdr.
+    let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = CmsgBuf([0; 64]);
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut peer as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.0.len();
+    // SAFETY: msg points at live buffers of the stated sizes.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let peer = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(peer.sin_addr.s_addr)),
+        u16::from_be(peer.sin_port),
+    );
+    let mut local = None;
+    // SAFETY: walking the control buffer the kernel just filled, with libc's macros.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                // ipi_spec_dst is the local address the datagram was addressed to (or
+                // a suitable one for broadcasts): the right source for the reply.
+                local = Some(info.ipi_spec_dst);
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((peer, local))
+}
+
+/// Sends `data` to `peer` with source address `local` when known, falling back to a
+/// plain send if the kernel refuses that source (e.g. a non-local address).
+fn send_from(
+    socket: &UdpSocket,
+    data: &[u8],
+    peer: SocketAddrV4,
+    local: Option<libc::in_addr>,
+) -> io::Result<()> {
+    if let Some(local) = local {
+        match send_with_pktinfo(socket, data, peer, local) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EADDRNOTAVAIL)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    socket.send_to(data, peer).map(|_| ())
+}
+
+fn send_with_pktinfo(
+    socket: &UdpSocket,
+    data: &[u8],
+    peer: SocketAddrV4,
+    local: libc::in_addr,
+) -> io::Result<()> {
+    // SAFETY: zeroed sockaddr_in/msghdr are valid; fields are filled in below.
+    let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    dst.sin_family = libc::AF_INET as libc::sa_family_t;
+    dst.sin_port = peer.port().to_be();
+    dst.sin_addr.s_addr = u32::from(*peer.ip()).to_be();
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let mut control = CmsgBuf([0; 64]);
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: local,
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut dst as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    // SAFETY: the control buffer (64 bytes) is larger than CMSG_SPACE(in_pktinfo).
+    unsafe {
+        let info_len = std::mem::size_of::<libc::in_pktinfo>() as libc::c_uint;
+        msg.msg_controllen = libc::CMSG_SPACE(info_len) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::IPPROTO_IP;
+        (*cmsg).cmsg_type = libc::IP_PKTINFO;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(info_len) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+    }
+    // SAFETY: msg points at live buffers of the stated sizes.
+    let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// request
+
+fn request(proto: Proto, to: SocketAddr, count: usize, timeout: Duration, unconnected: bool) {
+    let mut stdout = io::stdout().lock();
+    for _ in 0..count {
+        let line = match proto {
+            Proto::Tcp => tcp_attempt(to, timeout),
+            Proto::Udp => udp_attempt(to, timeout, unconnected),
+        };
+        let json = serde_json::to_string(&line).unwrap_or_else(|e| {
+            format!(r#"{{"ok":false,"error":"other","detail":"serializing result: {e}"}}"#)
+        });
+        // Flush per line so a caller that kills us still gets the finished attempts.
+        if writeln!(stdout, "{json}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Maps a socket error to the wire categories.
+fn classify(stage: &str, e: &io::Error) -> ProbeLine {
+    let kind = match e.raw_os_error() {
+        // RST / ICMP port unreachable, a cgroup socket program's verdict, or ICMP
+        // host/net unreachable: all active rejections.
+        Some(
+            libc::ECONNREFUSED
+            | libc::EPERM
+            | libc::EACCES
+            | libc::EHOSTUNREACH
+            | libc::ENETUNREACH,
+        ) => FailureKind::Refused,
+        Some(libc::ETIMEDOUT | libc::EAGAIN) => FailureKind::Timeout,
+        _ if matches!(
+            e.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        ) =>
+        {
+            FailureKind::Timeout
+        }
+        _ => FailureKind::Other,
+    };
+    ProbeLine::failure(kind, format!("{stage}: {e}"))
+}
+
+fn parse_reply(data: &[u8], from: SocketAddr) -> ProbeLine {
+    let text = String::from_utf8_lossy(data);
+    match parse_echo_line(&text) {
+        Some((backend, seen)) => ProbeLine::success(&backend, seen, from),
+        None => ProbeLine::failure(FailureKind::Other, format!("unparsable reply {text:?}")),
+    }
+}
+
+fn tcp_attempt(to: SocketAddr, timeout: Duration) -> ProbeLine {
+    let deadline = Instant::now() + timeout;
+    let mut stream = match TcpStream::connect_timeout(&to, timeout) {
+        Ok(s) => s,
+        Err(e) => return classify("connect", &e),
+    };
+    let from = stream.peer_addr().unwrap_or(to);
+    let mut data = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return ProbeLine::failure(FailureKind::Timeout, "read: no complete reply in time");
+        }
+        if let Err(e) = stream.set_read_timeout(Some(remaining)) {
+            return classify("set_read_timeout", &e);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                data.extend_from_slice(&buf[..n]);
+                if data.contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return classify("read", &e),
+        }
+    }
+    if data.is_empty() {
+        return ProbeLine::failure(FailureKind::Other, "connection closed without a reply");
+    }
+    parse_reply(&data, from)
+}
+
+fn udp_attempt(to: SocketAddr, timeout: Duration, unconnected: bool) -> ProbeLine {
+    let bind: SocketAddr = if to.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => return classify("bind", &e),
+    };
+    if let Err(e) = socket.set_read_timeout(Some(timeout)) {
+        return classify("set_read_timeout", &e);
+    }
+    let payload = b"swy-probe\n";
+    let mut buf = [0u8; 2048];
+    if unconnected {
+        if let Err(e) = socket.send_to(payload, to) {
+            return classify("sendto", &e);
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => parse_reply(&buf[..n], from),
+            Err(e) => classify("recvfrom", &e),
+        }
+    } else {
+        if let Err(e) = socket.connect(to) {
+            return classify("connect", &e);
+        }
+        if let Err(e) = socket.send(payload) {
+            return classify("send", &e);
+        }
+        let from = socket.peer_addr().unwrap_or(to);
+        match socket.recv(&mut buf) {
+            Ok(n) => parse_reply(&buf[..n], from),
+            Err(e) => classify("recv", &e),
+        }
+    }
+}

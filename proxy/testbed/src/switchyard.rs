@@ -1,0 +1,151 @@
+//! Running the real `switchyard` binary on a testbed node from a manifest directory, the way
+//! the dataplane tests, the demo and the benchmarks all do.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::process::ChildGuard;
+use crate::topology::{Node, Testbed};
+
+/// Environment variable naming the `switchyard` binary (set by tests to `CARGO_BIN_EXE_switchyard`).
+pub const SWITCHYARD_ENV: &str = "SWITCHYARD_BIN";
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A throwaway manifest directory, removed on drop.
+#[derive(Debug)]
+pub struct Manifests {
+    dir: PathBuf,
+}
+
+impl Manifests {
+    /// An empty directory under the system temp dir, unique to this process and call.
+    pub fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-manifests-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            action: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    /// A directory holding copies of every YAML file in `source`.
+    pub fn copy_of(source: &Path) -> Result<Self> {
+        let manifests = Self::new()?;
+        let entries = std::fs::read_dir(source).map_err(|e| io("reading", source, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| io("reading", source, e))?.path();
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, manifests.dir.join(name))
+                    .map_err(|e| io("copying", &path, e))?;
+            }
+        }
+        Ok(manifests)
+    }
+
+    /// The directory to pass to `--manifests`.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes (or replaces) one file atomically, so the watcher never reads half a file.
+    pub fn write(&self, name: &str, yaml: &str) -> Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).map_err(|e| io("writing", &tmp, e))?;
+        let path = self.dir.join(name);
+        std::fs::rename(&tmp, &path).map_err(|e| io("renaming", &path, e))
+    }
+
+    /// Removes one file.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        std::fs::remove_file(&path).map_err(|e| io("removing", &path, e))
+    }
+}
+
+impl Drop for Manifests {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Finds the `switchyard` binary: `$SWITCHYARD_BIN`, else next to the running executable.
+pub fn switchyard_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(SWITCHYARD_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|e| io("locating", Path::new("current_exe"), e))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    [dir.join("switchyard"), dir.join("../switchyard")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::BinaryNotFound(format!(
+                "switchyard binary not found next to {}; run `cargo xtask build` or set {SWITCHYARD_ENV}",
+                exe.display()
+            ))
+        })
+}
+
+/// Arguments that run switchyard as `node`'s proxy: its name, its cgroup, its own pin
+/// directory, the testbed's cluster CIDR, and the manifest source.
+pub fn node_args(testbed: &Testbed, node: &Node, mode: &str, manifests: &Path) -> Vec<String> {
+    vec![
+        format!("--proxy-mode={mode}"),
+        format!("--manifests={}", manifests.display()),
+        format!("--hostname-override={}", node.name),
+        format!("--cgroup-path={}", node.cgroup.display()),
+        format!("--bpffs-path=/sys/fs/bpf/{}-{}", testbed.id(), node.name),
+        format!("--cluster-cidr={}", testbed.cluster_cidr()),
+        "--min-sync-period=100ms".to_owned(),
+    ]
+}
+
+/// Starts switchyard on `node` with [`node_args`] plus `extra`; its log stays captured.
+pub fn start_switchyard(
+    testbed: &Testbed,
+    node: &Node,
+    mode: &str,
+    manifests: &Manifests,
+    extra: &[&str],
+) -> Result<ChildGuard> {
+    let mut args = node_args(testbed, node, mode, manifests.path());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    testbed.spawn(node, switchyard_binary()?, args)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what` and the last
+/// observation. For waiting on a condition instead of sleeping a guessed time.
+pub fn wait_for<T, O: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> std::result::Result<T, O>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return Ok(value),
+            Err(last) if Instant::now() >= deadline => {
+                return Err(Error::Timeout {
+                    what: format!("{what} (last observation: {last:?})"),
+                    after_ms: timeout.as_millis(),
+                })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Smoke tests of the testbed itself (no proxy): pod-to-pod and client-to-node
+//! connectivity, process placement, and cleanup on drop and on panic.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchyard_testbed::netns::NETNS_DIR;
+use switchyard_testbed::{Place, Proto, RequestError, RequestSpec, Testbed, TopologySpec};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn testbed(nodes: usize, pods_per_node: usize) -> Testbed {
+    let mut tb = Testbed::new(TopologySpec {
+        nodes,
+        pods_per_node,
+    })
+    .expect("building the testbed");
+    tb.set_probe_binary(env!("CARGO_BIN_EXE_swy-probe"));
+    tb
+}
+
+/// Namespaces and cgroup directories of testbed `id` that still exist.
+fn leftovers(id: &str, cgroup_root: &Path) -> Vec<PathBuf> {
+    let mut left: Vec<PathBuf> = std::fs::read_dir(NETNS_DIR)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{id}-"))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    if cgroup_root.exists() {
+        left.push(cgroup_root.to_owned());
+    }
+    left
+}
+
+/// Whether `pid` is a live (not zombie) process; a killed orphan may linger as a
+/// zombie until init reaps it.
+fn is_running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    match stat.rsplit_once(')') {
+        Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X') | None),
+        None => false,
+    }
+}
+
+fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+#[test]
+fn pods_reach_pods_and_client_reaches_node() {
+    let tb = testbed(2, 2);
+    let id = tb.id().to_owned();
+    let cgroup_root = tb.cgroup_root().to_owned();
+    assert_eq!(tb.netns_names().len(), 1 + 2 + 4 + 1);
+    for name in tb.netns_names() {
+        assert!(Path::new(NETNS_DIR).join(name).exists(), "{name} missing");
+    }
+    for node in tb.nodes() {
+        assert!(node.cgroup.starts_with(&cgroup_root));
+        assert!(node.cgroup.is_dir());
+    }
+
+    let src = tb.pod(1, 1);
+    let _servers: Vec<_> = [tb.pod(1, 2), tb.pod(2, 1), tb.pod(2, 2)]
+        .into_iter()
+        .map(|pod| tb.start_echo(pod, 8080, 8081).expect("echo server"))
+        .collect();
+
+    for dst in [tb.pod(2, 1), tb.pod(2, 2), tb.pod(1, 2)] {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let port = if proto == Proto::Tcp { 8080 } else { 8081 };
+            let results = tb.request(src, proto, sock(dst.ip, port), 3, TIMEOUT);
+            assert_eq!(results.len(), 3);
+            for r in results {
+                let reply = r.unwrap_or_else(|e| panic!("{proto} to {}: {e}", dst.name));
+                assert_eq!(reply.backend, dst.name);
+                assert_eq!(reply.seen_source.ip(), IpAddr::from(src.ip));
+                assert_eq!(reply.replied_from, sock(dst.ip, port));
+            }
+        }
+        let spec = RequestSpec::new(Proto::Udp, sock(dst.ip, 8081)).unconnected(true);
+        let results = tb.request_with(src, &spec).expect("unconnected request");
+        let reply = results[0].clone().expect("unconnected udp reply");
+        assert_eq!(reply.backend, dst.name);
+        assert_eq!(reply.replied_from, sock(dst.ip, 8081));
+    }
+
+    // The external client reaches a server in node2's host network and is seen with
+    // its real address.
+    let node2 = tb.node(2);
+    let _host = tb
+        .start_echo_in(node2, &node2.name, &[9090], &[9091])
+        .expect("host-network echo server");
+    for (proto, port) in [(Proto::Tcp, 9090), (Proto::Udp, 9091)] {
+        let results = tb.request(
+            Place::Client,
+            proto,
+            sock(node2.underlay_ip, port),
+            2,
+            TIMEOUT,
+        );
+        for r in results {
+            let reply = r.unwrap_or_else(|e| panic!("client {proto} to node2: {e}"));
+            assert_eq!(reply.backend, "node2");
+            assert_eq!(reply.seen_source.ip(), IpAddr::from(tb.client().ip));
+        }
+    }
+
+    // Failure classification: closed ports are refused (RST / ICMP port unreachable),
+    // an address nobody answers ARP for times out.
+    let closed = sock(tb.pod(2, 1).ip, 1);
+    assert_eq!(
+        tb.request(src, Proto::Tcp, closed, 1, TIMEOUT),
+        vec![Err(RequestError::Refused)]
+    );
+    assert_eq!(
+        tb.request(src, Proto::Udp, closed, 1, TIMEOUT),
+        vec![Err(RequestError::Refused)]
+    );
+    let nobody = sock(std::net::Ipv4Addr::new(198, 18, 0, 99), 80);
+    assert_eq!(
+        tb.request(
+            Place::Client,
+            Proto::Tcp,
+            nobody,
+            1,
+            Duration::from_millis(300)
+        ),
+        vec![Err(RequestError::Timeout)]
+    );
+
+    drop(_servers);
+    drop(_host);
+    drop(tb);
+    assert_eq!(leftovers(&id, &cgroup_root), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn spawned_processes_run_in_their_namespace_and_cgroup() {
+    let tb = testbed(2, 1);
+    let mount = tb.cgroup_root().parent().expect("cgroup mount").to_owned();
+    for (place, netns_path, cgroup) in [
+        (
+            Place::Pod { node: 2, pod: 1 },
+            tb.pod(2, 1).netns_path.clone(),
+            tb.node(2).cgroup.clone(),
+        ),
+        (
+            Place::Node(1),
+            tb.node(1).netns_path.clone(),
+            tb.node(1).cgroup.clone(),
+        ),
+        (
+            Place::Client,
+            tb.client().netns_path.clone(),
+            tb.client().cgroup.clone(),
+        ),
+    ] {
+        let out = tb
+            .run(
+                place,
+                "sh",
+                ["-c", "readlink /proc/self/ns/net; cat /proc/self/cgroup"],
+                TIMEOUT,
+            )
+            .expect("run sh");
+        assert!(out.status.success(), "{place}: {out:?}");
+        let inode = std::fs::metadata(&netns_path).expect("netns file").ino();
+        let mut lines = out.stdout.lines();
+        assert_eq!(
+            lines.next(),
+            Some(format!("net:[{inode}]").as_str()),
+            "{place}"
+        );
+        let rel = cgroup.strip_prefix(&mount).expect("under mount");
+        let expected = format!("0::/{}", rel.display());
+        assert!(
+            lines.any(|l| l == expected),
+            "{place}: expected {expected} in {:?}",
+            out.stdout
+        );
+    }
+
+    // Per-namespace sysctls: nodes forward, pods don't; pod links have no IPv6.
+    let sysctl = |place: Place, key: &str| {
+        let out = tb
+            .run(place, "cat", [format!("/proc/sys/net/{key}")], TIMEOUT)
+            .expect("run cat");
+        out.stdout.trim().to_owned()
+    };
+    assert_eq!(sysctl(Place::Node(1), "ipv4/ip_forward"), "1");
+    assert_eq!(
+        sysctl(Place::Pod { node: 1, pod: 1 }, "ipv4/ip_forward"),
+        "0"
+    );
+    assert_eq!(sysctl(Place::Client, "ipv4/ip_forward"), "0");
+    if Path::new("/proc/sys/net/ipv6").exists() {
+        assert_eq!(
+            sysctl(
+                Place::Pod { node: 1, pod: 1 },
+                "ipv6/conf/eth0/disable_ipv6"
+            ),
+            "1"
+        );
+    }
+
+    // A dropped guard really kills its child.
+    let mut child = tb
+        .spawn(Place::Node(1), "sleep", ["60"])
+        .expect("spawn sleep");
+    let pid = child.pid();
+    assert_eq!(child.try_wait().expect("try_wait"), None);
+    drop(child);
+    assert!(!is_running(pid), "sleep {pid} survived its guard");
+
+    // SIGTERM through the guard.
+    let mut child = tb
+        .spawn(Place::Client, "sleep", ["60"])
+        .expect("spawn sleep");
+    child.terminate().expect("SIGTERM");
+    let status = child
+        .wait_timeout(TIMEOUT)
+        .expect("wait")
+        .expect("sleep should exit on SIGTERM");
+    assert!(!status.success());
+}
+
+#[test]
+fn drop_kills_unguarded_processes() {
+    let tb = testbed(1, 1);
+    let id = tb.id().to_owned();
+    let cgroup_root = tb.cgroup_root().to_owned();
+    // A grandchild the guard doesn't know about: only the cgroup teardown catches it.
+    let mut sh = tb
+        .spawn(
+            Place::Pod { node: 1, pod: 1 },
+            "sh",
+            ["-c", "sleep 60 >/dev/null 2>&1 & echo $!"],
+        )
+        .expect("spawn sh");
+    let pid_line = sh
+        .wait_for_stdout_line(|l| !l.is_empty(), TIMEOUT)
+        .expect("grandchild pid");
+    let grandchild: u32 = pid_line.trim().parse().expect("pid");
+    assert!(is_running(grandchild));
+    drop(tb);
+    assert!(
+        !is_running(grandchild),
+        "grandchild {grandchild} survived teardown"
+    );
+    drop(sh);
+    assert_eq!(leftovers(&id, &cgroup_root), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn panic_inside_a_test_still_removes_everything() {
+    let seen: Arc<Mutex<Option<(String, PathBuf)>>> = Arc::default();
+    let seen_in = Arc::clone(&seen);
+    let result = std::panic::catch_unwind(move || {
+        let tb = testbed(2, 1);
+        *seen_in.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((tb.id().to_owned(), tb.cgroup_root().to_owned()));
+        let _echo = tb.start_echo(tb.pod(1, 1), 8080, 0).expect("echo server");
+        panic!("deliberate panic with a live testbed");
+    });
+    assert!(result.is_err());
+    let (id, cgroup_root) = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .expect("testbed was built");
+    assert_eq!(leftovers(&id, &cgroup_root), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn invalid_specs_are_rejected_without_side_effects() {
+    assert!(Testbed::new(TopologySpec {
+        nodes: 0,
+        pods_per_node: 1
+    })
+    .is_err());
+    assert!(Testbed::new(TopologySpec {
+        nodes: 1,
+        pods_per_node: 500
+    })
+    .is_err());
+}
+
+#[test]
+fn probe_binary_is_found_next_to_the_test_executable() {
+    let found = switchyard_testbed::probe_binary().expect("swy-probe located");
+    assert!(found.is_file(), "{}", found.display());
+}

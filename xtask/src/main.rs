@@ -1,0 +1,59 @@
+//! Switchyard's task runner: `cargo xtask <setup|build|test|demo>`.
+mod build;
+mod command;
+mod demo;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Switchyard build, setup, test and demo tasks")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (packages, nightly rust-src, bpf-linker, bpffs).
+    Setup,
+    /// Build the eBPF object and the binaries that embed it.
+    Build {
+        /// Optimised userspace build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, and run every test.
+    Test {
+        /// Test name filter passed to the test binaries.
+        filter: Vec<String>,
+    },
+    /// Setup, build, and run switchyard on the bundled example manifests in a namespace sandbox.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = workspace_root();
+    match args.task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => {
+            setup::setup()?;
+            build::build(&root, release)
+        }
+        Task::Test { filter } => test::test(&root, &filter),
+        Task::Demo(demo_args) => demo::demo(&root, demo_args),
+    }
+}
+
+/// The workspace root: xtask's manifest dir is one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
