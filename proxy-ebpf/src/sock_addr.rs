@@ -31,7 +31,7 @@ pub fn swy_connect4(ctx: SockAddrContext) -> i32 {
         pad: 0,
     };
     // SAFETY: the value is only read and copied out immediately.
-    let Some(service) = (unsafe { SERVICES.get(&key) }) else {
+    let Some(service) = (unsafe { SERVICES.get(key) }) else {
         return ALLOW;
     };
     let count = service.count as u32;
@@ -45,7 +45,7 @@ pub fn swy_connect4(ctx: SockAddrContext) -> i32 {
         slot,
     };
     // SAFETY: as above.
-    let Some(backend) = (unsafe { BACKENDS.get(&backend_key) }) else {
+    let Some(backend) = (unsafe { BACKENDS.get(backend_key) }) else {
         // A service entry whose slot is missing is being rewritten; refusing beats a black hole.
         return REJECT;
     };

@@ -5,7 +5,7 @@ use crate::command::{cargo, run};
 
 /// Target directory of the kernel build, kept apart so the nightly and stable builds don't
 /// invalidate each other's host artifacts.
-const BPF_TARGET_DIR: &str = "target/bpf";
+pub const BPF_TARGET_DIR: &str = "target/bpf";
 
 /// Builds the kernel object, then the binaries that embed and exercise it.
 pub fn build(root: &Path, release: bool) -> anyhow::Result<()> {

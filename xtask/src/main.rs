@@ -1,7 +1,8 @@
-//! Switchyard's task runner: `cargo xtask <setup|build|test|demo>`.
+//! Switchyard's task runner: `cargo xtask <setup|build|test|lint|demo>`.
 mod build;
 mod command;
 mod demo;
+mod lint;
 mod setup;
 mod test;
 
@@ -31,6 +32,8 @@ enum Task {
         /// Test name filter passed to the test binaries.
         filter: Vec<String>,
     },
+    /// Check formatting and clippy (userspace and kernel crate).
+    Lint,
     /// Setup, build, and run switchyard on the bundled example manifests in a namespace sandbox.
     Demo(demo::DemoArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             build::build(&root, release)
         }
         Task::Test { filter } => test::test(&root, &filter),
+        Task::Lint => lint::lint(&root),
         Task::Demo(demo_args) => demo::demo(&root, demo_args),
     }
 }

@@ -1,0 +1,150 @@
+//! The eBPF socket-level load balancer, loaded and attached by the real `switchyard` binary in a
+//! two-node testbed, driven by the bundled example manifests and edits to them.
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use switchyard_testbed::{
+    start_switchyard, wait_for, Manifests, Proto, Reply, RequestError, Testbed, TopologySpec,
+};
+
+const TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+fn backends(results: &[Result<Reply, RequestError>]) -> BTreeSet<String> {
+    results
+        .iter()
+        .map(|r| match r {
+            Ok(reply) => reply.backend.clone(),
+            Err(e) => format!("error: {e}"),
+        })
+        .collect()
+}
+
+fn setup() -> (Testbed, Manifests) {
+    std::env::set_var(
+        switchyard_testbed::switchyard::SWITCHYARD_ENV,
+        env!("CARGO_BIN_EXE_switchyard"),
+    );
+    let testbed = Testbed::new(TopologySpec {
+        nodes: 2,
+        pods_per_node: 2,
+    })
+    .expect("testbed");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
+    let manifests = Manifests::copy_of(&examples).expect("manifests");
+    (testbed, manifests)
+}
+
+#[test]
+fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
+    let (testbed, manifests) = setup();
+    let _echo: Vec<_> = testbed
+        .pods()
+        .iter()
+        .map(|pod| testbed.start_echo(pod, 8080, 8080).expect("echo server"))
+        .collect();
+    let broken = "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\n\
+                  spec: {clusterIP: 198.18.128.12, ports: [{name: http, port: 0}]}\n";
+    manifests.write("broken.yaml", broken).expect("write");
+    let proxy =
+        start_switchyard(&testbed, testbed.node(1), "ebpf", &manifests, &[]).expect("switchyard");
+
+    let client = testbed.pod(1, 2);
+    let web = addr("198.18.128.10:80");
+    wait_for(
+        "the ClusterIP to answer",
+        Duration::from_secs(20),
+        || match testbed.request(client, Proto::Tcp, web, 1, TIMEOUT).pop() {
+            Some(Ok(reply)) => Ok(reply),
+            other => Err((other, proxy.stderr())),
+        },
+    )
+    .expect("switchyard programs the ClusterIP");
+
+    // Every ready endpoint answers, the terminating one (nothing listens there) never gets
+    // traffic, and backends see the client pod's own address: socket-level translation.
+    let tcp = testbed.request(client, Proto::Tcp, web, 60, TIMEOUT);
+    assert_eq!(
+        backends(&tcp),
+        BTreeSet::from([
+            "node1-pod1".into(),
+            "node2-pod1".into(),
+            "node2-pod2".into()
+        ]),
+        "{tcp:?}"
+    );
+    for reply in tcp.iter().flatten() {
+        assert_eq!(reply.seen_source.ip(), std::net::IpAddr::V4(client.ip));
+    }
+
+    // UDP on the same port number is its own service port, served by connected UDP.
+    let udp = testbed.request(client, Proto::Udp, web, 60, TIMEOUT);
+    assert_eq!(backends(&udp).len(), 3, "{udp:?}");
+    assert!(udp.iter().all(Result::is_ok), "{udp:?}");
+
+    // No endpoints: refused at once, not a timeout.
+    let empty = testbed.request(client, Proto::Tcp, addr("198.18.128.11:80"), 3, TIMEOUT);
+    assert!(
+        empty
+            .iter()
+            .all(|r| matches!(r, Err(RequestError::Refused))),
+        "{empty:?}"
+    );
+
+    // The malformed service is skipped with one warning naming it and its field.
+    let log = proxy.stderr();
+    assert!(
+        log.contains("Service demo/broken: spec.ports[0].port"),
+        "warning about demo/broken missing from the log:\n{log}"
+    );
+
+    // A process outside this node's cgroup (a pod on node2, which runs no proxy) is not
+    // translated: the programs are scoped to --cgroup-path.
+    let other = testbed.request(testbed.pod(2, 1), Proto::Tcp, web, 1, TIMEOUT);
+    assert!(other.iter().all(Result::is_err), "{other:?}");
+
+    // Edits: node2-pod2 leaves the slice; a new service appears.
+    let web_yaml = std::fs::read_to_string(manifests.path().join("web.yaml")).expect("read");
+    let scaled = web_yaml.replace(
+        "  - addresses: [198.19.2.12]\n    nodeName: node2\n    conditions: {ready: true, serving: true, terminating: false}\n",
+        "",
+    );
+    assert_ne!(scaled, web_yaml, "example manifest changed shape");
+    manifests.write("web.yaml", &scaled).expect("write");
+    manifests
+        .write(
+            "api.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: demo}\n\
+             spec: {clusterIP: 198.18.128.20, ports: [{name: http, port: 8000}]}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: api-1, namespace: demo, labels: {kubernetes.io/service-name: api}}\n\
+             addressType: IPv4\nports: [{name: http, port: 8080}]\n\
+             endpoints: [{addresses: [198.19.2.11], nodeName: node2}]\n",
+        )
+        .expect("write");
+    wait_for(
+        "the edits to reach the dataplane",
+        Duration::from_secs(10),
+        || {
+            let api = testbed.request(client, Proto::Tcp, addr("198.18.128.20:8000"), 1, TIMEOUT);
+            let web = testbed.request(client, Proto::Tcp, web, 20, TIMEOUT);
+            let web_set = backends(&web);
+            if backends(&api) == BTreeSet::from(["node2-pod1".to_string()])
+                && web_set == BTreeSet::from(["node1-pod1".to_string(), "node2-pod1".to_string()])
+            {
+                Ok(())
+            } else {
+                Err((api, web_set))
+            }
+        },
+    )
+    .expect("edits applied");
+    let after = testbed.request(client, Proto::Tcp, web, 40, TIMEOUT);
+    assert!(!backends(&after).contains("node2-pod2"), "{after:?}");
+    assert!(after.iter().all(Result::is_ok), "{after:?}");
+}
