@@ -1,15 +1,16 @@
 //! Network-namespace testbed for Switchyard.
 //!
-//! [`Testbed::new`] builds an underlay bridge, nodes (each with a pod bridge, a pod
-//! CIDR, routes to the other nodes' pods and its own cgroup v2 directory), pods and an
-//! external client, all in fresh network namespaces; dropping the testbed removes
+//! [`Testbed::new`] builds an underlay bridge, nodes (each with a pod CIDR, routed pods
+//! — a veth per pod and a /32 host route, no pod bridge — routes to the other nodes'
+//! pods and its own cgroup v2 directory), pods and an external client, all in fresh
+//! network namespaces; dropping the testbed removes
 //! everything again, also when a test panics. Processes are started in a
 //! [`Place`] with [`Testbed::spawn`]; the `swy-probe` helper binary provides echo
 //! servers ([`Testbed::start_echo`]) and request clients ([`Testbed::request`]).
 //!
 //! Address plan (only benchmark and documentation ranges are used):
-//! node i `198.18.0.(10+i)/24`, its pods `198.19.i.(10+j)/24` behind gateway
-//! `198.19.i.1`, cluster CIDR `198.19.0.0/16`, suggested service CIDR
+//! node i `198.18.0.(10+i)/24`, its pods `198.19.i.(10+j)/32` behind gateway
+//! `198.19.i.1` (a /32 on each pod veth's node end), cluster CIDR `198.19.0.0/16`, suggested service CIDR
 //! `198.18.128.0/20`, external client `203.0.113.10/24`.
 
 pub mod cgroup;

@@ -1,11 +1,21 @@
-//! The testbed topology: an underlay bridge, nodes with pod bridges, pods and one
+//! The testbed topology: an underlay bridge, nodes with routed pods, pods and one
 //! external client, plus the address plan.
 //!
 //! ```text
 //!   client 203.0.113.10 ──┐
-//!                         ├── br0 (underlay netns) ──┬── node1 eth0 198.18.0.11 ── cbr0 198.19.1.1 ── pods 198.19.1.10+j
-//!                         │                          └── node2 eth0 198.18.0.12 ── cbr0 198.19.2.1 ── pods 198.19.2.10+j
+//!                         ├── br0 (underlay netns) ──┬── node1 eth0 198.18.0.11 ──┬── vp1 198.19.1.1/32 ── pod1 eth0 198.19.1.11/32
+//!                         │                          │                            └── vp2 198.19.1.1/32 ── pod2 eth0 198.19.1.12/32
+//!                         │                          └── node2 eth0 198.18.0.12 ──── vp<j> ... pods 198.19.2.(10+j)/32
 //! ```
+//!
+//! Pods are *routed*, not bridged (the way Calico and Cilium do it): every pod veth's
+//! node end `vp<j>` carries the gateway address `198.19.i.1/32` and the node has a host
+//! route `198.19.i.(10+j)/32 dev vp<j>`; the pod has `198.19.i.(10+j)/32` on `eth0`, an
+//! on-link route to the gateway and a default route via it. So all pod traffic, also
+//! between two pods of the same node, passes the node's IP stack (forwarding,
+//! netfilter, conntrack), and iptables-style DNAT works between same-node pods without
+//! `br_netfilter`. The rest of the node's pod CIDR is an `unreachable` route, so
+//! traffic to unassigned pod addresses fails at once instead of leaving the node.
 //!
 //! Only 198.18.0.0/15 and TEST-NET addresses are used, and every link is created from
 //! inside a test namespace, so the machine's root namespace is never touched.
@@ -30,9 +40,6 @@ pub const ID_PREFIX: &str = "swy";
 
 /// Interface name of a node's (or pod's, or the client's) uplink.
 pub const UPLINK: &str = "eth0";
-
-/// Name of the per-node bridge that the pods' host-side veths are attached to.
-pub const NODE_BRIDGE: &str = "cbr0";
 
 /// Name of the bridge in the underlay namespace.
 pub const UNDERLAY_BRIDGE: &str = "br0";
@@ -123,7 +130,10 @@ pub struct TopologySpec {
     pub pods_per_node: usize,
 }
 
-/// One node: a namespace on the underlay with a pod bridge and a cgroup.
+/// One node: a namespace on the underlay with routed pods and a cgroup.
+///
+/// A process in the node's host network reaches its own pods from [`Node::pod_gateway`]
+/// (the address on the pod veths) and other nodes' pods from [`Node::underlay_ip`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     /// 1-based index.
@@ -136,9 +146,11 @@ pub struct Node {
     pub netns_path: PathBuf,
     /// Address on the underlay, 198.18.0.(10+index), on `eth0`.
     pub underlay_ip: Ipv4Addr,
-    /// The node's pod CIDR, 198.19.index.0/24.
+    /// The node's pod CIDR, 198.19.index.0/24. No interface carries it: the node has
+    /// a /32 route per pod and an `unreachable` route for the rest of it.
     pub pod_cidr: Cidr,
-    /// The pods' default gateway, 198.19.index.1, on `cbr0`.
+    /// The pods' default gateway, 198.19.index.1; it is on every pod veth's node end
+    /// (`vp<j>`) as a /32.
     pub pod_gateway: Ipv4Addr,
     /// The node's cgroup v2 directory; the node's and its pods' processes run in it.
     pub cgroup: PathBuf,
@@ -157,7 +169,7 @@ impl From<&Node> for Place {
     }
 }
 
-/// One pod: its own namespace behind its node's `cbr0`.
+/// One pod: its own namespace, routed by its node over a veth pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     /// `node<i>-pod<j>`; also what its echo server answers with.
@@ -166,13 +178,14 @@ pub struct Pod {
     pub node: usize,
     /// 1-based index of the pod within its node.
     pub index: usize,
-    /// Pod address, 198.19.node.(10+index), on the pod's `eth0`.
+    /// Pod address, 198.19.node.(10+index), a /32 on the pod's `eth0`.
     pub ip: Ipv4Addr,
     /// Network namespace name.
     pub netns: String,
     /// `/var/run/netns/<netns>`.
     pub netns_path: PathBuf,
-    /// Name of the host-side veth in the node's namespace (`vp<index>`).
+    /// Name of the host-side veth in the node's namespace (`vp<index>`); it carries the
+    /// node's pod gateway address and the node's host route to the pod.
     pub host_veth: String,
 }
 
@@ -400,13 +413,9 @@ impl Testbed {
                     "link set lo up\n\
                      link add {UPLINK} type veth peer name vn{i} netns {u}\n\
                      addr add {ip}/24 dev {UPLINK}\n\
-                     link set {UPLINK} up\n\
-                     link add {NODE_BRIDGE} type bridge\n\
-                     addr add {gw}/24 dev {NODE_BRIDGE}\n\
-                     link set {NODE_BRIDGE} up\n",
+                     link set {UPLINK} up\n",
                     i = node.index,
                     ip = node.underlay_ip,
-                    gw = node.pod_gateway,
                 ),
             )?;
         }
@@ -426,7 +435,7 @@ impl Testbed {
                 &format!(
                     "link set lo up\n\
                      link add {UPLINK} type veth peer name {veth} netns {node_ns}\n\
-                     addr add {ip}/24 dev {UPLINK}\n\
+                     addr add {ip}/32 dev {UPLINK}\n\
                      link set {UPLINK} up\n",
                     veth = pod.host_veth,
                     node_ns = self.node(pod.node).netns,
@@ -450,12 +459,21 @@ impl Testbed {
 
         for node in &self.nodes {
             let mut script = String::new();
+            // Routed pods: the gateway /32 on every pod veth (so the node answers ARP
+            // for it on each of them) and a host route per pod.
             for pod in self.pods_on(node.index) {
                 script.push_str(&format!(
-                    "link set {v} master {NODE_BRIDGE}\nlink set {v} up\n",
-                    v = pod.host_veth
+                    "addr add {gw}/32 dev {v}\n\
+                     link set {v} up\n\
+                     route add {ip}/32 dev {v}\n",
+                    gw = node.pod_gateway,
+                    v = pod.host_veth,
+                    ip = pod.ip,
                 ));
             }
+            // Unassigned addresses of the own pod CIDR fail fast (ICMP host unreachable)
+            // instead of following some less specific route.
+            script.push_str(&format!("route add unreachable {}\n", node.pod_cidr));
             // Replies to the external client go straight back over the underlay.
             script.push_str(&format!("route add {} dev {UPLINK}\n", client_cidr()));
             for other in self.nodes.iter().filter(|o| o.index != node.index) {
@@ -466,12 +484,14 @@ impl Testbed {
             }
             ip::batch(Some(&node.netns), &script)?;
         }
+        // A /32 pod address has no connected route: reach the gateway on-link first.
         for pod in &self.pods {
             ip::batch(
                 Some(&pod.netns),
                 &format!(
-                    "route add default via {} dev {UPLINK}\n",
-                    self.node(pod.node).pod_gateway
+                    "route add {gw} dev {UPLINK} scope link\n\
+                     route add default via {gw} dev {UPLINK}\n",
+                    gw = self.node(pod.node).pod_gateway
                 ),
             )?;
         }

@@ -1,7 +1,8 @@
-//! Smoke tests of the testbed itself (no proxy): pod-to-pod and client-to-node
-//! connectivity, process placement, and cleanup on drop and on panic.
+//! Smoke tests of the testbed itself (no proxy): pod-to-pod (same node and across
+//! nodes), node-to-pod, pod-to-node and client-to-node connectivity, DNAT between
+//! same-node pods, process placement, and cleanup on drop and on panic.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -71,11 +72,32 @@ fn pods_reach_pods_and_client_reaches_node() {
     }
 
     let src = tb.pod(1, 1);
-    let _servers: Vec<_> = [tb.pod(1, 2), tb.pod(2, 1), tb.pod(2, 2)]
-        .into_iter()
+    let _servers: Vec<_> = tb
+        .pods()
+        .iter()
         .map(|pod| tb.start_echo(pod, 8080, 8081).expect("echo server"))
         .collect();
 
+    // Pods are routed, not bridged: the node end of each pod veth carries the gateway
+    // as a /32 and the node has a /32 host route per pod.
+    let routes = tb
+        .run(Place::Node(1), "ip", ["-4", "route", "show"], TIMEOUT)
+        .expect("ip route in node1");
+    let links = tb
+        .run(Place::Node(1), "ip", ["-o", "link", "show"], TIMEOUT)
+        .expect("ip link in node1");
+    assert!(!links.stdout.contains("bridge"), "{}", links.stdout);
+    for pod in tb.pods_on(1) {
+        let host_route = format!("{} dev {} ", pod.ip, pod.host_veth);
+        assert!(
+            routes.stdout.lines().any(|l| l.starts_with(&host_route)),
+            "no {host_route:?} in {}",
+            routes.stdout
+        );
+    }
+
+    // node1-pod2 is the same-node case: the packets are routed through node1's stack
+    // (vp1 -> vp2), and the server still sees the client pod's own address.
     for dst in [tb.pod(2, 1), tb.pod(2, 2), tb.pod(1, 2)] {
         for proto in [Proto::Tcp, Proto::Udp] {
             let port = if proto == Proto::Tcp { 8080 } else { 8081 };
@@ -95,12 +117,41 @@ fn pods_reach_pods_and_client_reaches_node() {
         assert_eq!(reply.replied_from, sock(dst.ip, 8081));
     }
 
-    // The external client reaches a server in node2's host network and is seen with
-    // its real address.
+    // A process in node1's host network reaches its own pod (from the pod gateway
+    // address on the pod veth) and a pod on node2 (from its underlay address).
+    let node1 = tb.node(1);
+    for (dst, seen) in [
+        (tb.pod(1, 1), node1.pod_gateway),
+        (tb.pod(2, 1), node1.underlay_ip),
+    ] {
+        for (proto, port) in [(Proto::Tcp, 8080), (Proto::Udp, 8081)] {
+            for r in tb.request(Place::Node(1), proto, sock(dst.ip, port), 1, TIMEOUT) {
+                let reply = r.unwrap_or_else(|e| panic!("node1 {proto} to {}: {e}", dst.name));
+                assert_eq!(reply.backend, dst.name);
+                assert_eq!(reply.seen_source.ip(), IpAddr::from(seen));
+                assert_eq!(reply.replied_from, sock(dst.ip, port));
+            }
+        }
+    }
+
+    // Pods reach the underlay address of their own node and of another node, and are
+    // seen with their pod address.
     let node2 = tb.node(2);
     let _host = tb
         .start_echo_in(node2, &node2.name, &[9090], &[9091])
         .expect("host-network echo server");
+    for pod in [tb.pod(2, 1), tb.pod(1, 1)] {
+        for (proto, port) in [(Proto::Tcp, 9090), (Proto::Udp, 9091)] {
+            for r in tb.request(pod, proto, sock(node2.underlay_ip, port), 1, TIMEOUT) {
+                let reply = r.unwrap_or_else(|e| panic!("{} {proto} to node2: {e}", pod.name));
+                assert_eq!(reply.backend, "node2");
+                assert_eq!(reply.seen_source.ip(), IpAddr::from(pod.ip));
+            }
+        }
+    }
+
+    // The external client reaches a server in node2's host network and is seen with
+    // its real address.
     for (proto, port) in [(Proto::Tcp, 9090), (Proto::Udp, 9091)] {
         let results = tb.request(
             Place::Client,
@@ -127,7 +178,23 @@ fn pods_reach_pods_and_client_reaches_node() {
         tb.request(src, Proto::Udp, closed, 1, TIMEOUT),
         vec![Err(RequestError::Refused)]
     );
-    let nobody = sock(std::net::Ipv4Addr::new(198, 18, 0, 99), 80);
+    // An unassigned address in a node's pod CIDR is unreachable, from a local pod and
+    // from another node's pod alike (ICMP host unreachable, no waiting).
+    for from in [tb.pod(1, 1), tb.pod(2, 1)] {
+        assert_eq!(
+            tb.request(
+                from,
+                Proto::Tcp,
+                sock(Ipv4Addr::new(198, 19, 1, 99), 80),
+                1,
+                TIMEOUT
+            ),
+            vec![Err(RequestError::Refused)],
+            "from {}",
+            from.name
+        );
+    }
+    let nobody = sock(Ipv4Addr::new(198, 18, 0, 99), 80);
     assert_eq!(
         tb.request(
             Place::Client,
@@ -143,6 +210,55 @@ fn pods_reach_pods_and_client_reaches_node() {
     drop(_host);
     drop(tb);
     assert_eq!(leftovers(&id, &cgroup_root), Vec::<PathBuf>::new());
+}
+
+/// The reason pods are routed: DNAT on the node between two pods of the same node.
+/// With a pod bridge the backend's reply would be switched straight to the client pod,
+/// bypassing conntrack, and the client would see the backend's address (or a RST).
+#[test]
+fn dnat_between_pods_of_the_same_node() {
+    let tb = testbed(1, 2);
+    let vip = Ipv4Addr::new(198, 18, 128, 10);
+    let backend = tb.pod(1, 2);
+    for (proto, port) in [("tcp", 8080), ("udp", 8081)] {
+        let dnat = [
+            "-t".to_owned(),
+            "nat".to_owned(),
+            "-A".to_owned(),
+            "PREROUTING".to_owned(),
+            "-d".to_owned(),
+            format!("{vip}/32"),
+            "-p".to_owned(),
+            proto.to_owned(),
+            "--dport".to_owned(),
+            "80".to_owned(),
+            "-j".to_owned(),
+            "DNAT".to_owned(),
+            "--to-destination".to_owned(),
+            format!("{}:{port}", backend.ip),
+        ];
+        // `cargo xtask setup` installs iptables; without it this test must fail, not pass.
+        let out = tb
+            .run(Place::Node(1), "iptables", dnat, TIMEOUT)
+            .expect("run iptables in node1");
+        assert!(out.status.success(), "iptables DNAT in node1: {out:?}");
+    }
+    let _echo = tb.start_echo(backend, 8080, 8081).expect("echo server");
+    let client = tb.pod(1, 1);
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for r in tb.request(client, proto, sock(vip, 80), 2, TIMEOUT) {
+            let reply = r.unwrap_or_else(|e| panic!("{proto} to {vip}:80: {e}"));
+            assert_eq!(reply.backend, backend.name);
+            assert_eq!(reply.seen_source.ip(), IpAddr::from(client.ip));
+            assert_eq!(reply.replied_from, sock(vip, 80));
+        }
+    }
+    // Unconnected UDP shows that the reply really was reverse-NATed by the node.
+    let spec = RequestSpec::new(Proto::Udp, sock(vip, 80)).unconnected(true);
+    let results = tb.request_with(client, &spec).expect("unconnected request");
+    let reply = results[0].clone().expect("unconnected udp reply");
+    assert_eq!(reply.backend, backend.name);
+    assert_eq!(reply.replied_from, sock(vip, 80));
 }
 
 #[test]
