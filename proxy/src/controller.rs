@@ -16,6 +16,9 @@ use crate::model::{
 use crate::node_addresses::local_addresses;
 use crate::source::Snapshot;
 
+/// Delay before a failed sync is retried.
+const RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Owns the dataplane and the last state it was given.
 pub struct Controller {
     settings: Settings,
@@ -44,13 +47,16 @@ impl Controller {
         }
     }
 
-    /// Runs until the source goes away. The first sync is a full one.
+    /// Runs until the source goes away. The first sync is a full one; a failed sync is
+    /// retried as a full sync after `RETRY_DELAY`.
     pub async fn run(mut self, mut source: watch::Receiver<Snapshot>) {
         let mut last_sync: Option<tokio::time::Instant> = None;
         let mut last_full = tokio::time::Instant::now();
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut full = true;
         source.mark_changed();
         loop {
+            let retry = retry_at.unwrap_or_else(|| last_full + self.settings.sync_period);
             tokio::select! {
                 changed = source.changed() => {
                     if changed.is_err() {
@@ -61,23 +67,27 @@ impl Controller {
                     self.metrics.last_queued_timestamp.set(epoch_seconds(now));
                 }
                 _ = tokio::time::sleep_until(last_full + self.settings.sync_period) => full = true,
+                _ = tokio::time::sleep_until(retry), if retry_at.is_some() => full = true,
             }
             // Coalesce: a burst of changes inside minSyncPeriod produces one sync.
             if let Some(previous) = last_sync {
                 tokio::time::sleep_until(previous + self.settings.min_sync_period).await;
             }
             let snapshot = source.borrow_and_update().clone();
-            self.sync(&snapshot, full);
-            last_sync = Some(tokio::time::Instant::now());
+            let ok = self.sync(&snapshot, full);
+            let now = tokio::time::Instant::now();
+            last_sync = Some(now);
             if full {
-                last_full = tokio::time::Instant::now();
-                full = false;
+                last_full = now;
             }
+            full = !ok;
+            retry_at = (!ok).then(|| now + RETRY_DELAY);
         }
     }
 
-    /// One sync from a snapshot; `full` rewrites every service port.
-    pub fn sync(&mut self, snapshot: &Snapshot, full: bool) {
+    /// One sync from a snapshot; `full` asks for a full resync. Returns false when the
+    /// dataplane could not be written (it keeps its previous state).
+    pub fn sync(&mut self, snapshot: &Snapshot, full: bool) -> bool {
         let started = Instant::now();
         let node = self.node_context();
         let computed = compute_desired_state(&snapshot.objects, &node);
@@ -91,14 +101,23 @@ impl Controller {
         self.reported = problems;
 
         let diff = StateDiff::between(&self.applied, &computed.state);
+        if !full && diff.is_empty() {
+            self.finish(started, false);
+            return true;
+        }
         let report = if full {
             self.dataplane.full_sync(&computed.state)
-        } else if diff.is_empty() {
-            self.finish(started, full);
-            return;
         } else {
             self.dataplane.apply(&computed.state, &diff)
         };
+        self.metrics
+            .restore_failures_total
+            .inc_by(report.restore_failures);
+        if let Some(failure) = &report.failure {
+            tracing::error!("dataplane sync failed, keeping the previous state: {failure}");
+            self.metrics.restore_failures_total.inc();
+            return false;
+        }
         for error in &report.errors {
             tracing::error!("dataplane: {error}");
         }
@@ -112,17 +131,19 @@ impl Controller {
             .service_ports
             .set(computed.state.ports.len() as i64);
         tracing::info!(
-            full,
+            full = report.full,
             ports = computed.state.ports.len(),
             added = diff.added.len(),
             changed = diff.changed.len(),
             removed = diff.removed.len(),
             written = report.ports_written,
+            restores = report.restores,
             errors = report.errors.len(),
             "synced"
         );
         self.applied = computed.state;
-        self.finish(started, full);
+        self.finish(started, report.full);
+        true
     }
 
     fn finish(&self, started: Instant, full: bool) {

@@ -14,10 +14,18 @@ pub struct PortError {
 /// What a sync did.
 #[derive(Debug, Default)]
 pub struct SyncReport {
+    /// Whether everything was rewritten.
+    pub full: bool,
     /// Service ports written.
     pub ports_written: usize,
     /// Ports that failed; they are retried on the next full sync.
     pub errors: Vec<PortError>,
+    /// Number of iptables-restore runs.
+    pub restores: usize,
+    /// iptables-restore runs that failed (and were retried as a full sync).
+    pub restore_failures: u64,
+    /// The sync as a whole failed; the dataplane keeps its previous state and wants a retry.
+    pub failure: Option<String>,
 }
 
 /// A node dataplane (iptables or eBPF).

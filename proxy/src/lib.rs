@@ -8,6 +8,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod ebpf;
 pub mod health;
+pub mod iptables;
 pub mod metrics;
 pub mod model;
 pub mod node_addresses;

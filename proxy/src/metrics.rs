@@ -36,6 +36,8 @@ pub struct Metrics {
     pub dataplane_errors_total: Counter,
     /// Service ports in the desired state.
     pub service_ports: Gauge,
+    /// Failed dataplane writes (iptables-restore runs, or whole syncs).
+    pub restore_failures_total: Counter,
     /// /healthz requests by code.
     pub healthz_total: Family<CodeLabel, Counter>,
     /// /livez requests by code.
@@ -63,6 +65,7 @@ impl Metrics {
             input_warnings: Gauge::default(),
             dataplane_errors_total: Counter::default(),
             service_ports: Gauge::default(),
+            restore_failures_total: Counter::default(),
             healthz_total: Family::default(),
             livez_total: Family::default(),
         };

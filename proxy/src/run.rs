@@ -11,7 +11,10 @@ use crate::controller::Controller;
 use crate::dataplane::Dataplane;
 use crate::ebpf::{EbpfConfig, EbpfDataplane};
 use crate::health::Health;
+use crate::iptables::rule_set::RuleConfig;
+use crate::iptables::{IptablesBackend, IptablesDataplane, SystemIptables};
 use crate::metrics::Metrics;
+use crate::node_addresses::local_addresses;
 use crate::server::{health_router, metrics_router, serve, ServerState};
 use crate::source::ManifestDir;
 
@@ -65,10 +68,41 @@ fn start_dataplane(settings: &Settings) -> anyhow::Result<Box<dyn Dataplane>> {
             })?;
             Ok(Box::new(dataplane))
         }
-        ProxyMode::Iptables => {
-            bail!("--proxy-mode iptables is not available in this build yet; use --proxy-mode ebpf")
-        }
+        ProxyMode::Iptables => Ok(Box::new(start_iptables(settings)?)),
     }
+}
+
+fn start_iptables(settings: &Settings) -> anyhow::Result<IptablesDataplane> {
+    let backend = match settings.iptables_backend {
+        Some(b) => b,
+        None => IptablesBackend::detect()
+            .context("iptables mode: cannot run `iptables --version` (is iptables installed?)")?,
+    };
+    let local = local_addresses().context("listing local addresses")?;
+    let localhost_nodeports = settings.nodeport_cidrs.is_empty()
+        || settings
+            .nodeport_cidrs
+            .iter()
+            .any(|c| c.contains(&std::net::IpAddr::from([127, 0, 0, 1])));
+    if localhost_nodeports {
+        // kube-proxy's iptables mode serves NodePorts on 127.0.0.1, which needs the kernel to
+        // route DNATed loopback traffic.
+        std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1")
+            .context("iptables mode: setting net.ipv4.conf.all.route_localnet=1")?;
+    }
+    let config = RuleConfig {
+        cluster_cidrs: settings.cluster_cidrs.clone(),
+        masquerade_all: settings.masquerade_all,
+        nodeport_cidrs: settings.nodeport_cidrs.clone(),
+        node_ips: local.into_iter().filter(|ip| !ip.is_loopback()).collect(),
+        localhost_nodeports,
+    };
+    tracing::info!(%backend, "iptables mode");
+    Ok(IptablesDataplane::new(
+        Box::new(SystemIptables { backend }),
+        backend.strategy(),
+        config,
+    ))
 }
 
 /// The cgroup v2 root: the unified hierarchy on hybrid hosts, else /sys/fs/cgroup.
@@ -80,9 +114,16 @@ fn default_cgroup_root() -> anyhow::Result<PathBuf> {
         .context("no cgroup v2 hierarchy found; pass --cgroup-path")
 }
 
-/// `--cleanup`: removes what Switchyard left on the node.
+/// `--cleanup`: removes what Switchyard left on the node, for both modes and both iptables
+/// backends, so switching modes never leaves the other mode's state behind.
 pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
-    // Programs and maps live only as long as the process today; pins (if any) are ours alone.
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        match crate::iptables::cleanup::cleanup(backend) {
+            Ok(chains) => tracing::info!(%backend, chains, "removed iptables state"),
+            Err(e) => tracing::warn!(%backend, error = %e, "iptables cleanup incomplete"),
+        }
+    }
+    // Pins (if any) under our own directory are ours alone.
     if settings.bpffs_path.exists() {
         std::fs::remove_dir_all(&settings.bpffs_path)
             .with_context(|| format!("removing {}", settings.bpffs_path.display()))?;

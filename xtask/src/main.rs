@@ -34,6 +34,13 @@ enum Task {
     },
     /// Check formatting and clippy (userspace and kernel crate).
     Lint,
+    /// Benchmarks: connection cost through each dataplane vs the direct path (extra args go
+    /// to the bench binary, e.g. `-- --connections 5000`).
+    Bench {
+        /// Arguments for switchyard-bench.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Setup, build, and run switchyard on the bundled example manifests in a namespace sandbox.
     Demo(demo::DemoArgs),
 }
@@ -49,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { filter } => test::test(&root, &filter),
         Task::Lint => lint::lint(&root),
+        Task::Bench { args } => bench(&root, &args),
         Task::Demo(demo_args) => demo::demo(&root, demo_args),
     }
 }
@@ -60,4 +68,24 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or(manifest_dir)
+}
+
+/// Builds everything, then runs the benchmark binary with the freshly built switchyard.
+fn bench(root: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
+    setup::setup()?;
+    build::build(root, true)?;
+    command::run(
+        command::cargo(None)
+            .current_dir(root)
+            .args(["run", "--release", "--package", "switchyard-benches", "--"])
+            .args(args)
+            .env(
+                switchyard_testbed::switchyard::SWITCHYARD_ENV,
+                root.join("target/release/switchyard"),
+            )
+            .env(
+                switchyard_testbed::PROBE_ENV,
+                root.join("target/release/swy-probe"),
+            ),
+    )
 }

@@ -10,6 +10,7 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "iproute2",
     "conntrack",
+    "nftables",
     "util-linux",
     "llvm-22-dev",
     "libpolly-22-dev",

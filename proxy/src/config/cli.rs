@@ -78,6 +78,9 @@ pub struct Cli {
     /// Extension: interfaces for packet programs (comma list; default: every up interface with a node address).
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
+    /// Extension: iptables backend to write through (default: the one `iptables` points at).
+    #[arg(long, value_enum)]
+    pub iptables_backend: Option<crate::iptables::IptablesBackend>,
     /// Extension: the cluster's NodePort range (apiserver's --service-node-port-range), e.g. 30000-32767.
     #[arg(long)]
     pub service_node_port_range: Option<String>,

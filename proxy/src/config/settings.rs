@@ -54,6 +54,8 @@ pub struct Settings {
     pub bpffs_path: PathBuf,
     /// Interfaces for packet programs (empty: detect).
     pub devices: Vec<String>,
+    /// iptables backend override.
+    pub iptables_backend: Option<crate::iptables::IptablesBackend>,
     /// Valid NodePort numbers.
     pub nodeport_range: RangeInclusive<u16>,
     /// Remove our state and exit.
@@ -184,6 +186,7 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS_PATH)),
             devices: cli.devices.clone(),
+            iptables_backend: cli.iptables_backend,
             nodeport_range,
             cleanup: cli.cleanup,
             verbosity: cli.verbosity,

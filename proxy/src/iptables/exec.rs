@@ -1,0 +1,235 @@
+//! Running the iptables tools: restores, single-rule checks, and listing our chains.
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::backend::IptablesBackend;
+use super::generator_shim::is_ours;
+use super::rule_set::{ChainRef, Table};
+
+/// A failed iptables command, with what it printed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The program could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// Program name.
+        program: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The program exited non-zero.
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        /// Program and arguments.
+        program: String,
+        /// Exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr (names the failing line for restores).
+        stderr: String,
+    },
+    /// The program's output could not be read.
+    #[error("cannot read the output of {program}: {message}")]
+    Parse {
+        /// Program.
+        program: String,
+        /// Parser message.
+        message: String,
+    },
+}
+
+/// Seconds to wait for the xtables lock held by another writer (kubelet, CNI plugins).
+const LOCK_WAIT_SECONDS: &str = "5";
+
+fn run(mut cmd: Command, input: Option<&str>) -> Result<String, ExecError> {
+    let program = format!("{cmd:?}");
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A write error shows up as the child's failure below, with its own message.
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ExecError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ExecError::Failed {
+            program,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `iptables-restore --noflush` with `input`.
+pub fn restore(backend: IptablesBackend, input: &str) -> Result<(), ExecError> {
+    let mut cmd = Command::new(backend.restore());
+    cmd.args(["--noflush", "-w", LOCK_WAIT_SECONDS]);
+    run(cmd, Some(input)).map(drop)
+}
+
+/// Whether `rule` exists in `chain` (`iptables -C`).
+pub fn rule_exists(backend: IptablesBackend, chain: &ChainRef, rule: &[String]) -> bool {
+    let mut cmd = Command::new(backend.iptables());
+    cmd.args([
+        "-w",
+        LOCK_WAIT_SECONDS,
+        "-t",
+        chain.table.as_str(),
+        "-C",
+        &chain.chain,
+    ])
+    .args(rule);
+    run(cmd, None).is_ok()
+}
+
+/// Inserts `rule` at `position` (1-based) of `chain`.
+pub fn insert_rule(
+    backend: IptablesBackend,
+    chain: &ChainRef,
+    position: usize,
+    rule: &[String],
+) -> Result<(), ExecError> {
+    let mut cmd = Command::new(backend.iptables());
+    cmd.args([
+        "-w",
+        LOCK_WAIT_SECONDS,
+        "-t",
+        chain.table.as_str(),
+        "-I",
+        &chain.chain,
+    ])
+    .arg(position.to_string())
+    .args(rule);
+    run(cmd, None).map(drop)
+}
+
+/// Deletes one copy of `rule` from `chain`.
+pub fn delete_rule(
+    backend: IptablesBackend,
+    chain: &ChainRef,
+    rule: &[String],
+) -> Result<(), ExecError> {
+    let mut cmd = Command::new(backend.iptables());
+    cmd.args([
+        "-w",
+        LOCK_WAIT_SECONDS,
+        "-t",
+        chain.table.as_str(),
+        "-D",
+        &chain.chain,
+    ])
+    .args(rule);
+    run(cmd, None).map(drop)
+}
+
+/// Whether `chain` exists (`iptables -L CHAIN -n`, cheap on both backends even with large tables).
+pub fn chain_exists(backend: IptablesBackend, chain: &ChainRef) -> bool {
+    let mut cmd = Command::new(backend.iptables());
+    cmd.args([
+        "-w",
+        LOCK_WAIT_SECONDS,
+        "-t",
+        chain.table.as_str(),
+        "-L",
+        &chain.chain,
+        "-n",
+    ]);
+    run(cmd, None).is_ok()
+}
+
+/// Our chains currently in `table`. Legacy: `iptables-save` (fast there). nft: `nft -j list
+/// chains`, because iptables-nft-save takes minutes on a table with 100,000 chains.
+pub fn our_chains(backend: IptablesBackend, table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
+    let names: Vec<String> = match backend {
+        IptablesBackend::Legacy => {
+            let mut cmd = Command::new(backend.save());
+            cmd.args(["-t", table.as_str()]);
+            chain_declarations(&run(cmd, None)?)
+        }
+        IptablesBackend::Nft => {
+            let mut cmd = Command::new("nft");
+            cmd.args(["-j", "list", "chains", "ip"]);
+            nft_chain_names(&run(cmd, None)?, table.as_str()).map_err(|e| ExecError::Parse {
+                program: "nft -j list chains ip".into(),
+                message: e.to_string(),
+            })?
+        }
+    };
+    Ok(names
+        .into_iter()
+        .filter(|n| is_ours(n))
+        .map(|n| ChainRef::new(table, n))
+        .collect())
+}
+
+/// Chain names declared (`:NAME POLICY [p:b]`) in iptables-save output.
+fn chain_declarations(save: &str) -> Vec<String> {
+    save.lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct NftList {
+    nftables: Vec<NftItem>,
+}
+
+#[derive(serde::Deserialize)]
+struct NftItem {
+    chain: Option<NftChain>,
+}
+
+#[derive(serde::Deserialize)]
+struct NftChain {
+    table: String,
+    name: String,
+}
+
+/// Chain names of `table` in `nft -j list chains ip` output.
+fn nft_chain_names(json: &str, table: &str) -> Result<Vec<String>, serde_json::Error> {
+    let list: NftList = serde_json::from_str(json)?;
+    Ok(list
+        .nftables
+        .into_iter()
+        .filter_map(|item| item.chain)
+        .filter(|c| c.table == table)
+        .map(|c| c.name)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_output_chain_declarations() {
+        let save = "# Generated\n*nat\n:PREROUTING ACCEPT [0:0]\n:SWY-SERVICES - [0:0]\n-A PREROUTING -j SWY-SERVICES\nCOMMIT\n";
+        assert_eq!(chain_declarations(save), ["PREROUTING", "SWY-SERVICES"]);
+    }
+
+    #[test]
+    fn nft_json_chain_names() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"chain": {"family": "ip", "table": "nat", "name": "SWY-SERVICES", "handle": 3}},
+            {"chain": {"family": "ip", "table": "filter", "name": "SWY-FORWARD", "handle": 4}}]}"#;
+        assert_eq!(nft_chain_names(json, "nat").unwrap(), ["SWY-SERVICES"]);
+        assert_eq!(nft_chain_names(json, "filter").unwrap(), ["SWY-FORWARD"]);
+        assert!(nft_chain_names("not json", "nat").is_err());
+    }
+}

@@ -1,0 +1,330 @@
+//! Rendering iptables-restore input: full syncs (one transaction, or batches on iptables-nft)
+//! and partial syncs that touch only the changed service ports' chains and rules.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use super::rule_set::{BaseRules, ChainRef, PortRules, Rule, Table};
+
+/// How a full sync is split into iptables-restore runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// One `--noflush` transaction per table. iptables-legacy loads 10,000 services x 10
+    /// endpoints this way in seconds.
+    Single,
+    /// iptables-nft's `--noflush` cost grows faster than linearly with the size of one
+    /// transaction (minutes at 10,000 services), while small transactions stay cheap even on a
+    /// large table; so service chains are written in batches of this many service ports, and
+    /// the shared dispatch chains that make them reachable are written last.
+    Batched {
+        /// Service ports per transaction.
+        ports_per_batch: usize,
+    },
+}
+
+/// Service ports per iptables-nft transaction: measured on 2 cores, 10 batches of 1,000
+/// kube-proxy-shaped service ports load in ~19 s, against > 300 s as one transaction.
+pub const NFT_PORTS_PER_BATCH: usize = 1_000;
+
+/// Chains whose contents never depend on services: safe to flush and refill in the first
+/// batch of a batched full sync, since the refill is atomic and identical.
+fn is_fixed_content(chain: &ChainRef, base: &BaseRules) -> bool {
+    base.chains
+        .get(chain)
+        .is_some_and(|rules| !rules.is_empty())
+}
+
+/// One iptables-restore input under construction, per table.
+#[derive(Default)]
+struct Input {
+    tables: BTreeMap<Table, TableInput>,
+}
+
+#[derive(Default)]
+struct TableInput {
+    declare: BTreeSet<String>,
+    lines: Vec<String>,
+    delete: BTreeSet<String>,
+}
+
+impl Input {
+    fn table(&mut self, table: Table) -> &mut TableInput {
+        self.tables.entry(table).or_default()
+    }
+
+    /// Declares (creating or flushing) `chain` and appends its rules.
+    fn chain(&mut self, chain: &ChainRef, rules: &[Rule]) {
+        let t = self.table(chain.table);
+        t.declare.insert(chain.chain.clone());
+        for rule in rules {
+            t.lines.push(format!("-A {} {rule}", chain.chain));
+        }
+    }
+
+    fn append(&mut self, chain: &ChainRef, rule: &str) {
+        self.table(chain.table)
+            .lines
+            .push(format!("-A {} {rule}", chain.chain));
+    }
+
+    fn delete_rule(&mut self, chain: &ChainRef, rule: &str) {
+        self.table(chain.table)
+            .lines
+            .push(format!("-D {} {rule}", chain.chain));
+    }
+
+    /// Flushes and deletes a chain (after every rule that referenced it is gone).
+    fn remove_chain(&mut self, chain: &ChainRef) {
+        let t = self.table(chain.table);
+        t.declare.insert(chain.chain.clone());
+        t.delete.insert(chain.chain.clone());
+    }
+
+    fn render(self) -> String {
+        let mut out = String::new();
+        for (table, t) in self.tables {
+            if t.declare.is_empty() && t.lines.is_empty() && t.delete.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "*{table}");
+            for chain in &t.declare {
+                let _ = writeln!(out, ":{chain} - [0:0]");
+            }
+            for line in &t.lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+            for chain in &t.delete {
+                let _ = writeln!(out, "-X {chain}");
+            }
+            out.push_str("COMMIT\n");
+        }
+        out
+    }
+}
+
+/// The inputs of a full sync, in the order they must run. `existing` are the chains of ours
+/// that are in the kernel now; those not wanted any more are deleted in the last input.
+pub fn full_sync(
+    base: &BaseRules,
+    ports: &BTreeMap<impl Ord, PortRules>,
+    existing: &BTreeSet<ChainRef>,
+    strategy: Strategy,
+) -> Vec<String> {
+    let wanted: BTreeSet<&ChainRef> = base
+        .chains
+        .keys()
+        .chain(ports.values().flat_map(|p| p.chains.keys()))
+        .collect();
+    let mut inputs = Vec::new();
+    let mut last = Input::default();
+    match strategy {
+        Strategy::Single => {
+            for (chain, rules) in &base.chains {
+                last.chain(chain, rules);
+            }
+            for port in ports.values() {
+                for (chain, rules) in &port.chains {
+                    last.chain(chain, rules);
+                }
+            }
+        }
+        Strategy::Batched { ports_per_batch } => {
+            // First: static chains, so service chains can jump to them. Dispatch chains
+            // (no fixed rules) are only created when missing: flushing them now would cut
+            // every service off until the last batch.
+            let mut first = Input::default();
+            for (chain, rules) in &base.chains {
+                if is_fixed_content(chain, base) || !existing.contains(chain) {
+                    first.chain(chain, rules);
+                }
+            }
+            inputs.push(first.render());
+            let all: Vec<&PortRules> = ports.values().collect();
+            for batch in all.chunks(ports_per_batch.max(1)) {
+                let mut input = Input::default();
+                for port in batch {
+                    for (chain, rules) in &port.chains {
+                        input.chain(chain, rules);
+                    }
+                }
+                inputs.push(input.render());
+            }
+            // Last: the dispatch chains, rewritten whole.
+            for (chain, rules) in &base.chains {
+                if !is_fixed_content(chain, base) {
+                    last.chain(chain, rules);
+                }
+            }
+        }
+    }
+    for port in ports.values() {
+        for (chain, rule) in &port.shared {
+            last.append(chain, rule);
+        }
+    }
+    for chain in existing {
+        if !wanted.contains(chain) {
+            last.remove_chain(chain);
+        }
+    }
+    inputs.push(last.render());
+    inputs.retain(|i| !i.is_empty());
+    inputs
+}
+
+/// The input of a partial sync: for each changed port, its chains are rewritten, its shared
+/// rules are deleted and appended one by one, and chains it no longer has are removed.
+/// Nothing of any other port appears in it.
+pub fn partial_sync<'a>(
+    changes: impl IntoIterator<Item = (Option<&'a PortRules>, Option<&'a PortRules>)>,
+) -> String {
+    let empty = PortRules::default();
+    let mut input = Input::default();
+    let mut deletes = Vec::new();
+    let mut appends = Vec::new();
+    for (old, new) in changes {
+        let old = old.unwrap_or(&empty);
+        let new = new.unwrap_or(&empty);
+        for (chain, rules) in &new.chains {
+            input.chain(chain, rules);
+        }
+        let old_shared: BTreeSet<&(ChainRef, Rule)> = old.shared.iter().collect();
+        let new_shared: BTreeSet<&(ChainRef, Rule)> = new.shared.iter().collect();
+        deletes.extend(old_shared.difference(&new_shared).copied());
+        appends.extend(new_shared.difference(&old_shared).copied());
+        for chain in old.chains.keys() {
+            if !new.chains.contains_key(chain) {
+                input.remove_chain(chain);
+            }
+        }
+    }
+    // Deletes first: a rule can move between ports in one sync.
+    for (chain, rule) in deletes {
+        input.delete_rule(chain, rule);
+    }
+    for (chain, rule) in appends {
+        input.append(chain, rule);
+    }
+    input.render()
+}
+
+/// Input that flushes and deletes the given chains (used by `--cleanup`).
+pub fn remove_chains(chains: &BTreeSet<ChainRef>) -> String {
+    let mut input = Input::default();
+    for chain in chains {
+        input.remove_chain(chain);
+    }
+    input.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(table: Table, name: &str) -> ChainRef {
+        ChainRef::new(table, name)
+    }
+
+    fn port(id: &str) -> PortRules {
+        let svc = chain(Table::Nat, &format!("SWY-SVC-{id}"));
+        let sep = chain(Table::Nat, &format!("SWY-SEP-{id}"));
+        PortRules {
+            chains: BTreeMap::from([
+                (svc.clone(), vec![format!("-j SWY-SEP-{id}")]),
+                (
+                    sep,
+                    vec!["-p tcp -m tcp -j DNAT --to-destination 198.19.1.11:8080".into()],
+                ),
+            ]),
+            shared: vec![(
+                chain(Table::Nat, "SWY-SERVICES"),
+                format!(
+                    "-d 198.18.128.{}/32 -p tcp -m tcp --dport 80 -j SWY-SVC-{id}",
+                    id.len()
+                ),
+            )],
+        }
+    }
+
+    fn base() -> BaseRules {
+        BaseRules {
+            chains: BTreeMap::from([
+                (
+                    chain(Table::Nat, "SWY-MARK-MASQ"),
+                    vec!["-j MARK --or-mark 0x4000".into()],
+                ),
+                (chain(Table::Nat, "SWY-SERVICES"), vec![]),
+            ]),
+            jumps: vec![],
+        }
+    }
+
+    #[test]
+    fn single_strategy_is_one_input_that_removes_stale_chains_last() {
+        let ports = BTreeMap::from([("a", port("A")), ("b", port("BB"))]);
+        let existing = BTreeSet::from([chain(Table::Nat, "SWY-SVC-OLD")]);
+        let inputs = full_sync(&base(), &ports, &existing, Strategy::Single);
+        assert_eq!(inputs.len(), 1);
+        let text = &inputs[0];
+        assert!(text.starts_with("*nat\n"));
+        assert!(text.contains(":SWY-SVC-A - [0:0]\n"));
+        assert!(
+            text.contains(":SWY-SVC-OLD - [0:0]\n"),
+            "stale chain flushed before -X"
+        );
+        assert!(text.ends_with("-X SWY-SVC-OLD\nCOMMIT\n"), "{text}");
+        assert!(text.contains("-A SWY-SERVICES -d 198.18.128.2/32"));
+    }
+
+    #[test]
+    fn batched_strategy_writes_dispatch_last_and_bounds_batches() {
+        let ports: BTreeMap<usize, PortRules> =
+            (0..5).map(|i| (i, port(&format!("P{i}")))).collect();
+        let existing = BTreeSet::from([chain(Table::Nat, "SWY-SERVICES")]);
+        let inputs = full_sync(
+            &base(),
+            &ports,
+            &existing,
+            Strategy::Batched { ports_per_batch: 2 },
+        );
+        // static chains, 3 batches of service chains, dispatch.
+        assert_eq!(inputs.len(), 5, "{inputs:#?}");
+        assert!(inputs[0].contains(":SWY-MARK-MASQ"));
+        assert!(
+            !inputs[0].contains(":SWY-SERVICES"),
+            "existing dispatch not flushed early"
+        );
+        for batch in &inputs[1..4] {
+            assert!(batch.matches(":SWY-SVC-").count() <= 2);
+            assert!(!batch.contains("SWY-SERVICES"));
+        }
+        assert!(inputs[4].contains(":SWY-SERVICES - [0:0]"));
+        assert_eq!(inputs[4].matches("-A SWY-SERVICES").count(), 5);
+    }
+
+    #[test]
+    fn partial_sync_touches_only_the_changed_port() {
+        let old = port("A");
+        let mut new = port("A");
+        new.shared[0].1 = "-d 198.18.128.99/32 -p tcp -m tcp --dport 80 -j SWY-SVC-A".into();
+        new.chains.remove(&chain(Table::Nat, "SWY-SEP-A"));
+        let text = partial_sync([(Some(&old), Some(&new))]);
+        assert_eq!(
+            text,
+            "*nat\n:SWY-SEP-A - [0:0]\n:SWY-SVC-A - [0:0]\n-A SWY-SVC-A -j SWY-SEP-A\n\
+             -D SWY-SERVICES -d 198.18.128.1/32 -p tcp -m tcp --dport 80 -j SWY-SVC-A\n\
+             -A SWY-SERVICES -d 198.18.128.99/32 -p tcp -m tcp --dport 80 -j SWY-SVC-A\n\
+             -X SWY-SEP-A\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn removing_a_port_deletes_its_rules_then_its_chains() {
+        let old = port("A");
+        let text = partial_sync([(Some(&old), None)]);
+        let delete_rule = text.find("-D SWY-SERVICES").expect("rule deleted");
+        let delete_chain = text.find("-X SWY-SVC-A").expect("chain deleted");
+        assert!(delete_rule < delete_chain);
+        assert!(!text.contains("-A "), "{text}");
+    }
+}

@@ -1,0 +1,97 @@
+//! The shape of generated iptables state: which chains a service port owns, and which rules it
+//! contributes to the shared dispatch chains. The writer turns these into iptables-restore input.
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// An iptables table Switchyard writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// nat: DNAT to endpoints, masquerade marking.
+    Nat,
+    /// filter: REJECT/DROP verdicts, health check ports, forwarding of marked traffic.
+    Filter,
+    /// mangle: only the canary chain.
+    Mangle,
+}
+
+impl Table {
+    /// The name iptables uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Nat => "nat",
+            Table::Filter => "filter",
+            Table::Mangle => "mangle",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A chain in a table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChainRef {
+    /// Table.
+    pub table: Table,
+    /// Chain name (at most 28 characters, iptables' limit).
+    pub chain: String,
+}
+
+impl ChainRef {
+    /// A chain reference.
+    pub fn new(table: Table, chain: impl Into<String>) -> Self {
+        Self {
+            table,
+            chain: chain.into(),
+        }
+    }
+}
+
+/// One rule: everything after `-A CHAIN ` in iptables-restore syntax, e.g.
+/// `-m comment --comment "demo/web:http cluster IP" -d 198.18.128.10/32 -p tcp -m tcp --dport 80 -j SWY-SVC-…`.
+pub type Rule = String;
+
+/// What one service port puts into iptables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortRules {
+    /// Chains only this port uses (SVC, SVL, EXT, FW, SEP…), with their rules in order.
+    pub chains: BTreeMap<ChainRef, Vec<Rule>>,
+    /// Rules this port adds to shared chains (SWY-SERVICES, SWY-NODEPORTS, filter verdict
+    /// chains…). Order inside a shared chain carries no meaning, so a partial sync can delete
+    /// and append them one by one.
+    pub shared: Vec<(ChainRef, Rule)>,
+}
+
+/// Node-wide inputs of the generator.
+#[derive(Clone, Debug, Default)]
+pub struct RuleConfig {
+    /// Pod CIDRs: traffic from outside them to a ClusterIP is masqueraded.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Masquerade all ClusterIP traffic.
+    pub masquerade_all: bool,
+    /// `--nodeport-addresses` CIDRs; empty means every local address (`addrtype LOCAL`).
+    pub nodeport_cidrs: Vec<IpNet>,
+    /// This node's addresses (a loadBalancerSourceRange containing one lets the node through).
+    pub node_ips: Vec<IpAddr>,
+    /// Whether NodePorts answer on 127.0.0.1 (kube-proxy iptables mode's historic default).
+    pub localhost_nodeports: bool,
+}
+
+/// Rules that do not belong to any service port: the static chains and the jumps from the
+/// built-in chains.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BaseRules {
+    /// Static chains (SWY-MARK-MASQ, SWY-POSTROUTING, SWY-FORWARD, shared dispatch chains
+    /// declared empty here…) with their fixed rules.
+    pub chains: BTreeMap<ChainRef, Vec<Rule>>,
+    /// Jumps from built-in chains (`PREROUTING`, `OUTPUT`, `POSTROUTING`, `INPUT`, `FORWARD`)
+    /// into ours, installed with `iptables -C || iptables -I` since a restore cannot test for
+    /// existing rules. Ordered as they must appear.
+    pub jumps: Vec<(ChainRef, Rule)>,
+}

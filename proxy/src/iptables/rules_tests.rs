@@ -1,0 +1,1227 @@
+//! Tests of the rule generator: rule shapes per feature, and one run through a real
+//! `iptables-restore --test` in a throwaway network namespace.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use super::*;
+use crate::iptables::chains::{ext_chain, fw_chain, sep_chain, svc_chain, svl_chain};
+use crate::model::{Endpoint, Frontend, FrontendKind, ServicePortKey};
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures.
+// ---------------------------------------------------------------------------------------------
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test IP")
+}
+
+fn net(text: &str) -> IpNet {
+    text.parse().expect("test CIDR")
+}
+
+fn key(name: &str, port_name: &str, protocol: Protocol) -> ServicePortKey {
+    ServicePortKey {
+        namespace: "demo".into(),
+        name: name.into(),
+        port_name: port_name.into(),
+        protocol,
+    }
+}
+
+/// A ready endpoint on another node.
+fn ep(addr: &str, port: u16) -> Endpoint {
+    Endpoint {
+        ip: ip(addr),
+        port,
+        ready: true,
+        serving: true,
+        terminating: false,
+        local: false,
+        node_name: Some("other".into()),
+    }
+}
+
+fn local(mut e: Endpoint) -> Endpoint {
+    e.local = true;
+    e.node_name = Some("this".into());
+    e
+}
+
+fn terminating(mut e: Endpoint) -> Endpoint {
+    e.ready = false;
+    e.terminating = true;
+    e
+}
+
+fn not_serving(mut e: Endpoint) -> Endpoint {
+    e.ready = false;
+    e.serving = false;
+    e.terminating = true;
+    e
+}
+
+/// demo/web:http TCP 198.18.128.10:80 with the given endpoints.
+fn web(endpoints: Vec<Endpoint>) -> ServicePort {
+    let k = key("web", "http", Protocol::Tcp);
+    port_with(k, "198.18.128.10", 80, endpoints)
+}
+
+fn port_with(k: ServicePortKey, cluster_ip: &str, port: u16, eps: Vec<Endpoint>) -> ServicePort {
+    let mut p = ServicePort {
+        key: k,
+        port,
+        cluster_ips: vec![ip(cluster_ip)],
+        node_port: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        session_affinity_timeout: None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        endpoints: eps,
+        frontends: vec![],
+    };
+    refresh_frontends(&mut p);
+    p
+}
+
+/// Keeps `frontends` consistent with the address fields (the generator does not read them,
+/// but a realistic port has them).
+fn refresh_frontends(p: &mut ServicePort) {
+    let mut f: Vec<Frontend> = Vec::new();
+    let with = |kind, ip, port| Frontend { kind, ip, port };
+    f.extend(
+        p.cluster_ips
+            .iter()
+            .map(|i| with(FrontendKind::ClusterIp, *i, p.port)),
+    );
+    if let Some(np) = p.node_port {
+        f.push(with(FrontendKind::NodePort, ip("192.168.0.10"), np));
+    }
+    f.extend(
+        p.external_ips
+            .iter()
+            .map(|i| with(FrontendKind::ExternalIp, *i, p.port)),
+    );
+    f.extend(
+        p.load_balancer_ips
+            .iter()
+            .map(|i| with(FrontendKind::LoadBalancer, *i, p.port)),
+    );
+    f.sort();
+    p.frontends = f;
+}
+
+/// A LoadBalancer service port with NodePort 30080, one external IP and one LB IP.
+fn lb(eps: Vec<Endpoint>) -> ServicePort {
+    let mut p = web(eps);
+    p.node_port = Some(30080);
+    p.external_ips = vec![ip("203.0.113.5")];
+    p.load_balancer_ips = vec![ip("203.0.113.10")];
+    refresh_frontends(&mut p);
+    p
+}
+
+fn cfg() -> RuleConfig {
+    RuleConfig {
+        cluster_cidrs: vec![net("10.244.0.0/16")],
+        masquerade_all: false,
+        nodeport_cidrs: vec![],
+        node_ips: vec![ip("192.168.0.10")],
+        localhost_nodeports: false,
+    }
+}
+
+fn own<'a>(r: &'a PortRules, name: &str) -> &'a [Rule] {
+    r.chains
+        .get(&ChainRef::new(Table::Nat, name))
+        .map(Vec::as_slice)
+        .unwrap_or_else(|| panic!("chain {name} missing in {r:#?}"))
+}
+
+fn has_own(r: &PortRules, name: &str) -> bool {
+    r.chains.contains_key(&ChainRef::new(Table::Nat, name))
+}
+
+fn shared(r: &PortRules, table: Table, name: &str) -> Vec<String> {
+    r.shared
+        .iter()
+        .filter(|(c, _)| c.table == table && c.chain == name)
+        .map(|(_, rule)| rule.clone())
+        .collect()
+}
+
+fn sep(p: &ServicePort, addr: &str, port: u16) -> String {
+    sep_chain(&p.key, ip(addr), port)
+}
+
+/// Splits a rule like a shell would (double quotes only, which is all we emit).
+fn words(rule: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut in_word = false;
+    for c in rule.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            ' ' if !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                }
+                in_word = false;
+            }
+            _ => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quoted {
+        return None;
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Some(out)
+}
+
+/// Basic syntax sanity: what iptables-restore would choke on before even parsing options.
+fn assert_sane(rule: &str) {
+    assert!(
+        rule.starts_with('-'),
+        "rule must start with an option: {rule:?}"
+    );
+    assert!(!rule.contains('\n') && !rule.contains('\\'), "{rule:?}");
+    assert!(!rule.contains("  ") && !rule.ends_with(' '), "{rule:?}");
+    let w = words(rule).unwrap_or_else(|| panic!("unbalanced quotes: {rule:?}"));
+    for pair in w.windows(2) {
+        if pair[0] == "-j" {
+            assert!(pair[1].len() <= chains::MAX_CHAIN_NAME_LEN, "{rule:?}");
+        }
+        if pair[0] == "--comment" {
+            assert!(pair[1].len() <= MAX_COMMENT_BYTES, "{rule:?}");
+        }
+    }
+    assert!(
+        w.iter().filter(|x| *x == "-j").count() <= 1,
+        "at most one target: {rule:?}"
+    );
+}
+
+fn assert_all_sane(r: &PortRules) {
+    for rules in r.chains.values() {
+        rules.iter().for_each(|x| assert_sane(x));
+    }
+    r.shared.iter().for_each(|(_, x)| assert_sane(x));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster IP.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cluster_ip_dispatch_rule_shape() {
+    let p = web(vec![ep("10.244.1.5", 8080)]);
+    let r = port_rules(&p, &cfg());
+    let svc = svc_chain(&p.key);
+    assert_eq!(
+        shared(&r, Table::Nat, SERVICES),
+        vec![format!(
+            "-m comment --comment \"demo/web:http cluster IP\" -d 198.18.128.10/32 -p tcp -m tcp --dport 80 -j {svc}"
+        )]
+    );
+    assert!(r.shared.iter().all(|(c, _)| c.table == Table::Nat));
+    assert_all_sane(&r);
+}
+
+#[test]
+fn balancing_probabilities_follow_one_over_n_minus_i() {
+    let cases: [(usize, &[&str]); 4] = [
+        (1, &[]),
+        (2, &["0.5000000000"]),
+        (3, &["0.3333333333", "0.5000000000"]),
+        (4, &["0.2500000000", "0.3333333333", "0.5000000000"]),
+    ];
+    for (n, expected) in cases {
+        let eps = (0..n)
+            .map(|i| ep(&format!("10.244.1.{}", i + 1), 8080))
+            .collect();
+        let p = web(eps);
+        let r = port_rules(&p, &cfg());
+        let rules = own(&r, &svc_chain(&p.key));
+        // First the masquerade rule, then one rule per endpoint in endpoint order.
+        assert_eq!(rules.len(), 1 + n, "{rules:#?}");
+        let balancing = &rules[1..];
+        let probs: Vec<&str> = balancing
+            .iter()
+            .filter_map(|r| r.split("--probability ").nth(1))
+            .filter_map(|rest| rest.split(' ').next())
+            .collect();
+        assert_eq!(probs, expected, "n={n}");
+        for (i, rule) in balancing.iter().enumerate() {
+            let target = sep(&p, &format!("10.244.1.{}", i + 1), 8080);
+            assert!(rule.ends_with(&format!("-j {target}")), "{rule}");
+            assert!(
+                rule.starts_with(&format!(
+                    "-m comment --comment \"demo/web:http -> 10.244.1.{}:8080\"",
+                    i + 1
+                )),
+                "{rule}"
+            );
+        }
+        assert!(
+            !balancing[n - 1].contains("statistic"),
+            "last rule always matches"
+        );
+    }
+}
+
+#[test]
+fn probability_formatting_matches_upstream() {
+    assert_eq!(probability(2), "0.5000000000");
+    assert_eq!(probability(3), "0.3333333333");
+    assert_eq!(probability(7), "0.1428571429");
+    assert_eq!(probability(1000), "0.0010000000");
+}
+
+#[test]
+fn masquerade_rule_by_configuration() {
+    let dst = "-d 198.18.128.10/32 -p tcp -m tcp --dport 80";
+    let note = "-m comment --comment \"demo/web:http cluster IP\"";
+    let cases: [(Vec<IpNet>, bool, Option<String>); 5] = [
+        (
+            vec![net("10.244.0.0/16")],
+            false,
+            Some(format!("{note} {dst} ! -s 10.244.0.0/16 -j SWY-MARK-MASQ")),
+        ),
+        // Host bits are cleared so the rule text is canonical.
+        (
+            vec![net("10.244.3.4/16")],
+            false,
+            Some(format!("{note} {dst} ! -s 10.244.0.0/16 -j SWY-MARK-MASQ")),
+        ),
+        (
+            vec![net("10.244.0.0/16")],
+            true,
+            Some(format!("{note} {dst} -j SWY-MARK-MASQ")),
+        ),
+        (vec![], false, None),
+        (
+            vec![net("10.244.0.0/16"), net("10.245.0.0/16")],
+            false,
+            Some(format!("{note} {dst} -j SWY-MASQ-OFF-CLUSTER")),
+        ),
+    ];
+    for (cidrs, all, expected) in cases {
+        let c = RuleConfig {
+            cluster_cidrs: cidrs.clone(),
+            masquerade_all: all,
+            ..cfg()
+        };
+        let p = web(vec![ep("10.244.1.5", 8080)]);
+        let r = port_rules(&p, &c);
+        let first = own(&r, &svc_chain(&p.key))[0].clone();
+        match &expected {
+            Some(rule) => assert_eq!(&first, rule, "{cidrs:?} all={all}"),
+            None => assert!(!first.contains("MASQ"), "{first}"),
+        }
+    }
+}
+
+#[test]
+fn masq_off_cluster_chain_returns_for_every_cluster_cidr() {
+    let c = RuleConfig {
+        cluster_cidrs: vec![net("10.244.0.0/16"), net("10.245.0.0/16"), net("fd00::/48")],
+        ..cfg()
+    };
+    let base = base_rules(&c);
+    assert_eq!(
+        base.chains[&ChainRef::new(Table::Nat, MASQ_OFF_CLUSTER)],
+        vec![
+            "-s 10.244.0.0/16 -j RETURN",
+            "-s 10.245.0.0/16 -j RETURN",
+            "-j SWY-MARK-MASQ"
+        ]
+    );
+}
+
+#[test]
+fn session_affinity_checks_first_and_records_in_endpoint_chain() {
+    for timeout in [10800u32, 60] {
+        let mut p = web(vec![ep("10.244.1.5", 8080), ep("10.244.2.6", 8080)]);
+        p.session_affinity_timeout = Some(timeout);
+        let r = port_rules(&p, &cfg());
+        let rules = own(&r, &svc_chain(&p.key));
+        let (a, b) = (sep(&p, "10.244.1.5", 8080), sep(&p, "10.244.2.6", 8080));
+        assert_eq!(rules.len(), 5, "{rules:#?}");
+        assert_eq!(
+            rules[1],
+            format!(
+                "-m comment --comment \"demo/web:http -> 10.244.1.5:8080\" -m recent --name {a} --rcheck --seconds {timeout} --reap -j {a}"
+            )
+        );
+        assert_eq!(
+            rules[2],
+            format!(
+                "-m comment --comment \"demo/web:http -> 10.244.2.6:8080\" -m recent --name {b} --rcheck --seconds {timeout} --reap -j {b}"
+            )
+        );
+        assert!(rules[3].contains("--probability 0.5000000000"));
+        assert_eq!(
+            own(&r, &a)[1],
+            format!(
+                "-m comment --comment \"demo/web:http\" -m recent --name {a} --set -p tcp -m tcp -j DNAT --to-destination 10.244.1.5:8080"
+            )
+        );
+        assert_all_sane(&r);
+    }
+}
+
+#[test]
+fn endpoint_chain_masquerades_hairpin_then_dnats() {
+    let p = web(vec![ep("10.244.1.5", 8080)]);
+    let r = port_rules(&p, &cfg());
+    assert_eq!(
+        own(&r, &sep(&p, "10.244.1.5", 8080)),
+        [
+            "-m comment --comment \"demo/web:http\" -s 10.244.1.5/32 -j SWY-MARK-MASQ".to_owned(),
+            "-m comment --comment \"demo/web:http\" -p tcp -m tcp -j DNAT --to-destination 10.244.1.5:8080"
+                .to_owned(),
+        ]
+    );
+    assert!(!own(&r, &sep(&p, "10.244.1.5", 8080))[1].contains("recent"));
+}
+
+#[test]
+fn udp_uses_udp_matches_everywhere() {
+    let k = key("dns", "dns", Protocol::Udp);
+    let mut p = port_with(k, "198.18.128.53", 53, vec![ep("10.244.1.5", 5353)]);
+    p.node_port = Some(30053);
+    p.health_check_node_port = Some(31000);
+    let r = port_rules(&p, &cfg());
+    assert_eq!(
+        shared(&r, Table::Nat, SERVICES)[0],
+        format!(
+            "-m comment --comment \"demo/dns:dns cluster IP\" -d 198.18.128.53/32 -p udp -m udp --dport 53 -j {}",
+            svc_chain(&p.key)
+        )
+    );
+    assert_eq!(
+        own(&r, &sep(&p, "10.244.1.5", 5353))[1],
+        "-m comment --comment \"demo/dns:dns\" -p udp -m udp -j DNAT --to-destination 10.244.1.5:5353"
+    );
+    assert!(shared(&r, Table::Nat, NODEPORTS)[0].contains("-p udp -m udp --dport 30053"));
+    // The health check is HTTP, so TCP even for a UDP service.
+    assert!(shared(&r, Table::Filter, NODEPORTS)[0].contains("-p tcp -m tcp --dport 31000"));
+    assert!(r.chains.values().flatten().all(|x| !x.contains("tcp")));
+}
+
+#[test]
+fn unnamed_port_comment_has_no_colon() {
+    let p = port_with(key("web", "", Protocol::Tcp), "198.18.128.11", 80, vec![]);
+    let r = port_rules(&p, &cfg());
+    assert_eq!(
+        shared(&r, Table::Filter, SERVICES),
+        vec!["-m comment --comment \"demo/web has no endpoints\" -d 198.18.128.11/32 -p tcp -m tcp --dport 80 -j REJECT"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// External destinations.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn external_destinations_dispatch_to_ext_chain_with_cluster_policy() {
+    let p = lb(vec![ep("10.244.1.5", 8080)]);
+    let r = port_rules(&p, &cfg());
+    let (ext, svc) = (ext_chain(&p.key), svc_chain(&p.key));
+    assert_eq!(
+        shared(&r, Table::Nat, SERVICES),
+        vec![
+            format!("-m comment --comment \"demo/web:http cluster IP\" -d 198.18.128.10/32 -p tcp -m tcp --dport 80 -j {svc}"),
+            format!("-m comment --comment \"demo/web:http external IP\" -d 203.0.113.5/32 -p tcp -m tcp --dport 80 -j {ext}"),
+            format!("-m comment --comment \"demo/web:http loadbalancer IP\" -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j {ext}"),
+        ]
+    );
+    assert_eq!(
+        shared(&r, Table::Nat, NODEPORTS),
+        vec![format!(
+            "-m comment --comment \"demo/web:http\" -p tcp -m tcp --dport 30080 -j {ext}"
+        )]
+    );
+    assert_eq!(
+        own(&r, &ext),
+        [
+            "-m comment --comment \"masquerade traffic for demo/web:http external destinations\" -j SWY-MARK-MASQ".to_owned(),
+            format!("-j {svc}"),
+        ]
+    );
+    assert!(!has_own(&r, &fw_chain(&p.key)) && !has_own(&r, &svl_chain(&p.key)));
+    assert!(shared(&r, Table::Filter, EXTERNAL_SERVICES).is_empty());
+    assert!(shared(&r, Table::Filter, PROXY_FIREWALL).is_empty());
+    assert_all_sane(&r);
+}
+
+#[test]
+fn source_ranges_route_lb_traffic_through_firewall_chain() {
+    // (ranges, node admitted?, expected FW rules before the final comment)
+    let cases: [(Vec<&str>, Vec<String>); 3] = [
+        (vec!["198.51.100.0/24"], vec!["-s 198.51.100.0/24".into()]),
+        // 192.168.0.0/16 contains the node IP: the LB IP as source is admitted too.
+        (
+            vec!["198.51.100.0/24", "192.168.0.0/16"],
+            vec![
+                "-s 198.51.100.0/24".into(),
+                "-s 192.168.0.0/16".into(),
+                "-s 203.0.113.10/32".into(),
+            ],
+        ),
+        // Only IPv6 ranges: no IPv4 source is admitted.
+        (vec!["2001:db8::/32"], vec![]),
+    ];
+    for (ranges, sources) in cases {
+        let mut p = lb(vec![ep("10.244.1.5", 8080)]);
+        p.load_balancer_source_ranges = ranges.iter().map(|r| net(r)).collect();
+        let r = port_rules(&p, &cfg());
+        let (fw, ext) = (fw_chain(&p.key), ext_chain(&p.key));
+        let note = "-m comment --comment \"demo/web:http loadbalancer IP\"";
+        let mut expected: Vec<String> = sources
+            .iter()
+            .map(|s| format!("{note} {s} -j {ext}"))
+            .collect();
+        expected.push(format!(
+            "-m comment --comment \"other traffic to demo/web:http will be dropped by SWY-PROXY-FIREWALL\""
+        ));
+        assert_eq!(own(&r, &fw), expected.as_slice(), "{ranges:?}");
+        assert!(shared(&r, Table::Nat, SERVICES).contains(&format!(
+            "{note} -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j {fw}"
+        )));
+        // externalIPs and NodePorts ignore source ranges.
+        assert!(shared(&r, Table::Nat, SERVICES)[1].ends_with(&format!("-j {ext}")));
+        assert!(shared(&r, Table::Nat, NODEPORTS)[0].ends_with(&format!("-j {ext}")));
+        assert_eq!(
+            shared(&r, Table::Filter, PROXY_FIREWALL),
+            vec![format!(
+                "-m comment --comment \"demo/web:http traffic not accepted by {fw}\" -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DROP"
+            )]
+        );
+        assert_all_sane(&r);
+    }
+}
+
+#[test]
+fn external_local_policy_chain_shape() {
+    let mut p = lb(vec![local(ep("10.244.1.5", 8080)), ep("10.244.2.6", 8080)]);
+    p.external_traffic_policy = TrafficPolicy::Local;
+    p.health_check_node_port = Some(31000);
+    let c = RuleConfig {
+        cluster_cidrs: vec![net("10.244.0.0/16"), net("10.250.0.0/16")],
+        ..cfg()
+    };
+    let r = port_rules(&p, &c);
+    let (ext, svc, svl) = (ext_chain(&p.key), svc_chain(&p.key), svl_chain(&p.key));
+    assert_eq!(
+        own(&r, &ext),
+        [
+            format!("-m comment --comment \"pod traffic for demo/web:http external destinations\" -s 10.244.0.0/16 -j {svc}"),
+            format!("-m comment --comment \"pod traffic for demo/web:http external destinations\" -s 10.250.0.0/16 -j {svc}"),
+            "-m comment --comment \"masquerade LOCAL traffic for demo/web:http external destinations\" -m addrtype --src-type LOCAL -j SWY-MARK-MASQ".to_owned(),
+            format!("-m comment --comment \"route LOCAL traffic for demo/web:http external destinations\" -m addrtype --src-type LOCAL -j {svc}"),
+            format!("-j {svl}"),
+        ]
+    );
+    // SVC balances over both endpoints (short-circuit), SVL over the local one only.
+    assert_eq!(
+        own(&r, &svc)
+            .iter()
+            .filter(|x| x.contains("SWY-SEP-"))
+            .count(),
+        2
+    );
+    assert_eq!(
+        own(&r, &svl),
+        [format!(
+            "-m comment --comment \"demo/web:http -> 10.244.1.5:8080\" -j {}",
+            sep(&p, "10.244.1.5", 8080)
+        )]
+    );
+    // No masquerade rule in SVL: cluster IP traffic goes to SVC (ITP Cluster).
+    assert!(has_own(&r, &sep(&p, "10.244.2.6", 8080)));
+    assert!(shared(&r, Table::Filter, EXTERNAL_SERVICES).is_empty());
+    assert_eq!(
+        shared(&r, Table::Filter, NODEPORTS),
+        vec!["-m comment --comment \"demo/web:http health check node port\" -p tcp -m tcp --dport 31000 -j ACCEPT"]
+    );
+    assert_all_sane(&r);
+}
+
+#[test]
+fn external_local_policy_without_local_endpoints_drops_external_traffic() {
+    let mut p = lb(vec![ep("10.244.2.6", 8080)]);
+    p.external_traffic_policy = TrafficPolicy::Local;
+    let r = port_rules(&p, &cfg());
+    let ext = ext_chain(&p.key);
+    // The short-circuit stays, the final jump to SVL does not exist.
+    let rules = own(&r, &ext);
+    assert_eq!(rules.len(), 3, "{rules:#?}");
+    assert!(rules.iter().all(|x| !x.contains("SWY-SVL-")));
+    assert!(!has_own(&r, &svl_chain(&p.key)));
+    let note = "-m comment --comment \"demo/web:http has no local endpoints\"";
+    assert_eq!(
+        shared(&r, Table::Filter, EXTERNAL_SERVICES),
+        vec![
+            format!("{note} -d 203.0.113.5/32 -p tcp -m tcp --dport 80 -j DROP"),
+            format!("{note} -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DROP"),
+            format!("{note} -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j DROP"),
+        ]
+    );
+    // Cluster IP traffic is unaffected, nat dispatch for external destinations remains.
+    assert!(shared(&r, Table::Filter, SERVICES).is_empty());
+    assert_eq!(shared(&r, Table::Nat, SERVICES).len(), 3);
+    assert_eq!(shared(&r, Table::Nat, NODEPORTS).len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Internal traffic policy and verdicts.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn internal_local_policy_uses_local_chain_or_drops() {
+    // (endpoints, expect SVL dispatch?)
+    let cases = [
+        (
+            vec![local(ep("10.244.1.5", 8080)), ep("10.244.2.6", 8080)],
+            true,
+        ),
+        (vec![ep("10.244.2.6", 8080)], false),
+    ];
+    for (eps, has_local) in cases {
+        let mut p = web(eps);
+        p.internal_traffic_policy = TrafficPolicy::Local;
+        let r = port_rules(&p, &cfg());
+        let svl = svl_chain(&p.key);
+        assert!(
+            !has_own(&r, &svc_chain(&p.key)),
+            "SVC unused without external access"
+        );
+        if has_local {
+            assert!(shared(&r, Table::Nat, SERVICES)[0].ends_with(&format!("-j {svl}")));
+            let rules = own(&r, &svl);
+            assert!(
+                rules[0].ends_with("! -s 10.244.0.0/16 -j SWY-MARK-MASQ"),
+                "{rules:#?}"
+            );
+            assert_eq!(rules.len(), 2);
+            assert!(
+                !has_own(&r, &sep(&p, "10.244.2.6", 8080)),
+                "remote SEP unused"
+            );
+            assert!(shared(&r, Table::Filter, SERVICES).is_empty());
+        } else {
+            assert!(r.chains.is_empty(), "{r:#?}");
+            assert!(shared(&r, Table::Nat, SERVICES).is_empty());
+            assert_eq!(
+                shared(&r, Table::Filter, SERVICES),
+                vec!["-m comment --comment \"demo/web:http has no local endpoints\" -d 198.18.128.10/32 -p tcp -m tcp --dport 80 -j DROP"]
+            );
+        }
+    }
+}
+
+#[test]
+fn no_endpoints_rejects_every_destination_and_writes_no_nat() {
+    for eps in [vec![], vec![not_serving(ep("10.244.1.5", 8080))]] {
+        let mut p = lb(eps);
+        p.health_check_node_port = Some(31000);
+        p.load_balancer_source_ranges = vec![net("198.51.100.0/24")];
+        let r = port_rules(&p, &cfg());
+        assert!(r.chains.is_empty(), "{r:#?}");
+        assert!(r.shared.iter().all(|(c, _)| c.table == Table::Filter));
+        let note = "-m comment --comment \"demo/web:http has no endpoints\"";
+        assert_eq!(
+            shared(&r, Table::Filter, SERVICES),
+            vec![format!(
+                "{note} -d 198.18.128.10/32 -p tcp -m tcp --dport 80 -j REJECT"
+            )]
+        );
+        assert_eq!(
+            shared(&r, Table::Filter, EXTERNAL_SERVICES),
+            vec![
+                format!("{note} -d 203.0.113.5/32 -p tcp -m tcp --dport 80 -j REJECT"),
+                format!("{note} -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j REJECT"),
+                format!(
+                    "{note} -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j REJECT"
+                ),
+            ]
+        );
+        // No FW chain without endpoints, so nothing to drop in SWY-PROXY-FIREWALL.
+        assert!(shared(&r, Table::Filter, PROXY_FIREWALL).is_empty());
+        assert_eq!(shared(&r, Table::Filter, NODEPORTS).len(), 1);
+        assert_all_sane(&r);
+    }
+}
+
+#[test]
+fn no_endpoints_with_local_policies_still_rejects() {
+    let mut p = lb(vec![]);
+    p.internal_traffic_policy = TrafficPolicy::Local;
+    p.external_traffic_policy = TrafficPolicy::Local;
+    let r = port_rules(&p, &cfg());
+    assert!(r.shared.iter().all(|(_, x)| x.ends_with("-j REJECT")));
+    assert_eq!(r.shared.len(), 4);
+}
+
+#[test]
+fn terminating_fallback_is_reflected_in_the_chains() {
+    // (endpoints, SEPs in SVC)
+    let cases: [(Vec<Endpoint>, Vec<&str>); 3] = [
+        // Ready endpoints win over terminating ones.
+        (
+            vec![ep("10.244.1.5", 8080), terminating(ep("10.244.1.6", 8080))],
+            vec!["10.244.1.5"],
+        ),
+        // No ready endpoint: serving + terminating ones are used, non-serving never.
+        (
+            vec![
+                terminating(ep("10.244.1.6", 8080)),
+                not_serving(ep("10.244.1.7", 8080)),
+            ],
+            vec!["10.244.1.6"],
+        ),
+        (vec![not_serving(ep("10.244.1.7", 8080))], vec![]),
+    ];
+    for (eps, expected) in cases {
+        let p = web(eps);
+        let r = port_rules(&p, &cfg());
+        let expected: BTreeSet<String> = expected.iter().map(|a| sep(&p, a, 8080)).collect();
+        let seps: BTreeSet<String> = r
+            .chains
+            .keys()
+            .filter(|c| c.chain.starts_with(chains::SEP_PREFIX))
+            .map(|c| c.chain.clone())
+            .collect();
+        assert_eq!(seps, expected);
+    }
+}
+
+#[test]
+fn local_set_falls_back_to_local_terminating_independently() {
+    // A remote ready endpoint exists, the only local one is terminating: ETP Local uses it.
+    let mut p = lb(vec![
+        ep("10.244.2.6", 8080),
+        local(terminating(ep("10.244.1.5", 8080))),
+    ]);
+    p.external_traffic_policy = TrafficPolicy::Local;
+    let r = port_rules(&p, &cfg());
+    let local_sep = sep(&p, "10.244.1.5", 8080);
+    assert_eq!(own(&r, &svl_chain(&p.key)).len(), 1);
+    assert!(own(&r, &svl_chain(&p.key))[0].ends_with(&local_sep));
+    // The cluster set (short-circuit) only has the ready remote endpoint.
+    let svc_rules = own(&r, &svc_chain(&p.key));
+    assert!(svc_rules.iter().all(|x| !x.contains(&local_sep)));
+    assert!(shared(&r, Table::Filter, EXTERNAL_SERVICES).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Families, isolation, determinism.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn ipv6_data_is_ignored_and_families_decide_alone() {
+    let mut p = lb(vec![
+        ep("fd00::5", 8080),
+        terminating(ep("10.244.1.5", 8080)),
+    ]);
+    p.cluster_ips.push(ip("fd00:18::10"));
+    p.external_ips.push(ip("2001:db8::5"));
+    p.load_balancer_ips.push(ip("2001:db8::10"));
+    refresh_frontends(&mut p);
+    let r = port_rules(&p, &cfg());
+    let all: Vec<&String> = r
+        .chains
+        .values()
+        .flatten()
+        .chain(r.shared.iter().map(|(_, x)| x))
+        .collect();
+    assert!(all
+        .iter()
+        .all(|x| !x.contains("fd00") && !x.contains("2001:")));
+    // The IPv6 endpoint is ready, but the IPv4 family only has a terminating one, which it
+    // uses (upstream runs one proxier per family).
+    assert!(has_own(&r, &sep(&p, "10.244.1.5", 8080)));
+
+    let mut v6_only = p.clone();
+    v6_only.cluster_ips = vec![ip("fd00:18::10")];
+    assert_eq!(port_rules(&v6_only, &cfg()), PortRules::default());
+}
+
+#[test]
+fn ports_never_share_chains_and_output_is_deterministic() {
+    let mut a = lb(vec![ep("10.244.1.5", 8080), local(ep("10.244.1.6", 8080))]);
+    a.external_traffic_policy = TrafficPolicy::Local;
+    a.load_balancer_source_ranges = vec![net("198.51.100.0/24")];
+    let mut b = a.clone();
+    b.key = key("web", "https", Protocol::Tcp);
+    let mut c = a.clone();
+    c.key = key("web", "http", Protocol::Udp);
+    let outs: Vec<PortRules> = [&a, &b, &c].iter().map(|p| port_rules(p, &cfg())).collect();
+    for (i, x) in outs.iter().enumerate() {
+        for y in &outs[i + 1..] {
+            let shared_chains: Vec<_> = x
+                .chains
+                .keys()
+                .filter(|k| y.chains.contains_key(*k))
+                .collect();
+            assert!(shared_chains.is_empty(), "{shared_chains:?}");
+            assert!(x.shared.iter().all(|s| !y.shared.contains(s)));
+        }
+        for c in x.chains.keys() {
+            assert!(chains::is_port_chain(&c.chain) && c.table == Table::Nat);
+        }
+    }
+    assert_eq!(port_rules(&a, &cfg()), outs[0]);
+}
+
+#[test]
+fn duplicate_addresses_yield_one_shared_rule() {
+    let mut p = lb(vec![ep("10.244.1.5", 8080)]);
+    p.external_ips = vec![ip("203.0.113.5"), ip("203.0.113.5")];
+    let r = port_rules(&p, &cfg());
+    let unique: BTreeSet<_> = r.shared.iter().collect();
+    assert_eq!(unique.len(), r.shared.len());
+}
+
+#[test]
+fn comments_cannot_break_out_of_quotes() {
+    let evil = comment("a\"b\\c\nd");
+    assert_eq!(evil, "-m comment --comment \"a_b_c_d\"");
+    let long = comment(&"x".repeat(400));
+    assert_eq!(
+        long.len(),
+        "-m comment --comment \"\"".len() + MAX_COMMENT_BYTES
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Base rules.
+// ---------------------------------------------------------------------------------------------
+
+fn jumps_of(base: &BaseRules, table: Table, builtin: &str) -> Vec<String> {
+    base.jumps
+        .iter()
+        .filter(|(c, _)| c.table == table && c.chain == builtin)
+        .map(|(_, r)| r.clone())
+        .collect()
+}
+
+const PORTALS: &str = "-m comment --comment \"switchyard service portals\" -j SWY-SERVICES";
+const NP_NOTE: &str = "-m comment --comment \"switchyard service nodeports\"";
+
+#[test]
+fn nodeport_jumps_by_configuration() {
+    let cases: [(Vec<&str>, bool, Vec<String>); 6] = [
+        (
+            vec![],
+            false,
+            vec![format!(
+                "{NP_NOTE} -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j SWY-NODEPORTS"
+            )],
+        ),
+        (
+            vec![],
+            true,
+            vec![format!(
+                "{NP_NOTE} -m addrtype --dst-type LOCAL -j SWY-NODEPORTS"
+            )],
+        ),
+        (
+            vec!["192.168.0.0/24", "10.1.0.0/16", "fd00::/64"],
+            false,
+            vec![
+                format!(
+                    "{NP_NOTE} -d 192.168.0.0/24 -m addrtype --dst-type LOCAL -j SWY-NODEPORTS"
+                ),
+                format!("{NP_NOTE} -d 10.1.0.0/16 -m addrtype --dst-type LOCAL -j SWY-NODEPORTS"),
+            ],
+        ),
+        // Loopback inside the CIDRs: kept with localhost NodePorts, cut out otherwise.
+        (
+            vec!["127.0.0.1/32", "192.168.0.0/24"],
+            true,
+            vec![
+                format!("{NP_NOTE} -d 127.0.0.1/32 -m addrtype --dst-type LOCAL -j SWY-NODEPORTS"),
+                format!(
+                    "{NP_NOTE} -d 192.168.0.0/24 -m addrtype --dst-type LOCAL -j SWY-NODEPORTS"
+                ),
+            ],
+        ),
+        (
+            vec!["127.0.0.1/32", "192.168.0.0/24"],
+            false,
+            vec![format!(
+                "{NP_NOTE} -d 192.168.0.0/24 -m addrtype --dst-type LOCAL -j SWY-NODEPORTS"
+            )],
+        ),
+        // Only IPv6 CIDRs: no IPv4 NodePorts at all.
+        (vec!["fd00::/64"], false, vec![]),
+    ];
+    for (cidrs, localhost, expected_np) in cases {
+        let c = RuleConfig {
+            nodeport_cidrs: cidrs.iter().map(|x| net(x)).collect(),
+            localhost_nodeports: localhost,
+            ..cfg()
+        };
+        let base = base_rules(&c);
+        for builtin in ["PREROUTING", "OUTPUT"] {
+            let mut expected = vec![PORTALS.to_owned()];
+            expected.extend(expected_np.iter().cloned());
+            assert_eq!(
+                jumps_of(&base, Table::Nat, builtin),
+                expected,
+                "{cidrs:?} {localhost}"
+            );
+        }
+        base.jumps.iter().for_each(|(_, r)| assert_sane(r));
+    }
+}
+
+#[test]
+fn without_loopback_splits_cidrs_around_127() {
+    let split = |text: &str| -> Vec<String> {
+        let IpNet::V4(n) = net(text) else {
+            panic!("v4 only")
+        };
+        without_loopback(n)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(split("10.0.0.0/8"), ["10.0.0.0/8"]);
+    assert!(split("127.0.0.1/32").is_empty());
+    assert!(split("127.0.0.0/8").is_empty());
+    assert_eq!(
+        split("0.0.0.0/1"),
+        [
+            "0.0.0.0/2",
+            "64.0.0.0/3",
+            "96.0.0.0/4",
+            "112.0.0.0/5",
+            "120.0.0.0/6",
+            "124.0.0.0/7",
+            "126.0.0.0/8"
+        ]
+    );
+    assert_eq!(split("0.0.0.0/0").len(), 8);
+}
+
+#[test]
+fn builtin_jumps_match_upstream_order() {
+    let base = base_rules(&cfg());
+    let new = "-m conntrack --ctstate NEW";
+    let lbfw = format!(
+        "{new} -m comment --comment \"switchyard load balancer firewall\" -j SWY-PROXY-FIREWALL"
+    );
+    let ext = format!("{new} -m comment --comment \"switchyard externally-visible service portals\" -j SWY-EXTERNAL-SERVICES");
+    let svc = format!("{new} {PORTALS}");
+    assert_eq!(
+        jumps_of(&base, Table::Filter, "INPUT"),
+        vec![
+            lbfw.clone(),
+            "-m comment --comment \"switchyard health check service ports\" -j SWY-NODEPORTS"
+                .into(),
+            ext.clone(),
+        ]
+    );
+    assert_eq!(
+        jumps_of(&base, Table::Filter, "FORWARD"),
+        vec![
+            lbfw.clone(),
+            "-m comment --comment \"switchyard forwarding rules\" -j SWY-FORWARD".into(),
+            svc.clone(),
+            ext,
+        ]
+    );
+    assert_eq!(jumps_of(&base, Table::Filter, "OUTPUT"), vec![lbfw, svc]);
+    assert_eq!(
+        jumps_of(&base, Table::Nat, "POSTROUTING"),
+        vec!["-m comment --comment \"switchyard postrouting rules\" -j SWY-POSTROUTING"]
+    );
+    assert!(base
+        .jumps
+        .iter()
+        .all(|(_, r)| r.contains("-m comment --comment")));
+    // Every jump target is a declared chain of the same table.
+    for (c, r) in &base.jumps {
+        let target = r.rsplit(' ').next().unwrap_or_default();
+        assert!(
+            base.chains.contains_key(&ChainRef::new(c.table, target)),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn localhost_nodeports_add_the_localnet_firewall() {
+    let on = base_rules(&RuleConfig {
+        localhost_nodeports: true,
+        ..cfg()
+    });
+    let fw = ChainRef::new(Table::Filter, FIREWALL);
+    assert_eq!(
+        on.chains[&fw],
+        vec!["-m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"]
+    );
+    for builtin in ["INPUT", "OUTPUT"] {
+        assert!(jumps_of(&on, Table::Filter, builtin)[0].ends_with("-j SWY-FIREWALL"));
+    }
+    let off = base_rules(&cfg());
+    assert!(off.chains[&fw].is_empty(), "declared, but empty");
+    assert!(off
+        .jumps
+        .iter()
+        .all(|(_, r)| !r.ends_with("-j SWY-FIREWALL")));
+    // Localhost NodePorts need loopback among the NodePort addresses.
+    let not_loopback = base_rules(&RuleConfig {
+        localhost_nodeports: true,
+        nodeport_cidrs: vec![net("192.168.0.0/24")],
+        ..cfg()
+    });
+    assert!(not_loopback.chains[&fw].is_empty());
+}
+
+#[test]
+fn static_chains_have_upstream_rules() {
+    let base = base_rules(&cfg());
+    let get = |t, n| base.chains[&ChainRef::new(t, n)].clone();
+    assert_eq!(get(Table::Nat, MARK_MASQ), vec!["-j MARK --or-mark 0x4000"]);
+    assert_eq!(
+        get(Table::Nat, POSTROUTING),
+        vec![
+            "-m mark ! --mark 0x4000/0x4000 -j RETURN",
+            "-j MARK --xor-mark 0x4000",
+            "-m comment --comment \"switchyard service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+        ]
+    );
+    assert_eq!(
+        get(Table::Filter, FORWARD),
+        vec![
+            "-m conntrack --ctstate INVALID -j DROP",
+            "-m comment --comment \"switchyard forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT",
+            "-m comment --comment \"switchyard forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        ]
+    );
+    for (t, n) in [
+        (Table::Nat, SERVICES),
+        (Table::Nat, NODEPORTS),
+        (Table::Filter, SERVICES),
+        (Table::Filter, EXTERNAL_SERVICES),
+        (Table::Filter, NODEPORTS),
+        (Table::Filter, PROXY_FIREWALL),
+        (Table::Mangle, CANARY),
+        (Table::Nat, CANARY),
+        (Table::Filter, CANARY),
+    ] {
+        assert!(
+            get(t, n).is_empty(),
+            "{t} {n}: dispatch and canary chains start empty"
+        );
+    }
+    assert!(base.chains.keys().all(|c| chains::is_ours(&c.chain)));
+    base.chains.values().flatten().for_each(|r| assert_sane(r));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real iptables-restore.
+// ---------------------------------------------------------------------------------------------
+
+/// A network namespace deleted when dropped, even when the test fails.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// `Ok(None)` when this environment cannot create namespaces (not root).
+    fn create() -> Result<Option<Netns>, String> {
+        let name = format!("swy-rulestest-{}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        if out.status.success() {
+            return Ok(Some(Netns { name }));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Operation not permitted") || err.contains("Permission denied") {
+            return Ok(None);
+        }
+        Err(format!("ip netns add {name}: {err}"))
+    }
+
+    /// Runs `iptables-legacy-restore --test` inside the namespace; Err carries its output.
+    fn restore_test(&self, input: &str) -> Result<(), String> {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "iptables-legacy-restore",
+                "--test",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .map_err(|e| format!("write: {e}"))?;
+        }
+        let out = child.wait_with_output().map_err(|e| format!("wait: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn tool_available(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// iptables-restore input holding the base rules, every port and the jumps, per table.
+fn render(base: &BaseRules, ports: &[PortRules]) -> String {
+    let mut declared: BTreeMap<Table, BTreeSet<String>> = BTreeMap::new();
+    let mut lines: BTreeMap<Table, Vec<String>> = BTreeMap::new();
+    let mut add_chain = |c: &ChainRef, rules: &[Rule], lines: &mut BTreeMap<Table, Vec<String>>| {
+        declared.entry(c.table).or_default().insert(c.chain.clone());
+        for r in rules {
+            lines
+                .entry(c.table)
+                .or_default()
+                .push(format!("-A {} {r}", c.chain));
+        }
+    };
+    for (c, rules) in &base.chains {
+        add_chain(c, rules, &mut lines);
+    }
+    for p in ports {
+        for (c, rules) in &p.chains {
+            add_chain(c, rules, &mut lines);
+        }
+    }
+    let appends = ports
+        .iter()
+        .flat_map(|p| p.shared.iter())
+        .chain(&base.jumps);
+    for (c, r) in appends {
+        lines
+            .entry(c.table)
+            .or_default()
+            .push(format!("-A {} {r}", c.chain));
+    }
+    let mut out = String::new();
+    for (table, chains) in &declared {
+        out.push_str(&format!("*{table}\n"));
+        for c in chains {
+            out.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for l in lines.get(table).into_iter().flatten() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// A mix of ports touching every rule shape.
+fn sample_ports() -> Vec<ServicePort> {
+    let plain = web(vec![ep("10.244.1.5", 8080), ep("10.244.2.6", 8080)]);
+    let mut sticky = lb(vec![ep("10.244.1.5", 8443), local(ep("10.244.1.6", 8443))]);
+    sticky.key = key("web", "https", Protocol::Tcp);
+    sticky.port = 443;
+    sticky.session_affinity_timeout = Some(10800);
+    sticky.external_traffic_policy = TrafficPolicy::Local;
+    sticky.health_check_node_port = Some(31000);
+    sticky.load_balancer_source_ranges = vec![net("198.51.100.0/24"), net("192.168.0.0/16")];
+    let mut dns = port_with(
+        key("dns", "dns", Protocol::Udp),
+        "198.18.128.53",
+        53,
+        vec![local(ep("10.244.1.7", 53))],
+    );
+    dns.internal_traffic_policy = TrafficPolicy::Local;
+    dns.node_port = Some(30053);
+    let mut empty = lb(vec![]);
+    empty.key = key("empty", "", Protocol::Tcp);
+    let mut no_local = lb(vec![ep("10.244.2.6", 8080)]);
+    no_local.key = key("nolocal", "x", Protocol::Tcp);
+    no_local.internal_traffic_policy = TrafficPolicy::Local;
+    no_local.external_traffic_policy = TrafficPolicy::Local;
+    vec![plain, sticky, dns, empty, no_local]
+}
+
+#[test]
+fn generated_rules_pass_a_real_iptables_restore_test() {
+    if !tool_available("ip", "-V") || !tool_available("iptables-legacy-restore", "--version") {
+        eprintln!("skipped: ip or iptables-legacy-restore not installed");
+        return;
+    }
+    let ns = match Netns::create() {
+        Ok(Some(ns)) => ns,
+        Ok(None) => {
+            eprintln!("skipped: not allowed to create network namespaces");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    for c in [
+        cfg(),
+        RuleConfig {
+            cluster_cidrs: vec![net("10.244.0.0/16"), net("10.245.0.0/16")],
+            masquerade_all: true,
+            nodeport_cidrs: vec![net("0.0.0.0/1"), net("192.168.0.0/24")],
+            localhost_nodeports: false,
+            ..cfg()
+        },
+        RuleConfig {
+            localhost_nodeports: true,
+            ..cfg()
+        },
+    ] {
+        let ports: Vec<PortRules> = sample_ports().iter().map(|p| port_rules(p, &c)).collect();
+        ports.iter().for_each(assert_all_sane);
+        let input = render(&base_rules(&c), &ports);
+        if let Err(e) = ns.restore_test(&input) {
+            panic!("iptables-restore rejected the rules: {e}\n--- input ---\n{input}");
+        }
+    }
+    // The check itself works: a broken rule is refused.
+    let broken = "*nat\n:SWY-X - [0:0]\n-A SWY-X -m comment --comment \"open -j RETURN\nCOMMIT\n";
+    assert!(ns.restore_test(broken).is_err());
+}
