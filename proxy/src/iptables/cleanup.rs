@@ -69,7 +69,7 @@ fn rules_jumping_to_ours(listing: &str, chain: &str) -> Vec<Vec<String>> {
         .filter_map(shlex::split)
         .filter(|args| {
             args.windows(2)
-                .any(|w| w[0] == "-j" && super::generator_shim::is_ours(&w[1]))
+                .any(|w| w[0] == "-j" && super::chains::is_ours(&w[1]))
         })
         .collect()
 }

@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::backend::IptablesBackend;
+use super::chains::CANARY;
 use super::exec::{self, ExecError};
-use super::generator_shim::CANARY;
-use super::generator_shim::{base_rules, port_rules};
 use super::restore::{self, Strategy};
 use super::rule_set::{BaseRules, ChainRef, PortRules, RuleConfig, Table};
+use super::rules::{base_rules, port_rules};
 use crate::dataplane::{Dataplane, SyncReport};
 use crate::model::{DesiredState, Protocol, ServicePort, ServicePortKey, StateDiff};
 
@@ -318,5 +318,298 @@ impl Dataplane for IptablesDataplane {
             return self.full(state);
         }
         SyncReport::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::model::{compute_desired_state, ClusterObjects, NodeContext};
+
+    /// Pretends to be the kernel: remembers nothing, fails restores on request.
+    #[derive(Clone, Default)]
+    struct Fake {
+        fail_restores: Arc<Mutex<usize>>,
+        canary: Arc<Mutex<bool>>,
+    }
+
+    impl IptablesSystem for Fake {
+        fn restore(&mut self, _input: &str) -> Result<(), ExecError> {
+            let mut fail = self.fail_restores.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(ExecError::Parse {
+                    program: "fake".into(),
+                    message: "line 3 failed".into(),
+                });
+            }
+            *self.canary.lock().unwrap() = true;
+            Ok(())
+        }
+        fn our_chains(&mut self, _table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
+            Ok(BTreeSet::new())
+        }
+        fn chain_exists(&mut self, _chain: &ChainRef) -> bool {
+            *self.canary.lock().unwrap()
+        }
+        fn ensure_jumps(&mut self, _jumps: &[(ChainRef, String)]) -> Result<(), ExecError> {
+            Ok(())
+        }
+        fn delete_conntrack(&mut self, _args: &[String]) {}
+    }
+
+    /// `count` services `svc-N`, each with a ClusterIP and two endpoints.
+    fn objects(count: usize) -> ClusterObjects {
+        let mut objects = ClusterObjects::default();
+        for i in 0..count {
+            let name = format!("svc-{i}");
+            let ip = format!("198.18.{}.{}", 128 + i / 250, 1 + i % 250);
+            let service = serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "scale"},
+                "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}
+            });
+            let slice = serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-1"), "namespace": "scale",
+                             "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [{"addresses": [format!("198.19.1.{}", 1 + i % 250)]},
+                              {"addresses": [format!("198.19.2.{}", 1 + i % 250)]}]
+            });
+            objects.insert_service(serde_json::from_value(service).unwrap());
+            objects.insert_slice(serde_json::from_value(slice).unwrap());
+        }
+        objects
+    }
+
+    fn state(objects: &ClusterObjects) -> DesiredState {
+        let computed = compute_desired_state(objects, &NodeContext::new("node1"));
+        assert!(computed.warnings.is_empty(), "{:?}", computed.warnings);
+        computed.state
+    }
+
+    fn dataplane(strategy: Strategy, fake: &Fake) -> IptablesDataplane {
+        let mut dp = IptablesDataplane::new(
+            Box::new(fake.clone()),
+            strategy,
+            RuleConfig {
+                cluster_cidrs: vec!["198.19.0.0/16".parse().unwrap()],
+                ..RuleConfig::default()
+            },
+        );
+        dp.record();
+        dp
+    }
+
+    /// Chain names that appear anywhere in a restore input.
+    fn chains_in(input: &str) -> BTreeSet<String> {
+        input
+            .split(|c: char| c.is_whitespace() || c == ':')
+            .filter(|w| w.starts_with("SWY-") && w.len() == 24)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_sync_of_one_service_among_1000_touches_only_its_chains() {
+        let fake = Fake::default();
+        let mut dp = dataplane(Strategy::Single, &fake);
+        let mut objects = objects(1000);
+        let before = state(&objects);
+        let report = dp.full_sync(&before);
+        assert!(report.full && report.failure.is_none(), "{report:?}");
+        let full = dp.take_recorded();
+        assert_eq!(full.len(), 1);
+        assert_eq!(full[0].matches(":SWY-SVC-").count(), 1000);
+
+        // svc-500 gets a third endpoint.
+        let key = crate::model::ObjectKey::new("scale", "svc-500-1");
+        let mut slice = objects.endpoint_slices[&key].clone();
+        slice.endpoints.push(
+            serde_json::from_value(serde_json::json!({"addresses": ["198.19.3.9"]})).unwrap(),
+        );
+        objects.insert_slice(slice);
+        let after = state(&objects);
+        let diff = StateDiff::between(&before, &after);
+        assert_eq!(diff.changed.len(), 1);
+        let report = dp.apply(&after, &diff);
+        assert!(!report.full && report.failure.is_none(), "{report:?}");
+        let inputs = dp.take_recorded();
+        assert_eq!(inputs.len(), 1, "one restore");
+        let input = &inputs[0];
+
+        let port = &after.ports[&diff.changed[0]];
+        let old_port = &before.ports[&diff.changed[0]];
+        let config = RuleConfig {
+            cluster_cidrs: vec!["198.19.0.0/16".parse().unwrap()],
+            ..RuleConfig::default()
+        };
+        let own: BTreeSet<String> = port_rules(port, &config)
+            .chains
+            .keys()
+            .chain(port_rules(old_port, &config).chains.keys())
+            .map(|c| c.chain.clone())
+            .collect();
+        let touched = chains_in(input);
+        assert!(!touched.is_empty());
+        assert!(
+            touched.is_subset(&own),
+            "foreign chains in partial sync: {:?}",
+            touched.difference(&own)
+        );
+        // Shared dispatch chains are edited rule by rule, never flushed.
+        assert!(!input.contains(":SWY-SERVICES "), "{input}");
+        // Every rule written or deleted is in one of its chains, or is a shared-chain rule
+        // about it (its ClusterIP, or a jump into one of its chains).
+        for line in input
+            .lines()
+            .filter(|l| l.starts_with("-A ") || l.starts_with("-D "))
+        {
+            let chain = line.split_whitespace().nth(1).unwrap_or_default();
+            let about_it =
+                line.contains("198.18.130.1/32") || own.iter().any(|c| line.contains(c.as_str()));
+            assert!(
+                own.contains(chain) || about_it,
+                "line of another service: {line}"
+            );
+        }
+        assert!(
+            !input.contains("198.18.130.2/32"),
+            "svc-501's ClusterIP is not touched"
+        );
+    }
+
+    #[test]
+    fn a_failed_partial_sync_is_retried_as_a_full_sync() {
+        let fake = Fake::default();
+        let mut dp = dataplane(Strategy::Single, &fake);
+        let objects = objects(3);
+        let s = state(&objects);
+        dp.full_sync(&s);
+        dp.take_recorded();
+        let mut objects2 = objects.clone();
+        objects2
+            .services
+            .remove(&crate::model::ObjectKey::new("scale", "svc-1"));
+        let s2 = state(&objects2);
+        *fake.fail_restores.lock().unwrap() = 1;
+        let report = dp.apply(&s2, &StateDiff::between(&s, &s2));
+        assert!(report.full, "{report:?}");
+        assert_eq!(report.restore_failures, 1);
+        assert!(report.failure.is_none());
+        let inputs = dp.take_recorded();
+        assert_eq!(inputs.len(), 2, "failed partial, then the full rewrite");
+        assert_eq!(inputs[1].matches(":SWY-SVC-").count(), 2);
+    }
+
+    #[test]
+    fn a_flushed_canary_forces_a_full_sync_and_otherwise_resync_is_free() {
+        let fake = Fake::default();
+        let mut dp = dataplane(Strategy::Single, &fake);
+        let s = state(&objects(2));
+        assert!(dp.full_sync(&s).full);
+        dp.take_recorded();
+        assert!(
+            !dp.full_sync(&s).full,
+            "canary present, full sync within the hour is skipped"
+        );
+        assert!(dp.take_recorded().is_empty());
+        *fake.canary.lock().unwrap() = false;
+        assert!(dp.full_sync(&s).full, "canary gone");
+        assert_eq!(dp.take_recorded().len(), 1);
+    }
+
+    #[test]
+    fn ten_thousand_services_use_the_strategy_of_each_backend() {
+        let s = state(&objects(10_000));
+        for (backend, expected_inputs) in [
+            (IptablesBackend::Legacy, 1),
+            // static chains + 10 batches of 1,000 + dispatch
+            (IptablesBackend::Nft, 12),
+        ] {
+            let fake = Fake::default();
+            let mut dp = dataplane(backend.strategy(), &fake);
+            let report = dp.full_sync(&s);
+            assert!(report.failure.is_none());
+            let inputs = dp.take_recorded();
+            assert_eq!(inputs.len(), expected_inputs, "{backend}");
+            let per_input: Vec<usize> = inputs
+                .iter()
+                .map(|i| i.matches(":SWY-SVC-").count())
+                .collect();
+            assert!(per_input.iter().all(|n| *n <= 10_000), "{per_input:?}");
+            if backend == IptablesBackend::Nft {
+                assert!(
+                    per_input.iter().all(|n| *n <= restore::NFT_PORTS_PER_BATCH),
+                    "{per_input:?}"
+                );
+                let last = inputs.last().unwrap();
+                assert!(
+                    last.contains(":SWY-SERVICES - [0:0]"),
+                    "dispatch written last"
+                );
+                assert_eq!(last.matches("-A SWY-SERVICES ").count(), 10_000);
+                assert!(inputs[..inputs.len() - 1]
+                    .iter()
+                    .all(|i| !i.contains("-A SWY-SERVICES ")));
+            }
+        }
+    }
+
+    /// The real tools, in a throwaway network namespace: 10,000 services load with each
+    /// backend's strategy, a partial sync works on the big table, and cleanup leaves nothing.
+    #[test]
+    fn ten_thousand_services_load_into_a_real_kernel_with_both_backends() {
+        let testbed = switchyard_testbed::Testbed::new(switchyard_testbed::TopologySpec {
+            nodes: 1,
+            pods_per_node: 0,
+        })
+        .expect("testbed");
+        let objects = objects(10_000);
+        let big = state(&objects);
+        let mut smaller = objects.clone();
+        smaller
+            .services
+            .remove(&crate::model::ObjectKey::new("scale", "svc-77"));
+        let smaller = state(&smaller);
+        for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+            let ns = testbed.node(1).netns_path.clone();
+            let (left, present) = switchyard_testbed::netns::run_in_netns(&ns, || {
+                let mut dp = IptablesDataplane::new(
+                    Box::new(SystemIptables { backend }),
+                    backend.strategy(),
+                    RuleConfig::default(),
+                );
+                let full = dp.full_sync(&big);
+                assert!(full.failure.is_none(), "{backend}: {full:?}");
+                let partial = dp.apply(&smaller, &StateDiff::between(&big, &smaller));
+                assert!(
+                    !partial.full && partial.failure.is_none(),
+                    "{backend}: {partial:?}"
+                );
+                let present = exec::our_chains(backend, Table::Nat)
+                    .map(|c| c.len())
+                    .unwrap_or(0);
+                let removed = super::super::cleanup::cleanup(backend).expect("cleanup");
+                assert!(removed >= present);
+                let left: usize = TABLES
+                    .iter()
+                    .map(|t| {
+                        exec::our_chains(backend, *t)
+                            .map(|c| c.len())
+                            .unwrap_or(usize::MAX)
+                    })
+                    .sum();
+                Ok((left, present))
+            })
+            .expect("run in the namespace");
+            // 9,999 services x (SVC + 2 SEP) plus the static chains.
+            assert!(present >= 9_999 * 3, "{backend}: {present} chains");
+            assert_eq!(left, 0, "{backend}: cleanup left chains behind");
+        }
     }
 }

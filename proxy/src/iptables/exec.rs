@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::backend::IptablesBackend;
-use super::generator_shim::is_ours;
+use super::chains::is_ours;
 use super::rule_set::{ChainRef, Table};
 
 /// A failed iptables command, with what it printed.

@@ -4,7 +4,6 @@ pub mod chains;
 pub mod cleanup;
 pub mod dataplane;
 pub mod exec;
-mod generator_shim;
 pub mod restore;
 pub mod rule_set;
 pub mod rules;

@@ -393,6 +393,10 @@ impl Testbed {
                     ("net/ipv4/ip_forward", "1", false),
                     ("net/ipv4/conf/all/rp_filter", "0", false),
                     ("net/ipv4/conf/default/rp_filter", "0", false),
+                    // No ICMP error rate limit, so a burst of UDP requests to a service
+                    // without endpoints is refused every time rather than partly timing
+                    // out; tests count refusals, not the kernel's token bucket.
+                    ("net/ipv4/icmp_ratelimit", "0", false),
                 ],
             )?;
         }
