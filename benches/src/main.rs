@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use switchyard_testbed::{
-    start_switchyard, wait_for, Manifests, Proto, RequestSpec, Testbed, TopologySpec,
+    start_switchyard, switchyard_binary, wait_for, Manifests, Proto, RequestSpec, Testbed,
+    TopologySpec,
 };
 
 #[derive(Parser)]
@@ -104,10 +105,11 @@ impl Path {
                 Vec::new(),
             ),
             Some(mode) => {
+                let binary = switchyard_binary()?;
                 let proxies = testbed
                     .nodes()
                     .iter()
-                    .map(|node| start_switchyard(&testbed, node, mode, &manifests, &[]))
+                    .map(|node| start_switchyard(&testbed, node, &binary, mode, &manifests, &[]))
                     .collect::<Result<Vec<_>, _>>()?;
                 let vip: SocketAddr = "198.18.128.50:80".parse()?;
                 wait_for(

@@ -9,6 +9,7 @@ use switchyard_testbed::{
     start_switchyard, wait_for, Manifests, Proto, Reply, RequestError, Testbed, TopologySpec,
 };
 
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn addr(s: &str) -> SocketAddr {
@@ -26,10 +27,6 @@ fn backends(results: &[Result<Reply, RequestError>]) -> BTreeSet<String> {
 }
 
 fn setup() -> (Testbed, Manifests) {
-    std::env::set_var(
-        switchyard_testbed::switchyard::SWITCHYARD_ENV,
-        env!("CARGO_BIN_EXE_switchyard"),
-    );
     let testbed = Testbed::new(TopologySpec {
         nodes: 2,
         pods_per_node: 2,
@@ -51,8 +48,15 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
     let broken = "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\n\
                   spec: {clusterIP: 198.18.128.12, ports: [{name: http, port: 0}]}\n";
     manifests.write("broken.yaml", broken).expect("write");
-    let proxy =
-        start_switchyard(&testbed, testbed.node(1), "ebpf", &manifests, &[]).expect("switchyard");
+    let proxy = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        &manifests,
+        &[],
+    )
+    .expect("switchyard");
 
     let client = testbed.pod(1, 2);
     let web = addr("198.18.128.10:80");

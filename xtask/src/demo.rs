@@ -31,10 +31,6 @@ pub fn demo(root: &Path, args: DemoArgs) -> anyhow::Result<()> {
     crate::setup::setup()?;
     crate::build::build(root, false)?;
     std::env::set_var(
-        switchyard_testbed::switchyard::SWITCHYARD_ENV,
-        root.join("target/debug/switchyard"),
-    );
-    std::env::set_var(
         switchyard_testbed::PROBE_ENV,
         root.join("target/debug/swy-probe"),
     );
@@ -66,7 +62,14 @@ pub fn demo(root: &Path, args: DemoArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let manifests = Manifests::copy_of(&root.join("deploy/examples/demo"))?;
-    let mut proxy = start_switchyard(&testbed, testbed.node(1), &args.mode, &manifests, &[])?;
+    let mut proxy = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        &root.join("target/debug/switchyard"),
+        &args.mode,
+        &manifests,
+        &[],
+    )?;
     println!(
         "switchyard --proxy-mode {} running on node1 with deploy/examples/demo\n",
         args.mode

@@ -54,15 +54,30 @@ impl IptablesSystem for SystemIptables {
     }
 
     fn ensure_jumps(&mut self, jumps: &[(ChainRef, String)]) -> Result<(), ExecError> {
-        // Position within each built-in chain: our jumps go first, in the given order, like
-        // upstream's `-I` (other tools appending after us do not bypass services).
-        let mut position: BTreeMap<&ChainRef, usize> = BTreeMap::new();
+        // Our jumps go first in each built-in chain, in the given order, like upstream's `-I`
+        // (rules other tools append cannot bypass services). When one is missing, ours are
+        // removed and re-inserted in order, since positions past the chain's end are refused.
+        let mut by_chain: BTreeMap<&ChainRef, Vec<Vec<String>>> = BTreeMap::new();
         for (chain, rule) in jumps {
-            let args = shlex::split(rule).unwrap_or_default();
-            let pos = position.entry(chain).or_insert(0);
-            *pos += 1;
-            if !exec::rule_exists(self.backend, chain, &args) {
-                exec::insert_rule(self.backend, chain, *pos, &args)?;
+            by_chain
+                .entry(chain)
+                .or_default()
+                .push(shlex::split(rule).unwrap_or_default());
+        }
+        for (chain, rules) in by_chain {
+            if rules
+                .iter()
+                .all(|r| exec::rule_exists(self.backend, chain, r))
+            {
+                continue;
+            }
+            for rule in &rules {
+                while exec::rule_exists(self.backend, chain, rule) {
+                    exec::delete_rule(self.backend, chain, rule)?;
+                }
+            }
+            for rule in rules.iter().rev() {
+                exec::insert_rule(self.backend, chain, 1, rule)?;
             }
         }
         Ok(())

@@ -13,8 +13,8 @@ use super::service_port::Protocol;
 /// Parses an IP address the way kube-proxy does (`netutils.ParseIPSloppy`).
 ///
 /// Two differences from `IpAddr::from_str` matter for objects stored by older API servers:
-/// IPv4 octets with leading zeros (`010.0.0.1`) are read as decimal, and an IPv4-mapped IPv6
-/// address (`::ffff:10.0.0.1`) is IPv4 to Go, so it is returned as IPv4 here too.
+/// IPv4 octets with leading zeros (`198.018.000.001`) are read as decimal, and an IPv4-mapped
+/// IPv6 address (`::ffff:198.18.0.1`) is IPv4 to Go, so it is returned as IPv4 here too.
 pub(crate) fn parse_ip(text: &str) -> Option<IpAddr> {
     let ip = match IpAddr::from_str(text) {
         Ok(ip) => ip,
@@ -47,7 +47,7 @@ fn parse_ipv4_leading_zeros(text: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(octets))
 }
 
-/// Parses a CIDR such as `10.0.0.0/8`; host bits are cleared, as Go's `ParseCIDR` does.
+/// Parses a CIDR such as `198.18.0.0/15`; host bits are cleared, as Go's `ParseCIDR` does.
 pub(crate) fn parse_cidr(text: &str) -> Option<IpNet> {
     IpNet::from_str(text).ok().map(|net| net.trunc())
 }

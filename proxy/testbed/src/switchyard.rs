@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use crate::process::ChildGuard;
 use crate::topology::{Node, Testbed};
 
-/// Environment variable naming the `switchyard` binary (set by tests to `CARGO_BIN_EXE_switchyard`).
+/// Environment variable naming the `switchyard` binary for programs outside cargo's test
+/// harness (the benchmarks); tests pass `CARGO_BIN_EXE_switchyard` to [`start_switchyard`].
 pub const SWITCHYARD_ENV: &str = "SWITCHYARD_BIN";
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
@@ -115,17 +116,19 @@ pub fn node_args(testbed: &Testbed, node: &Node, mode: &str, manifests: &Path) -
     ]
 }
 
-/// Starts switchyard on `node` with [`node_args`] plus `extra`; its log stays captured.
+/// Starts the `binary` (tests: `env!("CARGO_BIN_EXE_switchyard")`) on `node` with
+/// [`node_args`] plus `extra`; its log stays captured.
 pub fn start_switchyard(
     testbed: &Testbed,
     node: &Node,
+    binary: &Path,
     mode: &str,
     manifests: &Manifests,
     extra: &[&str],
 ) -> Result<ChildGuard> {
     let mut args = node_args(testbed, node, mode, manifests.path());
     args.extend(extra.iter().map(|s| s.to_string()));
-    testbed.spawn(node, switchyard_binary()?, args)
+    testbed.spawn(node, binary, args)
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` and the last

@@ -43,6 +43,9 @@ pub const UPLINK: &str = "eth0";
 
 /// Name of the bridge in the underlay namespace.
 pub const UNDERLAY_BRIDGE: &str = "br0";
+/// The nodes' default gateway, on the underlay bridge: a dead end that answers ICMP
+/// unreachable for every destination outside the sandbox.
+pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
 /// Largest supported node count (node i uses 198.18.0.(10+i) and 198.19.i.0/24).
 pub const MAX_NODES: usize = 244;
@@ -380,6 +383,10 @@ impl Testbed {
                 &[
                     ("net/ipv6/conf/default/disable_ipv6", "1", true),
                     ("net/ipv4/ip_forward", "0", false),
+                    // No ICMP error rate limit, so a burst of requests to an unreachable
+                    // or rejected destination is refused every time rather than partly
+                    // timing out; tests count refusals, not the kernel's token bucket.
+                    ("net/ipv4/icmp_ratelimit", "0", false),
                 ],
             )?;
         }
@@ -393,10 +400,6 @@ impl Testbed {
                     ("net/ipv4/ip_forward", "1", false),
                     ("net/ipv4/conf/all/rp_filter", "0", false),
                     ("net/ipv4/conf/default/rp_filter", "0", false),
-                    // No ICMP error rate limit, so a burst of UDP requests to a service
-                    // without endpoints is refused every time rather than partly timing
-                    // out; tests count refusals, not the kernel's token bucket.
-                    ("net/ipv4/icmp_ratelimit", "0", false),
                 ],
             )?;
         }
@@ -459,6 +462,12 @@ impl Testbed {
         script.push_str(&format!(
             "link set vc master {UNDERLAY_BRIDGE}\nlink set vc up\n"
         ));
+        // The nodes' default gateway lives on the bridge. With forwarding off and no
+        // other links it routes nothing anywhere: packets for unknown destinations are
+        // answered with ICMP unreachable at once, and nothing leaves the sandbox.
+        script.push_str(&format!(
+            "addr add {UNDERLAY_GATEWAY}/24 dev {UNDERLAY_BRIDGE}\n"
+        ));
         ip::batch(Some(u), &script)?;
 
         for node in &self.nodes {
@@ -480,6 +489,11 @@ impl Testbed {
             script.push_str(&format!("route add unreachable {}\n", node.pod_cidr));
             // Replies to the external client go straight back over the underlay.
             script.push_str(&format!("route add {} dev {UPLINK}\n", client_cidr()));
+            // Like a real node, a default route: node-originated traffic to a service
+            // address needs some route before the nat OUTPUT chain can rewrite it.
+            script.push_str(&format!(
+                "route add default via {UNDERLAY_GATEWAY} dev {UPLINK}\n"
+            ));
             for other in self.nodes.iter().filter(|o| o.index != node.index) {
                 script.push_str(&format!(
                     "route add {} via {} dev {UPLINK}\n",

@@ -23,7 +23,7 @@ fn state(services: &[(&str, Value, Value)]) -> DesiredState {
     let mut w = World::new();
     for (name, patch, eps) in services {
         // Derived from the name so a service keeps its IP whatever else is in the list.
-        let cluster_ip = format!("10.96.0.{}", name.bytes().next().unwrap_or(b'z'));
+        let cluster_ip = format!("198.18.128.{}", name.bytes().next().unwrap_or(b'z'));
         let mut p = json!({"spec": {"clusterIP": cluster_ip}});
         merge(&mut p, patch.clone());
         w = w.svc(service(name, p)).slice(slice(
@@ -41,8 +41,8 @@ fn state(services: &[(&str, Value, Value)]) -> DesiredState {
 fn diff_table() {
     let two_ports =
         json!({"spec": {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}});
-    let one_ep = json!([ready("10.0.0.1", "n")]);
-    let two_eps = json!([ready("10.0.0.1", "n"), ready("10.0.0.2", "n")]);
+    let one_ep = json!([ready("198.18.0.1", "n")]);
+    let two_eps = json!([ready("198.18.0.1", "n"), ready("198.18.0.2", "n")]);
     let tcp = |svc: &str, port: &str| key(svc, port, Protocol::Tcp);
     // (case, old, new, added, removed, changed)
     type Row<'a> = (
@@ -127,7 +127,7 @@ fn diff_table() {
             vec![(
                 "web",
                 json!({}),
-                json!([ep("10.0.0.1", "n", json!({"ready": false}))]),
+                json!([ep("198.18.0.1", "n", json!({"ready": false}))]),
             )],
             vec![],
             vec![],
@@ -159,7 +159,7 @@ fn diff_services_and_order() {
     let old = state(&[("c", json!({}), json!([])), ("a", json!({}), json!([]))]);
     let new = state(&[
         ("b", json!({}), json!([])),
-        ("a", json!({}), json!([ready("10.0.0.1", "n")])),
+        ("a", json!({}), json!([ready("198.18.0.1", "n")])),
         (
             "d",
             json!({"spec": {"ports": [{"name": "x", "port": 1}, {"name": "y", "port": 2}]}}),

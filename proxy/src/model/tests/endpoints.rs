@@ -53,7 +53,7 @@ fn slice_condition_defaults_match_upstream() {
         ),
     ];
     for (case, conditions, ready, serving, terminating) in cases {
-        let mut entry = json!({"addresses": ["10.0.0.1"], "nodeName": "node-b"});
+        let mut entry = json!({"addresses": ["198.18.0.1"], "nodeName": "node-b"});
         if !conditions.is_null() {
             merge(&mut entry, json!({ "conditions": conditions }));
         }
@@ -65,7 +65,7 @@ fn slice_condition_defaults_match_upstream() {
         assert_eq!(
             p.endpoints,
             vec![Endpoint {
-                ip: ip("10.0.0.1"),
+                ip: ip("198.18.0.1"),
                 port: 8080,
                 ready,
                 serving,
@@ -87,9 +87,9 @@ fn slices_join_services_by_label() {
             slice(
                 "web-1",
                 "web",
-                json!({"endpoints": [ready("10.0.0.1", "n")]}),
+                json!({"endpoints": [ready("198.18.0.1", "n")]}),
             ),
-            vec!["10.0.0.1:8080"],
+            vec!["198.18.0.1:8080"],
             vec![],
         ),
         (
@@ -97,7 +97,7 @@ fn slices_join_services_by_label() {
             slice(
                 "other-1",
                 "other",
-                json!({"endpoints": [ready("10.0.0.1", "n")]}),
+                json!({"endpoints": [ready("198.18.0.1", "n")]}),
             ),
             vec![],
             vec![],
@@ -107,7 +107,7 @@ fn slices_join_services_by_label() {
             slice(
                 "web-2",
                 "web",
-                json!({"metadata": {"labels": null}, "endpoints": [ready("10.0.0.1", "n")]}),
+                json!({"metadata": {"labels": null}, "endpoints": [ready("198.18.0.1", "n")]}),
             ),
             vec![],
             vec!["metadata.labels[kubernetes.io/service-name]"],
@@ -117,7 +117,7 @@ fn slices_join_services_by_label() {
             slice(
                 "web-3",
                 "web",
-                json!({"metadata": {"namespace": "prod"}, "endpoints": [ready("10.0.0.1", "n")]}),
+                json!({"metadata": {"namespace": "prod"}, "endpoints": [ready("198.18.0.1", "n")]}),
             ),
             vec![],
             vec![],
@@ -129,7 +129,7 @@ fn slices_join_services_by_label() {
                 "web",
                 json!({
                     "metadata": {"labels": {"service.kubernetes.io/headless": ""}},
-                    "endpoints": [ready("10.0.0.1", "n")]
+                    "endpoints": [ready("198.18.0.1", "n")]
                 }),
             ),
             vec![],
@@ -142,7 +142,7 @@ fn slices_join_services_by_label() {
                 "web",
                 json!({
                     "metadata": {"labels": {"service.kubernetes.io/service-proxy-name": "x"}},
-                    "endpoints": [ready("10.0.0.1", "n")]
+                    "endpoints": [ready("198.18.0.1", "n")]
                 }),
             ),
             vec![],
@@ -164,7 +164,7 @@ fn address_types_and_families() {
     let v4 = slice(
         "web-v4",
         "web",
-        json!({"endpoints": [ready("10.0.0.1", "n")]}),
+        json!({"endpoints": [ready("198.18.0.1", "n")]}),
     );
     let v6 = slice(
         "web-v6",
@@ -178,7 +178,7 @@ fn address_types_and_families() {
     );
     let dual_svc = service(
         "web",
-        json!({"spec": {"clusterIPs": ["10.96.0.10", "fd00:96::10"]}}),
+        json!({"spec": {"clusterIPs": ["198.18.128.10", "fd00:96::10"]}}),
     );
     // (case, node, service, expected endpoints, warning fields). Slices of an unserved
     // family are silent; only the service's unserved cluster IP is reported.
@@ -187,7 +187,7 @@ fn address_types_and_families() {
             "IPv4 node uses IPv4 slices only",
             node_v4(),
             dual_svc.clone(),
-            vec!["10.0.0.1:8080"],
+            vec!["198.18.0.1:8080"],
             vec!["spec.clusterIPs[1]"],
         ),
         (
@@ -201,14 +201,14 @@ fn address_types_and_families() {
             "dual-stack node and service use both",
             node_dual(),
             dual_svc,
-            vec!["10.0.0.1:8080", "[fd00::1]:8080"],
+            vec!["198.18.0.1:8080", "[fd00::1]:8080"],
             vec![],
         ),
         (
             "dual-stack node, IPv4-only service: IPv6 endpoints unreachable",
             node_dual(),
             service("web", json!({})),
-            vec!["10.0.0.1:8080"],
+            vec!["198.18.0.1:8080"],
             vec![],
         ),
     ];
@@ -238,37 +238,37 @@ fn slices_merge_and_duplicates_dedupe() {
     let cases: Vec<(&str, Value, Value, Vec<(&str, bool, bool)>)> = vec![
         (
             "two slices merge, sorted",
-            json!([ready("10.0.0.3", "n")]),
-            json!([ready("10.0.0.1", "n"), ready("10.0.0.2", "n")]),
+            json!([ready("198.18.0.3", "n")]),
+            json!([ready("198.18.0.1", "n"), ready("198.18.0.2", "n")]),
             vec![
-                ("10.0.0.1:8080", true, true),
-                ("10.0.0.2:8080", true, true),
-                ("10.0.0.3:8080", true, true),
+                ("198.18.0.1:8080", true, true),
+                ("198.18.0.2:8080", true, true),
+                ("198.18.0.3:8080", true, true),
             ],
         ),
         (
             "duplicate prefers ready (ready second)",
-            json!([not_ready("10.0.0.1")]),
-            json!([ready("10.0.0.1", "n")]),
-            vec![("10.0.0.1:8080", true, true)],
+            json!([not_ready("198.18.0.1")]),
+            json!([ready("198.18.0.1", "n")]),
+            vec![("198.18.0.1:8080", true, true)],
         ),
         (
             "duplicate prefers ready (ready first)",
-            json!([ready("10.0.0.1", "n")]),
-            json!([not_ready("10.0.0.1")]),
-            vec![("10.0.0.1:8080", true, true)],
+            json!([ready("198.18.0.1", "n")]),
+            json!([not_ready("198.18.0.1")]),
+            vec![("198.18.0.1:8080", true, true)],
         ),
         (
             "duplicate prefers serving over not serving",
-            json!([not_ready("10.0.0.1")]),
-            json!([serving("10.0.0.1")]),
-            vec![("10.0.0.1:8080", false, true)],
+            json!([not_ready("198.18.0.1")]),
+            json!([serving("198.18.0.1")]),
+            vec![("198.18.0.1:8080", false, true)],
         ),
         (
             "duplicate within one slice",
-            json!([not_ready("10.0.0.1"), ready("10.0.0.1", "n")]),
+            json!([not_ready("198.18.0.1"), ready("198.18.0.1", "n")]),
             json!([]),
-            vec![("10.0.0.1:8080", true, true)],
+            vec![("198.18.0.1:8080", true, true)],
         ),
     ];
     for (case, a, b, want) in cases {
@@ -300,18 +300,18 @@ fn same_ip_on_different_target_ports_are_distinct() {
         .slice(slice(
             "web-a",
             "web",
-            json!({"ports": [{"name": "http", "port": 8080}], "endpoints": [ready("10.0.0.1", "n")]}),
+            json!({"ports": [{"name": "http", "port": 8080}], "endpoints": [ready("198.18.0.1", "n")]}),
         ))
         .slice(slice(
             "web-b",
             "web",
-            json!({"ports": [{"name": "http", "port": 8081}], "endpoints": [ready("10.0.0.1", "n")]}),
+            json!({"ports": [{"name": "http", "port": 8081}], "endpoints": [ready("198.18.0.1", "n")]}),
         ))
         .compute(&node_v4());
     let http = &c.state.ports[&key("web", "http", Protocol::Tcp)];
     assert_eq!(
         addrs(&http.endpoints),
-        vec!["10.0.0.1:8080", "10.0.0.1:8081"]
+        vec!["198.18.0.1:8080", "198.18.0.1:8081"]
     );
 }
 
@@ -322,8 +322,8 @@ fn target_ports_resolve_by_name_and_protocol() {
         (
             "named ports map to different numbers",
             json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]),
-            vec!["10.0.0.1:8080"],
-            vec!["10.0.0.1:5353"],
+            vec!["198.18.0.1:8080"],
+            vec!["198.18.0.1:5353"],
         ),
         (
             "protocol must match",
@@ -341,7 +341,7 @@ fn target_ports_resolve_by_name_and_protocol() {
             "slice port without a number matches nothing",
             json!([{"name": "http"}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
             vec![],
-            vec!["10.0.0.1:53"],
+            vec!["198.18.0.1:53"],
         ),
         (
             "SCTP slice port is ignored",
@@ -357,7 +357,7 @@ fn target_ports_resolve_by_name_and_protocol() {
             .slice(slice(
                 "web-1",
                 "web",
-                json!({"ports": ports, "endpoints": [ready("10.0.0.1", "n")]}),
+                json!({"ports": ports, "endpoints": [ready("198.18.0.1", "n")]}),
             ))
             .compute(&node_v4());
         assert!(c.warnings.is_empty(), "{case}: {:?}", c.warnings);
@@ -375,12 +375,12 @@ fn unnamed_ports_match_unnamed_slice_ports() {
         (
             "name absent",
             json!([{"port": 9000}]),
-            vec!["10.0.0.1:9000"],
+            vec!["198.18.0.1:9000"],
         ),
         (
             "name empty",
             json!([{"name": "", "port": 9000}]),
-            vec!["10.0.0.1:9000"],
+            vec!["198.18.0.1:9000"],
         ),
         (
             "named slice port",
@@ -394,7 +394,7 @@ fn unnamed_ports_match_unnamed_slice_ports() {
             .slice(slice(
                 "web-1",
                 "web",
-                json!({"ports": ports, "endpoints": [ready("10.0.0.1", "n")]}),
+                json!({"ports": ports, "endpoints": [ready("198.18.0.1", "n")]}),
             ))
             .compute(&node_v4());
         assert_eq!(addrs(&only_port(&c).endpoints), want, "{case}");
@@ -416,7 +416,7 @@ fn local_is_node_name_equality() {
         ),
     ];
     for (case, node_name, ctx_name, want) in cases {
-        let mut entry = json!({"addresses": ["10.0.0.1"]});
+        let mut entry = json!({"addresses": ["198.18.0.1"]});
         if !node_name.is_null() {
             merge(&mut entry, json!({ "nodeName": node_name }));
         }
@@ -439,36 +439,39 @@ fn legacy_endpoints() {
         (
             "ready and not-ready addresses",
             json!([{
-                "addresses": [{"ip": "10.0.0.2", "nodeName": "node-a"}, {"ip": "10.0.0.1"}],
-                "notReadyAddresses": [{"ip": "10.0.0.3"}],
+                "addresses": [{"ip": "198.18.0.2", "nodeName": "node-a"}, {"ip": "198.18.0.1"}],
+                "notReadyAddresses": [{"ip": "198.18.0.3"}],
                 "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]
             }]),
             vec![
-                ("10.0.0.1:8080", true, true),
-                ("10.0.0.2:8080", true, true),
-                ("10.0.0.3:8080", false, false),
+                ("198.18.0.1:8080", true, true),
+                ("198.18.0.2:8080", true, true),
+                ("198.18.0.3:8080", false, false),
             ],
             vec![],
         ),
         (
             "subsets with different ports",
             json!([
-                {"addresses": [{"ip": "10.0.0.1"}], "ports": [{"name": "http", "port": 8080}]},
-                {"addresses": [{"ip": "10.0.0.2"}], "ports": [{"name": "http", "port": 9090}]}
+                {"addresses": [{"ip": "198.18.0.1"}], "ports": [{"name": "http", "port": 8080}]},
+                {"addresses": [{"ip": "198.18.0.2"}], "ports": [{"name": "http", "port": 9090}]}
             ]),
-            vec![("10.0.0.1:8080", true, true), ("10.0.0.2:9090", true, true)],
+            vec![
+                ("198.18.0.1:8080", true, true),
+                ("198.18.0.2:9090", true, true),
+            ],
             vec![],
         ),
         (
             "protocol must match",
-            json!([{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"name": "http", "port": 8080, "protocol": "UDP"}]}]),
+            json!([{"addresses": [{"ip": "198.18.0.1"}], "ports": [{"name": "http", "port": 8080, "protocol": "UDP"}]}]),
             vec![],
             vec![],
         ),
         (
             "IPv6 address on an IPv4 node dropped with a warning",
-            json!([{"addresses": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}], "ports": [{"name": "http", "port": 8080}]}]),
-            vec![("10.0.0.1:8080", true, true)],
+            json!([{"addresses": [{"ip": "fd00::1"}, {"ip": "198.18.0.1"}], "ports": [{"name": "http", "port": 8080}]}]),
+            vec![("198.18.0.1:8080", true, true)],
             vec!["subsets[0].addresses[0].ip"],
         ),
         ("no subsets", json!([]), vec![], vec![]),
@@ -497,7 +500,7 @@ fn legacy_endpoints() {
 #[test]
 fn legacy_endpoints_local_and_other_namespace() {
     let subsets = json!([{
-        "addresses": [{"ip": "10.0.0.1", "nodeName": "node-a"}],
+        "addresses": [{"ip": "198.18.0.1", "nodeName": "node-a"}],
         "ports": [{"name": "http", "port": 8080}]
     }]);
     let c = World::new()
@@ -509,7 +512,7 @@ fn legacy_endpoints_local_and_other_namespace() {
         ))
         .compute(&node_v4());
     let http = &c.state.ports[&key("web", "http", Protocol::Tcp)];
-    assert_eq!(addrs(&http.endpoints), vec!["10.0.0.1:8080"]);
+    assert_eq!(addrs(&http.endpoints), vec!["198.18.0.1:8080"]);
     assert!(http.endpoints[0].local);
 }
 
@@ -517,19 +520,19 @@ fn legacy_endpoints_local_and_other_namespace() {
 fn slices_win_over_legacy_endpoints() {
     let legacy_eps = legacy(
         "web",
-        json!({"subsets": [{"addresses": [{"ip": "10.9.9.9"}], "ports": [{"port": 8080}]}]}),
+        json!({"subsets": [{"addresses": [{"ip": "198.18.9.9"}], "ports": [{"port": 8080}]}]}),
     );
     // (case, slice, expected)
     let cases: Vec<(&str, Option<_>, Vec<&str>)> = vec![
-        ("no slice: legacy used", None, vec!["10.9.9.9:8080"]),
+        ("no slice: legacy used", None, vec!["198.18.9.9:8080"]),
         (
             "slice present: legacy ignored",
             Some(slice(
                 "web-1",
                 "web",
-                json!({"endpoints": [ready("10.0.0.1", "n")]}),
+                json!({"endpoints": [ready("198.18.0.1", "n")]}),
             )),
-            vec!["10.0.0.1:8080"],
+            vec!["198.18.0.1:8080"],
         ),
         (
             "empty slice still wins",

@@ -43,12 +43,12 @@ pub fn from_yaml<T: DeserializeOwned>(yaml: &str) -> T {
     serde_yaml::from_str(yaml).expect("test fixture must deserialize")
 }
 
-/// A ClusterIP service `default/<name>` (clusterIP 10.96.0.10, one unnamed TCP port 80),
+/// A ClusterIP service `default/<name>` (clusterIP 198.18.128.10, one unnamed TCP port 80),
 /// patched.
 pub fn service(name: &str, patch: Value) -> Service {
     let mut base = json!({
         "metadata": { "name": name, "namespace": "default" },
-        "spec": { "clusterIP": "10.96.0.10", "ports": [ { "port": 80, "targetPort": 8080 } ] }
+        "spec": { "clusterIP": "198.18.128.10", "ports": [ { "port": 80, "targetPort": 8080 } ] }
     });
     merge(&mut base, patch);
     from_json(base)
@@ -88,11 +88,11 @@ pub fn ready(ip: &str, node: &str) -> Value {
     ep(ip, node, json!({ "ready": true }))
 }
 
-/// IPv4-only node `node-a` with NodePort address 192.168.1.10.
+/// IPv4-only node `node-a` with NodePort address 198.18.1.10.
 pub fn node_v4() -> NodeContext {
     NodeContext {
         name: NODE.to_owned(),
-        nodeport_addresses: vec!["192.168.1.10".parse().expect("literal")],
+        nodeport_addresses: vec!["198.18.1.10".parse().expect("literal")],
         ipv4: true,
         ipv6: false,
         nodeport_range: DEFAULT_NODEPORT_RANGE,
@@ -109,11 +109,11 @@ pub fn node_v6() -> NodeContext {
     }
 }
 
-/// Dual-stack node `node-a` with NodePort addresses 192.168.1.10 and fd00::10.
+/// Dual-stack node `node-a` with NodePort addresses 198.18.1.10 and fd00::10.
 pub fn node_dual() -> NodeContext {
     NodeContext {
         nodeport_addresses: vec![
-            "192.168.1.10".parse().expect("literal"),
+            "198.18.1.10".parse().expect("literal"),
             "fd00::10".parse().expect("literal"),
         ],
         ipv6: true,

@@ -11,11 +11,14 @@ use crate::model::{compute_desired_state, ClusterObjects, Computed};
 /// The healthy service every case runs beside, with its own slice.
 fn good_world() -> World {
     World::new()
-        .svc(service("good", json!({"spec": {"clusterIP": "10.96.0.1"}})))
+        .svc(service(
+            "good",
+            json!({"spec": {"clusterIP": "198.18.128.1"}}),
+        ))
         .slice(slice(
             "good-1",
             "good",
-            json!({"endpoints": [ready("10.0.1.1", NODE)]}),
+            json!({"endpoints": [ready("198.18.1.1", NODE)]}),
         ))
 }
 
@@ -91,18 +94,18 @@ fn invalid_services_are_skipped_with_one_warning() {
         ),
         (
             "unparsable clusterIP",
-            json!({"spec": {"clusterIP": "10.96.0.300"}}),
-            "Service default/bad: spec.clusterIP: \"10.96.0.300\" is not a valid IP address",
+            json!({"spec": {"clusterIP": "198.18.128.300"}}),
+            "Service default/bad: spec.clusterIP: \"198.18.128.300\" is not a valid IP address",
         ),
         (
             "unparsable second clusterIPs entry",
-            json!({"spec": {"clusterIPs": ["10.96.0.10", "fd00::zz"]}}),
+            json!({"spec": {"clusterIPs": ["198.18.128.10", "fd00::zz"]}}),
             "Service default/bad: spec.clusterIPs[1]: \"fd00::zz\" is not a valid IP address",
         ),
         (
             "two cluster IPs of one family",
-            json!({"spec": {"clusterIPs": ["10.96.0.10", "10.96.0.11"]}}),
-            "Service default/bad: spec.clusterIPs[1]: second IPv4 cluster IP 10.96.0.11; at most one per family",
+            json!({"spec": {"clusterIPs": ["198.18.128.10", "198.18.128.11"]}}),
+            "Service default/bad: spec.clusterIPs[1]: second IPv4 cluster IP 198.18.128.11; at most one per family",
         ),
         (
             "no cluster IP",
@@ -130,13 +133,13 @@ fn invalid_services_are_skipped_with_one_warning() {
         ),
         (
             "source range prefix too long",
-            lb(json!({"loadBalancerSourceRanges": ["10.0.0.0/8", " 10.0.0.0/33 "]})),
-            "Service default/bad: spec.loadBalancerSourceRanges[1]: \"10.0.0.0/33\" is not a valid CIDR",
+            lb(json!({"loadBalancerSourceRanges": ["198.18.0.0/15", " 198.18.0.0/33 "]})),
+            "Service default/bad: spec.loadBalancerSourceRanges[1]: \"198.18.0.0/33\" is not a valid CIDR",
         ),
         (
             "source range without prefix",
-            lb(json!({"loadBalancerSourceRanges": ["10.0.0.1"]})),
-            "Service default/bad: spec.loadBalancerSourceRanges[0]: \"10.0.0.1\" is not a valid CIDR",
+            lb(json!({"loadBalancerSourceRanges": ["198.18.0.1"]})),
+            "Service default/bad: spec.loadBalancerSourceRanges[0]: \"198.18.0.1\" is not a valid CIDR",
         ),
         (
             "affinity timeout 0",
@@ -171,7 +174,7 @@ fn invalid_services_are_skipped_with_one_warning() {
         (
             "several problems: only the first is reported, soft ones dropped",
             json!({"spec": {
-                "clusterIPs": ["10.96.0.10", "fd00::10"],
+                "clusterIPs": ["198.18.128.10", "fd00::10"],
                 "ports": [{"port": 3868, "protocol": "SCTP"}, {"port": 0}, {"port": 80, "protocol": "XTP"}]
             }}),
             "Service default/bad: spec.ports[1].port: 0 is not a valid port number (1-65535)",
@@ -183,7 +186,7 @@ fn invalid_services_are_skipped_with_one_warning() {
             .slice(slice(
                 "bad-1",
                 "bad",
-                json!({"endpoints": [ready("10.0.2.1", NODE)]}),
+                json!({"endpoints": [ready("198.18.2.1", NODE)]}),
             ))
             .compute(&node_v4());
         assert_isolated(case, &c, &[want]);
@@ -196,14 +199,13 @@ fn invalid_services_are_skipped_with_one_warning() {
 
 #[test]
 fn invalid_slices_are_skipped_with_one_warning() {
-    let eps =
-        json!([ready("10.0.1.2", "n"), ready("10.0.1.3", "n"), {"addresses": ["10.0.1.999"]}]);
+    let eps = json!([ready("198.18.1.2", "n"), ready("198.18.1.3", "n"), {"addresses": ["198.18.1.999"]}]);
     // (case, patch of slice default/good-bad (for service good), the one expected warning)
     let cases: Vec<(&str, Value, &str)> = vec![
         (
             "unparsable endpoint address",
             json!({"endpoints": eps}),
-            "EndpointSlice default/good-bad: endpoints[2].addresses[0]: \"10.0.1.999\" is not a valid IP address",
+            "EndpointSlice default/good-bad: endpoints[2].addresses[0]: \"198.18.1.999\" is not a valid IP address",
         ),
         (
             "endpoint without addresses",
@@ -212,37 +214,37 @@ fn invalid_slices_are_skipped_with_one_warning() {
         ),
         (
             "address of the wrong family for the slice",
-            json!({"endpoints": [ready("10.0.1.2", "n"), ready("fd00::2", "n")]}),
+            json!({"endpoints": [ready("198.18.1.2", "n"), ready("fd00::2", "n")]}),
             "EndpointSlice default/good-bad: endpoints[1].addresses[0]: fd00::2 is IPv6 but the slice's addressType is IPv4",
         ),
         (
             "slice port 0",
-            json!({"ports": [{"port": 0}], "endpoints": [ready("10.0.1.2", "n")]}),
+            json!({"ports": [{"port": 0}], "endpoints": [ready("198.18.1.2", "n")]}),
             "EndpointSlice default/good-bad: ports[0].port: 0 is not a valid port number (1-65535)",
         ),
         (
             "slice port above 65535",
-            json!({"ports": [{"name": "x", "port": 8080}, {"port": 100000}], "endpoints": [ready("10.0.1.2", "n")]}),
+            json!({"ports": [{"name": "x", "port": 8080}, {"port": 100000}], "endpoints": [ready("198.18.1.2", "n")]}),
             "EndpointSlice default/good-bad: ports[1].port: 100000 is not a valid port number (1-65535)",
         ),
         (
             "unknown slice port protocol",
-            json!({"ports": [{"port": 8080, "protocol": "QUIC"}], "endpoints": [ready("10.0.1.2", "n")]}),
+            json!({"ports": [{"port": 8080, "protocol": "QUIC"}], "endpoints": [ready("198.18.1.2", "n")]}),
             "EndpointSlice default/good-bad: ports[0].protocol: unknown protocol \"QUIC\" (expected TCP, UDP or SCTP)",
         ),
         (
             "duplicate slice port",
-            json!({"ports": [{"port": 8080}, {"port": 8081}], "endpoints": [ready("10.0.1.2", "n")]}),
+            json!({"ports": [{"port": 8080}, {"port": 8081}], "endpoints": [ready("198.18.1.2", "n")]}),
             "EndpointSlice default/good-bad: ports[1].name: duplicate port name \"\" for protocol TCP",
         ),
         (
             "unknown address type",
-            json!({"addressType": "IPv5", "endpoints": [ready("10.0.1.2", "n")]}),
+            json!({"addressType": "IPv5", "endpoints": [ready("198.18.1.2", "n")]}),
             "EndpointSlice default/good-bad: addressType: unknown address type \"IPv5\" (expected IPv4, IPv6 or FQDN)",
         ),
         (
             "empty service-name label",
-            json!({"metadata": {"labels": {"kubernetes.io/service-name": ""}}, "endpoints": [ready("10.0.1.2", "n")]}),
+            json!({"metadata": {"labels": {"kubernetes.io/service-name": ""}}, "endpoints": [ready("198.18.1.2", "n")]}),
             "EndpointSlice default/good-bad: metadata.labels[kubernetes.io/service-name]: missing; the slice belongs to no service and is ignored",
         ),
     ];
@@ -261,7 +263,7 @@ fn invalid_legacy_endpoints_are_skipped_with_one_warning() {
     let cases: Vec<(&str, Value, &str)> = vec![
         (
             "unparsable address",
-            json!([{"addresses": [{"ip": "10.0.3.1"}, {"ip": "ten"}], "ports": [{"port": 8080}]}]),
+            json!([{"addresses": [{"ip": "198.18.3.1"}, {"ip": "ten"}], "ports": [{"port": 8080}]}]),
             "Endpoints default/legacy: subsets[0].addresses[1].ip: \"ten\" is not a valid IP address",
         ),
         (
@@ -271,12 +273,12 @@ fn invalid_legacy_endpoints_are_skipped_with_one_warning() {
         ),
         (
             "port 0",
-            json!([{"addresses": [{"ip": "10.0.3.1"}], "ports": [{"port": 0}]}]),
+            json!([{"addresses": [{"ip": "198.18.3.1"}], "ports": [{"port": 0}]}]),
             "Endpoints default/legacy: subsets[0].ports[0].port: 0 is not a valid port number (1-65535)",
         ),
         (
             "unknown protocol",
-            json!([{"addresses": [{"ip": "10.0.3.1"}], "ports": [{"port": 8080, "protocol": "tcp"}]}]),
+            json!([{"addresses": [{"ip": "198.18.3.1"}], "ports": [{"port": 8080, "protocol": "tcp"}]}]),
             "Endpoints default/legacy: subsets[0].ports[0].protocol: unknown protocol \"tcp\" (expected TCP, UDP or SCTP)",
         ),
     ];
@@ -284,7 +286,7 @@ fn invalid_legacy_endpoints_are_skipped_with_one_warning() {
         let c = good_world()
             .svc(service(
                 "legacy",
-                json!({"spec": {"clusterIP": "10.96.0.3"}}),
+                json!({"spec": {"clusterIP": "198.18.128.3"}}),
             ))
             .legacy(legacy("legacy", json!({ "subsets": subsets })))
             .compute(&node_v4());
@@ -308,7 +310,7 @@ fn malformed_service_does_not_affect_a_valid_one() {
     assert_eq!(c.warnings[0].object.name, "broken");
     assert_eq!(c.state, good_alone().state);
     let good = only_port(&c);
-    assert_eq!(addrs(&good.endpoints), vec!["10.0.1.1:8080"]);
+    assert_eq!(addrs(&good.endpoints), vec!["198.18.1.1:8080"]);
 }
 
 #[test]
@@ -332,14 +334,14 @@ fn never_panics_on_odd_objects() {
         json!({"metadata": {"name": "s1"}, "spec": {}}),
         json!({"metadata": {"name": "s2"}}),
         json!({"metadata": {"name": "s3"}, "spec": {"clusterIPs": [], "clusterIP": ""}}),
-        json!({"metadata": {"name": "s4"}, "spec": {"clusterIP": "10.0.0.1", "ports": [{"port": i32::MAX, "nodePort": i32::MIN}]}}),
+        json!({"metadata": {"name": "s4"}, "spec": {"clusterIP": "198.18.0.1", "ports": [{"port": i32::MAX, "nodePort": i32::MIN}]}}),
         json!({"metadata": {"name": "s5"}, "spec": {"clusterIP": "::", "type": "LoadBalancer", "ports": [{"port": 1}],
                "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": i32::MIN}}},
                "status": {"loadBalancer": {"ingress": [{}, {"ip": ""}, {"ipMode": "Proxy"}]}}}),
-        json!({"metadata": {"name": "s6"}, "spec": {"clusterIP": "10.0.0.6", "type": "LoadBalancer",
+        json!({"metadata": {"name": "s6"}, "spec": {"clusterIP": "198.18.0.6", "type": "LoadBalancer",
                "externalTrafficPolicy": "Local", "healthCheckNodePort": i32::MIN, "ports": [{"port": 1}]}}),
-        json!({"metadata": {"name": "s7"}, "spec": {"clusterIPs": ["None", "10.0.0.7"]}}),
-        json!({"metadata": {"name": "s8"}, "spec": {"clusterIPs": ["10.0.0.8", "None"], "ports": [{"port": 8}]}}),
+        json!({"metadata": {"name": "s7"}, "spec": {"clusterIPs": ["None", "198.18.0.7"]}}),
+        json!({"metadata": {"name": "s8"}, "spec": {"clusterIPs": ["198.18.0.8", "None"], "ports": [{"port": 8}]}}),
         json!({"metadata": {"name": "s9"}, "spec": {"clusterIP": "1.2.3.4.5", "ports": [{"port": 9}]}}),
         json!({"metadata": {"name": "s10"}, "spec": {"clusterIP": "999.1.1.1", "ports": [{"port": 10}]}}),
         json!({"metadata": {"name": "s11"}, "spec": {"clusterIP": "+1.2.3.4", "ports": [{"port": 11}]}}),

@@ -10,12 +10,12 @@ use crate::model::{
 #[test]
 fn nodeport_address_selection() {
     let local = ips(&[
-        "192.168.1.10",
-        "10.0.0.5",
+        "198.18.1.10",
+        "198.18.0.5",
         "127.0.0.1",
         "fd00::10",
         "fe80::1",
-        "10.0.0.5",
+        "198.18.0.5",
     ]);
     // (case, CIDRs, expected)
     let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
@@ -23,26 +23,22 @@ fn nodeport_address_selection() {
             "no CIDRs: every address, sorted, deduplicated",
             vec![],
             vec![
-                "10.0.0.5",
                 "127.0.0.1",
-                "192.168.1.10",
+                "198.18.0.5",
+                "198.18.1.10",
                 "fd00::10",
                 "fe80::1",
             ],
         ),
-        (
-            "one IPv4 CIDR",
-            vec!["192.168.0.0/16"],
-            vec!["192.168.1.10"],
-        ),
+        ("one IPv4 CIDR", vec!["198.18.1.0/24"], vec!["198.18.1.10"]),
         ("IPv6 CIDR", vec!["fd00::/8"], vec!["fd00::10"]),
         (
             "several CIDRs",
-            vec!["10.0.0.0/8", "127.0.0.0/8", "fd00::/8"],
-            vec!["10.0.0.5", "127.0.0.1", "fd00::10"],
+            vec!["198.18.0.0/24", "127.0.0.0/8", "fd00::/8"],
+            vec!["127.0.0.1", "198.18.0.5", "fd00::10"],
         ),
-        ("single address", vec!["10.0.0.5/32"], vec!["10.0.0.5"]),
-        ("nothing matches", vec!["172.16.0.0/12"], vec![]),
+        ("single address", vec!["198.18.0.5/32"], vec!["198.18.0.5"]),
+        ("nothing matches", vec!["203.0.113.0/24"], vec![]),
     ];
     for (case, cidrs, want) in cases {
         let cidrs: Vec<ipnet::IpNet> = cidrs.iter().map(|c| c.parse().expect("literal")).collect();
@@ -61,7 +57,7 @@ fn node_context_defaults() {
     assert_eq!(n.name, "n1");
     assert!(n.ipv4 && !n.ipv6);
     assert_eq!(n.nodeport_range, 30000..=32767);
-    assert!(n.serves(&ip("10.0.0.1")));
+    assert!(n.serves(&ip("198.18.0.1")));
     assert!(!n.serves(&ip("fd00::1")));
 }
 
@@ -100,7 +96,10 @@ fn object_keys_from_metadata() {
 fn insert_replace_remove() {
     let mut objects = ClusterObjects::default();
     let k = objects.insert_service(service("web", json!({})));
-    objects.insert_service(service("web", json!({"spec": {"clusterIP": "10.96.0.99"}})));
+    objects.insert_service(service(
+        "web",
+        json!({"spec": {"clusterIP": "198.18.128.99"}}),
+    ));
     assert_eq!(objects.services.len(), 1, "insert replaces");
     let sk = objects.insert_slice(slice("web-1", "web", json!({})));
     let ek = objects.insert_endpoints(legacy("web", json!({})));

@@ -83,7 +83,7 @@ fn headless_and_external_name_ignore_endpoints() {
         slice(
             &format!("{svc}-1"),
             svc,
-            json!({"endpoints": [ready("10.0.0.1", NODE)]}),
+            json!({"endpoints": [ready("198.18.0.1", NODE)]}),
         )
     };
     let c = World::new()
@@ -107,49 +107,49 @@ fn cluster_ips_per_served_family() {
             "single IPv4",
             node_v4(),
             json!({}),
-            vec!["10.96.0.10"],
+            vec!["198.18.128.10"],
             vec![],
         ),
         (
             "clusterIPs wins over clusterIP",
             node_v4(),
-            json!({"clusterIPs": ["10.96.0.20"]}),
-            vec!["10.96.0.20"],
+            json!({"clusterIPs": ["198.18.128.20"]}),
+            vec!["198.18.128.20"],
             vec![],
         ),
         (
             "dual-stack service on dual-stack node",
             node_dual(),
-            json!({"clusterIPs": ["10.96.0.10", "fd00:96::10"]}),
-            vec!["10.96.0.10", "fd00:96::10"],
+            json!({"clusterIPs": ["198.18.128.10", "fd00:96::10"]}),
+            vec!["198.18.128.10", "fd00:96::10"],
             vec![],
         ),
         (
             "IPv6 address on an IPv4-only node is dropped with a warning",
             node_v4(),
-            json!({"clusterIPs": ["10.96.0.10", "fd00:96::10"]}),
-            vec!["10.96.0.10"],
+            json!({"clusterIPs": ["198.18.128.10", "fd00:96::10"]}),
+            vec!["198.18.128.10"],
             vec!["spec.clusterIPs[1]"],
         ),
         (
             "IPv4 address on an IPv6-only node is dropped with a warning",
             node_v6(),
-            json!({"clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10", "10.96.0.10"]}),
+            json!({"clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10", "198.18.128.10"]}),
             vec!["fd00:96::10"],
             vec!["spec.clusterIPs[1]"],
         ),
         (
             "leading zeros read as decimal, like Go",
             node_v4(),
-            json!({"clusterIP": "010.096.000.010"}),
-            vec!["10.96.0.10"],
+            json!({"clusterIP": "198.018.128.010"}),
+            vec!["198.18.128.10"],
             vec![],
         ),
         (
             "IPv4-mapped IPv6 is IPv4, like Go",
             node_v4(),
-            json!({"clusterIP": "::ffff:10.96.0.10"}),
-            vec!["10.96.0.10"],
+            json!({"clusterIP": "::ffff:198.18.128.10"}),
+            vec!["198.18.128.10"],
             vec![],
         ),
     ];
@@ -189,7 +189,7 @@ fn service_with_no_served_cluster_ip_is_skipped_with_one_warning() {
 #[test]
 fn node_port_frontends() {
     let mut multi = node_dual();
-    multi.nodeport_addresses = ips(&["192.168.1.10", "10.0.0.5", "fd00::10"]);
+    multi.nodeport_addresses = ips(&["198.18.1.10", "198.18.0.5", "fd00::10"]);
     let mut narrow_range = node_v4();
     narrow_range.nodeport_range = 20000..=20100;
     // (case, node, patch, expected NodePort frontends)
@@ -198,32 +198,32 @@ fn node_port_frontends() {
             "every node address of the service's family",
             multi.clone(),
             json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}}),
-            vec!["10.0.0.5", "192.168.1.10"],
+            vec!["198.18.0.5", "198.18.1.10"],
         ),
         (
             "dual-stack service uses both families",
             multi,
             json!({"spec": {
                 "type": "NodePort",
-                "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                "clusterIPs": ["198.18.128.10", "fd00:96::10"],
                 "ports": [{"port": 80, "nodePort": 30080}]
             }}),
-            vec!["10.0.0.5", "192.168.1.10", "fd00::10"],
+            vec!["198.18.0.5", "198.18.1.10", "fd00::10"],
         ),
         (
             "IPv4 node ignores its IPv6 NodePort address",
             NodeContext {
-                nodeport_addresses: ips(&["192.168.1.10", "fd00::10"]),
+                nodeport_addresses: ips(&["198.18.1.10", "fd00::10"]),
                 ..node_v4()
             },
             json!({"spec": {"type": "LoadBalancer", "ports": [{"port": 80, "nodePort": 30080}]}}),
-            vec!["192.168.1.10"],
+            vec!["198.18.1.10"],
         ),
         (
             "custom NodePort range",
             narrow_range,
             json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 20050}]}}),
-            vec!["192.168.1.10"],
+            vec!["198.18.1.10"],
         ),
         (
             "ClusterIP type has none",
@@ -356,20 +356,20 @@ fn load_balancer_source_ranges() {
         (
             "trimmed of whitespace",
             "LoadBalancer",
-            json!([" 10.0.0.0/8", "192.168.0.0/16 ", "\t2001:db8::/32\n"]),
-            vec!["10.0.0.0/8", "192.168.0.0/16", "2001:db8::/32"],
+            json!([" 198.18.0.0/15", "203.0.113.0/24 ", "\t2001:db8::/32\n"]),
+            vec!["198.18.0.0/15", "203.0.113.0/24", "2001:db8::/32"],
         ),
         (
             "host bits cleared, like Go",
             "LoadBalancer",
-            json!(["10.1.2.3/8"]),
-            vec!["10.0.0.0/8"],
+            json!(["198.19.2.3/15"]),
+            vec!["198.18.0.0/15"],
         ),
         ("none", "LoadBalancer", json!([]), vec![]),
         (
             "not a LoadBalancer: ignored, even when invalid",
             "NodePort",
-            json!(["10.0.0.0/8", "bogus"]),
+            json!(["198.18.0.0/15", "bogus"]),
             vec![],
         ),
     ];
@@ -602,8 +602,8 @@ fn frontends_are_sorted_and_complete() {
     assert_eq!(
         p.frontends,
         vec![
-            f(FrontendKind::ClusterIp, "10.96.0.10", 443),
-            f(FrontendKind::NodePort, "192.168.1.10", 30443),
+            f(FrontendKind::ClusterIp, "198.18.128.10", 443),
+            f(FrontendKind::NodePort, "198.18.1.10", 30443),
             f(FrontendKind::ExternalIp, "203.0.113.7", 443),
             f(FrontendKind::LoadBalancer, "198.51.100.1", 443),
         ]
@@ -622,7 +622,7 @@ metadata:
   namespace: shop
 spec:
   type: NodePort
-  clusterIP: 10.96.5.5
+  clusterIP: 198.18.133.5
   selector: { app: api }
   sessionAffinity: ClientIP
   ports:
@@ -648,10 +648,10 @@ ports:
   - { name: http, port: 8080, protocol: TCP }
   - { name: grpc, port: 9090 }
 endpoints:
-  - addresses: [10.244.1.7]
+  - addresses: [198.19.1.7]
     nodeName: node-a
     conditions: { ready: true }
-  - addresses: [10.244.2.9]
+  - addresses: [198.19.2.9]
     nodeName: node-b
 "#,
     );
@@ -667,9 +667,9 @@ endpoints:
         .expect("http port");
     assert_eq!(
         addrs(&http.endpoints),
-        vec!["10.244.1.7:8080", "10.244.2.9:8080"]
+        vec!["198.19.1.7:8080", "198.19.2.9:8080"]
     );
-    assert_eq!(addrs(http.local_endpoints()), vec!["10.244.1.7:8080"]);
+    assert_eq!(addrs(http.local_endpoints()), vec!["198.19.1.7:8080"]);
     assert_eq!(http.session_affinity_timeout, Some(10800));
     assert_eq!(http.node_port, Some(31000));
     let grpc = c
@@ -680,7 +680,7 @@ endpoints:
         .expect("grpc port");
     assert_eq!(
         addrs(&grpc.endpoints),
-        vec!["10.244.1.7:9090", "10.244.2.9:9090"]
+        vec!["198.19.1.7:9090", "198.19.2.9:9090"]
     );
     assert_eq!(grpc.node_port, None);
 }

@@ -3,7 +3,7 @@
 use super::fixtures::*;
 use crate::model::{Endpoint, Protocol, ServicePort, TrafficPolicy};
 
-/// Endpoint shorthand: last octet of 10.0.0.x, then (ready, serving, terminating, local).
+/// Endpoint shorthand: last octet of 198.18.0.x, then (ready, serving, terminating, local).
 type Spec = (u8, bool, bool, bool, bool);
 
 const READY: (bool, bool, bool) = (true, true, false);
@@ -21,7 +21,7 @@ fn port_with(specs: &[Spec], internal: TrafficPolicy, external: TrafficPolicy) -
     let endpoints = specs
         .iter()
         .map(|&(n, ready, serving, terminating, local)| Endpoint {
-            ip: ip(&format!("10.0.0.{n}")),
+            ip: ip(&format!("198.18.0.{n}")),
             port: 8080,
             ready,
             serving,
@@ -33,7 +33,7 @@ fn port_with(specs: &[Spec], internal: TrafficPolicy, external: TrafficPolicy) -
     ServicePort {
         key: key("web", "", Protocol::Tcp),
         port: 80,
-        cluster_ips: ips(&["10.96.0.10"]),
+        cluster_ips: ips(&["198.18.128.10"]),
         node_port: Some(30080),
         external_ips: vec![],
         load_balancer_ips: vec![],

@@ -1,0 +1,612 @@
+//! Runs scenarios against the real `switchyard` binary in a two-node testbed.
+//!
+//! One scenario = one testbed: nodes with pods that run echo servers on [`ECHO_PORTS`] (TCP
+//! and UDP, each answering `<pod>:<port>`), a manifest directory holding the scenario's files
+//! plus `nodes.yaml`, and switchyard on the chosen nodes. The runner waits until every proxy
+//! logged its first sync and the first check passes, then runs the steps. Scenarios run in
+//! parallel, each on its own testbed.
+//!
+//! Addition to the plain testbed, inside its own namespaces: the external client gets the
+//! scenario's `client_routes` (e.g. an externalIP range via a node).
+//!
+//! Environment knobs:
+//! - `SWY_SCENARIOS=a,b`: only scenarios whose name contains one of these substrings;
+//! - `SWY_SCENARIOS_JOBS=N`: scenarios run at once (default 4);
+//! - `SWY_SCENARIOS_PENDING=1`: also run the `iptables only` scenarios in ebpf mode.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use switchyard_testbed::switchyard::node_args;
+use switchyard_testbed::{
+    wait_for, ChildGuard, Manifests, OutputMode, Place, Reply, RequestError, RequestSpec, Testbed,
+    TopologySpec,
+};
+
+use super::model::{At, Check, FileEdit, Mode, Outcome, Scenario, Source, Step, ECHO_PORTS, NODES};
+
+/// How long switchyard may take to log its first sync.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the first check may take to pass (the readiness condition).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an edit may take to show.
+const EDIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The first probe run of a check makes at most this many attempts, so a check that fails
+/// (for example while polling) costs at most a few timeouts.
+const FIRST_CHUNK: usize = 4;
+/// Log lines of each proxy shown on failure.
+const LOG_TAIL_LINES: usize = 120;
+
+/// One scenario's result: its name, how long it took, and the failure report if any.
+type ScenarioResult = (&'static str, Duration, Result<(), String>);
+
+/// Runs every scenario of `table` that runs in `mode` and panics with all failures.
+pub fn run_table(mode: Mode, table: Vec<Scenario>) {
+    let pending = std::env::var("SWY_SCENARIOS_PENDING").is_ok_and(|v| v == "1");
+    let filter: Vec<String> = std::env::var("SWY_SCENARIOS")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let selected = |s: &Scenario| filter.is_empty() || filter.iter().any(|f| s.name.contains(f));
+    let (to_run, skipped): (Vec<Scenario>, Vec<Scenario>) = table
+        .into_iter()
+        .filter(|s| selected(s))
+        .partition(|s| s.runs_in(mode, pending));
+    for s in &skipped {
+        if let super::model::Ebpf::IptablesOnly(why) = &s.ebpf {
+            eprintln!("[{mode}] {}: skipped, iptables only (ebpf: {why})", s.name);
+        }
+    }
+    assert!(
+        !to_run.is_empty() || !filter.is_empty(),
+        "no scenario runs in {mode} mode"
+    );
+    let jobs = std::env::var("SWY_SCENARIOS_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4usize)
+        .max(1);
+
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<ScenarioResult>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(to_run.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(scenario) = to_run.get(i) else {
+                    break;
+                };
+                let t = Instant::now();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_scenario(scenario, mode)
+                }))
+                .unwrap_or_else(|panic| {
+                    let text = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(format!(
+                        "[{mode}] scenario {}: panicked: {text}",
+                        scenario.name
+                    ))
+                });
+                let elapsed = t.elapsed();
+                match &result {
+                    Ok(()) => eprintln!("[{mode}] {}: passed in {elapsed:.1?}", scenario.name),
+                    Err(_) => eprintln!("[{mode}] {}: FAILED after {elapsed:.1?}", scenario.name),
+                }
+                results.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    scenario.name,
+                    elapsed,
+                    result,
+                ));
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let failures: Vec<&String> = results
+        .iter()
+        .filter_map(|(_, _, r)| r.as_ref().err())
+        .collect();
+    eprintln!(
+        "[{mode}] {} scenarios run, {} failed, {} skipped, in {:.1?}",
+        results.len(),
+        failures.len(),
+        skipped.len(),
+        started.elapsed()
+    );
+    if !failures.is_empty() {
+        let names: Vec<&str> = results
+            .iter()
+            .filter(|(_, _, r)| r.is_err())
+            .map(|(n, _, _)| *n)
+            .collect();
+        panic!(
+            "{} of {} scenarios failed in {mode} mode: {}\n\n{}",
+            failures.len(),
+            results.len(),
+            names.join(", "),
+            failures
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n========================================\n\n")
+        );
+    }
+}
+
+/// A running scenario: its testbed, manifests, echo servers and proxies.
+struct Run<'a> {
+    scenario: &'a Scenario,
+    mode: Mode,
+    testbed: Testbed,
+    manifests: Manifests,
+    proxies: Vec<(usize, ChildGuard)>,
+    _echo: Vec<ChildGuard>,
+}
+
+/// Runs one scenario; `Err` holds the whole failure report.
+pub fn run_scenario(scenario: &Scenario, mode: Mode) -> Result<(), String> {
+    let fail = |what: String| format!("[{mode}] scenario {}: {what}", scenario.name);
+    let mut testbed = Testbed::new(TopologySpec {
+        nodes: NODES,
+        pods_per_node: scenario.pods_per_node,
+    })
+    .map_err(|e| fail(format!("building the testbed: {e}")))?;
+    testbed.set_probe_binary(probe_binary().map_err(fail)?);
+
+    let mut echo = Vec::new();
+    for pod in testbed.pods() {
+        for port in ECHO_PORTS {
+            let name = format!("{}:{port}", pod.name);
+            echo.push(
+                testbed
+                    .start_echo_in(pod, &name, &[port], &[port])
+                    .map_err(|e| fail(format!("starting echo server {name}: {e}")))?,
+            );
+        }
+    }
+    for (cidr, node) in &scenario.client_routes {
+        let via = testbed.node(*node).underlay_ip.to_string();
+        ip(
+            &testbed.client().netns,
+            &["route", "add", cidr, "via", &via, "dev", "eth0"],
+        )
+        .map_err(&fail)?;
+    }
+
+    let manifests = Manifests::new().map_err(|e| fail(format!("manifest dir: {e}")))?;
+    manifests
+        .write("nodes.yaml", &nodes_yaml(&testbed))
+        .map_err(|e| fail(e.to_string()))?;
+    for (name, yaml) in &scenario.manifests {
+        manifests
+            .write(name, yaml)
+            .map_err(|e| fail(format!("writing {name}: {e}")))?;
+    }
+
+    let mut run = Run {
+        scenario,
+        mode,
+        testbed,
+        manifests,
+        proxies: Vec::new(),
+        _echo: echo,
+    };
+    for &n in &scenario.proxies {
+        let child = run.start_proxy(n).map_err(|e| run.report("start", &e))?;
+        run.proxies.push((n, child));
+    }
+    run.wait_started().map_err(|e| run.report("start", &e))?;
+
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let what = format!("step {} ({})", i + 1, step.describe(mode));
+        let result = match (i, step) {
+            (0, Step::Check(c)) => wait_for(
+                "the first check to pass (switchyard has programmed the dataplane)",
+                READY_TIMEOUT,
+                || run.check(c),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+            _ => run.step(step),
+        };
+        result.map_err(|e| run.report(&what, &e))?;
+    }
+    Ok(())
+}
+
+impl Run<'_> {
+    fn start_proxy(&self, n: usize) -> Result<ChildGuard, String> {
+        let node = self
+            .testbed
+            .try_node(n)
+            .ok_or_else(|| format!("no node{n}"))?;
+        let mut args = node_args(&self.testbed, node, self.mode.flag(), self.manifests.path());
+        args.extend(self.scenario.flags.iter().map(|f| f.to_string()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        // The "synced" log line is the start condition; a RUST_LOG from the caller must not
+        // hide it.
+        cmd.args(&args).env_remove("RUST_LOG");
+        self.testbed
+            .spawn_with(node, cmd, OutputMode::Capture)
+            .map_err(|e| format!("starting switchyard on node{n}: {e}"))
+    }
+
+    /// Waits until every proxy has logged a sync; fails at once if one exits.
+    fn wait_started(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        for (n, child) in &mut self.proxies {
+            loop {
+                if child.stderr().contains(" synced ") {
+                    break;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "switchyard on node{n} exited ({status}) before syncing"
+                    ));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "switchyard on node{n} did not log a sync within {START_TIMEOUT:?}"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&self, step: &Step) -> Result<(), String> {
+        match step {
+            Step::Check(c) => self.check(c).map(|_| ()),
+            Step::Edit {
+                edits,
+                until,
+                steady,
+            } => {
+                for edit in edits {
+                    match edit {
+                        FileEdit::Write(name, yaml) => self.manifests.write(name, yaml),
+                        FileEdit::Remove(name) => self.manifests.remove(name),
+                    }
+                    .map_err(|e| format!("applying the edit: {e}"))?;
+                }
+                let mut steady_failure = None;
+                let waited = wait_for("the edit to take effect", EDIT_TIMEOUT, || {
+                    if steady_failure.is_some() {
+                        return Ok(());
+                    }
+                    for c in steady {
+                        if let Err(e) = self.check(c) {
+                            steady_failure = Some(format!(
+                                "steady check {} failed while the edit was taken up: {e}",
+                                c.describe(self.mode)
+                            ));
+                            return Ok(());
+                        }
+                    }
+                    let mut observed = Vec::new();
+                    for c in until {
+                        if let Err(e) = self.check(c) {
+                            observed.push(format!("{}: {e}", c.describe(self.mode)));
+                        }
+                    }
+                    if observed.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(observed)
+                    }
+                });
+                if let Some(failure) = steady_failure {
+                    return Err(failure);
+                }
+                waited.map_err(|e| e.to_string())?;
+                // Once taken up, the steady checks still hold.
+                for c in steady {
+                    self.check(c)
+                        .map_err(|e| format!("steady check {}: {e}", c.describe(self.mode)))?;
+                }
+                Ok(())
+            }
+            Step::AffinityExpires {
+                check,
+                timeout,
+                rounds,
+            } => {
+                let once = |c: &Check| -> Result<Reply, String> {
+                    let results = self.probe(c, 1)?;
+                    match results.into_iter().next() {
+                        Some(Ok(reply)) => Ok(reply),
+                        other => Err(format!("expected an answer, got {other:?}")),
+                    }
+                };
+                let stuck = once(check)?.backend;
+                let mut seen = Vec::new();
+                for _ in 0..*rounds {
+                    // The only fixed sleep: the affinity timeout itself must pass, idle.
+                    std::thread::sleep(*timeout + Duration::from_millis(500));
+                    let reply = once(check)?;
+                    if reply.backend != stuck {
+                        return Ok(());
+                    }
+                    seen.push(reply.backend);
+                }
+                Err(format!(
+                    "stuck to {stuck} for {rounds} rounds of waiting {timeout:?} idle: {seen:?}"
+                ))
+            }
+        }
+    }
+
+    fn probe(&self, c: &Check, count: usize) -> Result<Vec<Result<Reply, RequestError>>, String> {
+        let spec = RequestSpec::new(c.proto, c.to)
+            .count(count)
+            .timeout(c.timeout)
+            .unconnected(c.unconnected);
+        self.testbed
+            .request_with(place(c.from), &spec)
+            .map_err(|e| format!("running the probe: {e}"))
+    }
+
+    /// Runs one check; `Err` describes what was observed instead.
+    fn check(&self, c: &Check) -> Result<(), String> {
+        let outcome = c.outcome.get(self.mode);
+        let total = c.attempts_in(self.mode);
+        let mut results = Vec::with_capacity(total);
+        let mut sticky: Option<String> = None;
+        let first = total.min(FIRST_CHUNK);
+        for count in [first, total - first] {
+            if count == 0 {
+                continue;
+            }
+            let batch = self.probe(c, count)?;
+            for r in &batch {
+                if let Some(problem) = self.violation(c, outcome, r, &mut sticky) {
+                    results.extend(batch.iter().cloned());
+                    return Err(format!("{problem}; observed {}", summarize(&results)));
+                }
+            }
+            results.extend(batch);
+        }
+        if let Outcome::Backends(set) = outcome {
+            let want: BTreeSet<&str> = set.iter().map(String::as_str).collect();
+            let got: BTreeSet<&str> = results
+                .iter()
+                .flatten()
+                .map(|r| r.backend.as_str())
+                .collect();
+            if want != got {
+                let missing: Vec<&&str> = want.difference(&got).collect();
+                return Err(format!(
+                    "not every backend answered within {total} attempts, missing {missing:?}; \
+                     observed {}",
+                    summarize(&results)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What is wrong with one attempt's result, if anything.
+    fn violation(
+        &self,
+        c: &Check,
+        outcome: &Outcome,
+        result: &Result<Reply, RequestError>,
+        sticky: &mut Option<String>,
+    ) -> Option<String> {
+        match (outcome, result) {
+            (Outcome::Backends(set), Ok(reply)) => {
+                if !set.contains(&reply.backend) {
+                    return Some(format!("unexpected backend {}", reply.backend));
+                }
+                self.reply_problem(c, reply)
+            }
+            (Outcome::Sticky(set), Ok(reply)) => {
+                if !set.contains(&reply.backend) {
+                    return Some(format!("unexpected backend {}", reply.backend));
+                }
+                match sticky {
+                    Some(first) if *first != reply.backend => {
+                        return Some(format!("affinity broken: {} after {first}", reply.backend))
+                    }
+                    Some(_) => {}
+                    None => *sticky = Some(reply.backend.clone()),
+                }
+                self.reply_problem(c, reply)
+            }
+            (Outcome::Backends(_) | Outcome::Sticky(_), Err(e)) => {
+                Some(format!("an attempt failed ({e})"))
+            }
+            (Outcome::Refused, Err(RequestError::Refused)) => None,
+            (Outcome::Dropped, Err(RequestError::Timeout)) => None,
+            (Outcome::NoAnswer, Err(RequestError::Refused | RequestError::Timeout)) => None,
+            (Outcome::Refused | Outcome::Dropped | Outcome::NoAnswer, other) => {
+                Some(format!("expected {outcome:?}, got {other:?}"))
+            }
+        }
+    }
+
+    /// Source address and reverse-NAT problems of an answered attempt.
+    fn reply_problem(&self, c: &Check, reply: &Reply) -> Option<String> {
+        if c.unconnected && reply.replied_from != c.to {
+            return Some(format!(
+                "the reply came from {} instead of {} (missing reverse NAT)",
+                reply.replied_from, c.to
+            ));
+        }
+        let want = *c.source.as_ref()?.get(self.mode);
+        let IpAddr::V4(seen) = reply.seen_source.ip() else {
+            return Some(format!("non-IPv4 source {}", reply.seen_source));
+        };
+        let ok = match want {
+            Source::Own => self.own_addresses(c.from).contains(&seen),
+            Source::Node => self.node_addresses().contains(&seen),
+            Source::Ip(ip) => seen == ip,
+        };
+        (!ok).then(|| {
+            format!(
+                "{} saw source {seen}, expected {want:?} of {}",
+                reply.backend, c.from
+            )
+        })
+    }
+
+    fn own_addresses(&self, at: At) -> Vec<Ipv4Addr> {
+        match at {
+            At::Pod(n, p) => self
+                .testbed
+                .try_pod(n, p)
+                .map(|p| vec![p.ip])
+                .unwrap_or_default(),
+            At::Node(n) => self
+                .testbed
+                .try_node(n)
+                .map(|node| vec![node.underlay_ip, node.pod_gateway])
+                .unwrap_or_default(),
+            At::Client => vec![self.testbed.client().ip],
+        }
+    }
+
+    fn node_addresses(&self) -> Vec<Ipv4Addr> {
+        self.testbed
+            .nodes()
+            .iter()
+            .flat_map(|n| [n.underlay_ip, n.pod_gateway])
+            .collect()
+    }
+
+    /// The failure report: scenario, mode, step, what was observed, and the proxies' logs.
+    fn report(&self, what: &str, observed: &str) -> String {
+        let mut out = format!(
+            "[{}] scenario {}: {what} failed:\n  {observed}\n",
+            self.mode, self.scenario.name
+        );
+        for (n, child) in &self.proxies {
+            let log = strip_ansi(&child.stderr());
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            out.push_str(&format!(
+                "\n--- switchyard on node{n} ({} of {} log lines) ---\n{}\n",
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            ));
+        }
+        out
+    }
+}
+
+/// Counts per backend (with the sources it saw) and per error, for messages.
+fn summarize(results: &[Result<Reply, RequestError>]) -> String {
+    let mut by: BTreeMap<String, (usize, BTreeSet<IpAddr>)> = BTreeMap::new();
+    for r in results {
+        match r {
+            Ok(reply) => {
+                let e = by.entry(reply.backend.clone()).or_default();
+                e.0 += 1;
+                e.1.insert(reply.seen_source.ip());
+            }
+            Err(err) => by.entry(format!("error {err}")).or_default().0 += 1,
+        }
+    }
+    let parts: Vec<String> = by
+        .iter()
+        .map(|(k, (n, sources))| {
+            if sources.is_empty() {
+                format!("{k} x{n}")
+            } else {
+                format!("{k} x{n} (saw {sources:?})")
+            }
+        })
+        .collect();
+    format!("{} attempts: {}", results.len(), parts.join(", "))
+}
+
+fn place(at: At) -> Place {
+    match at {
+        At::Pod(node, pod) => Place::Pod { node, pod },
+        At::Node(n) => Place::Node(n),
+        At::Client => Place::Client,
+    }
+}
+
+/// `ip -n NETNS ARGS...` inside one of the testbed's own namespaces.
+fn ip(netns: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["-n", netns])
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip -n {netns} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn nodes_yaml(testbed: &Testbed) -> String {
+    testbed
+        .nodes()
+        .iter()
+        .map(|n| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n\
+                 status: {{addresses: [{{type: InternalIP, address: {}}}]}}\n",
+                n.name, n.underlay_ip
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// swy-probe: `$SWY_PROBE_BIN`, next to this test binary, else the one `cargo xtask build`
+/// left in the workspace's target directory (a test built with its own `CARGO_TARGET_DIR`
+/// does not build the testbed crate's binaries).
+fn probe_binary() -> Result<PathBuf, String> {
+    if let Ok(path) = switchyard_testbed::probe_binary() {
+        return Ok(path);
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["debug", "release"] {
+        let candidate = workspace.join("target").join(profile).join("swy-probe");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err("swy-probe not found: run `cargo xtask build` (or set SWY_PROBE_BIN)".into())
+}
+
+/// Removes ANSI colour sequences from a log.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
