@@ -1,9 +1,20 @@
-//! Socket-level translation (cgroup v2 sock_addr hooks): the destination is rewritten once when
-//! a socket connects, so east-west flows pay no per-packet NAT cost.
-use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::cgroup_sock_addr, programs::SockAddrContext};
-use switchyard_common::{BackendKey, ServiceKey, PROTO_TCP, PROTO_UDP};
+//! Socket-level translation (cgroup v2 sock_addr hooks): the destination is rewritten when a
+//! socket connects (TCP, connected UDP) or sends (unconnected UDP), and rewritten back when
+//! the application asks who it talks to, so east-west flows pay no per-packet NAT cost and
+//! applications only ever see the service address.
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use switchyard_common::{
+    AffinityKey, AffinityValue, Backend, BackendKey, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, PROTO_TCP, PROTO_UDP, SERVICE_FLAG_AFFINITY,
+};
 
-use crate::maps::{BACKENDS, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, SERVICES, SOCK_REVNAT};
 
 /// Return value that lets the syscall proceed.
 const ALLOW: i32 = 1;
@@ -12,12 +23,39 @@ const REJECT: i32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// cgroup/connect4: TCP connect() and connected UDP to a service frontend go to one backend.
 #[cgroup_sock_addr(connect4)]
 pub fn swy_connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the kernel hands this hook a valid bpf_sock_addr for the duration of the call.
-    let sa = unsafe { &mut *ctx.sock_addr };
+    translate(&ctx)
+}
+
+/// cgroup/sendmsg4: each unconnected UDP datagram to a service frontend goes to one backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn swy_sendmsg4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx)
+}
+
+/// cgroup/recvmsg4: a reply from a backend is shown as coming from the service.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn swy_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx)
+}
+
+/// cgroup/getpeername4: a translated socket's peer is the service.
+#[cgroup_sock_addr(getpeername4)]
+pub fn swy_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx)
+}
+
+fn sock_addr(ctx: &SockAddrContext) -> &mut bpf_sock_addr {
+    // SAFETY: the kernel hands these hooks a valid bpf_sock_addr for the duration of the call.
+    unsafe { &mut *ctx.sock_addr }
+}
+
+fn translate(ctx: &SockAddrContext) -> i32 {
+    let sa = sock_addr(ctx);
     let proto = match sa.type_ {
         SOCK_STREAM => PROTO_TCP,
         SOCK_DGRAM => PROTO_UDP,
@@ -30,26 +68,114 @@ pub fn swy_connect4(ctx: SockAddrContext) -> i32 {
         proto,
         pad: 0,
     };
-    // SAFETY: the value is only read and copied out immediately.
-    let Some(service) = (unsafe { SERVICES.get(key) }) else {
+    // SAFETY: the value is copied out at once.
+    let Some(service) = (unsafe { SERVICES.get(key) }).copied() else {
         return ALLOW;
     };
-    let count = service.count as u32;
-    if count == 0 {
+    if service.count == 0 {
         return REJECT;
     }
-    // SAFETY: helper without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % count;
-    let backend_key = BackendKey {
-        service_id: service.id,
-        slot,
-    };
-    // SAFETY: as above.
-    let Some(backend) = (unsafe { BACKENDS.get(backend_key) }) else {
+    let Some((slot, backend)) = pick(ctx, &service) else {
         // A service entry whose slot is missing is being rewritten; refusing beats a black hole.
         return REJECT;
     };
+    // SAFETY: helper on the hook's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rev_key = SockRevKey {
+        cookie,
+        addr: backend.addr,
+        port: backend.port,
+        pad: 0,
+    };
+    let rev = SockRevValue {
+        addr: key.addr,
+        port: key.port,
+        pad: 0,
+    };
+    // Best effort: without it replies still arrive, only from the backend's address.
+    let _ = SOCK_REVNAT.insert(rev_key, rev, 0);
+    if service.flags & SERVICE_FLAG_AFFINITY != 0 {
+        remember(ctx, &service, slot, backend);
+    }
     sa.user_ip4 = backend.addr;
     sa.user_port = backend.port as u32;
+    ALLOW
+}
+
+/// The backend for this connection: the client's affine one while valid, else a random slot.
+fn pick(ctx: &SockAddrContext, service: &ServiceValue) -> Option<(u32, Backend)> {
+    let count = service.count as u32;
+    if service.flags & SERVICE_FLAG_AFFINITY != 0 {
+        if let Some(found) = affine(ctx, service) {
+            return Some(found);
+        }
+    }
+    // SAFETY: helper without arguments.
+    let slot = unsafe { bpf_get_prandom_u32() } % count;
+    // SAFETY: copied out at once.
+    let backend = (unsafe {
+        BACKENDS.get(BackendKey {
+            service_id: service.id,
+            slot,
+        })
+    })
+    .copied()?;
+    Some((slot, backend))
+}
+
+fn affinity_key(ctx: &SockAddrContext, service: &ServiceValue) -> AffinityKey {
+    AffinityKey {
+        // SAFETY: helper on the hook's own context.
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        service_id: service.id,
+        pad: 0,
+    }
+}
+
+/// The remembered backend if it is recent enough and still in the same slot.
+fn affine(ctx: &SockAddrContext, service: &ServiceValue) -> Option<(u32, Backend)> {
+    let key = affinity_key(ctx, service);
+    // SAFETY: copied out at once.
+    let seen = (unsafe { AFFINITY.get(key) }).copied()?;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout = service.affinity_timeout as u64 * NANOS_PER_SEC;
+    if seen.slot >= service.count as u32 || now.saturating_sub(seen.last_used_ns) > timeout {
+        return None;
+    }
+    let slot_key = BackendKey {
+        service_id: service.id,
+        slot: seen.slot,
+    };
+    // SAFETY: copied out at once.
+    let current = (unsafe { BACKENDS.get(slot_key) }).copied()?;
+    (current == seen.backend).then_some((seen.slot, current))
+}
+
+fn remember(ctx: &SockAddrContext, service: &ServiceValue, slot: u32, backend: Backend) {
+    let value = AffinityValue {
+        // SAFETY: helper without arguments.
+        last_used_ns: unsafe { bpf_ktime_get_ns() },
+        slot,
+        backend,
+    };
+    let _ = AFFINITY.insert(affinity_key(ctx, service), value, 0);
+}
+
+fn reverse(ctx: &SockAddrContext) -> i32 {
+    let sa = sock_addr(ctx);
+    // SAFETY: helper on the hook's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevKey {
+        cookie,
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(service) = (unsafe { SOCK_REVNAT.get(key) }).copied() {
+        sa.user_ip4 = service.addr;
+        sa.user_port = service.port as u32;
+    }
     ALLOW
 }

@@ -173,3 +173,84 @@ impl Controller {
         node
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Cli;
+    use crate::dataplane::SyncReport;
+    use crate::model::ClusterObjects;
+
+    /// Records each call: (full, number of service ports in the state).
+    #[derive(Clone, Default)]
+    struct Counting(Arc<Mutex<Vec<(bool, usize)>>>);
+
+    impl Dataplane for Counting {
+        fn apply(&mut self, state: &DesiredState, _diff: &StateDiff) -> SyncReport {
+            self.0.lock().unwrap().push((false, state.ports.len()));
+            SyncReport::default()
+        }
+        fn full_sync(&mut self, state: &DesiredState) -> SyncReport {
+            self.0.lock().unwrap().push((true, state.ports.len()));
+            SyncReport {
+                full: true,
+                ..SyncReport::default()
+            }
+        }
+    }
+
+    fn snapshot(services: usize) -> Snapshot {
+        let mut objects = ClusterObjects::default();
+        for i in 0..services {
+            let service = serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("svc-{i}"), "namespace": "burst"},
+                "spec": {"clusterIP": format!("198.18.128.{}", i + 1), "ports": [{"port": 80}]}
+            });
+            objects.insert_service(serde_json::from_value(service).unwrap());
+        }
+        Snapshot {
+            objects: Arc::new(objects),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_changes_inside_min_sync_period_is_one_sync() {
+        let mut settings = Settings::resolve(Cli::default(), || "node1".into()).unwrap();
+        settings.min_sync_period = Duration::from_secs(1);
+        settings.sync_period = Duration::from_secs(3600);
+        let calls = Counting::default();
+        let controller = Controller::new(
+            settings,
+            Box::new(calls.clone()),
+            Arc::new(Metrics::new()),
+            Arc::new(Health::new(Duration::from_secs(60))),
+        );
+        let (tx, rx) = watch::channel(snapshot(1));
+        let task = tokio::spawn(controller.run(rx));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            *calls.0.lock().unwrap(),
+            vec![(true, 1)],
+            "first sync is full"
+        );
+
+        // Ten changes 10 ms apart: all inside one minSyncPeriod.
+        for n in 2..=11 {
+            tx.send(snapshot(n)).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let recorded = calls.0.lock().unwrap().clone();
+        assert_eq!(
+            recorded,
+            vec![(true, 1), (false, 11)],
+            "one coalesced sync with the last state"
+        );
+        task.abort();
+    }
+}

@@ -63,6 +63,7 @@ fn start_dataplane(settings: &Settings) -> anyhow::Result<Box<dyn Dataplane>> {
             };
             let dataplane = EbpfDataplane::start(EbpfConfig {
                 cgroup_path,
+                bpffs_path: settings.bpffs_path.clone(),
                 services_max: DEFAULT_SERVICES_MAX,
                 backends_max: DEFAULT_BACKENDS_MAX,
             })?;

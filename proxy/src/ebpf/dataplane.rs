@@ -3,6 +3,7 @@ use std::fs::File;
 use std::path::PathBuf;
 
 use aya::maps::{HashMap, MapData, MapError};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 use switchyard_common::{map_names, program_names, Backend, BackendKey, ServiceKey, ServiceValue};
@@ -17,11 +18,32 @@ use crate::model::{DesiredState, ServicePortKey, StateDiff};
 pub struct EbpfConfig {
     /// cgroup v2 directory the socket programs attach to.
     pub cgroup_path: PathBuf,
+    /// bpffs directory holding our pinned maps and links.
+    pub bpffs_path: PathBuf,
     /// Entries of the services map.
     pub services_max: u32,
     /// Entries of the backends map.
     pub backends_max: u32,
 }
+
+/// The socket programs and their pin names under `<bpffs>/links/`.
+const SOCKET_PROGRAMS: [&str; 4] = [
+    program_names::CONNECT4,
+    program_names::SENDMSG4,
+    program_names::RECVMSG4,
+    program_names::GETPEERNAME4,
+];
+
+/// Every map, pinned under `<bpffs>/maps/` so a restarted controller adopts them.
+const MAPS: [&str; 4] = [
+    map_names::SERVICES,
+    map_names::BACKENDS,
+    map_names::SOCK_REVNAT,
+    map_names::AFFINITY,
+];
+
+/// bpffs' magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Why ebpf mode cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +74,22 @@ pub enum EbpfError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// The pin directory is unusable.
+    #[error("--bpffs-path {path}: {message}")]
+    Bpffs {
+        /// Directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A link could not be pinned or an old one replaced.
+    #[error("ebpf mode: pinning {path}: {message}")]
+    Pin {
+        /// Pin path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A map is missing or has the wrong type.
     #[error("ebpf mode: map {name}: {source}")]
     Map {
@@ -65,47 +103,104 @@ pub enum EbpfError {
 
 /// The loaded programs and their maps.
 pub struct EbpfDataplane {
-    // Owns programs, maps and the cgroup attachment; dropping it detaches everything.
+    // Owns programs and map handles; the pinned links and maps outlive the process.
     ebpf: Ebpf,
     planner: Planner,
     config: EbpfConfig,
+    /// Backend-set ids found in adopted maps, reserved until the first full sync.
+    adopted: Vec<u32>,
 }
 
 impl EbpfDataplane {
-    /// Loads the embedded object and attaches the socket programs to the cgroup.
+    /// Loads the embedded object with its maps pinned under `--bpffs-path` (adopting the maps
+    /// a previous instance pinned), attaches the socket programs to the cgroup and pins the
+    /// links, replacing the previous instance's links. Traffic keeps flowing throughout: the
+    /// old links stay until the new ones are attached, and a socket translated by both sees
+    /// the backend address the first one chose, which no service entry matches.
     pub fn start(config: EbpfConfig) -> Result<Self, EbpfError> {
         let object = embedded_object().ok_or(EbpfError::NoObject)?;
-        let mut ebpf = EbpfLoader::new()
+        let maps_dir = config.bpffs_path.join("maps");
+        let links_dir = config.bpffs_path.join("links");
+        prepare_bpffs(&config.bpffs_path, &[&maps_dir, &links_dir])?;
+        let adopted = maps_dir.join(map_names::SERVICES).exists();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_names::SERVICES, config.services_max)
-            .map_max_entries(map_names::BACKENDS, config.backends_max)
-            .load(object)
-            .map_err(EbpfError::Load)?;
+            .map_max_entries(map_names::BACKENDS, config.backends_max);
+        let pins: Vec<PathBuf> = MAPS.iter().map(|m| maps_dir.join(m)).collect();
+        for (name, pin) in MAPS.iter().zip(&pins) {
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let mut ebpf = loader.load(object).map_err(EbpfError::Load)?;
         let cgroup = File::open(&config.cgroup_path).map_err(|source| EbpfError::Cgroup {
             path: config.cgroup_path.clone(),
             source,
         })?;
-        let name = program_names::CONNECT4;
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(EbpfError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| EbpfError::Program { name, source })?;
-        // On kernels with BPF links (>= 5.7) a link never excludes other programs on the
-        // cgroup, and link_create rejects the ALLOW_MULTI flag, so the default mode is right.
-        program
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| EbpfError::Program { name, source })?;
+        for name in SOCKET_PROGRAMS {
+            attach_and_pin(&mut ebpf, name, &cgroup, &links_dir.join(name))?;
+        }
         // Both maps must exist with the right types before the first sync.
         services_map(&mut ebpf)?;
         backends_map(&mut ebpf)?;
-        Ok(Self {
+        let mut dataplane = Self {
             ebpf,
             planner: Planner::default(),
             config,
-        })
+            adopted: Vec::new(),
+        };
+        if adopted {
+            // A previous instance's entries stay in service until the first full sync
+            // rewrites them; their backend-set ids must not be reused before then.
+            let existing = dataplane.existing_service_ids()?;
+            dataplane.planner.reserve(existing.iter().copied());
+            dataplane.adopted = existing;
+            tracing::info!(ids = dataplane.adopted.len(), "adopted pinned eBPF maps");
+        }
+        Ok(dataplane)
+    }
+
+    fn existing_service_ids(&mut self) -> Result<Vec<u32>, EbpfError> {
+        let map = services_map(&mut self.ebpf)?;
+        let mut ids: Vec<u32> = map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| v.id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// After the first full sync of an adopted state: removes entries nothing owns any more
+    /// (services deleted while no controller ran, and the old backend sets).
+    fn collect_adopted_garbage(&mut self) {
+        if self.adopted.is_empty() {
+            return;
+        }
+        let owned: std::collections::BTreeSet<ServiceKey> =
+            self.planner.owned_frontends().copied().collect();
+        let live: std::collections::BTreeSet<u32> = self.planner.live_ids().collect();
+        if let Ok(mut services) = services_map(&mut self.ebpf) {
+            let stale: Vec<ServiceKey> = services
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !owned.contains(k))
+                .collect();
+            for key in stale {
+                let _ = ignore_missing(services.remove(&key));
+            }
+        }
+        if let Ok(mut backends) = backends_map(&mut self.ebpf) {
+            let stale: Vec<BackendKey> = backends
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !live.contains(&k.service_id))
+                .collect();
+            for key in stale {
+                let _ = ignore_missing(backends.remove(&key));
+            }
+        }
+        self.planner.release(self.adopted.drain(..));
     }
 
     fn write_port(&mut self, key: &ServicePortKey, state: &DesiredState) -> Result<(), String> {
@@ -189,8 +284,74 @@ impl Dataplane for EbpfDataplane {
             .cloned()
             .collect();
         keys.extend(state.ports.keys().cloned());
-        self.write_ports(state, keys.iter())
+        let mut report = self.write_ports(state, keys.iter());
+        report.full = true;
+        self.collect_adopted_garbage();
+        report
     }
+}
+
+/// Creates the pin directories; the path must be on a bpffs mount.
+fn prepare_bpffs(root: &std::path::Path, dirs: &[&std::path::Path]) -> Result<(), EbpfError> {
+    let fail = |message: String| EbpfError::Bpffs {
+        path: root.to_owned(),
+        message,
+    };
+    for dir in dirs {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    let stat = nix::sys::statfs::statfs(root).map_err(|e| fail(e.to_string()))?;
+    if stat.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        return Err(fail(
+            "not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads and attaches one socket program, pins its link at `pin`, and only then releases the
+/// previous instance's link pinned there.
+fn attach_and_pin(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    pin: &std::path::Path,
+) -> Result<(), EbpfError> {
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| EbpfError::Program { name, source })?;
+    // On kernels with BPF links (>= 5.7) a link never excludes other programs on the
+    // cgroup, and link_create rejects the ALLOW_MULTI flag, so the default mode is right.
+    let link_id = program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|source| EbpfError::Program { name, source })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|source| EbpfError::Program { name, source })?;
+    let pin_error = |message: String| EbpfError::Pin {
+        path: pin.to_owned(),
+        message,
+    };
+    let fd_link = FdLink::try_from(link).map_err(|e| pin_error(format!("{e:?}")))?;
+    // bpffs refuses names with dots.
+    let mut fresh = pin.as_os_str().to_owned();
+    fresh.push("_new");
+    let fresh = std::path::PathBuf::from(fresh);
+    let _ = std::fs::remove_file(&fresh);
+    fd_link
+        .pin(&fresh)
+        .map_err(|e| pin_error(format!("{e:?}")))?;
+    // Unpinning the old link (if any) detaches it; the new one is already live.
+    if pin.exists() {
+        let old = PinnedLink::from_pin(pin).map_err(|e| pin_error(e.to_string()))?;
+        drop(old.unpin().map_err(|e| pin_error(e.to_string()))?);
+    }
+    std::fs::rename(&fresh, pin).map_err(|e| pin_error(e.to_string()))
 }
 
 fn services_map(

@@ -38,8 +38,8 @@ enum SetKind {
 /// What is in the maps for one service port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Programmed {
-    /// Backend sets: kind -> (id, filled slots).
-    sets: BTreeMap<SetKindKey, (u32, u32)>,
+    /// Backend sets: kind -> (id, backend of each slot).
+    sets: BTreeMap<SetKindKey, (u32, Vec<Backend>)>,
     /// Service entries written.
     frontends: BTreeMap<ServiceKey, ServiceValue>,
 }
@@ -73,6 +73,7 @@ pub struct Planner {
     owners: BTreeMap<ServiceKey, ServicePortKey>,
     free_ids: Vec<u32>,
     next_id: u32,
+    reserved: std::collections::BTreeSet<u32>,
 }
 
 impl Planner {
@@ -90,7 +91,6 @@ impl Planner {
         let mut conflicts = Vec::new();
         let mut new = Programmed::default();
         let mut backend_ops = Vec::new();
-        let mut sets: BTreeMap<SetKindKey, Vec<Backend>> = BTreeMap::new();
 
         if let Some(port) = desired {
             let proto = match port.key.protocol {
@@ -121,24 +121,28 @@ impl Planner {
                     });
                     continue;
                 }
-                let backends = sets.entry(kind.key()).or_insert_with(|| {
+                if let std::collections::btree_map::Entry::Vacant(slot) = new.sets.entry(kind.key())
+                {
                     let endpoints = match kind {
                         SetKind::Internal => port.internal_endpoints(),
                         SetKind::Cluster => port.cluster_endpoints(),
                     };
-                    endpoints.into_iter().filter_map(backend_of).collect()
-                });
-                let set_id = match old.sets.get(&kind.key()) {
-                    Some((id, _)) => *id,
-                    None => match new.sets.get(&kind.key()) {
-                        Some((id, _)) => *id,
-                        None => self.allocate_id(),
-                    },
-                };
-                new.sets.insert(kind.key(), (set_id, backends.len() as u32));
+                    let wanted: Vec<Backend> =
+                        endpoints.into_iter().filter_map(backend_of).collect();
+                    let (id, previous) = match old.sets.get(&kind.key()) {
+                        Some((id, previous)) => (*id, previous.as_slice()),
+                        None => (self.allocate_id(), &[][..]),
+                    };
+                    slot.insert((id, stable_slots(previous, wanted)));
+                }
+                let (set_id, count) = new
+                    .sets
+                    .get(&kind.key())
+                    .map(|(id, backends)| (*id, backends.len()))
+                    .unwrap_or_default();
                 let value = ServiceValue {
                     id: set_id,
-                    count: backends.len().min(u16::MAX as usize) as u16,
+                    count: count.min(u16::MAX as usize) as u16,
                     flags: if port.session_affinity_timeout.is_some() {
                         SERVICE_FLAG_AFFINITY
                     } else {
@@ -152,15 +156,22 @@ impl Planner {
             }
         }
 
-        // 1. Backend slots first, so a service entry never counts an unwritten slot.
-        for (kind, (id, _)) in &new.sets {
-            let backends = sets.get(kind).map(Vec::as_slice).unwrap_or_default();
+        // 1. Backend slots first, so a service entry never counts an unwritten slot. Slots
+        // whose backend did not move are left alone (that also keeps session affinity).
+        for (kind, (id, backends)) in &new.sets {
+            let before = old
+                .sets
+                .get(kind)
+                .map(|(_, b)| b.as_slice())
+                .unwrap_or_default();
             for (slot, backend) in backends.iter().enumerate() {
-                let key = BackendKey {
-                    service_id: *id,
-                    slot: slot as u32,
-                };
-                backend_ops.push(MapOp::PutBackend(key, *backend));
+                if before.get(slot) != Some(backend) {
+                    let key = BackendKey {
+                        service_id: *id,
+                        slot: slot as u32,
+                    };
+                    backend_ops.push(MapOp::PutBackend(key, *backend));
+                }
             }
         }
         let mut ops = backend_ops;
@@ -177,12 +188,12 @@ impl Planner {
             }
         }
         // 4. Slots no longer covered, and whole sets no longer used.
-        for (kind, (id, old_count)) in &old.sets {
-            let new_count = new.sets.get(kind).map(|(_, c)| *c).unwrap_or(0);
-            for slot in new_count..*old_count {
+        for (kind, (id, before)) in &old.sets {
+            let new_count = new.sets.get(kind).map(|(_, b)| b.len()).unwrap_or(0);
+            for slot in new_count..before.len() {
                 ops.push(MapOp::DeleteBackend(BackendKey {
                     service_id: *id,
-                    slot,
+                    slot: slot as u32,
                 }));
             }
             if !new.sets.contains_key(kind) {
@@ -200,12 +211,60 @@ impl Planner {
         self.programmed.keys()
     }
 
-    fn allocate_id(&mut self) -> u32 {
-        self.free_ids.pop().unwrap_or_else(|| {
-            self.next_id += 1;
-            self.next_id
-        })
+    /// Frontends currently programmed.
+    pub fn owned_frontends(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.owners.keys()
     }
+
+    /// Backend-set ids in use.
+    pub fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.programmed
+            .values()
+            .flat_map(|p| p.sets.values().map(|(id, _)| *id))
+    }
+
+    /// Keeps ids found in adopted maps from being handed out.
+    pub fn reserve(&mut self, ids: impl IntoIterator<Item = u32>) {
+        self.reserved.extend(ids);
+    }
+
+    /// Makes reserved ids that turned out unused available again.
+    pub fn release(&mut self, ids: impl IntoIterator<Item = u32>) {
+        for id in ids {
+            self.reserved.remove(&id);
+        }
+    }
+
+    fn allocate_id(&mut self) -> u32 {
+        loop {
+            let id = self.free_ids.pop().unwrap_or_else(|| {
+                self.next_id += 1;
+                self.next_id
+            });
+            if !self.reserved.contains(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+/// Slot assignment that keeps every backend still wanted in its old slot when that slot
+/// still exists, and fills the holes with the new ones (in their given order).
+fn stable_slots(previous: &[Backend], wanted: Vec<Backend>) -> Vec<Backend> {
+    let count = wanted.len();
+    let mut slots: Vec<Option<Backend>> = vec![None; count];
+    let mut placed = Vec::new();
+    for (slot, backend) in previous.iter().enumerate().take(count) {
+        if wanted.contains(backend) {
+            slots[slot] = Some(*backend);
+            placed.push(*backend);
+        }
+    }
+    let mut rest = wanted.into_iter().filter(|b| !placed.contains(b));
+    slots
+        .into_iter()
+        .map(|slot| slot.or_else(|| rest.next()).unwrap_or_default())
+        .collect()
 }
 
 fn backend_of(endpoint: &Endpoint) -> Option<Backend> {
@@ -441,5 +500,36 @@ mod tests {
         assert!(conflicts[0]
             .to_string()
             .contains("already used by demo/a/TCP"));
+    }
+
+    #[test]
+    fn backends_keep_their_slots_across_changes() {
+        let mut planner = Planner::default();
+        let with = |ips: &[&str]| {
+            port(
+                "web",
+                &[(FrontendKind::ClusterIp, "198.18.128.10")],
+                ips.iter().map(|ip| endpoint(ip, true)).collect(),
+            )
+        };
+        let abc = with(&["198.19.1.11", "198.19.1.12", "198.19.1.13"]);
+        planner.plan_port(&abc.key, Some(&abc));
+        // Scale up: only the new slot is written, then the count.
+        let abcd = with(&["198.19.1.11", "198.19.1.12", "198.19.1.13", "198.19.1.14"]);
+        let (ops, _) = planner.plan_port(&abcd.key, Some(&abcd));
+        assert!(
+            matches!(ops.as_slice(), [MapOp::PutBackend(k, _), MapOp::PutService(_, v)] if k.slot == 3 && v.count == 4),
+            "{ops:?}"
+        );
+        // Scale down by one in the middle: the last backend fills the hole, the others stay.
+        let acd = with(&["198.19.1.11", "198.19.1.13", "198.19.1.14"]);
+        let (ops, _) = planner.plan_port(&acd.key, Some(&acd));
+        let d = backend_of(&endpoint("198.19.1.14", true)).unwrap();
+        assert!(
+            matches!(ops.as_slice(),
+                [MapOp::PutBackend(k, b), MapOp::PutService(_, v), MapOp::DeleteBackend(gone)]
+                if k.slot == 1 && *b == d && v.count == 3 && gone.slot == 3),
+            "{ops:?}"
+        );
     }
 }

@@ -38,6 +38,18 @@ pub fn cleanup_leftovers() -> Result<usize> {
             }
         }
     }
+    if let Ok(entries) = std::fs::read_dir(crate::topology::BPFFS_ROOT) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((id, _node)) = name.split_once('-') else {
+                continue;
+            };
+            if owner_pid(id).is_some_and(|pid| !is_alive(pid)) {
+                crate::topology::remove_pins(id);
+                removed += 1;
+            }
+        }
+    }
     let mount = cgroup2_mount()?;
     if let Ok(entries) = std::fs::read_dir(&mount) {
         for entry in entries.flatten() {

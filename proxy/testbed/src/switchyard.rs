@@ -110,7 +110,7 @@ pub fn node_args(testbed: &Testbed, node: &Node, mode: &str, manifests: &Path) -
         format!("--manifests={}", manifests.display()),
         format!("--hostname-override={}", node.name),
         format!("--cgroup-path={}", node.cgroup.display()),
-        format!("--bpffs-path=/sys/fs/bpf/{}-{}", testbed.id(), node.name),
+        format!("--bpffs-path={}", testbed.bpffs_dir(node).display()),
         format!("--cluster-cidr={}", testbed.cluster_cidr()),
         "--min-sync-period=100ms".to_owned(),
     ]

@@ -226,7 +226,38 @@ pub struct Client {
 #[derive(Debug)]
 struct Resources {
     cgroups: Option<CgroupTree>,
+    // Held only for its Drop.
+    _pins: BpffsPins,
     namespaces: Vec<NetNs>,
+}
+
+/// Where the testbed's proxies pin eBPF state: `/sys/fs/bpf/<testbed id>-<node>`.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Removes the pin directories of one testbed's proxies on drop (after the cgroups, so
+/// the proxies are gone); unpinning detaches their programs and frees their maps.
+#[derive(Debug)]
+struct BpffsPins {
+    prefix: String,
+}
+
+impl Drop for BpffsPins {
+    fn drop(&mut self) {
+        remove_pins(&self.prefix);
+    }
+}
+
+/// Removes every `/sys/fs/bpf/<prefix>-*` directory.
+pub(crate) fn remove_pins(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(BPFFS_ROOT) else {
+        return;
+    };
+    let prefix = format!("{prefix}-");
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A complete testbed. Dropping it (also while unwinding from a panic) kills its
@@ -293,6 +324,7 @@ impl Testbed {
         );
         let mut resources = Resources {
             cgroups: None,
+            _pins: BpffsPins { prefix: id.clone() },
             namespaces: Vec::new(),
         };
 
@@ -524,6 +556,11 @@ impl Testbed {
     /// The unique id (`swy<pid>x<n>`) that prefixes every namespace name.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The pin directory for `node`'s proxy (`--bpffs-path`), removed with the testbed.
+    pub fn bpffs_dir(&self, node: &Node) -> PathBuf {
+        Path::new(BPFFS_ROOT).join(format!("{}-{}", self.id, node.name))
     }
 
     /// All nodes, in index order.
