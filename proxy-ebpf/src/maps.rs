@@ -1,12 +1,14 @@
 //! The maps the programs share with userspace. Userspace sizes them before load.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LpmTrie, LruHashMap},
 };
 use switchyard_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_SERVICES_MAX,
-    DEFAULT_SOCK_REVNAT_MAX,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, SourceRangeKey, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX,
+    DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX,
+    DEFAULT_SOURCE_RANGES_MAX,
 };
 
 /// Frontends of every service port this node serves.
@@ -28,3 +30,16 @@ pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
 #[map(name = "SWY_AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);
+
+/// Packet-path connection tracking of the tc programs: both directions of every translated
+/// external flow. LRU, so idle flows are evicted under pressure instead of failing inserts.
+#[map(name = "SWY_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_MAX, 0);
+
+/// loadBalancerSourceRanges: key prefix = 32 bits of LoadBalancer IP + the range's prefix
+/// length over the client address. The value is unused (presence is the answer).
+/// LPM tries must be created with BPF_F_NO_PREALLOC.
+#[map(name = "SWY_SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::with_max_entries(DEFAULT_SOURCE_RANGES_MAX, BPF_F_NO_PREALLOC);

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use switchyard_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, PROTO_TCP, PROTO_UDP, SERVICE_FLAG_AFFINITY,
+    SockRevValue, PROTO_TCP, PROTO_UDP, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY,
 };
 
 use crate::maps::{AFFINITY, BACKENDS, SERVICES, SOCK_REVNAT};
@@ -49,6 +49,9 @@ pub fn swy_getpeername4(ctx: SockAddrContext) -> i32 {
     reverse(&ctx)
 }
 
+// The context only wraps the kernel's pointer; writing through it is how these hooks answer,
+// and the helpers that read the same context never see a Rust reference to it.
+#[allow(clippy::mut_from_ref)]
 fn sock_addr(ctx: &SockAddrContext) -> &mut bpf_sock_addr {
     // SAFETY: the kernel hands these hooks a valid bpf_sock_addr for the duration of the call.
     unsafe { &mut *ctx.sock_addr }
@@ -66,7 +69,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         // user_port holds the port in network order in its low 16 bits.
         port: sa.user_port as u16,
         proto,
-        pad: 0,
+        scope: SCOPE_SOCKET,
     };
     // SAFETY: the value is copied out at once.
     let Some(service) = (unsafe { SERVICES.get(key) }).copied() else {

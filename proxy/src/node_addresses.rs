@@ -25,6 +25,46 @@ pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// Interfaces for the packet programs when `--devices` is not given: those holding one of the
+/// Node object's addresses, or, without a Node object, every up interface with an IPv4
+/// subnet (not loopback, not a /32 like routed pod veths carry).
+pub fn default_devices(node_ips: &[IpAddr]) -> std::io::Result<Vec<String>> {
+    let mut by_node_ip = Vec::new();
+    let mut with_subnet = Vec::new();
+    for ifaddr in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
+        let flags = ifaddr.flags;
+        if !flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+            || flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        {
+            continue;
+        }
+        let Some(v4) = ifaddr.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+            continue;
+        };
+        let ip = IpAddr::V4(v4.ip());
+        if node_ips.contains(&ip) {
+            by_node_ip.push(ifaddr.interface_name.clone());
+        }
+        let prefix = ifaddr
+            .netmask
+            .as_ref()
+            .and_then(|m| m.as_sockaddr_in())
+            .map(|m| u32::from(m.ip()).count_ones())
+            .unwrap_or(32);
+        if prefix < 32 {
+            with_subnet.push(ifaddr.interface_name);
+        }
+    }
+    let mut devices = if by_node_ip.is_empty() {
+        with_subnet
+    } else {
+        by_node_ip
+    };
+    devices.sort();
+    devices.dedup();
+    Ok(devices)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -29,7 +29,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             "the Kubernetes API source is not available in this build yet; run with --manifests DIR"
         ),
     };
-    let dataplane = start_dataplane(&settings)?;
+    let node_ips = source
+        .borrow()
+        .objects
+        .nodes
+        .get(&settings.node_name)
+        .map(crate::model::reported_node_ips)
+        .unwrap_or_default();
+    let dataplane = start_dataplane(&settings, &node_ips)?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(settings.sync_period * 2));
     let state = ServerState {
@@ -54,9 +61,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_dataplane(settings: &Settings) -> anyhow::Result<Box<dyn Dataplane>> {
+fn start_dataplane(
+    settings: &Settings,
+    node_ips: &[std::net::IpAddr],
+) -> anyhow::Result<Box<dyn Dataplane>> {
     match settings.mode {
         ProxyMode::Ebpf => {
+            // The other mode's leftovers would translate traffic twice.
+            remove_iptables_state();
+            let devices = if settings.devices.is_empty() {
+                crate::node_addresses::default_devices(node_ips)
+                    .context("listing interfaces for --devices")?
+            } else {
+                settings.devices.clone()
+            };
+            crate::ebpf::masquerade::install(iptables_backend(settings)?, &settings.nodeport_range)
+                .context("ebpf mode: installing the masquerade rule for external traffic")?;
+            tracing::info!(?devices, "ebpf mode: packet programs on these devices");
             let cgroup_path = match &settings.cgroup_path {
                 Some(path) => path.clone(),
                 None => default_cgroup_root()?,
@@ -64,21 +85,29 @@ fn start_dataplane(settings: &Settings) -> anyhow::Result<Box<dyn Dataplane>> {
             let dataplane = EbpfDataplane::start(EbpfConfig {
                 cgroup_path,
                 bpffs_path: settings.bpffs_path.clone(),
+                devices,
                 services_max: DEFAULT_SERVICES_MAX,
                 backends_max: DEFAULT_BACKENDS_MAX,
             })?;
             Ok(Box::new(dataplane))
         }
-        ProxyMode::Iptables => Ok(Box::new(start_iptables(settings)?)),
+        ProxyMode::Iptables => {
+            remove_ebpf_state(settings)?;
+            Ok(Box::new(start_iptables(settings)?))
+        }
+    }
+}
+
+fn iptables_backend(settings: &Settings) -> anyhow::Result<IptablesBackend> {
+    match settings.iptables_backend {
+        Some(b) => Ok(b),
+        None => IptablesBackend::detect()
+            .context("cannot run `iptables --version` (is iptables installed?)"),
     }
 }
 
 fn start_iptables(settings: &Settings) -> anyhow::Result<IptablesDataplane> {
-    let backend = match settings.iptables_backend {
-        Some(b) => b,
-        None => IptablesBackend::detect()
-            .context("iptables mode: cannot run `iptables --version` (is iptables installed?)")?,
-    };
+    let backend = iptables_backend(settings)?;
     let local = local_addresses().context("listing local addresses")?;
     let localhost_nodeports = settings.nodeport_cidrs.is_empty()
         || settings
@@ -118,13 +147,24 @@ fn default_cgroup_root() -> anyhow::Result<PathBuf> {
 /// `--cleanup`: removes what Switchyard left on the node, for both modes and both iptables
 /// backends, so switching modes never leaves the other mode's state behind.
 pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
+    remove_iptables_state();
+    remove_ebpf_state(settings)
+}
+
+/// Removes our iptables chains and jumps from both backends (upstream leaves the other
+/// mode's rules behind on a mode change; we do not).
+fn remove_iptables_state() {
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
         match crate::iptables::cleanup::cleanup(backend) {
+            Ok(0) => {}
             Ok(chains) => tracing::info!(%backend, chains, "removed iptables state"),
             Err(e) => tracing::warn!(%backend, error = %e, "iptables cleanup incomplete"),
         }
     }
-    // Pins (if any) under our own directory are ours alone.
+}
+
+/// Unpins our links (detaching the programs) and maps.
+fn remove_ebpf_state(settings: &Settings) -> anyhow::Result<()> {
     if settings.bpffs_path.exists() {
         std::fs::remove_dir_all(&settings.bpffs_path)
             .with_context(|| format!("removing {}", settings.bpffs_path.display()))?;

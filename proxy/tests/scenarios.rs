@@ -19,7 +19,7 @@ mod table;
 
 use std::collections::BTreeSet;
 
-use model::{At, Check, FileEdit, Mode, Outcome, Step, ECHO_PORTS, NODES};
+use model::{At, Check, FileEdit, Held, Mode, Outcome, Step, ECHO_PORTS, NODES};
 
 #[test]
 fn scenarios_iptables() {
@@ -32,7 +32,8 @@ fn scenarios_ebpf() {
 }
 
 /// The table itself is consistent (no root needed): unique names, parseable manifests,
-/// places and backends that exist, and a positive first check to wait on.
+/// places and backends that exist, a positive first check to wait on, and held flows that
+/// are started once, before they are judged, and moved only after an edit.
 #[test]
 fn scenario_table_is_well_formed() {
     let table = table::all();
@@ -94,10 +95,14 @@ fn scenario_table_is_well_formed() {
             _ => panic!("{}", ctx("the first step must be a check".into())),
         }
         let mut checks: Vec<&Check> = Vec::new();
+        let mut flows = BTreeSet::new();
+        let mut edited = false;
+        let mut moved_to: Vec<&String> = Vec::new();
         for step in &s.steps {
             match step {
                 Step::Check(c) => checks.push(c),
                 Step::Edit { until, steady, .. } => {
+                    edited = true;
                     assert!(
                         !until.is_empty(),
                         "{}",
@@ -109,7 +114,50 @@ fn scenario_table_is_well_formed() {
                     assert!(*rounds > 0);
                     checks.push(check);
                 }
+                Step::Hold(flow) => {
+                    assert!(
+                        flows.insert(flow.name),
+                        "{}",
+                        ctx(format!("held flow {} started twice", flow.name))
+                    );
+                    assert!(
+                        !flow.check.unconnected,
+                        "{}",
+                        ctx(format!("held flow {} must be connected", flow.name))
+                    );
+                    for mode in [Mode::Iptables, Mode::Ebpf] {
+                        assert!(
+                            flow.check.outcome.get(mode).is_positive(),
+                            "{}",
+                            ctx(format!("held flow {} must expect answers", flow.name))
+                        );
+                    }
+                    checks.push(&flow.check);
+                }
+                Step::Held { flow, expect } => {
+                    assert!(
+                        flows.contains(flow),
+                        "{}",
+                        ctx(format!("held flow {flow} is judged before it is started"))
+                    );
+                    if let Held::Moved { backends, within } = expect {
+                        assert!(
+                            edited,
+                            "{}",
+                            ctx(format!("held flow {flow} moves without an edit"))
+                        );
+                        assert!(!backends.is_empty() && !within.is_zero());
+                        moved_to.extend(backends);
+                    }
+                }
             }
+        }
+        for b in moved_to {
+            assert!(
+                backend_exists(b, s.pods_per_node),
+                "{}",
+                ctx(format!("{b:?} is no echo server (want nodeI-podJ:PORT)"))
+            );
         }
         for c in checks {
             let place_ok = match c.from {

@@ -15,6 +15,10 @@ pub mod map_names {
     pub const SOCK_REVNAT: &str = "SWY_SOCK_REVNAT";
     /// Session affinity: (client netns cookie, service id) -> chosen backend (LRU).
     pub const AFFINITY: &str = "SWY_AFFINITY";
+    /// Packet-path connection tracking: [`CtKey`](super::CtKey) -> [`CtValue`](super::CtValue) (LRU).
+    pub const CONNTRACK: &str = "SWY_CONNTRACK";
+    /// loadBalancerSourceRanges: LPM trie over (LoadBalancer IP, client address).
+    pub const SOURCE_RANGES: &str = "SWY_SOURCE_RANGES";
 }
 
 /// Program names as they appear in the object file.
@@ -27,6 +31,10 @@ pub mod program_names {
     pub const RECVMSG4: &str = "swy_recvmsg4";
     /// cgroup/getpeername4: the peer of a translated socket is the service.
     pub const GETPEERNAME4: &str = "swy_getpeername4";
+    /// tc ingress on node devices: DNAT of external traffic to service frontends.
+    pub const TC_INGRESS: &str = "swy_tc_ingress";
+    /// tc egress on node devices: reverse translation of replies to external clients.
+    pub const TC_EGRESS: &str = "swy_tc_egress";
 }
 
 /// IP protocol number for TCP.
@@ -42,6 +50,19 @@ pub const DEFAULT_BACKENDS_MAX: u32 = 262_144;
 pub const DEFAULT_SOCK_REVNAT_MAX: u32 = 262_144;
 /// Default number of entries of the affinity map.
 pub const DEFAULT_AFFINITY_MAX: u32 = 65_536;
+/// Default number of entries of the connection-tracking map.
+pub const DEFAULT_CONNTRACK_MAX: u32 = 262_144;
+/// Default number of entries of the source-ranges trie.
+pub const DEFAULT_SOURCE_RANGES_MAX: u32 = 16_384;
+
+/// [`ServiceKey::scope`] of entries used by the socket programs (traffic from local sockets).
+pub const SCOPE_SOCKET: u8 = 0;
+/// [`ServiceKey::scope`] of entries used by the tc programs (traffic from outside the node).
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// skb mark asking the kernel to masquerade the packet (kube-proxy's 0x4000 bit); a static
+/// `-m mark --mark 0x4000/0x4000 -j MASQUERADE` rule in nat POSTROUTING acts on it.
+pub const MASQUERADE_MARK: u32 = 0x4000;
 
 /// Key of the services map: one frontend of one service port.
 #[repr(C)]
@@ -53,12 +74,22 @@ pub struct ServiceKey {
     pub port: u16,
     /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
     pub proto: u8,
-    /// Explicit padding; always zero so keys hash identically on both sides.
-    pub pad: u8,
+    /// [`SCOPE_SOCKET`] or [`SCOPE_EXTERNAL`]: the two paths choose endpoints differently
+    /// (externalTrafficPolicy applies only to traffic from outside the node).
+    pub scope: u8,
 }
 
 /// The service entry has `sessionAffinity: ClientIP`.
 pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
+/// External traffic must be masqueraded (externalTrafficPolicy Cluster): set [`MASQUERADE_MARK`].
+pub const SERVICE_FLAG_MASQUERADE: u16 = 1 << 1;
+/// The frontend is a LoadBalancer IP with loadBalancerSourceRanges: check [`SourceRangeKey`].
+pub const SERVICE_FLAG_SOURCE_RANGES: u16 = 1 << 2;
+/// With no endpoint in the set, drop (Local policy) instead of letting the kernel refuse.
+pub const SERVICE_FLAG_DROP_EMPTY: u16 = 1 << 3;
+/// [`CtValue::flags`] bit of reply-direction conntrack entries: the two directions' keys have
+/// the same shape, and only reply entries may rewrite a packet's source on egress.
+pub const CT_FLAG_REPLY: u16 = 1 << 15;
 
 /// Value of the services map.
 #[repr(C)]
@@ -139,7 +170,7 @@ pub struct BackendKey {
 
 /// Value of the backends map: where a connection is sent.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Backend {
     /// IPv4 address, network byte order.
     pub addr: u32,
@@ -147,6 +178,52 @@ pub struct Backend {
     pub port: u16,
     /// Explicit padding.
     pub pad: u16,
+}
+
+/// Key of the packet-path conntrack map. One flow has two entries: the original direction as
+/// it arrives on ingress (client -> frontend), mapping to the backend; and the reply direction
+/// as it leaves on egress (backend -> client), mapping back to the frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    /// Source address, network byte order.
+    pub src_addr: u32,
+    /// Destination address, network byte order.
+    pub dst_addr: u32,
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub pad: [u8; 3],
+}
+
+/// Value of the conntrack map: the address and port to rewrite to (the backend for the
+/// original direction, destination rewrite; the frontend for replies, source rewrite).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// Address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// `SERVICE_FLAG_*` bits of the service entry at the time (masquerade).
+    pub flags: u16,
+    /// Boot-time nanoseconds of the last packet, for debugging and eviction order.
+    pub last_seen_ns: u64,
+}
+
+/// Key of the source-ranges LPM trie: the LoadBalancer IP is matched exactly (its 32 bits are
+/// always part of the prefix), the client address by the range's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SourceRangeKey {
+    /// LoadBalancer IP, network byte order.
+    pub lb_addr: u32,
+    /// Client address (range base), network byte order.
+    pub client_addr: u32,
 }
 
 #[cfg(feature = "user")]
@@ -160,4 +237,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevValue {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::SourceRangeKey {}
 }

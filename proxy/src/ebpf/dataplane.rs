@@ -2,11 +2,15 @@
 use std::fs::File;
 use std::path::PathBuf;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
-use switchyard_common::{map_names, program_names, Backend, BackendKey, ServiceKey, ServiceValue};
+use switchyard_common::{
+    map_names, program_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
+    SourceRangeKey, CT_FLAG_REPLY, DEFAULT_SOURCE_RANGES_MAX,
+};
 
 use super::object::embedded_object;
 use super::plan::{MapOp, Planner};
@@ -20,6 +24,8 @@ pub struct EbpfConfig {
     pub cgroup_path: PathBuf,
     /// bpffs directory holding our pinned maps and links.
     pub bpffs_path: PathBuf,
+    /// Interfaces whose external traffic the tc programs translate.
+    pub devices: Vec<String>,
     /// Entries of the services map.
     pub services_max: u32,
     /// Entries of the backends map.
@@ -35,11 +41,13 @@ const SOCKET_PROGRAMS: [&str; 4] = [
 ];
 
 /// Every map, pinned under `<bpffs>/maps/` so a restarted controller adopts them.
-const MAPS: [&str; 4] = [
+const MAPS: [&str; 6] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::SOCK_REVNAT,
     map_names::AFFINITY,
+    map_names::CONNTRACK,
+    map_names::SOURCE_RANGES,
 ];
 
 /// bpffs' magic number (statfs f_type).
@@ -59,6 +67,15 @@ pub enum EbpfError {
     Program {
         /// Program name.
         name: &'static str,
+        /// Underlying error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A tc program could not be attached to a device.
+    #[error("--devices {device}: cannot attach the tc program: {source}")]
+    Device {
+        /// Interface.
+        device: String,
         /// Underlying error.
         #[source]
         source: aya::programs::ProgramError,
@@ -137,7 +154,40 @@ impl EbpfDataplane {
             source,
         })?;
         for name in SOCKET_PROGRAMS {
-            attach_and_pin(&mut ebpf, name, &cgroup, &links_dir.join(name))?;
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            // On kernels with BPF links (>= 5.7) a link never excludes other programs on
+            // the cgroup, and link_create rejects the ALLOW_MULTI flag: the default is right.
+            let id = program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| EbpfError::Program { name, source })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| EbpfError::Program { name, source })?;
+            pin_link(link, &links_dir.join(name))?;
+        }
+        for (name, direction) in [
+            (program_names::TC_INGRESS, TcAttachType::Ingress),
+            (program_names::TC_EGRESS, TcAttachType::Egress),
+        ] {
+            let program: &mut SchedClassifier = program(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            for device in &config.devices {
+                let id = program
+                    .attach(device, direction)
+                    .map_err(|source| EbpfError::Device {
+                        device: device.clone(),
+                        source,
+                    })?;
+                let link = program
+                    .take_link(id)
+                    .map_err(|source| EbpfError::Program { name, source })?;
+                pin_link(link, &links_dir.join(format!("{name}_{device}")))?;
+            }
         }
         // Both maps must exist with the right types before the first sync.
         services_map(&mut ebpf)?;
@@ -200,11 +250,26 @@ impl EbpfDataplane {
                 let _ = ignore_missing(backends.remove(&key));
             }
         }
+        let ranges: std::collections::BTreeSet<(SourceRangeKey, u32)> =
+            self.planner.live_ranges().copied().collect();
+        if let Ok(mut trie) = source_ranges_map(&mut self.ebpf) {
+            let stale: Vec<LpmKey<SourceRangeKey>> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !ranges.contains(&(k.data(), k.prefix_len())))
+                .collect();
+            for key in stale {
+                let _ = ignore_missing(trie.remove(&key));
+            }
+        }
         self.planner.release(self.adopted.drain(..));
     }
 
     fn write_port(&mut self, key: &ServicePortKey, state: &DesiredState) -> Result<(), String> {
+        let before = self.planner.external_backends(key);
         let (ops, conflicts) = self.planner.plan_port(key, state.ports.get(key));
+        let after = self.planner.external_backends(key);
+        let gone: Vec<Backend> = before.difference(&after).copied().collect();
         for conflict in &conflicts {
             tracing::warn!("{conflict}");
         }
@@ -215,7 +280,35 @@ impl EbpfDataplane {
             let _ = self.run_ops(&cleanup);
             return Err(message.clone());
         }
+        if !gone.is_empty() {
+            self.forget_flows_to(&gone);
+        }
         result
+    }
+
+    /// Deletes tracked external flows to backends that left: otherwise a UDP client that keeps
+    /// its source port stays stuck on a dead backend (kube-proxy clears conntrack likewise).
+    fn forget_flows_to(&mut self, gone: &[Backend]) {
+        let Ok(mut conntrack) = conntrack_map(&mut self.ebpf) else {
+            return;
+        };
+        let stale: Vec<CtKey> = conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, value)| {
+                gone.iter().any(|b| {
+                    let original = value.flags & CT_FLAG_REPLY == 0
+                        && value.addr == b.addr
+                        && value.port == b.port;
+                    let reply = key.src_addr == b.addr && key.src_port == b.port;
+                    original || reply
+                })
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            let _ = ignore_missing(conntrack.remove(&key));
+        }
     }
 
     fn run_ops(&mut self, ops: &[MapOp]) -> Result<(), String> {
@@ -234,6 +327,16 @@ impl EbpfDataplane {
                 MapOp::DeleteService(k) => {
                     let mut map = services_map(&mut self.ebpf).map_err(|e| e.to_string())?;
                     ignore_missing(map.remove(k))?;
+                }
+                MapOp::PutSourceRange(k, prefix) => {
+                    let mut map = source_ranges_map(&mut self.ebpf).map_err(|e| e.to_string())?;
+                    map.insert(&LpmKey::new(*prefix, *k), 1, 0).map_err(|e| {
+                        full_or(e, map_names::SOURCE_RANGES, DEFAULT_SOURCE_RANGES_MAX)
+                    })?;
+                }
+                MapOp::DeleteSourceRange(k, prefix) => {
+                    let mut map = source_ranges_map(&mut self.ebpf).map_err(|e| e.to_string())?;
+                    ignore_missing(map.remove(&LpmKey::new(*prefix, *k)))?;
                 }
                 MapOp::DeleteBackend(k) => {
                     let mut map = backends_map(&mut self.ebpf).map_err(|e| e.to_string())?;
@@ -309,30 +412,24 @@ fn prepare_bpffs(root: &std::path::Path, dirs: &[&std::path::Path]) -> Result<()
     Ok(())
 }
 
-/// Loads and attaches one socket program, pins its link at `pin`, and only then releases the
-/// previous instance's link pinned there.
-fn attach_and_pin(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    cgroup: &File,
-    pin: &std::path::Path,
-) -> Result<(), EbpfError> {
-    let program: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
+/// The program `name`, as its concrete type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
         .ok_or(EbpfError::MissingProgram(name))?
         .try_into()
-        .map_err(|source| EbpfError::Program { name, source })?;
-    program
-        .load()
-        .map_err(|source| EbpfError::Program { name, source })?;
-    // On kernels with BPF links (>= 5.7) a link never excludes other programs on the
-    // cgroup, and link_create rejects the ALLOW_MULTI flag, so the default mode is right.
-    let link_id = program
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|source| EbpfError::Program { name, source })?;
-    let link = program
-        .take_link(link_id)
-        .map_err(|source| EbpfError::Program { name, source })?;
+        .map_err(|source| EbpfError::Program { name, source })
+}
+
+/// Pins a freshly attached link at `pin`, and only then releases the link a previous
+/// instance pinned there, so the hook is never empty.
+fn pin_link<L>(link: L, pin: &std::path::Path) -> Result<(), EbpfError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Debug,
+{
     let pin_error = |message: String| EbpfError::Pin {
         path: pin.to_owned(),
         message,
@@ -352,6 +449,26 @@ fn attach_and_pin(
         drop(old.unpin().map_err(|e| pin_error(e.to_string()))?);
     }
     std::fs::rename(&fresh, pin).map_err(|e| pin_error(e.to_string()))
+}
+
+fn conntrack_map(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, CtKey, CtValue>, EbpfError> {
+    let name = map_names::CONNTRACK;
+    let map = ebpf.map_mut(name).ok_or(EbpfError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
+    HashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
+}
+
+fn source_ranges_map(
+    ebpf: &mut Ebpf,
+) -> Result<LpmTrie<&mut MapData, SourceRangeKey, u8>, EbpfError> {
+    let name = map_names::SOURCE_RANGES;
+    let map = ebpf.map_mut(name).ok_or(EbpfError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
+    LpmTrie::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
 fn services_map(

@@ -3,53 +3,57 @@
 //! Ordering is what keeps concurrent lookups safe: backend slots are written before the service
 //! entry whose count covers them, and on shrink or removal the service entry changes first and
 //! the slots it no longer covers are deleted after.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use switchyard_common::{
-    Backend, BackendKey, ServiceKey, ServiceValue, PROTO_TCP, PROTO_UDP, SERVICE_FLAG_AFFINITY,
+    Backend, BackendKey, ServiceKey, ServiceValue, SourceRangeKey, PROTO_TCP, PROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
+    SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
 };
 
-use crate::model::{Endpoint, FrontendKind, Protocol, ServicePort, ServicePortKey};
+use crate::model::{Endpoint, FrontendKind, Protocol, ServicePort, ServicePortKey, TrafficPolicy};
 
 /// One write to the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapOp {
     /// Insert or replace a backend slot.
     PutBackend(BackendKey, Backend),
+    /// Insert or replace a loadBalancerSourceRanges entry (key, prefix length in bits).
+    PutSourceRange(SourceRangeKey, u32),
     /// Insert or replace a service entry.
     PutService(ServiceKey, ServiceValue),
     /// Remove a service entry.
     DeleteService(ServiceKey),
     /// Remove a backend slot.
     DeleteBackend(BackendKey),
+    /// Remove a loadBalancerSourceRanges entry.
+    DeleteSourceRange(SourceRangeKey, u32),
 }
 
-/// Which endpoint set a frontend uses on the socket path.
+/// Which endpoint set a frontend uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum SetKind {
-    /// ClusterIP: internalTrafficPolicy applies.
+    /// ClusterIP from local sockets: internalTrafficPolicy applies.
     Internal,
     /// NodePort, externalIPs, LoadBalancer IPs reached from a local socket: upstream sends
     /// node-local traffic to the cluster set even with externalTrafficPolicy Local.
     Cluster,
+    /// NodePort, externalIPs, LoadBalancer IPs reached from outside the node (tc path):
+    /// externalTrafficPolicy applies.
+    External,
 }
 
 /// What is in the maps for one service port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Programmed {
     /// Backend sets: kind -> (id, backend of each slot).
-    sets: BTreeMap<SetKindKey, (u32, Vec<Backend>)>,
+    sets: BTreeMap<SetKind, (u32, Vec<Backend>)>,
     /// Service entries written.
     frontends: BTreeMap<ServiceKey, ServiceValue>,
-}
-
-type SetKindKey = u8;
-
-impl SetKind {
-    fn key(self) -> SetKindKey {
-        self as u8
-    }
+    /// Source-range entries written (key, prefix length).
+    ranges: BTreeSet<(SourceRangeKey, u32)>,
 }
 
 /// A frontend another service port already owns; the later one is not programmed.
@@ -73,7 +77,15 @@ pub struct Planner {
     owners: BTreeMap<ServiceKey, ServicePortKey>,
     free_ids: Vec<u32>,
     next_id: u32,
-    reserved: std::collections::BTreeSet<u32>,
+    reserved: BTreeSet<u32>,
+}
+
+/// One service entry to write: where, which set, which flags.
+struct Entry {
+    key: ServiceKey,
+    ip: IpAddr,
+    set: SetKind,
+    flags: u16,
 }
 
 impl Planner {
@@ -90,46 +102,27 @@ impl Planner {
         }
         let mut conflicts = Vec::new();
         let mut new = Programmed::default();
-        let mut backend_ops = Vec::new();
-
         if let Some(port) = desired {
-            let proto = match port.key.protocol {
-                Protocol::Tcp => PROTO_TCP,
-                Protocol::Udp => PROTO_UDP,
-            };
-            for frontend in &port.frontends {
-                let IpAddr::V4(ip) = frontend.ip else {
-                    continue; // the socket programs handle IPv4 (connect4)
-                };
-                let kind = if frontend.kind == FrontendKind::ClusterIp {
-                    SetKind::Internal
-                } else {
-                    SetKind::Cluster
-                };
-                let service_key = ServiceKey {
-                    addr: u32::from(ip).to_be(),
-                    port: frontend.port.to_be(),
-                    proto,
-                    pad: 0,
-                };
-                if let Some(owner) = self.owners.get(&service_key) {
+            for entry in entries(port) {
+                if let Some(owner) = self.owners.get(&entry.key) {
                     conflicts.push(FrontendConflict {
                         port: key.clone(),
-                        addr: frontend.ip,
-                        port_number: frontend.port,
+                        addr: entry.ip,
+                        port_number: u16::from_be(entry.key.port),
                         owner: owner.clone(),
                     });
                     continue;
                 }
-                if let std::collections::btree_map::Entry::Vacant(slot) = new.sets.entry(kind.key())
+                if let std::collections::btree_map::Entry::Vacant(slot) = new.sets.entry(entry.set)
                 {
-                    let endpoints = match kind {
+                    let endpoints = match entry.set {
                         SetKind::Internal => port.internal_endpoints(),
                         SetKind::Cluster => port.cluster_endpoints(),
+                        SetKind::External => port.external_endpoints(),
                     };
                     let wanted: Vec<Backend> =
                         endpoints.into_iter().filter_map(backend_of).collect();
-                    let (id, previous) = match old.sets.get(&kind.key()) {
+                    let (id, previous) = match old.sets.get(&entry.set) {
                         Some((id, previous)) => (*id, previous.as_slice()),
                         None => (self.allocate_id(), &[][..]),
                     };
@@ -137,66 +130,29 @@ impl Planner {
                 }
                 let (set_id, count) = new
                     .sets
-                    .get(&kind.key())
+                    .get(&entry.set)
                     .map(|(id, backends)| (*id, backends.len()))
                     .unwrap_or_default();
                 let value = ServiceValue {
                     id: set_id,
                     count: count.min(u16::MAX as usize) as u16,
-                    flags: if port.session_affinity_timeout.is_some() {
-                        SERVICE_FLAG_AFFINITY
-                    } else {
-                        0
-                    },
+                    flags: entry.flags,
                     affinity_timeout: port.session_affinity_timeout.unwrap_or(0),
                     pad: 0,
                 };
-                new.frontends.insert(service_key, value);
-                self.owners.insert(service_key, key.clone());
-            }
-        }
-
-        // 1. Backend slots first, so a service entry never counts an unwritten slot. Slots
-        // whose backend did not move are left alone (that also keeps session affinity).
-        for (kind, (id, backends)) in &new.sets {
-            let before = old
-                .sets
-                .get(kind)
-                .map(|(_, b)| b.as_slice())
-                .unwrap_or_default();
-            for (slot, backend) in backends.iter().enumerate() {
-                if before.get(slot) != Some(backend) {
-                    let key = BackendKey {
-                        service_id: *id,
-                        slot: slot as u32,
-                    };
-                    backend_ops.push(MapOp::PutBackend(key, *backend));
+                if entry.flags & SERVICE_FLAG_SOURCE_RANGES != 0 {
+                    new.ranges.extend(source_ranges(
+                        entry.key.addr,
+                        &port.load_balancer_source_ranges,
+                    ));
                 }
+                new.frontends.insert(entry.key, value);
+                self.owners.insert(entry.key, key.clone());
             }
         }
-        let mut ops = backend_ops;
-        // 2. Service entries that are new or changed.
-        for (service_key, value) in &new.frontends {
-            if old.frontends.get(service_key) != Some(value) {
-                ops.push(MapOp::PutService(*service_key, *value));
-            }
-        }
-        // 3. Service entries that went away.
-        for service_key in old.frontends.keys() {
-            if !new.frontends.contains_key(service_key) {
-                ops.push(MapOp::DeleteService(*service_key));
-            }
-        }
-        // 4. Slots no longer covered, and whole sets no longer used.
-        for (kind, (id, before)) in &old.sets {
-            let new_count = new.sets.get(kind).map(|(_, b)| b.len()).unwrap_or(0);
-            for slot in new_count..before.len() {
-                ops.push(MapOp::DeleteBackend(BackendKey {
-                    service_id: *id,
-                    slot: slot as u32,
-                }));
-            }
-            if !new.sets.contains_key(kind) {
+        let ops = ordered_ops(&old, &new);
+        for (set, (id, _)) in &old.sets {
+            if !new.sets.contains_key(set) {
                 self.free_ids.push(*id);
             }
         }
@@ -223,6 +179,20 @@ impl Planner {
             .flat_map(|p| p.sets.values().map(|(id, _)| *id))
     }
 
+    /// Backends external traffic of `key` may currently be sent to.
+    pub fn external_backends(&self, key: &ServicePortKey) -> BTreeSet<Backend> {
+        self.programmed
+            .get(key)
+            .and_then(|p| p.sets.get(&SetKind::External))
+            .map(|(_, backends)| backends.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Source-range entries in use.
+    pub fn live_ranges(&self) -> impl Iterator<Item = &(SourceRangeKey, u32)> {
+        self.programmed.values().flat_map(|p| p.ranges.iter())
+    }
+
     /// Keeps ids found in adopted maps from being handed out.
     pub fn reserve(&mut self, ids: impl IntoIterator<Item = u32>) {
         self.reserved.extend(ids);
@@ -246,6 +216,137 @@ impl Planner {
             }
         }
     }
+}
+
+/// The service entries of one port: every IPv4 frontend for local sockets, and the
+/// NodePort, externalIP and LoadBalancer frontends once more for traffic from outside.
+fn entries(port: &ServicePort) -> Vec<Entry> {
+    let proto = match port.key.protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    let affinity = if port.session_affinity_timeout.is_some() {
+        SERVICE_FLAG_AFFINITY
+    } else {
+        0
+    };
+    let local_policy = port.external_traffic_policy == TrafficPolicy::Local;
+    let mut out = Vec::new();
+    for frontend in &port.frontends {
+        let IpAddr::V4(ip) = frontend.ip else {
+            continue; // IPv4 programs only
+        };
+        let key = |scope| ServiceKey {
+            addr: u32::from(ip).to_be(),
+            port: frontend.port.to_be(),
+            proto,
+            scope,
+        };
+        let socket_set = if frontend.kind == FrontendKind::ClusterIp {
+            SetKind::Internal
+        } else {
+            SetKind::Cluster
+        };
+        out.push(Entry {
+            key: key(SCOPE_SOCKET),
+            ip: frontend.ip,
+            set: socket_set,
+            flags: affinity,
+        });
+        if frontend.kind == FrontendKind::ClusterIp {
+            continue;
+        }
+        let mut flags = affinity;
+        flags |= if local_policy {
+            // Local policy keeps the client address and drops when no local endpoint.
+            SERVICE_FLAG_DROP_EMPTY
+        } else {
+            SERVICE_FLAG_MASQUERADE
+        };
+        if frontend.kind == FrontendKind::LoadBalancer
+            && !port.load_balancer_source_ranges.is_empty()
+        {
+            flags |= SERVICE_FLAG_SOURCE_RANGES;
+        }
+        out.push(Entry {
+            key: key(SCOPE_EXTERNAL),
+            ip: frontend.ip,
+            set: SetKind::External,
+            flags,
+        });
+    }
+    out
+}
+
+/// LPM entries allowing `ranges` (IPv4 ones) to reach the LoadBalancer IP `lb_addr`.
+fn source_ranges(lb_addr: u32, ranges: &[IpNet]) -> Vec<(SourceRangeKey, u32)> {
+    ranges
+        .iter()
+        .filter_map(|range| match range {
+            IpNet::V4(net) => Some((
+                SourceRangeKey {
+                    lb_addr,
+                    client_addr: u32::from(net.network()).to_be(),
+                },
+                // The LoadBalancer IP is always matched whole, then the range's bits.
+                32 + u32::from(net.prefix_len()),
+            )),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The ops turning `old` into `new`, ordered so that a concurrent lookup never sees a service
+/// entry counting a slot (or flagging ranges) that is not written yet.
+fn ordered_ops(old: &Programmed, new: &Programmed) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    // 1. Backend slots whose backend changed; unchanged slots stay (that keeps affinity).
+    for (set, (id, backends)) in &new.sets {
+        let before = old
+            .sets
+            .get(set)
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or_default();
+        for (slot, backend) in backends.iter().enumerate() {
+            if before.get(slot) != Some(backend) {
+                let key = BackendKey {
+                    service_id: *id,
+                    slot: slot as u32,
+                };
+                ops.push(MapOp::PutBackend(key, *backend));
+            }
+        }
+    }
+    // 2. Source ranges a new entry may rely on.
+    for range in new.ranges.difference(&old.ranges) {
+        ops.push(MapOp::PutSourceRange(range.0, range.1));
+    }
+    // 3. Service entries that are new or changed.
+    for (key, value) in &new.frontends {
+        if old.frontends.get(key) != Some(value) {
+            ops.push(MapOp::PutService(*key, *value));
+        }
+    }
+    // 4. Service entries that went away.
+    for key in old.frontends.keys() {
+        if !new.frontends.contains_key(key) {
+            ops.push(MapOp::DeleteService(*key));
+        }
+    }
+    // 5. Slots no longer covered, whole sets no longer used, ranges no longer wanted.
+    for (set, (id, before)) in &old.sets {
+        let new_count = new.sets.get(set).map(|(_, b)| b.len()).unwrap_or(0);
+        for slot in new_count..before.len() {
+            ops.push(MapOp::DeleteBackend(BackendKey {
+                service_id: *id,
+                slot: slot as u32,
+            }));
+        }
+    }
+    for range in old.ranges.difference(&new.ranges) {
+        ops.push(MapOp::DeleteSourceRange(range.0, range.1));
+    }
+    ops
 }
 
 /// Slot assignment that keeps every backend still wanted in its old slot when that slot

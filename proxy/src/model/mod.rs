@@ -37,7 +37,7 @@ mod tests;
 pub use build::{compute_desired_state, Computed};
 pub use diff::StateDiff;
 pub use endpoints::{Endpoint, LABEL_SERVICE_NAME};
-pub use node::{select_nodeport_addresses, NodeContext, DEFAULT_NODEPORT_RANGE};
+pub use node::{reported_node_ips, select_nodeport_addresses, NodeContext, DEFAULT_NODEPORT_RANGE};
 pub use objects::{ClusterObjects, ObjectKey, DEFAULT_NAMESPACE};
 pub use service::{
     DEFAULT_AFFINITY_TIMEOUT_SECONDS, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME,

@@ -66,3 +66,16 @@ pub fn select_nodeport_addresses(local: &[IpAddr], cidrs: &[IpNet]) -> Vec<IpAdd
     selected.dedup();
     selected
 }
+
+/// The addresses a Node object reports in `status.addresses` (InternalIP and ExternalIP),
+/// skipping unparsable ones.
+pub fn reported_node_ips(node: &k8s_openapi::api::core::v1::Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.trim().parse().ok())
+        .collect()
+}

@@ -6,7 +6,8 @@
 //! network namespaces; dropping the testbed removes
 //! everything again, also when a test panics. Processes are started in a
 //! [`Place`] with [`Testbed::spawn`]; the `swy-probe` helper binary provides echo
-//! servers ([`Testbed::start_echo`]) and request clients ([`Testbed::request`]).
+//! servers ([`Testbed::start_echo`]), request clients ([`Testbed::request`]) and held
+//! flows, one long-lived socket each ([`Testbed::hold`]).
 //!
 //! Address plan (only benchmark and documentation ranges are used):
 //! node i `198.18.0.(10+i)/24`, its pods `198.19.i.(10+j)/32` behind gateway
@@ -16,6 +17,7 @@
 pub mod cgroup;
 pub mod cleanup;
 pub mod error;
+pub mod hold;
 mod ip;
 pub mod netns;
 pub mod probe;
@@ -26,6 +28,7 @@ pub mod topology;
 
 pub use cleanup::cleanup_leftovers;
 pub use error::{Error, Result};
+pub use hold::{HeldReply, Hold, HoldSpec};
 pub use probe::{parse_request_output, probe_binary, RequestSpec, PROBE_ENV};
 pub use probe_protocol::{Proto, Reply, RequestError};
 pub use process::{ChildGuard, Finished, OutputMode, Place};

@@ -1,8 +1,12 @@
 //! The text formats spoken by `swy-probe`, shared by the binary and the library.
 //!
-//! * `serve` answers every TCP connection / UDP datagram with one echo line,
-//!   `NAME PEER_IP:PEER_PORT\n`, and prints [`READY_LINE`] once all sockets are bound.
+//! * `serve` answers every UDP datagram with one echo line, `NAME PEER_IP:PEER_PORT\n`, and
+//!   prints [`READY_LINE`] once all sockets are bound. A TCP connection gets the echo line
+//!   at once and then again for every line the client sends, until the client closes it
+//!   (so one-shot clients read one line and close, and held flows keep one connection).
 //! * `request` prints one JSON object per attempt ([`ProbeLine`]).
+//! * `hold` keeps one socket for its whole run and prints one [`ProbeLine`] per round
+//!   trip, with `at_ms` (milliseconds since the probe started) set.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -86,7 +90,8 @@ pub enum FailureKind {
 /// One JSON line printed by `swy-probe request`.
 ///
 /// Success: `{"ok":true,"backend":"...","seen_source":"ip:port","from":"ip:port"}`;
-/// failure: `{"ok":false,"error":"refused"|"timeout"|"other","detail":"..."}`.
+/// failure: `{"ok":false,"error":"refused"|"timeout"|"other","detail":"..."}`. Lines of
+/// `hold` add `"at_ms":N`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeLine {
     /// Whether the attempt got an echo line back.
@@ -106,6 +111,9 @@ pub struct ProbeLine {
     /// Human-readable failure detail (errno text etc.), on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// `hold` only: when the round trip ended, in milliseconds since the probe started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
 }
 
 impl ProbeLine {
@@ -118,6 +126,7 @@ impl ProbeLine {
             from: Some(from.to_string()),
             error: None,
             detail: None,
+            at_ms: None,
         }
     }
 
@@ -130,7 +139,14 @@ impl ProbeLine {
             from: None,
             error: Some(kind),
             detail: Some(detail.into()),
+            at_ms: None,
         }
+    }
+
+    /// Sets [`ProbeLine::at_ms`].
+    pub fn at(mut self, since_start: std::time::Duration) -> Self {
+        self.at_ms = Some(u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX));
+        self
     }
 
     /// Converts the wire form into the library's result type.
@@ -213,6 +229,19 @@ mod tests {
         );
         let back: ProbeLine = serde_json::from_str(&json).unwrap();
         assert_eq!(back.into_result(), Err(RequestError::Refused));
+    }
+
+    #[test]
+    fn hold_lines_carry_their_time() {
+        let a: SocketAddr = "198.19.1.10:1".parse().unwrap();
+        let line = ProbeLine::success("x", a, a).at(std::time::Duration::from_millis(1500));
+        let json = serde_json::to_string(&line).unwrap();
+        assert!(json.ends_with(r#","at_ms":1500}"#), "{json}");
+        let back: ProbeLine = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.at_ms, Some(1500));
+        // Request lines have no time, and old readers ignore it.
+        let plain: ProbeLine = serde_json::from_str(r#"{"ok":false,"error":"timeout"}"#).unwrap();
+        assert_eq!(plain.at_ms, None);
     }
 
     #[test]

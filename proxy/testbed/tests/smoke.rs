@@ -1,6 +1,6 @@
 //! Smoke tests of the testbed itself (no proxy): pod-to-pod (same node and across
 //! nodes), node-to-pod, pod-to-node and client-to-node connectivity, DNAT between
-//! same-node pods, process placement, and cleanup on drop and on panic.
+//! same-node pods, held flows, process placement, and cleanup on drop and on panic.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchyard_testbed::netns::NETNS_DIR;
-use switchyard_testbed::{Place, Proto, RequestError, RequestSpec, Testbed, TopologySpec};
+use switchyard_testbed::{
+    HoldSpec, Place, Proto, RequestError, RequestSpec, Testbed, TopologySpec,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -259,6 +261,130 @@ fn dnat_between_pods_of_the_same_node() {
     let reply = results[0].clone().expect("unconnected udp reply");
     assert_eq!(reply.backend, backend.name);
     assert_eq!(reply.replied_from, sock(vip, 80));
+}
+
+/// `swy-probe hold`: one socket per flow, answered round trip after round trip by the
+/// same server, seen with the same source port; one-shot requests still work meanwhile.
+#[test]
+fn held_flows_keep_answering_on_one_socket() {
+    let tb = testbed(2, 1);
+    let server = tb.pod(2, 1);
+    let echo = tb.start_echo(server, 8080, 8081).expect("echo server");
+    let client = tb.pod(1, 1);
+    let interval = Duration::from_millis(50);
+    let mut flows = Vec::new();
+    for (proto, port) in [(Proto::Tcp, 8080), (Proto::Udp, 8081)] {
+        let hold = tb
+            .hold(client, proto, sock(server.ip, port), interval)
+            .unwrap_or_else(|e| panic!("{proto} hold: {e}"));
+        assert_eq!(hold.timeline().len(), 1, "returns at the first round trip");
+        flows.push(hold);
+    }
+    // A one-shot request to the same server, while the flows are open.
+    for r in tb.request(client, Proto::Tcp, sock(server.ip, 8080), 3, TIMEOUT) {
+        assert_eq!(r.expect("one-shot tcp request").backend, server.name);
+    }
+    for hold in &mut flows {
+        let what = hold.describe();
+        let timeline = hold
+            .wait_for_replies(10, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let first = timeline[0].result.clone().expect("first round trip");
+        assert_eq!(first.backend, server.name);
+        assert_eq!(first.seen_source.ip(), IpAddr::from(client.ip));
+        for (i, r) in timeline.iter().enumerate() {
+            let reply = r
+                .result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{what}: round trip {i} failed: {e}"));
+            assert_eq!(reply.backend, server.name, "{what}");
+            // One socket: the server sees the same source port every time.
+            assert_eq!(
+                reply.seen_source, first.seen_source,
+                "{what}: round trip {i}"
+            );
+            if i > 0 {
+                assert!(r.at >= timeline[i - 1].at, "{what}: time runs backwards");
+            }
+        }
+        // Paced by the interval, not flooding.
+        let span = timeline[9].at - timeline[0].at;
+        assert!(span >= interval * 8, "{what}: 10 round trips in {span:?}");
+        assert!(hold.elapsed() >= timeline[9].at, "{what}: clocks");
+    }
+
+    // The server goes away and comes back: the UDP flow is refused meanwhile and then
+    // answered again on the same socket; the TCP flow never reconnects.
+    let sources: Vec<SocketAddr> = flows
+        .iter()
+        .map(|f| f.replies_so_far()[0].clone().unwrap().seen_source)
+        .collect();
+    drop(echo);
+    for hold in &mut flows {
+        let n = hold.timeline().len();
+        let timeline = hold
+            .wait_for_replies(n + 3, Duration::from_secs(10))
+            .expect("keeps reporting");
+        assert!(
+            timeline[n + 1..].iter().all(|r| r.result.is_err()),
+            "{}: {timeline:?}",
+            hold.describe()
+        );
+    }
+    let _echo = tb
+        .start_echo(server, 8080, 8081)
+        .expect("echo server again");
+    let udp = &mut flows[1];
+    let n = udp.timeline().len();
+    let timeline = udp
+        .wait_for_replies(n + 3, Duration::from_secs(10))
+        .expect("udp keeps going");
+    let last = timeline
+        .last()
+        .unwrap()
+        .result
+        .clone()
+        .expect("answered again");
+    assert_eq!(last.seen_source, sources[1], "the same UDP socket");
+    let stopped = flows.remove(0).stop();
+    let answered: Vec<SocketAddr> = stopped
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok().map(|r| r.seen_source))
+        .collect();
+    assert!(answered.len() >= 10);
+    assert!(answered.iter().all(|s| *s == sources[0]), "{stopped:?}");
+    assert!(
+        stopped.last().unwrap().result.is_err(),
+        "the TCP flow does not reconnect: {stopped:?}"
+    );
+
+    // --count: the probe stops by itself after that many round trips.
+    let spec = HoldSpec::new(Proto::Udp, sock(server.ip, 8081), interval).count(3);
+    let mut counted = tb.hold_with(client, &spec).expect("counted hold");
+    let done = counted.wait_done(Duration::from_secs(5)).expect("ends");
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|r| r.result.is_ok()), "{done:?}");
+
+    // A TCP flow that cannot connect reports that once and ends; a UDP flow to a closed
+    // port keeps its socket and reports every refusal.
+    let closed = sock(server.ip, 1);
+    let mut refused = tb
+        .hold(client, Proto::Tcp, closed, interval)
+        .expect("tcp hold to a closed port starts");
+    assert_eq!(refused.replies_so_far(), vec![Err(RequestError::Refused)]);
+    assert!(refused.wait_for_replies(2, Duration::from_secs(2)).is_err());
+    let mut udp_refused = tb
+        .hold(client, Proto::Udp, closed, interval)
+        .expect("udp hold to a closed port starts");
+    let timeline = udp_refused
+        .wait_for_replies(3, Duration::from_secs(5))
+        .expect("keeps going");
+    assert!(
+        timeline
+            .iter()
+            .all(|r| r.result == Err(RequestError::Refused)),
+        "{timeline:?}"
+    );
 }
 
 #[test]

@@ -216,7 +216,6 @@ impl Check {
     }
 
     /// Expects different outcomes per mode (for a difference the README lists).
-    #[allow(dead_code)]
     pub fn outcome_by_mode(mut self, iptables: Outcome, ebpf: Outcome) -> Check {
         self.outcome = ByMode { iptables, ebpf };
         self
@@ -325,6 +324,56 @@ pub enum Step {
         /// Bounded number of expiry rounds.
         rounds: usize,
     },
+    /// Starts a held flow that runs in the background for the rest of the scenario, and
+    /// waits for its first round trip, which must pass the flow's check.
+    Hold(Flow),
+    /// What a held flow must have shown by now.
+    Held {
+        /// The [`Flow::name`] of a flow an earlier step started.
+        flow: &'static str,
+        /// The expectation.
+        expect: Held,
+    },
+}
+
+/// Time between two round trips of a held flow.
+pub const HOLD_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest a kept flow may go between two answers: a few intervals (its replies time out
+/// after a second, and a timeout is an error anyway).
+pub const HOLD_MAX_GAP: Duration = Duration::from_millis(500);
+
+/// Round trips a moved flow must make on its new backend before [`Held::Moved`] passes.
+pub const HOLD_SETTLE: usize = 5;
+
+/// A long-lived flow: ONE socket (a TCP connection or a connected UDP socket) for the rest
+/// of the scenario, one round trip every [`HOLD_INTERVAL`], started by [`Step::Hold`] and
+/// judged by [`Step::Held`] steps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Unique within the scenario; what [`Step::Held`] names.
+    pub name: &'static str,
+    /// Place, protocol and destination (never `unconnected`); its outcome (answered by one
+    /// of these backends) and source apply to the first round trip. Attempts are unused.
+    pub check: Check,
+}
+
+/// What a held flow must have shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// Since it started (or last moved), every round trip was answered, by the same backend
+    /// and seen with the same source address, with no gap over [`HOLD_MAX_GAP`] between
+    /// answers; and it still answers (one more round trip is awaited).
+    Kept,
+    /// Within `within` of the latest edit it is answered by one of `backends`, and then by
+    /// that one only, [`HOLD_SETTLE`] times in a row. Before the move only its old backend
+    /// may answer; failures are allowed (the flow may be black-holed or refused meanwhile).
+    Moved {
+        /// Where it must go.
+        backends: Vec<String>,
+        /// Bound on the time from the latest edit to the first answer from there.
+        within: Duration,
+    },
 }
 
 impl Step {
@@ -351,6 +400,15 @@ impl Step {
                 "affinity of {} {} -> {} expires after {timeout:?} (within {rounds} rounds)",
                 check.from, check.proto, check.to
             ),
+            Step::Hold(flow) => format!("hold flow {}: {}", flow.name, flow.check.describe(mode)),
+            Step::Held {
+                flow,
+                expect: Held::Kept,
+            } => format!("held flow {flow} kept its backend"),
+            Step::Held {
+                flow,
+                expect: Held::Moved { backends, within },
+            } => format!("held flow {flow} moved to one of {backends:?} within {within:?}"),
         }
     }
 }
@@ -375,6 +433,31 @@ pub fn edit_steady(edits: Vec<FileEdit>, until: Vec<Check>, steady: Vec<Check>) 
         edits,
         until,
         steady,
+    }
+}
+
+/// Starts held flow `name` with `check` (see [`Flow`]).
+pub fn hold(name: &'static str, check: Check) -> Step {
+    Step::Hold(Flow { name, check })
+}
+
+/// Held flow `name` kept answering, unchanged ([`Held::Kept`]).
+pub fn kept(name: &'static str) -> Step {
+    Step::Held {
+        flow: name,
+        expect: Held::Kept,
+    }
+}
+
+/// Held flow `name` moves to one of `backends` within `within` of the latest edit
+/// ([`Held::Moved`]).
+pub fn moves_to(name: &'static str, backends: &[&str], within: Duration) -> Step {
+    Step::Held {
+        flow: name,
+        expect: Held::Moved {
+            backends: names(backends),
+            within,
+        },
     }
 }
 

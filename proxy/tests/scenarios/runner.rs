@@ -4,7 +4,9 @@
 //! and UDP, each answering `<pod>:<port>`), a manifest directory holding the scenario's files
 //! plus `nodes.yaml`, and switchyard on the chosen nodes. The runner waits until every proxy
 //! logged its first sync and the first check passes, then runs the steps. Scenarios run in
-//! parallel, each on its own testbed.
+//! parallel, each on its own testbed. Held flows (`Step::Hold`) are `swy-probe hold`
+//! processes that run in the background until the scenario ends; `Step::Held` judges what
+//! they reported so far, and failure reports show every held flow's timeline.
 //!
 //! Addition to the plain testbed, inside its own namespaces: the external client gets the
 //! scenario's `client_routes` (e.g. an externalIP range via a node).
@@ -14,20 +16,24 @@
 //! - `SWY_SCENARIOS_JOBS=N`: scenarios run at once (default 4);
 //! - `SWY_SCENARIOS_PENDING=1`: also run the `iptables only` scenarios in ebpf mode.
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use switchyard_testbed::hold::summarize as summarize_flow;
 use switchyard_testbed::switchyard::node_args;
 use switchyard_testbed::{
-    wait_for, ChildGuard, Manifests, OutputMode, Place, Reply, RequestError, RequestSpec, Testbed,
-    TopologySpec,
+    wait_for, ChildGuard, HeldReply, Hold, Manifests, OutputMode, Place, Reply, RequestError,
+    RequestSpec, Testbed, TopologySpec,
 };
 
-use super::model::{At, Check, FileEdit, Mode, Outcome, Scenario, Source, Step, ECHO_PORTS, NODES};
+use super::model::{
+    At, Check, FileEdit, Flow, Held, Mode, Outcome, Scenario, Source, Step, ECHO_PORTS,
+    HOLD_INTERVAL, HOLD_MAX_GAP, HOLD_SETTLE, NODES,
+};
 
 /// How long switchyard may take to log its first sync.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -146,7 +152,7 @@ pub fn run_table(mode: Mode, table: Vec<Scenario>) {
     }
 }
 
-/// A running scenario: its testbed, manifests, echo servers and proxies.
+/// A running scenario: its testbed, manifests, echo servers, proxies and held flows.
 struct Run<'a> {
     scenario: &'a Scenario,
     mode: Mode,
@@ -154,6 +160,22 @@ struct Run<'a> {
     manifests: Manifests,
     proxies: Vec<(usize, ChildGuard)>,
     _echo: Vec<ChildGuard>,
+    /// Held flows by name, in the order they were started.
+    flows: Vec<HeldFlow>,
+    /// When the latest edit was written (what [`Held::Moved`] counts from), and how many
+    /// syncs each proxy had logged just before.
+    last_edit: Option<(Instant, Vec<usize>)>,
+}
+
+/// A held flow of a running scenario and what it has been judged to be so far.
+struct HeldFlow {
+    flow: Flow,
+    hold: Hold,
+    /// Index of the first round trip of its current leg (0, or where it last moved).
+    since: usize,
+    /// The backend answering the current leg, and the source address it sees.
+    backend: String,
+    source: SocketAddr,
 }
 
 /// Runs one scenario; `Err` holds the whole failure report.
@@ -203,6 +225,8 @@ pub fn run_scenario(scenario: &Scenario, mode: Mode) -> Result<(), String> {
         manifests,
         proxies: Vec::new(),
         _echo: echo,
+        flows: Vec::new(),
+        last_edit: None,
     };
     for &n in &scenario.proxies {
         let child = run.start_proxy(n).map_err(|e| run.report("start", &e))?;
@@ -268,7 +292,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn step(&self, step: &Step) -> Result<(), String> {
+    fn step(&mut self, step: &Step) -> Result<(), String> {
         match step {
             Step::Check(c) => self.check(c).map(|_| ()),
             Step::Edit {
@@ -276,6 +300,7 @@ impl Run<'_> {
                 until,
                 steady,
             } => {
+                let synced = self.synced_counts();
                 for edit in edits {
                     match edit {
                         FileEdit::Write(name, yaml) => self.manifests.write(name, yaml),
@@ -283,6 +308,7 @@ impl Run<'_> {
                     }
                     .map_err(|e| format!("applying the edit: {e}"))?;
                 }
+                self.last_edit = Some((Instant::now(), synced));
                 let mut steady_failure = None;
                 let waited = wait_for("the edit to take effect", EDIT_TIMEOUT, || {
                     if steady_failure.is_some() {
@@ -347,7 +373,94 @@ impl Run<'_> {
                     "stuck to {stuck} for {rounds} rounds of waiting {timeout:?} idle: {seen:?}"
                 ))
             }
+            Step::Hold(flow) => self.start_flow(flow),
+            Step::Held { flow, expect } => {
+                let mode = self.mode;
+                let last_edit = self.last_edit.as_ref().map(|(at, _)| *at);
+                if *expect == Held::Kept {
+                    // The edit's `until` checks may only show one node's proxy; the flow
+                    // must have seen every proxy apply it.
+                    self.wait_synced_since_edit()?;
+                }
+                let f = self
+                    .flows
+                    .iter_mut()
+                    .find(|f| f.flow.name == *flow)
+                    .ok_or_else(|| format!("no held flow {flow} was started"))?;
+                match expect {
+                    Held::Kept => f.kept(),
+                    Held::Moved { backends, within } => {
+                        let edit = last_edit.ok_or("no edit came before this step")?;
+                        f.moved(backends, edit + *within, mode)
+                    }
+                }
+            }
         }
+    }
+
+    /// How many syncs each proxy has logged.
+    fn synced_counts(&self) -> Vec<usize> {
+        self.proxies
+            .iter()
+            .map(|(_, child)| child.stderr().matches(" synced ").count())
+            .collect()
+    }
+
+    /// Waits until every proxy has logged a sync since the latest edit was written (no-op
+    /// without an edit).
+    fn wait_synced_since_edit(&self) -> Result<(), String> {
+        let Some((_, before)) = &self.last_edit else {
+            return Ok(());
+        };
+        wait_for("every proxy to sync after the edit", EDIT_TIMEOUT, || {
+            let lagging: Vec<String> = self
+                .synced_counts()
+                .iter()
+                .zip(before)
+                .zip(&self.proxies)
+                .filter(|((now, before), _)| now <= before)
+                .map(|(_, (n, _))| format!("switchyard on node{n} logged no sync yet"))
+                .collect();
+            if lagging.is_empty() {
+                Ok(())
+            } else {
+                Err(lagging)
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    /// Starts a held flow and judges its first round trip by the flow's check.
+    fn start_flow(&mut self, flow: &Flow) -> Result<(), String> {
+        if self.flows.iter().any(|f| f.flow.name == flow.name) {
+            return Err(format!("held flow {} started twice", flow.name));
+        }
+        let c = &flow.check;
+        let hold = self
+            .testbed
+            .hold(place(c.from), c.proto, c.to, HOLD_INTERVAL)
+            .map_err(|e| format!("starting held flow {}: {e}", flow.name))?;
+        let first = hold
+            .timeline()
+            .into_iter()
+            .next()
+            .ok_or("the held flow reported nothing")?
+            .result;
+        let reply = first.map_err(|e| format!("the held flow's first round trip failed: {e}"))?;
+        if let Some(problem) =
+            self.violation(c, c.outcome.get(self.mode), &Ok(reply.clone()), &mut None)
+        {
+            return Err(format!("the held flow's first round trip: {problem}"));
+        }
+        self.flows.push(HeldFlow {
+            flow: flow.clone(),
+            hold,
+            since: 0,
+            backend: reply.backend,
+            source: reply.seen_source,
+        });
+        Ok(())
     }
 
     fn probe(&self, c: &Check, count: usize) -> Result<Vec<Result<Reply, RequestError>>, String> {
@@ -494,6 +607,14 @@ impl Run<'_> {
             "[{}] scenario {}: {what} failed:\n  {observed}\n",
             self.mode, self.scenario.name
         );
+        for f in &self.flows {
+            out.push_str(&format!(
+                "\n--- held flow {} ({}) ---\n{}\n",
+                f.flow.name,
+                f.hold.describe(),
+                summarize_flow(&f.hold.timeline())
+            ));
+        }
         for (n, child) in &self.proxies {
             let log = strip_ansi(&child.stderr());
             let lines: Vec<&str> = log.lines().collect();
@@ -609,4 +730,127 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+impl HeldFlow {
+    /// How long to wait for one more round trip of this flow.
+    fn next_round_trip(&self) -> Duration {
+        self.hold.spec().reply_timeout() + HOLD_INTERVAL + Duration::from_secs(2)
+    }
+
+    /// [`Held::Kept`]: one more round trip, then every round trip of the current leg.
+    fn kept(&mut self) -> Result<(), String> {
+        let seen = self.hold.timeline().len();
+        let timeline = self
+            .hold
+            .wait_for_replies(seen + 1, self.next_round_trip())
+            .map_err(|e| format!("the held flow stopped answering: {e}"))?;
+        let leg = &timeline[self.since..];
+        let problem = leg.iter().enumerate().find_map(|(i, r)| {
+            let at = r.at.as_secs_f64();
+            match &r.result {
+                Err(e) => Some(format!("round trip at {at:.2}s failed ({e})")),
+                Ok(reply) if reply.backend != self.backend => Some(format!(
+                    "round trip at {at:.2}s answered by {} instead of {}",
+                    reply.backend, self.backend
+                )),
+                Ok(reply) if reply.seen_source != self.source => Some(format!(
+                    "round trip at {at:.2}s seen from {} instead of {} (a new flow)",
+                    reply.seen_source, self.source
+                )),
+                Ok(_) => {
+                    let gap = i
+                        .checked_sub(1)
+                        .map(|p| r.at.saturating_sub(leg[p].at))
+                        .unwrap_or_default();
+                    (gap > HOLD_MAX_GAP).then(|| {
+                        format!("no answer for {gap:?} before {at:.2}s (max {HOLD_MAX_GAP:?})")
+                    })
+                }
+            }
+        });
+        match problem {
+            None => Ok(()),
+            Some(p) => Err(format!(
+                "held flow {} ({}) was not kept: {p}; observed {}",
+                self.flow.name,
+                self.hold.describe(),
+                summarize_flow(leg)
+            )),
+        }
+    }
+
+    /// [`Held::Moved`]: the first answer from `backends` by `deadline`, only its old
+    /// backend (or failures) before, and [`HOLD_SETTLE`] answers from the new one after.
+    fn moved(&mut self, backends: &[String], deadline: Instant, mode: Mode) -> Result<(), String> {
+        let is_new =
+            |r: &HeldReply| matches!(&r.result, Ok(reply) if backends.contains(&reply.backend));
+        let (name, flow) = (self.flow.name, self.hold.describe());
+        let fail = |what: String, timeline: &[HeldReply]| {
+            format!(
+                "[{mode}] held flow {name} ({flow}) did not move to one of {backends:?}: {what}; \
+                 observed {}",
+                summarize_flow(timeline)
+            )
+        };
+        let found = loop {
+            let timeline = self.hold.timeline();
+            if let Some(i) = timeline[self.since..].iter().position(is_new) {
+                break self.since + i;
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(
+                    "no answer from there in time".into(),
+                    &timeline[self.since..],
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let timeline = self
+            .hold
+            .wait_for_replies(
+                found + 1 + HOLD_SETTLE,
+                self.next_round_trip() * (HOLD_SETTLE as u32),
+            )
+            .map_err(|e| format!("the held flow stopped answering after it moved: {e}"))?;
+        for r in &timeline[self.since..found] {
+            if let Ok(reply) = &r.result {
+                if reply.backend != self.backend {
+                    return Err(fail(
+                        format!(
+                            "answered by {} before it moved, neither its old backend nor a new one",
+                            reply.backend
+                        ),
+                        &timeline[self.since..],
+                    ));
+                }
+            }
+        }
+        let Ok(first) = timeline[found].result.clone() else {
+            unreachable!("found is an answer");
+        };
+        for r in &timeline[found..] {
+            let ok = matches!(&r.result, Ok(reply)
+                if reply.backend == first.backend && reply.seen_source == first.seen_source);
+            if !ok {
+                return Err(fail(
+                    format!(
+                        "after moving to {} it got {} at {:.2}s",
+                        first.backend,
+                        match &r.result {
+                            Ok(reply) =>
+                                format!("{} (seen from {})", reply.backend, reply.seen_source),
+                            Err(e) => format!("error {e}"),
+                        },
+                        r.at.as_secs_f64()
+                    ),
+                    &timeline[self.since..],
+                ));
+            }
+        }
+        self.since = found;
+        self.backend = first.backend;
+        self.source = first.seen_source;
+        Ok(())
+    }
 }

@@ -10,9 +10,12 @@
 //!
 //! To add a scenario: append a `Scenario::new("name")` below with its manifests and steps.
 //! The first step must be a positive check (it doubles as the "programmed" condition). Mark
-//! it `.iptables_only("issue N: why")` if the eBPF dataplane cannot do it yet.
+//! it `.iptables_only("issue N: why")` if the eBPF dataplane cannot do it yet. Established
+//! flows are held flows: `hold(name, check)` opens one socket that keeps making round trips
+//! for the rest of the scenario, `kept(name)` / `moves_to(name, ...)` judge it later.
 use super::model::{
-    check, edit, edit_steady, remove, tcp, udp, write, At, Check, Scenario, Source, Step,
+    check, edit, edit_steady, hold, kept, moves_to, remove, tcp, udp, write, At, Check, Outcome,
+    Scenario, Source, Step,
 };
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -25,16 +28,10 @@ const N1: At = At::Node(1);
 const N2: At = At::Node(2);
 const CLIENT: At = At::Client;
 
-/// Why the north-south scenarios wait for the eBPF packet path.
-const PACKET_LEVEL: &str =
-    "issue 4: traffic from outside the node needs the tc (packet-level) programs";
-/// Why masquerade checks wait.
-const MASQUERADE: &str =
-    "issue 4: --masquerade-all needs packet-level SNAT; the socket path keeps the client address";
-/// Why unconnected UDP waits.
-const UNCONNECTED_UDP: &str = "issue 4: unconnected UDP needs sendmsg4/recvmsg4";
-/// Why session affinity waits.
-const AFFINITY: &str = "issue 4: session affinity (the affinity map) is not implemented";
+/// Why moving established UDP flows off a removed endpoint waits.
+const STALE_UDP: &str = "issue 4: connect4 pins a connected UDP socket to its backend for the \
+     socket's life; moving it off a removed endpoint needs the sockets destroyed (or \
+     sendmsg4-level translation); iptables mode deletes the conntrack entries";
 
 /// Every scenario.
 pub fn all() -> Vec<Scenario> {
@@ -66,6 +63,7 @@ pub fn all() -> Vec<Scenario> {
         edit_port(),
         edit_endpoints(),
         edit_type(),
+        udp_stale_flows(),
     ]
 }
 
@@ -243,7 +241,6 @@ spec:
         )
     );
     Scenario::new("udp-unconnected")
-        .iptables_only(UNCONNECTED_UDP)
         .manifest("dgram.yaml", &yaml)
         .steps(vec![
             // sendto/recvfrom: the reply must come back from the ClusterIP (reverse NAT).
@@ -380,20 +377,20 @@ spec:
         )
     );
     Scenario::new("masquerade-all")
-        .iptables_only(MASQUERADE)
         .flags(&["--masquerade-all"])
         .manifest("masq.yaml", &yaml)
         .steps(vec![
-            // Even pod-to-ClusterIP traffic is masqueraded.
+            // iptables: even pod-to-ClusterIP traffic is masqueraded. ebpf translates at the
+            // socket, so no packet is NATed and the backend sees the pod (README, Differences).
             check(
                 tcp(P11, "198.18.128.17:80")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::Own),
             ),
             check(
                 tcp(P21, "198.18.128.17:80")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::Own),
             ),
         ])
 }
@@ -421,7 +418,6 @@ spec:
     );
     let three = ["node1-pod2:8080", "node2-pod1:8080", "node2-pod2:8080"];
     Scenario::new("session-affinity")
-        .iptables_only(AFFINITY)
         .manifest("sticky.yaml", &yaml)
         .steps(vec![
             // The same client sticks to one backend across 20 new connections.
@@ -520,7 +516,6 @@ spec:
   - {name: tcp, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}
 ";
     Scenario::new("nodeport-etp-cluster-from-outside")
-        .iptables_only(PACKET_LEVEL)
         .manifest(
             "np.yaml",
             &nodeport_service("np", "198.18.128.21", 30080, ""),
@@ -553,7 +548,6 @@ fn nodeport_of_another_node() -> Scenario {
     Scenario::new("nodeport-of-another-node")
         // A local socket's connect() only knows this node's NodePorts; the other node has to
         // translate the packets when they arrive.
-        .iptables_only(PACKET_LEVEL)
         .manifest(
             "np.yaml",
             &nodeport_service("np", "198.18.128.24", 30080, ""),
@@ -642,7 +636,6 @@ fn external_ip_from_pod() -> Scenario {
 
 fn external_ip_from_outside() -> Scenario {
     Scenario::new("external-ip-from-outside")
-        .iptables_only(PACKET_LEVEL)
         .client_route("198.18.200.0/24", 1)
         .manifest(
             "ext.yaml",
@@ -712,7 +705,6 @@ fn loadbalancer_from_pod() -> Scenario {
 
 fn loadbalancer_source_ranges() -> Scenario {
     Scenario::new("loadbalancer-source-ranges")
-        .iptables_only(PACKET_LEVEL)
         .client_route("198.18.200.0/24", 1)
         .manifest(
             "lb-open.yaml",
@@ -862,7 +854,6 @@ endpoints:
 
 fn etp_local_from_outside() -> Scenario {
     Scenario::new("etp-local-from-outside")
-        .iptables_only(PACKET_LEVEL)
         .manifest("local.yaml", &etp_local_yaml())
         .steps(vec![
             // Only the endpoints on the node that was hit, and the client address is kept.
@@ -987,17 +978,13 @@ spec:
     );
     Scenario::new("itp-local-without-local-endpoint")
         // Upstream DROPs ClusterIP traffic of an ITP-Local service on a node without a local
-        // endpoint; connect4 rejects it instead (EPERM, a fast failure). That difference is
-        // not listed in the README, so the table keeps upstream's verdict until it is.
-        .iptables_only(
-            "connect4 fails fast (EPERM) where upstream drops; decide and list in README \
-             'Differences', or emulate the drop",
-        )
+        // endpoint; connect4 refuses it at once instead (EPERM), a deliberate difference
+        // listed in the README.
         .manifest("itp-remote.yaml", &yaml)
         .steps(vec![
             check(tcp(P22, "198.18.128.71:80").answers(&["node2-pod1:8080"])),
-            check(tcp(P11, "198.18.128.71:80").dropped()),
-            check(tcp(N1, "198.18.128.71:80").dropped()),
+            check(tcp(P11, "198.18.128.71:80").outcome_by_mode(Outcome::Dropped, Outcome::Refused)),
+            check(tcp(N1, "198.18.128.71:80").outcome_by_mode(Outcome::Dropped, Outcome::Refused)),
         ])
 }
 
@@ -1253,6 +1240,59 @@ fn steady() -> Vec<Check> {
         .attempts(3)]
 }
 
+/// A service whose established flows must survive edits of *other* services: TCP and UDP
+/// on port 80 over three endpoints, so a flow re-balanced by an edit shows up as a changed
+/// backend (or a new source port), not only as a failure.
+fn held_yaml() -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: held, namespace: scen}}
+spec:
+  clusterIP: 198.18.128.112
+  selector: {{app: held}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: udp, port: 80, targetPort: 9090, protocol: UDP}}
+---
+{}",
+        slice(
+            "held",
+            "[{name: tcp, port: 8080, protocol: TCP}, {name: udp, port: 9090, protocol: UDP}]",
+            THREE_ENDPOINTS
+        )
+    )
+}
+
+/// Starts the held flows to `held`: TCP from a pod, connected UDP from node2's host network
+/// (masqueraded in iptables mode).
+fn hold_flows() -> Vec<Step> {
+    vec![
+        hold(
+            "held-tcp",
+            tcp(P11, "198.18.128.112:80")
+                .answers(&THREE_8080)
+                .source(Source::Own),
+        ),
+        hold(
+            "held-udp",
+            udp(N2, "198.18.128.112:80")
+                .answers(&["node1-pod2:9090", "node2-pod1:9090", "node2-pod2:9090"])
+                .source(Source::Node),
+        ),
+    ]
+}
+
+/// `edit_steady` with the steady checks, followed by: the held flows kept their backend and
+/// socket throughout.
+fn edit_keeping_flows(edits: Vec<super::model::FileEdit>, until: Vec<Check>) -> Vec<Step> {
+    vec![
+        edit_steady(edits, until, steady()),
+        kept("held-tcp"),
+        kept("held-udp"),
+    ]
+}
+
 fn web_service(port: u16) -> String {
     format!(
         "apiVersion: v1
@@ -1282,71 +1322,87 @@ fn edit_port() -> Scenario {
 ";
     Scenario::new("edit-port")
         .manifest("steady.yaml", STEADY_YAML)
+        .manifest("held.yaml", &held_yaml())
         .manifest("web-svc.yaml", &web_service(80))
         .manifest("web-slice.yaml", &web_slice(8080, two))
-        .steps(vec![
-            check(tcp(P11, "198.18.128.110:80").answers(&["node1-pod2:8080", "node2-pod1:8080"])),
-            // Service port 80 -> 81.
-            edit_steady(
-                vec![write("web-svc.yaml", &web_service(81))],
-                vec![
-                    tcp(P11, "198.18.128.110:81")
-                        .answers(&["node1-pod2:8080", "node2-pod1:8080"]),
-                    tcp(P11, "198.18.128.110:80").no_answer(),
-                ],
-                steady(),
-            ),
-            // Target port 8080 -> 9090 (the pods moved their port).
-            edit_steady(
-                vec![write("web-slice.yaml", &web_slice(9090, two))],
-                vec![tcp(P11, "198.18.128.110:81")
-                    .answers(&["node1-pod2:9090", "node2-pod1:9090"])],
-                steady(),
-            ),
-        ])
+        .steps(
+            [
+                vec![check(
+                    tcp(P11, "198.18.128.110:80").answers(&["node1-pod2:8080", "node2-pod1:8080"]),
+                )],
+                hold_flows(),
+                // Service port 80 -> 81.
+                edit_keeping_flows(
+                    vec![write("web-svc.yaml", &web_service(81))],
+                    vec![
+                        tcp(P11, "198.18.128.110:81")
+                            .answers(&["node1-pod2:8080", "node2-pod1:8080"]),
+                        tcp(P11, "198.18.128.110:80").no_answer(),
+                    ],
+                ),
+                // Target port 8080 -> 9090 (the pods moved their port).
+                edit_keeping_flows(
+                    vec![write("web-slice.yaml", &web_slice(9090, two))],
+                    vec![tcp(P11, "198.18.128.110:81")
+                        .answers(&["node1-pod2:9090", "node2-pod1:9090"])],
+                ),
+            ]
+            .concat(),
+        )
 }
 
 fn edit_endpoints() -> Scenario {
     Scenario::new("edit-endpoints")
         .manifest("steady.yaml", STEADY_YAML)
+        .manifest("held.yaml", &held_yaml())
         .manifest("web-svc.yaml", &web_service(80))
         .manifest(
             "web-slice.yaml",
-            &web_slice(8080, "endpoints:\n- {addresses: [198.19.1.12], nodeName: node1}\n"),
+            &web_slice(
+                8080,
+                "endpoints:\n- {addresses: [198.19.1.12], nodeName: node1}\n",
+            ),
         )
-        .steps(vec![
-            check(tcp(P11, "198.18.128.110:80").answers(&["node1-pod2:8080"])),
-            // Scale up.
-            edit_steady(
-                vec![write(
-                    "web-slice.yaml",
-                    &web_slice(
-                        8080,
-                        "endpoints:
+        .steps(
+            [
+                vec![check(
+                    tcp(P11, "198.18.128.110:80").answers(&["node1-pod2:8080"]),
+                )],
+                hold_flows(),
+                // Scale up.
+                edit_keeping_flows(
+                    vec![write(
+                        "web-slice.yaml",
+                        &web_slice(
+                            8080,
+                            "endpoints:
 - {addresses: [198.19.1.12], nodeName: node1}
 - {addresses: [198.19.2.11], nodeName: node2}
 ",
-                    ),
-                )],
-                vec![tcp(P11, "198.18.128.110:80").answers(&["node1-pod2:8080", "node2-pod1:8080"])],
-                steady(),
-            ),
-            // The first one goes away.
-            edit_steady(
-                vec![write(
-                    "web-slice.yaml",
-                    &web_slice(8080, "endpoints:\n- {addresses: [198.19.2.11], nodeName: node2}\n"),
-                )],
-                vec![tcp(P11, "198.18.128.110:80").answers(&["node2-pod1:8080"])],
-                steady(),
-            ),
-            // The slice goes away: no endpoints, refused.
-            edit_steady(
-                vec![remove("web-slice.yaml")],
-                vec![tcp(P11, "198.18.128.110:80").refused()],
-                steady(),
-            ),
-        ])
+                        ),
+                    )],
+                    vec![tcp(P11, "198.18.128.110:80")
+                        .answers(&["node1-pod2:8080", "node2-pod1:8080"])],
+                ),
+                // The first one goes away.
+                edit_keeping_flows(
+                    vec![write(
+                        "web-slice.yaml",
+                        &web_slice(
+                            8080,
+                            "endpoints:\n- {addresses: [198.19.2.11], nodeName: node2}\n",
+                        ),
+                    )],
+                    vec![tcp(P11, "198.18.128.110:80").answers(&["node2-pod1:8080"])],
+                ),
+                // The slice goes away: no endpoints, refused.
+                edit_keeping_flows(
+                    vec![remove("web-slice.yaml")],
+                    vec![tcp(P11, "198.18.128.110:80").refused()],
+                ),
+            ]
+            .concat(),
+        )
 }
 
 fn edit_type() -> Scenario {
@@ -1367,30 +1423,94 @@ spec:
 ";
     Scenario::new("edit-type")
         .manifest("steady.yaml", STEADY_YAML)
+        .manifest("held.yaml", &held_yaml())
         .manifest("web-svc.yaml", &web_service(80))
         .manifest("web-slice.yaml", &web_slice(8080, endpoints))
+        .steps(
+            [
+                vec![
+                    check(tcp(P11, "198.18.128.110:80").answers(&two)),
+                    check(tcp(N1, "198.18.0.11:30084").refused()),
+                ],
+                hold_flows(),
+                // ClusterIP -> NodePort.
+                edit_keeping_flows(
+                    vec![write("web-svc.yaml", as_nodeport)],
+                    vec![
+                        tcp(N1, "198.18.0.11:30084").answers(&two),
+                        tcp(P21, "198.18.0.12:30084").answers(&two),
+                    ],
+                ),
+                vec![check(tcp(P11, "198.18.128.110:80").answers(&two))],
+                // NodePort -> ClusterIP: the NodePort is gone again, the ClusterIP stays.
+                edit_keeping_flows(
+                    vec![write("web-svc.yaml", &web_service(80))],
+                    vec![
+                        tcp(N1, "198.18.0.11:30084").refused(),
+                        tcp(P21, "198.18.0.12:30084").refused(),
+                    ],
+                ),
+                vec![check(tcp(P11, "198.18.128.110:80").answers(&two))],
+            ]
+            .concat(),
+        )
+}
+
+fn udp_stale_flows() -> Scenario {
+    let dns = |endpoints: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: dns, namespace: scen}}
+spec:
+  clusterIP: 198.18.128.120
+  selector: {{app: dns}}
+  ports:
+  - {{name: dns, port: 53, targetPort: 9090, protocol: UDP}}
+---
+{}",
+            slice("dns", "[{name: dns, port: 9090, protocol: UDP}]", endpoints)
+        )
+    };
+    let pod21 = "- {addresses: [198.19.2.11], nodeName: node2}\n";
+    let pod22 = "- {addresses: [198.19.2.12], nodeName: node2}\n";
+    // Upstream deletes the conntrack entries of UDP flows whose endpoint went away (and of
+    // a service that gets endpoints again); without that, a connected UDP client keeps
+    // talking to the old endpoint, or into a black hole, until the entry times out (never,
+    // while the client keeps sending). Here the removed pod still runs, so a stale flow
+    // shows as answers from the old endpoint.
+    Scenario::new("udp-stale-flows")
+        .iptables_only(STALE_UDP)
+        .manifest("dns.yaml", &dns(&format!("endpoints:\n{pod21}")))
         .steps(vec![
-            check(tcp(P11, "198.18.128.110:80").answers(&two)),
-            check(tcp(N1, "198.18.0.11:30084").refused()),
-            // ClusterIP -> NodePort.
-            edit_steady(
-                vec![write("web-svc.yaml", as_nodeport)],
-                vec![
-                    tcp(N1, "198.18.0.11:30084").answers(&two),
-                    tcp(P21, "198.18.0.12:30084").answers(&two),
-                ],
-                steady(),
+            check(udp(P11, "198.18.128.120:53").answers(&["node2-pod1:9090"])),
+            hold(
+                "dns",
+                udp(P11, "198.18.128.120:53")
+                    .answers(&["node2-pod1:9090"])
+                    .source(Source::Own),
             ),
-            check(tcp(P11, "198.18.128.110:80").answers(&two)),
-            // NodePort -> ClusterIP: the NodePort is gone again, the ClusterIP stays.
-            edit_steady(
-                vec![write("web-svc.yaml", &web_service(80))],
-                vec![
-                    tcp(N1, "198.18.0.11:30084").refused(),
-                    tcp(P21, "198.18.0.12:30084").refused(),
-                ],
-                steady(),
+            // A new endpoint leaves the established flow alone.
+            edit(
+                vec![write("dns.yaml", &dns(&format!("endpoints:\n{pod21}{pod22}")))],
+                vec![udp(P11, "198.18.128.120:53").answers(&["node2-pod1:9090", "node2-pod2:9090"])],
             ),
-            check(tcp(P11, "198.18.128.110:80").answers(&two)),
+            kept("dns"),
+            // Its endpoint goes away: the flow moves to the remaining one.
+            edit(
+                vec![write("dns.yaml", &dns(&format!("endpoints:\n{pod22}")))],
+                vec![udp(P11, "198.18.128.120:53").answers(&["node2-pod2:9090"])],
+            ),
+            moves_to("dns", &["node2-pod2:9090"], Duration::from_secs(5)),
+            // No endpoints at all: refused. When one comes back, the flow is answered again.
+            edit(
+                vec![write("dns.yaml", &dns("endpoints: []\n"))],
+                vec![udp(P11, "198.18.128.120:53").refused()],
+            ),
+            edit(
+                vec![write("dns.yaml", &dns(&format!("endpoints:\n{pod21}")))],
+                vec![udp(P11, "198.18.128.120:53").answers(&["node2-pod1:9090"])],
+            ),
+            moves_to("dns", &["node2-pod1:9090"], Duration::from_secs(5)),
         ])
 }

@@ -1,11 +1,14 @@
-//! `swy-probe`: the echo server and request client that testbed tests run inside the
-//! namespaces. It is started many times per test, so it stays small: std sockets,
-//! one thread per listening socket, no async runtime.
+//! `swy-probe`: the echo server, request client and held-flow client that testbed tests
+//! run inside the namespaces. It is started many times per test, so it stays small: std
+//! sockets, one thread per listening socket (plus one per open TCP connection), no async
+//! runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -23,7 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Answer every TCP connection and UDP datagram with "NAME PEER_IP:PEER_PORT".
+    /// Answer every UDP datagram with "NAME PEER_IP:PEER_PORT"; TCP connections get that
+    /// line at once and again for every line the client sends, until the client closes.
     Serve {
         /// Name to answer with (the pod name).
         #[arg(long)]
@@ -53,6 +57,23 @@ enum Cmd {
         #[arg(long)]
         unconnected: bool,
     },
+    /// Hold one flow: ONE socket (a TCP connection or a connected UDP socket) for the
+    /// whole run, one round trip per interval, one JSON line per round trip (flushed, with
+    /// "at_ms"). Runs until killed or --count round trips.
+    Hold {
+        /// tcp or udp.
+        #[arg(long)]
+        proto: Proto,
+        /// Destination IP:PORT.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Time between the starts of two round trips, in milliseconds.
+        #[arg(long = "interval-ms")]
+        interval_ms: u64,
+        /// Stop after this many round trips.
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +91,12 @@ fn main() -> ExitCode {
             request(proto, to, count, timeout, unconnected);
             ExitCode::SUCCESS
         }
+        Cmd::Hold {
+            proto,
+            to,
+            interval_ms,
+            count,
+        } => hold(proto, to, Duration::from_millis(interval_ms.max(1)), count),
     }
 }
 
@@ -131,21 +158,81 @@ fn serve(name: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// TCP connections served at once. The tests hold few; past this a connection gets its
+/// echo line and is closed, so a flood of one-shot requests cannot exhaust threads.
+const MAX_OPEN_CONNECTIONS: usize = 256;
+
 fn serve_tcp(listener: &TcpListener, name: &str) {
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept() {
             Ok((mut stream, peer)) => {
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                if let Err(e) = stream.write_all(echo_line(name, peer).as_bytes()) {
-                    eprintln!("swy-probe serve: writing to {peer}: {e}");
+                let line = echo_line(name, peer);
+                if open.fetch_add(1, Ordering::SeqCst) >= MAX_OPEN_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    greet(&mut stream, peer, &line);
+                    continue; // dropped: closed after one line
                 }
-                // Dropping the stream closes it: one line per connection.
+                let open_in = Arc::clone(&open);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("conn {peer}"))
+                    .spawn(move || {
+                        serve_connection(stream, peer, &line);
+                        open_in.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
+                    // The closure (and with it the connection) is gone.
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    eprintln!("swy-probe serve: no thread for {peer}: {e}");
+                }
             }
             Err(e) => {
                 eprintln!("swy-probe serve: accept: {e}");
                 // Avoid spinning on persistent errors such as EMFILE.
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+    }
+}
+
+/// Writes the echo line; false if the connection is unusable.
+fn greet(stream: &mut TcpStream, peer: SocketAddr, line: &str) -> bool {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    match stream.write_all(line.as_bytes()) {
+        Ok(()) => true,
+        Err(e) => {
+            // A one-shot client may well be gone already (it has its line or gave up).
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+            ) {
+                eprintln!("swy-probe serve: writing to {peer}: {e}");
+            }
+            false
+        }
+    }
+}
+
+/// One connection: the echo line now, then one per line received, until the client
+/// closes (or resets) the connection.
+fn serve_connection(mut stream: TcpStream, peer: SocketAddr, line: &str) {
+    if !greet(&mut stream, peer, line) {
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                // Lines may arrive split or batched: answer each newline once.
+                for _ in buf[..n].iter().filter(|b| **b == b'\n') {
+                    if !greet(&mut stream, peer, line) {
+                        return;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }
@@ -432,6 +519,192 @@ fn udp_attempt(to: SocketAddr, timeout: Duration, unconnected: bool) -> ProbeLin
         match socket.recv(&mut buf) {
             Ok(n) => parse_reply(&buf[..n], from),
             Err(e) => classify("recv", &e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// hold
+
+/// What a held flow sends per round trip.
+const HOLD_PAYLOAD: &[u8] = b"swy-probe\n";
+
+fn hold(proto: Proto, to: SocketAddr, interval: Duration, count: Option<usize>) -> ExitCode {
+    let started = Instant::now();
+    // Round trips wait for their reply this long: an interval, but at least a second, so
+    // a slow answer on a loaded machine is not mistaken for a lost one.
+    let timeout = interval.max(Duration::from_secs(1));
+    let mut stdout = io::stdout().lock();
+    let mut emit = |line: ProbeLine| -> bool {
+        let json = serde_json::to_string(&line.at(started.elapsed())).unwrap_or_else(|e| {
+            format!(r#"{{"ok":false,"error":"other","detail":"serializing result: {e}"}}"#)
+        });
+        // Flushed per line: the caller watches the flow live.
+        writeln!(stdout, "{json}")
+            .and_then(|()| stdout.flush())
+            .is_ok()
+    };
+    let opened = match proto {
+        Proto::Tcp => TcpFlow::open(to, timeout).map(Flow::Tcp),
+        Proto::Udp => UdpFlow::open(to).map(Flow::Udp),
+    };
+    let mut flow = match opened {
+        Ok(flow) => flow,
+        Err(line) => {
+            // No socket, no flow: report why once and stop.
+            emit(line);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut next = Instant::now();
+    let mut done = 0usize;
+    while count.is_none_or(|c| done < c) {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        let line = match &mut flow {
+            Flow::Tcp(f) => f.round_trip(timeout),
+            Flow::Udp(f) => f.round_trip(timeout),
+        };
+        if !emit(line) {
+            return ExitCode::FAILURE;
+        }
+        done += 1;
+        // Fixed rate; a round trip that overran an interval delays the next one instead
+        // of causing a burst.
+        next = (next + interval).max(Instant::now());
+    }
+    ExitCode::SUCCESS
+}
+
+enum Flow {
+    Tcp(TcpFlow),
+    Udp(UdpFlow),
+}
+
+/// One TCP connection, a line out and a line back per round trip.
+struct TcpFlow {
+    stream: TcpStream,
+    from: SocketAddr,
+    /// Bytes read but not yet consumed as a reply line.
+    pending: Vec<u8>,
+    /// Replies still due for round trips that timed out: discarded when they arrive, so
+    /// a late reply is never taken for the current one.
+    owed: usize,
+    /// Why the connection is unusable, once it is.
+    dead: Option<String>,
+}
+
+impl TcpFlow {
+    fn open(to: SocketAddr, timeout: Duration) -> Result<Self, ProbeLine> {
+        let stream =
+            TcpStream::connect_timeout(&to, timeout).map_err(|e| classify("connect", &e))?;
+        let _ = stream.set_nodelay(true);
+        let from = stream.peer_addr().unwrap_or(to);
+        Ok(TcpFlow {
+            stream,
+            from,
+            pending: Vec::new(),
+            owed: 1, // the greeting the server sends on accept
+            dead: None,
+        })
+    }
+
+    fn round_trip(&mut self, timeout: Duration) -> ProbeLine {
+        if let Some(why) = &self.dead {
+            return ProbeLine::failure(FailureKind::Other, format!("connection gone: {why}"));
+        }
+        let deadline = Instant::now() + timeout;
+        if let Err(e) = self.stream.write_all(HOLD_PAYLOAD) {
+            self.dead = Some(format!("write: {e}"));
+            return classify("write", &e);
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                if self.owed > 0 {
+                    self.owed -= 1;
+                    continue;
+                }
+                return parse_reply(&line, self.from);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                self.owed += 1;
+                return ProbeLine::failure(FailureKind::Timeout, "read: no reply in time");
+            }
+            if let Err(e) = self.stream.set_read_timeout(Some(remaining)) {
+                return classify("set_read_timeout", &e);
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.dead = Some("closed by the peer".into());
+                    return ProbeLine::failure(FailureKind::Other, "connection closed by the peer");
+                }
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.owed += 1;
+                    return classify("read", &e);
+                }
+                Err(e) => {
+                    self.dead = Some(format!("read: {e}"));
+                    return classify("read", &e);
+                }
+            }
+        }
+    }
+}
+
+/// One connected UDP socket, a datagram out and one back per round trip.
+struct UdpFlow {
+    socket: UdpSocket,
+    from: SocketAddr,
+}
+
+impl UdpFlow {
+    fn open(to: SocketAddr) -> Result<Self, ProbeLine> {
+        let bind: SocketAddr = if to.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(bind).map_err(|e| classify("bind", &e))?;
+        socket.connect(to).map_err(|e| classify("connect", &e))?;
+        let from = socket.peer_addr().unwrap_or(to);
+        Ok(UdpFlow { socket, from })
+    }
+
+    fn round_trip(&mut self, timeout: Duration) -> ProbeLine {
+        let mut buf = [0u8; 2048];
+        // Replies that came after their round trip timed out (and errors queued meanwhile)
+        // belong to no one now.
+        if self.socket.set_nonblocking(true).is_ok() {
+            // Bounded: each queued datagram or error is consumed by one call.
+            for _ in 0..64 {
+                match self.socket.recv(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    _ => {}
+                }
+            }
+            if let Err(e) = self.socket.set_nonblocking(false) {
+                return classify("set_nonblocking", &e);
+            }
+        }
+        if let Err(e) = self.socket.set_read_timeout(Some(timeout)) {
+            return classify("set_read_timeout", &e);
+        }
+        if let Err(e) = self.socket.send(HOLD_PAYLOAD) {
+            return classify("send", &e);
+        }
+        loop {
+            match self.socket.recv(&mut buf) {
+                Ok(n) => return parse_reply(&buf[..n], self.from),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return classify("recv", &e),
+            }
         }
     }
 }

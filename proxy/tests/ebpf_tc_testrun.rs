@@ -1,0 +1,740 @@
+//! The tc (north-south) programs, run with BPF_PROG_TEST_RUN on hand-made Ethernet frames.
+//!
+//! Nothing is attached anywhere: each test loads its own copy of the kernel object (own maps),
+//! fills the maps the way the controller would, runs `swy_tc_ingress` / `swy_tc_egress` on a
+//! crafted frame and checks the verdict, the rewritten frame (checksums recomputed here,
+//! independently of the kernel helpers), the skb mark and the conntrack entries.
+//! Needs root (or CAP_BPF + CAP_NET_ADMIN) and the object built by `cargo xtask build`.
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, MapData};
+use aya::programs::SchedClassifier;
+use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
+use switchyard_common::{
+    map_names, program_names, AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue,
+    ServiceKey, ServiceValue, SourceRangeKey, CT_FLAG_REPLY, MASQUERADE_MARK, PROTO_TCP, PROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
+    SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const TCP_PSH: u8 = 0x08;
+
+/// Offset of `mark` in `struct __sk_buff` (after `len` and `pkt_type`).
+const SKB_MARK_OFF: usize = 8;
+/// Larger than `struct __sk_buff` on any kernel; the kernel requires the tail to be zero.
+const SKB_CTX_LEN: usize = 256;
+
+// Addresses: node, frontends and pods from 198.18.0.0/15, clients from 203.0.113.0/24.
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const NODE_PORT: u16 = 30080;
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
+const OTHER_LB_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 2);
+const POD_A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+const POD_B: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 12);
+const POD_PORT: u16 = 8080;
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const FAR_CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
+const CLIENT_PORT: u16 = 40001;
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum L4 {
+    Tcp {
+        flags: u8,
+    },
+    /// `checksum: false` sends the UDP checksum as 0 ("none").
+    Udp {
+        checksum: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    l4: L4,
+}
+
+fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Flow {
+    Flow {
+        src,
+        dst,
+        l4: L4::Tcp { flags },
+    }
+}
+
+fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), checksum: bool) -> Flow {
+    Flow {
+        src,
+        dst,
+        l4: L4::Udp { checksum },
+    }
+}
+
+const PAYLOAD: &[u8] = b"switchyard test payload, odd length!!";
+const ETH: usize = 14;
+const L4_OFF: usize = ETH + 20;
+
+/// Ones-complement sum of 16-bit big-endian words (odd tail padded with zero), unfolded.
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Sum of the TCP/UDP pseudo header.
+fn pseudo_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: usize) -> u32 {
+    sum16(&src) + sum16(&dst) + u32::from(proto) + l4_len as u32
+}
+
+/// Builds Ethernet + IPv4 (no options, DF) + TCP/UDP + payload with correct checksums.
+fn frame(flow: Flow) -> Vec<u8> {
+    let (proto, l4_hdr_len) = match flow.l4 {
+        L4::Tcp { .. } => (PROTO_TCP, 20),
+        L4::Udp { .. } => (PROTO_UDP, 8),
+    };
+    let l4_len = l4_hdr_len + PAYLOAD.len();
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // destination MAC
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // source MAC
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF, offset 0
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&flow.src.0.octets());
+    ip[16..20].copy_from_slice(&flow.dst.0.octets());
+    let ip_csum = !fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&flow.src.1.to_be_bytes());
+    l4.extend_from_slice(&flow.dst.1.to_be_bytes());
+    match flow.l4 {
+        L4::Tcp { flags } => {
+            l4.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
+            let ack: u32 = if flags & TCP_ACK != 0 { 0x0a0b_0c0d } else { 0 };
+            l4.extend_from_slice(&ack.to_be_bytes());
+            l4.push(0x50); // data offset 5 words
+            l4.push(flags);
+            l4.extend_from_slice(&64240u16.to_be_bytes()); // window
+            l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+        }
+        L4::Udp { .. } => {
+            l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
+            l4.extend_from_slice(&[0, 0]); // checksum
+        }
+    }
+    l4.extend_from_slice(PAYLOAD);
+    let csum_off = if proto == PROTO_TCP { 16 } else { 6 };
+    let wants_csum = !matches!(flow.l4, L4::Udp { checksum: false });
+    if wants_csum {
+        let sum =
+            pseudo_sum(flow.src.0.octets(), flow.dst.0.octets(), proto, l4.len()) + sum16(&l4);
+        let mut csum = !fold(sum);
+        if proto == PROTO_UDP && csum == 0 {
+            csum = 0xffff;
+        }
+        l4[csum_off..csum_off + 2].copy_from_slice(&csum.to_be_bytes());
+    }
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// What a test reads back out of a frame.
+#[derive(Debug, PartialEq, Eq)]
+struct Parsed {
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    l4_csum: u16,
+}
+
+fn parse(f: &[u8]) -> Parsed {
+    let ip4 = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    let be16 = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    let csum_off = if f[ETH + 9] == PROTO_TCP { 16 } else { 6 };
+    Parsed {
+        src: (ip4(ETH + 12), be16(L4_OFF)),
+        dst: (ip4(ETH + 16), be16(L4_OFF + 2)),
+        l4_csum: be16(L4_OFF + csum_off),
+    }
+}
+
+/// Verifies both checksums of a frame from scratch: a correct header/segment sums to 0xffff.
+fn assert_checksums_valid(f: &[u8]) {
+    assert_eq!(fold(sum16(&f[ETH..L4_OFF])), 0xffff, "IPv4 header checksum");
+    let proto = f[ETH + 9];
+    let l4 = &f[L4_OFF..];
+    if proto == PROTO_UDP && parse(f).l4_csum == 0 {
+        return; // no checksum: nothing to verify
+    }
+    let src: [u8; 4] = f[ETH + 12..ETH + 16].try_into().unwrap();
+    let dst: [u8; 4] = f[ETH + 16..ETH + 20].try_into().unwrap();
+    let sum = pseudo_sum(src, dst, proto, l4.len()) + sum16(l4);
+    assert_eq!(fold(sum), 0xffff, "L4 checksum of proto {proto}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loaded object
+
+fn be(addr: Ipv4Addr) -> u32 {
+    u32::from(addr).to_be()
+}
+
+fn ct_key(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> CtKey {
+    CtKey {
+        src_addr: be(src.0),
+        dst_addr: be(dst.0),
+        src_port: src.1.to_be(),
+        dst_port: dst.1.to_be(),
+        proto,
+        pad: [0; 3],
+    }
+}
+
+struct Verdict {
+    ret: u32,
+    frame: Vec<u8>,
+    mark: u32,
+}
+
+struct Tc {
+    ebpf: Ebpf,
+}
+
+impl Tc {
+    fn load() -> Tc {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/bpf/bpfel-unknown-none/release/switchyard-ebpf");
+        let object = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read the eBPF object {}: {e}; run cargo xtask build",
+                path.display()
+            )
+        });
+        // Small maps: every test has its own copy and some maps are preallocated.
+        let mut loader = EbpfLoader::new();
+        for name in [
+            map_names::SERVICES,
+            map_names::BACKENDS,
+            map_names::SOCK_REVNAT,
+            map_names::AFFINITY,
+            map_names::CONNTRACK,
+            map_names::SOURCE_RANGES,
+        ] {
+            loader.map_max_entries(name, 1024);
+        }
+        let mut ebpf = loader
+            .load(&object)
+            .expect("load the eBPF object (needs root)");
+        for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("program {name} in the object"))
+                .try_into()
+                .expect("a SchedClassifier");
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier accepts {name}: {e:?}"));
+        }
+        Tc { ebpf }
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
+        HashMap::try_from(self.ebpf.map_mut(name).expect(name)).expect(name)
+    }
+
+    fn service(&mut self, addr: Ipv4Addr, port: u16, proto: u8, scope: u8, value: ServiceValue) {
+        let key = ServiceKey {
+            addr: be(addr),
+            port: port.to_be(),
+            proto,
+            scope,
+        };
+        self.hash(map_names::SERVICES)
+            .insert(key, value, 0)
+            .expect("insert service");
+    }
+
+    /// One external frontend with the given backends (all slots filled) and flags.
+    fn external(
+        &mut self,
+        frontend: (Ipv4Addr, u16),
+        proto: u8,
+        id: u32,
+        flags: u16,
+        pods: &[Ipv4Addr],
+    ) {
+        for (slot, pod) in pods.iter().enumerate() {
+            let key = BackendKey {
+                service_id: id,
+                slot: slot as u32,
+            };
+            let backend = Backend {
+                addr: be(*pod),
+                port: POD_PORT.to_be(),
+                pad: 0,
+            };
+            self.hash(map_names::BACKENDS)
+                .insert(key, backend, 0)
+                .expect("insert backend");
+        }
+        let value = ServiceValue {
+            id,
+            count: pods.len() as u16,
+            flags,
+            affinity_timeout: if flags & SERVICE_FLAG_AFFINITY != 0 {
+                10_800
+            } else {
+                0
+            },
+            pad: 0,
+        };
+        self.service(frontend.0, frontend.1, proto, SCOPE_EXTERNAL, value);
+    }
+
+    /// Allows `client/prefix` to reach `lb`: the key's prefix is 32 (LB IP) + the range's.
+    fn source_range(&mut self, lb: Ipv4Addr, client: Ipv4Addr, prefix: u32) {
+        let mut trie: LpmTrie<&mut MapData, SourceRangeKey, u8> =
+            LpmTrie::try_from(self.ebpf.map_mut(map_names::SOURCE_RANGES).unwrap()).unwrap();
+        let key = Key::new(
+            32 + prefix,
+            SourceRangeKey {
+                lb_addr: be(lb),
+                client_addr: be(client),
+            },
+        );
+        trie.insert(&key, 1, 0).expect("insert source range");
+    }
+
+    fn conntrack(&mut self, key: CtKey) -> Option<CtValue> {
+        self.hash::<CtKey, CtValue>(map_names::CONNTRACK)
+            .get(&key, 0)
+            .ok()
+    }
+
+    fn conntrack_len(&mut self) -> usize {
+        self.hash::<CtKey, CtValue>(map_names::CONNTRACK)
+            .keys()
+            .count()
+    }
+
+    fn run(&self, program: &str, input: &[u8], mark: u32) -> Verdict {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .expect("program")
+            .try_into()
+            .expect("a SchedClassifier");
+        let mut ctx_in = [0u8; SKB_CTX_LEN];
+        ctx_in[SKB_MARK_OFF..SKB_MARK_OFF + 4].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_CTX_LEN];
+        let mut out = vec![0u8; input.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        assert!(
+            result.ctx_size_out as usize > SKB_MARK_OFF + 4,
+            "skb context returned"
+        );
+        let mark = u32::from_ne_bytes(ctx_out[SKB_MARK_OFF..SKB_MARK_OFF + 4].try_into().unwrap());
+        Verdict {
+            ret: result.return_value,
+            frame: out,
+            mark,
+        }
+    }
+
+    fn ingress(&self, input: &[u8]) -> Verdict {
+        self.run(program_names::TC_INGRESS, input, 0)
+    }
+
+    fn egress(&self, input: &[u8]) -> Verdict {
+        self.run(program_names::TC_EGRESS, input, 0)
+    }
+}
+
+/// The frame is passed on, byte for byte.
+fn assert_untouched(v: &Verdict, input: &[u8]) {
+    assert_eq!(v.ret, TC_ACT_OK, "verdict");
+    assert_eq!(v.frame, input, "frame unchanged");
+}
+
+/// The frame is passed on with the destination rewritten and valid checksums.
+fn assert_dnat(v: &Verdict, input: &[u8], to: (Ipv4Addr, u16)) {
+    assert_eq!(v.ret, TC_ACT_OK, "verdict");
+    let before = parse(input);
+    let after = parse(&v.frame);
+    assert_eq!(after.dst, to, "destination rewritten");
+    assert_eq!(after.src, before.src, "source kept");
+    assert_eq!(v.frame.len(), input.len());
+    assert_eq!(v.frame[L4_OFF + 20..], input[L4_OFF + 20..], "payload kept");
+    assert_checksums_valid(&v.frame);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn tcp_syn_to_nodeport_is_translated_and_tracked_in_both_directions() {
+    let mut tc = Tc::load();
+    tc.external((NODE, NODE_PORT), PROTO_TCP, 7, 0, &[POD_A]);
+    let client = (CLIENT, CLIENT_PORT);
+
+    let syn = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
+    assert_checksums_valid(&syn);
+    let v = tc.ingress(&syn);
+    assert_dnat(&v, &syn, (POD_A, POD_PORT));
+    assert_eq!(v.mark, 0, "no masquerade requested");
+
+    let original = tc
+        .conntrack(ct_key(client, (NODE, NODE_PORT), PROTO_TCP))
+        .expect("original-direction entry");
+    assert_eq!(
+        (original.addr, original.port, original.flags),
+        (be(POD_A), POD_PORT.to_be(), 0)
+    );
+    assert_ne!(original.last_seen_ns, 0);
+    let reply = tc
+        .conntrack(ct_key((POD_A, POD_PORT), client, PROTO_TCP))
+        .expect("reply-direction entry");
+    assert_eq!(
+        (reply.addr, reply.port, reply.flags),
+        (be(NODE), NODE_PORT.to_be(), CT_FLAG_REPLY)
+    );
+    assert_eq!(tc.conntrack_len(), 2);
+
+    // The rest of the connection follows the entry (and refreshes it).
+    let data = frame(tcp(client, (NODE, NODE_PORT), TCP_ACK | TCP_PSH));
+    let v = tc.ingress(&data);
+    assert_dnat(&v, &data, (POD_A, POD_PORT));
+    let refreshed = tc
+        .conntrack(ct_key(client, (NODE, NODE_PORT), PROTO_TCP))
+        .unwrap();
+    assert!(refreshed.last_seen_ns >= original.last_seen_ns);
+    assert_eq!(tc.conntrack_len(), 2, "no new entries for a known flow");
+}
+
+#[test]
+fn egress_rewrites_the_reply_source_back_to_the_frontend() {
+    let mut tc = Tc::load();
+    tc.external((LB_IP, 443), PROTO_TCP, 3, 0, &[POD_B]);
+    let client = (CLIENT, CLIENT_PORT);
+    let v = tc.ingress(&frame(tcp(client, (LB_IP, 443), TCP_SYN)));
+    assert_eq!(parse(&v.frame).dst, (POD_B, POD_PORT));
+
+    let syn_ack = frame(tcp((POD_B, POD_PORT), client, TCP_SYN | TCP_ACK));
+    let v = tc.egress(&syn_ack);
+    assert_eq!(v.ret, TC_ACT_OK);
+    let after = parse(&v.frame);
+    assert_eq!(after.src, (LB_IP, 443), "source rewritten to the frontend");
+    assert_eq!(after.dst, client, "destination kept");
+    assert_checksums_valid(&v.frame);
+
+    // Traffic of other flows leaving the node is not touched: another client port, another
+    // backend port, and the original direction itself.
+    for other in [
+        frame(tcp((POD_B, POD_PORT), (CLIENT, CLIENT_PORT + 1), TCP_ACK)),
+        frame(tcp((POD_B, POD_PORT + 1), client, TCP_ACK)),
+        frame(udp((POD_B, POD_PORT), client, true)),
+        frame(tcp(client, (LB_IP, 443), TCP_ACK)),
+    ] {
+        assert_untouched(&tc.egress(&other), &other);
+    }
+}
+
+#[test]
+fn udp_is_translated_both_ways_with_valid_checksums() {
+    let mut tc = Tc::load();
+    tc.external((NODE, 30053), PROTO_UDP, 9, 0, &[POD_A]);
+    let client = (CLIENT, 5353);
+    let query = frame(udp(client, (NODE, 30053), true));
+    assert_checksums_valid(&query);
+    let v = tc.ingress(&query);
+    assert_dnat(&v, &query, (POD_A, POD_PORT));
+    assert_ne!(parse(&v.frame).l4_csum, 0);
+    assert!(tc
+        .conntrack(ct_key(client, (NODE, 30053), PROTO_UDP))
+        .is_some());
+
+    let answer = frame(udp((POD_A, POD_PORT), client, true));
+    let v = tc.egress(&answer);
+    assert_eq!(v.ret, TC_ACT_OK);
+    assert_eq!(parse(&v.frame).src, (NODE, 30053));
+    assert_checksums_valid(&v.frame);
+}
+
+#[test]
+fn udp_without_checksum_keeps_a_zero_checksum() {
+    let mut tc = Tc::load();
+    tc.external((NODE, 30053), PROTO_UDP, 9, 0, &[POD_A]);
+    let client = (CLIENT, 5353);
+    let query = frame(udp(client, (NODE, 30053), false));
+    assert_eq!(parse(&query).l4_csum, 0);
+    let v = tc.ingress(&query);
+    assert_dnat(&v, &query, (POD_A, POD_PORT));
+    assert_eq!(
+        parse(&v.frame).l4_csum,
+        0,
+        "UDP checksum stays 0 on ingress"
+    );
+
+    let answer = frame(udp((POD_A, POD_PORT), client, false));
+    let v = tc.egress(&answer);
+    assert_eq!(parse(&v.frame).src, (NODE, 30053));
+    assert_eq!(parse(&v.frame).l4_csum, 0, "UDP checksum stays 0 on egress");
+    assert_checksums_valid(&v.frame);
+}
+
+#[test]
+fn tcp_without_syn_and_without_flow_passes_untouched() {
+    let mut tc = Tc::load();
+    tc.external((NODE, NODE_PORT), PROTO_TCP, 7, 0, &[POD_A]);
+    let client = (CLIENT, CLIENT_PORT);
+    for flags in [
+        TCP_ACK,
+        TCP_ACK | TCP_PSH,
+        TCP_SYN | TCP_ACK,
+        0x04, /* RST */
+    ] {
+        let segment = frame(tcp(client, (NODE, NODE_PORT), flags));
+        assert_untouched(&tc.ingress(&segment), &segment);
+    }
+    assert_eq!(tc.conntrack_len(), 0, "no flow created");
+}
+
+#[test]
+fn traffic_that_is_not_an_external_frontend_passes_untouched() {
+    let mut tc = Tc::load();
+    tc.external((NODE, NODE_PORT), PROTO_TCP, 7, 0, &[POD_A]);
+    // A socket-scope entry (ClusterIP) is not an external frontend.
+    tc.service(
+        Ipv4Addr::new(198, 18, 128, 10),
+        80,
+        PROTO_TCP,
+        SCOPE_SOCKET,
+        ServiceValue {
+            id: 8,
+            count: 1,
+            ..ServiceValue::default()
+        },
+    );
+    let client = (CLIENT, CLIENT_PORT);
+    let mut cases = vec![
+        frame(tcp(client, (NODE, NODE_PORT + 1), TCP_SYN)), // other port
+        frame(udp(client, (NODE, NODE_PORT), true)),        // other protocol
+        frame(tcp(
+            client,
+            (Ipv4Addr::new(198, 18, 0, 11), NODE_PORT),
+            TCP_SYN,
+        )), // other address
+        frame(tcp(client, (Ipv4Addr::new(198, 18, 128, 10), 80), TCP_SYN)), // socket scope only
+    ];
+    // A fragment (MF set) of a matching flow.
+    let mut fragment = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
+    fragment[ETH + 6] = 0x20;
+    fragment[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+    let csum = !fold(sum16(&fragment[ETH..L4_OFF]));
+    fragment[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
+    cases.push(fragment);
+    // IP options (ihl 6): passed as is.
+    let mut options = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
+    options[ETH] = 0x46;
+    options.splice(ETH + 20..ETH + 20, [1, 1, 1, 0]);
+    cases.push(options);
+    // Not IPv4 at all (an ARP-sized frame with EtherType ARP).
+    let mut arp = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    cases.push(arp);
+    // Truncated TCP headers: without the flags, and with the flags but not the checksum.
+    for len in [10, 14] {
+        let mut short = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
+        short.truncate(L4_OFF + len);
+        cases.push(short);
+    }
+
+    for case in &cases {
+        assert_untouched(&tc.ingress(case), case);
+        assert_untouched(&tc.egress(case), case);
+    }
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
+fn source_ranges_allow_listed_clients_and_drop_the_rest() {
+    let mut tc = Tc::load();
+    tc.external(
+        (LB_IP, 443),
+        PROTO_TCP,
+        4,
+        SERVICE_FLAG_SOURCE_RANGES,
+        &[POD_A],
+    );
+    tc.source_range(LB_IP, Ipv4Addr::new(203, 0, 113, 0), 28); // .0 - .15
+                                                               // A range for another LoadBalancer IP must not open this one.
+    tc.source_range(OTHER_LB_IP, Ipv4Addr::new(203, 0, 113, 0), 24);
+
+    let allowed = frame(tcp((CLIENT, CLIENT_PORT), (LB_IP, 443), TCP_SYN));
+    assert_dnat(&tc.ingress(&allowed), &allowed, (POD_A, POD_PORT));
+
+    let denied = frame(tcp((FAR_CLIENT, CLIENT_PORT), (LB_IP, 443), TCP_SYN));
+    let v = tc.ingress(&denied);
+    assert_eq!(v.ret, TC_ACT_SHOT, "client outside the ranges is dropped");
+    assert!(tc
+        .conntrack(ct_key((FAR_CLIENT, CLIENT_PORT), (LB_IP, 443), PROTO_TCP))
+        .is_none());
+    assert_eq!(tc.conntrack_len(), 2, "only the allowed flow is tracked");
+
+    // Widening the range lets the client in.
+    tc.source_range(LB_IP, Ipv4Addr::new(203, 0, 113, 64), 26); // .64 - .127
+    assert_dnat(&tc.ingress(&denied), &denied, (POD_A, POD_PORT));
+}
+
+#[test]
+fn empty_services_pass_to_the_kernel_or_drop_with_drop_empty() {
+    let mut tc = Tc::load();
+    tc.external((NODE, 30001), PROTO_TCP, 1, 0, &[]);
+    tc.external((NODE, 30002), PROTO_TCP, 2, SERVICE_FLAG_DROP_EMPTY, &[]);
+    tc.external((NODE, 30003), PROTO_UDP, 3, SERVICE_FLAG_DROP_EMPTY, &[]);
+    let client = (CLIENT, CLIENT_PORT);
+
+    let refused = frame(tcp(client, (NODE, 30001), TCP_SYN));
+    assert_untouched(&tc.ingress(&refused), &refused);
+    let dropped = frame(tcp(client, (NODE, 30002), TCP_SYN));
+    assert_eq!(tc.ingress(&dropped).ret, TC_ACT_SHOT);
+    let dropped = frame(udp(client, (NODE, 30003), true));
+    assert_eq!(tc.ingress(&dropped).ret, TC_ACT_SHOT);
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
+fn a_missing_backend_slot_drops_the_first_packet() {
+    let mut tc = Tc::load();
+    // count 1, but slot 0 not written (the controller is in the middle of a rewrite).
+    tc.service(
+        NODE,
+        NODE_PORT,
+        PROTO_TCP,
+        SCOPE_EXTERNAL,
+        ServiceValue {
+            id: 5,
+            count: 1,
+            ..ServiceValue::default()
+        },
+    );
+    let syn = frame(tcp((CLIENT, CLIENT_PORT), (NODE, NODE_PORT), TCP_SYN));
+    assert_eq!(tc.ingress(&syn).ret, TC_ACT_SHOT);
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
+fn masquerade_flag_sets_the_masquerade_mark_on_every_packet_of_the_flow() {
+    let mut tc = Tc::load();
+    tc.external(
+        (NODE, NODE_PORT),
+        PROTO_TCP,
+        7,
+        SERVICE_FLAG_MASQUERADE,
+        &[POD_A],
+    );
+    tc.external((NODE, NODE_PORT + 1), PROTO_TCP, 8, 0, &[POD_B]);
+    let client = (CLIENT, CLIENT_PORT);
+
+    // Other mark bits are kept.
+    let syn = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
+    let v = tc.run(program_names::TC_INGRESS, &syn, 0x1);
+    assert_dnat(&v, &syn, (POD_A, POD_PORT));
+    assert_eq!(v.mark, 0x1 | MASQUERADE_MARK);
+    let entry = tc
+        .conntrack(ct_key(client, (NODE, NODE_PORT), PROTO_TCP))
+        .unwrap();
+    assert_eq!(
+        entry.flags & SERVICE_FLAG_MASQUERADE,
+        SERVICE_FLAG_MASQUERADE
+    );
+
+    let data = frame(tcp(client, (NODE, NODE_PORT), TCP_ACK));
+    assert_eq!(
+        tc.ingress(&data).mark,
+        MASQUERADE_MARK,
+        "existing flow marked"
+    );
+
+    // Without the flag (externalTrafficPolicy Local) the mark is left alone.
+    let local = frame(tcp(client, (NODE, NODE_PORT + 1), TCP_SYN));
+    let v = tc.run(program_names::TC_INGRESS, &local, 0x1);
+    assert_dnat(&v, &local, (POD_B, POD_PORT));
+    assert_eq!(v.mark, 0x1);
+}
+
+#[test]
+fn new_flows_are_spread_over_the_backends() {
+    let mut tc = Tc::load();
+    tc.external((NODE, 30053), PROTO_UDP, 9, 0, &[POD_A, POD_B]);
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 0..64 {
+        let f = frame(udp((CLIENT, 20_000 + port), (NODE, 30053), true));
+        let v = tc.ingress(&f);
+        let dst = parse(&v.frame).dst;
+        assert_dnat(&v, &f, dst);
+        seen.insert(dst.0);
+    }
+    assert_eq!(seen, [POD_A, POD_B].into(), "both backends chosen");
+}
+
+#[test]
+fn client_ip_affinity_sends_every_flow_of_a_client_to_one_backend() {
+    let mut tc = Tc::load();
+    tc.external(
+        (NODE, 30053),
+        PROTO_UDP,
+        9,
+        SERVICE_FLAG_AFFINITY,
+        &[POD_A, POD_B],
+    );
+    let first = tc.ingress(&frame(udp((CLIENT, 20_000), (NODE, 30053), true)));
+    let chosen = parse(&first.frame).dst;
+    for port in 1..32 {
+        let f = frame(udp((CLIENT, 20_000 + port), (NODE, 30053), true));
+        assert_dnat(&tc.ingress(&f), &f, chosen);
+    }
+    let key = AffinityKey {
+        netns_cookie: (1u64 << 63) | u64::from(be(CLIENT)),
+        service_id: 9,
+        pad: 0,
+    };
+    let remembered: AffinityValue = tc
+        .hash::<AffinityKey, AffinityValue>(map_names::AFFINITY)
+        .get(&key, 0)
+        .expect("affinity entry keyed by the client address");
+    assert_eq!(
+        (remembered.backend.addr, remembered.backend.port),
+        (be(chosen.0), chosen.1.to_be())
+    );
+}
