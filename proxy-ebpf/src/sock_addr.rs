@@ -9,6 +9,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext,
 };
+use aya_log_ebpf::debug;
 use switchyard_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, ServiceKey, ServiceValue, SockRevKey,
     SockRevValue, PROTO_TCP, PROTO_UDP, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY,
@@ -76,6 +77,12 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     };
     if service.count == 0 {
+        debug!(
+            ctx,
+            "socket: refused {:i}:{}, no usable endpoint",
+            u32::from_be(key.addr),
+            u16::from_be(key.port)
+        );
         return REJECT;
     }
     let Some((slot, backend)) = pick(ctx, &service) else {

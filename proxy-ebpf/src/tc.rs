@@ -25,6 +25,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 use switchyard_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
     SourceRangeKey, CT_FLAG_REPLY, MASQUERADE_MARK, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
@@ -209,7 +210,19 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
         }
         None => match new_flow(pkt, &service, key, now) {
             Ok(value) => value,
-            Err(verdict) => return verdict,
+            Err(verdict) => {
+                if verdict == DROP {
+                    debug!(
+                        ctx,
+                        "tc: dropped a new flow {:i}:{} -> {:i}:{} (source range or no local endpoint)",
+                        u32::from_be(pkt.saddr),
+                        u16::from_be(pkt.sport),
+                        u32::from_be(pkt.daddr),
+                        u16::from_be(pkt.dport)
+                    );
+                }
+                return verdict;
+            }
         },
     };
     if target.flags & SERVICE_FLAG_MASQUERADE != 0 {

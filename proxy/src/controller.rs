@@ -120,6 +120,14 @@ impl Controller {
         }
         for error in &report.errors {
             tracing::error!("dataplane: {error}");
+            if let Some(map) = error.full_map {
+                self.metrics
+                    .map_full_total
+                    .get_or_create(&crate::metrics::MapLabel {
+                        map: map.to_owned(),
+                    })
+                    .inc();
+            }
         }
         self.metrics
             .dataplane_errors_total

@@ -9,6 +9,8 @@ pub struct PortError {
     pub port: ServicePortKey,
     /// What went wrong, e.g. a full map.
     pub message: String,
+    /// The map that was full, when that was the cause.
+    pub full_map: Option<&'static str>,
 }
 
 /// What a sync did.

@@ -14,6 +14,13 @@ pub struct CodeLabel {
     pub code: u16,
 }
 
+/// Label naming an eBPF map.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    /// Map name.
+    pub map: String,
+}
+
 /// All metrics of one process.
 pub struct Metrics {
     /// The registry the /metrics endpoint encodes.
@@ -38,6 +45,8 @@ pub struct Metrics {
     pub service_ports: Gauge,
     /// Failed dataplane writes (iptables-restore runs, or whole syncs).
     pub restore_failures_total: Counter,
+    /// Service ports not programmed because an eBPF map was full, by map.
+    pub map_full_total: Family<MapLabel, Counter>,
     /// /healthz requests by code.
     pub healthz_total: Family<CodeLabel, Counter>,
     /// /livez requests by code.
@@ -66,6 +75,7 @@ impl Metrics {
             dataplane_errors_total: Counter::default(),
             service_ports: Gauge::default(),
             restore_failures_total: Counter::default(),
+            map_full_total: Family::default(),
             healthz_total: Family::default(),
             livez_total: Family::default(),
         };

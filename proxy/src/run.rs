@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use switchyard_common::{DEFAULT_BACKENDS_MAX, DEFAULT_SERVICES_MAX};
+use switchyard_common::DEFAULT_SOURCE_RANGES_MAX;
 
 use crate::config::settings::DEFAULT_CGROUP_ROOTS;
 use crate::config::{ProxyMode, Settings, Source};
@@ -86,8 +86,11 @@ fn start_dataplane(
                 cgroup_path,
                 bpffs_path: settings.bpffs_path.clone(),
                 devices,
-                services_max: DEFAULT_SERVICES_MAX,
-                backends_max: DEFAULT_BACKENDS_MAX,
+                services_max: settings.ebpf_map_sizes.services,
+                backends_max: settings.ebpf_map_sizes.backends,
+                conntrack_max: settings.ebpf_map_sizes.conntrack,
+                source_ranges_max: DEFAULT_SOURCE_RANGES_MAX,
+                kernel_logs: settings.verbosity >= 4,
             })?;
             Ok(Box::new(dataplane))
         }

@@ -48,13 +48,14 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
     let broken = "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\n\
                   spec: {clusterIP: 198.18.128.12, ports: [{name: http, port: 0}]}\n";
     manifests.write("broken.yaml", broken).expect("write");
+    // -v 4 forwards the programs' aya-log events.
     let proxy = start_switchyard(
         &testbed,
         testbed.node(1),
         BIN.as_ref(),
         "ebpf",
         &manifests,
-        &[],
+        &["--v=4"],
     )
     .expect("switchyard");
 
@@ -99,6 +100,15 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
             .all(|r| matches!(r, Err(RequestError::Refused))),
         "{empty:?}"
     );
+    wait_for("the kernel's log event", Duration::from_secs(5), || {
+        let log = proxy.stderr();
+        if log.contains("socket: refused 198.18.128.11:80, no usable endpoint") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .expect("aya-log events reach the log with -v 4");
 
     // The malformed service is skipped with one warning naming it and its field.
     let log = proxy.stderr();
@@ -151,4 +161,74 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
     let after = testbed.request(client, Proto::Tcp, web, 40, TIMEOUT);
     assert!(!backends(&after).contains("node2-pod2"), "{after:?}");
     assert!(after.iter().all(Result::is_ok), "{after:?}");
+}
+
+#[test]
+fn a_full_map_fails_only_the_service_that_does_not_fit() {
+    let (testbed, manifests) = setup();
+    let _echo: Vec<_> = testbed
+        .pods()
+        .iter()
+        .map(|pod| testbed.start_echo(pod, 8080, 0).expect("echo server"))
+        .collect();
+    let service = |name: &str, ip: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: full}}\n\
+             spec: {{clusterIP: {ip}, {extra}ports: [{{name: http, port: 80, targetPort: 8080{np}}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-1, namespace: full, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
+             endpoints: [{{addresses: [198.19.2.11], nodeName: node2}}]\n",
+            np = if extra.is_empty() { "" } else { ", nodePort: 30090" }
+        )
+    };
+    // a and b need one socket entry each; c's NodePort needs two per node address.
+    manifests
+        .write("a.yaml", &service("a", "198.18.128.40", ""))
+        .expect("write");
+    manifests
+        .write("b.yaml", &service("b", "198.18.128.41", ""))
+        .expect("write");
+    manifests
+        .write("c.yaml", &service("c", "198.18.128.42", "type: NodePort, "))
+        .expect("write");
+    for name in ["web.yaml", "empty.yaml"] {
+        manifests.remove(name).expect("remove example");
+    }
+    let proxy = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        &manifests,
+        &["--ebpf-services-map-size=3"],
+    )
+    .expect("switchyard");
+    let client = testbed.pod(1, 2);
+    wait_for(
+        "the services that fit to answer",
+        Duration::from_secs(20),
+        || {
+            let a = testbed.request(client, Proto::Tcp, addr("198.18.128.40:80"), 1, TIMEOUT);
+            let b = testbed.request(client, Proto::Tcp, addr("198.18.128.41:80"), 1, TIMEOUT);
+            if a.iter().chain(&b).all(Result::is_ok) {
+                Ok(())
+            } else {
+                Err((a, b, proxy.stderr()))
+            }
+        },
+    )
+    .expect("a and b programmed");
+    let log = proxy.stderr();
+    assert!(
+        log.contains("full/c:http/TCP: map SWY_SERVICES is full (3 entries); raise its size"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("full/a:http") && !log.contains("full/b:http"),
+        "{log}"
+    );
+    // Nothing of c half-programmed: its ClusterIP is not translated at all.
+    let c = testbed.request(client, Proto::Tcp, addr("198.18.128.42:80"), 1, TIMEOUT);
+    assert!(c.iter().all(Result::is_err), "{c:?}");
 }

@@ -81,6 +81,15 @@ pub struct Cli {
     /// Extension: iptables backend to write through (default: the one `iptables` points at).
     #[arg(long, value_enum)]
     pub iptables_backend: Option<crate::iptables::IptablesBackend>,
+    /// Extension: entries of the eBPF services map (frontends).
+    #[arg(long, default_value_t = switchyard_common::DEFAULT_SERVICES_MAX)]
+    pub ebpf_services_map_size: u32,
+    /// Extension: entries of the eBPF backends map (backend slots).
+    #[arg(long, default_value_t = switchyard_common::DEFAULT_BACKENDS_MAX)]
+    pub ebpf_backends_map_size: u32,
+    /// Extension: entries of the eBPF connection-tracking map (external flows, LRU).
+    #[arg(long, default_value_t = switchyard_common::DEFAULT_CONNTRACK_MAX)]
+    pub ebpf_conntrack_map_size: u32,
     /// Extension: the cluster's NodePort range (apiserver's --service-node-port-range), e.g. 30000-32767.
     #[arg(long)]
     pub service_node_port_range: Option<String>,

@@ -14,6 +14,27 @@ pub const DEFAULT_CGROUP_ROOTS: &[&str] = &["/sys/fs/cgroup/unified", "/sys/fs/c
 /// Default pin directory.
 pub const DEFAULT_BPFFS_PATH: &str = "/sys/fs/bpf/switchyard";
 
+/// Entries of the eBPF maps whose size depends on the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EbpfMapSizes {
+    /// Services map (one entry per frontend and path).
+    pub services: u32,
+    /// Backends map (one entry per backend slot).
+    pub backends: u32,
+    /// Packet-path conntrack map.
+    pub conntrack: u32,
+}
+
+fn nonzero(field: &'static str, value: u32) -> Result<u32, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::InvalidValue {
+            field,
+            message: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
+}
+
 /// Where Kubernetes objects come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -54,6 +75,8 @@ pub struct Settings {
     pub bpffs_path: PathBuf,
     /// Interfaces for packet programs (empty: detect).
     pub devices: Vec<String>,
+    /// eBPF map sizes.
+    pub ebpf_map_sizes: EbpfMapSizes,
     /// iptables backend override.
     pub iptables_backend: Option<crate::iptables::IptablesBackend>,
     /// Valid NodePort numbers.
@@ -187,6 +210,11 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS_PATH)),
             devices: cli.devices.clone(),
             iptables_backend: cli.iptables_backend,
+            ebpf_map_sizes: EbpfMapSizes {
+                services: nonzero("--ebpf-services-map-size", cli.ebpf_services_map_size)?,
+                backends: nonzero("--ebpf-backends-map-size", cli.ebpf_backends_map_size)?,
+                conntrack: nonzero("--ebpf-conntrack-map-size", cli.ebpf_conntrack_map_size)?,
+            },
             nodeport_range,
             cleanup: cli.cleanup,
             verbosity: cli.verbosity,

@@ -9,7 +9,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachT
 use aya::{Ebpf, EbpfLoader};
 use switchyard_common::{
     map_names, program_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
-    SourceRangeKey, CT_FLAG_REPLY, DEFAULT_SOURCE_RANGES_MAX,
+    SourceRangeKey, CT_FLAG_REPLY,
 };
 
 use super::object::embedded_object;
@@ -30,6 +30,12 @@ pub struct EbpfConfig {
     pub services_max: u32,
     /// Entries of the backends map.
     pub backends_max: u32,
+    /// Entries of the packet-path conntrack map.
+    pub conntrack_max: u32,
+    /// Entries of the source-ranges trie.
+    pub source_ranges_max: u32,
+    /// Forward the programs' aya-log events to our log (`-v 4` and up).
+    pub kernel_logs: bool,
 }
 
 /// The socket programs and their pin names under `<bpffs>/links/`.
@@ -143,12 +149,18 @@ impl EbpfDataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::SERVICES, config.services_max)
-            .map_max_entries(map_names::BACKENDS, config.backends_max);
+            .map_max_entries(map_names::BACKENDS, config.backends_max)
+            .map_max_entries(map_names::CONNTRACK, config.conntrack_max)
+            .map_max_entries(map_names::SOURCE_RANGES, config.source_ranges_max);
         let pins: Vec<PathBuf> = MAPS.iter().map(|m| maps_dir.join(m)).collect();
         for (name, pin) in MAPS.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
         }
         let mut ebpf = loader.load(object).map_err(EbpfError::Load)?;
+        if config.kernel_logs {
+            // Before the programs load: the logger owns the log ring buffer they write to.
+            forward_kernel_logs(&mut ebpf);
+        }
         let cgroup = File::open(&config.cgroup_path).map_err(|source| EbpfError::Cgroup {
             path: config.cgroup_path.clone(),
             source,
@@ -265,7 +277,7 @@ impl EbpfDataplane {
         self.planner.release(self.adopted.drain(..));
     }
 
-    fn write_port(&mut self, key: &ServicePortKey, state: &DesiredState) -> Result<(), String> {
+    fn write_port(&mut self, key: &ServicePortKey, state: &DesiredState) -> Result<(), OpError> {
         let before = self.planner.external_backends(key);
         let (ops, conflicts) = self.planner.plan_port(key, state.ports.get(key));
         let after = self.planner.external_backends(key);
@@ -274,11 +286,12 @@ impl EbpfDataplane {
             tracing::warn!("{conflict}");
         }
         let result = self.run_ops(&ops);
-        if let Err(message) = &result {
-            // Leave no half-written service behind: drop the port entirely; the next full sync retries.
+        if result.is_err() {
+            // Leave no half-written service behind: drop the port entirely; the next full
+            // sync retries it.
             let (cleanup, _) = self.planner.plan_port(key, None);
             let _ = self.run_ops(&cleanup);
-            return Err(message.clone());
+            return result;
         }
         if !gone.is_empty() {
             self.forget_flows_to(&gone);
@@ -311,35 +324,35 @@ impl EbpfDataplane {
         }
     }
 
-    fn run_ops(&mut self, ops: &[MapOp]) -> Result<(), String> {
+    fn run_ops(&mut self, ops: &[MapOp]) -> Result<(), OpError> {
         for op in ops {
             match op {
                 MapOp::PutBackend(k, v) => {
-                    let mut map = backends_map(&mut self.ebpf).map_err(|e| e.to_string())?;
+                    let mut map = backends_map(&mut self.ebpf)?;
                     map.insert(k, v, 0)
                         .map_err(|e| full_or(e, map_names::BACKENDS, self.config.backends_max))?;
                 }
                 MapOp::PutService(k, v) => {
-                    let mut map = services_map(&mut self.ebpf).map_err(|e| e.to_string())?;
+                    let mut map = services_map(&mut self.ebpf)?;
                     map.insert(k, v, 0)
                         .map_err(|e| full_or(e, map_names::SERVICES, self.config.services_max))?;
                 }
                 MapOp::DeleteService(k) => {
-                    let mut map = services_map(&mut self.ebpf).map_err(|e| e.to_string())?;
+                    let mut map = services_map(&mut self.ebpf)?;
                     ignore_missing(map.remove(k))?;
                 }
                 MapOp::PutSourceRange(k, prefix) => {
-                    let mut map = source_ranges_map(&mut self.ebpf).map_err(|e| e.to_string())?;
+                    let mut map = source_ranges_map(&mut self.ebpf)?;
                     map.insert(&LpmKey::new(*prefix, *k), 1, 0).map_err(|e| {
-                        full_or(e, map_names::SOURCE_RANGES, DEFAULT_SOURCE_RANGES_MAX)
+                        full_or(e, map_names::SOURCE_RANGES, self.config.source_ranges_max)
                     })?;
                 }
                 MapOp::DeleteSourceRange(k, prefix) => {
-                    let mut map = source_ranges_map(&mut self.ebpf).map_err(|e| e.to_string())?;
+                    let mut map = source_ranges_map(&mut self.ebpf)?;
                     ignore_missing(map.remove(&LpmKey::new(*prefix, *k)))?;
                 }
                 MapOp::DeleteBackend(k) => {
-                    let mut map = backends_map(&mut self.ebpf).map_err(|e| e.to_string())?;
+                    let mut map = backends_map(&mut self.ebpf)?;
                     ignore_missing(map.remove(k))?;
                 }
             }
@@ -356,9 +369,13 @@ impl EbpfDataplane {
         for key in keys {
             match self.write_port(key, state) {
                 Ok(()) => report.ports_written += 1,
-                Err(message) => report.errors.push(PortError {
+                Err(error) => report.errors.push(PortError {
                     port: key.clone(),
-                    message,
+                    full_map: match &error {
+                        OpError::Full { name, .. } => Some(name),
+                        OpError::Other(_) => None,
+                    },
+                    message: error.to_string(),
                 }),
             }
         }
@@ -410,6 +427,36 @@ fn prepare_bpffs(root: &std::path::Path, dirs: &[&std::path::Path]) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// Forwards the programs' aya-log records to the `log` facade (and so to our tracing
+/// output) from a task that lives as long as the runtime; failures only cost the logs.
+fn forward_kernel_logs(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel-side logs unavailable");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer's descriptor for its whole life, and the
+    // AsyncFd owns the logger, so the descriptor stays open and the same while registered.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel-side logs unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut ready) = fd.readable_mut().await {
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
 }
 
 /// The program `name`, as its concrete type.
@@ -491,19 +538,41 @@ fn backends_map(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, BackendKey, Bac
     HashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
-fn full_or(error: MapError, name: &str, max: u32) -> String {
-    if let MapError::SyscallError(e) = &error {
-        if e.io_error.raw_os_error() == Some(libc::E2BIG) {
-            return format!("map {name} is full ({max} entries); raise its size");
-        }
-    }
-    format!("map {name}: {error}")
+/// A failed map write.
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    /// The map has no room for another entry.
+    #[error("map {name} is full ({max} entries); raise its size")]
+    Full {
+        /// Map name.
+        name: &'static str,
+        /// Its size.
+        max: u32,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
 }
 
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), String> {
+impl From<EbpfError> for OpError {
+    fn from(e: EbpfError) -> Self {
+        OpError::Other(e.to_string())
+    }
+}
+
+fn full_or(error: MapError, name: &'static str, max: u32) -> OpError {
+    if let MapError::SyscallError(e) = &error {
+        if e.io_error.raw_os_error() == Some(libc::E2BIG) {
+            return OpError::Full { name, max };
+        }
+    }
+    OpError::Other(format!("map {name}: {error}"))
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), OpError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other.map_err(|e| e.to_string()),
+        other => other.map_err(|e| OpError::Other(e.to_string())),
     }
 }
