@@ -67,8 +67,10 @@ fn start_dataplane(
 ) -> anyhow::Result<Box<dyn Dataplane>> {
     match settings.mode {
         ProxyMode::Ebpf => {
-            // The other mode's leftovers would translate traffic twice.
-            remove_iptables_state();
+            // The other mode's leftovers would translate traffic twice. Our own masquerade
+            // chain stays: removing it even briefly would leave new external flows to remote
+            // backends un-masqueraded (their replies would bypass this node).
+            remove_iptables_state(&[crate::ebpf::masquerade::CHAIN]);
             let devices = if settings.devices.is_empty() {
                 crate::node_addresses::default_devices(node_ips)
                     .context("listing interfaces for --devices")?
@@ -150,15 +152,15 @@ fn default_cgroup_root() -> anyhow::Result<PathBuf> {
 /// `--cleanup`: removes what Switchyard left on the node, for both modes and both iptables
 /// backends, so switching modes never leaves the other mode's state behind.
 pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
-    remove_iptables_state();
+    remove_iptables_state(&[]);
     remove_ebpf_state(settings)
 }
 
-/// Removes our iptables chains and jumps from both backends (upstream leaves the other
-/// mode's rules behind on a mode change; we do not).
-fn remove_iptables_state() {
+/// Removes our iptables chains and jumps from both backends, except the chains in `keep`
+/// (upstream leaves the other mode's rules behind on a mode change; we do not).
+fn remove_iptables_state(keep: &[&str]) {
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-        match crate::iptables::cleanup::cleanup(backend) {
+        match crate::iptables::cleanup::cleanup(backend, keep) {
             Ok(0) => {}
             Ok(chains) => tracing::info!(%backend, chains, "removed iptables state"),
             Err(e) => tracing::warn!(%backend, error = %e, "iptables cleanup incomplete"),

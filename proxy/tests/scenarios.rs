@@ -27,6 +27,11 @@ fn scenarios_iptables() {
 }
 
 #[test]
+fn scenarios_iptables_legacy() {
+    runner::run_table(Mode::IptablesLegacy, table::all());
+}
+
+#[test]
 fn scenarios_ebpf() {
     runner::run_table(Mode::Ebpf, table::all());
 }

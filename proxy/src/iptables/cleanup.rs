@@ -18,19 +18,26 @@ const BUILTIN: &[(Table, &str)] = &[
     (Table::Filter, "OUTPUT"),
 ];
 
-/// Removes our state from `backend`. Returns how many chains were removed.
-pub fn cleanup(backend: IptablesBackend) -> Result<usize, ExecError> {
+/// Removes our state from `backend`, except the chains named in `keep` (and the jumps into
+/// them). Returns how many chains were removed.
+pub fn cleanup(backend: IptablesBackend, keep: &[&str]) -> Result<usize, ExecError> {
     // 1. Jumps from built-in chains into ours, found by their target.
     for (table, chain) in BUILTIN {
         let chain = ChainRef::new(*table, *chain);
         for rule in jumps_into_ours(backend, &chain)? {
-            exec::delete_rule(backend, &chain, &rule)?;
+            if !keep.iter().any(|k| rule.iter().any(|arg| arg == k)) {
+                exec::delete_rule(backend, &chain, &rule)?;
+            }
         }
     }
     // 2. Our chains, flushed then deleted in one transaction per table.
     let mut ours = BTreeSet::new();
     for table in TABLES {
-        ours.extend(exec::our_chains(backend, table)?);
+        ours.extend(
+            exec::our_chains(backend, table)?
+                .into_iter()
+                .filter(|c| !keep.contains(&c.chain.as_str())),
+        );
     }
     if !ours.is_empty() {
         exec::restore(backend, &restore::remove_chains(&ours))?;

@@ -609,7 +609,7 @@ mod tests {
                 let present = exec::our_chains(backend, Table::Nat)
                     .map(|c| c.len())
                     .unwrap_or(0);
-                let removed = super::super::cleanup::cleanup(backend).expect("cleanup");
+                let removed = super::super::cleanup::cleanup(backend, &[]).expect("cleanup");
                 assert!(removed >= present);
                 let left: usize = TABLES
                     .iter()

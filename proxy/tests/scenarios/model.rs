@@ -9,8 +9,10 @@ pub use switchyard_testbed::Proto;
 /// The dataplane a run uses (`--proxy-mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// kube-proxy-compatible iptables chains.
+    /// kube-proxy-compatible iptables chains, on the backend `iptables` points at (nft here).
     Iptables,
+    /// The same chains through iptables-legacy: same expectations as [`Mode::Iptables`].
+    IptablesLegacy,
     /// eBPF programs.
     Ebpf,
 }
@@ -19,15 +21,26 @@ impl Mode {
     /// The `--proxy-mode` value.
     pub fn flag(self) -> &'static str {
         match self {
-            Mode::Iptables => "iptables",
+            Mode::Iptables | Mode::IptablesLegacy => "iptables",
             Mode::Ebpf => "ebpf",
+        }
+    }
+
+    /// Further switchyard flags of the mode.
+    pub fn extra_flags(self) -> &'static [&'static str] {
+        match self {
+            Mode::IptablesLegacy => &["--iptables-backend=legacy"],
+            Mode::Iptables | Mode::Ebpf => &[],
         }
     }
 }
 
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.flag())
+        f.write_str(match self {
+            Mode::IptablesLegacy => "iptables-legacy",
+            other => other.flag(),
+        })
     }
 }
 
@@ -65,7 +78,7 @@ impl<T> ByMode<T> {
     /// The value for `mode`.
     pub fn get(&self, mode: Mode) -> &T {
         match mode {
-            Mode::Iptables => &self.iptables,
+            Mode::Iptables | Mode::IptablesLegacy => &self.iptables,
             Mode::Ebpf => &self.ebpf,
         }
     }
@@ -549,7 +562,7 @@ impl Scenario {
     /// Whether it runs in `mode` (`pending`: also the iptables-only ones in ebpf mode).
     pub fn runs_in(&self, mode: Mode, pending: bool) -> bool {
         match (mode, &self.ebpf) {
-            (Mode::Iptables, _) | (Mode::Ebpf, Ebpf::Enabled) => true,
+            (Mode::Iptables | Mode::IptablesLegacy, _) | (Mode::Ebpf, Ebpf::Enabled) => true,
             (Mode::Ebpf, Ebpf::IptablesOnly(_)) => pending,
         }
     }

@@ -258,6 +258,7 @@ impl Run<'_> {
             .try_node(n)
             .ok_or_else(|| format!("no node{n}"))?;
         let mut args = node_args(&self.testbed, node, self.mode.flag(), self.manifests.path());
+        args.extend(self.mode.extra_flags().iter().map(|f| f.to_string()));
         args.extend(self.scenario.flags.iter().map(|f| f.to_string()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         // The "synced" log line is the start condition; a RUST_LOG from the caller must not

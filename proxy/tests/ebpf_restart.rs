@@ -1,0 +1,529 @@
+//! ebpf mode across a controller crash: switchyard is SIGKILLed while clients keep opening
+//! connections to a ClusterIP (socket path) and a NodePort (tc path). The pinned programs and
+//! maps keep serving while no controller runs, a new process adopts them, established flows
+//! never notice, the new process controls the adopted maps, and `--cleanup` removes it all.
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use switchyard_testbed::hold::summarize;
+use switchyard_testbed::{
+    start_switchyard, wait_for, ChildGuard, HeldReply, Hold, Manifests, Place, Proto, Reply,
+    RequestError, Testbed, TopologySpec,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+/// Per-attempt timeout of a new connection: generous, a loaded machine is no failure.
+const ATTEMPT: Duration = Duration::from_secs(3);
+/// Round-trip interval of the held flows.
+const HOLD_INTERVAL: Duration = Duration::from_millis(200);
+/// Attempts per destination in one recorder batch.
+const BATCH: usize = 3;
+/// The recorder stops on its own after this long, whatever the test does.
+const RECORDER_MAX: Duration = Duration::from_secs(300);
+/// Waits for the proxy: start-up, syncs, edits.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(60);
+
+const CLUSTER_IP: &str = "198.18.128.30:80";
+const NODE_PORT: &str = "198.18.0.11:30080";
+
+const ALL_PODS: [&str; 4] = ["node1-pod1", "node1-pod2", "node2-pod1", "node2-pod2"];
+/// The endpoint the post-restart edit removes.
+const REMOVED: &str = "node2-pod2";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+fn nodes_yaml(testbed: &Testbed) -> String {
+    testbed
+        .nodes()
+        .iter()
+        .map(|n| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n\
+                 status: {{addresses: [{{type: InternalIP, address: {}}}]}}\n",
+                n.name, n.underlay_ip
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// A ClusterIP + NodePort service whose EndpointSlice lists the given pods.
+fn service_yaml(testbed: &Testbed, pods: &[&str]) -> String {
+    let endpoints: String = pods
+        .iter()
+        .map(|name| {
+            let pod = testbed.pod_by_name(name).expect("pod");
+            format!(
+                "  - addresses: [{}]\n    nodeName: node{}\n    \
+                 conditions: {{ready: true, serving: true, terminating: false}}\n",
+                pod.ip, pod.node
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: restart, namespace: restart}}
+spec:
+  type: NodePort
+  clusterIP: 198.18.128.30
+  selector: {{app: restart}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: restart-1
+  namespace: restart
+  labels: {{kubernetes.io/service-name: restart}}
+addressType: IPv4
+ports: [{{name: tcp, port: 8080, protocol: TCP}}]
+endpoints:
+{endpoints}"
+    )
+}
+
+/// One recorder round: a few new connections to each destination, and when they ran.
+#[derive(Debug)]
+struct Batch {
+    started: Instant,
+    ended: Instant,
+    results: Vec<(&'static str, Result<Reply, RequestError>)>,
+}
+
+/// When the controller went away and came back; `synced_*` are the same moment as
+/// `synced`, on each held flow's clock ([`Hold::elapsed`]).
+struct Times {
+    killed: Instant,
+    down_since: Instant,
+    restarted: Instant,
+    synced: Instant,
+    synced_cluster: Duration,
+    synced_nodeport: Duration,
+}
+
+/// The backends that answered, or the errors.
+fn backends(results: &[Result<Reply, RequestError>]) -> BTreeSet<String> {
+    results
+        .iter()
+        .map(|r| match r {
+            Ok(reply) => reply.backend.clone(),
+            Err(e) => format!("error: {e}"),
+        })
+        .collect()
+}
+
+/// Waits until `proxy` has logged every one of `needles` (each on some line), failing early
+/// if it exits.
+fn wait_for_log(proxy: &mut ChildGuard, what: &str, needles: &[&[&str]]) {
+    wait_for(what, PROXY_TIMEOUT, || {
+        let log = proxy.stderr();
+        let found = needles
+            .iter()
+            .all(|parts| log.lines().any(|l| parts.iter().all(|p| l.contains(p))));
+        if found {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = proxy.try_wait() {
+            panic!("switchyard exited ({status}) before {what}:\n{log}");
+        }
+        Err(log)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Every round trip of a held flow so far, checked: all answered, by one backend.
+fn check_held(name: &str, hold: &Hold) -> (String, Vec<HeldReply>) {
+    let timeline = hold.timeline();
+    let failed: Vec<&HeldReply> = timeline.iter().filter(|r| r.result.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "held {name} ({}) had failed round trips: {}\ntimeline: {}",
+        hold.describe(),
+        failed
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        summarize(&timeline)
+    );
+    let seen: BTreeSet<&str> = timeline
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .map(|r| r.backend.as_str())
+        .collect();
+    assert_eq!(
+        seen.len(),
+        1,
+        "held {name} changed backend: {}",
+        summarize(&timeline)
+    );
+    let backend = seen.into_iter().next().expect("one backend").to_owned();
+    (backend, timeline)
+}
+
+#[test]
+fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_removes_all() {
+    let testbed = Testbed::new(TopologySpec {
+        nodes: 2,
+        pods_per_node: 2,
+    })
+    .expect("testbed");
+    let _echo: Vec<_> = testbed
+        .pods()
+        .iter()
+        .map(|pod| testbed.start_echo(pod, 8080, 8080).expect("echo server"))
+        .collect();
+    let manifests = Manifests::new().expect("manifests");
+    manifests
+        .write("nodes.yaml", &nodes_yaml(&testbed))
+        .expect("write nodes");
+    manifests
+        .write("svc.yaml", &service_yaml(&testbed, &ALL_PODS))
+        .expect("write service");
+    let node1 = testbed.node(1);
+    let pins = testbed.bpffs_dir(node1);
+    let start = || {
+        start_switchyard(&testbed, node1, BIN.as_ref(), "ebpf", &manifests, &[])
+            .expect("switchyard")
+    };
+
+    let cluster_ip = addr(CLUSTER_IP);
+    let node_port = addr(NODE_PORT);
+    let pod11 = testbed.pod(1, 1);
+    let pod12 = testbed.pod(1, 2);
+
+    let mut proxy = start();
+    wait_for_log(&mut proxy, "the first sync", &[&["synced", "full=true"]]);
+    wait_for(
+        "the ClusterIP (from node1-pod1) and the NodePort (from the client) to answer",
+        PROXY_TIMEOUT,
+        || {
+            let c = testbed.request(pod11, Proto::Tcp, cluster_ip, 1, ATTEMPT);
+            let n = testbed.request(Place::Client, Proto::Tcp, node_port, 1, ATTEMPT);
+            if c.iter().chain(&n).all(Result::is_ok) {
+                Ok(())
+            } else {
+                Err((c, n, proxy.stderr()))
+            }
+        },
+    )
+    .expect("switchyard serves the service");
+    assert!(
+        pins.join("maps").is_dir() && pins.join("links").is_dir(),
+        "maps and links pinned under {}",
+        pins.display()
+    );
+
+    // 1. Established flows, one per datapath.
+    let held_cluster = testbed
+        .hold(pod11, Proto::Tcp, cluster_ip, HOLD_INTERVAL)
+        .expect("held ClusterIP flow");
+    let held_nodeport = testbed
+        .hold(Place::Client, Proto::Tcp, node_port, HOLD_INTERVAL)
+        .expect("held NodePort flow");
+
+    let stop = AtomicBool::new(false);
+    let batches: Mutex<Vec<Batch>> = Mutex::new(Vec::new());
+    let batches_done = || batches.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let batches_started_after = |t: Instant| {
+        batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|b| b.started >= t)
+            .count()
+    };
+
+    let (times, mut proxy) = std::thread::scope(|scope| {
+        // 2. New connections, batch after batch, until told to stop.
+        let recorder = scope.spawn(|| {
+            let began = Instant::now();
+            while !stop.load(Ordering::Relaxed) && began.elapsed() < RECORDER_MAX {
+                let started = Instant::now();
+                let mut results = Vec::with_capacity(2 * BATCH);
+                for r in testbed.request(pod12, Proto::Tcp, cluster_ip, BATCH, ATTEMPT) {
+                    results.push(("ClusterIP from node1-pod2", r));
+                }
+                for r in testbed.request(Place::Client, Proto::Tcp, node_port, BATCH, ATTEMPT) {
+                    results.push(("NodePort from the client", r));
+                }
+                batches
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Batch {
+                        started,
+                        ended: Instant::now(),
+                        results,
+                    });
+            }
+        });
+        let recorder_alive = || !recorder.is_finished();
+
+        wait_for(
+            "new connections to run before the kill",
+            PROXY_TIMEOUT,
+            || {
+                let n = batches_done();
+                (n >= 2 || !recorder_alive()).then_some(()).ok_or(n)
+            },
+        )
+        .expect("recorder running");
+
+        // 3. SIGKILL: no clean shutdown, the pins are all that is left.
+        let killed = Instant::now();
+        proxy.kill().expect("SIGKILL switchyard");
+        let status = proxy.wait().expect("reap switchyard");
+        assert!(!status.success(), "switchyard was killed: {status}");
+        let down_since = Instant::now();
+        wait_for(
+            "a batch of new connections while no controller runs",
+            PROXY_TIMEOUT,
+            || {
+                let n = batches_started_after(down_since);
+                (n >= 1 || !recorder_alive()).then_some(()).ok_or(n)
+            },
+        )
+        .expect("connections during the downtime");
+
+        let restarted = Instant::now();
+        let mut proxy = start();
+        wait_for_log(
+            &mut proxy,
+            "the new process to adopt the pinned maps and sync",
+            &[&["adopted pinned eBPF maps"], &["synced", "full=true"]],
+        );
+        let synced = Instant::now();
+        let synced_cluster = held_cluster.elapsed();
+        let synced_nodeport = held_nodeport.elapsed();
+
+        // 4. Both held flows answer after the new process took over, and new connections
+        // keep working.
+        for (name, hold, mark) in [
+            ("ClusterIP flow", &held_cluster, synced_cluster),
+            ("NodePort flow", &held_nodeport, synced_nodeport),
+        ] {
+            wait_for(
+                "a held round trip after the new process synced",
+                PROXY_TIMEOUT,
+                || {
+                    let timeline = hold.timeline();
+                    if timeline.iter().any(|r| r.at > mark) {
+                        Ok(())
+                    } else {
+                        Err(format!("{name}: {}", summarize(&timeline)))
+                    }
+                },
+            )
+            .expect("held flow answers after the restart");
+        }
+        wait_for(
+            "new connections after the new process synced",
+            PROXY_TIMEOUT,
+            || {
+                let n = batches_started_after(synced);
+                (n >= 3 || !recorder_alive()).then_some(()).ok_or(n)
+            },
+        )
+        .expect("connections after the restart");
+        stop.store(true, Ordering::Relaxed);
+        recorder.join().expect("recorder thread");
+        let times = Times {
+            killed,
+            down_since,
+            restarted,
+            synced,
+            synced_cluster,
+            synced_nodeport,
+        };
+        (times, proxy)
+    });
+    let Times {
+        killed,
+        down_since,
+        restarted,
+        synced,
+        synced_cluster,
+        synced_nodeport,
+    } = times;
+
+    let batches = batches.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Batch times relative to the new process's start, for failure reports.
+    let rel = |t: Instant| match t.checked_duration_since(restarted) {
+        Some(d) => format!("+{:.3}s", d.as_secs_f64()),
+        None => format!("-{:.3}s", (restarted - t).as_secs_f64()),
+    };
+    let failures: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let phase = if b.ended < killed {
+                "before the kill"
+            } else if b.started >= down_since && b.ended <= restarted {
+                "while no controller ran"
+            } else if b.started >= synced {
+                "after the new process synced"
+            } else if b.ended <= restarted {
+                "overlapping the kill"
+            } else {
+                "overlapping the new process's start-up"
+            };
+            let when = format!("batch {}..{}", rel(b.started), rel(b.ended));
+            b.results.iter().filter_map(move |(what, r)| {
+                r.as_ref()
+                    .err()
+                    .map(|e| format!("{what}, {phase} ({when}): {e}"))
+            })
+        })
+        .collect();
+    if !failures.is_empty() {
+        // Evidence for the report: the node's netfilter view of the client's flows (a
+        // NodePort connection to another node's pod that missed the masquerade shows up
+        // UNREPLIED, with no SNAT).
+        let conntrack = testbed
+            .run(
+                Place::Node(1),
+                "conntrack",
+                ["-L", "-p", "tcp", "-s", "203.0.113.10"],
+                PROXY_TIMEOUT,
+            )
+            .map(|f| f.stdout)
+            .unwrap_or_else(|e| format!("conntrack -L failed: {e}"));
+        let unreplied: Vec<&str> = conntrack
+            .lines()
+            .filter(|l| l.contains("UNREPLIED"))
+            .collect();
+        panic!(
+            "{} of {} new connections failed (times relative to the new process's start; it \
+             logged its first sync at {}):\n{}\nnode1 conntrack, unreplied client flows:\n{}\n\
+             new switchyard log:\n{}",
+            failures.len(),
+            batches.iter().map(|b| b.results.len()).sum::<usize>(),
+            rel(synced),
+            failures.join("\n"),
+            unreplied.join("\n"),
+            proxy.stderr()
+        );
+    }
+    let before = batches.iter().filter(|b| b.ended < killed).count();
+    let during = batches
+        .iter()
+        .filter(|b| b.started >= down_since && b.ended <= restarted)
+        .count();
+    let after = batches.iter().filter(|b| b.started >= synced).count();
+    assert!(
+        before >= 1 && during >= 1 && after >= 1,
+        "new connections before/during/after the downtime: {before}/{during}/{after} batches"
+    );
+
+    let (cluster_backend, cluster_timeline) = check_held("ClusterIP flow", &held_cluster);
+    let (nodeport_backend, nodeport_timeline) = check_held("NodePort flow", &held_nodeport);
+    for (name, timeline, mark) in [
+        ("ClusterIP flow", &cluster_timeline, synced_cluster),
+        ("NodePort flow", &nodeport_timeline, synced_nodeport),
+    ] {
+        assert!(
+            timeline.iter().any(|r| r.at > mark),
+            "held {name}: no round trip after the new process synced ({:.2?}): {}",
+            mark,
+            summarize(timeline)
+        );
+    }
+    let log = proxy.stderr();
+    assert!(
+        !log.contains("ERROR"),
+        "the new process logged errors:\n{log}"
+    );
+    drop(held_cluster.stop());
+    drop(held_nodeport.stop());
+    eprintln!(
+        "held flows stayed on {cluster_backend} (ClusterIP) and {nodeport_backend} (NodePort); \
+         {before}/{during}/{after} batches of new connections before/during/after the downtime"
+    );
+
+    // 5. The new process owns the adopted maps: an edit made after the restart takes effect.
+    let remaining: Vec<&str> = ALL_PODS.iter().copied().filter(|p| *p != REMOVED).collect();
+    manifests
+        .write("svc.yaml", &service_yaml(&testbed, &remaining))
+        .expect("edit service");
+    let expected: BTreeSet<String> = remaining.iter().map(|p| p.to_string()).collect();
+    wait_for(
+        "the removed endpoint to stop answering",
+        PROXY_TIMEOUT,
+        || {
+            let c = testbed.request(pod11, Proto::Tcp, cluster_ip, 12, ATTEMPT);
+            let n = testbed.request(Place::Client, Proto::Tcp, node_port, 12, ATTEMPT);
+            let (cs, ns) = (backends(&c), backends(&n));
+            if cs == expected && ns == expected {
+                Ok(())
+            } else {
+                Err((cs, ns))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.stderr()));
+    let c = testbed.request(pod11, Proto::Tcp, cluster_ip, 20, ATTEMPT);
+    let n = testbed.request(Place::Client, Proto::Tcp, node_port, 20, ATTEMPT);
+    assert!(
+        c.iter().chain(&n).all(Result::is_ok) && !backends(&c).contains(REMOVED),
+        "ClusterIP {c:?}\nNodePort {n:?}"
+    );
+    assert!(!backends(&n).contains(REMOVED), "NodePort {n:?}");
+
+    // 6. Stop it, then --cleanup with the same pin directory removes everything.
+    proxy.terminate().expect("SIGTERM switchyard");
+    proxy
+        .wait_timeout(PROXY_TIMEOUT)
+        .expect("wait")
+        .unwrap_or_else(|| panic!("switchyard did not exit on SIGTERM:\n{}", proxy.stderr()));
+    assert!(
+        pins.exists(),
+        "pins outlive the process: {}",
+        pins.display()
+    );
+    let bpffs_flag = format!("--bpffs-path={}", pins.display());
+    let cleanup = testbed
+        .run(
+            Place::Node(1),
+            BIN,
+            ["--cleanup", bpffs_flag.as_str()],
+            PROXY_TIMEOUT,
+        )
+        .expect("switchyard --cleanup");
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    assert!(
+        !pins.exists(),
+        "{} still exists after --cleanup",
+        pins.display()
+    );
+    wait_for(
+        "the service to stop being translated after --cleanup",
+        PROXY_TIMEOUT,
+        || {
+            let c = testbed.request(pod11, Proto::Tcp, cluster_ip, 3, ATTEMPT);
+            let n = testbed.request(Place::Client, Proto::Tcp, node_port, 3, ATTEMPT);
+            if c.iter().chain(&n).all(Result::is_err) {
+                Ok(())
+            } else {
+                Err((c, n))
+            }
+        },
+    )
+    .expect("nothing translated after --cleanup");
+    let c = testbed.request(pod11, Proto::Tcp, cluster_ip, 5, ATTEMPT);
+    let n = testbed.request(Place::Client, Proto::Tcp, node_port, 5, ATTEMPT);
+    assert!(
+        c.iter()
+            .all(|r| matches!(r, Err(RequestError::Refused | RequestError::Timeout))),
+        "ClusterIP after --cleanup: {c:?}"
+    );
+    assert!(
+        n.iter().all(Result::is_err),
+        "NodePort after --cleanup: {n:?}"
+    );
+}
