@@ -180,6 +180,8 @@ impl EbpfDataplane {
                 .map_err(|source| EbpfError::Program { name, source })?;
             pin_link(link, &links_dir.join(name))?;
         }
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         for (name, direction) in [
             (program_names::TC_INGRESS, TcAttachType::Ingress),
             (program_names::TC_EGRESS, TcAttachType::Egress),
@@ -189,16 +191,25 @@ impl EbpfDataplane {
                 .load()
                 .map_err(|source| EbpfError::Program { name, source })?;
             for device in &config.devices {
+                if !tcx {
+                    // Old kernels attach through a clsact qdisc, which may already exist.
+                    let _ = aya::programs::tc::qdisc_add_clsact(device);
+                }
                 let id = program
                     .attach(device, direction)
                     .map_err(|source| EbpfError::Device {
                         device: device.clone(),
                         source,
                     })?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|source| EbpfError::Program { name, source })?;
-                pin_link(link, &links_dir.join(format!("{name}_{device}")))?;
+                if tcx {
+                    let link = program
+                        .take_link(id)
+                        .map_err(|source| EbpfError::Program { name, source })?;
+                    pin_link(link, &links_dir.join(format!("{name}_{device}")))?;
+                }
+                // Without tcx the netlink filter cannot be pinned: it stays owned by this
+                // process and goes with it (README: north-south traffic survives a
+                // controller restart only on kernels >= 6.6).
             }
         }
         // Both maps must exist with the right types before the first sync.

@@ -483,6 +483,13 @@ fn nodeport_from_node() -> Scenario {
                     .answers(&THREE_8080)
                     .source(Source::Node),
             ),
+            // Localhost NodePorts, as upstream's iptables mode documents (route_localnet with
+            // masquerade of the 127/8 source); the socket path translates 127.0.0.1 too.
+            check(
+                tcp(N1, "127.0.0.1:30080")
+                    .answers(&THREE_8080)
+                    .source(Source::Node),
+            ),
             // From a pod to its own node's NodePort: iptables masquerades
             // external-policy-Cluster traffic; the socket path keeps the pod's address.
             check(
