@@ -228,7 +228,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_changes_inside_min_sync_period_is_one_sync() {
-        let mut settings = Settings::resolve(Cli::default(), || "node1".into()).unwrap();
+        let cli = <Cli as clap::Parser>::parse_from(["switchyard"]);
+        let mut settings = Settings::resolve(cli, || "node1".into()).unwrap();
         settings.min_sync_period = Duration::from_secs(1);
         settings.sync_period = Duration::from_secs(3600);
         let calls = Counting::default();

@@ -105,12 +105,16 @@ impl Planner {
         if let Some(port) = desired {
             for entry in entries(port) {
                 if let Some(owner) = self.owners.get(&entry.key) {
-                    conflicts.push(FrontendConflict {
+                    let conflict = FrontendConflict {
                         port: key.clone(),
                         addr: entry.ip,
                         port_number: u16::from_be(entry.key.port),
                         owner: owner.clone(),
-                    });
+                    };
+                    // One report per frontend, though both its paths collide.
+                    if !conflicts.contains(&conflict) {
+                        conflicts.push(conflict);
+                    }
                     continue;
                 }
                 if let std::collections::btree_map::Entry::Vacant(slot) = new.sets.entry(entry.set)
