@@ -14,6 +14,7 @@ use crate::model::{
     compute_desired_state, select_nodeport_addresses, DesiredState, NodeContext, StateDiff,
 };
 use crate::node_addresses::local_addresses;
+use crate::source::kube_api::ChangeTriggers;
 use crate::source::Snapshot;
 
 /// Delay before a failed sync is retried.
@@ -27,6 +28,7 @@ pub struct Controller {
     health: Arc<Health>,
     applied: DesiredState,
     reported: BTreeSet<String>,
+    triggers: Option<ChangeTriggers>,
 }
 
 impl Controller {
@@ -44,7 +46,14 @@ impl Controller {
             health,
             applied: DesiredState::default(),
             reported: BTreeSet::new(),
+            triggers: None,
         }
+    }
+
+    /// Observes network programming latency for the EndpointSlice changes in `triggers`.
+    pub fn with_triggers(mut self, triggers: ChangeTriggers) -> Self {
+        self.triggers = Some(triggers);
+        self
     }
 
     /// Runs until the source goes away. The first sync is a full one; a failed sync is
@@ -73,8 +82,25 @@ impl Controller {
             if let Some(previous) = last_sync {
                 tokio::time::sleep_until(previous + self.settings.min_sync_period).await;
             }
+            // Triggers first: every change they stand for is in the snapshot read after.
+            let triggers = self
+                .triggers
+                .as_ref()
+                .map(ChangeTriggers::drain)
+                .unwrap_or_default();
             let snapshot = source.borrow_and_update().clone();
             let ok = self.sync(&snapshot, full);
+            if ok {
+                let now = SystemTime::now();
+                for at in triggers {
+                    let latency = now.duration_since(at).unwrap_or_default();
+                    self.metrics
+                        .network_programming_duration
+                        .observe(latency.as_secs_f64());
+                }
+            } else if let Some(t) = &self.triggers {
+                t.restore(triggers);
+            }
             let now = tokio::time::Instant::now();
             last_sync = Some(now);
             if full {

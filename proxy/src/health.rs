@@ -13,6 +13,7 @@ pub struct Health {
 struct Times {
     last_updated: Option<SystemTime>,
     oldest_pending: Option<SystemTime>,
+    source_failing_since: Option<SystemTime>,
 }
 
 /// A point-in-time view for the /healthz body.
@@ -25,6 +26,9 @@ pub struct HealthView {
     pub last_updated: Option<f64>,
     /// Seconds since the epoch now.
     pub current_time: f64,
+    /// Seconds since the epoch since which the object source (API watch) has been failing;
+    /// the dataplane keeps its last state meanwhile.
+    pub source_failing_since: Option<f64>,
 }
 
 impl Health {
@@ -49,16 +53,31 @@ impl Health {
         t.oldest_pending = None;
     }
 
-    /// The current verdict.
+    /// The source failed (e.g. the API server is unreachable).
+    pub fn source_error(&self, now: SystemTime) {
+        self.lock().source_failing_since.get_or_insert(now);
+    }
+
+    /// The source delivered data again.
+    pub fn source_ok(&self, _now: SystemTime) {
+        self.lock().source_failing_since = None;
+    }
+
+    /// The current verdict: unhealthy when a change waits too long, when no sync ever
+    /// completed, or when the source has been failing for longer than the timeout (the
+    /// programmed state may be stale).
     pub fn view(&self, now: SystemTime) -> HealthView {
         let t = *self.lock();
-        let stale = t
-            .oldest_pending
-            .is_some_and(|p| now.duration_since(p).unwrap_or_default() > self.timeout);
+        let older = |since: Option<SystemTime>| {
+            since.is_some_and(|p| now.duration_since(p).unwrap_or_default() > self.timeout)
+        };
         HealthView {
-            healthy: t.last_updated.is_some() && !stale,
+            healthy: t.last_updated.is_some()
+                && !older(t.oldest_pending)
+                && !older(t.source_failing_since),
             last_updated: t.last_updated.map(epoch_seconds),
             current_time: epoch_seconds(now),
+            source_failing_since: t.source_failing_since.map(epoch_seconds),
         }
     }
 
@@ -97,5 +116,15 @@ mod tests {
         );
         h.updated(t0 + Duration::from_secs(63));
         assert!(h.view(t0 + Duration::from_secs(64)).healthy);
+        h.source_error(t0 + Duration::from_secs(70));
+        assert!(
+            h.view(t0 + Duration::from_secs(100)).healthy,
+            "short outage"
+        );
+        let stale = h.view(t0 + Duration::from_secs(140));
+        assert!(!stale.healthy, "source failing longer than the timeout");
+        assert_eq!(stale.source_failing_since, Some(1_070.0));
+        h.source_ok(t0 + Duration::from_secs(141));
+        assert!(h.view(t0 + Duration::from_secs(142)).healthy);
     }
 }

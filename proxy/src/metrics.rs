@@ -45,6 +45,8 @@ pub struct Metrics {
     pub service_ports: Gauge,
     /// Failed dataplane writes (iptables-restore runs, or whole syncs).
     pub restore_failures_total: Counter,
+    /// From an EndpointSlice's last-change-trigger-time to the change being in the dataplane.
+    pub network_programming_duration: Histogram,
     /// Service ports not programmed because an eBPF map was full, by map.
     pub map_full_total: Family<MapLabel, Counter>,
     /// /healthz requests by code.
@@ -76,6 +78,7 @@ impl Metrics {
             service_ports: Gauge::default(),
             restore_failures_total: Counter::default(),
             map_full_total: Family::default(),
+            network_programming_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             healthz_total: Family::default(),
             livez_total: Family::default(),
         };
@@ -117,6 +120,16 @@ impl Metrics {
             m.healthz_total.clone(),
         );
         kp.register("proxy_livez", "/livez requests", m.livez_total.clone());
+        kp.register(
+            "sync_proxy_rules_iptables_restore_failures",
+            "Failed dataplane writes",
+            m.restore_failures_total.clone(),
+        );
+        kp.register(
+            "network_programming_duration_seconds",
+            "In-cluster network programming latency",
+            m.network_programming_duration.clone(),
+        );
         let sy = registry.sub_registry_with_prefix("switchyard");
         sy.register(
             "input_warnings",
@@ -127,6 +140,11 @@ impl Metrics {
             "dataplane_errors",
             "Service ports the dataplane failed to program",
             m.dataplane_errors_total.clone(),
+        );
+        sy.register(
+            "ebpf_map_full",
+            "Service ports not programmed because an eBPF map was full",
+            m.map_full_total.clone(),
         );
         sy.register(
             "service_ports",
@@ -161,5 +179,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("switchyard_input_warnings"), "{text}");
+        m.map_full_total
+            .get_or_create(&super::MapLabel {
+                map: "SWY_SERVICES".into(),
+            })
+            .inc();
+        let text = m.encode();
+        for name in [
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+            "kubeproxy_network_programming_duration_seconds_count",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "switchyard_ebpf_map_full_total{map=\"SWY_SERVICES\"} 1",
+            "switchyard_service_ports",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use switchyard_common::DEFAULT_SOURCE_RANGES_MAX;
 
 use crate::config::settings::DEFAULT_CGROUP_ROOTS;
@@ -16,6 +16,7 @@ use crate::iptables::{IptablesBackend, IptablesDataplane, SystemIptables};
 use crate::metrics::Metrics;
 use crate::node_addresses::local_addresses;
 use crate::server::{health_router, metrics_router, serve, ServerState};
+use crate::source::kube_api::{self, ChangeTriggers};
 use crate::source::ManifestDir;
 
 /// Runs the proxy until SIGTERM or SIGINT.
@@ -23,11 +24,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for field in &settings.ignored_config_fields {
         tracing::info!(field, "config file field is not used by Switchyard");
     }
+    let health = Arc::new(Health::new(settings.sync_period * 2));
+    let triggers = ChangeTriggers::default();
     let source = match &settings.source {
         Source::Manifests(dir) => ManifestDir::new(dir.clone()).watch()?,
-        Source::Kubeconfig(_) | Source::InCluster => bail!(
-            "the Kubernetes API source is not available in this build yet; run with --manifests DIR"
-        ),
+        Source::Kubeconfig(path) => {
+            let client = kube_api::client(Some(path)).await?;
+            kube_api::watch_api(
+                client,
+                &settings.node_name,
+                health.clone(),
+                triggers.clone(),
+            )
+            .await?
+        }
+        Source::InCluster => {
+            let client = kube_api::client(None).await?;
+            kube_api::watch_api(
+                client,
+                &settings.node_name,
+                health.clone(),
+                triggers.clone(),
+            )
+            .await?
+        }
     };
     let node_ips = source
         .borrow()
@@ -38,7 +58,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .unwrap_or_default();
     let dataplane = start_dataplane(&settings, &node_ips)?;
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(settings.sync_period * 2));
     let state = ServerState {
         health: health.clone(),
         metrics: metrics.clone(),
@@ -51,7 +70,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         serve("--metrics-bind-address", addr, metrics_router(state)).await?;
     }
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
-    let controller = Controller::new(settings, dataplane, metrics, health);
+    let controller = Controller::new(settings, dataplane, metrics, health).with_triggers(triggers);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = controller.run(source) => tracing::warn!("source ended"),

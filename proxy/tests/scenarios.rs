@@ -1,15 +1,20 @@
 //! Switchyard's shared dataplane scenario table, run against the real binary in a two-node
-//! network-namespace testbed, once per dataplane mode.
+//! network-namespace testbed, once per dataplane mode and object source (a manifest
+//! directory, or the Kubernetes API through a fake API server per node).
 //!
 //! - `scenarios/model.rs`: what a scenario, step, check and expected outcome are;
 //! - `scenarios/table.rs`: the scenarios, as data (manifests + steps);
 //! - `scenarios/runner.rs`: builds a testbed per scenario, starts echo servers and
-//!   switchyard, runs the steps, and reports failures with the proxies' logs.
+//!   switchyard, runs the steps, and reports failures with the proxies' logs;
+//! - `scenarios/api.rs`: the API source: fake API servers fed the manifests' objects,
+//!   edits turned into applies and deletes.
 //!
 //! Every scenario runs in iptables mode; in ebpf mode those marked `iptables only` are
 //! skipped (listed on stderr). Knobs: `SWY_SCENARIOS=name,...` (substring filter),
 //! `SWY_SCENARIOS_JOBS=N`, `SWY_SCENARIOS_PENDING=1` (run the iptables-only ones in ebpf
 //! mode too). Needs root, like the other dataplane tests.
+#[path = "scenarios/api.rs"]
+mod api;
 #[path = "scenarios/model.rs"]
 mod model;
 #[path = "scenarios/runner.rs"]
@@ -19,25 +24,37 @@ mod table;
 
 use std::collections::BTreeSet;
 
-use model::{At, Check, FileEdit, Held, Mode, Outcome, Step, ECHO_PORTS, NODES};
+use model::{At, Check, FileEdit, Held, Mode, Outcome, Step, Via, ECHO_PORTS, NODES};
 
 #[test]
 fn scenarios_iptables() {
-    runner::run_table(Mode::Iptables, table::all());
+    runner::run_table(Mode::Iptables, Via::Manifests, table::all());
 }
 
 #[test]
 fn scenarios_iptables_legacy() {
-    runner::run_table(Mode::IptablesLegacy, table::all());
+    runner::run_table(Mode::IptablesLegacy, Via::Manifests, table::all());
 }
 
 #[test]
 fn scenarios_ebpf() {
-    runner::run_table(Mode::Ebpf, table::all());
+    runner::run_table(Mode::Ebpf, Via::Manifests, table::all());
 }
 
-/// The table itself is consistent (no root needed): unique names, parseable manifests,
-/// places and backends that exist, a positive first check to wait on, and held flows that
+/// The same table with switchyard watching the Kubernetes API (`--kubeconfig`) instead of
+/// a manifest directory.
+#[test]
+fn scenarios_iptables_api() {
+    runner::run_table(Mode::Iptables, Via::Api, table::all());
+}
+
+#[test]
+fn scenarios_ebpf_api() {
+    runner::run_table(Mode::Ebpf, Via::Api, table::all());
+}
+
+/// The table itself is consistent (no root needed): unique names, parseable manifests
+/// that the API source can feed too (kinds the API serves, or mirrored Endpoints), places and backends that exist, a positive first check to wait on, and held flows that
 /// are started once, before they are judged, and moved only after an edit.
 #[test]
 fn scenario_table_is_well_formed() {
@@ -85,6 +102,9 @@ fn scenario_table_is_well_formed() {
                     "{}",
                     ctx(format!("{file}: a document without apiVersion/kind"))
                 );
+            }
+            if let Err(e) = api::api_objects(yaml) {
+                panic!("{}", ctx(format!("{file}: not for the API source: {e}")));
             }
         }
         match s.steps.first() {

@@ -1,4 +1,5 @@
 //! Object sources: where Services, EndpointSlices, Endpoints and Nodes come from.
+pub mod kube_api;
 pub mod manifest_dir;
 pub mod manifest_parse;
 
@@ -32,4 +33,7 @@ pub enum SourceError {
     /// The file watcher could not be set up.
     #[error("cannot watch the manifest directory: {0}")]
     Watch(String),
+    /// No API client could be built.
+    #[error("Kubernetes API client: {0}")]
+    Client(String),
 }

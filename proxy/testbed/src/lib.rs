@@ -17,6 +17,7 @@
 pub mod cgroup;
 pub mod cleanup;
 pub mod error;
+pub mod fake_apiserver;
 pub mod hold;
 mod ip;
 pub mod netns;
@@ -32,7 +33,9 @@ pub use hold::{HeldReply, Hold, HoldSpec};
 pub use probe::{parse_request_output, probe_binary, RequestSpec, PROBE_ENV};
 pub use probe_protocol::{Proto, Reply, RequestError};
 pub use process::{ChildGuard, Finished, OutputMode, Place};
-pub use switchyard::{start_switchyard, switchyard_binary, wait_for, Manifests};
+pub use switchyard::{
+    start_switchyard, start_switchyard_from, switchyard_binary, wait_for, Manifests, ObjectSource,
+};
 pub use topology::{Cidr, Client, Node, Pod, Testbed, TopologySpec};
 
 /// Re-exported so callers can name signals for [`ChildGuard::signal`] without adding nix.

@@ -102,12 +102,35 @@ pub fn switchyard_binary() -> Result<PathBuf> {
         })
 }
 
+/// Where a switchyard under test reads its objects from.
+#[derive(Debug, Clone, Copy)]
+pub enum ObjectSource<'a> {
+    /// `--manifests DIR`.
+    Manifests(&'a Path),
+    /// `--kubeconfig FILE` (e.g. pointing at a [`crate::fake_apiserver::FakeApiServer`]).
+    Kubeconfig(&'a Path),
+}
+
+impl ObjectSource<'_> {
+    fn flag(&self) -> String {
+        match self {
+            ObjectSource::Manifests(dir) => format!("--manifests={}", dir.display()),
+            ObjectSource::Kubeconfig(file) => format!("--kubeconfig={}", file.display()),
+        }
+    }
+}
+
 /// Arguments that run switchyard as `node`'s proxy: its name, its cgroup, its own pin
-/// directory, the testbed's cluster CIDR, and the manifest source.
-pub fn node_args(testbed: &Testbed, node: &Node, mode: &str, manifests: &Path) -> Vec<String> {
+/// directory, the testbed's cluster CIDR, and the object source.
+pub fn node_args(
+    testbed: &Testbed,
+    node: &Node,
+    mode: &str,
+    source: ObjectSource<'_>,
+) -> Vec<String> {
     vec![
         format!("--proxy-mode={mode}"),
-        format!("--manifests={}", manifests.display()),
+        source.flag(),
         format!("--hostname-override={}", node.name),
         format!("--cgroup-path={}", node.cgroup.display()),
         format!("--bpffs-path={}", testbed.bpffs_dir(node).display()),
@@ -126,7 +149,26 @@ pub fn start_switchyard(
     manifests: &Manifests,
     extra: &[&str],
 ) -> Result<ChildGuard> {
-    let mut args = node_args(testbed, node, mode, manifests.path());
+    start_switchyard_from(
+        testbed,
+        node,
+        binary,
+        mode,
+        ObjectSource::Manifests(manifests.path()),
+        extra,
+    )
+}
+
+/// Like [`start_switchyard`], with any [`ObjectSource`].
+pub fn start_switchyard_from(
+    testbed: &Testbed,
+    node: &Node,
+    binary: &Path,
+    mode: &str,
+    source: ObjectSource<'_>,
+    extra: &[&str],
+) -> Result<ChildGuard> {
+    let mut args = node_args(testbed, node, mode, source);
     args.extend(extra.iter().map(|s| s.to_string()));
     testbed.spawn(node, binary, args)
 }

@@ -44,6 +44,26 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Where switchyard reads a scenario's objects from. Expectations do not depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `--manifests DIR`: the files are written to (and removed from) a directory.
+    Manifests,
+    /// `--kubeconfig FILE`: a fake API server per proxied node, fed the files' objects
+    /// (see `api.rs`).
+    Api,
+}
+
+impl Via {
+    /// How a run is named in messages: `iptables`, `ebpf/api`, ...
+    pub fn label(self, mode: Mode) -> String {
+        match self {
+            Via::Manifests => mode.to_string(),
+            Via::Api => format!("{mode}/api"),
+        }
+    }
+}
+
 /// Whether a scenario runs in ebpf mode yet. Every scenario always runs in iptables mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ebpf {
@@ -300,7 +320,7 @@ pub fn udp(from: At, to: &str) -> Check {
     Check::new(from, Proto::Udp, to)
 }
 
-/// A change to the manifest directory.
+/// A change to the manifest directory (through the API: the matching applies and deletes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileEdit {
     /// Write or replace a file (atomically).

@@ -1,8 +1,11 @@
 //! Runs scenarios against the real `switchyard` binary in a two-node testbed.
 //!
 //! One scenario = one testbed: nodes with pods that run echo servers on [`ECHO_PORTS`] (TCP
-//! and UDP, each answering `<pod>:<port>`), a manifest directory holding the scenario's files
-//! plus `nodes.yaml`, and switchyard on the chosen nodes. The runner waits until every proxy
+//! and UDP, each answering `<pod>:<port>`), the scenario's objects (its files plus
+//! `nodes.yaml`), and switchyard on the chosen nodes. The objects reach switchyard one of
+//! two ways ([`Via`]): as a manifest directory (`--manifests`; edits write and remove files),
+//! or through a fake API server in each proxied node's network namespace (`--kubeconfig`;
+//! edits become applies and deletes, see `api.rs`). The runner waits until every proxy
 //! logged its first sync and the first check passes, then runs the steps. Scenarios run in
 //! parallel, each on its own testbed. Held flows (`Step::Hold`) are `swy-probe hold`
 //! processes that run in the background until the scenario ends; `Step::Held` judges what
@@ -26,12 +29,13 @@ use std::time::{Duration, Instant};
 use switchyard_testbed::hold::summarize as summarize_flow;
 use switchyard_testbed::switchyard::node_args;
 use switchyard_testbed::{
-    wait_for, ChildGuard, HeldReply, Hold, Manifests, OutputMode, Place, Reply, RequestError,
-    RequestSpec, Testbed, TopologySpec,
+    wait_for, ChildGuard, HeldReply, Hold, Manifests, ObjectSource, OutputMode, Place, Reply,
+    RequestError, RequestSpec, Testbed, TopologySpec,
 };
 
+use super::api::ApiObjects;
 use super::model::{
-    At, Check, FileEdit, Flow, Held, Mode, Outcome, Scenario, Source, Step, ECHO_PORTS,
+    At, Check, FileEdit, Flow, Held, Mode, Outcome, Scenario, Source, Step, Via, ECHO_PORTS,
     HOLD_INTERVAL, HOLD_MAX_GAP, HOLD_SETTLE, NODES,
 };
 
@@ -50,8 +54,10 @@ const LOG_TAIL_LINES: usize = 120;
 /// One scenario's result: its name, how long it took, and the failure report if any.
 type ScenarioResult = (&'static str, Duration, Result<(), String>);
 
-/// Runs every scenario of `table` that runs in `mode` and panics with all failures.
-pub fn run_table(mode: Mode, table: Vec<Scenario>) {
+/// Runs every scenario of `table` that runs in `mode`, with objects fed `via` manifests or
+/// the API, and panics with all failures.
+pub fn run_table(mode: Mode, via: Via, table: Vec<Scenario>) {
+    let label = via.label(mode);
     let pending = std::env::var("SWY_SCENARIOS_PENDING").is_ok_and(|v| v == "1");
     let filter: Vec<String> = std::env::var("SWY_SCENARIOS")
         .map(|v| {
@@ -69,12 +75,12 @@ pub fn run_table(mode: Mode, table: Vec<Scenario>) {
         .partition(|s| s.runs_in(mode, pending));
     for s in &skipped {
         if let super::model::Ebpf::IptablesOnly(why) = &s.ebpf {
-            eprintln!("[{mode}] {}: skipped, iptables only (ebpf: {why})", s.name);
+            eprintln!("[{label}] {}: skipped, iptables only (ebpf: {why})", s.name);
         }
     }
     assert!(
         !to_run.is_empty() || !filter.is_empty(),
-        "no scenario runs in {mode} mode"
+        "no scenario runs in {label} mode"
     );
     let jobs = std::env::var("SWY_SCENARIOS_JOBS")
         .ok()
@@ -94,7 +100,7 @@ pub fn run_table(mode: Mode, table: Vec<Scenario>) {
                 };
                 let t = Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_scenario(scenario, mode)
+                    run_scenario(scenario, mode, via)
                 }))
                 .unwrap_or_else(|panic| {
                     let text = panic
@@ -103,14 +109,14 @@ pub fn run_table(mode: Mode, table: Vec<Scenario>) {
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "unknown panic".into());
                     Err(format!(
-                        "[{mode}] scenario {}: panicked: {text}",
+                        "[{label}] scenario {}: panicked: {text}",
                         scenario.name
                     ))
                 });
                 let elapsed = t.elapsed();
                 match &result {
-                    Ok(()) => eprintln!("[{mode}] {}: passed in {elapsed:.1?}", scenario.name),
-                    Err(_) => eprintln!("[{mode}] {}: FAILED after {elapsed:.1?}", scenario.name),
+                    Ok(()) => eprintln!("[{label}] {}: passed in {elapsed:.1?}", scenario.name),
+                    Err(_) => eprintln!("[{label}] {}: FAILED after {elapsed:.1?}", scenario.name),
                 }
                 results.lock().unwrap_or_else(|e| e.into_inner()).push((
                     scenario.name,
@@ -126,7 +132,7 @@ pub fn run_table(mode: Mode, table: Vec<Scenario>) {
         .filter_map(|(_, _, r)| r.as_ref().err())
         .collect();
     eprintln!(
-        "[{mode}] {} scenarios run, {} failed, {} skipped, in {:.1?}",
+        "[{label}] {} scenarios run, {} failed, {} skipped, in {:.1?}",
         results.len(),
         failures.len(),
         skipped.len(),
@@ -139,7 +145,7 @@ pub fn run_table(mode: Mode, table: Vec<Scenario>) {
             .map(|(n, _, _)| *n)
             .collect();
         panic!(
-            "{} of {} scenarios failed in {mode} mode: {}\n\n{}",
+            "{} of {} scenarios failed in {label} mode: {}\n\n{}",
             failures.len(),
             results.len(),
             names.join(", "),
@@ -152,13 +158,16 @@ pub fn run_table(mode: Mode, table: Vec<Scenario>) {
     }
 }
 
-/// A running scenario: its testbed, manifests, echo servers, proxies and held flows.
+/// A running scenario: its testbed, objects, echo servers, proxies and held flows.
 struct Run<'a> {
     scenario: &'a Scenario,
     mode: Mode,
+    /// `mode` plus the object source, for messages.
+    label: String,
     testbed: Testbed,
-    manifests: Manifests,
     proxies: Vec<(usize, ChildGuard)>,
+    /// Declared after the proxies, so they stop before their API servers do.
+    objects: Objects,
     _echo: Vec<ChildGuard>,
     /// Held flows by name, in the order they were started.
     flows: Vec<HeldFlow>,
@@ -178,9 +187,62 @@ struct HeldFlow {
     source: SocketAddr,
 }
 
+/// Where the scenario's objects live, and how edits reach switchyard.
+enum Objects {
+    /// A manifest directory (`--manifests`).
+    Files(Manifests),
+    /// A fake API server per proxied node (`--kubeconfig`).
+    Api(ApiObjects),
+}
+
+impl Objects {
+    /// An empty manifest directory, or started (still empty) API servers on `proxies`.
+    fn new(via: Via, testbed: &Testbed, proxies: &[usize]) -> Result<Self, String> {
+        match via {
+            Via::Manifests => Manifests::new()
+                .map(Objects::Files)
+                .map_err(|e| format!("manifest dir: {e}")),
+            Via::Api => {
+                let nodes = proxies
+                    .iter()
+                    .map(|&n| testbed.try_node(n).ok_or_else(|| format!("no node{n}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                ApiObjects::start(&nodes).map(Objects::Api)
+            }
+        }
+    }
+
+    /// Writes (or replaces) manifest file `name`.
+    fn write(&mut self, name: &str, yaml: &str) -> Result<(), String> {
+        match self {
+            Objects::Files(m) => m
+                .write(name, yaml)
+                .map_err(|e| format!("writing {name}: {e}")),
+            Objects::Api(api) => api.write(name, yaml),
+        }
+    }
+
+    /// Removes manifest file `name`.
+    fn remove(&mut self, name: &str) -> Result<(), String> {
+        match self {
+            Objects::Files(m) => m.remove(name).map_err(|e| format!("removing {name}: {e}")),
+            Objects::Api(api) => api.remove(name),
+        }
+    }
+
+    /// The source switchyard on node `n` reads.
+    fn source(&self, n: usize) -> Result<ObjectSource<'_>, String> {
+        match self {
+            Objects::Files(m) => Ok(ObjectSource::Manifests(m.path())),
+            Objects::Api(api) => api.kubeconfig(n).map(ObjectSource::Kubeconfig),
+        }
+    }
+}
+
 /// Runs one scenario; `Err` holds the whole failure report.
-pub fn run_scenario(scenario: &Scenario, mode: Mode) -> Result<(), String> {
-    let fail = |what: String| format!("[{mode}] scenario {}: {what}", scenario.name);
+pub fn run_scenario(scenario: &Scenario, mode: Mode, via: Via) -> Result<(), String> {
+    let label = via.label(mode);
+    let fail = |what: String| format!("[{label}] scenario {}: {what}", scenario.name);
     let mut testbed = Testbed::new(TopologySpec {
         nodes: NODES,
         pods_per_node: scenario.pods_per_node,
@@ -208,22 +270,21 @@ pub fn run_scenario(scenario: &Scenario, mode: Mode) -> Result<(), String> {
         .map_err(&fail)?;
     }
 
-    let manifests = Manifests::new().map_err(|e| fail(format!("manifest dir: {e}")))?;
-    manifests
+    let mut objects = Objects::new(via, &testbed, &scenario.proxies).map_err(&fail)?;
+    objects
         .write("nodes.yaml", &nodes_yaml(&testbed))
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(&fail)?;
     for (name, yaml) in &scenario.manifests {
-        manifests
-            .write(name, yaml)
-            .map_err(|e| fail(format!("writing {name}: {e}")))?;
+        objects.write(name, yaml).map_err(&fail)?;
     }
 
     let mut run = Run {
         scenario,
         mode,
+        label,
         testbed,
-        manifests,
         proxies: Vec::new(),
+        objects,
         _echo: echo,
         flows: Vec::new(),
         last_edit: None,
@@ -257,7 +318,12 @@ impl Run<'_> {
             .testbed
             .try_node(n)
             .ok_or_else(|| format!("no node{n}"))?;
-        let mut args = node_args(&self.testbed, node, self.mode.flag(), self.manifests.path());
+        let mut args = node_args(
+            &self.testbed,
+            node,
+            self.mode.flag(),
+            self.objects.source(n)?,
+        );
         args.extend(self.mode.extra_flags().iter().map(|f| f.to_string()));
         args.extend(self.scenario.flags.iter().map(|f| f.to_string()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
@@ -304,8 +370,8 @@ impl Run<'_> {
                 let synced = self.synced_counts();
                 for edit in edits {
                     match edit {
-                        FileEdit::Write(name, yaml) => self.manifests.write(name, yaml),
-                        FileEdit::Remove(name) => self.manifests.remove(name),
+                        FileEdit::Write(name, yaml) => self.objects.write(name, yaml),
+                        FileEdit::Remove(name) => self.objects.remove(name),
                     }
                     .map_err(|e| format!("applying the edit: {e}"))?;
                 }
@@ -376,7 +442,7 @@ impl Run<'_> {
             }
             Step::Hold(flow) => self.start_flow(flow),
             Step::Held { flow, expect } => {
-                let mode = self.mode;
+                let label = self.label.clone();
                 let last_edit = self.last_edit.as_ref().map(|(at, _)| *at);
                 if *expect == Held::Kept {
                     // The edit's `until` checks may only show one node's proxy; the flow
@@ -392,7 +458,7 @@ impl Run<'_> {
                     Held::Kept => f.kept(),
                     Held::Moved { backends, within } => {
                         let edit = last_edit.ok_or("no edit came before this step")?;
-                        f.moved(backends, edit + *within, mode)
+                        f.moved(backends, edit + *within, &label)
                     }
                 }
             }
@@ -606,7 +672,7 @@ impl Run<'_> {
     fn report(&self, what: &str, observed: &str) -> String {
         let mut out = format!(
             "[{}] scenario {}: {what} failed:\n  {observed}\n",
-            self.mode, self.scenario.name
+            self.label, self.scenario.name
         );
         for f in &self.flows {
             out.push_str(&format!(
@@ -626,6 +692,9 @@ impl Run<'_> {
                 lines.len(),
                 tail.join("\n")
             ));
+        }
+        if let Objects::Api(api) = &self.objects {
+            out.push_str(&format!("\n{}\n", api.describe()));
         }
         out
     }
@@ -783,13 +852,13 @@ impl HeldFlow {
 
     /// [`Held::Moved`]: the first answer from `backends` by `deadline`, only its old
     /// backend (or failures) before, and [`HOLD_SETTLE`] answers from the new one after.
-    fn moved(&mut self, backends: &[String], deadline: Instant, mode: Mode) -> Result<(), String> {
+    fn moved(&mut self, backends: &[String], deadline: Instant, label: &str) -> Result<(), String> {
         let is_new =
             |r: &HeldReply| matches!(&r.result, Ok(reply) if backends.contains(&reply.backend));
         let (name, flow) = (self.flow.name, self.hold.describe());
         let fail = |what: String, timeline: &[HeldReply]| {
             format!(
-                "[{mode}] held flow {name} ({flow}) did not move to one of {backends:?}: {what}; \
+                "[{label}] held flow {name} ({flow}) did not move to one of {backends:?}: {what}; \
                  observed {}",
                 summarize_flow(timeline)
             )

@@ -214,7 +214,10 @@ mod tests {
         let sel = |s: &str| Selector::parse(None, None, Some(s)).map(|sel| sel.matches(&o));
         assert_eq!(sel("metadata.name=node1"), Ok(true));
         assert_eq!(sel("metadata.name=node2"), Ok(false));
-        assert_eq!(sel("metadata.name!=node2,metadata.namespace=default"), Ok(true));
+        assert_eq!(
+            sel("metadata.name!=node2,metadata.namespace=default"),
+            Ok(true)
+        );
         assert!(sel("spec.unschedulable=true").is_err());
         let ns = Selector::parse(Some("kube-system"), None, None).map(|s| s.matches(&o));
         assert_eq!(ns, Ok(false));

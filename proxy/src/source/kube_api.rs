@@ -1,0 +1,251 @@
+//! The Kubernetes API source: kube-rs watchers and reflector stores for Services,
+//! EndpointSlices and this node's Node, turned into the same [`Snapshot`]s the manifest
+//! source produces.
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use tokio::sync::{mpsc, watch};
+
+use super::{Snapshot, SourceError};
+use crate::health::Health;
+use crate::model::ClusterObjects;
+
+/// Upstream's annotation on EndpointSlices: when the change that produced this version began.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+/// Services for another proxy, and headless ones, are not watched at all (as upstream).
+const SERVICE_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+/// Headless slices are not watched (as upstream).
+const SLICE_SELECTOR: &str = "!service.kubernetes.io/headless";
+/// Events arriving within this window become one snapshot.
+const BATCH: Duration = Duration::from_millis(50);
+
+/// Trigger times of EndpointSlice changes not yet in the dataplane, for
+/// `kubeproxy_network_programming_duration_seconds`.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeTriggers(Arc<Mutex<Vec<SystemTime>>>);
+
+impl ChangeTriggers {
+    fn record(&self, at: SystemTime) {
+        self.lock().push(at);
+    }
+
+    /// Takes every recorded trigger; call right before reading the snapshot to apply.
+    pub fn drain(&self) -> Vec<SystemTime> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Puts back triggers whose sync failed, to be observed when a later one succeeds.
+    pub fn restore(&self, triggers: Vec<SystemTime>) {
+        self.lock().extend(triggers);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SystemTime>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Which stream an event came from, and whether it kept the store complete.
+enum Signal {
+    Changed,
+    Failed(String),
+}
+
+/// Watches the API server. The first snapshot is published only once every initial list is
+/// complete, so the dataplane never programs a partial picture.
+pub async fn watch_api(
+    client: Client,
+    node_name: &str,
+    health: Arc<Health>,
+    triggers: ChangeTriggers,
+) -> Result<watch::Receiver<Snapshot>, SourceError> {
+    let (signal_tx, mut signal_rx) = mpsc::unbounded_channel();
+    let services = spawn_reflector(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().labels(SERVICE_SELECTOR),
+        signal_tx.clone(),
+        None,
+    );
+    let slices = spawn_reflector(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(SLICE_SELECTOR),
+        signal_tx.clone(),
+        Some(triggers),
+    );
+    let nodes = spawn_reflector(
+        Api::<Node>::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        signal_tx,
+        None,
+    );
+    tracing::info!("waiting for the initial lists of services, endpoint slices and nodes");
+    for ready in [
+        services.wait_until_ready().await,
+        slices.wait_until_ready().await,
+        nodes.wait_until_ready().await,
+    ] {
+        ready.map_err(|e| {
+            SourceError::Client(format!("API watch ended before its first list: {e}"))
+        })?;
+    }
+    let (tx, rx) = watch::channel(snapshot(&services, &slices, &nodes));
+    health.source_ok(SystemTime::now());
+    tokio::spawn(async move {
+        while let Some(first) = signal_rx.recv().await {
+            // Gather a burst into one snapshot.
+            let mut signals = vec![first];
+            while let Ok(Some(next)) = tokio::time::timeout(BATCH, signal_rx.recv()).await {
+                signals.push(next);
+            }
+            let mut changed = false;
+            for signal in signals {
+                match signal {
+                    Signal::Changed => changed = true,
+                    Signal::Failed(e) => {
+                        // The stores keep their last state and the dataplane stays as it is;
+                        // the watcher retries with backoff. /healthz reports the staleness.
+                        tracing::warn!(error = %e, "API watch failed; retrying");
+                        health.source_error(SystemTime::now());
+                    }
+                }
+            }
+            if changed {
+                health.source_ok(SystemTime::now());
+                if tx.send(snapshot(&services, &slices, &nodes)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Runs a watcher into a reflector store; every event or error becomes a signal.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    signals: mpsc::UnboundedSender<Signal>,
+    triggers: Option<ChangeTriggers>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K: serde::de::DeserializeOwned,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    tokio::spawn(async move {
+        let mut listed = false;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            let signal = match item {
+                // A (re)list in progress changes nothing visible: the store swaps in the new
+                // list at InitDone. Counting these as progress would hide a failing relist.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+                Ok(event) => {
+                    match &event {
+                        watcher::Event::InitDone => listed = true,
+                        watcher::Event::Apply(object) if listed => {
+                            // Only live changes count: the initial list's trigger times
+                            // describe changes programmed by someone before us.
+                            if let Some(at) = triggers.as_ref().zip(trigger_time(object)) {
+                                at.0.record(at.1);
+                            }
+                        }
+                        _ => {}
+                    }
+                    Signal::Changed
+                }
+                Err(e) => Signal::Failed(e.to_string()),
+            };
+            if signals.send(signal).is_err() {
+                return;
+            }
+        }
+    });
+    reader
+}
+
+/// The trigger-time annotation of an object, if present and valid RFC 3339.
+fn trigger_time<K: Resource>(object: &K) -> Option<SystemTime> {
+    let text = object
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)?;
+    let parsed = humantime::parse_rfc3339_weak(text.trim()).ok()?;
+    Some(parsed)
+}
+
+fn snapshot(
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    nodes: &Store<Node>,
+) -> Snapshot {
+    let mut objects = ClusterObjects::default();
+    for service in services.state() {
+        objects.insert_service((*service).clone());
+    }
+    for slice in slices.state() {
+        objects.insert_slice((*slice).clone());
+    }
+    for node in nodes.state() {
+        objects.insert_node((*node).clone());
+    }
+    Snapshot {
+        objects: Arc::new(objects),
+        warnings: Vec::new(),
+    }
+}
+
+/// A client from a kubeconfig file, or from the pod's service account when `None`.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, SourceError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                SourceError::Client(format!("--kubeconfig {}: {e}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| SourceError::Client(format!("--kubeconfig {}: {e}", path.display())))?
+        }
+        None => {
+            tracing::warn!(
+                "in-cluster config reaches the API through the `kubernetes` Service that this proxy \
+                 programs; prefer a kubeconfig with the API server's own address (deploy/config.yaml)"
+            );
+            kube::Config::incluster()
+                .map_err(|e| SourceError::Client(format!("in-cluster config: {e}")))?
+        }
+    };
+    Client::try_from(config).map_err(|e| SourceError::Client(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_time_is_read_from_the_annotation() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "s", "namespace": "n",
+                "annotations": {TRIGGER_TIME_ANNOTATION: "2026-11-21T10:00:00Z"}},
+            "addressType": "IPv4", "endpoints": []
+        }))
+        .unwrap();
+        let at = trigger_time(&slice).expect("parsed");
+        assert_eq!(
+            at,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
+        );
+        let mut no = slice.clone();
+        no.metadata.annotations = None;
+        assert_eq!(trigger_time(&no), None);
+    }
+}
