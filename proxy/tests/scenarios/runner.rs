@@ -262,10 +262,10 @@ pub fn run_scenario(scenario: &Scenario, mode: Mode, via: Via) -> Result<(), Str
         }
     }
     for (cidr, node) in &scenario.client_routes {
-        let via = testbed.node(*node).underlay_ip.to_string();
+        let gateway = testbed.node(*node).underlay_ip.to_string();
         ip(
             &testbed.client().netns,
-            &["route", "add", cidr, "via", &via, "dev", "eth0"],
+            &["route", "add", cidr, "via", &gateway, "dev", "eth0"],
         )
         .map_err(&fail)?;
     }
