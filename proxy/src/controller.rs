@@ -132,7 +132,7 @@ impl Controller {
             return true;
         }
         let report = if full {
-            self.dataplane.full_sync(&computed.state)
+            self.dataplane.full_sync(&computed.state, &diff)
         } else {
             self.dataplane.apply(&computed.state, &diff)
         };
@@ -227,7 +227,7 @@ mod tests {
             self.0.lock().unwrap().push((false, state.ports.len()));
             SyncReport::default()
         }
-        fn full_sync(&mut self, state: &DesiredState) -> SyncReport {
+        fn full_sync(&mut self, state: &DesiredState, _diff: &StateDiff) -> SyncReport {
             self.0.lock().unwrap().push((true, state.ports.len()));
             SyncReport {
                 full: true,

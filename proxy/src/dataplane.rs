@@ -34,6 +34,7 @@ pub struct SyncReport {
 pub trait Dataplane: Send {
     /// Applies the ports named in `diff`, reading their new state from `state`.
     fn apply(&mut self, state: &DesiredState, diff: &StateDiff) -> SyncReport;
-    /// Rewrites everything from `state`, repairing anything changed behind our back.
-    fn full_sync(&mut self, state: &DesiredState) -> SyncReport;
+    /// The periodic resync: repairs anything changed behind our back (each dataplane decides
+    /// how much to rewrite) and, either way, applies `diff`, the changes since the last sync.
+    fn full_sync(&mut self, state: &DesiredState, diff: &StateDiff) -> SyncReport;
 }

@@ -116,7 +116,15 @@ fn start_dataplane(
             Ok(Box::new(dataplane))
         }
         ProxyMode::Iptables => {
+            // ebpf mode's leftovers: its pinned programs would translate traffic before
+            // these rules see it, and its masquerade chain is ours, so a full sync would
+            // try to delete it while POSTROUTING still jumps there.
             remove_ebpf_state(settings)?;
+            for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+                if let Err(e) = crate::ebpf::masquerade::uninstall(backend) {
+                    tracing::warn!(%backend, error = %e, "cannot remove ebpf mode's masquerade rule");
+                }
+            }
             Ok(Box::new(start_iptables(settings)?))
         }
     }
@@ -187,12 +195,23 @@ fn remove_iptables_state(keep: &[&str]) {
     }
 }
 
-/// Unpins our links (detaching the programs) and maps.
+/// Unpins our links (detaching the programs) and maps. Only our own entries go: the
+/// directory may be shared with other tools' pins.
 fn remove_ebpf_state(settings: &Settings) -> anyhow::Result<()> {
-    if settings.bpffs_path.exists() {
-        std::fs::remove_dir_all(&settings.bpffs_path)
-            .with_context(|| format!("removing {}", settings.bpffs_path.display()))?;
-        tracing::info!(path = %settings.bpffs_path.display(), "removed pinned eBPF state");
+    let root = &settings.bpffs_path;
+    let mut removed = 0;
+    for dir in [root.join("links"), root.join("maps")] {
+        if dir.is_dir() {
+            removed += std::fs::read_dir(&dir)
+                .with_context(|| format!("listing {}", dir.display()))?
+                .count();
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    // The directory itself only if nothing else lives there.
+    let _ = std::fs::remove_dir(root);
+    if removed > 0 {
+        tracing::info!(path = %root.display(), pins = removed, "removed pinned eBPF state");
     }
     Ok(())
 }

@@ -407,7 +407,7 @@ impl Dataplane for EbpfDataplane {
         self.write_ports(state, keys.iter())
     }
 
-    fn full_sync(&mut self, state: &DesiredState) -> SyncReport {
+    fn full_sync(&mut self, state: &DesiredState, _diff: &StateDiff) -> SyncReport {
         let mut keys: Vec<ServicePortKey> = self
             .planner
             .programmed_ports()

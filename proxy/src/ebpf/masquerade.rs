@@ -48,6 +48,21 @@ pub fn install(
     Ok(())
 }
 
+/// Removes the chain and its jump (iptables mode start-up, `--cleanup`); absent is fine.
+pub fn uninstall(backend: IptablesBackend) -> Result<(), ExecError> {
+    let postrouting = ChainRef::new(Table::Nat, "POSTROUTING");
+    let jump = vec!["-j".to_owned(), CHAIN.to_owned()];
+    while exec::rule_exists(backend, &postrouting, &jump) {
+        exec::delete_rule(backend, &postrouting, &jump)?;
+    }
+    let chain = ChainRef::new(Table::Nat, CHAIN);
+    if exec::chain_exists(backend, &chain) {
+        let chains = std::collections::BTreeSet::from([chain]);
+        exec::restore(backend, &crate::iptables::restore::remove_chains(&chains))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -232,8 +232,8 @@ mod tests {
 
     #[test]
     fn endpoint_string_brackets_ipv6() {
-        let v6: IpAddr = "fd00::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        assert_eq!(endpoint_string(v6, 80), "[fd00::1]:80");
+        let v6: IpAddr = "2001:db8::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(endpoint_string(v6, 80), "[2001:db8::1]:80");
         assert_eq!(endpoint_string([198, 18, 0, 1].into(), 80), "198.18.0.1:80");
     }
 }

@@ -320,7 +320,7 @@ impl Dataplane for IptablesDataplane {
         self.partial(state, diff)
     }
 
-    fn full_sync(&mut self, state: &DesiredState) -> SyncReport {
+    fn full_sync(&mut self, state: &DesiredState, diff: &StateDiff) -> SyncReport {
         let canary = ChainRef::new(Table::Mangle, CANARY);
         let flushed = !self.system.chain_exists(&canary);
         let hourly = self
@@ -332,7 +332,12 @@ impl Dataplane for IptablesDataplane {
         if self.needs_full || flushed || hourly {
             return self.full(state);
         }
-        SyncReport::default()
+        // Nothing to repair; the changes that arrived with this resync still go in.
+        if diff.is_empty() {
+            SyncReport::default()
+        } else {
+            self.partial(state, diff)
+        }
     }
 }
 
@@ -435,7 +440,7 @@ mod tests {
         let mut dp = dataplane(Strategy::Single, &fake);
         let mut objects = objects(1000);
         let before = state(&objects);
-        let report = dp.full_sync(&before);
+        let report = dp.full_sync(&before, &StateDiff::default());
         assert!(report.full && report.failure.is_none(), "{report:?}");
         let full = dp.take_recorded();
         assert_eq!(full.len(), 1);
@@ -504,7 +509,7 @@ mod tests {
         let mut dp = dataplane(Strategy::Single, &fake);
         let objects = objects(3);
         let s = state(&objects);
-        dp.full_sync(&s);
+        dp.full_sync(&s, &StateDiff::default());
         dp.take_recorded();
         let mut objects2 = objects.clone();
         objects2
@@ -526,16 +531,23 @@ mod tests {
         let fake = Fake::default();
         let mut dp = dataplane(Strategy::Single, &fake);
         let s = state(&objects(2));
-        assert!(dp.full_sync(&s).full);
+        assert!(dp.full_sync(&s, &StateDiff::default()).full);
         dp.take_recorded();
         assert!(
-            !dp.full_sync(&s).full,
+            !dp.full_sync(&s, &StateDiff::default()).full,
             "canary present, full sync within the hour is skipped"
         );
         assert!(dp.take_recorded().is_empty());
         *fake.canary.lock().unwrap() = false;
-        assert!(dp.full_sync(&s).full, "canary gone");
+        assert!(dp.full_sync(&s, &StateDiff::default()).full, "canary gone");
         assert_eq!(dp.take_recorded().len(), 1);
+        // A resync that needs no repair still applies the changes that came with it.
+        let s3 = state(&objects(3));
+        let report = dp.full_sync(&s3, &StateDiff::between(&s, &s3));
+        assert!(!report.full && report.ports_written == 1, "{report:?}");
+        let inputs = dp.take_recorded();
+        assert_eq!(inputs.len(), 1);
+        assert!(inputs[0].contains("198.18.128.3/32"), "{}", inputs[0]);
     }
 
     #[test]
@@ -548,7 +560,7 @@ mod tests {
         ] {
             let fake = Fake::default();
             let mut dp = dataplane(backend.strategy(), &fake);
-            let report = dp.full_sync(&s);
+            let report = dp.full_sync(&s, &StateDiff::default());
             assert!(report.failure.is_none());
             let inputs = dp.take_recorded();
             assert_eq!(inputs.len(), expected_inputs, "{backend}");
@@ -599,7 +611,7 @@ mod tests {
                     backend.strategy(),
                     RuleConfig::default(),
                 );
-                let full = dp.full_sync(&big);
+                let full = dp.full_sync(&big, &StateDiff::default());
                 assert!(full.failure.is_none(), "{backend}: {full:?}");
                 let partial = dp.apply(&smaller, &StateDiff::between(&big, &smaller));
                 assert!(

@@ -338,7 +338,7 @@ fn masq_off_cluster_chain_returns_for_every_cluster_cidr() {
         cluster_cidrs: vec![
             net("198.19.0.0/16"),
             net("198.18.64.0/18"),
-            net("fd00::/48"),
+            net("2001:db8::/48"),
         ],
         ..cfg()
     };
@@ -741,10 +741,10 @@ fn local_set_falls_back_to_local_terminating_independently() {
 #[test]
 fn ipv6_data_is_ignored_and_families_decide_alone() {
     let mut p = lb(vec![
-        ep("fd00::5", 8080),
+        ep("2001:db8::5", 8080),
         terminating(ep("198.19.1.5", 8080)),
     ]);
-    p.cluster_ips.push(ip("fd00:18::10"));
+    p.cluster_ips.push(ip("2001:db8:18::10"));
     p.external_ips.push(ip("2001:db8::5"));
     p.load_balancer_ips.push(ip("2001:db8::10"));
     refresh_frontends(&mut p);
@@ -755,15 +755,13 @@ fn ipv6_data_is_ignored_and_families_decide_alone() {
         .flatten()
         .chain(r.shared.iter().map(|(_, x)| x))
         .collect();
-    assert!(all
-        .iter()
-        .all(|x| !x.contains("fd00") && !x.contains("2001:")));
+    assert!(all.iter().all(|x| !x.contains("2001:")));
     // The IPv6 endpoint is ready, but the IPv4 family only has a terminating one, which it
     // uses (upstream runs one proxier per family).
     assert!(has_own(&r, &sep(&p, "198.19.1.5", 8080)));
 
     let mut v6_only = p.clone();
-    v6_only.cluster_ips = vec![ip("fd00:18::10")];
+    v6_only.cluster_ips = vec![ip("2001:db8:18::10")];
     assert_eq!(port_rules(&v6_only, &cfg()), PortRules::default());
 }
 
@@ -847,7 +845,7 @@ fn nodeport_jumps_by_configuration() {
             )],
         ),
         (
-            vec!["198.18.0.0/24", "198.18.16.0/20", "fd00::/64"],
+            vec!["198.18.0.0/24", "198.18.16.0/20", "2001:db8::/64"],
             false,
             vec![
                 format!("{NP_NOTE} -d 198.18.0.0/24 -m addrtype --dst-type LOCAL -j SWY-NODEPORTS"),
@@ -873,7 +871,7 @@ fn nodeport_jumps_by_configuration() {
             )],
         ),
         // Only IPv6 CIDRs: no IPv4 NodePorts at all.
-        (vec!["fd00::/64"], false, vec![]),
+        (vec!["2001:db8::/64"], false, vec![]),
     ];
     for (cidrs, localhost, expected_np) in cases {
         let c = RuleConfig {
@@ -1116,7 +1114,7 @@ fn generated_rules_load_into_a_real_kernel_with_both_backends() {
                     backend.strategy(),
                     c,
                 );
-                Ok(dp.full_sync(&state))
+                Ok(dp.full_sync(&state, &crate::model::StateDiff::default()))
             })
             .expect("run in namespace");
             assert!(

@@ -169,7 +169,7 @@ fn address_types_and_families() {
     let v6 = slice(
         "web-v6",
         "web",
-        json!({"addressType": "IPv6", "endpoints": [ready("fd00::1", "n")]}),
+        json!({"addressType": "IPv6", "endpoints": [ready("2001:db8::1", "n")]}),
     );
     let fqdn = slice(
         "web-fqdn",
@@ -178,7 +178,7 @@ fn address_types_and_families() {
     );
     let dual_svc = service(
         "web",
-        json!({"spec": {"clusterIPs": ["198.18.128.10", "fd00:96::10"]}}),
+        json!({"spec": {"clusterIPs": ["198.18.128.10", "2001:db8:96::10"]}}),
     );
     // (case, node, service, expected endpoints, warning fields). Slices of an unserved
     // family are silent; only the service's unserved cluster IP is reported.
@@ -194,14 +194,14 @@ fn address_types_and_families() {
             "IPv6 node uses IPv6 slices only",
             node_v6(),
             dual_svc.clone(),
-            vec!["[fd00::1]:8080"],
+            vec!["[2001:db8::1]:8080"],
             vec!["spec.clusterIPs[0]"],
         ),
         (
             "dual-stack node and service use both",
             node_dual(),
             dual_svc,
-            vec!["198.18.0.1:8080", "[fd00::1]:8080"],
+            vec!["198.18.0.1:8080", "[2001:db8::1]:8080"],
             vec![],
         ),
         (
@@ -470,7 +470,7 @@ fn legacy_endpoints() {
         ),
         (
             "IPv6 address on an IPv4 node dropped with a warning",
-            json!([{"addresses": [{"ip": "fd00::1"}, {"ip": "198.18.0.1"}], "ports": [{"name": "http", "port": 8080}]}]),
+            json!([{"addresses": [{"ip": "2001:db8::1"}, {"ip": "198.18.0.1"}], "ports": [{"name": "http", "port": 8080}]}]),
             vec![("198.18.0.1:8080", true, true)],
             vec!["subsets[0].addresses[0].ip"],
         ),

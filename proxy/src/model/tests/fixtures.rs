@@ -99,22 +99,22 @@ pub fn node_v4() -> NodeContext {
     }
 }
 
-/// IPv6-only node `node-a` with NodePort address fd00::10.
+/// IPv6-only node `node-a` with NodePort address 2001:db8::10.
 pub fn node_v6() -> NodeContext {
     NodeContext {
-        nodeport_addresses: vec!["fd00::10".parse().expect("literal")],
+        nodeport_addresses: vec!["2001:db8::10".parse().expect("literal")],
         ipv4: false,
         ipv6: true,
         ..node_v4()
     }
 }
 
-/// Dual-stack node `node-a` with NodePort addresses 198.18.1.10 and fd00::10.
+/// Dual-stack node `node-a` with NodePort addresses 198.18.1.10 and 2001:db8::10.
 pub fn node_dual() -> NodeContext {
     NodeContext {
         nodeport_addresses: vec![
             "198.18.1.10".parse().expect("literal"),
-            "fd00::10".parse().expect("literal"),
+            "2001:db8::10".parse().expect("literal"),
         ],
         ipv6: true,
         ..node_v4()

@@ -99,8 +99,8 @@ fn invalid_services_are_skipped_with_one_warning() {
         ),
         (
             "unparsable second clusterIPs entry",
-            json!({"spec": {"clusterIPs": ["198.18.128.10", "fd00::zz"]}}),
-            "Service default/bad: spec.clusterIPs[1]: \"fd00::zz\" is not a valid IP address",
+            json!({"spec": {"clusterIPs": ["198.18.128.10", "2001:db8::zz"]}}),
+            "Service default/bad: spec.clusterIPs[1]: \"2001:db8::zz\" is not a valid IP address",
         ),
         (
             "two cluster IPs of one family",
@@ -174,7 +174,7 @@ fn invalid_services_are_skipped_with_one_warning() {
         (
             "several problems: only the first is reported, soft ones dropped",
             json!({"spec": {
-                "clusterIPs": ["198.18.128.10", "fd00::10"],
+                "clusterIPs": ["198.18.128.10", "2001:db8::10"],
                 "ports": [{"port": 3868, "protocol": "SCTP"}, {"port": 0}, {"port": 80, "protocol": "XTP"}]
             }}),
             "Service default/bad: spec.ports[1].port: 0 is not a valid port number (1-65535)",
@@ -214,8 +214,8 @@ fn invalid_slices_are_skipped_with_one_warning() {
         ),
         (
             "address of the wrong family for the slice",
-            json!({"endpoints": [ready("198.18.1.2", "n"), ready("fd00::2", "n")]}),
-            "EndpointSlice default/good-bad: endpoints[1].addresses[0]: fd00::2 is IPv6 but the slice's addressType is IPv4",
+            json!({"endpoints": [ready("198.18.1.2", "n"), ready("2001:db8::2", "n")]}),
+            "EndpointSlice default/good-bad: endpoints[1].addresses[0]: 2001:db8::2 is IPv6 but the slice's addressType is IPv4",
         ),
         (
             "slice port 0",

@@ -13,7 +13,7 @@ fn nodeport_address_selection() {
         "198.18.1.10",
         "198.18.0.5",
         "127.0.0.1",
-        "fd00::10",
+        "2001:db8::10",
         "fe80::1",
         "198.18.0.5",
     ]);
@@ -26,16 +26,16 @@ fn nodeport_address_selection() {
                 "127.0.0.1",
                 "198.18.0.5",
                 "198.18.1.10",
-                "fd00::10",
+                "2001:db8::10",
                 "fe80::1",
             ],
         ),
         ("one IPv4 CIDR", vec!["198.18.1.0/24"], vec!["198.18.1.10"]),
-        ("IPv6 CIDR", vec!["fd00::/8"], vec!["fd00::10"]),
+        ("IPv6 CIDR", vec!["2001:db8::/32"], vec!["2001:db8::10"]),
         (
             "several CIDRs",
-            vec!["198.18.0.0/24", "127.0.0.0/8", "fd00::/8"],
-            vec!["127.0.0.1", "198.18.0.5", "fd00::10"],
+            vec!["198.18.0.0/24", "127.0.0.0/8", "2001:db8::/32"],
+            vec!["127.0.0.1", "198.18.0.5", "2001:db8::10"],
         ),
         ("single address", vec!["198.18.0.5/32"], vec!["198.18.0.5"]),
         ("nothing matches", vec!["203.0.113.0/24"], vec![]),
@@ -58,7 +58,7 @@ fn node_context_defaults() {
     assert!(n.ipv4 && !n.ipv6);
     assert_eq!(n.nodeport_range, 30000..=32767);
     assert!(n.serves(&ip("198.18.0.1")));
-    assert!(!n.serves(&ip("fd00::1")));
+    assert!(!n.serves(&ip("2001:db8::1")));
 }
 
 #[test]

@@ -120,22 +120,22 @@ fn cluster_ips_per_served_family() {
         (
             "dual-stack service on dual-stack node",
             node_dual(),
-            json!({"clusterIPs": ["198.18.128.10", "fd00:96::10"]}),
-            vec!["198.18.128.10", "fd00:96::10"],
+            json!({"clusterIPs": ["198.18.128.10", "2001:db8:96::10"]}),
+            vec!["198.18.128.10", "2001:db8:96::10"],
             vec![],
         ),
         (
             "IPv6 address on an IPv4-only node is dropped with a warning",
             node_v4(),
-            json!({"clusterIPs": ["198.18.128.10", "fd00:96::10"]}),
+            json!({"clusterIPs": ["198.18.128.10", "2001:db8:96::10"]}),
             vec!["198.18.128.10"],
             vec!["spec.clusterIPs[1]"],
         ),
         (
             "IPv4 address on an IPv6-only node is dropped with a warning",
             node_v6(),
-            json!({"clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10", "198.18.128.10"]}),
-            vec!["fd00:96::10"],
+            json!({"clusterIP": "2001:db8:96::10", "clusterIPs": ["2001:db8:96::10", "198.18.128.10"]}),
+            vec!["2001:db8:96::10"],
             vec!["spec.clusterIPs[1]"],
         ),
         (
@@ -173,14 +173,14 @@ fn service_with_no_served_cluster_ip_is_skipped_with_one_warning() {
     let c = World::new()
         .svc(service(
             "v6only",
-            json!({"spec": {"clusterIP": "fd00:96::10", "clusterIPs": ["fd00:96::10"]}}),
+            json!({"spec": {"clusterIP": "2001:db8:96::10", "clusterIPs": ["2001:db8:96::10"]}}),
         ))
         .compute(&node_v4());
     assert!(c.state.ports.is_empty());
     assert_eq!(
         c.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
         vec![
-            "Service default/v6only: spec.clusterIPs[0]: fd00:96::10 is IPv6 but this node serves only IPv4; \
+            "Service default/v6only: spec.clusterIPs[0]: 2001:db8:96::10 is IPv6 but this node serves only IPv4; \
              the service has no cluster IP this node can serve"
         ]
     );
@@ -189,7 +189,7 @@ fn service_with_no_served_cluster_ip_is_skipped_with_one_warning() {
 #[test]
 fn node_port_frontends() {
     let mut multi = node_dual();
-    multi.nodeport_addresses = ips(&["198.18.1.10", "198.18.0.5", "fd00::10"]);
+    multi.nodeport_addresses = ips(&["198.18.1.10", "198.18.0.5", "2001:db8::10"]);
     let mut narrow_range = node_v4();
     narrow_range.nodeport_range = 20000..=20100;
     // (case, node, patch, expected NodePort frontends)
@@ -205,15 +205,15 @@ fn node_port_frontends() {
             multi,
             json!({"spec": {
                 "type": "NodePort",
-                "clusterIPs": ["198.18.128.10", "fd00:96::10"],
+                "clusterIPs": ["198.18.128.10", "2001:db8:96::10"],
                 "ports": [{"port": 80, "nodePort": 30080}]
             }}),
-            vec!["198.18.0.5", "198.18.1.10", "fd00::10"],
+            vec!["198.18.0.5", "198.18.1.10", "2001:db8::10"],
         ),
         (
             "IPv4 node ignores its IPv6 NodePort address",
             NodeContext {
-                nodeport_addresses: ips(&["198.18.1.10", "fd00::10"]),
+                nodeport_addresses: ips(&["198.18.1.10", "2001:db8::10"]),
                 ..node_v4()
             },
             json!({"spec": {"type": "LoadBalancer", "ports": [{"port": 80, "nodePort": 30080}]}}),

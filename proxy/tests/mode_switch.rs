@@ -1,0 +1,115 @@
+//! Switching a node between modes: each mode removes the other's leftovers, so traffic is
+//! never translated twice and no stale chain or pin blocks the new mode's syncs.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use switchyard_testbed::{
+    start_switchyard, wait_for, Manifests, Place, Proto, Testbed, TopologySpec,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+#[test]
+fn ebpf_to_iptables_and_back() {
+    let testbed = Testbed::new(TopologySpec {
+        nodes: 2,
+        pods_per_node: 2,
+    })
+    .expect("testbed");
+    let _echo: Vec<_> = testbed
+        .pods()
+        .iter()
+        .map(|pod| testbed.start_echo(pod, 8080, 8080).expect("echo"))
+        .collect();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
+    let manifests = Manifests::copy_of(&examples).expect("manifests");
+    let web: SocketAddr = "198.18.128.10:80".parse().expect("addr");
+    let client = testbed.pod(1, 2);
+    let node = testbed.node(1);
+    let serving = |proxy: &switchyard_testbed::ChildGuard| {
+        wait_for(
+            "the ClusterIP to answer after a full sync",
+            Duration::from_secs(20),
+            || {
+                let log = proxy.stderr();
+                let ok = testbed
+                    .request(client, Proto::Tcp, web, 5, Duration::from_secs(1))
+                    .iter()
+                    .all(Result::is_ok);
+                if ok && log.contains("full=true") {
+                    Ok(())
+                } else {
+                    Err(log)
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let save = || {
+        let out = testbed
+            .run(
+                Place::Node(1),
+                "iptables-nft-save",
+                Vec::<String>::new(),
+                Duration::from_secs(30),
+            )
+            .expect("iptables-save");
+        out.stdout
+    };
+
+    let mut ebpf =
+        start_switchyard(&testbed, node, BIN.as_ref(), "ebpf", &manifests, &[]).expect("ebpf");
+    serving(&ebpf);
+    assert!(
+        save().contains(":SWY-EBPF-MASQ"),
+        "ebpf mode's masquerade chain"
+    );
+    ebpf.terminate().expect("stop ebpf");
+    assert!(
+        testbed.bpffs_dir(node).join("links").is_dir(),
+        "pins outlive the process"
+    );
+
+    let mut iptables = start_switchyard(
+        &testbed,
+        node,
+        BIN.as_ref(),
+        "iptables",
+        &manifests,
+        &["--sync-period=1s"],
+    )
+    .expect("iptables");
+    serving(&iptables);
+    // Several resyncs later, still no error: no stale chain of ebpf mode blocks a sync.
+    wait_for("three more syncs", Duration::from_secs(20), || {
+        let log = iptables.stderr();
+        if log.matches("synced").count() >= 4 {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .expect("resyncs");
+    let log = iptables.stderr();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(
+        !testbed.bpffs_dir(node).join("links").exists(),
+        "ebpf pins removed"
+    );
+    assert!(
+        !save().contains("SWY-EBPF-MASQ"),
+        "ebpf masquerade chain removed"
+    );
+    iptables.terminate().expect("stop iptables");
+
+    let ebpf = start_switchyard(&testbed, node, BIN.as_ref(), "ebpf", &manifests, &[])
+        .expect("ebpf again");
+    serving(&ebpf);
+    let rules = save();
+    assert!(
+        !rules.contains(":SWY-SERVICES"),
+        "iptables mode's chains removed:\n{rules}"
+    );
+    assert!(!ebpf.stderr().contains("ERROR"), "{}", ebpf.stderr());
+}
