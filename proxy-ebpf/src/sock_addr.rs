@@ -4,18 +4,20 @@
 //! applications only ever see the service address.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
 };
 use aya_log_ebpf::debug;
 use switchyard_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, PROTO_TCP, PROTO_UDP, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY,
+    ServiceKey, SockRevKey, SockRevValue, PROTO_TCP, PROTO_UDP, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, SERVICES, SOCK_REVNAT};
+use crate::{
+    lb,
+    maps::{SERVICES, SOCK_REVNAT},
+};
 
 /// Return value that lets the syscall proceed.
 const ALLOW: i32 = 1;
@@ -24,7 +26,6 @@ const REJECT: i32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
-const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// cgroup/connect4: TCP connect() and connected UDP to a service frontend go to one backend.
 #[cgroup_sock_addr(connect4)]
@@ -85,7 +86,9 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         );
         return REJECT;
     }
-    let Some((slot, backend)) = pick(ctx, &service) else {
+    // SAFETY: helper on the hook's own context.
+    let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let Some((slot, backend)) = lb::pick(&service, client) else {
         // A service entry whose slot is missing is being rewritten; refusing beats a black hole.
         return REJECT;
     };
@@ -105,71 +108,13 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     // Best effort: without it replies still arrive, only from the backend's address.
     let _ = SOCK_REVNAT.insert(rev_key, rev, 0);
     if service.flags & SERVICE_FLAG_AFFINITY != 0 {
-        remember(ctx, &service, slot, backend);
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        lb::remember(&service, client, slot, backend, now);
     }
     sa.user_ip4 = backend.addr;
     sa.user_port = backend.port as u32;
     ALLOW
-}
-
-/// The backend for this connection: the client's affine one while valid, else a random slot.
-fn pick(ctx: &SockAddrContext, service: &ServiceValue) -> Option<(u32, Backend)> {
-    let count = service.count as u32;
-    if service.flags & SERVICE_FLAG_AFFINITY != 0 {
-        if let Some(found) = affine(ctx, service) {
-            return Some(found);
-        }
-    }
-    // SAFETY: helper without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % count;
-    // SAFETY: copied out at once.
-    let backend = (unsafe {
-        BACKENDS.get(BackendKey {
-            service_id: service.id,
-            slot,
-        })
-    })
-    .copied()?;
-    Some((slot, backend))
-}
-
-fn affinity_key(ctx: &SockAddrContext, service: &ServiceValue) -> AffinityKey {
-    AffinityKey {
-        // SAFETY: helper on the hook's own context.
-        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        service_id: service.id,
-        pad: 0,
-    }
-}
-
-/// The remembered backend if it is recent enough and still in the same slot.
-fn affine(ctx: &SockAddrContext, service: &ServiceValue) -> Option<(u32, Backend)> {
-    let key = affinity_key(ctx, service);
-    // SAFETY: copied out at once.
-    let seen = (unsafe { AFFINITY.get(key) }).copied()?;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let timeout = service.affinity_timeout as u64 * NANOS_PER_SEC;
-    if seen.slot >= service.count as u32 || now.saturating_sub(seen.last_used_ns) > timeout {
-        return None;
-    }
-    let slot_key = BackendKey {
-        service_id: service.id,
-        slot: seen.slot,
-    };
-    // SAFETY: copied out at once.
-    let current = (unsafe { BACKENDS.get(slot_key) }).copied()?;
-    (current == seen.backend).then_some((seen.slot, current))
-}
-
-fn remember(ctx: &SockAddrContext, service: &ServiceValue, slot: u32, backend: Backend) {
-    let value = AffinityValue {
-        // SAFETY: helper without arguments.
-        last_used_ns: unsafe { bpf_ktime_get_ns() },
-        slot,
-        backend,
-    };
-    let _ = AFFINITY.insert(affinity_key(ctx, service), value, 0);
 }
 
 fn reverse(ctx: &SockAddrContext) -> i32 {

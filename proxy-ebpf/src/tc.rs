@@ -20,27 +20,27 @@
 //! is held across the rewriting helpers (which may invalidate them), so nothing needs re-reading.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::classifier,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use switchyard_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
-    SourceRangeKey, CT_FLAG_REPLY, MASQUERADE_MARK, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
-    SERVICE_FLAG_SOURCE_RANGES,
+    CtKey, CtValue, ServiceKey, ServiceValue, SourceRangeKey, CT_FLAG_REPLY, MASQUERADE_MARK,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
+    SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, CONNTRACK, SERVICES, SOURCE_RANGES};
+use crate::{
+    lb,
+    maps::{CONNTRACK, SERVICES, SOURCE_RANGES},
+};
 
 /// Let the packet continue, possibly rewritten.
 const PASS: i32 = TC_ACT_OK;
 /// Drop the packet.
 const DROP: i32 = TC_ACT_SHOT;
-
-const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 // Fixed offsets: Ethernet header (14 bytes, no VLAN tag in the payload) and an IPv4 header
 // without options (20 bytes; other lengths are passed untouched), so L4 starts at 34.
@@ -280,9 +280,11 @@ fn new_flow(pkt: &Packet, service: &ServiceValue, key: CtKey, now: u64) -> Resul
     }
     // A service entry whose slot is missing is being rewritten; a dropped first packet is
     // retransmitted, a misrouted one is not.
-    let (slot, backend) = pick(pkt, service).ok_or(DROP)?;
+    // External clients are identified by their address (there is no network namespace cookie).
+    let client = AFFINITY_EXTERNAL_BIT | pkt.saddr as u64;
+    let (slot, backend) = lb::pick(service, client).ok_or(DROP)?;
     if service.flags & SERVICE_FLAG_AFFINITY != 0 {
-        remember(pkt, service, slot, backend, now);
+        lb::remember(service, client, slot, backend, now);
     }
 
     let forward = CtValue {
@@ -323,65 +325,6 @@ fn new_flow(pkt: &Packet, service: &ServiceValue, key: CtKey, now: u64) -> Resul
         return Err(DROP);
     }
     Ok(forward)
-}
-
-/// The backend for a new flow: the client's affine one while valid, else a random slot.
-fn pick(pkt: &Packet, service: &ServiceValue) -> Option<(u32, Backend)> {
-    if service.flags & SERVICE_FLAG_AFFINITY != 0 {
-        if let Some(found) = affine(pkt, service) {
-            return Some(found);
-        }
-    }
-    // SAFETY: helper without arguments. count > 0 was checked by the caller.
-    let slot = unsafe { bpf_get_prandom_u32() } % service.count as u32;
-    // SAFETY: copied out at once.
-    let backend = (unsafe {
-        BACKENDS.get(BackendKey {
-            service_id: service.id,
-            slot,
-        })
-    })
-    .copied()?;
-    Some((slot, backend))
-}
-
-/// External clients are identified by their address (there is no network namespace cookie).
-fn affinity_key(pkt: &Packet, service: &ServiceValue) -> AffinityKey {
-    AffinityKey {
-        netns_cookie: AFFINITY_EXTERNAL_BIT | pkt.saddr as u64,
-        service_id: service.id,
-        pad: 0,
-    }
-}
-
-/// The remembered backend if it is recent enough and still in the same slot (as in the socket
-/// programs).
-fn affine(pkt: &Packet, service: &ServiceValue) -> Option<(u32, Backend)> {
-    // SAFETY: copied out at once.
-    let seen = (unsafe { AFFINITY.get(affinity_key(pkt, service)) }).copied()?;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let timeout = service.affinity_timeout as u64 * NANOS_PER_SEC;
-    if seen.slot >= service.count as u32 || now.saturating_sub(seen.last_used_ns) > timeout {
-        return None;
-    }
-    let slot_key = BackendKey {
-        service_id: service.id,
-        slot: seen.slot,
-    };
-    // SAFETY: copied out at once.
-    let current = (unsafe { BACKENDS.get(slot_key) }).copied()?;
-    (current == seen.backend).then_some((seen.slot, current))
-}
-
-fn remember(pkt: &Packet, service: &ServiceValue, slot: u32, backend: Backend, now: u64) {
-    let value = AffinityValue {
-        last_used_ns: now,
-        slot,
-        backend,
-    };
-    // Best effort: losing it only means the next flow may pick another backend.
-    let _ = AFFINITY.insert(affinity_key(pkt, service), value, 0);
 }
 
 fn egress(ctx: &TcContext, pkt: &Packet) -> i32 {

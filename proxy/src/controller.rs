@@ -89,7 +89,15 @@ impl Controller {
                 .map(ChangeTriggers::drain)
                 .unwrap_or_default();
             let snapshot = source.borrow_and_update().clone();
-            let ok = self.sync(&snapshot, full);
+            // Writes shell out to iptables-restore or make map syscalls, seconds on a big
+            // node: keep the runtime's other tasks (health, metrics, watches) running.
+            let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+            let ok = if multi_thread {
+                tokio::task::block_in_place(|| self.sync(&snapshot, full))
+            } else {
+                self.sync(&snapshot, full)
+            };
             if ok {
                 let now = SystemTime::now();
                 for at in triggers {

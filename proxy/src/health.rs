@@ -58,6 +58,11 @@ impl Health {
         self.lock().source_failing_since.get_or_insert(now);
     }
 
+    /// Whether the source is currently failing.
+    pub fn source_failing(&self) -> bool {
+        self.lock().source_failing_since.is_some()
+    }
+
     /// The source delivered data again.
     pub fn source_ok(&self, _now: SystemTime) {
         self.lock().source_failing_since = None;

@@ -26,37 +26,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let health = Arc::new(Health::new(settings.sync_period * 2));
     let triggers = ChangeTriggers::default();
-    let source = match &settings.source {
-        Source::Manifests(dir) => ManifestDir::new(dir.clone()).watch()?,
-        Source::Kubeconfig(path) => {
-            let client = kube_api::client(Some(path)).await?;
-            kube_api::watch_api(
-                client,
-                &settings.node_name,
-                health.clone(),
-                triggers.clone(),
-            )
-            .await?
-        }
-        Source::InCluster => {
-            let client = kube_api::client(None).await?;
-            kube_api::watch_api(
-                client,
-                &settings.node_name,
-                health.clone(),
-                triggers.clone(),
-            )
-            .await?
-        }
-    };
-    let node_ips = source
-        .borrow()
-        .objects
-        .nodes
-        .get(&settings.node_name)
-        .map(crate::model::reported_node_ips)
-        .unwrap_or_default();
-    let dataplane = start_dataplane(&settings, &node_ips)?;
+    // Health and metrics answer from the start, also while waiting for the first lists.
     let metrics = Arc::new(Metrics::new());
     let state = ServerState {
         health: health.clone(),
@@ -69,6 +39,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = settings.metrics_bind {
         serve("--metrics-bind-address", addr, metrics_router(state)).await?;
     }
+    let source = match &settings.source {
+        Source::Manifests(dir) => ManifestDir::new(dir.clone()).watch()?,
+        Source::Kubeconfig(_) | Source::InCluster => {
+            let kubeconfig = match &settings.source {
+                Source::Kubeconfig(path) => Some(path.as_path()),
+                _ => None,
+            };
+            let client = kube_api::client(kubeconfig).await?;
+            let (node, health, triggers) = (&settings.node_name, health.clone(), triggers.clone());
+            kube_api::watch_api(client, node, health, triggers).await?
+        }
+    };
+    let node_ips = source
+        .borrow()
+        .objects
+        .nodes
+        .get(&settings.node_name)
+        .map(crate::model::reported_node_ips)
+        .unwrap_or_default();
+    let dataplane = start_dataplane(&settings, &node_ips)?;
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
     let controller = Controller::new(settings, dataplane, metrics, health).with_triggers(triggers);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

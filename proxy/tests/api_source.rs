@@ -88,11 +88,9 @@ fn run(mode: &str) {
         pods_per_node: 2,
     })
     .expect("testbed");
-    let _echo: Vec<_> = testbed
-        .pods()
-        .iter()
-        .map(|pod| testbed.start_echo(pod, 8080, 0).expect("echo"))
-        .collect();
+    let _echo = testbed
+        .start_echo_everywhere(8080, 0)
+        .expect("echo servers");
     let server = FakeApiServer::start_in_netns(&testbed.node(1).netns_path, addr("127.0.0.1:6443"))
         .expect("fake API server in node1");
     let dir = tempdir(mode);
@@ -106,12 +104,7 @@ fn run(mode: &str) {
             &now_rfc3339(),
         ))
         .expect("apply");
-    server
-        .apply_yaml(
-            "apiVersion: v1\nkind: Node\nmetadata: {name: node1}\n\
-             status: {addresses: [{type: InternalIP, address: 198.18.0.11}]}\n",
-        )
-        .expect("node");
+    server.apply_yaml(&testbed.nodes_yaml()).expect("nodes");
     let proxy = start_switchyard_from(
         &testbed,
         testbed.node(1),

@@ -37,21 +37,6 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
 }
 
-fn nodes_yaml(testbed: &Testbed) -> String {
-    testbed
-        .nodes()
-        .iter()
-        .map(|n| {
-            format!(
-                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n\
-                 status: {{addresses: [{{type: InternalIP, address: {}}}]}}\n",
-                n.name, n.underlay_ip
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
-
 /// A ClusterIP + NodePort service whose EndpointSlice lists the given pods.
 fn service_yaml(testbed: &Testbed, pods: &[&str]) -> String {
     let endpoints: String = pods
@@ -175,14 +160,12 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
         pods_per_node: 2,
     })
     .expect("testbed");
-    let _echo: Vec<_> = testbed
-        .pods()
-        .iter()
-        .map(|pod| testbed.start_echo(pod, 8080, 8080).expect("echo server"))
-        .collect();
+    let _echo = testbed
+        .start_echo_everywhere(8080, 8080)
+        .expect("echo servers");
     let manifests = Manifests::new().expect("manifests");
     manifests
-        .write("nodes.yaml", &nodes_yaml(&testbed))
+        .write("nodes.yaml", &testbed.nodes_yaml())
         .expect("write nodes");
     manifests
         .write("svc.yaml", &service_yaml(&testbed, &ALL_PODS))

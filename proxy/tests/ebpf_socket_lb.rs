@@ -40,11 +40,9 @@ fn setup() -> (Testbed, Manifests) {
 #[test]
 fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
     let (testbed, manifests) = setup();
-    let _echo: Vec<_> = testbed
-        .pods()
-        .iter()
-        .map(|pod| testbed.start_echo(pod, 8080, 8080).expect("echo server"))
-        .collect();
+    let _echo = testbed
+        .start_echo_everywhere(8080, 8080)
+        .expect("echo servers");
     let broken = "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\n\
                   spec: {clusterIP: 198.18.128.12, ports: [{name: http, port: 0}]}\n";
     manifests.write("broken.yaml", broken).expect("write");
@@ -166,11 +164,9 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
 #[test]
 fn a_full_map_fails_only_the_service_that_does_not_fit() {
     let (testbed, manifests) = setup();
-    let _echo: Vec<_> = testbed
-        .pods()
-        .iter()
-        .map(|pod| testbed.start_echo(pod, 8080, 0).expect("echo server"))
-        .collect();
+    let _echo = testbed
+        .start_echo_everywhere(8080, 0)
+        .expect("echo servers");
     let service = |name: &str, ip: &str, extra: &str| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: full}}\n\

@@ -30,11 +30,9 @@ fn flushed_rules_are_repaired_and_cleanup_removes_only_ours() {
         pods_per_node: 2,
     })
     .expect("testbed");
-    let _echo: Vec<_> = testbed
-        .pods()
-        .iter()
-        .map(|pod| testbed.start_echo(pod, 8080, 8080).expect("echo"))
-        .collect();
+    let _echo = testbed
+        .start_echo_everywhere(8080, 8080)
+        .expect("echo servers");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
     let manifests = Manifests::copy_of(&examples).expect("manifests");
     // A rule of someone else's that must survive both the flush repair and the cleanup.

@@ -132,6 +132,8 @@ pub struct EbpfDataplane {
     config: EbpfConfig,
     /// Backend-set ids found in adopted maps, reserved until the first full sync.
     adopted: Vec<u32>,
+    /// Slot deletions waiting for the next sync.
+    deferred: Vec<MapOp>,
 }
 
 impl EbpfDataplane {
@@ -165,6 +167,9 @@ impl EbpfDataplane {
             path: config.cgroup_path.clone(),
             source,
         })?;
+        // Links pinned by this start; any other pin in links/ is a leftover (e.g. a device no
+        // longer in --devices) whose program would keep translating there.
+        let mut pinned = std::collections::BTreeSet::new();
         for name in SOCKET_PROGRAMS {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             program
@@ -179,6 +184,7 @@ impl EbpfDataplane {
                 .take_link(id)
                 .map_err(|source| EbpfError::Program { name, source })?;
             pin_link(link, &links_dir.join(name))?;
+            pinned.insert(name.to_owned());
         }
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
@@ -205,13 +211,16 @@ impl EbpfDataplane {
                     let link = program
                         .take_link(id)
                         .map_err(|source| EbpfError::Program { name, source })?;
-                    pin_link(link, &links_dir.join(format!("{name}_{device}")))?;
+                    let pin_name = format!("{name}_{device}");
+                    pin_link(link, &links_dir.join(&pin_name))?;
+                    pinned.insert(pin_name);
                 }
                 // Without tcx the netlink filter cannot be pinned: it stays owned by this
                 // process and goes with it (README: north-south traffic survives a
                 // controller restart only on kernels >= 6.6).
             }
         }
+        unpin_leftover_links(&links_dir, &pinned);
         // Both maps must exist with the right types before the first sync.
         services_map(&mut ebpf)?;
         backends_map(&mut ebpf)?;
@@ -220,6 +229,7 @@ impl EbpfDataplane {
             planner: Planner::default(),
             config,
             adopted: Vec::new(),
+            deferred: Vec::new(),
         };
         if adopted {
             // A previous instance's entries stay in service until the first full sync
@@ -298,9 +308,9 @@ impl EbpfDataplane {
         }
         let result = self.run_ops(&ops);
         if result.is_err() {
-            // Leave no half-written service behind: drop the port entirely; the next full
-            // sync retries it.
-            let (cleanup, _) = self.planner.plan_port(key, None);
+            // Leave no half-written service behind: drop the port entirely, old and new
+            // entries alike; the next full sync retries it.
+            let cleanup = self.planner.rollback(key);
             let _ = self.run_ops(&cleanup);
             return result;
         }
@@ -335,7 +345,26 @@ impl EbpfDataplane {
         }
     }
 
+    /// Runs `ops`, except slot deletions, which wait for the next sync: a program that read
+    /// a service entry just before its count went down may still look up those slots.
     fn run_ops(&mut self, ops: &[MapOp]) -> Result<(), OpError> {
+        let (later, now): (Vec<MapOp>, Vec<MapOp>) = ops
+            .iter()
+            .partition(|op| matches!(op, MapOp::DeleteBackend(_)));
+        self.deferred.extend(later);
+        self.run_now(&now)
+    }
+
+    /// Starts a sync: the previous sync's slot deletions run, then its retired ids are free.
+    fn begin_sync(&mut self) {
+        let deferred = std::mem::take(&mut self.deferred);
+        if let Err(e) = self.run_now(&deferred) {
+            tracing::warn!(error = %e, "deleting retired backend slots");
+        }
+        self.planner.begin_sync();
+    }
+
+    fn run_now(&mut self, ops: &[MapOp]) -> Result<(), OpError> {
         for op in ops {
             match op {
                 MapOp::PutBackend(k, v) => {
@@ -396,6 +425,7 @@ impl EbpfDataplane {
 
 impl Dataplane for EbpfDataplane {
     fn apply(&mut self, state: &DesiredState, diff: &StateDiff) -> SyncReport {
+        self.begin_sync();
         // Removals first so a frontend moving between services is free when its new owner is written.
         let keys: Vec<ServicePortKey> = diff
             .removed
@@ -408,6 +438,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn full_sync(&mut self, state: &DesiredState, _diff: &StateDiff) -> SyncReport {
+        self.begin_sync();
         let mut keys: Vec<ServicePortKey> = self
             .planner
             .programmed_ports()
@@ -468,6 +499,27 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) {
             ready.clear_ready();
         }
     });
+}
+
+/// Unpins (and so detaches) every link under `links_dir` not in `keep`.
+fn unpin_leftover_links(links_dir: &std::path::Path, keep: &std::collections::BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(&name) {
+            continue;
+        }
+        match PinnedLink::from_pin(entry.path()).map(PinnedLink::unpin) {
+            Ok(Ok(link)) => {
+                drop(link);
+                tracing::info!(link = %name, "detached a leftover link");
+            }
+            Ok(Err(e)) => tracing::warn!(link = %name, error = %e, "cannot unpin a leftover link"),
+            Err(e) => tracing::warn!(link = %name, error = %e, "cannot open a leftover link"),
+        }
+    }
 }
 
 /// The program `name`, as its concrete type.
@@ -573,7 +625,11 @@ impl From<EbpfError> for OpError {
 
 fn full_or(error: MapError, name: &'static str, max: u32) -> OpError {
     if let MapError::SyscallError(e) = &error {
-        if e.io_error.raw_os_error() == Some(libc::E2BIG) {
+        // Hash maps say E2BIG when full, LPM tries ENOSPC.
+        if matches!(
+            e.io_error.raw_os_error(),
+            Some(libc::E2BIG) | Some(libc::ENOSPC)
+        ) {
             return OpError::Full { name, max };
         }
     }

@@ -78,6 +78,10 @@ pub struct Planner {
     free_ids: Vec<u32>,
     next_id: u32,
     reserved: BTreeSet<u32>,
+    /// Ids retired in this sync, reusable from the next one.
+    cooling: Vec<u32>,
+    /// What the last planned port had before, for [`Planner::rollback`].
+    last_old: Option<(ServicePortKey, Programmed)>,
 }
 
 /// One service entry to write: where, which set, which flags.
@@ -157,13 +161,60 @@ impl Planner {
         let ops = ordered_ops(&old, &new);
         for (set, (id, _)) in &old.sets {
             if !new.sets.contains_key(set) {
-                self.free_ids.push(*id);
+                // Not reusable before the next sync: a program that read the old service
+                // entry just before it changed may still look up this id's slots.
+                self.cooling.push(*id);
             }
         }
+        self.last_old = Some((key.clone(), old));
         if !new.frontends.is_empty() {
             self.programmed.insert(key.clone(), new);
         }
         (ops, conflicts)
+    }
+
+    /// After the ops of the last [`Planner::plan_port`] failed half-way: ops that remove
+    /// everything the port had before *and* was to have now, and forgets the port, so no
+    /// entry is left pointing at an id that is handed out again.
+    pub fn rollback(&mut self, key: &ServicePortKey) -> Vec<MapOp> {
+        let old = match self.last_old.take() {
+            Some((k, old)) if &k == key => old,
+            _ => Programmed::default(),
+        };
+        let new = self.programmed.remove(key).unwrap_or_default();
+        let mut ops = Vec::new();
+        let frontends: BTreeSet<&ServiceKey> =
+            old.frontends.keys().chain(new.frontends.keys()).collect();
+        for frontend in frontends {
+            if self.owners.get(frontend) == Some(key) {
+                self.owners.remove(frontend);
+            }
+            ops.push(MapOp::DeleteService(*frontend));
+        }
+        let mut ids = BTreeSet::new();
+        for (id, backends) in old.sets.values().chain(new.sets.values()) {
+            for slot in 0..backends.len() {
+                ops.push(MapOp::DeleteBackend(BackendKey {
+                    service_id: *id,
+                    slot: slot as u32,
+                }));
+            }
+            ids.insert(*id);
+        }
+        for range in old.ranges.union(&new.ranges) {
+            ops.push(MapOp::DeleteSourceRange(range.0, range.1));
+        }
+        for id in ids {
+            if !self.cooling.contains(&id) {
+                self.cooling.push(id);
+            }
+        }
+        ops
+    }
+
+    /// Starts a sync: ids retired during the previous one may be handed out again.
+    pub fn begin_sync(&mut self) {
+        self.free_ids.append(&mut self.cooling);
     }
 
     /// Ports currently programmed.
@@ -529,12 +580,52 @@ mod tests {
         assert_eq!(position(&ops, is_delete_service), vec![0], "{ops:?}");
         assert_eq!(position(&ops, is_delete_backend), vec![1]);
         assert_eq!(planner.programmed_ports().count(), 0);
-        // The freed id is reused.
+        // Within the same sync the retired id is not handed out again (a program may still
+        // be reading its slots); from the next sync on it is.
         let (ops, _) = planner.plan_port(&web.key, Some(&web));
         let MapOp::PutBackend(k, _) = ops[0] else {
             unreachable!()
         };
-        assert_eq!(k.service_id, 1);
+        assert_eq!(k.service_id, 2);
+        planner.plan_port(&web.key, None);
+        planner.begin_sync();
+        let (ops, _) = planner.plan_port(&web.key, Some(&web));
+        let MapOp::PutBackend(k, _) = ops[0] else {
+            unreachable!()
+        };
+        assert!(k.service_id == 1 || k.service_id == 2, "{k:?}");
+    }
+
+    #[test]
+    fn a_failed_write_rolls_back_old_and_new_entries() {
+        let mut planner = Planner::default();
+        let old = port(
+            "web",
+            &[(FrontendKind::ClusterIp, "198.18.128.10")],
+            vec![endpoint("198.19.1.10", true)],
+        );
+        planner.plan_port(&old.key, Some(&old));
+        let moved = port(
+            "web",
+            &[(FrontendKind::ClusterIp, "198.18.128.99")],
+            vec![endpoint("198.19.1.10", true)],
+        );
+        planner.plan_port(&moved.key, Some(&moved));
+        let ops = planner.rollback(&moved.key);
+        let deleted: Vec<u32> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::DeleteService(k) => Some(u32::from_be(k.addr) & 0xff),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            deleted,
+            vec![10, 99],
+            "both the old and the new frontend go: {ops:?}"
+        );
+        assert_eq!(planner.programmed_ports().count(), 0);
+        assert_eq!(planner.owned_frontends().count(), 0);
     }
 
     #[test]

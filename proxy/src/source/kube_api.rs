@@ -23,6 +23,8 @@ const SERVICE_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 /// Headless slices are not watched (as upstream).
 const SLICE_SELECTOR: &str = "!service.kubernetes.io/headless";
+/// How often a failing source checks whether the API server answers again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Events arriving within this window become one snapshot.
 const BATCH: Duration = Duration::from_millis(50);
 
@@ -79,7 +81,7 @@ pub async fn watch_api(
         Some(triggers),
     );
     let nodes = spawn_reflector(
-        Api::<Node>::all(client),
+        Api::<Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         signal_tx,
         None,
@@ -97,7 +99,23 @@ pub async fn watch_api(
     let (tx, rx) = watch::channel(snapshot(&services, &slices, &nodes));
     health.source_ok(SystemTime::now());
     tokio::spawn(async move {
-        while let Some(first) = signal_rx.recv().await {
+        // kube-runtime reports a watch error, but not the successful re-watch after it; on a
+        // quiet cluster no event would ever clear the failure. While failing, a cheap call
+        // tells when the API server is back.
+        let mut probe = tokio::time::interval(PROBE_INTERVAL);
+        loop {
+            let first = tokio::select! {
+                signal = signal_rx.recv() => match signal {
+                    Some(signal) => signal,
+                    None => return,
+                },
+                _ = probe.tick() => {
+                    if health.source_failing() && client.apiserver_version().await.is_ok() {
+                        health.source_ok(SystemTime::now());
+                    }
+                    continue;
+                }
+            };
             // Gather a burst into one snapshot.
             let mut signals = vec![first];
             while let Ok(Some(next)) = tokio::time::timeout(BATCH, signal_rx.recv()).await {

@@ -323,6 +323,16 @@ impl FakeApiServer {
         self.shared.store().open_watches(kind)
     }
 
+    /// The resourceVersions of the bookmarks sent so far to watches of `kind` (periodic
+    /// ones and [`FakeApiServer::bookmark_now`]'s, not the initial-events-end bookmark of
+    /// a `sendInitialEvents` watch), in sending order; only watches that allow bookmarks
+    /// get them. A watch's bookmark at or above a change's resourceVersion comes after
+    /// that change's event on the same stream, so waiting for one proves the event has
+    /// been sent; waiting for periodic ones proves that [`BOOKMARK_INTERVAL`]s passed.
+    pub fn bookmarks_sent(&self, kind: Kind) -> Vec<u64> {
+        self.shared.bookmarks(kind)
+    }
+
     /// Every request so far as `METHOD PATH?QUERY`, in arrival order.
     pub fn requests(&self) -> Vec<String> {
         self.shared.requests()

@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod error;
 pub mod fake_apiserver;
+mod fixtures;
 pub mod hold;
 mod ip;
 pub mod netns;

@@ -377,7 +377,9 @@ async fn watcher_backs_off_through_an_outage_and_resumes_without_relisting() {
     );
     eventually("the watch", || server.open_watches(Kind::Service) == 1).await;
     let watches = server.watches_started(Kind::Service);
+    let requests = server.requests().len();
 
+    let outage = Instant::now();
     server.set_available(false).expect("outage");
     assert!(
         TcpStream::connect(server.addr()).is_err(),
@@ -386,15 +388,19 @@ async fn watcher_backs_off_through_an_outage_and_resumes_without_relisting() {
     server
         .apply(service("b", "198.18.128.11"))
         .expect("create during the outage");
-    eventually("the watcher to hit the outage", || services.errors() >= 2).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(services.names(), ["a"]);
-    // Each failed attempt is one error; without the backoff there would be thousands.
-    let failed = services.errors();
+    // Each failed attempt is one error. The default backoff waits at least 0.8 s after the
+    // first and 1.6 s after the second (jitter only adds), so a third error cannot come
+    // before 2.4 s into the outage; without the backoff it would take milliseconds.
+    eventually("three failed attempts", || services.errors() >= 3).await;
+    let elapsed = outage.elapsed();
     assert!(
-        failed < 20,
-        "{failed} failed attempts in a few seconds: no backoff?"
+        elapsed >= Duration::from_millis(2400),
+        "{} failed attempts within {elapsed:?}: no backoff?",
+        services.errors()
     );
+    // Nothing reached the server, so nothing can have reached the store.
+    assert_eq!(server.requests().len(), requests);
+    assert_eq!(services.names(), ["a"]);
 
     server.set_available(true).expect("end of the outage");
     eventually("the change made during the outage", || {
@@ -452,17 +458,29 @@ async fn bookmarks_do_not_disturb_the_store() {
     );
     eventually("the watch", || server.open_watches(Kind::Service) == 1).await;
     let before = services.contents();
+    let bookmarks_from = |rv: u64| {
+        server
+            .bookmarks_sent(Kind::Service)
+            .into_iter()
+            .filter(|&b| b >= rv)
+            .count()
+    };
 
     // Node changes advance the resourceVersion the Service bookmarks carry.
+    let mut rv = 0;
     for i in 0..5 {
-        server
+        rv = server
             .apply(node("node1", &format!("z{i}")))
             .expect("update node");
         server.bookmark_now();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        eventually("a bookmark with the node change", || {
+            bookmarks_from(rv) >= 1
+        })
+        .await;
     }
-    // ...and the periodic ones.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // ...and the periodic ones: two more after the last change, a BOOKMARK_INTERVAL
+    // apart, give the client time to have read the first.
+    eventually("two periodic bookmarks", || bookmarks_from(rv) >= 3).await;
     assert_eq!(services.contents(), before);
     assert_eq!(services.errors(), 0);
     assert_eq!(server.lists_served(Kind::Service), 1);
@@ -471,7 +489,7 @@ async fn bookmarks_do_not_disturb_the_store() {
     // After a bookmark the client resumes from the bookmark's resourceVersion.
     server.drop_watches();
     eventually("the resumed watch", || {
-        server.watches_started(Kind::Service) == 2
+        server.watches_started(Kind::Service) >= 2
     })
     .await;
     let resumed = server.requests();
@@ -480,11 +498,16 @@ async fn bookmarks_do_not_disturb_the_store() {
         .rev()
         .find(|r| r.starts_with("GET /api/v1/services?") && r.contains("watch=true"))
         .expect("a service watch");
-    let rv = server.resource_version().to_string();
+    assert_eq!(server.resource_version(), rv);
     assert!(
         last_watch.contains(&format!("resourceVersion={rv}")),
         "{last_watch}, current {rv}"
     );
+    // Only bookmarks carried `rv` to the client, so it had read the last one before the cut,
+    // and the bookmarks neither changed the store nor made it relist or rewatch.
+    assert_eq!(services.contents(), before);
+    assert_eq!(server.lists_served(Kind::Service), 1);
+    assert_eq!(server.watches_started(Kind::Service), 2);
     server.apply(service("b", "198.18.128.11")).expect("create");
     eventually("a change after the bookmarks", || {
         services.names() == ["a", "b"]

@@ -272,7 +272,7 @@ pub fn run_scenario(scenario: &Scenario, mode: Mode, via: Via) -> Result<(), Str
 
     let mut objects = Objects::new(via, &testbed, &scenario.proxies).map_err(&fail)?;
     objects
-        .write("nodes.yaml", &nodes_yaml(&testbed))
+        .write("nodes.yaml", &testbed.nodes_yaml())
         .map_err(&fail)?;
     for (name, yaml) in &scenario.manifests {
         objects.write(name, yaml).map_err(&fail)?;
@@ -750,21 +750,6 @@ fn ip(netns: &str, args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-fn nodes_yaml(testbed: &Testbed) -> String {
-    testbed
-        .nodes()
-        .iter()
-        .map(|n| {
-            format!(
-                "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n\
-                 status: {{addresses: [{{type: InternalIP, address: {}}}]}}\n",
-                n.name, n.underlay_ip
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
 }
 
 /// swy-probe: `$SWY_PROBE_BIN`, next to this test binary, else the one `cargo xtask build`

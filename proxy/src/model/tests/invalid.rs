@@ -342,9 +342,9 @@ fn never_panics_on_odd_objects() {
                "externalTrafficPolicy": "Local", "healthCheckNodePort": i32::MIN, "ports": [{"port": 1}]}}),
         json!({"metadata": {"name": "s7"}, "spec": {"clusterIPs": ["None", "198.18.0.7"]}}),
         json!({"metadata": {"name": "s8"}, "spec": {"clusterIPs": ["198.18.0.8", "None"], "ports": [{"port": 8}]}}),
-        json!({"metadata": {"name": "s9"}, "spec": {"clusterIP": "1.2.3.4.5", "ports": [{"port": 9}]}}),
+        json!({"metadata": {"name": "s9"}, "spec": {"clusterIP": "198.18.0.9.5", "ports": [{"port": 9}]}}),
         json!({"metadata": {"name": "s10"}, "spec": {"clusterIP": "999.1.1.1", "ports": [{"port": 10}]}}),
-        json!({"metadata": {"name": "s11"}, "spec": {"clusterIP": "+1.2.3.4", "ports": [{"port": 11}]}}),
+        json!({"metadata": {"name": "s11"}, "spec": {"clusterIP": "+198.18.0.11", "ports": [{"port": 11}]}}),
     ];
     for s in odd_services {
         objects.insert_service(from_json(s));

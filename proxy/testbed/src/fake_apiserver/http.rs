@@ -201,7 +201,7 @@ fn parse_continue(token: &str) -> Option<(u64, Key)> {
     Some((rv.parse().ok()?, (ns.to_owned(), name.to_owned())))
 }
 
-fn watch(shared: &Shared, target: Target, params: &HashMap<String, String>) -> Response {
+fn watch(shared: &Arc<Shared>, target: Target, params: &HashMap<String, String>) -> Response {
     let selector = match selector(&target, params) {
         Ok(s) => s,
         Err(message) => return bad_request(&message),
@@ -225,9 +225,9 @@ fn watch(shared: &Shared, target: Target, params: &HashMap<String, String>) -> R
     };
     let subscribed = shared.store().subscribe(target.kind, start);
     let session = match subscribed {
-        Ok(sub) => WatchSession::open(target.kind, selector, options, sub),
+        Ok(sub) => WatchSession::open(shared.clone(), target.kind, selector, options, sub),
         Err(SubscribeError::Expired { requested, oldest }) => {
-            WatchSession::expired(target.kind, requested, oldest)
+            WatchSession::expired(shared.clone(), target.kind, requested, oldest)
         }
         Err(SubscribeError::Unavailable) => {
             return status(

@@ -11,6 +11,8 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     lists: [AtomicU64; 3],
     watches: [AtomicU64; 3],
+    /// resourceVersions of the bookmarks sent per kind, in sending order.
+    bookmarks: [Mutex<Vec<u64>>; 3],
     requests: Mutex<Vec<String>>,
 }
 
@@ -20,6 +22,7 @@ impl Shared {
             store: Mutex::new(Store::new()),
             lists: Default::default(),
             watches: Default::default(),
+            bookmarks: Default::default(),
             requests: Mutex::new(Vec::new()),
         }
     }
@@ -44,6 +47,20 @@ impl Shared {
 
     pub(crate) fn watches(&self, kind: Kind) -> u64 {
         self.watches[kind.index()].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_bookmark(&self, kind: Kind, rv: u64) {
+        self.bookmarks[kind.index()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(rv);
+    }
+
+    pub(crate) fn bookmarks(&self, kind: Kind) -> Vec<u64> {
+        self.bookmarks[kind.index()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn record_request(&self, line: String) {

@@ -417,16 +417,14 @@ mod tests {
     #[test]
     fn apply_stamps_and_noop_update_keeps_rv() {
         let mut store = Store::new();
-        let svc =
-            json!({"kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "1.2.3.4"}});
+        let svc = json!({"kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "198.18.128.4"}});
         let rv1 = store.apply(svc.clone()).expect("create");
         let stored = store.objects(Kind::Service)[&("default".into(), "a".into())].clone();
         assert_eq!(stored["apiVersion"], "v1");
         assert_eq!(stored["metadata"]["resourceVersion"], rv1.to_string());
         assert!(stored["metadata"]["uid"].is_string());
         assert_eq!(store.apply(svc).expect("re-apply"), rv1);
-        let changed =
-            json!({"kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "1.2.3.5"}});
+        let changed = json!({"kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "198.18.128.5"}});
         let rv2 = store.apply(changed).expect("update");
         assert!(rv2 > rv1);
         let updated = &store.objects(Kind::Service)[&("default".into(), "a".into())];

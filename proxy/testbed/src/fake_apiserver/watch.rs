@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use futures_util::Stream;
@@ -12,6 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
 use super::selector::Selector;
+use super::shared::Shared;
 use super::store::{EventType, LogEvent, Subscription, WatchMsg};
 use super::Kind;
 
@@ -27,6 +29,8 @@ pub(crate) struct WatchOptions {
 
 /// The state of one streaming watch response.
 pub(crate) struct WatchSession {
+    /// Where the bookmarks sent are recorded.
+    shared: Arc<Shared>,
     kind: Kind,
     selector: Selector,
     bookmarks: bool,
@@ -43,12 +47,14 @@ pub(crate) struct WatchSession {
 impl WatchSession {
     /// A watch that replays `sub.replay` and then follows the live channel.
     pub(crate) fn open(
+        shared: Arc<Shared>,
         kind: Kind,
         selector: Selector,
         options: WatchOptions,
         sub: Subscription,
     ) -> Self {
         let mut session = WatchSession {
+            shared,
             kind,
             selector,
             bookmarks: options.bookmarks,
@@ -75,7 +81,7 @@ impl WatchSession {
 
     /// A watch whose only event is the 410 Gone error, as the API server sends for a
     /// resourceVersion older than its history.
-    pub(crate) fn expired(kind: Kind, requested: u64, oldest: u64) -> Self {
+    pub(crate) fn expired(shared: Arc<Shared>, kind: Kind, requested: u64, oldest: u64) -> Self {
         let status = json!({
             "kind": "Status",
             "apiVersion": "v1",
@@ -86,6 +92,7 @@ impl WatchSession {
             "code": 410,
         });
         WatchSession {
+            shared,
             kind,
             selector: Selector::default(),
             bookmarks: false,
@@ -134,6 +141,7 @@ impl WatchSession {
                 }
                 Some(WatchMsg::Bookmark(rv)) if self.bookmarks => {
                     self.cursor = self.cursor.max(rv);
+                    self.shared.record_bookmark(self.kind, self.cursor);
                     return Some(Ok(self.bookmark_line(self.cursor, false)));
                 }
                 Some(WatchMsg::Bookmark(_)) => {}
