@@ -17,11 +17,7 @@ fn ebpf_to_iptables_and_back() {
         pods_per_node: 2,
     })
     .expect("testbed");
-    let _echo: Vec<_> = testbed
-        .pods()
-        .iter()
-        .map(|pod| testbed.start_echo(pod, 8080, 8080).expect("echo"))
-        .collect();
+    let _echo = testbed.start_echo_everywhere(8080, 8080).expect("echo");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
     let manifests = Manifests::copy_of(&examples).expect("manifests");
     let web: SocketAddr = "198.18.128.10:80".parse().expect("addr");

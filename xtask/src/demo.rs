@@ -55,11 +55,7 @@ pub fn demo(root: &Path, args: DemoArgs) -> anyhow::Result<()> {
             pods.join(", ")
         );
     }
-    let _echo = testbed
-        .pods()
-        .iter()
-        .map(|pod| testbed.start_echo(pod, 8080, 8080))
-        .collect::<Result<Vec<_>, _>>()?;
+    let _echo = testbed.start_echo_everywhere(8080, 8080)?;
 
     let manifests = Manifests::copy_of(&root.join("deploy/examples/demo"))?;
     let mut proxy = start_switchyard(
