@@ -1,6 +1,5 @@
 //! `--cleanup`: removes every jump, rule and chain Switchyard created, and nothing else.
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use super::backend::IptablesBackend;
 use super::dataplane::TABLES;
@@ -24,7 +23,7 @@ pub fn cleanup(backend: IptablesBackend, keep: &[&str]) -> Result<usize, ExecErr
     // 1. Jumps from built-in chains into ours, found by their target.
     for (table, chain) in BUILTIN {
         let chain = ChainRef::new(*table, *chain);
-        for rule in jumps_into_ours(backend, &chain)? {
+        for rule in jumps_into_ours(backend, &chain) {
             if !keep.iter().any(|k| rule.iter().any(|arg| arg == k)) {
                 exec::delete_rule(backend, &chain, &rule)?;
             }
@@ -46,24 +45,11 @@ pub fn cleanup(backend: IptablesBackend, keep: &[&str]) -> Result<usize, ExecErr
 }
 
 /// Rules of a built-in chain whose target is one of our chains, as `iptables` arguments.
-fn jumps_into_ours(
-    backend: IptablesBackend,
-    chain: &ChainRef,
-) -> Result<Vec<Vec<String>>, ExecError> {
-    let mut cmd = Command::new(backend.iptables());
-    cmd.args(["-w", "5", "-t", chain.table.as_str(), "-S", &chain.chain]);
-    let out = cmd.output().map_err(|source| ExecError::Spawn {
-        program: format!("{cmd:?}"),
-        source,
-    })?;
-    if !out.status.success() {
-        // The table or chain does not exist on this backend: nothing of ours is there.
-        return Ok(Vec::new());
-    }
-    Ok(rules_jumping_to_ours(
-        &String::from_utf8_lossy(&out.stdout),
-        &chain.chain,
-    ))
+fn jumps_into_ours(backend: IptablesBackend, chain: &ChainRef) -> Vec<Vec<String>> {
+    // A chain (or table) missing on this backend holds nothing of ours.
+    exec::list_rules(backend, chain)
+        .map(|listing| rules_jumping_to_ours(&listing, &chain.chain))
+        .unwrap_or_default()
 }
 
 /// From `iptables -S CHAIN` output, the rule arguments (without `-A CHAIN`) of rules that jump

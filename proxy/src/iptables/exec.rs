@@ -81,18 +81,24 @@ pub fn restore(backend: IptablesBackend, input: &str) -> Result<(), ExecError> {
     run(cmd, Some(input)).map(drop)
 }
 
-/// Whether `rule` exists in `chain` (`iptables -C`).
-pub fn rule_exists(backend: IptablesBackend, chain: &ChainRef, rule: &[String]) -> bool {
+/// `iptables -w N -t TABLE OP CHAIN`, ready for the operation's further arguments.
+pub fn chain_command(backend: IptablesBackend, op: &str, chain: &ChainRef) -> Command {
     let mut cmd = Command::new(backend.iptables());
     cmd.args([
         "-w",
         LOCK_WAIT_SECONDS,
         "-t",
         chain.table.as_str(),
-        "-C",
+        op,
         &chain.chain,
-    ])
-    .args(rule);
+    ]);
+    cmd
+}
+
+/// Whether `rule` exists in `chain` (`iptables -C`).
+pub fn rule_exists(backend: IptablesBackend, chain: &ChainRef, rule: &[String]) -> bool {
+    let mut cmd = chain_command(backend, "-C", chain);
+    cmd.args(rule);
     run(cmd, None).is_ok()
 }
 
@@ -103,17 +109,8 @@ pub fn insert_rule(
     position: usize,
     rule: &[String],
 ) -> Result<(), ExecError> {
-    let mut cmd = Command::new(backend.iptables());
-    cmd.args([
-        "-w",
-        LOCK_WAIT_SECONDS,
-        "-t",
-        chain.table.as_str(),
-        "-I",
-        &chain.chain,
-    ])
-    .arg(position.to_string())
-    .args(rule);
+    let mut cmd = chain_command(backend, "-I", chain);
+    cmd.arg(position.to_string()).args(rule);
     run(cmd, None).map(drop)
 }
 
@@ -123,32 +120,22 @@ pub fn delete_rule(
     chain: &ChainRef,
     rule: &[String],
 ) -> Result<(), ExecError> {
-    let mut cmd = Command::new(backend.iptables());
-    cmd.args([
-        "-w",
-        LOCK_WAIT_SECONDS,
-        "-t",
-        chain.table.as_str(),
-        "-D",
-        &chain.chain,
-    ])
-    .args(rule);
+    let mut cmd = chain_command(backend, "-D", chain);
+    cmd.args(rule);
     run(cmd, None).map(drop)
 }
 
 /// Whether `chain` exists (`iptables -L CHAIN -n`, cheap on both backends even with large tables).
 pub fn chain_exists(backend: IptablesBackend, chain: &ChainRef) -> bool {
-    let mut cmd = Command::new(backend.iptables());
-    cmd.args([
-        "-w",
-        LOCK_WAIT_SECONDS,
-        "-t",
-        chain.table.as_str(),
-        "-L",
-        &chain.chain,
-        "-n",
-    ]);
+    let mut cmd = chain_command(backend, "-L", chain);
+    cmd.arg("-n");
     run(cmd, None).is_ok()
+}
+
+/// The rules of `chain` as `iptables -S` prints them, or `None` if the chain (or table) is
+/// not there on this backend.
+pub fn list_rules(backend: IptablesBackend, chain: &ChainRef) -> Option<String> {
+    run(chain_command(backend, "-S", chain), None).ok()
 }
 
 /// Our chains currently in `table`. Legacy: `iptables-save` (fast there). nft: `nft -j list
