@@ -228,3 +228,65 @@ fn a_full_map_fails_only_the_service_that_does_not_fit() {
     let c = testbed.request(client, Proto::Tcp, addr("198.18.128.42:80"), 1, TIMEOUT);
     assert!(c.iter().all(Result::is_err), "{c:?}");
 }
+
+#[test]
+fn a_changed_map_size_recreates_the_pinned_map_instead_of_adopting_it() {
+    let (testbed, manifests) = setup();
+    let _echo = testbed.start_echo_everywhere(8080, 8080).expect("echo");
+    let client = testbed.pod(1, 2);
+    let web = addr("198.18.128.10:80");
+    let serving = |proxy: &switchyard_testbed::ChildGuard| {
+        wait_for(
+            "the ClusterIP to answer",
+            Duration::from_secs(20),
+            || match testbed.request(client, Proto::Tcp, web, 1, TIMEOUT).pop() {
+                Some(Ok(reply)) => Ok(reply),
+                other => Err((other, proxy.stderr())),
+            },
+        )
+        .expect("served");
+    };
+    let mut first = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        &manifests,
+        &[],
+    )
+    .expect("switchyard");
+    serving(&first);
+    first.terminate().expect("stop");
+    let second = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        &manifests,
+        &["--ebpf-services-map-size=1000"],
+    )
+    .expect("switchyard again");
+    // The old instance's pinned programs keep serving meanwhile, so wait for the new one's
+    // first full sync before judging it.
+    wait_for(
+        "the new instance's first sync",
+        Duration::from_secs(20),
+        || {
+            let log = second.stderr();
+            if log.contains("full=true") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .expect("synced");
+    serving(&second);
+    let log = second.stderr();
+    assert!(
+        log.contains("pinned map does not fit this version or its size flag")
+            && log.contains("SWY_SERVICES"),
+        "{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+}

@@ -147,6 +147,7 @@ impl EbpfDataplane {
         let maps_dir = config.bpffs_path.join("maps");
         let links_dir = config.bpffs_path.join("links");
         prepare_bpffs(&config.bpffs_path, &[&maps_dir, &links_dir])?;
+        drop_incompatible_pins(&maps_dir, &config);
         let adopted = maps_dir.join(map_names::SERVICES).exists();
         let mut loader = EbpfLoader::new();
         loader
@@ -499,6 +500,80 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) {
             ready.clear_ready();
         }
     });
+}
+
+/// Key size, value size and entries each map must have for this build and configuration.
+fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 6] {
+    use std::mem::size_of;
+    use switchyard_common::{
+        AffinityKey, AffinityValue, SockRevKey, SockRevValue, DEFAULT_AFFINITY_MAX,
+        DEFAULT_SOCK_REVNAT_MAX,
+    };
+    [
+        (
+            map_names::SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+            config.services_max,
+        ),
+        (
+            map_names::BACKENDS,
+            size_of::<BackendKey>(),
+            size_of::<Backend>(),
+            config.backends_max,
+        ),
+        (
+            map_names::SOCK_REVNAT,
+            size_of::<SockRevKey>(),
+            size_of::<SockRevValue>(),
+            DEFAULT_SOCK_REVNAT_MAX,
+        ),
+        (
+            map_names::AFFINITY,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+            DEFAULT_AFFINITY_MAX,
+        ),
+        (
+            map_names::CONNTRACK,
+            size_of::<CtKey>(),
+            size_of::<CtValue>(),
+            config.conntrack_max,
+        ),
+        // LPM trie keys carry a 32-bit prefix length before the data.
+        (
+            map_names::SOURCE_RANGES,
+            4 + size_of::<SourceRangeKey>(),
+            1,
+            config.source_ranges_max,
+        ),
+    ]
+}
+
+/// Removes pinned maps whose layout or size differs from what this build and configuration
+/// need (an upgrade changed a type, or a map size flag changed): adopting them would be
+/// wrong, so they are recreated empty and the first full sync refills them.
+fn drop_incompatible_pins(maps_dir: &std::path::Path, config: &EbpfConfig) {
+    for (name, key, value, max) in expected_layouts(config) {
+        let pin = maps_dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+            continue;
+        };
+        let found = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        if found != (key, value, max) {
+            tracing::warn!(
+                map = name,
+                ?found,
+                wanted = ?(key, value, max),
+                "pinned map does not fit this version or its size flag; recreating it empty"
+            );
+            let _ = std::fs::remove_file(&pin);
+        }
+    }
 }
 
 /// Unpins (and so detaches) every link under `links_dir` not in `keep`.

@@ -28,6 +28,14 @@ pub enum ExecError {
         /// What it printed on stderr (names the failing line for restores).
         stderr: String,
     },
+    /// The program did not finish in time and was killed.
+    #[error("{program} did not finish within {after:?}; killed")]
+    TimedOut {
+        /// Program and arguments.
+        program: String,
+        /// The deadline.
+        after: std::time::Duration,
+    },
     /// The program's output could not be read.
     #[error("cannot read the output of {program}: {message}")]
     Parse {
@@ -40,6 +48,8 @@ pub enum ExecError {
 
 /// Seconds to wait for the xtables lock held by another writer (kubelet, CNI plugins).
 const LOCK_WAIT_SECONDS: &str = "5";
+/// How long one iptables command may run: a 10,000-service restore takes seconds.
+const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn run(mut cmd: Command, input: Option<&str>) -> Result<String, ExecError> {
     let program = format!("{cmd:?}");
@@ -54,16 +64,31 @@ fn run(mut cmd: Command, input: Option<&str>) -> Result<String, ExecError> {
         program: program.clone(),
         source,
     })?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        // A write error shows up as the child's failure below, with its own message.
-        let _ = stdin.write_all(text.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| ExecError::Spawn {
+    // Feeding and waiting happen on a helper thread so a hung tool (a stuck xtables lock, a
+    // wedged netlink socket) costs this sync a deadline, not the controller forever.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let text = input.map(str::to_owned);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let (Some(text), Some(mut stdin)) = (text, child.stdin.take()) {
+            // A write error shows up as the child's failure, with its own message.
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let out = match done_rx.recv_timeout(COMMAND_DEADLINE) {
+        Ok(result) => result.map_err(|source| ExecError::Spawn {
             program: program.clone(),
             source,
-        })?;
+        })?,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            return Err(ExecError::TimedOut {
+                program,
+                after: COMMAND_DEADLINE,
+            });
+        }
+    };
     if !out.status.success() {
         return Err(ExecError::Failed {
             program,
