@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use switchyard_testbed::fake_apiserver::{FakeApiServer, Kind};
 use switchyard_testbed::{
-    start_switchyard_from, wait_for, ObjectSource, Proto, Reply, RequestError, Testbed,
-    TopologySpec,
+    backend_names, start_switchyard_from, wait_for, ObjectSource, Proto, Testbed, TopologySpec,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
@@ -18,19 +17,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
-}
-
-fn backends(results: &[Result<Reply, RequestError>]) -> Vec<String> {
-    let mut names: Vec<String> = results
-        .iter()
-        .map(|r| match r {
-            Ok(reply) => reply.backend.clone(),
-            Err(e) => format!("error: {e}"),
-        })
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// GET `path` from the proxy's HTTP servers inside node1's namespace.
@@ -116,8 +102,8 @@ fn run(mode: &str) {
     .expect("switchyard");
     let client = testbed.pod(1, 2);
     let answered_by = |vip: &str, want: &[&str]| {
-        let got = backends(&testbed.request(client, Proto::Tcp, addr(vip), 20, TIMEOUT));
-        if got == want {
+        let got = backend_names(&testbed.request(client, Proto::Tcp, addr(vip), 20, TIMEOUT));
+        if got.iter().map(String::as_str).eq(want.iter().copied()) {
             Ok(())
         } else {
             Err(got)

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use switchyard_testbed::hold::summarize;
 use switchyard_testbed::{
-    start_switchyard, wait_for, ChildGuard, HeldReply, Hold, Manifests, Place, Proto, Reply,
-    RequestError, Testbed, TopologySpec,
+    backend_names, start_switchyard, wait_for, ChildGuard, HeldReply, Hold, Manifests, Place,
+    Proto, Reply, RequestError, Testbed, TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -91,17 +91,6 @@ struct Times {
     synced: Instant,
     synced_cluster: Duration,
     synced_nodeport: Duration,
-}
-
-/// The backends that answered, or the errors.
-fn backends(results: &[Result<Reply, RequestError>]) -> BTreeSet<String> {
-    results
-        .iter()
-        .map(|r| match r {
-            Ok(reply) => reply.backend.clone(),
-            Err(e) => format!("error: {e}"),
-        })
-        .collect()
 }
 
 /// Waits until `proxy` has logged every one of `needles` (each on some line), failing early
@@ -441,7 +430,7 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
         || {
             let c = testbed.request(pod11, Proto::Tcp, cluster_ip, 12, ATTEMPT);
             let n = testbed.request(Place::Client, Proto::Tcp, node_port, 12, ATTEMPT);
-            let (cs, ns) = (backends(&c), backends(&n));
+            let (cs, ns) = (backend_names(&c), backend_names(&n));
             if cs == expected && ns == expected {
                 Ok(())
             } else {
@@ -453,10 +442,10 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
     let c = testbed.request(pod11, Proto::Tcp, cluster_ip, 20, ATTEMPT);
     let n = testbed.request(Place::Client, Proto::Tcp, node_port, 20, ATTEMPT);
     assert!(
-        c.iter().chain(&n).all(Result::is_ok) && !backends(&c).contains(REMOVED),
+        c.iter().chain(&n).all(Result::is_ok) && !backend_names(&c).contains(REMOVED),
         "ClusterIP {c:?}\nNodePort {n:?}"
     );
-    assert!(!backends(&n).contains(REMOVED), "NodePort {n:?}");
+    assert!(!backend_names(&n).contains(REMOVED), "NodePort {n:?}");
 
     // 6. Stop it, then --cleanup with the same pin directory removes everything.
     proxy.terminate().expect("SIGTERM switchyard");

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use switchyard_testbed::{
-    start_switchyard, wait_for, Manifests, Proto, Reply, RequestError, Testbed, TopologySpec,
+    backend_names, start_switchyard, wait_for, Manifests, Proto, RequestError, Testbed,
+    TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -14,16 +15,6 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
-}
-
-fn backends(results: &[Result<Reply, RequestError>]) -> BTreeSet<String> {
-    results
-        .iter()
-        .map(|r| match r {
-            Ok(reply) => reply.backend.clone(),
-            Err(e) => format!("error: {e}"),
-        })
-        .collect()
 }
 
 fn setup() -> (Testbed, Manifests) {
@@ -59,21 +50,15 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
 
     let client = testbed.pod(1, 2);
     let web = addr("198.18.128.10:80");
-    wait_for(
-        "the ClusterIP to answer",
-        Duration::from_secs(20),
-        || match testbed.request(client, Proto::Tcp, web, 1, TIMEOUT).pop() {
-            Some(Ok(reply)) => Ok(reply),
-            other => Err((other, proxy.stderr())),
-        },
-    )
-    .expect("switchyard programs the ClusterIP");
+    testbed
+        .wait_for_answer(client, Proto::Tcp, web, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("switchyard programs the ClusterIP: {e}\n{}", proxy.stderr()));
 
     // Every ready endpoint answers, the terminating one (nothing listens there) never gets
     // traffic, and backends see the client pod's own address: socket-level translation.
     let tcp = testbed.request(client, Proto::Tcp, web, 60, TIMEOUT);
     assert_eq!(
-        backends(&tcp),
+        backend_names(&tcp),
         BTreeSet::from([
             "node1-pod1".into(),
             "node2-pod1".into(),
@@ -87,7 +72,7 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
 
     // UDP on the same port number is its own service port, served by connected UDP.
     let udp = testbed.request(client, Proto::Udp, web, 60, TIMEOUT);
-    assert_eq!(backends(&udp).len(), 3, "{udp:?}");
+    assert_eq!(backend_names(&udp).len(), 3, "{udp:?}");
     assert!(udp.iter().all(Result::is_ok), "{udp:?}");
 
     // No endpoints: refused at once, not a timeout.
@@ -145,8 +130,8 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
         || {
             let api = testbed.request(client, Proto::Tcp, addr("198.18.128.20:8000"), 1, TIMEOUT);
             let web = testbed.request(client, Proto::Tcp, web, 20, TIMEOUT);
-            let web_set = backends(&web);
-            if backends(&api) == BTreeSet::from(["node2-pod1".to_string()])
+            let web_set = backend_names(&web);
+            if backend_names(&api) == BTreeSet::from(["node2-pod1".to_string()])
                 && web_set == BTreeSet::from(["node1-pod1".to_string(), "node2-pod1".to_string()])
             {
                 Ok(())
@@ -157,7 +142,7 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
     )
     .expect("edits applied");
     let after = testbed.request(client, Proto::Tcp, web, 40, TIMEOUT);
-    assert!(!backends(&after).contains("node2-pod2"), "{after:?}");
+    assert!(!backend_names(&after).contains("node2-pod2"), "{after:?}");
     assert!(after.iter().all(Result::is_ok), "{after:?}");
 }
 
@@ -236,15 +221,9 @@ fn a_changed_map_size_recreates_the_pinned_map_instead_of_adopting_it() {
     let client = testbed.pod(1, 2);
     let web = addr("198.18.128.10:80");
     let serving = |proxy: &switchyard_testbed::ChildGuard| {
-        wait_for(
-            "the ClusterIP to answer",
-            Duration::from_secs(20),
-            || match testbed.request(client, Proto::Tcp, web, 1, TIMEOUT).pop() {
-                Some(Ok(reply)) => Ok(reply),
-                other => Err((other, proxy.stderr())),
-            },
-        )
-        .expect("served");
+        testbed
+            .wait_for_answer(client, Proto::Tcp, web, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("served: {e}\n{}", proxy.stderr()));
     };
     let mut first = start_switchyard(
         &testbed,

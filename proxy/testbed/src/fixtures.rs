@@ -1,8 +1,25 @@
 //! Set-up shared by the tests that run switchyard on a testbed: the testbed's Node objects and
 //! an echo server in every pod.
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use crate::error::Result;
-use crate::process::ChildGuard;
+use crate::probe_protocol::{Proto, Reply, RequestError};
+use crate::process::{ChildGuard, Place};
+use crate::switchyard::wait_for;
 use crate::topology::Testbed;
+
+/// The names of the backends that answered, and `error: …` for each kind of failure.
+pub fn backend_names(results: &[std::result::Result<Reply, RequestError>]) -> BTreeSet<String> {
+    results
+        .iter()
+        .map(|r| match r {
+            Ok(reply) => reply.backend.clone(),
+            Err(e) => format!("error: {e}"),
+        })
+        .collect()
+}
 
 impl Testbed {
     /// A Node object for every testbed node, as multi-document YAML: named like the node, with
@@ -19,6 +36,25 @@ impl Testbed {
             })
             .collect::<Vec<_>>()
             .join("---\n")
+    }
+
+    /// Waits until one request from `place` to `addr` is answered (e.g. until a proxy has
+    /// programmed a service); the error carries the last observation.
+    pub fn wait_for_answer(
+        &self,
+        place: impl Into<Place>,
+        proto: Proto,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Reply> {
+        let place = place.into();
+        wait_for(&format!("{addr} to answer {place}"), timeout, || match self
+            .request(place, proto, addr, 1, Duration::from_millis(1500))
+            .pop()
+        {
+            Some(Ok(reply)) => Ok(reply),
+            other => Err(other),
+        })
     }
 
     /// Starts an echo server in every pod, as [`Testbed::start_echo`] does for one (port 0 =

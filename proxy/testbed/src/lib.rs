@@ -19,6 +19,7 @@ pub mod cleanup;
 pub mod error;
 pub mod fake_apiserver;
 mod fixtures;
+pub use fixtures::backend_names;
 pub mod hold;
 mod ip;
 pub mod netns;
