@@ -52,6 +52,7 @@ pub fn remember(service: &ServiceValue, client: u64, slot: u32, backend: Backend
         last_used_ns: now,
         slot,
         backend,
+        pad: 0,
     };
     let _ = AFFINITY.insert(affinity_key(service, client), value, 0);
 }

@@ -12,14 +12,19 @@ use switchyard_common::{
 };
 
 /// Frontends of every service port this node serves.
+///
+/// Not preallocated: a preallocated element is recycled for the next insert without waiting
+/// for readers, so a program could read a value while userspace overwrites it. Without
+/// preallocation an update swaps in a new element and frees the old one after an RCU grace
+/// period (Cilium's LB maps do the same); a large size then costs only the bucket array.
 #[map(name = "SWY_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, 0);
+    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, BPF_F_NO_PREALLOC);
 
-/// Backend slots of every service entry.
+/// Backend slots of every service entry (not preallocated, as [`SERVICES`]).
 #[map(name = "SWY_BACKENDS")]
 pub static BACKENDS: HashMap<BackendKey, Backend> =
-    HashMap::with_max_entries(DEFAULT_BACKENDS_MAX, 0);
+    HashMap::with_max_entries(DEFAULT_BACKENDS_MAX, BPF_F_NO_PREALLOC);
 
 /// Which service a translated socket really talks to, for recvmsg4 and getpeername4.
 #[map(name = "SWY_SOCK_REVNAT")]

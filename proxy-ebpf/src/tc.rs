@@ -318,11 +318,22 @@ fn new_flow(pkt: &Packet, service: &ServiceValue, key: CtKey, now: u64) -> Resul
         flags: service.flags | CT_FLAG_REPLY,
         last_seen_ns: now,
     };
-    if CONNTRACK.insert(reply_key, reply, 0).is_err() {
-        // Without the reply entry the client would see answers from the backend's address and
-        // reset them; better to drop and let the retransmission try again.
-        let _ = CONNTRACK.remove(key);
-        return Err(DROP);
+    // BPF_NOEXIST: another flow may already own this reply tuple (the same client address
+    // and port reaching the same backend through another frontend). Overwriting it would send
+    // that flow's replies back from the wrong frontend; the newcomer is dropped instead and
+    // its retransmission picks again. Without the reply entry the client would see answers
+    // from the backend's address and reset them.
+    if CONNTRACK
+        .insert(reply_key, reply, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        // SAFETY: copied out at once.
+        let owner = (unsafe { CONNTRACK.get(reply_key) }).copied();
+        let ours = owner.is_some_and(|o| o.addr == reply.addr && o.port == reply.port);
+        if !ours {
+            let _ = CONNTRACK.remove(key);
+            return Err(DROP);
+        }
     }
     Ok(forward)
 }

@@ -10,7 +10,8 @@ pub mod ebpf;
 pub mod health;
 pub mod iptables;
 pub mod metrics;
-pub mod model;
+/// The pure core, re-exported under its old path.
+pub use switchyard_model as model;
 pub mod node_addresses;
 pub mod run;
 pub mod server;

@@ -43,8 +43,12 @@ pub struct Metrics {
     pub dataplane_errors_total: Counter,
     /// Service ports in the desired state.
     pub service_ports: Gauge,
-    /// Failed dataplane writes (iptables-restore runs, or whole syncs).
-    pub restore_failures_total: Counter,
+    /// iptables mode's counters (iptables-restore runs and failed partial restores).
+    pub iptables: crate::iptables::dataplane::IptablesMetrics,
+    /// Whole syncs that failed (the dataplane kept its previous state).
+    pub sync_failures_total: Counter,
+    /// Drift found by a periodic verify and repaired.
+    pub repairs_total: Counter,
     /// From an EndpointSlice's last-change-trigger-time to the change being in the dataplane.
     pub network_programming_duration: Histogram,
     /// Service ports not programmed because an eBPF map was full, by map.
@@ -76,7 +80,9 @@ impl Metrics {
             input_warnings: Gauge::default(),
             dataplane_errors_total: Counter::default(),
             service_ports: Gauge::default(),
-            restore_failures_total: Counter::default(),
+            iptables: Default::default(),
+            sync_failures_total: Counter::default(),
+            repairs_total: Counter::default(),
             map_full_total: Family::default(),
             network_programming_duration: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             healthz_total: Family::default(),
@@ -122,8 +128,13 @@ impl Metrics {
         kp.register("proxy_livez", "/livez requests", m.livez_total.clone());
         kp.register(
             "sync_proxy_rules_iptables_restore_failures",
-            "Failed dataplane writes",
-            m.restore_failures_total.clone(),
+            "Cumulative proxy iptables restore failures",
+            m.iptables.restore_failures.clone(),
+        );
+        kp.register(
+            "sync_proxy_rules_iptables_partial_restore_failures",
+            "Cumulative proxy iptables partial restore failures",
+            m.iptables.partial_restore_failures.clone(),
         );
         kp.register(
             "network_programming_duration_seconds",
@@ -145,6 +156,21 @@ impl Metrics {
             "ebpf_map_full",
             "Service ports not programmed because an eBPF map was full",
             m.map_full_total.clone(),
+        );
+        sy.register(
+            "sync_failures",
+            "Syncs that failed as a whole; the dataplane kept its previous state",
+            m.sync_failures_total.clone(),
+        );
+        sy.register(
+            "dataplane_repairs",
+            "Drift found by a periodic verify and repaired",
+            m.repairs_total.clone(),
+        );
+        sy.register(
+            "iptables_restores",
+            "iptables-restore runs",
+            m.iptables.restores.clone(),
         );
         sy.register(
             "service_ports",

@@ -1,5 +1,64 @@
-//! This node's local addresses, read from the kernel (getifaddrs over netlink).
+//! This node's local addresses: read from the kernel (getifaddrs over netlink), and
+//! followed through rtnetlink address and link events so NodePorts follow the node's
+//! addresses without polling.
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK};
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
+use tokio::sync::watch;
+
+/// Events arriving within this window are read as one change (an interface coming up
+/// brings several).
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// The address watch could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    /// Listing the addresses failed.
+    #[error("listing local addresses: {0}")]
+    List(#[source] std::io::Error),
+    /// The rtnetlink socket could not be opened or subscribed.
+    #[error("subscribing to rtnetlink address events: {0}")]
+    Subscribe(#[source] std::io::Error),
+}
+
+/// Publishes this node's addresses now and after every address or link change, until the
+/// receiver is dropped.
+pub fn watch_addresses() -> Result<watch::Receiver<Arc<Vec<IpAddr>>>, AddressError> {
+    let first = local_addresses().map_err(AddressError::List)?;
+    let (tx, rx) = watch::channel(Arc::new(first));
+    let (mut connection, _handle, mut events) =
+        rtnetlink::new_connection().map_err(AddressError::Subscribe)?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+        ))
+        .map_err(AddressError::Subscribe)?;
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        while events.next().await.is_some() {
+            while let Ok(Some(_)) = tokio::time::timeout(SETTLE, events.next()).await {}
+            match local_addresses() {
+                Ok(now) if now != **tx.borrow() => {
+                    tracing::info!(addresses = ?now, "local addresses changed");
+                    if tx.send(Arc::new(now)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot list local addresses"),
+            }
+        }
+        tracing::warn!("rtnetlink event stream ended; local addresses are no longer followed");
+    });
+    Ok(rx)
+}
 
 /// Every address configured on an interface that is up, sorted and deduplicated.
 pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {

@@ -7,16 +7,15 @@ use switchyard_common::DEFAULT_SOURCE_RANGES_MAX;
 
 use crate::config::settings::DEFAULT_CGROUP_ROOTS;
 use crate::config::{ProxyMode, Settings, Source};
-use crate::controller::Controller;
+use crate::controller::{Controller, SystemClock};
 use crate::dataplane::Dataplane;
 use crate::ebpf::{EbpfConfig, EbpfDataplane};
 use crate::health::Health;
 use crate::iptables::rule_set::RuleConfig;
 use crate::iptables::{IptablesBackend, IptablesDataplane, SystemIptables};
 use crate::metrics::Metrics;
-use crate::node_addresses::local_addresses;
 use crate::server::{health_router, metrics_router, serve, ServerState};
-use crate::source::kube_api::{self, ChangeTriggers};
+use crate::source::kube_api;
 use crate::source::ManifestDir;
 
 /// Runs the proxy until SIGTERM or SIGINT.
@@ -25,7 +24,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(field, "config file field is not used by Switchyard");
     }
     let health = Arc::new(Health::new(settings.sync_period * 2));
-    let triggers = ChangeTriggers::default();
     // Health and metrics answer from the start, also while waiting for the first lists.
     let metrics = Arc::new(Metrics::new());
     let state = ServerState {
@@ -47,8 +45,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 _ => None,
             };
             let client = kube_api::client(kubeconfig).await?;
-            let (node, health, triggers) = (&settings.node_name, health.clone(), triggers.clone());
-            kube_api::watch_api(client, node, health, triggers).await?
+            kube_api::watch_api(client, &settings.node_name, health.clone()).await?
         }
     };
     let node_ips = source
@@ -56,14 +53,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .objects
         .nodes
         .get(&settings.node_name)
-        .map(crate::model::reported_node_ips)
+        .map(|node| crate::model::reported_node_ips(node))
         .unwrap_or_default();
-    let dataplane = start_dataplane(&settings, &node_ips)?;
+    let addresses = crate::node_addresses::watch_addresses()?;
+    let local = addresses.borrow().clone();
+    let dataplane = start_dataplane(&settings, &node_ips, &local, &metrics)?;
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
-    let controller = Controller::new(settings, dataplane, metrics, health).with_triggers(triggers);
+    let controller = Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = controller.run(source) => tracing::warn!("source ended"),
+        _ = crate::controller::run(controller, source, addresses) => tracing::warn!("source ended"),
         _ = terminate.recv() => tracing::info!("SIGTERM: exiting"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting"),
     }
@@ -73,21 +72,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 fn start_dataplane(
     settings: &Settings,
     node_ips: &[std::net::IpAddr],
+    local: &[std::net::IpAddr],
+    metrics: &Metrics,
 ) -> anyhow::Result<Box<dyn Dataplane>> {
     match settings.mode {
         ProxyMode::Ebpf => {
-            // The other mode's leftovers would translate traffic twice. Our own masquerade
-            // chain stays: removing it even briefly would leave new external flows to remote
-            // backends un-masqueraded (their replies would bypass this node).
-            remove_iptables_state(&[crate::ebpf::masquerade::CHAIN]);
+            // The masquerade chain is written first and never removed while ebpf mode runs:
+            // without it, new external flows to remote backends would go un-masqueraded.
+            crate::ebpf::masquerade::install(iptables_backend(settings)?, &settings.nodeport_range)
+                .context("ebpf mode: installing the masquerade rule for external traffic")?;
+            // The other mode's leftovers would translate traffic twice.
+            remove_iptables_state();
             let devices = if settings.devices.is_empty() {
                 crate::node_addresses::default_devices(node_ips)
                     .context("listing interfaces for --devices")?
             } else {
                 settings.devices.clone()
             };
-            crate::ebpf::masquerade::install(iptables_backend(settings)?, &settings.nodeport_range)
-                .context("ebpf mode: installing the masquerade rule for external traffic")?;
             tracing::info!(?devices, "ebpf mode: packet programs on these devices");
             let cgroup_path = match &settings.cgroup_path {
                 Some(path) => path.clone(),
@@ -115,7 +116,9 @@ fn start_dataplane(
                     tracing::warn!(%backend, error = %e, "cannot remove ebpf mode's masquerade rule");
                 }
             }
-            Ok(Box::new(start_iptables(settings)?))
+            Ok(Box::new(
+                start_iptables(settings, local)?.with_metrics(metrics.iptables.clone()),
+            ))
         }
     }
 }
@@ -128,9 +131,11 @@ fn iptables_backend(settings: &Settings) -> anyhow::Result<IptablesBackend> {
     }
 }
 
-fn start_iptables(settings: &Settings) -> anyhow::Result<IptablesDataplane> {
+fn start_iptables(
+    settings: &Settings,
+    local: &[std::net::IpAddr],
+) -> anyhow::Result<IptablesDataplane> {
     let backend = iptables_backend(settings)?;
-    let local = local_addresses().context("listing local addresses")?;
     let localhost_nodeports = settings.nodeport_cidrs.is_empty()
         || settings
             .nodeport_cidrs
@@ -146,7 +151,11 @@ fn start_iptables(settings: &Settings) -> anyhow::Result<IptablesDataplane> {
         cluster_cidrs: settings.cluster_cidrs.clone(),
         masquerade_all: settings.masquerade_all,
         nodeport_cidrs: settings.nodeport_cidrs.clone(),
-        node_ips: local.into_iter().filter(|ip| !ip.is_loopback()).collect(),
+        node_ips: local
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_loopback())
+            .collect(),
         localhost_nodeports,
     };
     tracing::info!(%backend, "iptables mode");
@@ -169,15 +178,20 @@ fn default_cgroup_root() -> anyhow::Result<PathBuf> {
 /// `--cleanup`: removes what Switchyard left on the node, for both modes and both iptables
 /// backends, so switching modes never leaves the other mode's state behind.
 pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
-    remove_iptables_state(&[]);
+    remove_iptables_state();
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        if let Err(e) = crate::ebpf::masquerade::uninstall(backend) {
+            tracing::warn!(%backend, error = %e, "cannot remove ebpf mode's masquerade rule");
+        }
+    }
     remove_ebpf_state(settings)
 }
 
-/// Removes our iptables chains and jumps from both backends, except the chains in `keep`
-/// (upstream leaves the other mode's rules behind on a mode change; we do not).
-fn remove_iptables_state(keep: &[&str]) {
+/// Removes iptables mode's chains and jumps from both backends (upstream leaves the other
+/// mode's rules behind on a mode change; we do not).
+fn remove_iptables_state() {
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-        match crate::iptables::cleanup::cleanup(backend, keep) {
+        match crate::iptables::cleanup::cleanup(backend) {
             Ok(0) => {}
             Ok(chains) => tracing::info!(%backend, chains, "removed iptables state"),
             Err(e) => tracing::warn!(%backend, error = %e, "iptables cleanup incomplete"),
@@ -189,17 +203,8 @@ fn remove_iptables_state(keep: &[&str]) {
 /// directory may be shared with other tools' pins.
 fn remove_ebpf_state(settings: &Settings) -> anyhow::Result<()> {
     let root = &settings.bpffs_path;
-    let mut removed = 0;
-    for dir in [root.join("links"), root.join("maps")] {
-        if dir.is_dir() {
-            removed += std::fs::read_dir(&dir)
-                .with_context(|| format!("listing {}", dir.display()))?
-                .count();
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-    }
-    // The directory itself only if nothing else lives there.
-    let _ = std::fs::remove_dir(root);
+    let removed = crate::ebpf::dataplane::remove_pins(root)
+        .with_context(|| format!("removing pinned eBPF state under {}", root.display()))?;
     if removed > 0 {
         tracing::info!(path = %root.display(), pins = removed, "removed pinned eBPF state");
     }

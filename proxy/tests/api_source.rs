@@ -2,8 +2,7 @@
 //! server (speaking list/watch with resource versions, bookmarks, 410 Gone and dropped
 //! connections) in a node's namespace, and traffic in the testbed follows the objects.
 //! Runs in both dataplane modes.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
 use std::time::Duration;
 
@@ -21,24 +20,7 @@ fn addr(s: &str) -> SocketAddr {
 
 /// GET `path` from the proxy's HTTP servers inside node1's namespace.
 fn http_get(testbed: &Testbed, port: u16, path: &str) -> (u16, String) {
-    let path = path.to_owned();
-    switchyard_testbed::netns::run_in_netns(&testbed.node(1).netns_path, move || {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
-            .map_err(|e| switchyard_testbed::Error::Protocol(format!("connect: {e}")))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        let mut text = String::new();
-        stream
-            .write_all(request.as_bytes())
-            .and_then(|_| stream.read_to_string(&mut text))
-            .map_err(|e| switchyard_testbed::Error::Protocol(format!("http: {e}")))?;
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, text))
-    })
-    .expect("http request in node1")
+    switchyard_testbed::http_get(testbed.node(1), port, path).expect("http request in node1")
 }
 
 fn service(name: &str, ip: &str, endpoints: &[&str], trigger: &str) -> String {

@@ -442,6 +442,41 @@ fn tcp_syn_to_nodeport_is_translated_and_tracked_in_both_directions() {
 }
 
 #[test]
+fn a_second_flow_with_the_same_reply_tuple_never_steals_the_first_flows_replies() {
+    let mut tc = Tc::load();
+    // Two frontends with the one backend: the same client address and port reaching both
+    // produce the same reply 5-tuple.
+    tc.external((NODE, NODE_PORT), PROTO_TCP, 7, 0, &[POD_A]);
+    tc.external((LB_IP, 80), PROTO_TCP, 8, 0, &[POD_A]);
+    let client = (CLIENT, CLIENT_PORT);
+    let first = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
+    assert_dnat(&tc.ingress(&first), &first, (POD_A, POD_PORT));
+
+    let second = frame(tcp(client, (LB_IP, 80), TCP_SYN));
+    let v = tc.ingress(&second);
+    assert_eq!(
+        v.ret, TC_ACT_SHOT,
+        "the colliding flow is dropped, not translated"
+    );
+    let reply = tc
+        .conntrack(ct_key((POD_A, POD_PORT), client, PROTO_TCP))
+        .expect("reply-direction entry");
+    assert_eq!(
+        (reply.addr, reply.port),
+        (be(NODE), NODE_PORT.to_be()),
+        "replies still go back as the first flow's frontend"
+    );
+    assert_eq!(
+        tc.conntrack(ct_key(client, (LB_IP, 80), PROTO_TCP)),
+        None,
+        "no half-tracked second flow"
+    );
+    // The first flow's packets still follow it.
+    let data = frame(tcp(client, (NODE, NODE_PORT), TCP_ACK | TCP_PSH));
+    assert_dnat(&tc.ingress(&data), &data, (POD_A, POD_PORT));
+}
+
+#[test]
 fn egress_rewrites_the_reply_source_back_to_the_frontend() {
     let mut tc = Tc::load();
     tc.external((LB_IP, 443), PROTO_TCP, 3, 0, &[POD_B]);

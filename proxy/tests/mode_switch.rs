@@ -58,7 +58,7 @@ fn ebpf_to_iptables_and_back() {
         start_switchyard(&testbed, node, BIN.as_ref(), "ebpf", &manifests, &[]).expect("ebpf");
     serving(&ebpf);
     assert!(
-        save().contains(":SWY-EBPF-MASQ"),
+        save().contains(&format!(":{}", switchyard::ebpf::masquerade::CHAIN)),
         "ebpf mode's masquerade chain"
     );
     ebpf.terminate().expect("stop ebpf");
@@ -77,13 +77,22 @@ fn ebpf_to_iptables_and_back() {
     )
     .expect("iptables");
     serving(&iptables);
-    // Several resyncs later, still no error: no stale chain of ebpf mode blocks a sync.
+    // Several resyncs (verifies) later, still no error: no stale chain of ebpf mode blocks a
+    // sync. Counted from the sync-duration histogram, which every completed sync observes.
     wait_for("three more syncs", Duration::from_secs(20), || {
-        let log = iptables.stderr();
-        if log.matches("synced").count() >= 4 {
+        let syncs = switchyard_testbed::http_get(node, 10249, "/metrics")
+            .ok()
+            .and_then(|(_, body)| {
+                body.lines()
+                    .find(|l| l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        if syncs >= 4 {
             Ok(())
         } else {
-            Err(log)
+            Err(syncs)
         }
     })
     .expect("resyncs");
@@ -94,7 +103,7 @@ fn ebpf_to_iptables_and_back() {
         "ebpf pins removed"
     );
     assert!(
-        !save().contains("SWY-EBPF-MASQ"),
+        !save().contains(switchyard::ebpf::masquerade::CHAIN),
         "ebpf masquerade chain removed"
     );
     iptables.terminate().expect("stop iptables");

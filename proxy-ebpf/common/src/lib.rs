@@ -42,10 +42,14 @@ pub const PROTO_TCP: u8 = 6;
 /// IP protocol number for UDP.
 pub const PROTO_UDP: u8 = 17;
 
-/// Default number of entries of the services map.
-pub const DEFAULT_SERVICES_MAX: u32 = 65_536;
-/// Default number of entries of the backends map.
-pub const DEFAULT_BACKENDS_MAX: u32 = 262_144;
+/// Default number of entries of the services map: 30,000 service ports with several
+/// frontends each (maps are not preallocated, so room costs only the bucket array).
+pub const DEFAULT_SERVICES_MAX: u32 = 262_144;
+/// Default number of entries of the backends map: 30,000 services x 10 endpoints, with room
+/// for a second set per service (external traffic policy) or for the fresh sets a restarted
+/// controller writes before the old ones go. Sizing rule: at least twice the number of
+/// endpoints summed over every backend set.
+pub const DEFAULT_BACKENDS_MAX: u32 = 1_048_576;
 /// Default number of entries of the socket reverse-translation map.
 pub const DEFAULT_SOCK_REVNAT_MAX: u32 = 262_144;
 /// Default number of entries of the affinity map.
@@ -156,11 +160,13 @@ pub struct AffinityValue {
     pub slot: u32,
     /// Backend in that slot then; a different backend there now means the affinity is void.
     pub backend: Backend,
+    /// Explicit tail padding (the u64 aligns the struct to 8 bytes).
+    pub pad: u32,
 }
 
 /// Key of the backends map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct BackendKey {
     /// [`ServiceValue::id`] of the owning service entry.
     pub service_id: u32,
@@ -225,6 +231,30 @@ pub struct SourceRangeKey {
     /// Client address (range base), network byte order.
     pub client_addr: u32,
 }
+
+/// Compile-time layout check of a map type shared with the kernel: its size is the sum of its
+/// fields' sizes (no implicit padding, which the kernel would hash or compare as garbage and
+/// which `aya::Pod` forbids), and equals the size the other side was built with.
+macro_rules! assert_no_padding {
+    ($ty:ty, $size:expr, [$($field:ty),+ $(,)?]) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$ty>() == $size);
+            assert!(core::mem::size_of::<$ty>() == 0 $(+ core::mem::size_of::<$field>())+);
+        };
+    };
+}
+
+assert_no_padding!(ServiceKey, 8, [u32, u16, u8, u8]);
+assert_no_padding!(ServiceValue, 16, [u32, u16, u16, u32, u32]);
+assert_no_padding!(SockRevKey, 16, [u64, u32, u16, u16]);
+assert_no_padding!(SockRevValue, 8, [u32, u16, u16]);
+assert_no_padding!(AffinityKey, 16, [u64, u32, u32]);
+assert_no_padding!(AffinityValue, 24, [u64, u32, Backend, u32]);
+assert_no_padding!(BackendKey, 8, [u32, u32]);
+assert_no_padding!(Backend, 8, [u32, u16, u16]);
+assert_no_padding!(CtKey, 16, [u32, u32, u16, u16, u8, [u8; 3]]);
+assert_no_padding!(CtValue, 16, [u32, u16, u16, u64]);
+assert_no_padding!(SourceRangeKey, 8, [u32, u32]);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -2,8 +2,8 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::lpm_trie::Key as LpmKey;
+use aya::maps::MapError;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
@@ -12,9 +12,10 @@ use switchyard_common::{
     SourceRangeKey, CT_FLAG_REPLY,
 };
 
+use super::maps::{ignore_missing, Capacities, MapHandleError, Maps, OpError};
 use super::object::embedded_object;
 use super::plan::{MapOp, Planner};
-use crate::dataplane::{Dataplane, PortError, SyncReport};
+use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
 use crate::model::{DesiredState, ServicePortKey, StateDiff};
 
 /// Where and how big.
@@ -114,8 +115,11 @@ pub enum EbpfError {
         message: String,
     },
     /// A map is missing or has the wrong type.
-    #[error("ebpf mode: map {name}: {source}")]
-    Map {
+    #[error(transparent)]
+    Map(#[from] MapHandleError),
+    /// Reading back a map failed.
+    #[error("ebpf mode: reading map {name}: {source}")]
+    ReadMap {
         /// Map name.
         name: &'static str,
         /// Underlying error.
@@ -126,8 +130,9 @@ pub enum EbpfError {
 
 /// The loaded programs and their maps.
 pub struct EbpfDataplane {
-    // Owns programs and map handles; the pinned links and maps outlive the process.
-    ebpf: Ebpf,
+    // Owns the programs; the pinned links and maps outlive the process.
+    _ebpf: Ebpf,
+    maps: Maps,
     planner: Planner,
     config: EbpfConfig,
     /// Backend-set ids found in adopted maps, reserved until the first full sync.
@@ -222,11 +227,18 @@ impl EbpfDataplane {
             }
         }
         unpin_leftover_links(&links_dir, &pinned);
-        // Both maps must exist with the right types before the first sync.
-        services_map(&mut ebpf)?;
-        backends_map(&mut ebpf)?;
+        // Resolved once, after every program is loaded (loading relocates their references).
+        let maps = Maps::take(
+            &mut ebpf,
+            Capacities {
+                services: config.services_max,
+                backends: config.backends_max,
+                source_ranges: config.source_ranges_max,
+            },
+        )?;
         let mut dataplane = Self {
-            ebpf,
+            _ebpf: ebpf,
+            maps,
             planner: Planner::default(),
             config,
             adopted: Vec::new(),
@@ -244,8 +256,9 @@ impl EbpfDataplane {
     }
 
     fn existing_service_ids(&mut self) -> Result<Vec<u32>, EbpfError> {
-        let map = services_map(&mut self.ebpf)?;
-        let mut ids: Vec<u32> = map
+        let mut ids: Vec<u32> = self
+            .maps
+            .services
             .iter()
             .filter_map(Result::ok)
             .map(|(_, v)| v.id)
@@ -264,46 +277,50 @@ impl EbpfDataplane {
         let owned: std::collections::BTreeSet<ServiceKey> =
             self.planner.owned_frontends().copied().collect();
         let live: std::collections::BTreeSet<u32> = self.planner.live_ids().collect();
-        if let Ok(mut services) = services_map(&mut self.ebpf) {
-            let stale: Vec<ServiceKey> = services
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !owned.contains(k))
-                .collect();
-            for key in stale {
-                let _ = ignore_missing(services.remove(&key));
-            }
+        let maps = &mut self.maps;
+        let stale: Vec<ServiceKey> = maps
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !owned.contains(k))
+            .collect();
+        for key in stale {
+            let _ = ignore_missing(maps.services.remove(&key), map_names::SERVICES);
         }
-        if let Ok(mut backends) = backends_map(&mut self.ebpf) {
-            let stale: Vec<BackendKey> = backends
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !live.contains(&k.service_id))
-                .collect();
-            for key in stale {
-                let _ = ignore_missing(backends.remove(&key));
-            }
-        }
+        // The old sets' slots go with the next sync, like every retired slot: a program
+        // that read an old service entry just before it was replaced may still look them up.
+        let stale: Vec<BackendKey> = maps
+            .backends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.service_id))
+            .collect();
+        self.deferred
+            .extend(stale.into_iter().map(MapOp::DeleteBackend));
         let ranges: std::collections::BTreeSet<(SourceRangeKey, u32)> =
             self.planner.live_ranges().copied().collect();
-        if let Ok(mut trie) = source_ranges_map(&mut self.ebpf) {
-            let stale: Vec<LpmKey<SourceRangeKey>> = trie
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !ranges.contains(&(k.data(), k.prefix_len())))
-                .collect();
-            for key in stale {
-                let _ = ignore_missing(trie.remove(&key));
-            }
+        let stale: Vec<LpmKey<SourceRangeKey>> = maps
+            .source_ranges
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ranges.contains(&(k.data(), k.prefix_len())))
+            .collect();
+        for key in stale {
+            let _ = ignore_missing(maps.source_ranges.remove(&key), map_names::SOURCE_RANGES);
         }
         self.planner.release(self.adopted.drain(..));
     }
 
-    fn write_port(&mut self, key: &ServicePortKey, state: &DesiredState) -> Result<(), OpError> {
+    /// Writes one port; backends its external traffic may no longer use go into `gone`.
+    fn write_port(
+        &mut self,
+        key: &ServicePortKey,
+        state: &DesiredState,
+        gone: &mut std::collections::BTreeSet<Backend>,
+    ) -> Result<(), OpError> {
         let before = self.planner.external_backends(key);
         let (ops, conflicts) = self.planner.plan_port(key, state.ports.get(key));
         let after = self.planner.external_backends(key);
-        let gone: Vec<Backend> = before.difference(&after).copied().collect();
         for conflict in &conflicts {
             tracing::warn!("{conflict}");
         }
@@ -315,34 +332,28 @@ impl EbpfDataplane {
             let _ = self.run_ops(&cleanup);
             return result;
         }
-        if !gone.is_empty() {
-            self.forget_flows_to(&gone);
-        }
+        gone.extend(before.difference(&after).copied());
         result
     }
 
     /// Deletes tracked external flows to backends that left: otherwise a UDP client that keeps
     /// its source port stays stuck on a dead backend (kube-proxy clears conntrack likewise).
-    fn forget_flows_to(&mut self, gone: &[Backend]) {
-        let Ok(mut conntrack) = conntrack_map(&mut self.ebpf) else {
-            return;
-        };
+    fn forget_flows_to(&mut self, gone: &std::collections::BTreeSet<Backend>) {
+        let conntrack = &mut self.maps.conntrack;
         let stale: Vec<CtKey> = conntrack
             .iter()
             .filter_map(Result::ok)
             .filter(|(key, value)| {
-                gone.iter().any(|b| {
-                    let original = value.flags & CT_FLAG_REPLY == 0
-                        && value.addr == b.addr
-                        && value.port == b.port;
-                    let reply = key.src_addr == b.addr && key.src_port == b.port;
-                    original || reply
-                })
+                let backend = |addr, port| Backend { addr, port, pad: 0 };
+                let original = value.flags & CT_FLAG_REPLY == 0
+                    && gone.contains(&backend(value.addr, value.port));
+                let reply = gone.contains(&backend(key.src_addr, key.src_port));
+                original || reply
             })
             .map(|(key, _)| key)
             .collect();
         for key in stale {
-            let _ = ignore_missing(conntrack.remove(&key));
+            let _ = ignore_missing(conntrack.remove(&key), map_names::CONNTRACK);
         }
     }
 
@@ -366,39 +377,7 @@ impl EbpfDataplane {
     }
 
     fn run_now(&mut self, ops: &[MapOp]) -> Result<(), OpError> {
-        for op in ops {
-            match op {
-                MapOp::PutBackend(k, v) => {
-                    let mut map = backends_map(&mut self.ebpf)?;
-                    map.insert(k, v, 0)
-                        .map_err(|e| full_or(e, map_names::BACKENDS, self.config.backends_max))?;
-                }
-                MapOp::PutService(k, v) => {
-                    let mut map = services_map(&mut self.ebpf)?;
-                    map.insert(k, v, 0)
-                        .map_err(|e| full_or(e, map_names::SERVICES, self.config.services_max))?;
-                }
-                MapOp::DeleteService(k) => {
-                    let mut map = services_map(&mut self.ebpf)?;
-                    ignore_missing(map.remove(k))?;
-                }
-                MapOp::PutSourceRange(k, prefix) => {
-                    let mut map = source_ranges_map(&mut self.ebpf)?;
-                    map.insert(&LpmKey::new(*prefix, *k), 1, 0).map_err(|e| {
-                        full_or(e, map_names::SOURCE_RANGES, self.config.source_ranges_max)
-                    })?;
-                }
-                MapOp::DeleteSourceRange(k, prefix) => {
-                    let mut map = source_ranges_map(&mut self.ebpf)?;
-                    ignore_missing(map.remove(&LpmKey::new(*prefix, *k)))?;
-                }
-                MapOp::DeleteBackend(k) => {
-                    let mut map = backends_map(&mut self.ebpf)?;
-                    ignore_missing(map.remove(k))?;
-                }
-            }
-        }
-        Ok(())
+        ops.iter().try_for_each(|op| self.maps.run(op))
     }
 
     fn write_ports<'a>(
@@ -407,27 +386,30 @@ impl EbpfDataplane {
         keys: impl Iterator<Item = &'a ServicePortKey>,
     ) -> SyncReport {
         let mut report = SyncReport::default();
+        let mut gone = std::collections::BTreeSet::new();
         for key in keys {
-            match self.write_port(key, state) {
+            match self.write_port(key, state, &mut gone) {
                 Ok(()) => report.ports_written += 1,
                 Err(error) => report.errors.push(PortError {
                     port: key.clone(),
-                    full_map: match &error {
-                        OpError::Full { name, .. } => Some(name),
-                        OpError::Other(_) => None,
-                    },
-                    message: error.to_string(),
+                    full_map: error.full_map(),
+                    source: Box::new(error),
                 }),
             }
+        }
+        // One pass over the conntrack map per sync, however many ports lost backends.
+        if !gone.is_empty() {
+            self.forget_flows_to(&gone);
         }
         report
     }
 }
 
-impl Dataplane for EbpfDataplane {
-    fn apply(&mut self, state: &DesiredState, diff: &StateDiff) -> SyncReport {
+impl EbpfDataplane {
+    /// Writes the ports in `diff` (removals first, so a frontend moving between services is
+    /// free when its new owner is written).
+    fn partial(&mut self, state: &DesiredState, diff: &StateDiff) -> SyncReport {
         self.begin_sync();
-        // Removals first so a frontend moving between services is free when its new owner is written.
         let keys: Vec<ServicePortKey> = diff
             .removed
             .iter()
@@ -438,7 +420,8 @@ impl Dataplane for EbpfDataplane {
         self.write_ports(state, keys.iter())
     }
 
-    fn full_sync(&mut self, state: &DesiredState, _diff: &StateDiff) -> SyncReport {
+    /// Rewrites every port, removes what nothing owns any more.
+    fn full(&mut self, state: &DesiredState) -> SyncReport {
         self.begin_sync();
         let mut keys: Vec<ServicePortKey> = self
             .planner
@@ -452,6 +435,72 @@ impl Dataplane for EbpfDataplane {
         self.collect_adopted_garbage();
         report
     }
+
+    /// Reads the services and backends maps back (one pass each) and compares them with
+    /// what was programmed.
+    fn drift(&self) -> Result<super::plan::Drift, EbpfError> {
+        let read = |name| move |source| EbpfError::ReadMap { name, source };
+        let services: Vec<_> = self
+            .maps
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::SERVICES))?;
+        let backends: Vec<_> = self
+            .maps
+            .backends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::BACKENDS))?;
+        Ok(self.planner.check_drift(services, backends))
+    }
+}
+
+impl Dataplane for EbpfDataplane {
+    fn sync(
+        &mut self,
+        kind: SyncKind,
+        state: &DesiredState,
+        diff: &StateDiff,
+    ) -> Result<SyncReport, SyncError> {
+        match kind {
+            SyncKind::Full => Ok(self.full(state)),
+            SyncKind::Partial => Ok(self.partial(state, diff)),
+            SyncKind::Verify => {
+                let drift = self
+                    .drift()
+                    .map_err(|e| SyncError::new("reading the maps back", e))?;
+                if drift.is_none() {
+                    return Ok(self.partial(state, diff));
+                }
+                tracing::warn!(%drift, "eBPF maps changed behind our back; rewriting");
+                let mut report = self.full(state);
+                report.repaired = Some(drift.to_string());
+                Ok(report)
+            }
+        }
+    }
+
+    fn cleanup(&mut self) -> Result<(), SyncError> {
+        remove_pins(&self.config.bpffs_path)
+            .map(drop)
+            .map_err(|e| SyncError::new("unpinning our maps and links", e))
+    }
+}
+
+/// Unpins our links (detaching the programs) and maps under `root`; returns how many pins
+/// went. Only our own entries go: the directory may be shared with other tools' pins.
+pub fn remove_pins(root: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for dir in [root.join("links"), root.join("maps")] {
+        if dir.is_dir() {
+            removed += std::fs::read_dir(&dir)?.count();
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+    // The directory itself only if nothing else lives there.
+    let _ = std::fs::remove_dir(root);
+    Ok(removed)
 }
 
 /// Creates the pin directories; the path must be on a bpffs mount.
@@ -634,87 +683,4 @@ where
         drop(old.unpin().map_err(|e| pin_error(e.to_string()))?);
     }
     std::fs::rename(&fresh, pin).map_err(|e| pin_error(e.to_string()))
-}
-
-fn conntrack_map(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, CtKey, CtValue>, EbpfError> {
-    let name = map_names::CONNTRACK;
-    let map = ebpf.map_mut(name).ok_or(EbpfError::Map {
-        name,
-        source: MapError::InvalidName { name: name.into() },
-    })?;
-    HashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
-}
-
-fn source_ranges_map(
-    ebpf: &mut Ebpf,
-) -> Result<LpmTrie<&mut MapData, SourceRangeKey, u8>, EbpfError> {
-    let name = map_names::SOURCE_RANGES;
-    let map = ebpf.map_mut(name).ok_or(EbpfError::Map {
-        name,
-        source: MapError::InvalidName { name: name.into() },
-    })?;
-    LpmTrie::try_from(map).map_err(|source| EbpfError::Map { name, source })
-}
-
-fn services_map(
-    ebpf: &mut Ebpf,
-) -> Result<HashMap<&mut MapData, ServiceKey, ServiceValue>, EbpfError> {
-    let name = map_names::SERVICES;
-    let map = ebpf.map_mut(name).ok_or(EbpfError::Map {
-        name,
-        source: MapError::InvalidName { name: name.into() },
-    })?;
-    HashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
-}
-
-fn backends_map(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, BackendKey, Backend>, EbpfError> {
-    let name = map_names::BACKENDS;
-    let map = ebpf.map_mut(name).ok_or(EbpfError::Map {
-        name,
-        source: MapError::InvalidName { name: name.into() },
-    })?;
-    HashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
-}
-
-/// A failed map write.
-#[derive(Debug, thiserror::Error)]
-enum OpError {
-    /// The map has no room for another entry.
-    #[error("map {name} is full ({max} entries); raise its size")]
-    Full {
-        /// Map name.
-        name: &'static str,
-        /// Its size.
-        max: u32,
-    },
-    /// Anything else.
-    #[error("{0}")]
-    Other(String),
-}
-
-impl From<EbpfError> for OpError {
-    fn from(e: EbpfError) -> Self {
-        OpError::Other(e.to_string())
-    }
-}
-
-fn full_or(error: MapError, name: &'static str, max: u32) -> OpError {
-    if let MapError::SyscallError(e) = &error {
-        // Hash maps say E2BIG when full, LPM tries ENOSPC.
-        if matches!(
-            e.io_error.raw_os_error(),
-            Some(libc::E2BIG) | Some(libc::ENOSPC)
-        ) {
-            return OpError::Full { name, max };
-        }
-    }
-    OpError::Other(format!("map {name}: {error}"))
-}
-
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), OpError> {
-    match result {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other.map_err(|e| OpError::Other(e.to_string())),
-    }
 }

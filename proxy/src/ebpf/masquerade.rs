@@ -9,8 +9,9 @@ use crate::iptables::exec::{self, ExecError};
 use crate::iptables::rule_set::{ChainRef, Table};
 use crate::iptables::IptablesBackend;
 
-/// Our chain in nat, jumped to from POSTROUTING.
-pub const CHAIN: &str = "SWY-EBPF-MASQ";
+/// Our chain in nat, jumped to from POSTROUTING. Its prefix is not iptables mode's `SWY-`,
+/// so removing iptables mode's state never touches it.
+pub const CHAIN: &str = "SWITCHYARD-EBPF-MASQ";
 
 /// Source ports MASQUERADE may pick: above the NodePort range, so a masqueraded reply never
 /// arrives at a node port that the tc program would take for a new NodePort connection.

@@ -1,7 +1,10 @@
 //! ebpf mode: socket programs whose maps hold services and backends.
 pub mod dataplane;
+pub mod maps;
 pub mod masquerade;
 pub mod object;
-pub mod plan;
 
 pub use dataplane::{EbpfConfig, EbpfDataplane, EbpfError};
+
+/// The pure planner of map writes, from the model crate.
+pub use switchyard_model::ebpf_plan as plan;

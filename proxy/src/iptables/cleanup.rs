@@ -17,29 +17,22 @@ const BUILTIN: &[(Table, &str)] = &[
     (Table::Filter, "OUTPUT"),
 ];
 
-/// Removes our state from `backend`, except the chains named in `keep` (and the jumps into
-/// them). Returns how many chains were removed.
-pub fn cleanup(backend: IptablesBackend, keep: &[&str]) -> Result<usize, ExecError> {
+/// Removes iptables mode's state from `backend`. Returns how many chains were removed.
+pub fn cleanup(backend: IptablesBackend) -> Result<usize, ExecError> {
     // 1. Jumps from built-in chains into ours, found by their target.
     for (table, chain) in BUILTIN {
         let chain = ChainRef::new(*table, *chain);
         for rule in jumps_into_ours(backend, &chain) {
-            if !keep.iter().any(|k| rule.iter().any(|arg| arg == k)) {
-                exec::delete_rule(backend, &chain, &rule)?;
-            }
+            exec::delete_rule(backend, &chain, &rule)?;
         }
     }
-    // 2. Our chains, flushed then deleted in one transaction per table.
+    // 2. Our chains, flushed then deleted, batched as the backend's full syncs are.
     let mut ours = BTreeSet::new();
     for table in TABLES {
-        ours.extend(
-            exec::our_chains(backend, table)?
-                .into_iter()
-                .filter(|c| !keep.contains(&c.chain.as_str())),
-        );
+        ours.extend(exec::our_chains(backend, table)?);
     }
-    if !ours.is_empty() {
-        exec::restore(backend, &restore::remove_chains(&ours))?;
+    for input in restore::remove_chains_in(&ours, backend.strategy()) {
+        exec::restore(backend, &input)?;
     }
     Ok(ours.len())
 }

@@ -3,6 +3,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use wait_timeout::ChildExt;
+
 use super::backend::IptablesBackend;
 use super::chains::is_ours;
 use super::rule_set::{ChainRef, Table};
@@ -60,43 +62,64 @@ fn run(mut cmd: Command, input: Option<&str>) -> Result<String, ExecError> {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+    let spawn_error = |source| ExecError::Spawn {
         program: program.clone(),
         source,
-    })?;
-    // Feeding and waiting happen on a helper thread so a hung tool (a stuck xtables lock, a
-    // wedged netlink socket) costs this sync a deadline, not the controller forever.
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let text = input.map(str::to_owned);
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let (Some(text), Some(mut stdin)) = (text, child.stdin.take()) {
+    };
+    let mut child = cmd.spawn().map_err(spawn_error)?;
+    // Feeding and draining happen on helper threads so a hung tool (a stuck xtables lock, a
+    // wedged netlink socket) costs this sync a deadline, not the controller forever. The
+    // child itself stays here, unreaped until it is waited for, so killing it on timeout can
+    // never hit a process that reused its pid.
+    let feeder = match (input.map(str::to_owned), child.stdin.take()) {
+        (Some(text), Some(mut stdin)) => Some(std::thread::spawn(move || {
             // A write error shows up as the child's failure, with its own message.
             let _ = stdin.write_all(text.as_bytes());
-        }
-        let _ = done_tx.send(child.wait_with_output());
-    });
-    let out = match done_rx.recv_timeout(COMMAND_DEADLINE) {
-        Ok(result) => result.map_err(|source| ExecError::Spawn {
-            program: program.clone(),
-            source,
-        })?,
-        Err(_) => {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        })),
+        _ => None,
+    };
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = match child.wait_timeout(COMMAND_DEADLINE).map_err(spawn_error)? {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(ExecError::TimedOut {
                 program,
                 after: COMMAND_DEADLINE,
             });
         }
     };
-    if !out.status.success() {
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    let (stdout, stderr) = (collect(stdout), collect(stderr));
+    if !status.success() {
         return Err(ExecError::Failed {
             program,
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            status,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+type Drained = Option<std::thread::JoinHandle<Vec<u8>>>;
+
+/// Reads a pipe to its end on a helper thread (a full pipe would stall the child).
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> Drained {
+    pipe.map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    })
+}
+
+fn collect(drained: Drained) -> Vec<u8> {
+    drained.and_then(|h| h.join().ok()).unwrap_or_default()
 }
 
 /// Runs `iptables-restore --noflush` with `input`.

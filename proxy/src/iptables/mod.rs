@@ -1,12 +1,11 @@
 //! iptables mode: kube-proxy-compatible chains written atomically with iptables-restore.
 pub mod backend;
-pub mod chains;
 pub mod cleanup;
 pub mod dataplane;
 pub mod exec;
-pub mod restore;
-pub mod rule_set;
-pub mod rules;
 
 pub use backend::IptablesBackend;
 pub use dataplane::{IptablesDataplane, SystemIptables};
+
+// The pure renderer lives in the model crate; these paths keep the mode's modules together.
+pub use switchyard_model::iptables::{chains, restore, rule_set, rules};

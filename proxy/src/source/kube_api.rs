@@ -12,7 +12,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use tokio::sync::{mpsc, watch};
 
-use super::{Snapshot, SourceError};
+use super::{Snapshot, SourceError, Trigger, TRIGGERS_KEPT};
 use crate::health::Health;
 use crate::model::ClusterObjects;
 
@@ -28,27 +28,33 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Events arriving within this window become one snapshot.
 const BATCH: Duration = Duration::from_millis(50);
 
-/// Trigger times of EndpointSlice changes not yet in the dataplane, for
-/// `kubeproxy_network_programming_duration_seconds`.
+/// The recent EndpointSlice change triggers, shared by the slice reflector (which records
+/// each live change after the store holds it) and the snapshot publisher.
 #[derive(Clone, Debug, Default)]
-pub struct ChangeTriggers(Arc<Mutex<Vec<SystemTime>>>);
+struct TriggerLog(Arc<Mutex<TriggerLogInner>>);
 
-impl ChangeTriggers {
+#[derive(Debug, Default)]
+struct TriggerLogInner {
+    last_seq: u64,
+    recent: std::collections::VecDeque<Trigger>,
+}
+
+impl TriggerLog {
     fn record(&self, at: SystemTime) {
-        self.lock().push(at);
+        let mut log = self.lock();
+        log.last_seq += 1;
+        let seq = log.last_seq;
+        log.recent.push_back(Trigger { seq, at });
+        while log.recent.len() > TRIGGERS_KEPT {
+            log.recent.pop_front();
+        }
     }
 
-    /// Takes every recorded trigger; call right before reading the snapshot to apply.
-    pub fn drain(&self) -> Vec<SystemTime> {
-        std::mem::take(&mut *self.lock())
+    fn recent(&self) -> Arc<Vec<Trigger>> {
+        Arc::new(self.lock().recent.iter().copied().collect())
     }
 
-    /// Puts back triggers whose sync failed, to be observed when a later one succeeds.
-    pub fn restore(&self, triggers: Vec<SystemTime>) {
-        self.lock().extend(triggers);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SystemTime>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TriggerLogInner> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -65,8 +71,8 @@ pub async fn watch_api(
     client: Client,
     node_name: &str,
     health: Arc<Health>,
-    triggers: ChangeTriggers,
 ) -> Result<watch::Receiver<Snapshot>, SourceError> {
+    let triggers = TriggerLog::default();
     let (signal_tx, mut signal_rx) = mpsc::unbounded_channel();
     let services = spawn_reflector(
         Api::<Service>::all(client.clone()),
@@ -78,7 +84,7 @@ pub async fn watch_api(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(SLICE_SELECTOR),
         signal_tx.clone(),
-        Some(triggers),
+        Some(triggers.clone()),
     );
     let nodes = spawn_reflector(
         Api::<Node>::all(client.clone()),
@@ -96,7 +102,7 @@ pub async fn watch_api(
             SourceError::Client(format!("API watch ended before its first list: {e}"))
         })?;
     }
-    let (tx, rx) = watch::channel(snapshot(&services, &slices, &nodes));
+    let (tx, rx) = watch::channel(snapshot(&services, &slices, &nodes, &triggers));
     health.source_ok(SystemTime::now());
     tokio::spawn(async move {
         // kube-runtime reports a watch error, but not the successful re-watch after it; on a
@@ -135,7 +141,10 @@ pub async fn watch_api(
             }
             if changed {
                 health.source_ok(SystemTime::now());
-                if tx.send(snapshot(&services, &slices, &nodes)).is_err() {
+                if tx
+                    .send(snapshot(&services, &slices, &nodes, &triggers))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -149,7 +158,7 @@ fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     signals: mpsc::UnboundedSender<Signal>,
-    triggers: Option<ChangeTriggers>,
+    triggers: Option<TriggerLog>,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
@@ -171,8 +180,10 @@ where
                         watcher::Event::Apply(object) if listed => {
                             // Only live changes count: the initial list's trigger times
                             // describe changes programmed by someone before us.
-                            if let Some(at) = triggers.as_ref().zip(trigger_time(object)) {
-                                at.0.record(at.1);
+                            // The reflector has already put the object into the store,
+                            // so any snapshot read from now on holds this change.
+                            if let Some((log, at)) = triggers.as_ref().zip(trigger_time(object)) {
+                                log.record(at);
                             }
                         }
                         _ => {}
@@ -204,20 +215,25 @@ fn snapshot(
     services: &Store<Service>,
     slices: &Store<EndpointSlice>,
     nodes: &Store<Node>,
+    triggers: &TriggerLog,
 ) -> Snapshot {
+    // Triggers first: each was recorded after its object reached the store, so every one
+    // read here is in the objects read below.
+    let triggers = triggers.recent();
     let mut objects = ClusterObjects::default();
     for service in services.state() {
-        objects.insert_service((*service).clone());
+        objects.insert_service_arc(service);
     }
     for slice in slices.state() {
-        objects.insert_slice((*slice).clone());
+        objects.insert_slice_arc(slice);
     }
     for node in nodes.state() {
-        objects.insert_node((*node).clone());
+        objects.insert_node_arc(node);
     }
     Snapshot {
         objects: Arc::new(objects),
         warnings: Vec::new(),
+        triggers,
     }
 }
 

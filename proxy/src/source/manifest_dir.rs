@@ -84,6 +84,7 @@ impl ManifestDir {
         Ok(Snapshot {
             objects: Arc::new(objects),
             warnings,
+            ..Snapshot::default()
         })
     }
 

@@ -5,6 +5,7 @@ pub mod manifest_parse;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::model::ClusterObjects;
 
@@ -17,6 +18,23 @@ pub struct Snapshot {
     pub objects: Arc<ClusterObjects>,
     /// Source-level problems (unreadable files, malformed documents), each naming its place.
     pub warnings: Vec<String>,
+    /// The most recent EndpointSlice change triggers, every one of them already reflected in
+    /// `objects` (at most [`TRIGGERS_KEPT`]).
+    pub triggers: Arc<Vec<Trigger>>,
+}
+
+/// How many recent triggers a snapshot carries; a controller that falls further behind than
+/// this loses the latency samples of the oldest ones.
+pub const TRIGGERS_KEPT: usize = 4096;
+
+/// When a change that a snapshot holds began (`endpoints.kubernetes.io/last-change-trigger-time`),
+/// for `kubeproxy_network_programming_duration_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    /// Increases by one per trigger, so a consumer knows which it has observed.
+    pub seq: u64,
+    /// The trigger time.
+    pub at: SystemTime,
 }
 
 /// A source that cannot run at all.

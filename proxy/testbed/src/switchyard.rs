@@ -173,6 +173,34 @@ pub fn start_switchyard_from(
     testbed.spawn(node, binary, args)
 }
 
+/// `GET path` on `127.0.0.1:port` inside `node`'s namespace (where switchyard's health and
+/// metrics servers listen): the status code and the whole response.
+pub fn http_get(node: &Node, port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let path = path.to_owned();
+    crate::netns::run_in_netns(&node.netns_path, move || {
+        let protocol = |e: std::io::Error| Error::Protocol(format!("GET {path}: {e}"));
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+            .map_err(protocol)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(protocol)?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let mut text = String::new();
+        stream
+            .write_all(request.as_bytes())
+            .and_then(|_| stream.read_to_string(&mut text))
+            .map_err(protocol)?;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((code, text))
+    })
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` and the last
 /// observation. For waiting on a condition instead of sleeping a guessed time.
 pub fn wait_for<T, O: std::fmt::Debug>(

@@ -335,12 +335,16 @@ impl Run<'_> {
             .map_err(|e| format!("starting switchyard on node{n}: {e}"))
     }
 
-    /// Waits until every proxy has logged a sync; fails at once if one exits.
+    /// Waits until every proxy's /healthz says it has synced; fails at once if one exits.
     fn wait_started(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         for (n, child) in &mut self.proxies {
+            let node = self.testbed.node(*n);
             loop {
-                if child.stderr().contains(" synced ") {
+                if matches!(
+                    switchyard_testbed::http_get(node, 10256, "/healthz"),
+                    Ok((200, _))
+                ) {
                     break;
                 }
                 if let Ok(Some(status)) = child.try_wait() {
@@ -350,7 +354,7 @@ impl Run<'_> {
                 }
                 if Instant::now() >= deadline {
                     return Err(format!(
-                        "switchyard on node{n} did not log a sync within {START_TIMEOUT:?}"
+                        "switchyard on node{n}: /healthz not 200 within {START_TIMEOUT:?}"
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(20));

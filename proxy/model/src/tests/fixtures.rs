@@ -8,7 +8,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::model::{
+use crate::{
     compute_desired_state, ClusterObjects, Computed, Endpoint, NodeContext, ServicePort,
     ServicePortKey, DEFAULT_NODEPORT_RANGE,
 };
@@ -159,7 +159,7 @@ impl World {
 }
 
 /// Key of a port of service `default/<name>`.
-pub fn key(name: &str, port_name: &str, protocol: crate::model::Protocol) -> ServicePortKey {
+pub fn key(name: &str, port_name: &str, protocol: crate::Protocol) -> ServicePortKey {
     ServicePortKey {
         namespace: "default".to_owned(),
         name: name.to_owned(),

@@ -1,7 +1,10 @@
-//! The pure service model: Kubernetes objects -> desired dataplane state for this node -> diff.
+//! Switchyard's pure core: Kubernetes objects -> desired dataplane state for this node -> diff,
+//! and the dataplane renderings of that state ([`iptables`] rules, the [`ebpf_plan`] of map
+//! writes).
 //!
-//! Nothing in here does I/O; the sources fill [`ClusterObjects`], the backends consume
-//! [`DesiredState`] and [`StateDiff`].
+//! Nothing in this crate does I/O or reads the clock, and its dependency graph holds no
+//! runtime, kernel or API-client crate; the sources fill [`ClusterObjects`], the dataplanes
+//! consume [`DesiredState`] and [`StateDiff`].
 //!
 //! Flow: [`compute_desired_state`] reads [`ClusterObjects`] for one [`NodeContext`] and returns
 //! a [`DesiredState`] (one [`ServicePort`] per service port this node proxies) plus the
@@ -22,7 +25,9 @@
 
 mod build;
 mod diff;
+pub mod ebpf_plan;
 mod endpoints;
+pub mod iptables;
 mod node;
 mod objects;
 mod parse;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use data_encoding::BASE32;
 use sha2::{Digest, Sha256};
 
-use crate::model::ServicePortKey;
+use crate::ServicePortKey;
 
 /// Prefix of every chain Switchyard creates; nothing else in the kernel starts with it.
 pub const PREFIX: &str = "SWY-";
@@ -149,7 +149,7 @@ pub fn sep_chain(key: &ServicePortKey, ip: IpAddr, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
+    use crate::Protocol;
 
     fn key(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortKey {
         ServicePortKey {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -49,22 +50,29 @@ impl fmt::Display for ObjectKey {
 ///
 /// Sources (manifest directory watcher, kube-rs reflectors) fill it. The map key is the
 /// object's identity for the model; metadata inside the object is not consulted again.
+/// Objects are shared, not copied: a snapshot holds the same `Arc`s as the reflector stores.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterObjects {
     /// Services by namespace/name.
-    pub services: BTreeMap<ObjectKey, Service>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
     /// EndpointSlices by their own namespace/name (joined to services by label).
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     /// Legacy Endpoints by namespace/name (equal to their service's), for selector-less
     /// services in manifest mode.
-    pub endpoints: BTreeMap<ObjectKey, Endpoints>,
+    pub endpoints: BTreeMap<ObjectKey, Arc<Endpoints>>,
     /// Nodes by name.
-    pub nodes: BTreeMap<String, Node>,
+    pub nodes: BTreeMap<String, Arc<Node>>,
 }
 
 impl ClusterObjects {
     /// Inserts or replaces a Service, keyed by its metadata; returns the key.
     pub fn insert_service(&mut self, service: Service) -> ObjectKey {
+        self.insert_service_arc(Arc::new(service))
+    }
+
+    /// Inserts or replaces a shared Service (as a reflector store holds it), keyed by its
+    /// metadata; returns the key.
+    pub fn insert_service_arc(&mut self, service: Arc<Service>) -> ObjectKey {
         let key = ObjectKey::from_meta(&service.metadata);
         self.services.insert(key.clone(), service);
         key
@@ -72,6 +80,12 @@ impl ClusterObjects {
 
     /// Inserts or replaces an EndpointSlice, keyed by its metadata; returns the key.
     pub fn insert_slice(&mut self, slice: EndpointSlice) -> ObjectKey {
+        self.insert_slice_arc(Arc::new(slice))
+    }
+
+    /// Inserts or replaces a shared EndpointSlice (as a reflector store holds it), keyed by its
+    /// metadata; returns the key.
+    pub fn insert_slice_arc(&mut self, slice: Arc<EndpointSlice>) -> ObjectKey {
         let key = ObjectKey::from_meta(&slice.metadata);
         self.endpoint_slices.insert(key.clone(), slice);
         key
@@ -79,6 +93,12 @@ impl ClusterObjects {
 
     /// Inserts or replaces a legacy Endpoints object, keyed by its metadata; returns the key.
     pub fn insert_endpoints(&mut self, endpoints: Endpoints) -> ObjectKey {
+        self.insert_endpoints_arc(Arc::new(endpoints))
+    }
+
+    /// Inserts or replaces a shared Endpoints (as a reflector store holds it), keyed by its
+    /// metadata; returns the key.
+    pub fn insert_endpoints_arc(&mut self, endpoints: Arc<Endpoints>) -> ObjectKey {
         let key = ObjectKey::from_meta(&endpoints.metadata);
         self.endpoints.insert(key.clone(), endpoints);
         key
@@ -86,28 +106,33 @@ impl ClusterObjects {
 
     /// Inserts or replaces a Node, keyed by its name; returns the name.
     pub fn insert_node(&mut self, node: Node) -> String {
+        self.insert_node_arc(Arc::new(node))
+    }
+
+    /// Inserts or replaces a shared Node, keyed by its name; returns the name.
+    pub fn insert_node_arc(&mut self, node: Arc<Node>) -> String {
         let name = node.metadata.name.clone().unwrap_or_default();
         self.nodes.insert(name.clone(), node);
         name
     }
 
     /// Removes a Service; returns it if it was present.
-    pub fn remove_service(&mut self, key: &ObjectKey) -> Option<Service> {
+    pub fn remove_service(&mut self, key: &ObjectKey) -> Option<Arc<Service>> {
         self.services.remove(key)
     }
 
     /// Removes an EndpointSlice; returns it if it was present.
-    pub fn remove_slice(&mut self, key: &ObjectKey) -> Option<EndpointSlice> {
+    pub fn remove_slice(&mut self, key: &ObjectKey) -> Option<Arc<EndpointSlice>> {
         self.endpoint_slices.remove(key)
     }
 
     /// Removes a legacy Endpoints object; returns it if it was present.
-    pub fn remove_endpoints(&mut self, key: &ObjectKey) -> Option<Endpoints> {
+    pub fn remove_endpoints(&mut self, key: &ObjectKey) -> Option<Arc<Endpoints>> {
         self.endpoints.remove(key)
     }
 
     /// Removes a Node; returns it if it was present.
-    pub fn remove_node(&mut self, name: &str) -> Option<Node> {
+    pub fn remove_node(&mut self, name: &str) -> Option<Arc<Node>> {
         self.nodes.remove(name)
     }
 }

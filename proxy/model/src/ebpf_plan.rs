@@ -13,7 +13,7 @@ use switchyard_common::{
     SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
 };
 
-use crate::model::{Endpoint, FrontendKind, Protocol, ServicePort, ServicePortKey, TrafficPolicy};
+use crate::{Endpoint, FrontendKind, Protocol, ServicePort, ServicePortKey, TrafficPolicy};
 
 /// One write to the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,34 @@ pub struct FrontendConflict {
     pub port_number: u16,
     /// The port that owns it.
     pub owner: ServicePortKey,
+}
+
+/// How far the kernel maps have drifted from what was programmed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Programmed entries the maps lack.
+    pub missing: usize,
+    /// Entries whose value differs from what was written.
+    pub wrong: usize,
+    /// Service entries nothing programmed.
+    pub unexpected: usize,
+}
+
+impl Drift {
+    /// Whether the maps hold exactly what was programmed.
+    pub fn is_none(&self) -> bool {
+        *self == Drift::default()
+    }
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} entries missing, {} different, {} unexpected",
+            self.missing, self.wrong, self.unexpected
+        )
+    }
 }
 
 /// The planner's memory of what is programmed, and the id allocator for backend sets.
@@ -246,6 +274,50 @@ impl Planner {
     /// Source-range entries in use.
     pub fn live_ranges(&self) -> impl Iterator<Item = &(SourceRangeKey, u32)> {
         self.programmed.values().flat_map(|p| p.ranges.iter())
+    }
+
+    /// Compares what the kernel maps hold with what was programmed, for the periodic verify.
+    /// Stray backend slots are not drift: deletions of retired slots are deferred by a sync.
+    pub fn check_drift(
+        &self,
+        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+        backends: impl IntoIterator<Item = (BackendKey, Backend)>,
+    ) -> Drift {
+        let mut drift = Drift::default();
+        let mut seen_services = 0;
+        for (key, value) in services {
+            match self.expected_service(&key) {
+                Some(expected) if *expected == value => seen_services += 1,
+                Some(_) => drift.wrong += 1,
+                None => drift.unexpected += 1,
+            }
+        }
+        let sets: BTreeMap<u32, &Vec<Backend>> = self
+            .programmed
+            .values()
+            .flat_map(|p| p.sets.values().map(|(id, b)| (*id, b)))
+            .collect();
+        let mut seen_backends = 0;
+        for (key, backend) in backends {
+            let expected = sets
+                .get(&key.service_id)
+                .and_then(|b| b.get(key.slot as usize));
+            match expected {
+                Some(expected) if *expected == backend => seen_backends += 1,
+                Some(_) => drift.wrong += 1,
+                None => {}
+            }
+        }
+        let expected_services: usize = self.programmed.values().map(|p| p.frontends.len()).sum();
+        let expected_backends: usize = sets.values().map(|b| b.len()).sum();
+        drift.missing = expected_services.saturating_sub(seen_services + drift.wrong)
+            + expected_backends.saturating_sub(seen_backends);
+        drift
+    }
+
+    fn expected_service(&self, key: &ServiceKey) -> Option<&ServiceValue> {
+        let owner = self.owners.get(key)?;
+        self.programmed.get(owner)?.frontends.get(key)
     }
 
     /// Keeps ids found in adopted maps from being handed out.
@@ -437,7 +509,7 @@ fn backend_of(endpoint: &Endpoint) -> Option<Backend> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Frontend, TrafficPolicy};
+    use crate::{Frontend, TrafficPolicy};
 
     fn key(name: &str) -> ServicePortKey {
         ServicePortKey {
@@ -508,6 +580,72 @@ mod tests {
     }
     fn is_delete_service(op: &MapOp) -> bool {
         matches!(op, MapOp::DeleteService(..))
+    }
+
+    /// The maps a kernel would hold after running `ops` in order.
+    fn apply_ops(
+        ops: &[MapOp],
+        services: &mut BTreeMap<ServiceKey, ServiceValue>,
+        backends: &mut BTreeMap<BackendKey, Backend>,
+    ) {
+        for op in ops {
+            match op {
+                MapOp::PutService(k, v) => drop(services.insert(*k, *v)),
+                MapOp::DeleteService(k) => drop(services.remove(k)),
+                MapOp::PutBackend(k, v) => drop(backends.insert(*k, *v)),
+                MapOp::DeleteBackend(k) => drop(backends.remove(k)),
+                MapOp::PutSourceRange(..) | MapOp::DeleteSourceRange(..) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn drift_is_none_for_what_was_written_and_counts_what_changed_behind_our_back() {
+        let mut planner = Planner::default();
+        let (mut services, mut backends) = (BTreeMap::new(), BTreeMap::new());
+        for (name, ip) in [("web", "198.18.128.10"), ("api", "198.18.128.11")] {
+            let p = port(
+                name,
+                &[(FrontendKind::ClusterIp, ip)],
+                vec![
+                    endpoint("198.19.1.10", true),
+                    endpoint("198.19.2.10", false),
+                ],
+            );
+            let (ops, _) = planner.plan_port(&p.key, Some(&p));
+            apply_ops(&ops, &mut services, &mut backends);
+        }
+        let check = |s: &BTreeMap<ServiceKey, ServiceValue>, b: &BTreeMap<BackendKey, Backend>| {
+            planner.check_drift(
+                s.iter().map(|(k, v)| (*k, *v)),
+                b.iter().map(|(k, v)| (*k, *v)),
+            )
+        };
+        assert!(
+            check(&services, &backends).is_none(),
+            "{}",
+            check(&services, &backends)
+        );
+
+        let mut gone = services.clone();
+        let first = *gone.keys().next().unwrap();
+        gone.remove(&first);
+        assert_eq!(check(&gone, &backends).missing, 1);
+
+        let mut changed = backends.clone();
+        let slot = *changed.keys().next().unwrap();
+        changed.get_mut(&slot).unwrap().port ^= 1;
+        assert_eq!(check(&services, &changed).wrong, 1);
+
+        let mut emptied = backends.clone();
+        emptied.clear();
+        assert_eq!(check(&services, &emptied).missing, 4);
+
+        let mut extra = services.clone();
+        let mut stray = first;
+        stray.port ^= 1;
+        extra.insert(stray, services[&first]);
+        assert_eq!(check(&extra, &backends).unexpected, 1);
     }
 
     #[test]

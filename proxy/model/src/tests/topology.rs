@@ -1,7 +1,7 @@
 //! Endpoint selection (upstream topology.go).
 
 use super::fixtures::*;
-use crate::model::{Endpoint, Protocol, ServicePort, TrafficPolicy};
+use crate::{Endpoint, Protocol, ServicePort, TrafficPolicy};
 
 /// Endpoint shorthand: last octet of 198.18.0.x, then (ready, serving, terminating, local).
 type Spec = (u8, bool, bool, bool, bool);

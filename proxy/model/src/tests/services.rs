@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::fixtures::*;
-use crate::model::{Frontend, FrontendKind, NodeContext, Protocol, TrafficPolicy};
+use crate::{Frontend, FrontendKind, NodeContext, Protocol, TrafficPolicy};
 
 #[test]
 fn service_types_and_skips() {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use super::fixtures::*;
-use crate::model::{DesiredState, ObjectKey, Protocol, StateDiff};
+use crate::{DesiredState, ObjectKey, Protocol, StateDiff};
 
 /// Slice ports for every port name the table uses.
 fn slice_ports() -> Value {
@@ -49,9 +49,9 @@ fn diff_table() {
         &'a str,
         Vec<(&'a str, Value, Value)>,
         Vec<(&'a str, Value, Value)>,
-        Vec<crate::model::ServicePortKey>,
-        Vec<crate::model::ServicePortKey>,
-        Vec<crate::model::ServicePortKey>,
+        Vec<crate::ServicePortKey>,
+        Vec<crate::ServicePortKey>,
+        Vec<crate::ServicePortKey>,
     );
     let cases: Vec<Row> = vec![
         ("nothing", vec![], vec![], vec![], vec![], vec![]),
@@ -167,9 +167,8 @@ fn diff_services_and_order() {
         ),
     ]);
     let d = StateDiff::between(&old, &new);
-    let names = |keys: &[crate::model::ServicePortKey]| {
-        keys.iter().map(ToString::to_string).collect::<Vec<_>>()
-    };
+    let names =
+        |keys: &[crate::ServicePortKey]| keys.iter().map(ToString::to_string).collect::<Vec<_>>();
     assert_eq!(
         names(&d.added),
         vec!["default/b/TCP", "default/d:x/TCP", "default/d:y/TCP"]

@@ -6,7 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
 
 use super::fixtures::*;
-use crate::model::{compute_desired_state, ClusterObjects, Computed};
+use crate::{compute_desired_state, ClusterObjects, Computed};
 
 /// The healthy service every case runs beside, with its own slice.
 fn good_world() -> World {
@@ -292,7 +292,7 @@ fn invalid_legacy_endpoints_are_skipped_with_one_warning() {
             .compute(&node_v4());
         assert_isolated(case, &c, &[want]);
         // The service itself is fine; it just has no endpoints.
-        let p = &c.state.ports[&key("legacy", "", crate::model::Protocol::Tcp)];
+        let p = &c.state.ports[&key("legacy", "", crate::Protocol::Tcp)];
         assert!(p.endpoints.is_empty(), "{case}");
     }
 }

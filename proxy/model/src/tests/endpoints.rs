@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::fixtures::*;
-use crate::model::{Endpoint, Protocol};
+use crate::{Endpoint, Protocol};
 
 /// Service `web` with ports http (80, TCP) and dns (53, UDP).
 fn web() -> k8s_openapi::api::core::v1::Service {

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::fixtures::*;
-use crate::model::{
+use crate::{
     kinds, select_nodeport_addresses, ClusterObjects, InputWarning, NodeContext, ObjectKey,
 };
 

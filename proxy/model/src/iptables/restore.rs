@@ -217,9 +217,66 @@ pub fn remove_chains(chains: &BTreeSet<ChainRef>) -> String {
     input.render()
 }
 
+/// Inputs that flush and delete the given chains, split as `strategy` says. Batched: every
+/// chain is flushed first (a batch at a time), so no chain of ours is referenced any more when
+/// the deletion batches run; iptables-nft then never sees one huge transaction.
+pub fn remove_chains_in(chains: &BTreeSet<ChainRef>, strategy: Strategy) -> Vec<String> {
+    let per_batch = match strategy {
+        Strategy::Single => return vec![remove_chains(chains)],
+        // About three chains per service port.
+        Strategy::Batched { ports_per_batch } => (ports_per_batch * 3).max(1),
+    };
+    let all: Vec<&ChainRef> = chains.iter().collect();
+    let mut inputs = Vec::new();
+    for batch in all.chunks(per_batch) {
+        let mut input = Input::default();
+        for chain in batch {
+            input.table(chain.table).declare.insert(chain.chain.clone());
+        }
+        inputs.push(input.render());
+    }
+    for batch in all.chunks(per_batch) {
+        let mut input = Input::default();
+        for chain in batch {
+            input.remove_chain(chain);
+        }
+        inputs.push(input.render());
+    }
+    inputs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batched_removal_flushes_everything_before_deleting_anything() {
+        let chains: BTreeSet<ChainRef> = (0..7)
+            .map(|i| chain(Table::Nat, &format!("SWY-SEP-{i}")))
+            .collect();
+        let single = remove_chains_in(&chains, Strategy::Single);
+        assert_eq!(single, vec![remove_chains(&chains)]);
+        let inputs = remove_chains_in(&chains, Strategy::Batched { ports_per_batch: 1 });
+        // Batches of three chains: three flush inputs, then three delete inputs.
+        assert_eq!(inputs.len(), 6, "{inputs:?}");
+        let first_delete = inputs.iter().position(|i| i.contains("-X ")).unwrap();
+        assert_eq!(first_delete, 3, "{inputs:?}");
+        for (n, input) in inputs.iter().enumerate() {
+            let declared = input.matches(":SWY-SEP-").count();
+            let deleted = input.matches("-X SWY-SEP-").count();
+            assert!(declared <= 3, "{input}");
+            assert_eq!(deleted, if n < 3 { 0 } else { declared }, "{input}");
+        }
+        let flushed: usize = inputs[..3]
+            .iter()
+            .map(|i| i.matches(":SWY-SEP-").count())
+            .sum();
+        let deleted: usize = inputs[3..]
+            .iter()
+            .map(|i| i.matches("-X SWY-SEP-").count())
+            .sum();
+        assert_eq!((flushed, deleted), (7, 7));
+    }
 
     fn chain(table: Table, name: &str) -> ChainRef {
         ChainRef::new(table, name)

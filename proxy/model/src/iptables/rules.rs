@@ -25,8 +25,8 @@ use super::chains::{
     CANARY, EXTERNAL_SERVICES, FIREWALL, FORWARD, MARK_MASQ, MASQ_MARK, MASQ_OFF_CLUSTER,
     NODEPORTS, POSTROUTING, PROXY_FIREWALL, SERVICES,
 };
-use super::rule_set::{BaseRules, ChainRef, PortRules, Rule, RuleConfig, Table};
-use crate::model::{Endpoint, Protocol, ServicePort, TrafficPolicy};
+use super::rule_set::{BaseRules, ChainRef, PortRules, Rule, RuleArgs, RuleConfig, Table};
+use crate::{Endpoint, Protocol, ServicePort, TrafficPolicy};
 
 /// xt_comment stores at most 255 bytes; iptables-restore rejects longer comments.
 const MAX_COMMENT_BYTES: usize = 255;
@@ -42,6 +42,11 @@ const LOOPBACK_CIDR: &str = "127.0.0.0/8";
 /// ends up between double quotes, so anything that could end the quote is replaced rather
 /// than trusted; it is also cut to what the kernel stores.
 fn comment(text: &str) -> String {
+    format!("-m comment --comment \"{}\"", comment_text(text))
+}
+
+/// The text of a comment, cleaned and cut as [`comment`] describes.
+fn comment_text(text: &str) -> String {
     let mut clean = String::with_capacity(text.len());
     for c in text.chars() {
         let c = if c == '"' || c == '\\' || c.is_control() {
@@ -54,7 +59,7 @@ fn comment(text: &str) -> String {
         }
         clean.push(c);
     }
-    format!("-m comment --comment \"{clean}\"")
+    clean
 }
 
 /// `tcp` or `udp`, as used by `-p` and `-m`.
@@ -239,19 +244,26 @@ fn base_chains(cfg: &RuleConfig) -> BTreeMap<ChainRef, Vec<Rule>> {
 }
 
 /// Jumps from PREROUTING/OUTPUT to SWY-NODEPORTS for traffic to node addresses.
-fn nodeport_jumps(cfg: &RuleConfig) -> Vec<Rule> {
-    let note = comment("switchyard service nodeports");
+fn nodeport_jumps(cfg: &RuleConfig) -> Vec<RuleArgs> {
     let localhost = localhost_nodeports(cfg);
+    // Upstream's shapes: `[-d NET] -m addrtype --dst-type LOCAL [! -d 127.0.0.0/8]`.
+    let rule = |before: &[&str], after: &[&str]| {
+        let mut args = RuleArgs::default();
+        args.push(&["-m", "comment", "--comment", "switchyard service nodeports"])
+            .push(before)
+            .push(&["-m", "addrtype", "--dst-type", "LOCAL"])
+            .push(after)
+            .push(&["-j", NODEPORTS]);
+        args.clone()
+    };
     if cfg.nodeport_cidrs.is_empty() {
         // Block localhost NodePorts unless enabled: they only work with route_localnet.
-        let loopback = if localhost {
-            String::new()
+        let loopback: &[&str] = if localhost {
+            &[]
         } else {
-            format!(" ! -d {LOOPBACK_CIDR}")
+            &["!", "-d", LOOPBACK_CIDR]
         };
-        return vec![format!(
-            "{note} -m addrtype --dst-type LOCAL{loopback} -j {NODEPORTS}"
-        )];
+        return vec![rule(&[], loopback)];
     }
     let mut nets: Vec<Ipv4Net> = Vec::new();
     for net in ipv4_nets(&cfg.nodeport_cidrs) {
@@ -268,23 +280,30 @@ fn nodeport_jumps(cfg: &RuleConfig) -> Vec<Rule> {
     }
     // `addrtype LOCAL` keeps traffic forwarded to other hosts inside a CIDR out of NodePorts.
     nets.into_iter()
-        .map(|net| format!("{note} -d {net} -m addrtype --dst-type LOCAL -j {NODEPORTS}"))
+        .map(|net| rule(&["-d", &net.to_string()], &[]))
         .collect()
 }
 
 /// A jump from a built-in chain, optionally only for new connections.
-fn jump(new_only: bool, note: &str, target: &str) -> Rule {
-    let state = if new_only {
-        "-m conntrack --ctstate NEW "
-    } else {
-        ""
-    };
-    format!("{state}{} -j {target}", comment(note))
+fn jump(new_only: bool, note: &str, target: &str) -> RuleArgs {
+    let mut args = RuleArgs::default();
+    if new_only {
+        args.push(&["-m", "conntrack", "--ctstate", "NEW"]);
+    }
+    args.push(&[
+        "-m",
+        "comment",
+        "--comment",
+        &comment_text(note),
+        "-j",
+        target,
+    ]);
+    args
 }
 
 /// The jumps from the built-in chains, grouped by chain, each group in the order the rules
 /// must appear (first = topmost). Upstream's order after its `-I` of every jump.
-fn base_jumps(cfg: &RuleConfig) -> Vec<(ChainRef, Rule)> {
+fn base_jumps(cfg: &RuleConfig) -> Vec<(ChainRef, RuleArgs)> {
     let portals = "switchyard service portals";
     let external = "switchyard externally-visible service portals";
     let lb_firewall = "switchyard load balancer firewall";

@@ -37,7 +37,7 @@ fn slices_by_service<'a>(
             Some(service) if !service.is_empty() => by_service
                 .entry(ObjectKey::new(key.namespace.clone(), service.clone()))
                 .or_default()
-                .push((key, slice)),
+                .push((key, &**slice)),
             _ => warnings.push(InputWarning::new(
                 kinds::ENDPOINT_SLICE,
                 key,

@@ -93,5 +93,40 @@ pub struct BaseRules {
     /// Jumps from built-in chains (`PREROUTING`, `OUTPUT`, `POSTROUTING`, `INPUT`, `FORWARD`)
     /// into ours, installed with `iptables -C || iptables -I` since a restore cannot test for
     /// existing rules. Ordered as they must appear.
-    pub jumps: Vec<(ChainRef, Rule)>,
+    pub jumps: Vec<(ChainRef, RuleArgs)>,
+}
+
+/// One rule as the argument vector of a single-rule `iptables` call (`-C`, `-I`, `-D`), so
+/// it never goes through a shell-style split.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleArgs(pub Vec<String>);
+
+impl std::fmt::Display for RuleArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+impl RuleArgs {
+    /// Appends arguments.
+    pub fn push(&mut self, args: &[&str]) -> &mut Self {
+        self.0.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// The rule as it reads in iptables-restore input (arguments with spaces quoted).
+    pub fn render(&self) -> String {
+        let quoted: Vec<String> = self
+            .0
+            .iter()
+            .map(|a| {
+                if a.contains(' ') || a.is_empty() {
+                    format!("\"{a}\"")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        quoted.join(" ")
+    }
 }

@@ -1,0 +1,310 @@
+//! The sync loop: node snapshots (objects + this node's addresses) -> desired state -> diff ->
+//! dataplane, on the [`Schedule`] of partial syncs, verifies and full rewrites.
+//!
+//! [`Controller`] is driven from outside and never reads the clock itself: the async driver
+//! ([`run`]) passes a [`Clock`], and the unit tests pass a fake one, so coalescing, retries
+//! and periodic syncs are tested without waiting.
+pub mod schedule;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::dataplane::{Dataplane, SyncKind};
+use crate::health::{epoch_seconds, Health};
+use crate::metrics::Metrics;
+use crate::model::{
+    compute_desired_state, select_nodeport_addresses, DesiredState, NodeContext, StateDiff,
+};
+use crate::source::Snapshot;
+pub use schedule::{Periods, Schedule};
+
+/// Where the controller gets the time from.
+pub trait Clock: Send {
+    /// Monotonic time, for the schedule and durations.
+    fn now(&self) -> Instant;
+    /// Wall-clock time, for timestamps and latencies against API server times.
+    fn wall(&self) -> SystemTime;
+}
+
+/// The system's clocks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        // tokio's clock, so a paused test runtime pauses the driver too.
+        tokio::time::Instant::now().into_std()
+    }
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Everything one sync reads: the source's objects and this node's local addresses.
+#[derive(Clone, Debug, Default)]
+pub struct NodeSnapshot {
+    /// Objects, source warnings and trigger times.
+    pub objects: Snapshot,
+    /// Addresses on this node's up interfaces (from rtnetlink).
+    pub addresses: Arc<Vec<IpAddr>>,
+}
+
+/// Owns the dataplane and the last state it was given.
+pub struct Controller {
+    settings: Settings,
+    dataplane: Box<dyn Dataplane>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    clock: Box<dyn Clock>,
+    schedule: Schedule,
+    applied: DesiredState,
+    reported: BTreeSet<String>,
+    /// Highest trigger sequence number whose latency was observed.
+    observed_trigger: u64,
+}
+
+impl Controller {
+    /// A controller that has programmed nothing yet; its first sync is a full one.
+    pub fn new(
+        settings: Settings,
+        dataplane: Box<dyn Dataplane>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        clock: Box<dyn Clock>,
+    ) -> Self {
+        let periods = Periods {
+            min_sync_period: settings.min_sync_period,
+            sync_period: settings.sync_period,
+            full_sync_period: schedule::FULL_SYNC_PERIOD,
+            retry_delay: schedule::RETRY_DELAY,
+        };
+        let schedule = Schedule::new(periods, clock.now());
+        Self {
+            settings,
+            dataplane,
+            metrics,
+            health,
+            clock,
+            schedule,
+            applied: DesiredState::default(),
+            reported: BTreeSet::new(),
+            observed_trigger: 0,
+        }
+    }
+
+    /// A source or the node's addresses changed.
+    pub fn changed(&mut self) {
+        let now = self.clock.wall();
+        self.health.queued(now);
+        self.metrics.last_queued_timestamp.set(epoch_seconds(now));
+        self.schedule.changed();
+    }
+
+    /// The sync due now, if any.
+    pub fn due(&self) -> Option<SyncKind> {
+        self.schedule.due(self.clock.now())
+    }
+
+    /// When a sync may next be due without a new change.
+    pub fn next_wakeup(&self) -> Instant {
+        self.schedule.next_wakeup()
+    }
+
+    /// Runs the sync of `kind` from `input`. Returns false when the dataplane could not be
+    /// written (it keeps its previous state; the schedule retries with a full sync).
+    pub fn sync(&mut self, kind: SyncKind, input: &NodeSnapshot) -> bool {
+        let started = self.clock.now();
+        let ok = self.sync_inner(kind, input, started);
+        self.schedule.done(kind, ok, self.clock.now());
+        ok
+    }
+
+    fn sync_inner(&mut self, kind: SyncKind, input: &NodeSnapshot, started: Instant) -> bool {
+        let node = self.node_context(&input.addresses);
+        self.dataplane.node_addresses(&input.addresses);
+        let computed = compute_desired_state(&input.objects.objects, &node);
+        let mut problems: BTreeSet<String> = input.objects.warnings.iter().cloned().collect();
+        problems.extend(computed.warnings.iter().map(ToString::to_string));
+        // Each problem is logged once, when it appears, not on every sync.
+        for problem in problems.difference(&self.reported) {
+            tracing::warn!("{problem}");
+        }
+        self.metrics.input_warnings.set(problems.len() as i64);
+        self.reported = problems;
+
+        let diff = StateDiff::between(&self.applied, &computed.state);
+        if kind == SyncKind::Partial && diff.is_empty() {
+            self.finish(started, false, input);
+            return true;
+        }
+        let report = match self.dataplane.sync(kind, &computed.state, &diff) {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::error!(%kind, error = %error_chain(&error), "dataplane sync failed, keeping the previous state");
+                self.metrics.sync_failures_total.inc();
+                return false;
+            }
+        };
+        if let Some(drift) = &report.repaired {
+            tracing::warn!(%drift, "repaired dataplane drift");
+            self.metrics.repairs_total.inc();
+        }
+        report_port_errors(&self.metrics, &report.errors);
+        self.metrics
+            .service_changes_total
+            .inc_by((diff.added.len() + diff.removed.len() + diff.changed.len()) as u64);
+        self.metrics
+            .service_ports
+            .set(computed.state.ports.len() as i64);
+        if report.full || report.ports_written > 0 || !report.errors.is_empty() {
+            tracing::info!(
+                %kind,
+                full = report.full,
+                ports = computed.state.ports.len(),
+                added = diff.added.len(),
+                changed = diff.changed.len(),
+                removed = diff.removed.len(),
+                written = report.ports_written,
+                errors = report.errors.len(),
+                "synced"
+            );
+        } else {
+            tracing::debug!(%kind, ports = computed.state.ports.len(), "verified");
+        }
+        let mut applied = computed.state;
+        // A port that failed is not applied: the next diff holds it again, so a later sync
+        // (the next change, or the next verify) retries it without forcing a full rewrite.
+        for error in &report.errors {
+            match self.applied.ports.get(&error.port) {
+                Some(old) => drop(applied.ports.insert(error.port.clone(), old.clone())),
+                None => drop(applied.ports.remove(&error.port)),
+            }
+        }
+        self.applied = applied;
+        self.finish(started, report.full, input);
+        true
+    }
+
+    fn finish(&mut self, started: Instant, full: bool, input: &NodeSnapshot) {
+        let elapsed = self.clock.now().duration_since(started).as_secs_f64();
+        self.metrics.sync_duration.observe(elapsed);
+        if full {
+            self.metrics.sync_full_duration.observe(elapsed);
+        } else {
+            self.metrics.sync_partial_duration.observe(elapsed);
+        }
+        let now = self.clock.wall();
+        self.metrics.last_sync_timestamp.set(epoch_seconds(now));
+        self.health.updated(now);
+        // Every change the snapshot holds is now programmed, however many snapshots the
+        // watch channel skipped on the way.
+        let observed = self.observed_trigger;
+        for trigger in input.objects.triggers.iter().filter(|t| t.seq > observed) {
+            let latency = now.duration_since(trigger.at).unwrap_or_default();
+            self.metrics
+                .network_programming_duration
+                .observe(latency.as_secs_f64());
+            self.observed_trigger = trigger.seq;
+        }
+    }
+
+    fn node_context(&self, local: &[IpAddr]) -> NodeContext {
+        let routable = |ip: &&IpAddr| !ip.is_loopback();
+        let mut node = NodeContext::new(self.settings.node_name.clone());
+        node.ipv4 = local.iter().filter(routable).any(|ip| ip.is_ipv4());
+        node.ipv6 = local.iter().filter(routable).any(|ip| ip.is_ipv6());
+        node.nodeport_addresses = select_nodeport_addresses(local, &self.settings.nodeport_cidrs);
+        node.nodeport_range = self.settings.nodeport_range.clone();
+        node
+    }
+}
+
+/// Logs each failed port once per sync as a summary, and counts full maps.
+fn report_port_errors(metrics: &Metrics, errors: &[crate::dataplane::PortError]) {
+    if errors.is_empty() {
+        return;
+    }
+    for error in errors {
+        if let Some(map) = error.full_map {
+            metrics
+                .map_full_total
+                .get_or_create(&crate::metrics::MapLabel {
+                    map: map.to_owned(),
+                })
+                .inc();
+        }
+    }
+    const SHOWN: usize = 5;
+    let first: Vec<String> = errors.iter().take(SHOWN).map(|e| error_chain(e)).collect();
+    tracing::error!(
+        failed = errors.len(),
+        first = ?first,
+        "dataplane: service ports not programmed; retried by the next sync"
+    );
+    metrics.dataplane_errors_total.inc_by(errors.len() as u64);
+}
+
+/// An error and its sources, joined.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Drives `controller` from the object source and the node's address watch until the object
+/// source goes away.
+pub async fn run(
+    mut controller: Controller,
+    mut objects: watch::Receiver<Snapshot>,
+    mut addresses: watch::Receiver<Arc<Vec<IpAddr>>>,
+) {
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    loop {
+        if let Some(kind) = controller.due() {
+            let input = NodeSnapshot {
+                objects: objects.borrow_and_update().clone(),
+                addresses: addresses.borrow_and_update().clone(),
+            };
+            // Writes shell out to iptables-restore or make map syscalls, seconds on a big
+            // node: keep the runtime's other tasks (health, metrics, watches) running.
+            if multi_thread {
+                tokio::task::block_in_place(|| controller.sync(kind, &input));
+            } else {
+                controller.sync(kind, &input);
+            }
+            continue;
+        }
+        let wake = tokio::time::Instant::from_std(controller.next_wakeup());
+        tokio::select! {
+            changed = objects.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                controller.changed();
+            }
+            changed = addresses.changed(), if addresses.has_changed().is_ok() => {
+                if changed.is_ok() {
+                    controller.changed();
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! The controller driven by hand with a fake clock and a fake dataplane: no runtime, no
+//! kernel, no waiting.
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::*;
+use crate::config::Cli;
+use crate::dataplane::{PortError, SyncError, SyncReport};
+use crate::model::ClusterObjects;
+use crate::source::Trigger;
+
+/// A clock that moves only when told.
+#[derive(Clone)]
+struct FakeClock(Arc<Mutex<(Instant, SystemTime)>>);
+
+impl FakeClock {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new((
+            Instant::now(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ))))
+    }
+    fn advance(&self, by: Duration) {
+        let mut t = self.0.lock().unwrap();
+        t.0 += by;
+        t.1 += by;
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> Instant {
+        self.0.lock().unwrap().0
+    }
+    fn wall(&self) -> SystemTime {
+        self.0.lock().unwrap().1
+    }
+}
+
+/// Records each sync as (kind, ports in the state, ports in the diff); fails whole syncs or
+/// single ports on request; each sync takes `takes` on the fake clock.
+#[derive(Clone)]
+struct FakeDataplane {
+    calls: Arc<Mutex<Vec<(SyncKind, usize, usize)>>>,
+    fail: Arc<Mutex<usize>>,
+    /// Service names whose ports fail (like a full map) while listed.
+    failing_ports: Arc<Mutex<Vec<String>>>,
+    clock: FakeClock,
+    takes: Duration,
+}
+
+impl Dataplane for FakeDataplane {
+    fn sync(
+        &mut self,
+        kind: SyncKind,
+        state: &DesiredState,
+        diff: &StateDiff,
+    ) -> Result<SyncReport, SyncError> {
+        self.clock.advance(self.takes);
+        let changed = diff.added.len() + diff.changed.len() + diff.removed.len();
+        self.calls
+            .lock()
+            .unwrap()
+            .push((kind, state.ports.len(), changed));
+        let mut fail = self.fail.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            return Err(SyncError::new("fake", std::io::Error::other("refused")));
+        }
+        let failing = self.failing_ports.lock().unwrap();
+        let errors: Vec<PortError> = diff
+            .added
+            .iter()
+            .chain(&diff.changed)
+            .filter(|k| failing.contains(&k.name))
+            .map(|k| PortError {
+                port: k.clone(),
+                full_map: Some("SWY_BACKENDS"),
+                source: "map SWY_BACKENDS is full".into(),
+            })
+            .collect();
+        Ok(SyncReport {
+            full: kind == SyncKind::Full,
+            ports_written: changed - errors.len(),
+            errors,
+            ..SyncReport::default()
+        })
+    }
+    fn cleanup(&mut self) -> Result<(), SyncError> {
+        Ok(())
+    }
+}
+
+struct Harness {
+    controller: Controller,
+    clock: FakeClock,
+    dataplane: FakeDataplane,
+    metrics: Arc<Metrics>,
+}
+
+fn harness() -> Harness {
+    let cli = <Cli as clap::Parser>::parse_from(["switchyard"]);
+    let mut settings = Settings::resolve(cli, || "node1".into()).unwrap();
+    settings.min_sync_period = Duration::from_secs(1);
+    settings.sync_period = Duration::from_secs(30);
+    let clock = FakeClock::new();
+    let dataplane = FakeDataplane {
+        calls: Arc::default(),
+        fail: Arc::default(),
+        failing_ports: Arc::default(),
+        clock: clock.clone(),
+        takes: Duration::from_millis(20),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let controller = Controller::new(
+        settings,
+        Box::new(dataplane.clone()),
+        metrics.clone(),
+        Arc::new(Health::new(Duration::from_secs(60))),
+        Box::new(clock.clone()),
+    );
+    Harness {
+        controller,
+        clock,
+        dataplane,
+        metrics,
+    }
+}
+
+/// `services` ClusterIP services, each with a NodePort.
+fn objects(services: usize) -> ClusterObjects {
+    let mut objects = ClusterObjects::default();
+    for i in 0..services {
+        let service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc-{i}"), "namespace": "burst"},
+            "spec": {"type": "NodePort", "clusterIP": format!("198.18.128.{}", i + 1),
+                     "ports": [{"port": 80, "nodePort": 30000 + i}]}
+        });
+        objects.insert_service(
+            serde_json::from_value::<k8s_openapi::api::core::v1::Service>(service).unwrap(),
+        );
+    }
+    objects
+}
+
+fn input(services: usize, triggers: &[Trigger], addresses: &[&str]) -> NodeSnapshot {
+    NodeSnapshot {
+        objects: Snapshot {
+            objects: Arc::new(objects(services)),
+            triggers: Arc::new(triggers.to_vec()),
+            ..Snapshot::default()
+        },
+        addresses: Arc::new(addresses.iter().map(|a| a.parse().unwrap()).collect()),
+    }
+}
+
+impl Harness {
+    /// Runs every sync due from now until `until` has passed on the fake clock, stepping to
+    /// each wake-up, always reading `input`.
+    fn run_for(&mut self, until: Duration, input: &NodeSnapshot) {
+        let end = self.clock.now() + until;
+        loop {
+            if let Some(kind) = self.controller.due() {
+                self.controller.sync(kind, input);
+                continue;
+            }
+            let wake = self.controller.next_wakeup();
+            if wake > end {
+                let now = self.clock.now();
+                self.clock.advance(end.saturating_duration_since(now));
+                break;
+            }
+            let now = self.clock.now();
+            self.clock.advance(
+                wake.saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            );
+        }
+    }
+
+    fn calls(&self) -> Vec<(SyncKind, usize, usize)> {
+        self.dataplane.calls.lock().unwrap().clone()
+    }
+
+    fn latency_samples(&self) -> u64 {
+        let text = self.metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with("kubeproxy_network_programming_duration_seconds_count"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_burst_of_changes_inside_min_sync_period_is_one_sync_with_the_last_state() {
+    let mut h = harness();
+    h.run_for(Duration::ZERO, &input(1, &[], &["198.18.0.11"]));
+    assert_eq!(
+        h.calls(),
+        vec![(SyncKind::Full, 1, 1)],
+        "first sync is full"
+    );
+    // Ten changes 10 ms apart, all inside one minSyncPeriod: nothing is due until it ends.
+    for _ in 0..10 {
+        h.clock.advance(Duration::from_millis(10));
+        h.controller.changed();
+        assert_eq!(h.controller.due(), None);
+    }
+    h.run_for(Duration::from_secs(2), &input(11, &[], &["198.18.0.11"]));
+    assert_eq!(
+        h.calls(),
+        vec![(SyncKind::Full, 1, 1), (SyncKind::Partial, 11, 10)]
+    );
+}
+
+#[test]
+fn idle_syncs_only_verify_each_sync_period_and_write_nothing() {
+    let mut h = harness();
+    let same = input(50, &[], &["198.18.0.11"]);
+    h.run_for(Duration::from_secs(95), &same);
+    let calls = h.calls();
+    assert_eq!(calls[0], (SyncKind::Full, 50, 50));
+    assert_eq!(
+        &calls[1..],
+        &[(SyncKind::Verify, 50, 0); 3],
+        "three verifies in 95 s, with empty diffs"
+    );
+}
+
+#[test]
+fn a_failed_sync_keeps_the_state_and_is_retried_as_a_full_sync() {
+    let mut h = harness();
+    h.run_for(Duration::ZERO, &input(1, &[], &["198.18.0.11"]));
+    *h.dataplane.fail.lock().unwrap() = 1;
+    h.clock.advance(Duration::from_secs(5));
+    h.controller.changed();
+    h.run_for(Duration::from_secs(3), &input(2, &[], &["198.18.0.11"]));
+    let calls = h.calls();
+    assert_eq!(
+        calls[1],
+        (SyncKind::Partial, 2, 1),
+        "the change, which fails"
+    );
+    // The retry still sees the one-port diff: the failed sync applied nothing.
+    assert_eq!(calls[2], (SyncKind::Full, 2, 1), "retried as a full sync");
+    assert_eq!(calls.len(), 3);
+    assert!(h
+        .metrics
+        .encode()
+        .contains("switchyard_sync_failures_total 1"));
+}
+
+#[test]
+fn trigger_latency_is_observed_once_per_trigger_and_only_when_its_sync_succeeds() {
+    let mut h = harness();
+    let at = h.clock.wall();
+    let first = [Trigger { seq: 1, at }];
+    h.run_for(Duration::ZERO, &input(1, &first, &["198.18.0.11"]));
+    assert_eq!(h.latency_samples(), 1);
+
+    // Two more triggers arrive; the first snapshot holding them fails to sync.
+    let later = [
+        Trigger { seq: 1, at },
+        Trigger { seq: 2, at },
+        Trigger { seq: 3, at },
+    ];
+    *h.dataplane.fail.lock().unwrap() = 1;
+    h.clock.advance(Duration::from_secs(2));
+    h.controller.changed();
+    h.run_for(Duration::ZERO, &input(2, &later, &["198.18.0.11"]));
+    assert_eq!(h.latency_samples(), 1, "nothing observed for a failed sync");
+    h.run_for(Duration::from_secs(2), &input(2, &later, &["198.18.0.11"]));
+    assert_eq!(
+        h.latency_samples(),
+        3,
+        "seq 2 and 3 observed after the retry, seq 1 not again"
+    );
+}
+
+#[test]
+fn node_addresses_in_the_snapshot_decide_the_nodeport_frontends() {
+    let mut h = harness();
+    h.run_for(Duration::ZERO, &input(3, &[], &["198.18.0.11"]));
+    h.clock.advance(Duration::from_secs(2));
+    h.controller.changed();
+    h.run_for(
+        Duration::ZERO,
+        &input(3, &[], &["198.18.0.11", "198.18.0.21"]),
+    );
+    assert_eq!(
+        h.calls().last(),
+        Some(&(SyncKind::Partial, 3, 3)),
+        "every NodePort service gains the new address"
+    );
+}
+
+#[test]
+fn a_port_that_failed_is_retried_by_the_next_verify_not_by_a_full_sync_every_second() {
+    let mut h = harness();
+    h.dataplane
+        .failing_ports
+        .lock()
+        .unwrap()
+        .push("svc-1".into());
+    let state = input(3, &[], &["198.18.0.11"]);
+    h.run_for(Duration::from_secs(20), &state);
+    assert_eq!(h.calls(), vec![(SyncKind::Full, 3, 3)], "no retry loop");
+    assert!(h
+        .metrics
+        .encode()
+        .contains("switchyard_ebpf_map_full_total{map=\"SWY_BACKENDS\"} 1"));
+    // The map has room again; the verify at 30 s retries the one port.
+    h.dataplane.failing_ports.lock().unwrap().clear();
+    h.run_for(Duration::from_secs(15), &state);
+    assert_eq!(
+        h.calls()[1],
+        (SyncKind::Verify, 3, 1),
+        "only the failed port is in the diff"
+    );
+    h.run_for(Duration::from_secs(30), &state);
+    assert_eq!(
+        h.calls()[2],
+        (SyncKind::Verify, 3, 0),
+        "and then it is applied"
+    );
+}

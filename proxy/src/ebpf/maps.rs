@@ -1,0 +1,152 @@
+//! Typed handles of the maps the controller writes, resolved once at start-up, and the one
+//! place map operations turn into syscalls.
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{HashMap, MapData, MapError};
+use aya::Ebpf;
+use switchyard_common::{
+    map_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue, SourceRangeKey,
+};
+
+use super::plan::MapOp;
+
+/// A map that is missing from the object or has another type than this build expects.
+#[derive(Debug, thiserror::Error)]
+#[error("ebpf mode: map {name}: {source}")]
+pub struct MapHandleError {
+    /// Map name.
+    pub name: &'static str,
+    /// Underlying error.
+    #[source]
+    pub source: MapError,
+}
+
+/// A failed map operation.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The map has no room for another entry.
+    #[error("map {name} is full ({max} entries); raise its size")]
+    Full {
+        /// Map name.
+        name: &'static str,
+        /// Its size.
+        max: u32,
+    },
+    /// The kernel refused the operation for another reason.
+    #[error("map {name}: {source}")]
+    Kernel {
+        /// Map name.
+        name: &'static str,
+        /// Underlying error.
+        #[source]
+        source: MapError,
+    },
+}
+
+impl OpError {
+    /// The map that was full, if that was the cause.
+    pub fn full_map(&self) -> Option<&'static str> {
+        match self {
+            OpError::Full { name, .. } => Some(name),
+            OpError::Kernel { .. } => None,
+        }
+    }
+}
+
+/// Capacities, for the "full" error.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    /// Entries of the services map.
+    pub services: u32,
+    /// Entries of the backends map.
+    pub backends: u32,
+    /// Entries of the source-ranges trie.
+    pub source_ranges: u32,
+}
+
+/// The maps the controller writes or reads back.
+pub struct Maps {
+    /// `SWY_SERVICES`.
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    /// `SWY_BACKENDS`.
+    pub backends: HashMap<MapData, BackendKey, Backend>,
+    /// `SWY_CONNTRACK`.
+    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// `SWY_SOURCE_RANGES`.
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    capacities: Capacities,
+}
+
+impl Maps {
+    /// Takes the maps out of the loaded object (the programs keep their own references).
+    pub fn take(ebpf: &mut Ebpf, capacities: Capacities) -> Result<Self, MapHandleError> {
+        Ok(Self {
+            services: typed(ebpf, map_names::SERVICES, HashMap::try_from)?,
+            backends: typed(ebpf, map_names::BACKENDS, HashMap::try_from)?,
+            conntrack: typed(ebpf, map_names::CONNTRACK, HashMap::try_from)?,
+            source_ranges: typed(ebpf, map_names::SOURCE_RANGES, LpmTrie::try_from)?,
+            capacities,
+        })
+    }
+
+    /// Runs one planned operation.
+    pub fn run(&mut self, op: &MapOp) -> Result<(), OpError> {
+        let caps = self.capacities;
+        match op {
+            MapOp::PutBackend(k, v) => self
+                .backends
+                .insert(k, v, 0)
+                .map_err(|e| full_or(e, map_names::BACKENDS, caps.backends)),
+            MapOp::PutService(k, v) => self
+                .services
+                .insert(k, v, 0)
+                .map_err(|e| full_or(e, map_names::SERVICES, caps.services)),
+            MapOp::DeleteService(k) => ignore_missing(self.services.remove(k), map_names::SERVICES),
+            MapOp::PutSourceRange(k, prefix) => self
+                .source_ranges
+                .insert(&LpmKey::new(*prefix, *k), 1, 0)
+                .map_err(|e| full_or(e, map_names::SOURCE_RANGES, caps.source_ranges)),
+            MapOp::DeleteSourceRange(k, prefix) => ignore_missing(
+                self.source_ranges.remove(&LpmKey::new(*prefix, *k)),
+                map_names::SOURCE_RANGES,
+            ),
+            MapOp::DeleteBackend(k) => ignore_missing(self.backends.remove(k), map_names::BACKENDS),
+        }
+    }
+}
+
+fn typed<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, MapHandleError> {
+    let map = ebpf.take_map(name).ok_or(MapHandleError {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
+    convert(map).map_err(|source| MapHandleError { name, source })
+}
+
+fn full_or(error: MapError, name: &'static str, max: u32) -> OpError {
+    if let MapError::SyscallError(e) = &error {
+        // Hash maps say E2BIG when full, LPM tries ENOSPC.
+        if matches!(
+            e.io_error.raw_os_error(),
+            Some(libc::E2BIG) | Some(libc::ENOSPC)
+        ) {
+            return OpError::Full { name, max };
+        }
+    }
+    OpError::Kernel {
+        name,
+        source: error,
+    }
+}
+
+/// Deleting what is already gone is success.
+pub fn ignore_missing(result: Result<(), MapError>, name: &'static str) -> Result<(), OpError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other.map_err(|source| OpError::Kernel { name, source }),
+    }
+}

@@ -1,0 +1,148 @@
+//! Drift repair: state changed behind Switchyard's back (map entries deleted, chains flushed)
+//! is found by the periodic verify and rewritten, in both modes, and counted.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{HashMap, Map, MapData};
+use switchyard_common::{map_names, ServiceKey, ServiceValue};
+use switchyard_testbed::{
+    http_get, start_switchyard, wait_for, ChildGuard, Manifests, Place, Proto, Testbed,
+    TopologySpec,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+/// Short, so the verify comes soon; the repair must come from it, not from a change.
+const SYNC_PERIOD: &str = "--sync-period=2s";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn setup() -> (Testbed, Manifests, SocketAddr) {
+    let testbed = Testbed::new(TopologySpec {
+        nodes: 2,
+        pods_per_node: 2,
+    })
+    .expect("testbed");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
+    let manifests = Manifests::copy_of(&examples).expect("manifests");
+    (testbed, manifests, "198.18.128.10:80".parse().expect("web"))
+}
+
+/// `switchyard_dataplane_repairs_total` from the node's metrics endpoint.
+fn repairs(testbed: &Testbed) -> u64 {
+    http_get(testbed.node(1), 10249, "/metrics")
+        .ok()
+        .and_then(|(_, body)| {
+            body.lines()
+                .find(|l| l.starts_with("switchyard_dataplane_repairs_total "))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn assert_repaired(testbed: &Testbed, proxy: &ChildGuard, web: SocketAddr) {
+    let client = testbed.pod(1, 2);
+    testbed
+        .wait_for_answer(client, Proto::Tcp, web, WAIT)
+        .unwrap_or_else(|e| panic!("repaired by the verify: {e}\n{}", proxy.stderr()));
+    assert!(repairs(testbed) >= 1, "repair counted\n{}", proxy.stderr());
+    assert!(
+        proxy.stderr().contains("repaired dataplane drift"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn ebpf_map_entries_deleted_behind_our_back_are_restored_by_the_verify() {
+    let (testbed, manifests, web) = setup();
+    let _echo = testbed.start_echo_everywhere(8080, 8080).expect("echo");
+    let proxy = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        &manifests,
+        &[SYNC_PERIOD],
+    )
+    .expect("switchyard");
+    let client = testbed.pod(1, 2);
+    testbed
+        .wait_for_answer(client, Proto::Tcp, web, WAIT)
+        .unwrap_or_else(|e| panic!("programmed: {e}\n{}", proxy.stderr()));
+    assert_eq!(repairs(&testbed), 0, "nothing to repair yet");
+
+    // Someone deletes every service entry from the pinned map.
+    let pin = testbed
+        .bpffs_dir(testbed.node(1))
+        .join("maps")
+        .join(map_names::SERVICES);
+    let data = MapData::from_pin(&pin).expect("open the pinned services map");
+    let mut services: HashMap<MapData, ServiceKey, ServiceValue> =
+        HashMap::try_from(Map::HashMap(data)).expect("a hash map");
+    let keys: Vec<ServiceKey> = services.keys().filter_map(Result::ok).collect();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        services.remove(key).expect("remove");
+    }
+    assert_eq!(services.keys().count(), 0, "the map is empty now");
+
+    assert_repaired(&testbed, &proxy, web);
+    assert_eq!(
+        services.keys().count(),
+        keys.len(),
+        "every entry written back"
+    );
+}
+
+#[test]
+fn flushed_iptables_chains_are_rewritten_by_the_verify() {
+    let (testbed, manifests, web) = setup();
+    let _echo = testbed.start_echo_everywhere(8080, 8080).expect("echo");
+    let proxy = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "iptables",
+        &manifests,
+        &[SYNC_PERIOD, "--iptables-backend=nft"],
+    )
+    .expect("switchyard");
+    let client = testbed.pod(1, 2);
+    testbed
+        .wait_for_answer(client, Proto::Tcp, web, WAIT)
+        .unwrap_or_else(|e| panic!("programmed: {e}\n{}", proxy.stderr()));
+    assert_eq!(repairs(&testbed), 0, "nothing to repair yet");
+
+    // Someone flushes nat and mangle (the canary lives in mangle) in the node's namespace.
+    for args in [
+        ["-t", "nat", "-F"],
+        ["-t", "mangle", "-F"],
+        ["-t", "mangle", "-X"],
+    ] {
+        let out = testbed
+            .run(
+                Place::Node(1),
+                "iptables-nft",
+                args,
+                Duration::from_secs(30),
+            )
+            .expect("iptables-nft");
+        assert!(
+            out.status.success(),
+            "iptables-nft {args:?}: {}",
+            out.stderr
+        );
+    }
+    wait_for("the flush to break the ClusterIP", WAIT, || {
+        match testbed
+            .request(client, Proto::Tcp, web, 1, Duration::from_millis(500))
+            .pop()
+        {
+            Some(Ok(reply)) => Err(reply),
+            _ => Ok(()),
+        }
+    })
+    .ok();
+    assert_repaired(&testbed, &proxy, web);
+}
