@@ -94,8 +94,8 @@ fn scenario_table_is_well_formed() {
                 "{}",
                 ctx("nodes.yaml is the runner's".into())
             );
-            for doc in serde_yaml::Deserializer::from_str(yaml) {
-                let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
+            for doc in serde_norway::Deserializer::from_str(yaml) {
+                let value = <serde_norway::Value as serde::Deserialize>::deserialize(doc)
                     .unwrap_or_else(|e| panic!("{}", ctx(format!("{file}: {e}"))));
                 assert!(
                     value.get("apiVersion").is_some() && value.get("kind").is_some(),

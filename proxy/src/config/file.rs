@@ -40,7 +40,7 @@ pub struct ConfigFile {
     pub client_connection: ClientConnection,
     /// Fields kube-proxy knows that Switchyard ignores (logged once at start-up).
     #[serde(flatten)]
-    pub ignored: BTreeMap<String, serde_yaml::Value>,
+    pub ignored: BTreeMap<String, serde_norway::Value>,
 }
 
 /// `iptables:` section.
@@ -78,7 +78,7 @@ impl ConfigFile {
 
     /// Parses config text; the error names the offending field.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: ConfigFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let file: ConfigFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
         if let Some(kind) = &file.kind {
             if kind != "KubeProxyConfiguration" {
                 return Err(format!("kind: expected KubeProxyConfiguration, got {kind}"));

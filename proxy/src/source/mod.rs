@@ -2,6 +2,8 @@
 pub mod kube_api;
 pub mod manifest_dir;
 pub mod manifest_parse;
+mod manifest_watch;
+mod yaml_depth;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,8 +51,16 @@ pub enum SourceError {
         source: std::io::Error,
     },
     /// The file watcher could not be set up.
-    #[error("cannot watch the manifest directory: {0}")]
-    Watch(String),
+    #[error("cannot watch the manifest directory {path}: {source}")]
+    Watch {
+        /// Directory.
+        path: PathBuf,
+        /// Underlying error.
+        source: notify::Error,
+    },
+    /// The thread that reads the manifest directory could not be started.
+    #[error("cannot start the manifest directory reader: {0}")]
+    Thread(#[source] std::io::Error),
     /// No API client could be built.
     #[error("Kubernetes API client: {0}")]
     Client(String),

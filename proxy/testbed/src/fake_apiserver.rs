@@ -207,7 +207,7 @@ impl FakeApiServer {
     /// item by item); returns the resourceVersions in order. Stops at the first error.
     pub fn apply_yaml(&self, yaml: &str) -> Result<Vec<u64>, FakeApiError> {
         let mut versions = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(yaml) {
+        for document in serde_norway::Deserializer::from_str(yaml) {
             let value = Value::deserialize(document)?;
             match value {
                 Value::Null => {}

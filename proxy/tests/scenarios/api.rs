@@ -150,7 +150,7 @@ fn show((kind, namespace, name): &ObjectKey) -> String {
 /// (a `kind: List` contributes its items; Endpoints become mirrored EndpointSlices).
 pub fn api_objects(yaml: &str) -> Result<Vec<(ObjectKey, Value)>, String> {
     let mut out = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(yaml) {
+    for document in serde_norway::Deserializer::from_str(yaml) {
         let value = Value::deserialize(document).map_err(|e| format!("parsing YAML: {e}"))?;
         match value {
             Value::Null => {}

@@ -40,7 +40,7 @@ pub fn from_json<T: DeserializeOwned>(value: Value) -> T {
 
 /// Deserializes YAML into a k8s-openapi type; test input is trusted.
 pub fn from_yaml<T: DeserializeOwned>(yaml: &str) -> T {
-    serde_yaml::from_str(yaml).expect("test fixture must deserialize")
+    serde_norway::from_str(yaml).expect("test fixture must deserialize")
 }
 
 /// A ClusterIP service `default/<name>` (clusterIP 198.18.128.10, one unnamed TCP port 80),

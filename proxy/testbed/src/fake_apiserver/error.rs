@@ -52,7 +52,7 @@ pub enum FakeApiError {
 
     /// `apply_yaml` got text that is not YAML.
     #[error("parsing YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_norway::Error),
 
     /// The kubeconfig file could not be written.
     #[error("writing kubeconfig {path}: {source}")]
