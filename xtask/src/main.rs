@@ -34,8 +34,9 @@ enum Task {
     },
     /// Check formatting and clippy (userspace and kernel crate).
     Lint,
-    /// Benchmarks: connection cost through each dataplane vs the direct path (extra args go
-    /// to the bench binary, e.g. `-- --connections 5000`).
+    /// Benchmarks: connection cost through each dataplane vs the direct path, or with
+    /// `-- controlplane` the control plane at scale (extra args go to the bench binary, e.g.
+    /// `-- --connections 5000` or `-- controlplane --quick`).
     Bench {
         /// Arguments for switchyard-bench.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

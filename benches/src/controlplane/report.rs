@@ -1,0 +1,128 @@
+//! The control-plane benchmark's output: a Markdown table on stdout and a JSON file.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::measure::Measured;
+
+/// One run's outcome, as reported.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// `ebpf`, `iptables-legacy`, `iptables-nft`.
+    pub mode: String,
+    /// Services loaded.
+    pub services: usize,
+    /// Endpoints per service.
+    pub endpoints: usize,
+    /// Wall time of the whole run, testbed set-up and teardown included, seconds.
+    pub total_s: f64,
+    /// The figures, if the run got through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Measured>,
+    /// Why the run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Where the proxy's stderr of this run was saved.
+    pub log: Option<PathBuf>,
+}
+
+/// The whole JSON document.
+#[derive(Debug, Serialize)]
+pub struct Document<'a> {
+    /// When the benchmark started.
+    pub unix_time: u64,
+    /// Kernel release (`/proc/sys/kernel/osrelease`).
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// The switchyard binary measured.
+    pub switchyard: String,
+    /// Idle window asked for, seconds.
+    pub idle_seconds: u64,
+    /// Why no iptables-restore time is reported.
+    pub iptables_restore_time: &'static str,
+    /// Every run, in the order they ran.
+    pub runs: &'a [Outcome],
+}
+
+/// Explanation recorded in the JSON and printed under the table.
+pub const NO_RESTORE_TIME: &str = "not measured: switchyard exports no metric for the time spent in iptables-restore \
+     (only kubeproxy_sync_proxy_rules_iptables_restore_failures_total); the sync durations include it";
+
+/// Formats the table (Markdown) of all outcomes.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut out = String::from(
+        "| mode | services | first sync s (wall / reported) | one change s (wall) | one change sync ms | idle CPU % (+children) | idle syncs (full) | peak RSS MiB | run s |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for o in outcomes {
+        let cells = match (&o.measured, &o.error) {
+            (Some(m), _) => format!(
+                "{:.2} / {:.2} | {} | {} | {:.2} (+{:.2}) | {} ({}) | {:.1}",
+                m.first_sync.wall_s,
+                m.first_sync.reported_s,
+                opt(m.change_wall_s, 3),
+                match (m.change_sync_ms, m.change_sync_ms_at_most) {
+                    (None, Some(bound)) => format!("<= {bound:.1}"),
+                    (ms, _) => opt(ms, 1),
+                },
+                m.idle.cpu_pct,
+                m.idle.children_cpu_pct,
+                m.idle.syncs,
+                m.idle.full_syncs,
+                m.peak_rss_mib,
+            ),
+            (None, e) => format!(
+                "failed: {} | | | | | ",
+                e.as_deref()
+                    .and_then(|e| e.lines().next())
+                    .unwrap_or("unknown")
+                    .replace('|', "/")
+            ),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {cells} | {:.0} |\n",
+            o.mode, o.services, o.total_s
+        ));
+    }
+    out
+}
+
+fn opt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// Writes `doc` as `<dir>/controlplane-<unix_time>.json` and returns the path.
+pub fn write_json(dir: &Path, doc: &Document<'_>) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("controlplane-{}.json", doc.unix_time));
+    let json = serde_json::to_string_pretty(doc)?;
+    std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_run_keeps_its_row_and_the_columns() {
+        let outcome = Outcome {
+            mode: "iptables-nft".into(),
+            services: 10000,
+            endpoints: 10,
+            total_s: 601.0,
+            measured: None,
+            error: Some("no complete first sync after 600 s | x\nmore".into()),
+            log: None,
+        };
+        let table = table(&[outcome]);
+        let row = table.lines().nth(2).unwrap();
+        assert!(row.starts_with(
+            "| iptables-nft | 10000 | failed: no complete first sync after 600 s / x |"
+        ));
+        let header_cells = table.lines().next().unwrap().matches('|').count();
+        assert_eq!(row.matches('|').count(), header_cells, "{row}");
+    }
+}
