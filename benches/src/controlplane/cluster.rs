@@ -126,8 +126,8 @@ mod tests {
 
     use super::*;
 
-    fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
-        serde_yaml::Deserializer::from_str(yaml)
+    fn docs(yaml: &str) -> Vec<serde_norway::Value> {
+        serde_norway::Deserializer::from_str(yaml)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect()
     }
@@ -186,7 +186,7 @@ mod tests {
         let base = docs(&slice_yaml(0, 10, 0)).remove(0);
         let v1 = docs(&slice_yaml(0, 10, 1)).remove(0);
         let v2 = docs(&slice_yaml(0, 10, 2)).remove(0);
-        let first = |d: &serde_yaml::Value| d["endpoints"][0]["addresses"][0].clone();
+        let first = |d: &serde_norway::Value| d["endpoints"][0]["addresses"][0].clone();
         assert_ne!(first(&base), first(&v1));
         assert_ne!(first(&v1), first(&v2));
         assert_eq!(base["endpoints"][1], v1["endpoints"][1]);
