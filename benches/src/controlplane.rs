@@ -180,7 +180,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.endpoints
     );
     print!("{}", report::table(&outcomes));
-    println!("\niptables-restore time: {}", report::NO_RESTORE_TIME);
+    println!("\niptables-restore time: {}", report::RESTORE_TIME);
     let doc = Document {
         unix_time,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -191,7 +191,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         idle_seconds,
-        iptables_restore_time: report::NO_RESTORE_TIME,
+        iptables_restore_time: report::RESTORE_TIME,
         runs: &outcomes,
     };
     let path = report::write_json(&dir, &doc)?;

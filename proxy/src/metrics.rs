@@ -173,6 +173,11 @@ impl Metrics {
             m.iptables.restores.clone(),
         );
         sy.register(
+            "iptables_restore_duration_seconds",
+            "Time spent inside iptables-restore",
+            m.iptables.restore_duration.clone(),
+        );
+        sy.register(
             "service_ports",
             "Service ports in the desired state",
             m.service_ports.clone(),

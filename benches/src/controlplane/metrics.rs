@@ -35,6 +35,9 @@ pub struct SyncMetrics {
     /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total` (both modes count
     /// failed writes there).
     pub restore_failures: f64,
+    /// Time inside iptables-restore, summed (`switchyard_iptables_restore_duration_seconds`);
+    /// 0 in ebpf mode.
+    pub restore_seconds: f64,
     /// `switchyard_dataplane_errors_total`: service ports that could not be programmed.
     pub dataplane_errors: f64,
     /// `switchyard_service_ports`: service ports in the desired state.
@@ -60,6 +63,7 @@ impl SyncMetrics {
             full_sync_seconds: get("kubeproxy_sync_full_proxy_rules_duration_seconds_sum"),
             service_changes: get("kubeproxy_sync_proxy_rules_service_changes_total"),
             restore_failures: get("kubeproxy_sync_proxy_rules_iptables_restore_failures_total"),
+            restore_seconds: get("switchyard_iptables_restore_duration_seconds_sum"),
             dataplane_errors: get("switchyard_dataplane_errors_total"),
             service_ports: get("switchyard_service_ports"),
             input_warnings: get("switchyard_input_warnings"),

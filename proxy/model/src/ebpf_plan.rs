@@ -315,6 +315,41 @@ impl Planner {
         drift
     }
 
+    /// Ops that write every programmed entry again, in the safe order (backend slots, source
+    /// ranges, then the service entries counting them): the repair after drift, which a
+    /// diff against the planner's memory would never produce.
+    pub fn rewrite_all(&self) -> Vec<MapOp> {
+        let mut slots = Vec::new();
+        let mut ranges = Vec::new();
+        let mut services = Vec::new();
+        for programmed in self.programmed.values() {
+            for (id, backends) in programmed.sets.values() {
+                for (slot, backend) in backends.iter().enumerate() {
+                    let key = BackendKey {
+                        service_id: *id,
+                        slot: slot as u32,
+                    };
+                    slots.push(MapOp::PutBackend(key, *backend));
+                }
+            }
+            ranges.extend(
+                programmed
+                    .ranges
+                    .iter()
+                    .map(|(key, prefix)| MapOp::PutSourceRange(*key, *prefix)),
+            );
+            services.extend(
+                programmed
+                    .frontends
+                    .iter()
+                    .map(|(key, value)| MapOp::PutService(*key, *value)),
+            );
+        }
+        slots.extend(ranges);
+        slots.extend(services);
+        slots
+    }
+
     fn expected_service(&self, key: &ServiceKey) -> Option<&ServiceValue> {
         let owner = self.owners.get(key)?;
         self.programmed.get(owner)?.frontends.get(key)
@@ -646,6 +681,22 @@ mod tests {
         stray.port ^= 1;
         extra.insert(stray, services[&first]);
         assert_eq!(check(&extra, &backends).unexpected, 1);
+
+        // The repair writes everything back, whatever was lost.
+        let (mut repaired_services, mut repaired_backends) = (gone.clone(), emptied.clone());
+        let ops = planner.rewrite_all();
+        apply_ops(&ops, &mut repaired_services, &mut repaired_backends);
+        assert!(check(&repaired_services, &repaired_backends).is_none());
+        let first_service = ops
+            .iter()
+            .position(|op| matches!(op, MapOp::PutService(..)));
+        let last_backend = ops
+            .iter()
+            .rposition(|op| matches!(op, MapOp::PutBackend(..)));
+        assert!(
+            last_backend < first_service,
+            "slots before the entries counting them"
+        );
     }
 
     #[test]

@@ -436,6 +436,25 @@ impl EbpfDataplane {
         report
     }
 
+    /// Writes every programmed entry again and removes service entries nothing programmed.
+    fn repair(&mut self) -> Result<(), OpError> {
+        let ops = self.planner.rewrite_all();
+        self.run_now(&ops)?;
+        let owned: std::collections::BTreeSet<ServiceKey> =
+            self.planner.owned_frontends().copied().collect();
+        let stray: Vec<ServiceKey> = self
+            .maps
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !owned.contains(k))
+            .collect();
+        for key in stray {
+            ignore_missing(self.maps.services.remove(&key), map_names::SERVICES)?;
+        }
+        Ok(())
+    }
+
     /// Reads the services and backends maps back (one pass each) and compares them with
     /// what was programmed.
     fn drift(&self) -> Result<super::plan::Drift, EbpfError> {
@@ -475,6 +494,8 @@ impl Dataplane for EbpfDataplane {
                 }
                 tracing::warn!(%drift, "eBPF maps changed behind our back; rewriting");
                 let mut report = self.full(state);
+                self.repair()
+                    .map_err(|e| SyncError::new("rewriting the maps after drift", e))?;
                 report.repaired = Some(drift.to_string());
                 Ok(report)
             }

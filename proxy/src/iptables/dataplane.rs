@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use super::backend::IptablesBackend;
 use super::chains::CANARY;
@@ -98,14 +99,26 @@ impl IptablesSystem for SystemIptables {
     }
 }
 
-/// What was written for one service port.
+/// What a later partial sync needs of one written service port: the names of its own
+/// chains (to delete those it no longer has) and its rules in shared chains (to delete them
+/// one by one); not the rules inside its chains, which a rewrite declares afresh. UDP ports
+/// keep the port itself, for the stale-flow cleanup.
 struct Written {
-    port: ServicePort,
+    udp_port: Option<ServicePort>,
     rules: PortRules,
 }
 
+impl Written {
+    fn new(port: &ServicePort, rules: &PortRules) -> Self {
+        Self {
+            udp_port: (port.key.protocol == Protocol::Udp).then(|| port.clone()),
+            rules: rules.skeleton(),
+        }
+    }
+}
+
 /// iptables mode's own counters (upstream's names; registered by [`crate::metrics`]).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct IptablesMetrics {
     /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total`.
     pub restore_failures: Counter,
@@ -113,6 +126,20 @@ pub struct IptablesMetrics {
     pub partial_restore_failures: Counter,
     /// iptables-restore runs, for `switchyard_iptables_restores_total`.
     pub restores: Counter,
+    /// Time spent inside iptables-restore, the floor of a sync's cost
+    /// (`switchyard_iptables_restore_duration_seconds`).
+    pub restore_duration: Histogram,
+}
+
+impl Default for IptablesMetrics {
+    fn default() -> Self {
+        Self {
+            restore_failures: Counter::default(),
+            partial_restore_failures: Counter::default(),
+            restores: Counter::default(),
+            restore_duration: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+        }
+    }
 }
 
 /// iptables mode.
@@ -168,7 +195,11 @@ impl IptablesDataplane {
             rec.push(input.to_owned());
         }
         self.metrics.restores.inc();
+        let started = std::time::Instant::now();
         let result = self.system.restore(input);
+        self.metrics
+            .restore_duration
+            .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             self.metrics.restore_failures.inc();
         }
@@ -209,8 +240,8 @@ impl IptablesDataplane {
         self.written = ports
             .into_iter()
             .filter_map(|(key, rules)| {
-                let port = state.ports.get(key)?.clone();
-                Some((key.clone(), Written { port, rules }))
+                let port = state.ports.get(key)?;
+                Some((key.clone(), Written::new(port, &rules)))
             })
             .collect();
         self.needs_full = false;
@@ -247,13 +278,7 @@ impl IptablesDataplane {
         for key in &keys {
             match (state.ports.get(*key), new_rules.get(*key)) {
                 (Some(port), Some(rules)) => {
-                    self.written.insert(
-                        (*key).clone(),
-                        Written {
-                            port: port.clone(),
-                            rules: rules.clone(),
-                        },
-                    );
+                    self.written.insert((*key).clone(), Written::new(port, rules));
                 }
                 _ => {
                     self.written.remove(*key);
@@ -285,7 +310,7 @@ impl IptablesDataplane {
             if key.protocol != Protocol::Udp {
                 continue;
             }
-            let old = self.written.get(*key).map(|w| &w.port);
+            let old = self.written.get(*key).and_then(|w| w.udp_port.as_ref());
             let new = state.ports.get(*key);
             for args in stale_udp_flows(old, new) {
                 self.system.delete_conntrack(&args);

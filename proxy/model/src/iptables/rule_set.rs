@@ -68,6 +68,22 @@ pub struct PortRules {
     pub shared: Vec<(ChainRef, Rule)>,
 }
 
+impl PortRules {
+    /// The same chains without their rules, and the same shared-chain rules: all a partial
+    /// sync reads of what it replaces (a rewritten chain is declared afresh, which flushes
+    /// it), at a fraction of the memory.
+    pub fn skeleton(&self) -> PortRules {
+        PortRules {
+            chains: self
+                .chains
+                .keys()
+                .map(|chain| (chain.clone(), Vec::new()))
+                .collect(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 /// Node-wide inputs of the generator.
 #[derive(Clone, Debug, Default)]
 pub struct RuleConfig {
