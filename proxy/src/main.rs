@@ -17,14 +17,12 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(switchyard::run::run(settings))
 }
 
-/// klog levels map onto tracing levels; RUST_LOG, when set, wins.
+/// klog levels map onto tracing levels of Switchyard's own modules only (libraries such as
+/// kube, hyper and rustls stay at info, or their debug output would drown ours); RUST_LOG,
+/// when set, wins.
 fn init_logging(verbosity: u8) {
-    let level = match verbosity {
-        0..=1 => "info",
-        2..=5 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(filter_for_verbosity(verbosity)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -39,4 +37,31 @@ fn hostname() -> String {
         .and_then(|h| h.into_string().ok())
         .map(|h| h.to_lowercase())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The tracing filter for `-v N`.
+fn filter_for_verbosity(verbosity: u8) -> &'static str {
+    match verbosity {
+        0..=1 => "info",
+        // `switchyard_ebpf` is the target of the kernel programs' forwarded log events.
+        2..=5 => "info,switchyard=debug,switchyard_ebpf=debug",
+        _ => "info,switchyard=trace,switchyard_ebpf=trace",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verbosity_raises_only_our_own_modules() {
+        assert_eq!(super::filter_for_verbosity(0), "info");
+        for v in [2, 4] {
+            let filter = super::filter_for_verbosity(v);
+            assert!(
+                filter.starts_with("info,"),
+                "libraries stay at info: {filter}"
+            );
+            assert!(filter.contains("switchyard=debug"), "{filter}");
+        }
+        assert!(super::filter_for_verbosity(9).contains("switchyard=trace"));
+    }
 }

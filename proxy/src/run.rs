@@ -18,8 +18,24 @@ use crate::server::{health_router, metrics_router, serve, ServerState};
 use crate::source::kube_api;
 use crate::source::ManifestDir;
 
-/// Runs the proxy until SIGTERM or SIGINT.
+/// Runs the proxy until SIGTERM or SIGINT, which end it cleanly at any point, also while
+/// it still waits for the API server's first lists.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = serve_until_the_source_ends(settings) => result,
+        _ = terminate.recv() => {
+            tracing::info!("SIGTERM: exiting");
+            Ok(())
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT: exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_until_the_source_ends(settings: Settings) -> anyhow::Result<()> {
     for field in &settings.ignored_config_fields {
         tracing::info!(field, "config file field is not used by Switchyard");
     }
@@ -44,8 +60,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 Source::Kubeconfig(path) => Some(path.as_path()),
                 _ => None,
             };
-            let client = kube_api::client(kubeconfig).await?;
-            kube_api::watch_api(client, &settings.node_name, health.clone()).await?
+            let (client, server) = kube_api::client(kubeconfig).await?;
+            kube_api::watch_api(client, &server, &settings.node_name, health.clone()).await?
         }
     };
     let node_ips = source
@@ -60,12 +76,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let dataplane = start_dataplane(&settings, &node_ips, &local, &metrics)?;
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
     let controller = Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock));
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = crate::controller::run(controller, source, addresses) => tracing::warn!("source ended"),
-        _ = terminate.recv() => tracing::info!("SIGTERM: exiting"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting"),
-    }
+    crate::controller::run(controller, source, addresses).await;
+    tracing::warn!("source ended");
     Ok(())
 }
 
@@ -83,6 +95,7 @@ fn start_dataplane(
                 .context("ebpf mode: installing the masquerade rule for external traffic")?;
             // The other mode's leftovers would translate traffic twice.
             remove_iptables_state();
+            let follow_devices = settings.devices.is_empty().then(|| node_ips.to_vec());
             let devices = if settings.devices.is_empty() {
                 crate::node_addresses::default_devices(node_ips)
                     .context("listing interfaces for --devices")?
@@ -98,6 +111,7 @@ fn start_dataplane(
                 cgroup_path,
                 bpffs_path: settings.bpffs_path.clone(),
                 devices,
+                follow_devices,
                 services_max: settings.ebpf_map_sizes.services,
                 backends_max: settings.ebpf_map_sizes.backends,
                 conntrack_max: settings.ebpf_map_sizes.conntrack,

@@ -58,3 +58,59 @@ fn invalid_config_file_field_is_named() {
     assert!(!ok);
     assert!(err.contains("clusterCIDR"), "{err}");
 }
+
+/// An API server that does not answer keeps Switchyard waiting for its first lists; SIGTERM
+/// then ends it cleanly (exit 0, not killed by the signal), and the log names the server.
+#[test]
+fn sigterm_while_waiting_for_the_api_server_exits_cleanly() {
+    use std::time::{Duration, Instant};
+
+    let dir = std::env::temp_dir().join(format!("swy-cli-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    let kubeconfig = dir.join("kubeconfig");
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: c, cluster: {server: \"http://127.0.0.1:1\"}}]\n\
+         contexts: [{name: c, context: {cluster: c, user: u}}]\n\
+         users: [{name: u, user: {}}]\n",
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "--kubeconfig",
+            kubeconfig.to_str().expect("utf-8 path"),
+            "--healthz-bind-address=",
+            "--metrics-bind-address=",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run switchyard");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "still waiting for the lists"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log).ok();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("127.0.0.1:1"),
+        "the failing server is named:\n{log}"
+    );
+}

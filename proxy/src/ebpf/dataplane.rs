@@ -27,6 +27,9 @@ pub struct EbpfConfig {
     pub bpffs_path: PathBuf,
     /// Interfaces whose external traffic the tc programs translate.
     pub devices: Vec<String>,
+    /// Without `--devices`: the Node object's addresses the devices were chosen by, so that
+    /// interfaces that gain one later get the tc programs too.
+    pub follow_devices: Option<Vec<std::net::IpAddr>>,
     /// Entries of the services map.
     pub services_max: u32,
     /// Entries of the backends map.
@@ -131,7 +134,11 @@ pub enum EbpfError {
 /// The loaded programs and their maps.
 pub struct EbpfDataplane {
     // Owns the programs; the pinned links and maps outlive the process.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Devices the tc programs are attached to.
+    attached: std::collections::BTreeSet<String>,
+    /// Whether tc programs attach as tcx links (kernels >= 6.6).
+    tcx: bool,
     maps: Maps,
     planner: Planner,
     config: EbpfConfig,
@@ -194,37 +201,14 @@ impl EbpfDataplane {
         }
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        for (name, direction) in [
-            (program_names::TC_INGRESS, TcAttachType::Ingress),
-            (program_names::TC_EGRESS, TcAttachType::Egress),
-        ] {
+        for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
             let program: &mut SchedClassifier = program(&mut ebpf, name)?;
             program
                 .load()
                 .map_err(|source| EbpfError::Program { name, source })?;
-            for device in &config.devices {
-                if !tcx {
-                    // Old kernels attach through a clsact qdisc, which may already exist.
-                    let _ = aya::programs::tc::qdisc_add_clsact(device);
-                }
-                let id = program
-                    .attach(device, direction)
-                    .map_err(|source| EbpfError::Device {
-                        device: device.clone(),
-                        source,
-                    })?;
-                if tcx {
-                    let link = program
-                        .take_link(id)
-                        .map_err(|source| EbpfError::Program { name, source })?;
-                    let pin_name = format!("{name}_{device}");
-                    pin_link(link, &links_dir.join(&pin_name))?;
-                    pinned.insert(pin_name);
-                }
-                // Without tcx the netlink filter cannot be pinned: it stays owned by this
-                // process and goes with it (README: north-south traffic survives a
-                // controller restart only on kernels >= 6.6).
-            }
+        }
+        for device in &config.devices {
+            pinned.extend(attach_tc(&mut ebpf, &links_dir, device, tcx)?);
         }
         unpin_leftover_links(&links_dir, &pinned);
         // Resolved once, after every program is loaded (loading relocates their references).
@@ -237,7 +221,9 @@ impl EbpfDataplane {
             },
         )?;
         let mut dataplane = Self {
-            _ebpf: ebpf,
+            attached: config.devices.iter().cloned().collect(),
+            tcx,
+            ebpf,
             maps,
             planner: Planner::default(),
             config,
@@ -502,6 +488,32 @@ impl Dataplane for EbpfDataplane {
         }
     }
 
+    fn node_addresses(&mut self, _addresses: &[std::net::IpAddr]) {
+        let Some(node_ips) = &self.config.follow_devices else {
+            return;
+        };
+        let devices = match crate::node_addresses::default_devices(node_ips) {
+            Ok(devices) => devices,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list interfaces; tc programs stay where they are");
+                return;
+            }
+        };
+        let links_dir = self.config.bpffs_path.join("links");
+        for device in devices {
+            if self.attached.contains(&device) {
+                continue;
+            }
+            match attach_tc(&mut self.ebpf, &links_dir, &device, self.tcx) {
+                Ok(_) => {
+                    tracing::info!(%device, "ebpf mode: packet programs attached to a new device");
+                    self.attached.insert(device);
+                }
+                Err(e) => tracing::warn!(%device, error = %e, "cannot attach the packet programs"),
+            }
+        }
+    }
+
     fn cleanup(&mut self) -> Result<(), SyncError> {
         remove_pins(&self.config.bpffs_path)
             .map(drop)
@@ -522,6 +534,44 @@ pub fn remove_pins(root: &std::path::Path) -> std::io::Result<usize> {
     // The directory itself only if nothing else lives there.
     let _ = std::fs::remove_dir(root);
     Ok(removed)
+}
+
+/// Attaches both tc programs (already loaded) to `device`; returns the pin names of the
+/// links (none without tcx, where the netlink filter cannot be pinned: it stays owned by this
+/// process and goes with it; README: north-south traffic survives a controller restart only
+/// on kernels >= 6.6).
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    links_dir: &std::path::Path,
+    device: &str,
+    tcx: bool,
+) -> Result<Vec<String>, EbpfError> {
+    let mut pins = Vec::new();
+    for (name, direction) in [
+        (program_names::TC_INGRESS, TcAttachType::Ingress),
+        (program_names::TC_EGRESS, TcAttachType::Egress),
+    ] {
+        let program: &mut SchedClassifier = program(ebpf, name)?;
+        if !tcx {
+            // Old kernels attach through a clsact qdisc, which may already exist.
+            let _ = aya::programs::tc::qdisc_add_clsact(device);
+        }
+        let id = program
+            .attach(device, direction)
+            .map_err(|source| EbpfError::Device {
+                device: device.to_owned(),
+                source,
+            })?;
+        if tcx {
+            let link = program
+                .take_link(id)
+                .map_err(|source| EbpfError::Program { name, source })?;
+            let pin_name = format!("{name}_{device}");
+            pin_link(link, &links_dir.join(&pin_name))?;
+            pins.push(pin_name);
+        }
+    }
+    Ok(pins)
 }
 
 /// Creates the pin directories; the path must be on a bpffs mount.

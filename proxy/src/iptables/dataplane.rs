@@ -278,7 +278,8 @@ impl IptablesDataplane {
         for key in &keys {
             match (state.ports.get(*key), new_rules.get(*key)) {
                 (Some(port), Some(rules)) => {
-                    self.written.insert((*key).clone(), Written::new(port, rules));
+                    self.written
+                        .insert((*key).clone(), Written::new(port, rules));
                 }
                 _ => {
                     self.written.remove(*key);

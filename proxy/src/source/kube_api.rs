@@ -25,6 +25,8 @@ const SERVICE_SELECTOR: &str =
 const SLICE_SELECTOR: &str = "!service.kubernetes.io/headless";
 /// How often a failing source checks whether the API server answers again.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the same start-up error is logged again while the API server stays unreachable.
+const LOG_REPEAT: Duration = Duration::from_secs(30);
 /// Events arriving within this window become one snapshot.
 const BATCH: Duration = Duration::from_millis(50);
 
@@ -69,6 +71,7 @@ enum Signal {
 /// complete, so the dataplane never programs a partial picture.
 pub async fn watch_api(
     client: Client,
+    server: &str,
     node_name: &str,
     health: Arc<Health>,
 ) -> Result<watch::Receiver<Snapshot>, SourceError> {
@@ -92,18 +95,46 @@ pub async fn watch_api(
         signal_tx,
         None,
     );
-    tracing::info!("waiting for the initial lists of services, endpoint slices and nodes");
-    for ready in [
-        services.wait_until_ready().await,
-        slices.wait_until_ready().await,
-        nodes.wait_until_ready().await,
-    ] {
-        ready.map_err(|e| {
-            SourceError::Client(format!("API watch ended before its first list: {e}"))
-        })?;
+    tracing::info!(%server, "waiting for the initial lists of services, endpoint slices and nodes");
+    // A block, so the future borrowing the stores is gone before they move on.
+    {
+        let ready = async {
+            for ready in [
+                services.wait_until_ready().await,
+                slices.wait_until_ready().await,
+                nodes.wait_until_ready().await,
+            ] {
+                ready.map_err(|e| {
+                    SourceError::Client(format!("API watch ended before its first list: {e}"))
+                })?;
+            }
+            Ok::<(), SourceError>(())
+        };
+        let mut ready = std::pin::pin!(ready);
+        // The watchers retry with backoff meanwhile; say why, naming the server, once per
+        // distinct error or per LOG_REPEAT, not once per watcher and attempt.
+        let mut last_logged: Option<(String, tokio::time::Instant)> = None;
+        loop {
+            tokio::select! {
+                result = &mut ready => break result?,
+                Some(signal) = signal_rx.recv() => {
+                    if let Signal::Failed(e) = signal {
+                        let now = tokio::time::Instant::now();
+                        let repeat = last_logged
+                            .as_ref()
+                            .is_some_and(|(m, at)| *m == e && now < *at + LOG_REPEAT);
+                        if !repeat {
+                            tracing::warn!(%server, error = %e, "API server unreachable; retrying");
+                            last_logged = Some((e, now));
+                        }
+                    }
+                }
+            }
+        }
     }
     let (tx, rx) = watch::channel(snapshot(&services, &slices, &nodes, &triggers));
     health.source_ok(SystemTime::now());
+    let server = server.to_owned();
     tokio::spawn(async move {
         // kube-runtime reports a watch error, but not the successful re-watch after it; on a
         // quiet cluster no event would ever clear the failure. While failing, a cheap call
@@ -134,7 +165,7 @@ pub async fn watch_api(
                     Signal::Failed(e) => {
                         // The stores keep their last state and the dataplane stays as it is;
                         // the watcher retries with backoff. /healthz reports the staleness.
-                        tracing::warn!(error = %e, "API watch failed; retrying");
+                        tracing::warn!(%server, error = %e, "API watch failed; retrying");
                         health.source_error(SystemTime::now());
                     }
                 }
@@ -237,8 +268,9 @@ fn snapshot(
     }
 }
 
-/// A client from a kubeconfig file, or from the pod's service account when `None`.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, SourceError> {
+/// A client from a kubeconfig file, or from the pod's service account when `None`, and the
+/// server it talks to (for messages).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<(Client, String), SourceError> {
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
@@ -257,7 +289,9 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Sour
                 .map_err(|e| SourceError::Client(format!("in-cluster config: {e}")))?
         }
     };
-    Client::try_from(config).map_err(|e| SourceError::Client(e.to_string()))
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|e| SourceError::Client(e.to_string()))?;
+    Ok((client, server))
 }
 
 #[cfg(test)]
