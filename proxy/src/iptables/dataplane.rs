@@ -66,11 +66,9 @@ impl IptablesSystem for SystemIptables {
         for (chain, rule) in jumps {
             by_chain.entry(chain).or_default().push(&rule.0);
         }
+        let present = self.present_jumps(&by_chain)?;
         for (chain, rules) in by_chain {
-            if rules
-                .iter()
-                .all(|r| exec::rule_exists(self.backend, chain, r))
-            {
+            if rules.iter().all(|r| present(chain, r)) {
                 continue;
             }
             for rule in &rules {
@@ -96,6 +94,42 @@ impl IptablesSystem for SystemIptables {
         {
             tracing::warn!(error = %e, "cannot run conntrack; stale UDP flows are not cleared");
         }
+    }
+}
+
+impl SystemIptables {
+    /// Which of the jumps are in place. Legacy: one save per table, compared as sets of
+    /// arguments (iptables-save may print matches in another order than we wrote them);
+    /// nft: one `-C` per rule, cheap there, while iptables-nft-save is slow on big tables.
+    #[allow(clippy::type_complexity)]
+    fn present_jumps(
+        &self,
+        by_chain: &BTreeMap<&ChainRef, Vec<&[String]>>,
+    ) -> Result<Box<dyn Fn(&ChainRef, &[String]) -> bool>, ExecError> {
+        let backend = self.backend;
+        if backend == IptablesBackend::Nft {
+            return Ok(Box::new(move |chain, rule| {
+                exec::rule_exists(backend, chain, rule)
+            }));
+        }
+        let mut listed: BTreeSet<(Table, String, Vec<String>)> = BTreeSet::new();
+        let tables: BTreeSet<Table> = by_chain.keys().map(|c| c.table).collect();
+        for table in tables {
+            let chains: Vec<&str> = by_chain
+                .keys()
+                .filter(|c| c.table == table)
+                .map(|c| c.chain.as_str())
+                .collect();
+            for (chain, mut args) in exec::saved_rules(backend, table, &chains)? {
+                args.sort();
+                listed.insert((table, chain, args));
+            }
+        }
+        Ok(Box::new(move |chain, rule| {
+            let mut args = rule.to_vec();
+            args.sort();
+            listed.contains(&(chain.table, chain.chain.clone(), args))
+        }))
     }
 }
 
