@@ -5,8 +5,23 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.verbosity);
-    let settings = Settings::resolve(cli, hostname)?;
+    // The config file may set the verbosity, so logging starts once it is read.
+    let settings = Settings::build(cli, hostname)?;
+    init_logging(settings.verbosity);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    settings.check_paths()?;
+    if settings.init_only {
+        return Ok(());
+    }
+    if let Some(path) = &settings.write_config_to {
+        anyhow::bail!(
+            "--write-config-to {}: not supported; Switchyard reads kube-proxy's \
+             KubeProxyConfiguration but does not write one",
+            path.display()
+        );
+    }
     if settings.cleanup {
         return switchyard::run::cleanup(&settings);
     }

@@ -35,10 +35,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_until_the_source_ends(settings: Settings) -> anyhow::Result<()> {
-    for field in &settings.ignored_config_fields {
-        tracing::info!(field, "config file field is not used by Switchyard");
-    }
+async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<()> {
     let health = Arc::new(Health::new(settings.sync_period * 2));
     // Health and metrics answer from the start, also while waiting for the first lists.
     let metrics = Arc::new(Metrics::new());
@@ -64,13 +61,23 @@ async fn serve_until_the_source_ends(settings: Settings) -> anyhow::Result<()> {
             kube_api::watch_api(client, &server, &settings.node_name, health.clone()).await?
         }
     };
-    let node_ips = source
+    let node = source
         .borrow()
         .objects
         .nodes
         .get(&settings.node_name)
-        .map(|node| crate::model::reported_node_ips(node))
+        .cloned();
+    let node_ips = node
+        .as_deref()
+        .map(crate::model::reported_node_ips)
         .unwrap_or_default();
+    // `nodePortAddresses: [primary]` is fixed at start-up from the first snapshot's Node, as
+    // in kube-proxy; the dataplane and the controller then see plain CIDRs.
+    match settings.resolve_primary_nodeport_addresses(node.as_deref()) {
+        Some(Ok(chosen)) => tracing::info!("{chosen}"),
+        Some(Err(fallback)) => tracing::warn!("{fallback}"),
+        None => {}
+    }
     let addresses = crate::node_addresses::watch_addresses()?;
     let local = addresses.borrow().clone();
     let dataplane = start_dataplane(&settings, &node_ips, &local, &metrics)?;
@@ -150,11 +157,12 @@ fn start_iptables(
     local: &[std::net::IpAddr],
 ) -> anyhow::Result<IptablesDataplane> {
     let backend = iptables_backend(settings)?;
-    let localhost_nodeports = settings.nodeport_cidrs.is_empty()
-        || settings
-            .nodeport_cidrs
-            .iter()
-            .any(|c| c.contains(&std::net::IpAddr::from([127, 0, 0, 1])));
+    let localhost_nodeports = settings.localhost_nodeports
+        && (settings.nodeport_cidrs.is_empty()
+            || settings
+                .nodeport_cidrs
+                .iter()
+                .any(|c| c.contains(&std::net::IpAddr::from([127, 0, 0, 1]))));
     if localhost_nodeports {
         // kube-proxy's iptables mode serves NodePorts on 127.0.0.1, which needs the kernel to
         // route DNATed loopback traffic.

@@ -177,8 +177,10 @@ fn run(mode: &str) {
         "[{mode}] 410 Gone must make the watcher list again"
     );
 
-    // API server outage: traffic keeps flowing on the last programmed state, /healthz reports
-    // the stale source, and the watch recovers afterwards.
+    // API server outage: traffic keeps flowing on the last programmed state, /healthz names
+    // the failing source but stays 200 (as upstream: an outage must not pull every node out
+    // of load balancers), /livez stays 200 (the liveness probe must not restart us), and the
+    // watch recovers afterwards.
     server.set_available(false).expect("down");
     for _ in 0..3 {
         let r = testbed.request(client, Proto::Tcp, addr("198.18.128.60:80"), 10, TIMEOUT);
@@ -187,15 +189,17 @@ fn run(mode: &str) {
             "[{mode}] traffic during the outage: {r:?}"
         );
     }
-    wait_for("/healthz to report the stale source", WAIT, || {
+    wait_for("/healthz to report the failing source", WAIT, || {
         let (code, body) = http_get(&testbed, 10256, "/healthz");
-        if code == 503 && body.contains("sourceFailingSince") {
+        if code == 200 && body.contains("sourceFailingSince") {
             Ok(())
         } else {
             Err((code, body))
         }
     })
     .unwrap_or_else(|e| fail(e));
+    let (code, body) = http_get(&testbed, 10256, "/livez");
+    assert_eq!(code, 200, "[{mode}] /livez during the outage: {body}");
     server.set_available(true).expect("up");
     server
         .apply_yaml(&service(

@@ -1,4 +1,6 @@
-//! Bad input at the binary's edge: clear errors naming the flag or field, non-zero exit.
+//! Bad input at the binary's edge: clear errors naming the flag or field, non-zero exit; and
+//! kube-proxy's command lines and config files accepted. None of these starts a proxy (each
+//! stops at the configuration stage), so they need no root.
 use std::process::Command;
 
 fn switchyard(args: &[&str]) -> (bool, String) {
@@ -34,13 +36,88 @@ fn missing_manifest_dir_is_named() {
 
 #[test]
 fn unknown_mode_is_rejected_with_the_choices() {
-    let (ok, err) = switchyard(&["--proxy-mode", "ipvs"]);
+    let (ok, err) = switchyard(&["--proxy-mode", "warp"]);
     assert!(!ok);
     assert!(
-        err.contains("invalid value 'ipvs' for '--proxy-mode"),
+        err.contains("invalid value 'warp' for '--proxy-mode"),
         "{err}"
     );
     assert!(err.contains("iptables") && err.contains("ebpf"), "{err}");
+}
+
+#[test]
+fn unknown_flag_is_rejected() {
+    let (ok, err) = switchyard(&["--no-such-flag"]);
+    assert!(!ok);
+    assert!(
+        err.contains("unexpected argument '--no-such-flag'"),
+        "{err}"
+    );
+}
+
+/// kube-proxy flags without effect are accepted, each named in one warning; the missing
+/// kubeconfig then stops start-up before anything is programmed.
+#[test]
+fn kube_proxy_flags_without_effect_warn_and_ipvs_runs_as_iptables() {
+    let (ok, err) = switchyard(&[
+        "--kubeconfig=/nonexistent/switchyard/kubeconfig",
+        "--proxy-mode=ipvs",
+        "--conntrack-max-per-core=0",
+        "--oom-score-adj=-999",
+        "--feature-gates=SomeGate=true",
+        "--ipvs-scheduler=rr",
+        "--profiling",
+    ]);
+    assert!(!ok);
+    for flag in [
+        "--proxy-mode: ipvs is not implemented by Switchyard; running in iptables mode",
+        "--conntrack-max-per-core=0: has no effect",
+        "--oom-score-adj=-999: has no effect",
+        "--feature-gates=SomeGate=true: has no effect",
+        "--ipvs-scheduler=rr: has no effect",
+        "--profiling=true: has no effect",
+    ] {
+        assert_eq!(err.matches(flag).count(), 1, "{flag}: {err}");
+    }
+    assert!(
+        err.contains("--kubeconfig /nonexistent/switchyard/kubeconfig: file does not exist"),
+        "{err}"
+    );
+}
+
+/// kubeadm's stock ConfigMap is accepted as it is: no warning, and the kubeconfig it names
+/// is the only thing missing on this machine.
+#[test]
+fn kubeadm_configmap_is_accepted() {
+    let kubeconfig = std::path::Path::new("/var/lib/kube-proxy/kubeconfig.conf");
+    if kubeconfig.exists() {
+        // A real node: do not start a proxy from a test.
+        eprintln!("skipped: {} exists", kubeconfig.display());
+        return;
+    }
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kubeadm-kube-proxy-config.conf"
+    );
+    let (ok, err) = switchyard(&["--config", config, "--hostname-override=node-1"]);
+    assert!(!ok);
+    assert!(!err.contains("WARN"), "{err}");
+    assert!(
+        err.contains(
+            "clientConnection.kubeconfig /var/lib/kube-proxy/kubeconfig.conf: file does not exist"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn init_only_exits_after_the_check() {
+    let (ok, err) = switchyard(&["--init-only", "--manifests", "/"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("--init-only"), "{err}");
+    let (ok, err) = switchyard(&["--write-config-to", "/nonexistent/switchyard/out.yaml"]);
+    assert!(!ok);
+    assert!(err.contains("--write-config-to"), "{err}");
 }
 
 #[test]

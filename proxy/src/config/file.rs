@@ -1,13 +1,20 @@
-//! The `--config` file: kube-proxy's KubeProxyConfiguration, the subset Switchyard implements.
-use std::collections::BTreeMap;
-use std::path::Path;
+//! The `--config` file: kube-proxy's KubeProxyConfiguration. The fields Switchyard reads are
+//! typed here and defaulted as upstream defaults them ([`super::defaults`]); every other field
+//! upstream knows is accepted, and one that is set but has no effect is named in a warning.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::defaults::{
+    self, check_periods, complete_bind, parse_bind_address, parse_cidr_list, period, ProxyConfig,
+    RequestedMode, Section, HEALTHZ_PORT, METRICS_PORT,
+};
+use super::nodeport::NodePortAddresses;
+use super::upstream_fields::unused_field_warnings;
 use super::ConfigError;
-use crate::config::cli::ProxyMode;
 
-/// Fields of KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) that Switchyard honours.
+/// Fields of KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) that Switchyard reads.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigFile {
@@ -15,40 +22,48 @@ pub struct ConfigFile {
     pub api_version: Option<String>,
     /// Must be KubeProxyConfiguration when present.
     pub kind: Option<String>,
-    /// Proxy mode.
-    pub mode: Option<ProxyMode>,
+    /// Proxy mode; empty means the default.
+    pub mode: Option<String>,
     /// Node name override.
     pub hostname_override: Option<String>,
+    /// Overrides the node's primary IP(s); also picks the family of the default binds.
+    pub bind_address: Option<String>,
     /// Comma-separated pod CIDRs.
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Option<String>,
-    /// NodePort address CIDRs.
+    /// NodePort address CIDRs, or `primary`.
     pub node_port_addresses: Option<Vec<String>>,
-    /// Health check bind address.
+    /// Health check bind address; empty means the default.
     pub healthz_bind_address: Option<String>,
-    /// Metrics bind address.
+    /// Metrics bind address; empty means the default.
     pub metrics_bind_address: Option<String>,
-    /// Top-level sync period (newer v1alpha1 layout).
+    /// Extension: sync period for any mode, over the mode's section.
     pub sync_period: Option<String>,
-    /// Top-level minimum sync period (newer v1alpha1 layout).
+    /// Extension: minimum sync period for any mode, over the mode's section.
     pub min_sync_period: Option<String>,
-    /// iptables section.
-    #[serde(default)]
-    pub iptables: IptablesSection,
+    /// `iptables:` section.
+    pub iptables: Option<ModeSection>,
+    /// `ipvs:` section (its periods, in ipvs mode).
+    pub ipvs: Option<ModeSection>,
+    /// `nftables:` section (its periods and masqueradeAll, in nftables mode).
+    pub nftables: Option<ModeSection>,
     /// API client section.
-    #[serde(default)]
-    pub client_connection: ClientConnection,
-    /// Fields kube-proxy knows that Switchyard ignores (logged once at start-up).
-    #[serde(flatten)]
-    pub ignored: BTreeMap<String, serde_norway::Value>,
+    pub client_connection: Option<ClientConnection>,
+    /// Logging section.
+    pub logging: Option<Logging>,
+    /// The whole document, for naming fields that have no effect.
+    #[serde(skip)]
+    raw: serde_norway::Value,
 }
 
-/// `iptables:` section.
+/// The parts of the `iptables:`, `ipvs:` and `nftables:` sections Switchyard reads.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct IptablesSection {
+pub struct ModeSection {
     /// Masquerade all service traffic.
     pub masquerade_all: Option<bool>,
+    /// Serve NodePorts on localhost (`iptables:` only).
+    pub localhost_nodeports: Option<bool>,
     /// Minimum sync period.
     pub min_sync_period: Option<String>,
     /// Full resync period.
@@ -61,6 +76,14 @@ pub struct IptablesSection {
 pub struct ClientConnection {
     /// Kubeconfig path.
     pub kubeconfig: Option<String>,
+}
+
+/// `logging:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Logging {
+    /// klog verbosity.
+    pub verbosity: Option<u8>,
 }
 
 impl ConfigFile {
@@ -78,7 +101,15 @@ impl ConfigFile {
 
     /// Parses config text; the error names the offending field.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: ConfigFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        let raw: serde_norway::Value = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        if !matches!(
+            raw,
+            serde_norway::Value::Mapping(_) | serde_norway::Value::Null
+        ) {
+            return Err("expected a KubeProxyConfiguration mapping".into());
+        }
+        let mut file: ConfigFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+        file.raw = raw;
         if let Some(kind) = &file.kind {
             if kind != "KubeProxyConfiguration" {
                 return Err(format!("kind: expected KubeProxyConfiguration, got {kind}"));
@@ -92,5 +123,141 @@ impl ConfigFile {
             }
         }
         Ok(file)
+    }
+
+    fn section(&self, section: Section) -> Option<&ModeSection> {
+        match section {
+            Section::Iptables => self.iptables.as_ref(),
+            Section::Ipvs => self.ipvs.as_ref(),
+            Section::Nftables => self.nftables.as_ref(),
+        }
+    }
+
+    /// What kube-proxy would run with from this file: each zero-valued field defaulted as
+    /// upstream does, the mode-dependent fields read from the mode's section.
+    pub fn kube_proxy_config(&self) -> Result<ProxyConfig, ConfigError> {
+        let mode = match self.mode.as_deref() {
+            None => RequestedMode::Default,
+            Some(text) => {
+                RequestedMode::parse(text).map_err(|message| ConfigError::InvalidValue {
+                    field: "mode",
+                    message,
+                })?
+            }
+        };
+        let mut warnings = Vec::new();
+
+        let mut nodeport = NodePortAddresses::parse(
+            "nodePortAddresses",
+            self.node_port_addresses
+                .iter()
+                .flatten()
+                .map(String::as_str),
+        )?;
+        // Upstream's platformApplyDefaults: nftables mode serves NodePorts on the primary IPs.
+        let primary_defaulted = mode == RequestedMode::Nftables && nodeport.is_unset();
+        if primary_defaulted {
+            nodeport = NodePortAddresses::primary();
+        }
+        warnings.extend(mode.fallback_warning("mode", primary_defaulted));
+
+        let node_ip_overrides =
+            parse_bind_address("bindAddress", self.bind_address.as_deref().unwrap_or(""))?;
+        let (healthz_host, metrics_host) =
+            defaults::default_bind_hosts(node_ip_overrides.first().copied());
+        let healthz_bind = file_bind(
+            "healthzBindAddress",
+            self.healthz_bind_address.as_deref(),
+            SocketAddr::new(healthz_host, HEALTHZ_PORT),
+        )?;
+        let metrics_bind = file_bind(
+            "metricsBindAddress",
+            self.metrics_bind_address.as_deref(),
+            SocketAddr::new(metrics_host, METRICS_PORT),
+        )?;
+
+        let section = mode.section();
+        let periods = self.section(section);
+        let (min_field, sync_field) = period_fields(section);
+        // Zero means the default, as in upstream's defaults.go. (Upstream leaves a zero
+        // ipvs.minSyncPeriod at zero; Switchyard runs iptables mode and uses its default.)
+        let min_sync_period = period(
+            "minSyncPeriod",
+            self.min_sync_period.as_deref(),
+            period(
+                min_field,
+                periods.and_then(|s| s.min_sync_period.as_deref()),
+                defaults::MIN_SYNC_PERIOD,
+            )?,
+        )?;
+        let sync_period = period(
+            "syncPeriod",
+            self.sync_period.as_deref(),
+            period(
+                sync_field,
+                periods.and_then(|s| s.sync_period.as_deref()),
+                defaults::SYNC_PERIOD,
+            )?,
+        )?;
+        check_periods(sync_field, min_sync_period, sync_period)?;
+
+        let masquerade_all = self
+            .section(section.masquerade_all())
+            .and_then(|s| s.masquerade_all)
+            .unwrap_or(false);
+        let localhost_nodeports = self
+            .iptables
+            .as_ref()
+            .and_then(|s| s.localhost_nodeports)
+            .unwrap_or(true)
+            && mode.localhost_nodeports();
+
+        warnings.extend(unused_field_warnings(&self.raw, section));
+        Ok(ProxyConfig {
+            mode,
+            hostname_override: self.hostname_override.clone(),
+            kubeconfig: self
+                .client_connection
+                .as_ref()
+                .and_then(|c| c.kubeconfig.as_deref())
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| (PathBuf::from(k), "clientConnection.kubeconfig")),
+            cluster_cidrs: parse_cidr_list(
+                "clusterCIDR",
+                self.cluster_cidr.as_deref().unwrap_or(""),
+            )?,
+            nodeport,
+            masquerade_all,
+            localhost_nodeports,
+            healthz_bind,
+            metrics_bind,
+            min_sync_period,
+            sync_period,
+            node_ip_overrides,
+            verbosity: self.logging.as_ref().and_then(|l| l.verbosity),
+            warnings,
+        })
+    }
+}
+
+/// A bind-address field: empty means the default (a file cannot disable a server, as in
+/// kube-proxy), a bare IP gets the default port.
+fn file_bind(
+    field: &'static str,
+    value: Option<&str>,
+    default: SocketAddr,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match value.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(Some(default)),
+        Some(text) => complete_bind(field, text, default.port()).map(Some),
+    }
+}
+
+fn period_fields(section: Section) -> (&'static str, &'static str) {
+    match section {
+        Section::Iptables => ("iptables.minSyncPeriod", "iptables.syncPeriod"),
+        Section::Ipvs => ("ipvs.minSyncPeriod", "ipvs.syncPeriod"),
+        Section::Nftables => ("nftables.minSyncPeriod", "nftables.syncPeriod"),
     }
 }

@@ -1,7 +1,16 @@
 //! Configuration: command-line flags, the kube-proxy config file, and the resolved [`Settings`].
+//!
+//! Precedence follows kube-proxy (`cmd/kube-proxy/app/options.go`): without `--config`, the
+//! flags over upstream's defaults; with `--config`, the file (defaulted as upstream defaults it)
+//! and of the kube-proxy flags only `--hostname-override` and `-v`. Switchyard's own extension
+//! flags always apply, since the file has no fields for them.
 pub mod cli;
+pub mod defaults;
 pub mod file;
+pub mod ignored_flags;
+pub mod nodeport;
 pub mod settings;
+mod upstream_fields;
 
 pub use cli::{Cli, ProxyMode};
 pub use settings::{Settings, Source};
@@ -36,8 +45,13 @@ pub enum ConfigError {
         message: String,
     },
     /// The kubeconfig does not exist.
-    #[error("--kubeconfig {0}: file does not exist")]
-    MissingKubeconfig(PathBuf),
+    #[error("{field} {path}: file does not exist")]
+    MissingKubeconfig {
+        /// `--kubeconfig` or `clientConnection.kubeconfig`.
+        field: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
     /// The manifest directory does not exist.
     #[error("--manifests {0}: not a directory")]
     MissingManifests(PathBuf),

@@ -84,6 +84,9 @@ impl Controller {
             retry_delay: schedule::RETRY_DELAY,
         };
         let schedule = Schedule::new(periods, clock.now());
+        // The first snapshot is a change the dataplane does not hold yet: a first sync that
+        // never completes must fail /livez, as kube-proxy's queued initial events do.
+        health.queued(clock.wall());
         Self {
             settings,
             dataplane,
@@ -125,6 +128,10 @@ impl Controller {
     }
 
     fn sync_inner(&mut self, kind: SyncKind, input: &NodeSnapshot, started: Instant) -> bool {
+        // /healthz follows the Node (deleted, or tainted by the autoscaler) from the snapshot
+        // each sync reads; a Node change triggers a sync.
+        let own_node = input.objects.objects.nodes.get(&self.settings.node_name);
+        self.health.node(own_node.map(|n| n.as_ref()));
         let node = self.node_context(&input.addresses);
         self.dataplane.node_addresses(&input.addresses);
         let computed = compute_desired_state(&input.objects.objects, &node);

@@ -95,6 +95,7 @@ struct Harness {
     clock: FakeClock,
     dataplane: FakeDataplane,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 fn harness() -> Harness {
@@ -111,11 +112,12 @@ fn harness() -> Harness {
         takes: Duration::from_millis(20),
     };
     let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(Duration::from_secs(60)));
     let controller = Controller::new(
         settings,
         Box::new(dataplane.clone()),
         metrics.clone(),
-        Arc::new(Health::new(Duration::from_secs(60))),
+        health.clone(),
         Box::new(clock.clone()),
     );
     Harness {
@@ -123,6 +125,7 @@ fn harness() -> Harness {
         clock,
         dataplane,
         metrics,
+        health,
     }
 }
 
@@ -323,5 +326,62 @@ fn a_port_that_failed_is_retried_by_the_next_verify_not_by_a_full_sync_every_sec
         h.calls()[2],
         (SyncKind::Verify, 3, 0),
         "and then it is applied"
+    );
+}
+
+/// This node's Node, optionally tainted by the cluster autoscaler.
+fn with_node(mut input: NodeSnapshot, autoscaler_taint: bool) -> NodeSnapshot {
+    let taints = if autoscaler_taint {
+        serde_json::json!([{"key": crate::health::TO_BE_DELETED_TAINT, "effect": "NoSchedule"}])
+    } else {
+        serde_json::json!([])
+    };
+    let node = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node1"},
+        "spec": {"taints": taints},
+    });
+    let mut objects = (*input.objects.objects).clone();
+    objects.insert_node(serde_json::from_value(node).unwrap());
+    input.objects.objects = Arc::new(objects);
+    input
+}
+
+#[test]
+fn syncs_feed_the_nodes_eligibility_into_health() {
+    let mut h = harness();
+    let wall = |h: &Harness| h.clock.wall();
+    assert!(!h.health.healthz(wall(&h)).healthy, "nothing synced yet");
+    h.run_for(
+        Duration::ZERO,
+        &with_node(input(1, &[], &["198.18.0.11"]), false),
+    );
+    let view = h.health.healthz(wall(&h));
+    assert!(view.healthy && view.node_eligible, "{view:?}");
+
+    // The autoscaler taints the node: the next sync makes /healthz 503, /livez stays 200.
+    h.controller.changed();
+    h.run_for(
+        Duration::from_secs(2),
+        &with_node(input(1, &[], &["198.18.0.11"]), true),
+    );
+    let view = h.health.healthz(wall(&h));
+    assert!(!view.healthy && !view.node_eligible, "{view:?}");
+    assert!(h.health.livez(wall(&h)).healthy);
+
+    // The Node disappears from the snapshot: still not eligible.
+    h.controller.changed();
+    h.run_for(Duration::from_secs(2), &input(1, &[], &["198.18.0.11"]));
+    assert!(!h.health.healthz(wall(&h)).node_eligible);
+}
+
+#[test]
+fn a_first_sync_that_never_runs_fails_livez() {
+    let h = harness();
+    assert!(h.health.livez(h.clock.wall()).healthy);
+    h.clock.advance(Duration::from_secs(61));
+    assert!(
+        !h.health.livez(h.clock.wall()).healthy,
+        "the initial snapshot counts as queued"
     );
 }
