@@ -315,6 +315,38 @@ impl Planner {
         drift
     }
 
+    /// Compares the kernel's service entries alone with what was programmed.
+    pub fn check_services(
+        &self,
+        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+    ) -> Drift {
+        self.check_drift(services, self.backend_slots_sample(0, 1))
+    }
+
+    /// The backend slots programmed for every `stride`-th backend set (ordered by id),
+    /// starting with the `phase`-th: a verify that looks up one share of the backends map
+    /// per run covers all of it every `stride` runs, at a fraction of a full read's cost.
+    pub fn backend_slots_sample(&self, phase: usize, stride: usize) -> Vec<(BackendKey, Backend)> {
+        let sets: BTreeMap<u32, &Vec<Backend>> = self
+            .programmed
+            .values()
+            .flat_map(|p| p.sets.values().map(|(id, b)| (*id, b)))
+            .collect();
+        sets.into_iter()
+            .skip(phase % stride.max(1))
+            .step_by(stride.max(1))
+            .flat_map(|(id, backends)| {
+                backends.iter().enumerate().map(move |(slot, backend)| {
+                    let key = BackendKey {
+                        service_id: id,
+                        slot: slot as u32,
+                    };
+                    (key, *backend)
+                })
+            })
+            .collect()
+    }
+
     /// Ops that write every programmed entry again, in the safe order (backend slots, source
     /// ranges, then the service entries counting them): the repair after drift, which a
     /// diff against the planner's memory would never produce.
@@ -681,6 +713,17 @@ mod tests {
         stray.port ^= 1;
         extra.insert(stray, services[&first]);
         assert_eq!(check(&extra, &backends).unexpected, 1);
+
+        // A rotating sample covers every slot once per `stride` phases.
+        let stride = 2;
+        let mut sampled: Vec<BackendKey> = (0..stride)
+            .flat_map(|phase| planner.backend_slots_sample(phase, stride))
+            .map(|(k, _)| k)
+            .collect();
+        sampled.sort();
+        assert_eq!(sampled, backends.keys().copied().collect::<Vec<_>>());
+        assert!(planner.check_services(services.clone()).is_none());
+        assert_eq!(planner.check_services(gone.clone()).missing, 1);
 
         // The repair writes everything back, whatever was lost.
         let (mut repaired_services, mut repaired_backends) = (gone.clone(), emptied.clone());
