@@ -17,6 +17,11 @@ use switchyard_common::{
 /// for readers, so a program could read a value while userspace overwrites it. Without
 /// preallocation an update swaps in a new element and frees the old one after an RCU grace
 /// period (Cilium's LB maps do the same); a large size then costs only the bucket array.
+///
+/// The userspace planner (`switchyard_model::ebpf_plan`) relies on this too: replacing an
+/// existing key never needs room, even in a full map, so a change writes everything new first
+/// (which may fail with the map full, before anything in service was touched) and the
+/// in-place switch of the service entries last.
 #[map(name = "SWY_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(DEFAULT_SERVICES_MAX, BPF_F_NO_PREALLOC);

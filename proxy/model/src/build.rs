@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use super::conflicts::{self, CreationTimes};
 use super::endpoints::{self, EndpointGroup, LABEL_SERVICE_NAME};
 use super::node::NodeContext;
 use super::objects::{ClusterObjects, ObjectKey};
@@ -131,10 +132,12 @@ fn frontends(
 /// Computes what this node should program from everything the sources have seen.
 ///
 /// Never panics on any input: an invalid object is skipped with one warning naming it and the
-/// field, and every other service keeps working.
+/// field, and every other service keeps working. A frontend claimed by several service ports
+/// is left to one of them (module `conflicts`), with a warning naming both.
 pub fn compute_desired_state(objects: &ClusterObjects, node: &NodeContext) -> Computed {
     let mut warnings = Vec::new();
     let mut state = DesiredState::default();
+    let mut created = CreationTimes::new();
     let slices = slices_by_service(objects, &mut warnings);
 
     for (key, svc) in &objects.services {
@@ -150,6 +153,7 @@ pub fn compute_desired_state(objects: &ClusterObjects, node: &NodeContext) -> Co
         if parsed.ports.is_empty() {
             continue;
         }
+        created.insert(key.clone(), svc.metadata.creation_timestamp.clone());
         // Slices are only read for services that produce ports, so a slice of a skipped or
         // unknown service never warns.
         let groups = endpoint_groups(key, slices.get(key), objects, node, &mut warnings);
@@ -183,6 +187,7 @@ pub fn compute_desired_state(objects: &ClusterObjects, node: &NodeContext) -> Co
         }
     }
 
+    conflicts::resolve(&mut state, &created, &mut warnings);
     warnings.sort();
     warnings.dedup();
     Computed { state, warnings }

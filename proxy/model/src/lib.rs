@@ -24,6 +24,7 @@
 //! - Warnings are recomputed on every call; callers that log them should log changes only.
 
 mod build;
+mod conflicts;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;

@@ -12,11 +12,11 @@ use switchyard_common::{
     SourceRangeKey, CT_FLAG_REPLY,
 };
 
-use super::maps::{ignore_missing, Capacities, MapHandleError, Maps, OpError};
+use super::maps::{ignore_missing, Capacities, MapHandleError, Maps};
 use super::object::embedded_object;
-use super::plan::{MapOp, Planner};
+use super::plan::{Planner, PortFailure, RangeKey};
 use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
-use crate::model::{DesiredState, ServicePortKey, StateDiff};
+use crate::model::{DesiredState, ServicePort, ServicePortKey, StateDiff};
 
 /// Where and how big.
 #[derive(Clone, Debug)]
@@ -145,12 +145,9 @@ pub struct EbpfDataplane {
     /// Which share of the backend slots the next verify looks up.
     verify_phase: usize,
     maps: Maps,
+    /// What the maps hold and which port owns what; plans and runs every write.
     planner: Planner,
     config: EbpfConfig,
-    /// Backend-set ids found in adopted maps, reserved until the first full sync.
-    adopted: Vec<u32>,
-    /// Slot deletions waiting for the next sync.
-    deferred: Vec<MapOp>,
 }
 
 impl EbpfDataplane {
@@ -233,99 +230,42 @@ impl EbpfDataplane {
             maps,
             planner: Planner::default(),
             config,
-            adopted: Vec::new(),
-            deferred: Vec::new(),
         };
         if adopted {
-            // A previous instance's entries stay in service until the first full sync
-            // rewrites them; their backend-set ids must not be reused before then.
-            let existing = dataplane.existing_service_ids()?;
-            dataplane.planner.reserve(existing.iter().copied());
-            dataplane.adopted = existing;
-            tracing::info!(ids = dataplane.adopted.len(), "adopted pinned eBPF maps");
+            // A previous instance's entries stay in service until the ports that want them
+            // are written; their backend-set ids are not handed out before they are unused.
+            let entries = dataplane.observe_maps()?;
+            tracing::info!(entries, "adopted pinned eBPF maps");
         }
         Ok(dataplane)
     }
 
-    fn existing_service_ids(&mut self) -> Result<Vec<u32>, EbpfError> {
-        let mut ids: Vec<u32> = self
+    /// Hands the planner what the services, backends and source-range maps hold (one pass
+    /// each); returns the number of service entries.
+    fn observe_maps(&mut self) -> Result<usize, EbpfError> {
+        let read = |name| move |source| EbpfError::ReadMap { name, source };
+        let services: Vec<_> = self
             .maps
             .services
             .iter()
-            .filter_map(Result::ok)
-            .map(|(_, v)| v.id)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
-    }
-
-    /// After the first full sync of an adopted state: removes entries nothing owns any more
-    /// (services deleted while no controller ran, and the old backend sets).
-    fn collect_adopted_garbage(&mut self) {
-        if self.adopted.is_empty() {
-            return;
-        }
-        let owned: std::collections::BTreeSet<ServiceKey> =
-            self.planner.owned_frontends().copied().collect();
-        let live: std::collections::BTreeSet<u32> = self.planner.live_ids().collect();
-        let maps = &mut self.maps;
-        let stale: Vec<ServiceKey> = maps
-            .services
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !owned.contains(k))
-            .collect();
-        for key in stale {
-            let _ = ignore_missing(maps.services.remove(&key), map_names::SERVICES);
-        }
-        // The old sets' slots go with the next sync, like every retired slot: a program
-        // that read an old service entry just before it was replaced may still look them up.
-        let stale: Vec<BackendKey> = maps
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::SERVICES))?;
+        let backends: Vec<_> = self
+            .maps
             .backends
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !live.contains(&k.service_id))
-            .collect();
-        self.deferred
-            .extend(stale.into_iter().map(MapOp::DeleteBackend));
-        let ranges: std::collections::BTreeSet<(SourceRangeKey, u32)> =
-            self.planner.live_ranges().copied().collect();
-        let stale: Vec<LpmKey<SourceRangeKey>> = maps
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::BACKENDS))?;
+        let ranges: Vec<RangeKey> = self
+            .maps
             .source_ranges
             .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !ranges.contains(&(k.data(), k.prefix_len())))
-            .collect();
-        for key in stale {
-            let _ = ignore_missing(maps.source_ranges.remove(&key), map_names::SOURCE_RANGES);
-        }
-        self.planner.release(self.adopted.drain(..));
-    }
-
-    /// Writes one port; backends its external traffic may no longer use go into `gone`.
-    fn write_port(
-        &mut self,
-        key: &ServicePortKey,
-        state: &DesiredState,
-        gone: &mut std::collections::BTreeSet<Backend>,
-    ) -> Result<(), OpError> {
-        let before = self.planner.external_backends(key);
-        let (ops, conflicts) = self.planner.plan_port(key, state.ports.get(key));
-        let after = self.planner.external_backends(key);
-        for conflict in &conflicts {
-            tracing::warn!("{conflict}");
-        }
-        let result = self.run_ops(&ops);
-        if result.is_err() {
-            // Leave no half-written service behind: drop the port entirely, old and new
-            // entries alike; the next full sync retries it.
-            let cleanup = self.planner.rollback(key);
-            let _ = self.run_ops(&cleanup);
-            return result;
-        }
-        gone.extend(before.difference(&after).copied());
-        result
+            .map(|k| k.map(|k: LpmKey<SourceRangeKey>| (k.data(), k.prefix_len())))
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::SOURCE_RANGES))?;
+        let entries = services.len();
+        self.planner.observe(services, backends, ranges);
+        Ok(entries)
     }
 
     /// Deletes tracked external flows to backends that left: otherwise a UDP client that keeps
@@ -349,59 +289,69 @@ impl EbpfDataplane {
         }
     }
 
-    /// Runs `ops`, except slot deletions, which wait for the next sync: a program that read
-    /// a service entry just before its count went down may still look up those slots.
-    fn run_ops(&mut self, ops: &[MapOp]) -> Result<(), OpError> {
-        let (later, now): (Vec<MapOp>, Vec<MapOp>) = ops
-            .iter()
-            .partition(|op| matches!(op, MapOp::DeleteBackend(_)));
-        self.deferred.extend(later);
-        self.run_now(&now)
-    }
-
-    /// Starts a sync: the previous sync's slot deletions run, then its retired ids are free.
-    fn begin_sync(&mut self) {
-        let deferred = std::mem::take(&mut self.deferred);
-        if let Err(e) = self.run_now(&deferred) {
-            tracing::warn!(error = %e, "deleting retired backend slots");
-        }
-        self.planner.begin_sync();
-    }
-
-    fn run_now(&mut self, ops: &[MapOp]) -> Result<(), OpError> {
-        ops.iter().try_for_each(|op| self.maps.run(op))
-    }
-
-    fn write_ports<'a>(
+    /// One sync of the ports `keys` (and of those whose last change failed): the planner
+    /// plans it as a whole and runs it op by op; a port that fails keeps serving its previous
+    /// state and is reported on its own.
+    fn sync_ports(
         &mut self,
         state: &DesiredState,
-        keys: impl Iterator<Item = &'a ServicePortKey>,
+        mut keys: Vec<ServicePortKey>,
+        full: bool,
     ) -> SyncReport {
-        let mut report = SyncReport::default();
+        for error in self.planner.begin_sync(&mut self.maps) {
+            tracing::warn!(%error, "deleting retired map entries; retried by the next sync");
+        }
+        keys.extend(self.planner.unsettled().cloned());
+        let before: Vec<std::collections::BTreeSet<Backend>> = keys
+            .iter()
+            .map(|k| self.planner.external_backends(k))
+            .collect();
+        let changes: Vec<(ServicePortKey, Option<&ServicePort>)> = keys
+            .iter()
+            .map(|k| (k.clone(), state.ports.get(k)))
+            .collect();
+        let mut plan = self.planner.plan_sync(&changes);
+        if full {
+            plan = plan.collecting_garbage();
+        }
+        let outcome = self.planner.run(plan, &mut self.maps);
+        for error in &outcome.housekeeping {
+            tracing::warn!(%error, "restoring or collecting map entries");
+        }
         let mut gone = std::collections::BTreeSet::new();
-        for key in keys {
-            match self.write_port(key, state, &mut gone) {
-                Ok(()) => report.ports_written += 1,
-                Err(error) => report.errors.push(PortError {
-                    port: key.clone(),
-                    full_map: error.full_map(),
-                    source: Box::new(error),
-                }),
-            }
+        for (key, before) in keys.iter().zip(before) {
+            gone.extend(
+                before
+                    .difference(&self.planner.external_backends(key))
+                    .copied(),
+            );
         }
         // One pass over the conntrack map per sync, however many ports lost backends.
         if !gone.is_empty() {
             self.forget_flows_to(&gone);
         }
-        report
+        SyncReport {
+            ports_written: outcome.written.len(),
+            errors: outcome
+                .failed
+                .into_iter()
+                .map(|(port, failure)| PortError {
+                    port,
+                    full_map: match &failure {
+                        PortFailure::Map(e) => e.full_map(),
+                        PortFailure::Conflict(_) => None,
+                    },
+                    source: Box::new(failure),
+                })
+                .collect(),
+            ..SyncReport::default()
+        }
     }
 }
 
 impl EbpfDataplane {
-    /// Writes the ports in `diff` (removals first, so a frontend moving between services is
-    /// free when its new owner is written).
+    /// Writes the ports in `diff` (the planner orders releases before assigns itself).
     fn partial(&mut self, state: &DesiredState, diff: &StateDiff) -> SyncReport {
-        self.begin_sync();
         let keys: Vec<ServicePortKey> = diff
             .removed
             .iter()
@@ -409,12 +359,14 @@ impl EbpfDataplane {
             .chain(&diff.added)
             .cloned()
             .collect();
-        self.write_ports(state, keys.iter())
+        self.sync_ports(state, keys, false)
     }
 
-    /// Rewrites every port, removes what nothing owns any more.
-    fn full(&mut self, state: &DesiredState) -> SyncReport {
-        self.begin_sync();
+    /// Brings the maps to `state` from what they really hold (read back first, so whatever
+    /// changed behind our back is repaired), and removes what no port owns: entries of
+    /// services deleted while no controller ran, the previous instance's sets once unused.
+    fn full(&mut self, state: &DesiredState) -> Result<SyncReport, EbpfError> {
+        self.observe_maps()?;
         let mut keys: Vec<ServicePortKey> = self
             .planner
             .programmed_ports()
@@ -422,29 +374,9 @@ impl EbpfDataplane {
             .cloned()
             .collect();
         keys.extend(state.ports.keys().cloned());
-        let mut report = self.write_ports(state, keys.iter());
+        let mut report = self.sync_ports(state, keys, true);
         report.full = true;
-        self.collect_adopted_garbage();
-        report
-    }
-
-    /// Writes every programmed entry again and removes service entries nothing programmed.
-    fn repair(&mut self) -> Result<(), OpError> {
-        let ops = self.planner.rewrite_all();
-        self.run_now(&ops)?;
-        let owned: std::collections::BTreeSet<ServiceKey> =
-            self.planner.owned_frontends().copied().collect();
-        let stray: Vec<ServiceKey> = self
-            .maps
-            .services
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !owned.contains(k))
-            .collect();
-        for key in stray {
-            ignore_missing(self.maps.services.remove(&key), map_names::SERVICES)?;
-        }
-        Ok(())
+        Ok(report)
     }
 
     /// Reads the services map back in one pass and looks up one rotating share of the backend
@@ -496,7 +428,9 @@ impl Dataplane for EbpfDataplane {
         diff: &StateDiff,
     ) -> Result<SyncReport, SyncError> {
         match kind {
-            SyncKind::Full => Ok(self.full(state)),
+            SyncKind::Full => self
+                .full(state)
+                .map_err(|e| SyncError::new("reading the maps back", e)),
             SyncKind::Partial => Ok(self.partial(state, diff)),
             SyncKind::Verify => {
                 let drift = self
@@ -506,9 +440,9 @@ impl Dataplane for EbpfDataplane {
                     return Ok(self.partial(state, diff));
                 }
                 tracing::warn!(%drift, "eBPF maps changed behind our back; rewriting");
-                let mut report = self.full(state);
-                self.repair()
-                    .map_err(|e| SyncError::new("rewriting the maps after drift", e))?;
+                let mut report = self
+                    .full(state)
+                    .map_err(|e| SyncError::new("reading the maps back", e))?;
                 report.repaired = Some(drift.to_string());
                 Ok(report)
             }

@@ -7,7 +7,7 @@ use switchyard_common::{
     map_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue, SourceRangeKey,
 };
 
-use super::plan::MapOp;
+use super::plan::{MapOp, MapWriter};
 
 /// A map that is missing from the object or has another type than this build expects.
 #[derive(Debug, thiserror::Error)]
@@ -87,9 +87,13 @@ impl Maps {
             capacities,
         })
     }
+}
 
-    /// Runs one planned operation.
-    pub fn run(&mut self, op: &MapOp) -> Result<(), OpError> {
+/// The kernel maps as the planner's writer: one syscall per operation.
+impl MapWriter for Maps {
+    type Error = OpError;
+
+    fn run(&mut self, op: &MapOp) -> Result<(), OpError> {
         let caps = self.capacities;
         match op {
             MapOp::PutBackend(k, v) => self

@@ -3,6 +3,7 @@
 // Table rows are tuples on purpose: each row reads left to right as case, input, expectation.
 #![allow(clippy::type_complexity)]
 
+mod conflicts;
 mod diff;
 mod endpoints;
 mod fixtures;

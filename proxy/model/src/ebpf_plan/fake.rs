@@ -1,0 +1,114 @@
+//! In-memory maps for the planner's tests: the kernel's semantics that ordering relies on,
+//! with optional capacities to simulate full maps and an injectable one-off failure.
+use std::collections::{BTreeMap, BTreeSet};
+
+use switchyard_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+
+use super::{MapOp, MapWriter, RangeKey};
+
+/// Why the fake refused an operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FakeError {
+    /// An insert into a map at its capacity.
+    #[error("map {0} is full")]
+    Full(&'static str),
+    /// The failure injected with [`FakeMaps::fail_op`].
+    #[error("injected failure")]
+    Injected,
+}
+
+/// The services, backends and source-range maps, as ordered maps.
+#[derive(Clone, Debug, Default)]
+pub struct FakeMaps {
+    /// `SWY_SERVICES`.
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// `SWY_BACKENDS`.
+    pub backends: BTreeMap<BackendKey, Backend>,
+    /// `SWY_SOURCE_RANGES`.
+    pub ranges: BTreeSet<RangeKey>,
+    /// Entries each map may hold (`None`: unlimited).
+    pub capacity: Capacity,
+    /// Operations run so far.
+    pub ops_run: usize,
+    /// Fails the operation with this number (counted in `ops_run`), once.
+    pub fail_at: Option<usize>,
+}
+
+/// Capacities of the fake maps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Capacity {
+    /// Of the services map.
+    pub services: Option<usize>,
+    /// Of the backends map.
+    pub backends: Option<usize>,
+    /// Of the source-ranges trie.
+    pub ranges: Option<usize>,
+}
+
+impl FakeMaps {
+    /// Makes the `n`-th operation from now fail (0: the next one).
+    pub fn fail_op(&mut self, n: usize) {
+        self.fail_at = Some(self.ops_run + n);
+    }
+}
+
+/// Like a `BPF_F_NO_PREALLOC` hash map: an insert needs room, replacing an existing key does
+/// not (the kernel swaps elements and frees the old one after a grace period).
+fn room(
+    len: usize,
+    exists: bool,
+    capacity: Option<usize>,
+    name: &'static str,
+) -> Result<(), FakeError> {
+    match capacity {
+        Some(max) if !exists && len >= max => Err(FakeError::Full(name)),
+        _ => Ok(()),
+    }
+}
+
+impl MapWriter for FakeMaps {
+    type Error = FakeError;
+
+    fn run(&mut self, op: &MapOp) -> Result<(), FakeError> {
+        let n = self.ops_run;
+        self.ops_run += 1;
+        if self.fail_at == Some(n) {
+            self.fail_at = None;
+            return Err(FakeError::Injected);
+        }
+        let cap = self.capacity;
+        match op {
+            MapOp::PutService(k, v) => {
+                room(
+                    self.services.len(),
+                    self.services.contains_key(k),
+                    cap.services,
+                    "services",
+                )?;
+                self.services.insert(*k, *v);
+            }
+            MapOp::PutBackend(k, v) => {
+                room(
+                    self.backends.len(),
+                    self.backends.contains_key(k),
+                    cap.backends,
+                    "backends",
+                )?;
+                self.backends.insert(*k, *v);
+            }
+            MapOp::PutSourceRange(k, p) => {
+                room(
+                    self.ranges.len(),
+                    self.ranges.contains(&(*k, *p)),
+                    cap.ranges,
+                    "ranges",
+                )?;
+                self.ranges.insert((*k, *p));
+            }
+            MapOp::DeleteService(k) => drop(self.services.remove(k)),
+            MapOp::DeleteBackend(k) => drop(self.backends.remove(k)),
+            MapOp::DeleteSourceRange(k, p) => drop(self.ranges.remove(&(*k, *p))),
+        }
+        Ok(())
+    }
+}
