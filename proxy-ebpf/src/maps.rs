@@ -2,13 +2,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap},
 };
 use switchyard_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, SourceRangeKey, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX,
-    DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX,
-    DEFAULT_SOURCE_RANGES_MAX,
+    SnatConfig, SockRevKey, SockRevValue, SourceRangeKey, DEFAULT_AFFINITY_MAX,
+    DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX,
+    DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
 };
 
 /// Frontends of every service port this node serves.
@@ -53,3 +53,13 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> =
 #[map(name = "SWY_SOURCE_RANGES")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
     LpmTrie::with_max_entries(DEFAULT_SOURCE_RANGES_MAX, BPF_F_NO_PREALLOC);
+
+/// Source NAT settings (index 0): the port range of NATed flows. An array, so the lookup
+/// every ingress packet makes is a direct load.
+#[map(name = "SWY_SNAT_CONFIG")]
+pub static SNAT_CONFIG: Array<SnatConfig> = Array::with_max_entries(1, 0);
+
+/// The source address of NATed flows per device (ifindex -> IPv4 address, network order): the
+/// device's own address, as MASQUERADE would pick for a packet leaving there.
+#[map(name = "SWY_SNAT_ADDRS")]
+pub static SNAT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(SNAT_ADDRS_MAX, 0);

@@ -8,9 +8,17 @@
 //!   backend and records the flow in `SWY_CONNTRACK`, once per direction;
 //! - tc egress rewrites the source of the flow's replies back to the frontend.
 //!
-//! Masquerading (externalTrafficPolicy Cluster) is left to the kernel: ingress sets
-//! `MASQUERADE_MARK` and a static nat POSTROUTING rule SNATs the forwarded packet, so replies
-//! return through this node, are un-SNATed by netfilter and reach egress as backend -> client.
+//! Masquerading (externalTrafficPolicy Cluster) is done here too, without netfilter: a new
+//! flow of a `SERVICE_FLAG_MASQUERADE` frontend whose backend is reached through the device
+//! the packet arrived on (a remote backend) also gets its source rewritten to the device's
+//! address (`SWY_SNAT_ADDRS`) and a port from `SWY_SNAT_CONFIG`'s range (above the NodePort
+//! range). Both rewritten directions leave by `bpf_redirect` to the device found by
+//! `bpf_fib_lookup`, never up the stack: a forwarded packet with a local source address
+//! would be a martian, and bypassing the stack keeps netfilter (and its conntrack) out of
+//! these flows. The backend's replies come back on ingress addressed to node:port, are found
+//! by their reply entry before the service lookup, and are rewritten to frontend -> client.
+//! Backends behind another device (local pods) are not source-NATed: their replies pass this
+//! node anyway (the pod's route), so the client address is kept, as Cilium does.
 //!
 //! Scope: IPv4 over Ethernet, TCP and UDP, 20-byte IP headers, no fragments. Anything else passes
 //! untouched (`TC_ACT_OK`).
@@ -19,22 +27,28 @@
 //! and also works when the headers are not in the linear part of the skb, and no packet pointer
 //! is held across the rewriting helpers (which may invalidate them), so nothing needs re-reading.
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    bindings::{
+        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup_helper, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
+        bpf_redirect_neigh,
+    },
     macros::classifier,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use switchyard_common::{
-    CtKey, CtValue, ServiceKey, ServiceValue, SourceRangeKey, CT_FLAG_REPLY, MASQUERADE_MARK,
+    Backend, CtKey, CtValue, ServiceKey, ServiceValue, SourceRangeKey, CT_FLAG_REPLY, CT_FLAG_SNAT,
     PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
     SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
 };
 
 use crate::{
     lb,
-    maps::{CONNTRACK, SERVICES, SOURCE_RANGES},
+    maps::{CONNTRACK, SERVICES, SNAT_ADDRS, SNAT_CONFIG, SOURCE_RANGES},
 };
 
 /// Let the packet continue, possibly rewritten.
@@ -63,6 +77,15 @@ const UDP_CSUM_OFF: usize = L4_OFF + 6;
 const IP_VERSION_IHL_PLAIN: u8 = 0x45;
 /// "More fragments" flag and fragment offset, in host order of the frag_off field.
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+
+const ETH_DST_OFF: usize = 0;
+const ETH_SRC_OFF: usize = 6;
+const AF_INET: u8 = 2;
+
+/// Free source ports tried for a new source-NATed flow before it is dropped. Each try is one
+/// insert; with a random candidate each time, 8 failures in a row mean the range is nearly
+/// full for this backend, where a dropped SYN (retransmitted, picking again) is the answer.
+const SNAT_PORT_TRIES: u32 = 8;
 
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
@@ -182,6 +205,9 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
 }
 
 fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
+    if let Some(verdict) = snat_reply(ctx, pkt) {
+        return verdict;
+    }
     let service_key = ServiceKey {
         addr: pkt.daddr,
         port: pkt.dport,
@@ -208,7 +234,7 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
             unsafe { (*entry).last_seen_ns = now };
             value
         }
-        None => match new_flow(pkt, &service, key, now) {
+        None => match new_flow(ctx, pkt, &service, key, now) {
             Ok(value) => value,
             Err(verdict) => {
                 if verdict == DROP {
@@ -225,10 +251,8 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
             }
         },
     };
-    if target.flags & SERVICE_FLAG_MASQUERADE != 0 {
-        // SAFETY: reading the mark of the program's own skb.
-        let mark = unsafe { (*ctx.skb.skb).mark };
-        ctx.set_mark(mark | MASQUERADE_MARK);
+    if target.flags & CT_FLAG_SNAT != 0 {
+        return forward_snat(ctx, pkt, &target);
     }
     let rewritten = rewrite(
         ctx,
@@ -247,7 +271,13 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
 
 /// Chooses the backend of a new flow and records both directions. `Err` is the verdict for a
 /// packet that must not be translated.
-fn new_flow(pkt: &Packet, service: &ServiceValue, key: CtKey, now: u64) -> Result<CtValue, i32> {
+fn new_flow(
+    ctx: &TcContext,
+    pkt: &Packet,
+    service: &ServiceValue,
+    key: CtKey,
+    now: u64,
+) -> Result<CtValue, i32> {
     // A TCP flow starts with a SYN. Anything else without an entry belongs to a connection that
     // was never translated here (or whose entry was evicted): leave it to the kernel (for a
     // NodePort on a node address that means a RST) rather than send a mid-stream segment to a
@@ -286,12 +316,19 @@ fn new_flow(pkt: &Packet, service: &ServiceValue, key: CtKey, now: u64) -> Resul
     if service.flags & SERVICE_FLAG_AFFINITY != 0 {
         lb::remember(service, client, slot, backend, now);
     }
+    if service.flags & SERVICE_FLAG_MASQUERADE != 0 {
+        if let Some(forward) = snat_flow(ctx, pkt, key, backend, service.flags, now)? {
+            return Ok(forward);
+        }
+        // A backend behind another device (a pod of this node): DNAT only, below.
+    }
 
     let forward = CtValue {
         addr: backend.addr,
         port: backend.port,
         flags: service.flags,
         last_seen_ns: now,
+        ..CtValue::default()
     };
     // BPF_NOEXIST: another CPU may be creating the same flow right now (a retransmitted SYN,
     // a UDP burst). The first writer wins and every packet follows its choice.
@@ -317,6 +354,7 @@ fn new_flow(pkt: &Packet, service: &ServiceValue, key: CtKey, now: u64) -> Resul
         port: pkt.dport,
         flags: service.flags | CT_FLAG_REPLY,
         last_seen_ns: now,
+        ..CtValue::default()
     };
     // BPF_NOEXIST: another flow may already own this reply tuple (the same client address
     // and port reaching the same backend through another frontend). Overwriting it would send
@@ -346,8 +384,9 @@ fn egress(ctx: &TcContext, pkt: &Packet) -> i32 {
     // SAFETY: a valid map value pointer for the duration of the program; concurrent writers
     // only race on the timestamp, which is informational.
     let frontend = unsafe { *entry };
-    if frontend.flags & CT_FLAG_REPLY == 0 {
-        // An original-direction entry: this packet is client -> frontend, nothing to undo.
+    if frontend.flags & (CT_FLAG_REPLY | CT_FLAG_SNAT) != CT_FLAG_REPLY {
+        // An original-direction entry (this packet is client -> frontend, nothing to undo),
+        // or a source-NATed flow's reply entry, which ingress handles.
         return PASS;
     }
     // SAFETY: as above; the helper takes no arguments.
@@ -364,6 +403,239 @@ fn egress(ctx: &TcContext, pkt: &Packet) -> i32 {
         return DROP;
     }
     PASS
+}
+
+/// A new masquerade flow: if `backend` is reached through the device the packet arrived on
+/// (so its replies come back there, to this program), records a source-NATed flow and returns
+/// its forward entry. `Ok(None)`: the backend is elsewhere (or unroutable) and the flow is
+/// translated as a DNAT-only one. `Err` is the verdict for a flow that cannot be NATed.
+#[inline(always)]
+fn snat_flow(
+    ctx: &TcContext,
+    pkt: &Packet,
+    key: CtKey,
+    backend: Backend,
+    flags: u16,
+    now: u64,
+) -> Result<Option<CtValue>, i32> {
+    // SAFETY: reading a field of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut route = fib_params(ifindex, pkt, pkt.saddr, backend.addr);
+    let found = fib_lookup(ctx, &mut route);
+    // A failed lookup (no route, forwarding off) leaves the packet to the kernel as before:
+    // nothing has been source-NATed yet, so the kernel forwards or refuses it normally.
+    if !(found == BPF_FIB_LKUP_RET_SUCCESS as i64 || found == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
+        || route.ifindex != ifindex
+    {
+        return Ok(None);
+    }
+    let config = SNAT_CONFIG.get(0).copied().ok_or(DROP)?;
+    // Without an address for this device (userspace has not written it) the replies could
+    // not be recognised: dropping beats an un-NATed packet whose reply bypasses this node.
+    // SAFETY: copied out at once.
+    let snat_addr = (unsafe { SNAT_ADDRS.get(ifindex) }).copied().ok_or(DROP)?;
+    if config.port_min == 0 || config.port_max < config.port_min {
+        return Err(DROP);
+    }
+    let span = u32::from(config.port_max - config.port_min) + 1;
+    let reply = CtValue {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        flags: flags | CT_FLAG_REPLY | CT_FLAG_SNAT,
+        nat_addr: pkt.saddr,
+        nat_port: pkt.sport,
+        pad: 0,
+        last_seen_ns: now,
+    };
+    for _ in 0..SNAT_PORT_TRIES {
+        // SAFETY: helper without arguments.
+        let port = (config.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16;
+        let reply_key = CtKey {
+            src_addr: backend.addr,
+            dst_addr: snat_addr,
+            src_port: backend.port,
+            dst_port: port.to_be(),
+            proto: pkt.proto,
+            pad: [0; 3],
+        };
+        // BPF_NOEXIST on the reply key is the port allocation: a taken (backend, node
+        // address, port) triple belongs to another flow, whose replies must stay its own.
+        if CONNTRACK
+            .insert(reply_key, reply, BPF_NOEXIST as u64)
+            .is_err()
+        {
+            continue;
+        }
+        let forward = CtValue {
+            addr: backend.addr,
+            port: backend.port,
+            flags: flags | CT_FLAG_SNAT,
+            nat_addr: snat_addr,
+            nat_port: port.to_be(),
+            pad: 0,
+            last_seen_ns: now,
+        };
+        // Another CPU may be creating the same flow: the first writer wins, as in new_flow.
+        if CONNTRACK.insert(key, forward, BPF_NOEXIST as u64).is_err() {
+            let _ = CONNTRACK.remove(reply_key);
+            // SAFETY: copied out at once.
+            let winner = (unsafe { CONNTRACK.get(key) }).copied().ok_or(DROP)?;
+            return if winner.flags & CT_FLAG_REPLY != 0 {
+                Err(PASS)
+            } else {
+                Ok(Some(winner))
+            };
+        }
+        return Ok(Some(forward));
+    }
+    Err(DROP)
+}
+
+/// Every packet of a source-NATed flow, client -> frontend: becomes node:port -> backend and
+/// leaves through the backend's device.
+#[inline(always)]
+fn forward_snat(ctx: &TcContext, pkt: &Packet, target: &CtValue) -> i32 {
+    let dst = rewrite(
+        ctx,
+        pkt,
+        IP_DST_OFF,
+        L4_DST_PORT_OFF,
+        (pkt.daddr, target.addr),
+        (pkt.dport, target.port),
+    );
+    let src = rewrite(
+        ctx,
+        pkt,
+        IP_SRC_OFF,
+        L4_SRC_PORT_OFF,
+        (pkt.saddr, target.nat_addr),
+        (pkt.sport, target.nat_port),
+    );
+    if dst.is_err() || src.is_err() {
+        return DROP;
+    }
+    redirect(ctx, pkt, target.nat_addr, target.addr)
+}
+
+/// A reply of a source-NATed flow (backend -> node:port, the port in the NAT range) becomes
+/// frontend -> client and leaves towards the client. `None` for every other packet: one array
+/// load and a compare for packets outside the range, plus one conntrack lookup inside it.
+#[inline(always)]
+fn snat_reply(ctx: &TcContext, pkt: &Packet) -> Option<i32> {
+    let config = SNAT_CONFIG.get(0)?;
+    let dport = u16::from_be(pkt.dport);
+    if config.port_min == 0 || dport < config.port_min || dport > config.port_max {
+        return None;
+    }
+    let entry = CONNTRACK.get_ptr_mut(pkt.ct_key())?;
+    // SAFETY: a valid map value pointer for the duration of the program; concurrent writers
+    // only race on the timestamp, which is informational.
+    let flow = unsafe { *entry };
+    if flow.flags & (CT_FLAG_REPLY | CT_FLAG_SNAT) != CT_FLAG_REPLY | CT_FLAG_SNAT {
+        return None;
+    }
+    // SAFETY: as above; the helper takes no arguments.
+    unsafe { (*entry).last_seen_ns = bpf_ktime_get_ns() };
+    let src = rewrite(
+        ctx,
+        pkt,
+        IP_SRC_OFF,
+        L4_SRC_PORT_OFF,
+        (pkt.saddr, flow.addr),
+        (pkt.sport, flow.port),
+    );
+    let dst = rewrite(
+        ctx,
+        pkt,
+        IP_DST_OFF,
+        L4_DST_PORT_OFF,
+        (pkt.daddr, flow.nat_addr),
+        (pkt.dport, flow.nat_port),
+    );
+    if src.is_err() || dst.is_err() {
+        return Some(DROP);
+    }
+    Some(redirect(ctx, pkt, flow.addr, flow.nat_addr))
+}
+
+/// Lookup parameters for a packet `src` -> `dst` as if forwarded from the device `ifindex`.
+/// `tot_len` stays 0 so the kernel checks the skb itself against the egress MTU (which
+/// handles GRO-merged packets).
+#[inline(always)]
+fn fib_params(ifindex: u32, pkt: &Packet, src: u32, dst: u32) -> bpf_fib_lookup {
+    // SAFETY: a plain C struct of integers and unions of integers; all zero is valid.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = pkt.proto;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    params
+}
+
+#[inline(always)]
+fn fib_lookup(ctx: &TcContext, params: &mut bpf_fib_lookup) -> i64 {
+    // SAFETY: the skb is the program's own, the params a valid struct of the size given.
+    unsafe {
+        fib_lookup_helper(
+            ctx.skb.skb as *mut _,
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    }
+}
+
+/// Sends the (already rewritten) packet `src` -> `dst` out of the device the routing table
+/// picks, with the neighbour's MAC address; if the neighbour is not resolved yet,
+/// `bpf_redirect_neigh` resolves it (queueing the packet like the stack would).
+///
+/// A failed lookup drops: the packet has a rewritten source that may be a local address, and
+/// up the stack it would be a martian (or leave un-NATed state behind in netfilter); the
+/// sender retransmits. The lookup is a forwarding lookup, so the device needs IPv4
+/// forwarding on (any Kubernetes node has it); without it the flow is never NATed, since
+/// `snat_flow` makes the same lookup first.
+#[inline(always)]
+fn redirect(ctx: &TcContext, pkt: &Packet, src: u32, dst: u32) -> i32 {
+    // SAFETY: reading a field of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut route = fib_params(ifindex, pkt, src, dst);
+    let found = fib_lookup(ctx, &mut route);
+    if found == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if ctx.store(ETH_DST_OFF, &route.dmac, 0).is_err()
+            || ctx.store(ETH_SRC_OFF, &route.smac, 0).is_err()
+        {
+            return DROP;
+        }
+        // SAFETY: plain helper call; it only records the target for after the program.
+        return unsafe { bpf_redirect(route.ifindex, 0) } as i32;
+    }
+    if found == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        let mut next_hop: bpf_redir_neigh = bpf_redir_neigh {
+            nh_family: AF_INET as u32,
+            // SAFETY: zero is a valid value of the union.
+            ..unsafe { core::mem::zeroed() }
+        };
+        // The lookup put the next hop (the gateway, or dst itself when on-link) in ipv4_dst.
+        // SAFETY: the union was filled as IPv4 by the IPv4 lookup.
+        next_hop.__bindgen_anon_1.ipv4_nh = unsafe { route.__bindgen_anon_4.ipv4_dst };
+        // SAFETY: valid pointer and size.
+        return unsafe {
+            bpf_redirect_neigh(
+                route.ifindex,
+                &mut next_hop,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        } as i32;
+    }
+    debug!(
+        ctx,
+        "tc: dropped a source-NATed packet to {:i}: no route ({})",
+        u32::from_be(dst),
+        found
+    );
+    DROP
 }
 
 /// Replaces one address and one port of the packet (source or destination, by offset) and

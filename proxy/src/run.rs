@@ -96,12 +96,11 @@ fn start_dataplane(
 ) -> anyhow::Result<Box<dyn Dataplane>> {
     match settings.mode {
         ProxyMode::Ebpf => {
-            // The masquerade chain is written first and never removed while ebpf mode runs:
-            // without it, new external flows to remote backends would go un-masqueraded.
-            crate::ebpf::masquerade::install(iptables_backend(settings)?, &settings.nodeport_range)
-                .context("ebpf mode: installing the masquerade rule for external traffic")?;
-            // The other mode's leftovers would translate traffic twice.
+            // The other mode's leftovers would translate traffic twice. Older ebpf mode
+            // versions' masquerade chain goes too: the tc programs source-NAT themselves now,
+            // and any nat rule would hook netfilter's NAT (and conntrack) back in.
             remove_iptables_state();
+            remove_old_masquerade_rules();
             let follow_devices = settings.devices.is_empty().then(|| node_ips.to_vec());
             let devices = if settings.devices.is_empty() {
                 crate::node_addresses::default_devices(node_ips)
@@ -123,6 +122,7 @@ fn start_dataplane(
                 backends_max: settings.ebpf_map_sizes.backends,
                 conntrack_max: settings.ebpf_map_sizes.conntrack,
                 source_ranges_max: DEFAULT_SOURCE_RANGES_MAX,
+                snat_ports: crate::ebpf::masquerade::snat_ports(&settings.nodeport_range),
                 kernel_logs: settings.verbosity >= 4,
             })?;
             Ok(Box::new(dataplane))
@@ -132,11 +132,7 @@ fn start_dataplane(
             // these rules see it, and its masquerade chain is ours, so a full sync would
             // try to delete it while POSTROUTING still jumps there.
             remove_ebpf_state(settings)?;
-            for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-                if let Err(e) = crate::ebpf::masquerade::uninstall(backend) {
-                    tracing::warn!(%backend, error = %e, "cannot remove ebpf mode's masquerade rule");
-                }
-            }
+            remove_old_masquerade_rules();
             Ok(Box::new(
                 start_iptables(settings, local)?.with_metrics(metrics.iptables.clone()),
             ))
@@ -201,12 +197,17 @@ fn default_cgroup_root() -> anyhow::Result<PathBuf> {
 /// backends, so switching modes never leaves the other mode's state behind.
 pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
     remove_iptables_state();
+    remove_old_masquerade_rules();
+    remove_ebpf_state(settings)
+}
+
+/// Removes the masquerade chain older ebpf mode versions wrote, from both backends.
+fn remove_old_masquerade_rules() {
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
         if let Err(e) = crate::ebpf::masquerade::uninstall(backend) {
-            tracing::warn!(%backend, error = %e, "cannot remove ebpf mode's masquerade rule");
+            tracing::warn!(%backend, error = %e, "cannot remove an older ebpf mode's masquerade rule");
         }
     }
-    remove_ebpf_state(settings)
 }
 
 /// Removes iptables mode's chains and jumps from both backends (upstream leaves the other

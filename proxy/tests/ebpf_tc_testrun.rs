@@ -14,13 +14,15 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
 use switchyard_common::{
     map_names, program_names, AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue,
-    ServiceKey, ServiceValue, SourceRangeKey, CT_FLAG_REPLY, MASQUERADE_MARK, PROTO_TCP, PROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
+    ServiceKey, ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_TCP,
+    PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
     SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
 };
+use switchyard_testbed::{Testbed, TopologySpec};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -28,6 +30,9 @@ const TCP_PSH: u8 = 0x08;
 
 /// Offset of `mark` in `struct __sk_buff` (after `len` and `pkt_type`).
 const SKB_MARK_OFF: usize = 8;
+/// Offset of `ifindex` in `struct __sk_buff`: the device the test skb is on (the kernel
+/// resolves it in the calling thread's network namespace).
+const SKB_IFINDEX_OFF: usize = 40;
 /// Larger than `struct __sk_buff` on any kernel; the kernel requires the tail to be zero.
 const SKB_CTX_LEN: usize = 256;
 
@@ -339,6 +344,12 @@ impl Tc {
     }
 
     fn run(&self, program: &str, input: &[u8], mark: u32) -> Verdict {
+        self.run_on(program, input, mark, 0)
+    }
+
+    /// Runs `program` on `input` as if it arrived on device `ifindex` (0: loopback) of the
+    /// calling thread's network namespace, whose routes `bpf_fib_lookup` then uses.
+    fn run_on(&self, program: &str, input: &[u8], mark: u32, ifindex: u32) -> Verdict {
         let prog: &SchedClassifier = self
             .ebpf
             .program(program)
@@ -347,6 +358,7 @@ impl Tc {
             .expect("a SchedClassifier");
         let mut ctx_in = [0u8; SKB_CTX_LEN];
         ctx_in[SKB_MARK_OFF..SKB_MARK_OFF + 4].copy_from_slice(&mark.to_ne_bytes());
+        ctx_in[SKB_IFINDEX_OFF..SKB_IFINDEX_OFF + 4].copy_from_slice(&ifindex.to_ne_bytes());
         let mut ctx_out = [0u8; SKB_CTX_LEN];
         let mut out = vec![0u8; input.len() + 256];
         let result = prog
@@ -369,6 +381,27 @@ impl Tc {
             frame: out,
             mark,
         }
+    }
+
+    /// Source NAT as the controller configures it: the port range and `device`'s address.
+    fn snat(&mut self, ports: std::ops::RangeInclusive<u16>, ifindex: u32, addr: Ipv4Addr) {
+        let mut config: aya::maps::Array<&mut MapData, SnatConfig> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(map_names::SNAT_CONFIG).unwrap()).unwrap();
+        let value = SnatConfig {
+            port_min: *ports.start(),
+            port_max: *ports.end(),
+        };
+        config.set(0, value, 0).expect("write the snat config");
+        self.hash::<u32, u32>(map_names::SNAT_ADDRS)
+            .insert(ifindex, be(addr), 0)
+            .expect("write the snat address");
+    }
+
+    fn conntrack_entries(&mut self) -> Vec<(CtKey, CtValue)> {
+        self.hash::<CtKey, CtValue>(map_names::CONNTRACK)
+            .iter()
+            .map(Result::unwrap)
+            .collect()
     }
 
     fn ingress(&self, input: &[u8]) -> Verdict {
@@ -688,44 +721,279 @@ fn a_missing_backend_slot_drops_the_first_packet() {
     assert_eq!(tc.conntrack_len(), 0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Source NAT (externalTrafficPolicy Cluster, remote backends)
+//
+// `bpf_fib_lookup` uses the routes of the namespace the test thread is in, so these tests run
+// the programs inside node1 of a throwaway testbed (eth0 198.18.0.11, node2's pods 198.19.2.0/24
+// via 198.18.0.12, node1's own pods on veths), never in the machine's namespace.
+
+const SNAT_PORTS: std::ops::RangeInclusive<u16> = 32768..=65535;
+/// The MAC address node1 is told node2 has, so a resolved neighbour's address can be checked.
+const NODE2_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x12];
+
+struct SnatBed {
+    testbed: Testbed,
+    node1: Ipv4Addr,
+    /// node2-pod1, behind node2: a remote backend.
+    remote_pod: Ipv4Addr,
+    /// node1-pod1: a local backend.
+    local_pod: Ipv4Addr,
+    /// node1's eth0.
+    ifindex: u32,
+}
+
+impl SnatBed {
+    fn new() -> SnatBed {
+        let testbed = Testbed::new(TopologySpec {
+            nodes: 2,
+            pods_per_node: 1,
+        })
+        .expect("testbed");
+        let node = testbed.node(1);
+        let mac = NODE2_MAC
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let neigh = testbed
+            .run(
+                node.place(),
+                "ip",
+                [
+                    "neigh",
+                    "replace",
+                    &testbed.node(2).underlay_ip.to_string(),
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ],
+                std::time::Duration::from_secs(10),
+            )
+            .expect("ip neigh");
+        assert!(neigh.status.success(), "ip neigh: {}", neigh.stderr);
+        let ifindex = switchyard_testbed::netns::run_in_netns(&node.netns_path, || {
+            Ok(nix::net::if_::if_nametoindex("eth0").expect("eth0 in node1"))
+        })
+        .expect("ifindex");
+        SnatBed {
+            node1: node.underlay_ip,
+            remote_pod: testbed.pod(2, 1).ip,
+            local_pod: testbed.pod(1, 1).ip,
+            ifindex,
+            testbed,
+        }
+    }
+
+    /// Runs the ingress program inside node1, on eth0.
+    fn ingress(&self, tc: &Tc, input: &[u8]) -> Verdict {
+        let path = self.testbed.node(1).netns_path.clone();
+        switchyard_testbed::netns::run_in_netns(&path, || {
+            Ok(tc.run_on(program_names::TC_INGRESS, input, 0, self.ifindex))
+        })
+        .expect("run in node1")
+    }
+}
+
 #[test]
-fn masquerade_flag_sets_the_masquerade_mark_on_every_packet_of_the_flow() {
+fn masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_back() {
+    let bed = SnatBed::new();
     let mut tc = Tc::load();
+    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
+    let frontend = (bed.node1, NODE_PORT);
     tc.external(
-        (NODE, NODE_PORT),
+        frontend,
         PROTO_TCP,
         7,
         SERVICE_FLAG_MASQUERADE,
-        &[POD_A],
+        &[bed.remote_pod],
     );
-    tc.external((NODE, NODE_PORT + 1), PROTO_TCP, 8, 0, &[POD_B]);
     let client = (CLIENT, CLIENT_PORT);
 
-    // Other mark bits are kept.
-    let syn = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
-    let v = tc.run(program_names::TC_INGRESS, &syn, 0x1);
-    assert_dnat(&v, &syn, (POD_A, POD_PORT));
-    assert_eq!(v.mark, 0x1 | MASQUERADE_MARK);
-    let entry = tc
-        .conntrack(ct_key(client, (NODE, NODE_PORT), PROTO_TCP))
-        .unwrap();
+    let syn = frame(tcp(client, frontend, TCP_SYN));
+    let v = bed.ingress(&tc, &syn);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "redirected out, not up the stack");
+    let out = parse(&v.frame);
     assert_eq!(
-        entry.flags & SERVICE_FLAG_MASQUERADE,
-        SERVICE_FLAG_MASQUERADE
+        out.dst,
+        (bed.remote_pod, POD_PORT),
+        "destination: the backend"
     );
+    assert_eq!(out.src.0, bed.node1, "source: the node address");
+    let snat_port = out.src.1;
+    assert!(SNAT_PORTS.contains(&snat_port), "port {snat_port} in range");
+    assert_checksums_valid(&v.frame);
+    assert_eq!(v.frame[..6], NODE2_MAC, "next hop's MAC");
+    assert_eq!(v.frame[L4_OFF + 20..], syn[L4_OFF + 20..], "payload kept");
 
-    let data = frame(tcp(client, (NODE, NODE_PORT), TCP_ACK));
+    let forward = tc
+        .conntrack(ct_key(client, frontend, PROTO_TCP))
+        .expect("original-direction entry");
     assert_eq!(
-        tc.ingress(&data).mark,
-        MASQUERADE_MARK,
-        "existing flow marked"
+        (
+            forward.addr,
+            forward.port,
+            forward.nat_addr,
+            forward.nat_port
+        ),
+        (
+            be(bed.remote_pod),
+            POD_PORT.to_be(),
+            be(bed.node1),
+            snat_port.to_be()
+        )
     );
+    assert_eq!(forward.flags & CT_FLAG_SNAT, CT_FLAG_SNAT);
+    let reply_key = ct_key(
+        (bed.remote_pod, POD_PORT),
+        (bed.node1, snat_port),
+        PROTO_TCP,
+    );
+    let reply = tc.conntrack(reply_key).expect("reply-direction entry");
+    assert_eq!(
+        (reply.addr, reply.port, reply.nat_addr, reply.nat_port),
+        (
+            be(frontend.0),
+            frontend.1.to_be(),
+            be(client.0),
+            client.1.to_be()
+        )
+    );
+    assert_eq!(
+        reply.flags & (CT_FLAG_REPLY | CT_FLAG_SNAT),
+        CT_FLAG_REPLY | CT_FLAG_SNAT
+    );
+    assert_eq!(tc.conntrack_len(), 2);
 
-    // Without the flag (externalTrafficPolicy Local) the mark is left alone.
-    let local = frame(tcp(client, (NODE, NODE_PORT + 1), TCP_SYN));
-    let v = tc.run(program_names::TC_INGRESS, &local, 0x1);
-    assert_dnat(&v, &local, (POD_B, POD_PORT));
-    assert_eq!(v.mark, 0x1);
+    // The rest of the flow keeps its port.
+    let data = frame(tcp(client, frontend, TCP_ACK | TCP_PSH));
+    let v = bed.ingress(&tc, &data);
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(parse(&v.frame).src, (bed.node1, snat_port));
+    assert_checksums_valid(&v.frame);
+    assert_eq!(tc.conntrack_len(), 2, "no new entries for a known flow");
+
+    // The backend's reply arrives on ingress and leaves as frontend -> client.
+    let syn_ack = frame(tcp(
+        (bed.remote_pod, POD_PORT),
+        (bed.node1, snat_port),
+        TCP_SYN | TCP_ACK,
+    ));
+    let v = bed.ingress(&tc, &syn_ack);
+    assert_eq!(
+        v.ret, TC_ACT_REDIRECT,
+        "reply redirected towards the client"
+    );
+    let back = parse(&v.frame);
+    assert_eq!(back.src, frontend, "source: the frontend");
+    assert_eq!(back.dst, client, "destination: the client");
+    assert_checksums_valid(&v.frame);
+
+    // A second client gets another port (the reply tuples must differ).
+    let other = (FAR_CLIENT, CLIENT_PORT);
+    let v = bed.ingress(&tc, &frame(tcp(other, frontend, TCP_SYN)));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    let second = parse(&v.frame).src;
+    assert_eq!(second.0, bed.node1);
+    assert_ne!(second.1, snat_port, "another flow, another port");
+    assert_eq!(tc.conntrack_len(), 4);
+}
+
+#[test]
+fn masquerade_udp_flow_keeps_valid_checksums_both_ways() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
+    let frontend = (bed.node1, 30053);
+    tc.external(
+        frontend,
+        PROTO_UDP,
+        9,
+        SERVICE_FLAG_MASQUERADE,
+        &[bed.remote_pod],
+    );
+    let client = (CLIENT, 5353);
+    let v = bed.ingress(&tc, &frame(udp(client, frontend, true)));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    let out = parse(&v.frame);
+    assert_eq!(out.src.0, bed.node1);
+    assert_ne!(out.l4_csum, 0);
+    assert_checksums_valid(&v.frame);
+    let answer = frame(udp((bed.remote_pod, POD_PORT), out.src, true));
+    let v = bed.ingress(&tc, &answer);
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(
+        (parse(&v.frame).src, parse(&v.frame).dst),
+        (frontend, client)
+    );
+    assert_checksums_valid(&v.frame);
+}
+
+#[test]
+fn masquerade_flow_to_a_local_backend_is_only_dnatted() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
+    let frontend = (bed.node1, NODE_PORT);
+    tc.external(
+        frontend,
+        PROTO_TCP,
+        7,
+        SERVICE_FLAG_MASQUERADE,
+        &[bed.local_pod],
+    );
+    let syn = frame(tcp((CLIENT, CLIENT_PORT), frontend, TCP_SYN));
+    // The pod's replies pass this node's egress on their own: the kernel forwards the packet,
+    // the client address is kept.
+    let v = bed.ingress(&tc, &syn);
+    assert_dnat(&v, &syn, (bed.local_pod, POD_PORT));
+    let entries = tc.conntrack_entries();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|(_, v)| v.flags & CT_FLAG_SNAT == 0));
+}
+
+#[test]
+fn packets_outside_services_pass_untouched_with_source_nat_configured() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
+    tc.external(
+        (bed.node1, NODE_PORT),
+        PROTO_TCP,
+        7,
+        SERVICE_FLAG_MASQUERADE,
+        &[bed.remote_pod],
+    );
+    for case in [
+        // To a port in the NAT range that no flow owns, and below it.
+        frame(tcp((CLIENT, CLIENT_PORT), (bed.node1, 40000), TCP_SYN)),
+        frame(tcp((bed.remote_pod, POD_PORT), (bed.node1, 40000), TCP_ACK)),
+        frame(udp((CLIENT, CLIENT_PORT), (bed.node1, 53), true)),
+    ] {
+        assert_untouched(&bed.ingress(&tc, &case), &case);
+    }
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
+fn masquerade_flow_without_a_snat_address_is_dropped() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    // Port range but no address for this device.
+    tc.snat(SNAT_PORTS, bed.ifindex + 1000, bed.node1);
+    tc.external(
+        (bed.node1, NODE_PORT),
+        PROTO_TCP,
+        7,
+        SERVICE_FLAG_MASQUERADE,
+        &[bed.remote_pod],
+    );
+    let syn = frame(tcp((CLIENT, CLIENT_PORT), (bed.node1, NODE_PORT), TCP_SYN));
+    assert_eq!(bed.ingress(&tc, &syn).ret, TC_ACT_SHOT);
+    assert_eq!(tc.conntrack_len(), 0);
 }
 
 #[test]

@@ -53,14 +53,28 @@ fn ebpf_to_iptables_and_back() {
             .expect("iptables-save");
         out.stdout
     };
+    // ebpf mode source-NATs in its tc programs: no nat rule of ours may exist while it runs
+    // (one would register netfilter's NAT hook, and with it conntrack for every flow).
+    let assert_no_nat_rules = |when: &str| {
+        let out = testbed
+            .run(
+                Place::Node(1),
+                "iptables-nft-save",
+                ["-t", "nat"],
+                Duration::from_secs(30),
+            )
+            .expect("iptables-save -t nat");
+        assert!(
+            !out.stdout.contains("SWITCHYARD") && !out.stdout.contains("SWY"),
+            "{when}: ebpf mode left nat rules:\n{}",
+            out.stdout
+        );
+    };
 
     let mut ebpf =
         start_switchyard(&testbed, node, BIN.as_ref(), "ebpf", &manifests, &[]).expect("ebpf");
     serving(&ebpf);
-    assert!(
-        save().contains(&format!(":{}", switchyard::ebpf::masquerade::CHAIN)),
-        "ebpf mode's masquerade chain"
-    );
+    assert_no_nat_rules("ebpf mode");
     ebpf.terminate().expect("stop ebpf");
     assert!(
         testbed.bpffs_dir(node).join("links").is_dir(),
@@ -103,14 +117,34 @@ fn ebpf_to_iptables_and_back() {
         "ebpf pins removed"
     );
     assert!(
-        !save().contains(switchyard::ebpf::masquerade::CHAIN),
-        "ebpf masquerade chain removed"
+        save().contains(":SWY-SERVICES"),
+        "iptables mode's chains are there"
     );
     iptables.terminate().expect("stop iptables");
+    // An older ebpf mode's masquerade chain (both names) is removed by the new one.
+    let old_chains = format!(
+        "*nat\n:{chain} - [0:0]\n:{old} - [0:0]\n-A POSTROUTING -j {chain}\n-A POSTROUTING -j {old}\n\
+         -A {chain} -m mark --mark 0x4000/0x4000 -j MASQUERADE\nCOMMIT\n",
+        chain = switchyard::ebpf::masquerade::CHAIN,
+        old = switchyard::ebpf::masquerade::OLD_CHAIN,
+    );
+    let restore = testbed
+        .run(
+            Place::Node(1),
+            "sh",
+            [
+                "-c".to_owned(),
+                format!("printf '%s' '{old_chains}' | iptables-nft-restore --noflush"),
+            ],
+            Duration::from_secs(30),
+        )
+        .expect("iptables-restore");
+    assert!(restore.status.success(), "{}", restore.stderr);
 
     let ebpf = start_switchyard(&testbed, node, BIN.as_ref(), "ebpf", &manifests, &[])
         .expect("ebpf again");
     serving(&ebpf);
+    assert_no_nat_rules("ebpf mode after iptables mode and an older version");
     let rules = save();
     assert!(
         !rules.contains(":SWY-SERVICES"),

@@ -19,6 +19,10 @@ pub mod map_names {
     pub const CONNTRACK: &str = "SWY_CONNTRACK";
     /// loadBalancerSourceRanges: LPM trie over (LoadBalancer IP, client address).
     pub const SOURCE_RANGES: &str = "SWY_SOURCE_RANGES";
+    /// Source NAT settings of the tc programs: one [`SnatConfig`](super::SnatConfig) (array).
+    pub const SNAT_CONFIG: &str = "SWY_SNAT_CONFIG";
+    /// Source NAT address per device: ifindex -> IPv4 address, network byte order (hash).
+    pub const SNAT_ADDRS: &str = "SWY_SNAT_ADDRS";
 }
 
 /// Program names as they appear in the object file.
@@ -58,15 +62,13 @@ pub const DEFAULT_AFFINITY_MAX: u32 = 65_536;
 pub const DEFAULT_CONNTRACK_MAX: u32 = 262_144;
 /// Default number of entries of the source-ranges trie.
 pub const DEFAULT_SOURCE_RANGES_MAX: u32 = 16_384;
+/// Entries of the per-device source NAT address map (devices the tc programs attach to).
+pub const SNAT_ADDRS_MAX: u32 = 256;
 
 /// [`ServiceKey::scope`] of entries used by the socket programs (traffic from local sockets).
 pub const SCOPE_SOCKET: u8 = 0;
 /// [`ServiceKey::scope`] of entries used by the tc programs (traffic from outside the node).
 pub const SCOPE_EXTERNAL: u8 = 1;
-
-/// skb mark asking the kernel to masquerade the packet (kube-proxy's 0x4000 bit); a static
-/// `-m mark --mark 0x4000/0x4000 -j MASQUERADE` rule in nat POSTROUTING acts on it.
-pub const MASQUERADE_MARK: u32 = 0x4000;
 
 /// Key of the services map: one frontend of one service port.
 #[repr(C)]
@@ -85,7 +87,8 @@ pub struct ServiceKey {
 
 /// The service entry has `sessionAffinity: ClientIP`.
 pub const SERVICE_FLAG_AFFINITY: u16 = 1 << 0;
-/// External traffic must be masqueraded (externalTrafficPolicy Cluster): set [`MASQUERADE_MARK`].
+/// External traffic must be masqueraded (externalTrafficPolicy Cluster): flows to a backend
+/// behind the device the packet arrived on get this node's address as source (tc SNAT).
 pub const SERVICE_FLAG_MASQUERADE: u16 = 1 << 1;
 /// The frontend is a LoadBalancer IP with loadBalancerSourceRanges: check [`SourceRangeKey`].
 pub const SERVICE_FLAG_SOURCE_RANGES: u16 = 1 << 2;
@@ -94,6 +97,10 @@ pub const SERVICE_FLAG_DROP_EMPTY: u16 = 1 << 3;
 /// [`CtValue::flags`] bit of reply-direction conntrack entries: the two directions' keys have
 /// the same shape, and only reply entries may rewrite a packet's source on egress.
 pub const CT_FLAG_REPLY: u16 = 1 << 15;
+/// [`CtValue::flags`] bit of flows the tc programs source-NAT themselves: the packet's source
+/// is rewritten too ([`CtValue::nat_addr`], [`CtValue::nat_port`]) and the packet is
+/// redirected out of the device instead of going up the stack.
+pub const CT_FLAG_SNAT: u16 = 1 << 14;
 
 /// Value of the services map.
 #[repr(C)]
@@ -208,6 +215,11 @@ pub struct CtKey {
 
 /// Value of the conntrack map: the address and port to rewrite to (the backend for the
 /// original direction, destination rewrite; the frontend for replies, source rewrite).
+///
+/// Source-NATed flows ([`CT_FLAG_SNAT`]) rewrite the other end too: the original direction's
+/// source becomes `nat_addr:nat_port` (this node's address and an allocated port), the
+/// reply's destination becomes `nat_addr:nat_port` (the client). The reply entry's key is
+/// backend -> node:port, so it is found on ingress, where the backend's replies arrive.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
@@ -215,10 +227,27 @@ pub struct CtValue {
     pub addr: u32,
     /// Port, network byte order.
     pub port: u16,
-    /// `SERVICE_FLAG_*` bits of the service entry at the time (masquerade).
+    /// `SERVICE_FLAG_*` bits of the service entry at the time, plus `CT_FLAG_*` bits.
     pub flags: u16,
+    /// Source NAT only: the other address to rewrite (see above), network byte order.
+    pub nat_addr: u32,
+    /// Source NAT only: the other port to rewrite, network byte order.
+    pub nat_port: u16,
+    /// Explicit padding.
+    pub pad: u16,
     /// Boot-time nanoseconds of the last packet, for debugging and eviction order.
     pub last_seen_ns: u64,
+}
+
+/// Value of the source NAT settings map (one entry, index 0), written by userspace at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SnatConfig {
+    /// Lowest source port of source-NATed flows, host byte order; 0 = source NAT off.
+    pub port_min: u16,
+    /// Highest source port, host byte order. The range lies above the NodePort range, so a
+    /// reply to a NATed flow is never taken for a new NodePort connection.
+    pub port_max: u16,
 }
 
 /// Key of the source-ranges LPM trie: the LoadBalancer IP is matched exactly (its 32 bits are
@@ -253,7 +282,8 @@ assert_no_padding!(AffinityValue, 24, [u64, u32, Backend, u32]);
 assert_no_padding!(BackendKey, 8, [u32, u32]);
 assert_no_padding!(Backend, 8, [u32, u16, u16]);
 assert_no_padding!(CtKey, 16, [u32, u32, u16, u16, u8, [u8; 3]]);
-assert_no_padding!(CtValue, 16, [u32, u16, u16, u64]);
+assert_no_padding!(CtValue, 24, [u32, u16, u16, u32, u16, u16, u64]);
+assert_no_padding!(SnatConfig, 4, [u16, u16]);
 assert_no_padding!(SourceRangeKey, 8, [u32, u32]);
 
 #[cfg(feature = "user")]
@@ -270,4 +300,5 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
+    unsafe impl aya::Pod for super::SnatConfig {}
 }

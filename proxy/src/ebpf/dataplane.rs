@@ -3,13 +3,13 @@ use std::fs::File;
 use std::path::PathBuf;
 
 use aya::maps::lpm_trie::Key as LpmKey;
-use aya::maps::MapError;
+use aya::maps::{MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use switchyard_common::{
     map_names, program_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
-    SourceRangeKey, CT_FLAG_REPLY,
+    SnatConfig, SourceRangeKey, CT_FLAG_REPLY,
 };
 
 use super::maps::{ignore_missing, Capacities, MapHandleError, Maps};
@@ -38,6 +38,9 @@ pub struct EbpfConfig {
     pub conntrack_max: u32,
     /// Entries of the source-ranges trie.
     pub source_ranges_max: u32,
+    /// Source ports the tc programs allocate for masqueraded flows (above the NodePort
+    /// range); `None` turns their source NAT off (such flows are then dropped).
+    pub snat_ports: Option<std::ops::RangeInclusive<u16>>,
     /// Forward the programs' aya-log events to our log (`-v 4` and up).
     pub kernel_logs: bool,
 }
@@ -51,13 +54,15 @@ const SOCKET_PROGRAMS: [&str; 4] = [
 ];
 
 /// Every map, pinned under `<bpffs>/maps/` so a restarted controller adopts them.
-const MAPS: [&str; 6] = [
+const MAPS: [&str; 8] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::SOCK_REVNAT,
     map_names::AFFINITY,
     map_names::CONNTRACK,
     map_names::SOURCE_RANGES,
+    map_names::SNAT_CONFIG,
+    map_names::SNAT_ADDRS,
 ];
 
 /// A verify looks up every `VERIFY_STRIDE`-th backend set, a different share each time.
@@ -145,6 +150,8 @@ pub struct EbpfDataplane {
     /// Which share of the backend slots the next verify looks up.
     verify_phase: usize,
     maps: Maps,
+    /// `SWY_SNAT_ADDRS`: the source NAT address of each device the tc programs are on.
+    snat_addrs: aya::maps::HashMap<MapData, u32, u32>,
     /// What the maps hold and which port owns what; plans and runs every write.
     planner: Planner,
     config: EbpfConfig,
@@ -209,7 +216,10 @@ impl EbpfDataplane {
                 .load()
                 .map_err(|source| EbpfError::Program { name, source })?;
         }
+        // The source NAT settings are in place before the programs see a packet.
+        let mut snat_addrs = write_snat_config(&mut ebpf, config.snat_ports.as_ref())?;
         for device in &config.devices {
+            write_snat_addr(&mut snat_addrs, device);
             pinned.extend(attach_tc(&mut ebpf, &links_dir, device, tcx)?);
         }
         unpin_leftover_links(&links_dir, &pinned);
@@ -228,6 +238,7 @@ impl EbpfDataplane {
             verify_phase: 0,
             ebpf,
             maps,
+            snat_addrs,
             planner: Planner::default(),
             config,
         };
@@ -450,6 +461,10 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn node_addresses(&mut self, _addresses: &[std::net::IpAddr]) {
+        // A device's address may have changed: new flows are NATed to its current one.
+        for device in &self.attached {
+            write_snat_addr(&mut self.snat_addrs, device);
+        }
         let Some(node_ips) = &self.config.follow_devices else {
             return;
         };
@@ -465,6 +480,7 @@ impl Dataplane for EbpfDataplane {
             if self.attached.contains(&device) {
                 continue;
             }
+            write_snat_addr(&mut self.snat_addrs, &device);
             match attach_tc(&mut self.ebpf, &links_dir, &device, self.tcx) {
                 Ok(_) => {
                     tracing::info!(%device, "ebpf mode: packet programs attached to a new device");
@@ -583,12 +599,76 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) {
     });
 }
 
+/// Writes the source NAT port range (`SWY_SNAT_CONFIG`) and returns the per-device address
+/// map for [`write_snat_addr`].
+fn write_snat_config(
+    ebpf: &mut Ebpf,
+    ports: Option<&std::ops::RangeInclusive<u16>>,
+) -> Result<aya::maps::HashMap<MapData, u32, u32>, EbpfError> {
+    let handle = |name: &'static str| move |source| MapHandleError { name, source };
+    let map = ebpf
+        .map_mut(map_names::SNAT_CONFIG)
+        .ok_or(MapError::InvalidName {
+            name: map_names::SNAT_CONFIG.into(),
+        })
+        .map_err(handle(map_names::SNAT_CONFIG))?;
+    let mut array: aya::maps::Array<&mut MapData, SnatConfig> =
+        aya::maps::Array::try_from(map).map_err(handle(map_names::SNAT_CONFIG))?;
+    let value = match ports {
+        Some(range) => SnatConfig {
+            port_min: *range.start(),
+            port_max: *range.end(),
+        },
+        None => {
+            tracing::warn!("no source ports above the NodePort range: external traffic to remote backends (externalTrafficPolicy Cluster) is dropped");
+            SnatConfig::default()
+        }
+    };
+    array
+        .set(0, value, 0)
+        .map_err(handle(map_names::SNAT_CONFIG))?;
+    let map = ebpf
+        .take_map(map_names::SNAT_ADDRS)
+        .ok_or(MapError::InvalidName {
+            name: map_names::SNAT_ADDRS.into(),
+        })
+        .map_err(handle(map_names::SNAT_ADDRS))?;
+    Ok(aya::maps::HashMap::try_from(map).map_err(handle(map_names::SNAT_ADDRS))?)
+}
+
+/// Records `device`'s first IPv4 address as the source NAT address of flows leaving there
+/// (the address MASQUERADE would pick for a device with one), or removes a stale one. Best
+/// effort: without an entry the programs drop new masqueraded flows on that device.
+fn write_snat_addr(map: &mut aya::maps::HashMap<MapData, u32, u32>, device: &str) {
+    let Ok(ifindex) = nix::net::if_::if_nametoindex(device) else {
+        return;
+    };
+    let addr = nix::ifaddrs::getifaddrs().ok().and_then(|mut addrs| {
+        addrs.find_map(|ifaddr| {
+            let sin = ifaddr.address?;
+            let v4 = sin.as_sockaddr_in()?;
+            (ifaddr.interface_name == device).then(|| v4.ip())
+        })
+    });
+    match addr {
+        Some(addr) => {
+            if let Err(e) = map.insert(ifindex, u32::from(addr).to_be(), 0) {
+                tracing::warn!(%device, error = %e, "cannot write the source NAT address");
+            }
+        }
+        None => {
+            tracing::warn!(%device, "no IPv4 address: external traffic to remote backends arriving there is dropped");
+            let _ = ignore_missing(map.remove(&ifindex), map_names::SNAT_ADDRS);
+        }
+    }
+}
+
 /// Key size, value size and entries each map must have for this build and configuration.
-fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 6] {
+fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 8] {
     use std::mem::size_of;
     use switchyard_common::{
         AffinityKey, AffinityValue, SockRevKey, SockRevValue, DEFAULT_AFFINITY_MAX,
-        DEFAULT_SOCK_REVNAT_MAX,
+        DEFAULT_SOCK_REVNAT_MAX, SNAT_ADDRS_MAX,
     };
     [
         (
@@ -627,6 +707,18 @@ fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 
             4 + size_of::<SourceRangeKey>(),
             1,
             config.source_ranges_max,
+        ),
+        (
+            map_names::SNAT_CONFIG,
+            size_of::<u32>(),
+            size_of::<SnatConfig>(),
+            1,
+        ),
+        (
+            map_names::SNAT_ADDRS,
+            size_of::<u32>(),
+            size_of::<u32>(),
+            SNAT_ADDRS_MAX,
         ),
     ]
 }

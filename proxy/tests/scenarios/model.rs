@@ -136,6 +136,12 @@ pub enum Source {
     Node,
     /// Exactly this address.
     Ip(Ipv4Addr),
+    /// ebpf mode's external traffic with externalTrafficPolicy Cluster (as Cilium's): a
+    /// backend on another node than the one that translated the packet sees a node address
+    /// (source NAT in the tc program, so its replies return there); a backend on that node
+    /// sees the requester's own address (its replies pass that node anyway). The translating
+    /// node is the one the destination address belongs to, or is routed to by a client route.
+    NodeUnlessLocal,
 }
 
 /// What the attempts of one check must show.

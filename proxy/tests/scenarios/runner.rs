@@ -639,6 +639,16 @@ impl Run<'_> {
             Source::Own => self.own_addresses(c.from).contains(&seen),
             Source::Node => self.node_addresses().contains(&seen),
             Source::Ip(ip) => seen == ip,
+            Source::NodeUnlessLocal => match self.translating_node(c) {
+                Some(n) if reply.backend.starts_with(&format!("node{n}-")) => {
+                    self.own_addresses(c.from).contains(&seen)
+                }
+                Some(_) => self.node_addresses().contains(&seen),
+                None => {
+                    self.node_addresses().contains(&seen)
+                        || self.own_addresses(c.from).contains(&seen)
+                }
+            },
         };
         (!ok).then(|| {
             format!(
@@ -662,6 +672,25 @@ impl Run<'_> {
                 .unwrap_or_default(),
             At::Client => vec![self.testbed.client().ip],
         }
+    }
+
+    /// The node whose tc program translates the check's traffic: the owner of the
+    /// destination address, or the node a client route sends it to.
+    fn translating_node(&self, c: &Check) -> Option<usize> {
+        let IpAddr::V4(to) = c.to.ip() else {
+            return None;
+        };
+        if let Some(node) = self.testbed.nodes().iter().find(|n| n.underlay_ip == to) {
+            return Some(node.index);
+        }
+        self.scenario
+            .client_routes
+            .iter()
+            .find(|(cidr, _)| {
+                cidr.parse::<switchyard_testbed::Cidr>()
+                    .is_ok_and(|cidr| cidr.contains(to))
+            })
+            .map(|(_, node)| *node)
     }
 
     fn node_addresses(&self) -> Vec<Ipv4Addr> {

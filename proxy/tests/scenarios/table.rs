@@ -530,21 +530,23 @@ spec:
         .manifest("np-empty.yaml", empty)
         .steps(vec![
             // externalTrafficPolicy Cluster: any endpoint, masqueraded (the backend sees a
-            // node address, so replies return through the node that did the DNAT).
+            // node address, so replies return through the node that did the DNAT). ebpf mode
+            // masquerades only for backends on other nodes, as Cilium does: a backend on the
+            // translating node sees the client (its replies pass that node anyway).
             check(
                 tcp(CLIENT, "198.18.0.11:30080")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
             check(
                 tcp(CLIENT, "198.18.0.12:30080")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
             check(
                 udp(CLIENT, "198.18.0.11:30080")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
             // No endpoints: rejected, not black-holed.
             check(tcp(CLIENT, "198.18.0.11:30090").refused()),
@@ -568,12 +570,12 @@ fn nodeport_of_another_node() -> Scenario {
             check(
                 tcp(P11, "198.18.0.12:30080")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
             check(
                 udp(P21, "198.18.0.11:30080")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
         ])
 }
@@ -652,12 +654,12 @@ fn external_ip_from_outside() -> Scenario {
             check(
                 tcp(CLIENT, "198.18.200.1:80")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
             check(
                 udp(CLIENT, "198.18.200.1:80")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
         ])
 }
@@ -738,7 +740,7 @@ fn loadbalancer_source_ranges() -> Scenario {
             check(
                 tcp(CLIENT, "198.18.200.20:80")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
             // The client is outside the allowed range: dropped.
             check(tcp(CLIENT, "198.18.200.21:80").dropped().attempts(2)),
@@ -746,7 +748,7 @@ fn loadbalancer_source_ranges() -> Scenario {
             check(
                 tcp(CLIENT, "198.18.0.11:30087")
                     .answers(&THREE_8080)
-                    .source(Source::Node),
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
         ])
 }
