@@ -66,9 +66,14 @@ impl IptablesSystem for SystemIptables {
         for (chain, rule) in jumps {
             by_chain.entry(chain).or_default().push(&rule.0);
         }
-        let present = self.present_jumps(&by_chain)?;
+        if self.backend == IptablesBackend::Legacy {
+            return self.ensure_jumps_legacy(&by_chain);
+        }
         for (chain, rules) in by_chain {
-            if rules.iter().all(|r| present(chain, r)) {
+            if rules
+                .iter()
+                .all(|r| exec::rule_exists(self.backend, chain, r))
+            {
                 continue;
             }
             for rule in &rules {
@@ -98,39 +103,80 @@ impl IptablesSystem for SystemIptables {
 }
 
 impl SystemIptables {
-    /// Which of the jumps are in place. Legacy: one save per table, compared as sets of
-    /// arguments (iptables-save may print matches in another order than we wrote them);
-    /// nft: one `-C` per rule, cheap there, while iptables-nft-save is slow on big tables.
-    #[allow(clippy::type_complexity)]
-    fn present_jumps(
-        &self,
+    /// iptables-legacy reads and rewrites the whole table for every command (about a second
+    /// each at 10,000 services), so the jumps are read with one iptables-save per table and
+    /// fixed with one restore: `-D` of ours that are there, then `-I 1` of all in reverse.
+    /// Rules are compared as sets of arguments, since iptables-save may print matches in
+    /// another order than we wrote them.
+    fn ensure_jumps_legacy(
+        &mut self,
         by_chain: &BTreeMap<&ChainRef, Vec<&[String]>>,
-    ) -> Result<Box<dyn Fn(&ChainRef, &[String]) -> bool>, ExecError> {
-        let backend = self.backend;
-        if backend == IptablesBackend::Nft {
-            return Ok(Box::new(move |chain, rule| {
-                exec::rule_exists(backend, chain, rule)
-            }));
-        }
-        let mut listed: BTreeSet<(Table, String, Vec<String>)> = BTreeSet::new();
+    ) -> Result<(), ExecError> {
         let tables: BTreeSet<Table> = by_chain.keys().map(|c| c.table).collect();
+        let mut input = String::new();
         for table in tables {
             let chains: Vec<&str> = by_chain
                 .keys()
                 .filter(|c| c.table == table)
                 .map(|c| c.chain.as_str())
                 .collect();
-            for (chain, mut args) in exec::saved_rules(backend, table, &chains)? {
-                args.sort();
-                listed.insert((table, chain, args));
+            let listed = exec::saved_rules(self.backend, table, &chains)?;
+            let mut lines = Vec::new();
+            for (chain, rules) in by_chain.iter().filter(|(c, _)| c.table == table) {
+                lines.extend(jump_fix(&listed, &chain.chain, rules));
+            }
+            if !lines.is_empty() {
+                input.push_str(&format!(
+                    "*{}\n{}\nCOMMIT\n",
+                    table.as_str(),
+                    lines.join("\n")
+                ));
             }
         }
-        Ok(Box::new(move |chain, rule| {
-            let mut args = rule.to_vec();
-            args.sort();
-            listed.contains(&(chain.table, chain.chain.clone(), args))
-        }))
+        if input.is_empty() {
+            return Ok(());
+        }
+        exec::restore(self.backend, &input)
     }
+}
+
+/// Restore lines that make our `rules` the first rules of built-in `chain`, in order, given
+/// what iptables-save listed (`chain`, arguments); none when they already are.
+fn jump_fix(listed: &[(String, Vec<String>)], chain: &str, rules: &[&[String]]) -> Vec<String> {
+    let sorted = |args: &[String]| {
+        let mut args = args.to_vec();
+        args.sort();
+        args
+    };
+    let ours: BTreeSet<Vec<String>> = rules.iter().map(|r| sorted(r)).collect();
+    let in_chain: Vec<&Vec<String>> = listed
+        .iter()
+        .filter(|(c, _)| c == chain)
+        .map(|(_, args)| args)
+        .collect();
+    let in_order = in_chain.len() >= rules.len()
+        && in_chain
+            .iter()
+            .zip(rules)
+            .all(|(listed, rule)| sorted(listed) == sorted(rule));
+    let present: Vec<&&Vec<String>> = in_chain
+        .iter()
+        .filter(|args| ours.contains(&sorted(args)))
+        .collect();
+    if in_order && present.len() == rules.len() {
+        return Vec::new();
+    }
+    let mut lines: Vec<String> = present
+        .iter()
+        .map(|args| format!("-D {chain} {}", RuleArgs((**args).clone()).render()))
+        .collect();
+    lines.extend(
+        rules
+            .iter()
+            .rev()
+            .map(|rule| format!("-I {chain} 1 {}", RuleArgs(rule.to_vec()).render())),
+    );
+    lines
 }
 
 /// What a later partial sync needs of one written service port: the names of its own
@@ -547,6 +593,60 @@ mod tests {
             .keys()
             .map(|c| c.chain.clone())
             .collect()
+    }
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn legacy_jumps_are_left_alone_when_first_and_in_order_however_save_orders_matches() {
+        let a = args("-m comment --comment x -j SWY-SERVICES");
+        let b = args("-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j SWY-NODEPORTS");
+        // iptables-save prints the address match first.
+        let listed = vec![
+            ("PREROUTING".to_owned(), a.clone()),
+            (
+                "PREROUTING".to_owned(),
+                args("! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j SWY-NODEPORTS"),
+            ),
+            ("PREROUTING".to_owned(), args("-j OTHER-TOOL")),
+        ];
+        assert!(jump_fix(&listed, "PREROUTING", &[&a, &b]).is_empty());
+    }
+
+    #[test]
+    fn legacy_jumps_missing_or_out_of_place_are_deleted_and_inserted_in_order() {
+        let a = args("-j SWY-SERVICES");
+        let b = args("-j SWY-NODEPORTS");
+        // One missing: the present one goes, both are inserted, first rule first.
+        let listed = vec![("OUTPUT".to_owned(), b.clone())];
+        assert_eq!(
+            jump_fix(&listed, "OUTPUT", &[&a, &b]),
+            [
+                "-D OUTPUT -j SWY-NODEPORTS",
+                "-I OUTPUT 1 -j SWY-NODEPORTS",
+                "-I OUTPUT 1 -j SWY-SERVICES"
+            ]
+        );
+        // Both there but behind another tool's rule: moved to the front.
+        let listed = vec![
+            ("OUTPUT".to_owned(), args("-j OTHER-TOOL")),
+            ("OUTPUT".to_owned(), a.clone()),
+            ("OUTPUT".to_owned(), b.clone()),
+        ];
+        let fix = jump_fix(&listed, "OUTPUT", &[&a, &b]);
+        assert_eq!(fix.len(), 4, "{fix:?}");
+        assert!(
+            fix[0].starts_with("-D ") && fix[3] == "-I OUTPUT 1 -j SWY-SERVICES",
+            "{fix:?}"
+        );
+        // Another chain's rules do not count.
+        let listed = vec![("INPUT".to_owned(), a.clone())];
+        assert_eq!(
+            jump_fix(&listed, "OUTPUT", &[&a]),
+            ["-I OUTPUT 1 -j SWY-SERVICES"]
+        );
     }
 
     #[test]
