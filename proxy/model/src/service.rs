@@ -76,6 +76,11 @@ pub(crate) fn parse_service(
         return Ok(None);
     }
     let mut w = ObjectWarnings::new(kinds::SERVICE, key);
+    // Without a name the port keys, chain names and log lines of this service would all read
+    // `namespace/`, colliding with any other nameless one.
+    if key.name.is_empty() {
+        return Err(w.fatal("metadata.name", "missing; a Service needs a name"));
+    }
     let default_spec = ServiceSpec::default();
     let spec = service.spec.as_ref().unwrap_or(&default_spec);
 

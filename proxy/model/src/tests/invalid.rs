@@ -380,3 +380,19 @@ fn never_panics_on_odd_objects() {
         }
     }
 }
+
+#[test]
+fn a_service_without_a_name_is_skipped_with_a_warning() {
+    let mut nameless = service("x", json!({"spec": {"clusterIP": "198.18.128.20"}}));
+    nameless.metadata.name = None;
+    let c = good_world().svc(nameless).compute(&node_v4());
+    assert_isolated(
+        "no metadata.name",
+        &c,
+        &["Service default/: metadata.name: missing; a Service needs a name"],
+    );
+    assert!(
+        c.state.ports.keys().all(|k| !k.name.is_empty()),
+        "nothing programmed as `default/`"
+    );
+}
