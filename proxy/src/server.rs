@@ -2,7 +2,7 @@
 //! with upstream's paths, bodies and headers.
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -51,12 +51,59 @@ pub async fn serve(flag: &'static str, addr: SocketAddr, router: Router) -> anyh
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("{flag} {addr}: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(%addr, error = %e, "HTTP server stopped");
-        }
-    });
+    tokio::spawn(serve_bounded(listener, router, Limits::default()));
     Ok(())
+}
+
+/// What one server allows its clients, so idle or slow ones cannot hold it (or the process's
+/// file descriptors) forever.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; a connection over the limit is closed at once.
+    pub connections: usize,
+    /// Time a client has to send its request headers (slowloris, idle connections).
+    pub header_read: Duration,
+    /// Time one connection may live in all.
+    pub connection: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: 64,
+            header_read: Duration::from_secs(5),
+            connection: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Accepts connections on `listener` and serves `router` on each, within `limits`.
+pub async fn serve_bounded(listener: tokio::net::TcpListener, router: Router, limits: Limits) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; the server stays up.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection, connection).await;
+            drop(permit);
+        });
+    }
 }
 
 async fn healthz(State(s): State<ServerState>) -> Response {
@@ -128,7 +175,7 @@ mod tests {
     async fn get(router: Router, path: &str) -> (u16, String, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(serve_bounded(listener, router, Limits::default()));
         let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         // A plain blocking client, off the runtime that serves.
         let raw = tokio::task::spawn_blocking(move || {
@@ -143,6 +190,44 @@ mod tests {
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
         let code = head.split(' ').nth(1).unwrap().parse().unwrap();
         (code, head.to_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_and_over_the_limit_refused_so_healthz_still_answers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            connections: 4,
+            header_read: Duration::from_millis(300),
+            connection: Duration::from_secs(5),
+        };
+        tokio::spawn(serve_bounded(listener, health_router(state()), limits));
+        let result = tokio::task::spawn_blocking(move || {
+            // Twice the limit of clients that connect and never send a byte.
+            let idle: Vec<std::net::TcpStream> = (0..8)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect();
+            // Every one of them is closed by the server: the extra ones at once, the others
+            // when their header time is up (a read then returns 0 bytes, not a timeout).
+            for mut stream in idle {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(3)))
+                    .unwrap();
+                let mut buf = [0u8; 1];
+                assert_eq!(stream.read(&mut buf).unwrap_or(usize::MAX), 0, "closed");
+            }
+            // And a real request is served afterwards.
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut raw = String::new();
+            stream.read_to_string(&mut raw).unwrap();
+            raw
+        })
+        .await
+        .unwrap();
+        assert!(result.starts_with("HTTP/1.1 "), "{result}");
     }
 
     fn state() -> ServerState {
