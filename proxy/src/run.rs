@@ -99,7 +99,7 @@ fn start_dataplane(
             // The other mode's leftovers would translate traffic twice. Older ebpf mode
             // versions' masquerade chain goes too: the tc programs source-NAT themselves now,
             // and any nat rule would hook netfilter's NAT (and conntrack) back in.
-            remove_iptables_state();
+            let _ = remove_iptables_state();
             remove_old_masquerade_rules();
             let follow_devices = settings.devices.is_empty().then(|| node_ips.to_vec());
             let devices = if settings.devices.is_empty() {
@@ -196,9 +196,16 @@ fn default_cgroup_root() -> anyhow::Result<PathBuf> {
 /// `--cleanup`: removes what Switchyard left on the node, for both modes and both iptables
 /// backends, so switching modes never leaves the other mode's state behind.
 pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
-    remove_iptables_state();
+    let incomplete = remove_iptables_state();
     remove_old_masquerade_rules();
-    remove_ebpf_state(settings)
+    remove_ebpf_state(settings)?;
+    if !incomplete.is_empty() {
+        anyhow::bail!(
+            "--cleanup left iptables state behind: {}",
+            incomplete.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// Removes the masquerade chain older ebpf mode versions wrote, from both backends.
@@ -211,15 +218,20 @@ fn remove_old_masquerade_rules() {
 }
 
 /// Removes iptables mode's chains and jumps from both backends (upstream leaves the other
-/// mode's rules behind on a mode change; we do not).
-fn remove_iptables_state() {
+/// mode's rules behind on a mode change; we do not). Returns what could not be removed.
+fn remove_iptables_state() -> Vec<String> {
+    let mut incomplete = Vec::new();
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
         match crate::iptables::cleanup::cleanup(backend) {
             Ok(0) => {}
             Ok(chains) => tracing::info!(%backend, chains, "removed iptables state"),
-            Err(e) => tracing::warn!(%backend, error = %e, "iptables cleanup incomplete"),
+            Err(e) => {
+                tracing::warn!(%backend, error = %e, "iptables cleanup incomplete");
+                incomplete.push(format!("{backend}: {e}"));
+            }
         }
     }
+    incomplete
 }
 
 /// Unpins our links (detaching the programs) and maps. Only our own entries go: the

@@ -137,6 +137,17 @@ fn flushed_rules_are_repaired_and_cleanup_removes_only_ours() {
         ok.status.success(),
         "recreate the foreign chain the flush removed: {ok:?}"
     );
+    // Another tool's chain jumps into one of ours: cleanup must remove that jump too, or
+    // deleting our chain fails and everything of ours stays.
+    let jump = testbed
+        .run(
+            Place::Node(1),
+            format!("iptables-{backend}"),
+            ["-t", "nat", "-A", "OTHER-TOOL", "-j", "SWY-SERVICES"],
+            TIMEOUT,
+        )
+        .expect("iptables");
+    assert!(jump.status.success(), "{jump:?}");
     let cleanup = testbed
         .run(
             Place::Node(1),
@@ -146,6 +157,16 @@ fn flushed_rules_are_repaired_and_cleanup_removes_only_ours() {
         )
         .expect("cleanup");
     assert!(cleanup.status.success(), "{cleanup:?}");
+    // Only nft was used here: cleanup must not have created iptables-legacy tables.
+    let legacy = testbed
+        .run(
+            Place::Node(1),
+            "cat",
+            ["/proc/net/ip_tables_names"],
+            TIMEOUT,
+        )
+        .expect("cat");
+    assert_eq!(legacy.stdout.trim(), "", "legacy tables created by cleanup");
     for b in ["nft", "legacy"] {
         let save = iptables_save(&testbed, b);
         assert!(!save.contains("SWY-"), "{b} still has our rules:\n{save}");

@@ -26,6 +26,10 @@ pub fn snat_ports(nodeport_range: &RangeInclusive<u16>) -> Option<RangeInclusive
 /// Removes both chain names and their jumps (start-up of either mode, `--cleanup`); absent
 /// is fine.
 pub fn uninstall(backend: IptablesBackend) -> Result<(), ExecError> {
+    // A legacy command would create the nat table where there is none (and nothing of ours).
+    if backend == IptablesBackend::Legacy && !exec::legacy_tables().contains(Table::Nat.as_str()) {
+        return Ok(());
+    }
     let postrouting = ChainRef::new(Table::Nat, "POSTROUTING");
     for name in [CHAIN, OLD_CHAIN] {
         let jump = vec!["-j".to_owned(), name.to_owned()];

@@ -7,55 +7,81 @@ use super::exec::{self, ExecError};
 use super::restore;
 use super::rule_set::{ChainRef, Table};
 
-/// Built-in chains we hook into.
-const BUILTIN: &[(Table, &str)] = &[
-    (Table::Nat, "PREROUTING"),
-    (Table::Nat, "OUTPUT"),
-    (Table::Nat, "POSTROUTING"),
-    (Table::Filter, "INPUT"),
-    (Table::Filter, "FORWARD"),
-    (Table::Filter, "OUTPUT"),
-];
+/// What `--cleanup` could not remove.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    /// An iptables command failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// Chains of ours are still there after the removal.
+    #[error("{count} chains of ours are still there, e.g. {first}")]
+    Left {
+        /// How many.
+        count: usize,
+        /// One of them, for the message.
+        first: String,
+    },
+}
 
-/// Removes iptables mode's state from `backend`. Returns how many chains were removed.
-pub fn cleanup(backend: IptablesBackend) -> Result<usize, ExecError> {
-    // 1. Jumps from built-in chains into ours, found by their target.
-    for (table, chain) in BUILTIN {
-        let chain = ChainRef::new(*table, *chain);
-        for rule in jumps_into_ours(backend, &chain) {
-            exec::delete_rule(backend, &chain, &rule)?;
+/// Removes iptables mode's state from `backend`. Returns how many chains were removed; fails
+/// when any chain of ours is left. Jumps into our chains are removed from every chain that is
+/// not ours (the built-in ones, and any another tool added), so nothing references ours when
+/// they go. On iptables-legacy only tables that already exist are touched: a legacy command
+/// would create the table.
+pub fn cleanup(backend: IptablesBackend) -> Result<usize, CleanupError> {
+    let tables: Vec<Table> = match backend {
+        IptablesBackend::Legacy => {
+            let present = exec::legacy_tables();
+            TABLES
+                .into_iter()
+                .filter(|t| present.contains(t.as_str()))
+                .collect()
+        }
+        IptablesBackend::Nft => TABLES.to_vec(),
+    };
+    for table in &tables {
+        let Some(listing) = exec::list_table_rules(backend, *table) else {
+            continue;
+        };
+        for (chain, rule) in jumps_into_ours(&listing) {
+            exec::delete_rule(backend, &ChainRef::new(*table, &chain), &rule)?;
         }
     }
-    // 2. Our chains, flushed then deleted, batched as the backend's full syncs are.
+    // Our chains, flushed then deleted, batched as the backend's full syncs are.
     let mut ours = BTreeSet::new();
-    for table in TABLES {
-        ours.extend(exec::our_chains(backend, table)?);
+    for table in &tables {
+        ours.extend(exec::our_chains(backend, *table)?);
     }
     for input in restore::remove_chains_in(&ours, backend.strategy()) {
         exec::restore(backend, &input)?;
     }
+    let mut left = BTreeSet::new();
+    for table in &tables {
+        left.extend(exec::our_chains(backend, *table)?);
+    }
+    if let Some(first) = left.iter().next() {
+        return Err(CleanupError::Left {
+            count: left.len(),
+            first: format!("{} in {}", first.chain, first.table.as_str()),
+        });
+    }
     Ok(ours.len())
 }
 
-/// Rules of a built-in chain whose target is one of our chains, as `iptables` arguments.
-fn jumps_into_ours(backend: IptablesBackend, chain: &ChainRef) -> Vec<Vec<String>> {
-    // A chain (or table) missing on this backend holds nothing of ours.
-    exec::list_rules(backend, chain)
-        .map(|listing| rules_jumping_to_ours(&listing, &chain.chain))
-        .unwrap_or_default()
-}
-
-/// From `iptables -S CHAIN` output, the rule arguments (without `-A CHAIN`) of rules that jump
-/// to a chain of ours.
-fn rules_jumping_to_ours(listing: &str, chain: &str) -> Vec<Vec<String>> {
-    let prefix = format!("-A {chain} ");
+/// From `iptables -S` output of a table: (chain, rule arguments without `-A CHAIN`) of every
+/// rule in a chain that is not ours and jumps to one that is.
+fn jumps_into_ours(listing: &str) -> Vec<(String, Vec<String>)> {
     listing
         .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(shlex::split)
-        .filter(|args| {
+        .filter_map(|l| l.strip_prefix("-A "))
+        .filter_map(|rest| {
+            let (chain, args) = rest.split_once(' ')?;
+            (!super::chains::is_ours(chain))
+                .then(|| Some((chain.to_owned(), shlex::split(args)?)))?
+        })
+        .filter(|(_, args)| {
             args.windows(2)
-                .any(|w| w[0] == "-j" && super::chains::is_ours(&w[1]))
+                .any(|w| (w[0] == "-j" || w[0] == "-g") && super::chains::is_ours(&w[1]))
         })
         .collect()
 }
@@ -63,15 +89,18 @@ fn rules_jumping_to_ours(listing: &str, chain: &str) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn finds_only_jumps_into_our_chains() {
-        let listing = "-P PREROUTING ACCEPT\n\
+    fn finds_jumps_into_our_chains_from_every_chain_that_is_not_ours() {
+        let listing = "-P PREROUTING ACCEPT\n-N OTHER-TOOL\n-N SWY-SERVICES\n\
             -A PREROUTING -m comment --comment \"switchyard service portals\" -j SWY-SERVICES\n\
             -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-            -A PREROUTING -m addrtype --dst-type LOCAL -j SWY-NODEPORTS\n";
-        let rules = super::rules_jumping_to_ours(listing, "PREROUTING");
-        assert_eq!(rules.len(), 2);
+            -A PREROUTING -m addrtype --dst-type LOCAL -j SWY-NODEPORTS\n\
+            -A OTHER-TOOL -j SWY-SERVICES\n\
+            -A SWY-SERVICES -d 198.18.128.10/32 -j SWY-SVC-X\n";
+        let rules = super::jumps_into_ours(listing);
+        let chains: Vec<&str> = rules.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(chains, ["PREROUTING", "PREROUTING", "OTHER-TOOL"]);
         assert_eq!(
-            rules[0],
+            rules[0].1,
             [
                 "-m",
                 "comment",

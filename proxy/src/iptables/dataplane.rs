@@ -32,7 +32,7 @@ pub trait IptablesSystem: Send {
     /// Deletes UDP conntrack entries matching the arguments (`conntrack -D ...`).
     fn delete_conntrack(&mut self, args: &[String]);
     /// Removes all our chains and the jumps into them; returns how many chains went.
-    fn remove_all(&mut self) -> Result<usize, ExecError>;
+    fn remove_all(&mut self) -> Result<usize, super::cleanup::CleanupError>;
 }
 
 /// The real system: iptables tools of one backend.
@@ -42,7 +42,7 @@ pub struct SystemIptables {
 }
 
 impl IptablesSystem for SystemIptables {
-    fn remove_all(&mut self) -> Result<usize, ExecError> {
+    fn remove_all(&mut self) -> Result<usize, super::cleanup::CleanupError> {
         super::cleanup::cleanup(self.backend)
     }
 
@@ -527,7 +527,7 @@ mod tests {
             Ok(())
         }
         fn delete_conntrack(&mut self, _args: &[String]) {}
-        fn remove_all(&mut self) -> Result<usize, ExecError> {
+        fn remove_all(&mut self) -> Result<usize, crate::iptables::cleanup::CleanupError> {
             Ok(0)
         }
     }

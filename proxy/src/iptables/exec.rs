@@ -180,6 +180,21 @@ pub fn chain_exists(backend: IptablesBackend, chain: &ChainRef) -> bool {
     run(cmd, None).is_ok()
 }
 
+/// Every rule of `table` as `iptables -S` prints them, or `None` if the table is not there.
+pub fn list_table_rules(backend: IptablesBackend, table: Table) -> Option<String> {
+    let mut cmd = Command::new(backend.iptables());
+    cmd.args(["-w", LOCK_WAIT_SECONDS, "-t", table.as_str(), "-S"]);
+    run(cmd, None).ok()
+}
+
+/// The iptables-legacy tables that exist in this network namespace. Any legacy command on a
+/// table creates it, so cleanup touches only these.
+pub fn legacy_tables() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/net/ip_tables_names")
+        .map(|names| names.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// The rules of `chain` as `iptables -S` prints them, or `None` if the chain (or table) is
 /// not there on this backend.
 pub fn list_rules(backend: IptablesBackend, chain: &ChainRef) -> Option<String> {
