@@ -190,7 +190,11 @@ pub fn list_table_rules(backend: IptablesBackend, table: Table) -> Option<String
 /// The iptables-legacy tables that exist in this network namespace. Any legacy command on a
 /// table creates it, so cleanup touches only these.
 pub fn legacy_tables() -> BTreeSet<String> {
-    std::fs::read_to_string("/proc/net/ip_tables_names")
+    // thread-self: /proc/net shows the process's first thread's namespace, which is not this
+    // thread's when it entered another one (as the tests' namespace helper does).
+    ["/proc/thread-self/net/ip_tables_names", "/proc/net/ip_tables_names"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
         .map(|names| names.lines().map(str::to_owned).collect())
         .unwrap_or_default()
 }
