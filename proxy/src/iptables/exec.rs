@@ -192,11 +192,14 @@ pub fn list_table_rules(backend: IptablesBackend, table: Table) -> Option<String
 pub fn legacy_tables() -> BTreeSet<String> {
     // thread-self: /proc/net shows the process's first thread's namespace, which is not this
     // thread's when it entered another one (as the tests' namespace helper does).
-    ["/proc/thread-self/net/ip_tables_names", "/proc/net/ip_tables_names"]
-        .iter()
-        .find_map(|path| std::fs::read_to_string(path).ok())
-        .map(|names| names.lines().map(str::to_owned).collect())
-        .unwrap_or_default()
+    [
+        "/proc/thread-self/net/ip_tables_names",
+        "/proc/net/ip_tables_names",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .map(|names| names.lines().map(str::to_owned).collect())
+    .unwrap_or_default()
 }
 
 /// The rules of `chain` as `iptables -S` prints them, or `None` if the chain (or table) is
