@@ -16,7 +16,17 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const SYNC_PERIOD: &str = "--sync-period=2s";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn setup() -> (Testbed, Manifests, SocketAddr) {
+/// Switchyard in `mode` on node1 of a fresh two-node testbed with the demo manifests, serving
+/// the web ClusterIP, with nothing repaired yet.
+struct Serving {
+    testbed: Testbed,
+    proxy: ChildGuard,
+    web: SocketAddr,
+    _echo: Vec<ChildGuard>,
+    _manifests: Manifests,
+}
+
+fn serving(mode: &str, extra: &[&str]) -> Serving {
     let testbed = Testbed::new(TopologySpec {
         nodes: 2,
         pods_per_node: 2,
@@ -24,7 +34,28 @@ fn setup() -> (Testbed, Manifests, SocketAddr) {
     .expect("testbed");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
     let manifests = Manifests::copy_of(&examples).expect("manifests");
-    (testbed, manifests, "198.18.128.10:80".parse().expect("web"))
+    let web: SocketAddr = "198.18.128.10:80".parse().expect("web");
+    let echo = testbed.start_echo_everywhere(8080, 8080).expect("echo");
+    let proxy = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        mode,
+        &manifests,
+        extra,
+    )
+    .expect("switchyard");
+    testbed
+        .wait_for_answer(testbed.pod(1, 2), Proto::Tcp, web, WAIT)
+        .unwrap_or_else(|e| panic!("programmed: {e}\n{}", proxy.stderr()));
+    assert_eq!(repairs(&testbed), 0, "nothing to repair yet");
+    Serving {
+        testbed,
+        proxy,
+        web,
+        _echo: echo,
+        _manifests: manifests,
+    }
 }
 
 /// `switchyard_dataplane_repairs_total` from the node's metrics endpoint.
@@ -55,22 +86,13 @@ fn assert_repaired(testbed: &Testbed, proxy: &ChildGuard, web: SocketAddr) {
 
 #[test]
 fn ebpf_map_entries_deleted_behind_our_back_are_restored_by_the_verify() {
-    let (testbed, manifests, web) = setup();
-    let _echo = testbed.start_echo_everywhere(8080, 8080).expect("echo");
-    let proxy = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[SYNC_PERIOD],
-    )
-    .expect("switchyard");
-    let client = testbed.pod(1, 2);
-    testbed
-        .wait_for_answer(client, Proto::Tcp, web, WAIT)
-        .unwrap_or_else(|e| panic!("programmed: {e}\n{}", proxy.stderr()));
-    assert_eq!(repairs(&testbed), 0, "nothing to repair yet");
+    let Serving {
+        testbed,
+        proxy,
+        web,
+        _echo,
+        _manifests,
+    } = serving("ebpf", &[SYNC_PERIOD]);
 
     // Someone deletes every service entry from the pinned map.
     let pin = testbed
@@ -97,23 +119,15 @@ fn ebpf_map_entries_deleted_behind_our_back_are_restored_by_the_verify() {
 
 #[test]
 fn flushed_iptables_chains_are_rewritten_by_the_verify() {
-    let (testbed, manifests, web) = setup();
-    let _echo = testbed.start_echo_everywhere(8080, 8080).expect("echo");
-    let proxy = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "iptables",
-        &manifests,
-        &[SYNC_PERIOD, "--iptables-backend=nft"],
-    )
-    .expect("switchyard");
-    let client = testbed.pod(1, 2);
-    testbed
-        .wait_for_answer(client, Proto::Tcp, web, WAIT)
-        .unwrap_or_else(|e| panic!("programmed: {e}\n{}", proxy.stderr()));
-    assert_eq!(repairs(&testbed), 0, "nothing to repair yet");
+    let Serving {
+        testbed,
+        proxy,
+        web,
+        _echo,
+        _manifests,
+    } = serving("iptables", &[SYNC_PERIOD, "--iptables-backend=nft"]);
 
+    let client = testbed.pod(1, 2);
     // Someone flushes nat and mangle (the canary lives in mangle) in the node's namespace.
     for args in [
         ["-t", "nat", "-F"],
