@@ -128,7 +128,7 @@ fn generated_rules_load_into_a_real_kernel_with_both_backends() {
     let state = DesiredState {
         ports: sample_ports()
             .into_iter()
-            .map(|p| (p.key.clone(), p))
+            .map(|p| (p.key.clone(), std::sync::Arc::new(p)))
             .collect(),
     };
     let base = RuleConfig {

@@ -28,6 +28,7 @@ mod conflicts;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;
+mod incremental;
 pub mod iptables;
 mod node;
 mod objects;
@@ -43,6 +44,7 @@ mod tests;
 pub use build::{compute_desired_state, Computed};
 pub use diff::StateDiff;
 pub use endpoints::{Endpoint, LABEL_SERVICE_NAME};
+pub use incremental::{Before, ModelCache};
 pub use node::{reported_node_ips, select_nodeport_addresses, NodeContext, DEFAULT_NODEPORT_RANGE};
 pub use objects::{ClusterObjects, ObjectKey, DEFAULT_NAMESPACE};
 pub use service::{

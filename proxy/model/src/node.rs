@@ -9,7 +9,7 @@ use ipnet::IpNet;
 pub const DEFAULT_NODEPORT_RANGE: RangeInclusive<u16> = 30000..=32767;
 
 /// What the model needs to know about this node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeContext {
     /// Node name (`--hostname-override`); endpoints whose `nodeName` equals it are local.
     pub name: String,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -157,6 +158,7 @@ impl ServicePort {
 /// The desired dataplane state of this node: every service port it proxies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    /// Service ports by key.
-    pub ports: BTreeMap<ServicePortKey, ServicePort>,
+    /// Service ports by key. Shared, so that keeping the last state and comparing it with the
+    /// next costs a pointer per unchanged port.
+    pub ports: BTreeMap<ServicePortKey, Arc<ServicePort>>,
 }

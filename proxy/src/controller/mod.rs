@@ -17,9 +17,7 @@ use crate::config::Settings;
 use crate::dataplane::{Dataplane, SyncKind};
 use crate::health::{epoch_seconds, Health};
 use crate::metrics::Metrics;
-use crate::model::{
-    compute_desired_state, select_nodeport_addresses, DesiredState, NodeContext, StateDiff,
-};
+use crate::model::{select_nodeport_addresses, Before, ModelCache, NodeContext, StateDiff};
 use crate::source::Snapshot;
 pub use schedule::{Periods, Schedule};
 
@@ -62,7 +60,11 @@ pub struct Controller {
     health: Arc<Health>,
     clock: Box<dyn Clock>,
     schedule: Schedule,
-    applied: DesiredState,
+    /// The desired state, kept up to date service by service.
+    model: ModelCache,
+    /// Ports whose last write failed, with what the dataplane still holds for them (`None`:
+    /// nothing); every other port holds the model's state as of the last sync.
+    unapplied: Before,
     reported: BTreeSet<String>,
     /// Highest trigger sequence number whose latency was observed.
     observed_trigger: u64,
@@ -94,7 +96,8 @@ impl Controller {
             health,
             clock,
             schedule,
-            applied: DesiredState::default(),
+            model: ModelCache::default(),
+            unapplied: Before::new(),
             reported: BTreeSet::new(),
             observed_trigger: 0,
         }
@@ -134,9 +137,9 @@ impl Controller {
         self.health.node(own_node.map(|n| n.as_ref()));
         let node = self.node_context(&input.addresses);
         self.dataplane.node_addresses(&input.addresses);
-        let computed = compute_desired_state(&input.objects.objects, &node);
+        let mut before = self.model.update(&input.objects.objects, &node);
         let mut problems: BTreeSet<String> = input.objects.warnings.iter().cloned().collect();
-        problems.extend(computed.warnings.iter().map(ToString::to_string));
+        problems.extend(self.model.warnings().iter().map(ToString::to_string));
         // Each problem is logged once, when it appears, not on every sync.
         for problem in problems.difference(&self.reported) {
             tracing::warn!("{problem}");
@@ -144,16 +147,21 @@ impl Controller {
         self.metrics.input_warnings.set(problems.len() as i64);
         self.reported = problems;
 
-        let diff = StateDiff::between(&self.applied, &computed.state);
+        // For a port whose last write failed, the dataplane holds what it held before that.
+        before.extend(std::mem::take(&mut self.unapplied));
+        let state = self.model.state();
+        let diff = StateDiff::from_before(&before, state);
+        before.retain(|key, _| diff.touches(key));
         if kind == SyncKind::Partial && diff.is_empty() {
             self.finish(started, false, input);
             return true;
         }
-        let report = match self.dataplane.sync(kind, &computed.state, &diff) {
+        let report = match self.dataplane.sync(kind, state, &diff) {
             Ok(report) => report,
             Err(error) => {
                 tracing::error!(%kind, error = %error_chain(&error), "dataplane sync failed, keeping the previous state");
                 self.metrics.sync_failures_total.inc();
+                self.unapplied = before;
                 return false;
             }
         };
@@ -165,14 +173,12 @@ impl Controller {
         self.metrics
             .service_changes_total
             .inc_by((diff.added.len() + diff.removed.len() + diff.changed.len()) as u64);
-        self.metrics
-            .service_ports
-            .set(computed.state.ports.len() as i64);
+        self.metrics.service_ports.set(state.ports.len() as i64);
         if report.full || report.ports_written > 0 || !report.errors.is_empty() {
             tracing::info!(
                 %kind,
                 full = report.full,
-                ports = computed.state.ports.len(),
+                ports = state.ports.len(),
                 added = diff.added.len(),
                 changed = diff.changed.len(),
                 removed = diff.removed.len(),
@@ -181,18 +187,17 @@ impl Controller {
                 "synced"
             );
         } else {
-            tracing::debug!(%kind, ports = computed.state.ports.len(), "verified");
+            tracing::debug!(%kind, ports = state.ports.len(), "verified");
         }
-        let mut applied = computed.state;
-        // A port that failed is not applied: the next diff holds it again, so a later sync
-        // (the next change, or the next verify) retries it without forcing a full rewrite.
+        // A port that failed keeps what it held: the next diff holds it again, so a later
+        // sync (the next change, or the next verify) retries it without a full rewrite.
         for error in &report.errors {
-            match self.applied.ports.get(&error.port) {
-                Some(old) => drop(applied.ports.insert(error.port.clone(), old.clone())),
-                None => drop(applied.ports.remove(&error.port)),
-            }
+            let held = match before.get(&error.port) {
+                Some(held) => held.clone(),
+                None => state.ports.get(&error.port).cloned(),
+            };
+            self.unapplied.insert(error.port.clone(), held);
         }
-        self.applied = applied;
         self.finish(started, report.full, input);
         true
     }

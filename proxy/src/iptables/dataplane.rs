@@ -392,7 +392,7 @@ impl IptablesDataplane {
                 continue;
             }
             let old = self.written.get(*key).and_then(|w| w.udp_port.as_ref());
-            let new = state.ports.get(*key);
+            let new = state.ports.get(*key).map(|p| &**p);
             for args in stale_udp_flows(old, new) {
                 self.system.delete_conntrack(&args);
             }

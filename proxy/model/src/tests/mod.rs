@@ -6,7 +6,7 @@
 mod conflicts;
 mod diff;
 mod endpoints;
-mod fixtures;
+pub(crate) mod fixtures;
 mod invalid;
 mod node_and_objects;
 mod services;
