@@ -65,6 +65,8 @@ pub struct Controller {
     /// Ports whose last write failed, with what the dataplane still holds for them (`None`:
     /// nothing); every other port holds the model's state as of the last sync.
     unapplied: Before,
+    /// The node addresses the dataplane was last told about.
+    addresses: Option<Arc<Vec<IpAddr>>>,
     reported: BTreeSet<String>,
     /// Highest trigger sequence number whose latency was observed.
     observed_trigger: u64,
@@ -98,6 +100,7 @@ impl Controller {
             schedule,
             model: ModelCache::default(),
             unapplied: Before::new(),
+            addresses: None,
             reported: BTreeSet::new(),
             observed_trigger: 0,
         }
@@ -136,7 +139,16 @@ impl Controller {
         let own_node = input.objects.objects.nodes.get(&self.settings.node_name);
         self.health.node(own_node.map(|n| n.as_ref()));
         let node = self.node_context(&input.addresses);
-        self.dataplane.node_addresses(&input.addresses);
+        // Devices and their addresses are re-read only when the address watch reported a
+        // change, or on a verify or full sync: a one-service change need not list links.
+        let addresses_seen = self
+            .addresses
+            .as_ref()
+            .is_some_and(|seen| Arc::ptr_eq(seen, &input.addresses));
+        if !addresses_seen || kind != SyncKind::Partial {
+            self.dataplane.node_addresses(&input.addresses);
+            self.addresses = Some(input.addresses.clone());
+        }
         let mut before = self.model.update(&input.objects.objects, &node);
         let mut problems: BTreeSet<String> = input.objects.warnings.iter().cloned().collect();
         problems.extend(self.model.warnings().iter().map(ToString::to_string));
@@ -156,6 +168,7 @@ impl Controller {
             self.finish(started, false, input);
             return true;
         }
+        let modelled = self.clock.now();
         let report = match self.dataplane.sync(kind, state, &diff) {
             Ok(report) => report,
             Err(error) => {
@@ -184,6 +197,8 @@ impl Controller {
                 removed = diff.removed.len(),
                 written = report.ports_written,
                 errors = report.errors.len(),
+                model_ms = millis(modelled.duration_since(started)),
+                dataplane_ms = millis(self.clock.now().duration_since(modelled)),
                 "synced"
             );
         } else {
@@ -234,6 +249,11 @@ impl Controller {
         node.nodeport_range = self.settings.nodeport_range.clone();
         node
     }
+}
+
+/// A duration in milliseconds with microsecond resolution, for log fields.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
 }
 
 /// Logs each failed port once per sync as a summary, and counts full maps.
