@@ -6,7 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::conflicts::{self, CreationTimes};
 use super::endpoints::{self, EndpointGroup, LABEL_SERVICE_NAME};
-use super::node::NodeContext;
+use super::node::{self, NodeContext};
 use super::objects::{ClusterObjects, ObjectKey};
 use super::service::{self, ParsedService};
 use super::service_port::{DesiredState, Frontend, FrontendKind, ServicePort, ServicePortKey};
@@ -139,6 +139,7 @@ pub fn compute_desired_state(objects: &ClusterObjects, node: &NodeContext) -> Co
     let mut state = DesiredState::default();
     let mut created = CreationTimes::new();
     let slices = slices_by_service(objects, &mut warnings);
+    let zone = node::zone_label(objects, node);
 
     for (key, svc) in &objects.services {
         let (parsed, soft) = match service::parse_service(key, svc, node) {
@@ -168,7 +169,7 @@ pub fn compute_desired_state(objects: &ClusterObjects, node: &NodeContext) -> Co
             };
             let endpoints =
                 endpoints::resolve(&group_refs, &p.name, p.protocol, &parsed.cluster_ips, node);
-            let port = ServicePort {
+            let mut port = ServicePort {
                 key: port_key.clone(),
                 port: p.port,
                 cluster_ips: parsed.cluster_ips.clone(),
@@ -181,8 +182,10 @@ pub fn compute_desired_state(objects: &ClusterObjects, node: &NodeContext) -> Co
                 internal_traffic_policy: parsed.internal_traffic_policy,
                 health_check_node_port: parsed.health_check_node_port,
                 endpoints,
+                topology: Default::default(),
                 frontends: frontends(&parsed, p.port, p.node_port, node),
             };
+            port.topology = port.topology_for(&node.name, zone);
             state.ports.insert(port_key, port);
         }
     }
