@@ -1579,7 +1579,10 @@ fn same_zone_endpoints(unhinted: Option<(usize, usize)>) -> String {
         let hints = if unhinted == Some((n, p)) {
             String::new()
         } else {
-            format!("{{forZones: [{{name: {}}}]}}", switchyard_testbed::node_zone(n))
+            format!(
+                "{{forZones: [{{name: {}}}]}}",
+                switchyard_testbed::node_zone(n)
+            )
         };
         out.push_str(&zoned_endpoint(n, p, &hints));
     }
@@ -1617,11 +1620,17 @@ fn topology_same_zone() -> Scenario {
         .manifest("zonal.yaml", &yaml(None))
         .steps(vec![
             // Each node's clients reach only their own zone's endpoints.
-            check(tcp(P11, "198.18.128.130:80").answers(&ZONE_A).source(Source::Own)),
-            check(tcp(P21, "198.18.128.130:80").answers(&ZONE_B).source(Source::Own)),
             check(
-                udp(P11, "198.18.128.130:53").answers(&["node1-pod2:9090", "node1-pod3:9090"]),
+                tcp(P11, "198.18.128.130:80")
+                    .answers(&ZONE_A)
+                    .source(Source::Own),
             ),
+            check(
+                tcp(P21, "198.18.128.130:80")
+                    .answers(&ZONE_B)
+                    .source(Source::Own),
+            ),
+            check(udp(P11, "198.18.128.130:53").answers(&["node1-pod2:9090", "node1-pod3:9090"])),
             check(tcp(N1, "198.18.128.130:80").answers(&ZONE_A)),
             // The zone label of node1's Node changes: node1 re-syncs to zone-b's endpoints.
             edit(
@@ -1670,19 +1679,14 @@ fn topology_same_node() -> Scenario {
             &format!("{{forNodes: [{{name: node{n}}}], forZones: [{{name: {zone}}}]}}"),
         )
     };
-    let remote = format!(
-        "{}{}",
-        endpoint(2, 2, "zone-a"),
-        endpoint(2, 3, "zone-b")
-    );
+    let remote = format!("{}{}", endpoint(2, 2, "zone-a"), endpoint(2, 3, "zone-b"));
     let with_node1 = format!(
         "endpoints:\n{}{}{remote}",
         endpoint(1, 2, "zone-a"),
         endpoint(1, 3, "zone-a")
     );
-    let yaml = |endpoints: &str| {
-        topology_service("nodal", "198.18.128.132", "PreferSameNode", endpoints)
-    };
+    let yaml =
+        |endpoints: &str| topology_service("nodal", "198.18.128.132", "PreferSameNode", endpoints);
     Scenario::new("topology-same-node")
         .pods(3)
         .manifest("nodal.yaml", &yaml(&with_node1))
