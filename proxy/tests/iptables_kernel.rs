@@ -57,6 +57,7 @@ fn port(
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
         endpoints: eps,
+        topology: Default::default(),
         frontends: vec![],
     }
 }
@@ -70,6 +71,7 @@ fn ep(addr: &str, port: u16, local: bool) -> Endpoint {
         terminating: false,
         local,
         node_name: Some(if local { "this" } else { "other" }.into()),
+        hints: None,
     }
 }
 

@@ -144,7 +144,8 @@ pub(crate) struct ServiceResult {
 }
 
 /// Joins one Service with its endpoint objects: `slices` are the EndpointSlices that name it
-/// (in key order), `legacy` its Endpoints object, read only when it has no slices.
+/// (in key order), `legacy` its Endpoints object, read only when it has no slices; `zone`
+/// is this node's topology zone label (empty when unknown).
 ///
 /// Never panics on any input: an invalid object is skipped with one warning naming it and the
 /// field.
@@ -154,6 +155,7 @@ pub(crate) fn service_ports(
     slices: &[(&ObjectKey, &EndpointSlice)],
     legacy: Option<&Endpoints>,
     node: &NodeContext,
+    zone: &str,
 ) -> ServiceResult {
     let mut result = ServiceResult::default();
     let (parsed, soft) = match service::parse_service(key, svc, node) {
@@ -183,7 +185,7 @@ pub(crate) fn service_ports(
         };
         let endpoints =
             endpoints::resolve(&group_refs, &p.name, p.protocol, &parsed.cluster_ips, node);
-        result.ports.push(Arc::new(ServicePort {
+        let mut port = ServicePort {
             key: port_key,
             port: p.port,
             cluster_ips: parsed.cluster_ips.clone(),
@@ -196,8 +198,11 @@ pub(crate) fn service_ports(
             internal_traffic_policy: parsed.internal_traffic_policy,
             health_check_node_port: parsed.health_check_node_port,
             endpoints,
+            topology: Default::default(),
             frontends: frontends(&parsed, p.port, p.node_port, node),
-        }));
+        };
+        port.topology = port.topology_for(&node.name, zone);
+        result.ports.push(Arc::new(port));
     }
     result
 }

@@ -19,7 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::build::{service_ports, slice_owner, ServiceResult};
 use crate::conflicts::{self, CreationTimes};
-use crate::node::NodeContext;
+use crate::node::{self, NodeContext};
 use crate::objects::{ClusterObjects, ObjectKey};
 use crate::service_port::{DesiredState, ServicePort, ServicePortKey};
 use crate::warnings::InputWarning;
@@ -47,8 +47,8 @@ struct CachedSlice {
 /// The desired state of one node, updated incrementally from successive [`ClusterObjects`].
 #[derive(Debug, Default)]
 pub struct ModelCache {
-    /// The node context the cached results were computed for.
-    node: Option<NodeContext>,
+    /// The node context and zone label the cached results were computed for.
+    node: Option<(NodeContext, String)>,
     services: BTreeMap<ObjectKey, CachedService>,
     slices: BTreeMap<ObjectKey, CachedSlice>,
     /// Slice keys per owning service.
@@ -66,11 +66,16 @@ impl ModelCache {
     /// changed ports held before.
     pub fn update(&mut self, objects: &ClusterObjects, node: &NodeContext) -> Before {
         let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
-        if self.node.as_ref() != Some(node) {
-            // Every result depends on the node (its name, addresses, families).
+        let zone = node::zone_label(objects, node);
+        if self
+            .node
+            .as_ref()
+            .is_none_or(|(n, z)| n != node || z != zone)
+        {
+            // Every result depends on the node (its name, addresses, families, zone).
             dirty.extend(self.services.keys().cloned());
             dirty.extend(objects.services.keys().cloned());
-            self.node = Some(node.clone());
+            self.node = Some((node.clone(), zone.to_owned()));
         }
         self.read_slices(objects, &mut dirty);
         for key in joins::changed_keys(&objects.endpoints, &self.endpoints, |e| e) {
@@ -167,7 +172,8 @@ impl ModelCache {
             .filter_map(|k| self.slices.get(k).map(|c| (k, &*c.object)))
             .collect();
         let legacy = self.endpoints.get(key).map(|e| &**e);
-        let result = service_ports(key, object, &slices, legacy, node);
+        let zone = self.node.as_ref().map_or("", |(_, zone)| zone.as_str());
+        let result = service_ports(key, object, &slices, legacy, node, zone);
         for port in &result.ports {
             self.claims.add(port);
             let held = self.state.ports.insert(port.key.clone(), port.clone());

@@ -29,6 +29,8 @@ enum Op {
     Touch(usize),
     /// The node context switched.
     Node(bool),
+    /// This node's Node object written with a zone label (or none).
+    Zone(Option<u8>),
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(i, addrs)| Op::Legacy(i, addrs)),
         1 => (0..SERVICES).prop_map(Op::Touch),
         1 => any::<bool>().prop_map(Op::Node),
+        1 => proptest::option::of(0u8..2).prop_map(Op::Zone),
     ]
 }
 
@@ -114,11 +117,17 @@ fn apply(objects: &mut ClusterObjects, node: &mut NodeContext, op: &Op) {
                 .iter()
                 .map(|(a, ready, local)| {
                     let node = if *local { fixtures::NODE } else { "node-b" };
-                    fixtures::ep(
+                    let mut ep = fixtures::ep(
                         &format!("198.19.0.{}", 10 + a),
                         node,
                         json!({ "ready": ready, "serving": ready }),
-                    )
+                    );
+                    // Odd addresses carry a zone hint, so hints are used or ignored.
+                    if a % 2 == 1 {
+                        ep["hints"] =
+                            json!({ "forZones": [ { "name": format!("zone-{}", a % 4 / 2) } ] });
+                    }
+                    ep
                 })
                 .collect();
             let owner_name = owner.map(service_name).unwrap_or_default();
@@ -159,6 +168,14 @@ fn apply(objects: &mut ClusterObjects, node: &mut NodeContext, op: &Op) {
             }
         }
         Op::Node(dual) => *node = if *dual { node_dual() } else { node_v4() },
+        Op::Zone(zone) => {
+            let labels =
+                zone.map(|z| json!({ "topology.kubernetes.io/zone": format!("zone-{z}") }));
+            let node: k8s_openapi::api::core::v1::Node = fixtures::from_json(
+                json!({ "metadata": { "name": fixtures::NODE, "labels": labels } }),
+            );
+            objects.insert_node(node);
+        }
     }
 }
 

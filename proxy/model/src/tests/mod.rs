@@ -3,6 +3,7 @@
 // Table rows are tuples on purpose: each row reads left to right as case, input, expectation.
 #![allow(clippy::type_complexity)]
 
+mod categorize;
 mod conflicts;
 mod diff;
 mod endpoints;
@@ -11,3 +12,4 @@ mod invalid;
 mod node_and_objects;
 mod services;
 mod topology;
+mod topology_hints;
