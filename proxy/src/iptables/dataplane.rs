@@ -303,8 +303,17 @@ impl IptablesDataplane {
             existing.extend(chains);
         }
         let inputs = restore::full_sync(&self.base, &ports, &existing, self.strategy);
-        for input in &inputs {
-            self.restore(input)
+        // Only the skeletons outlive the rendering: the rules themselves are in the inputs.
+        let ports_written = ports.len();
+        let written: BTreeMap<ServicePortKey, Written> = ports
+            .into_iter()
+            .filter_map(|(key, rules)| {
+                let port = state.ports.get(key)?;
+                Some((key.clone(), Written::new(port, &rules)))
+            })
+            .collect();
+        for input in inputs {
+            self.restore(&input)
                 .map_err(|e| SyncError::new("full sync", e))?;
         }
         // Jumps last: by now every chain they point at exists and is filled.
@@ -314,16 +323,10 @@ impl IptablesDataplane {
         self.flush_stale_udp(state);
         let report = SyncReport {
             full: true,
-            ports_written: ports.len(),
+            ports_written,
             ..SyncReport::default()
         };
-        self.written = ports
-            .into_iter()
-            .filter_map(|(key, rules)| {
-                let port = state.ports.get(key)?;
-                Some((key.clone(), Written::new(port, &rules)))
-            })
-            .collect();
+        self.written = written;
         self.needs_full = false;
         Ok(report)
     }

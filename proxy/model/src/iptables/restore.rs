@@ -42,8 +42,34 @@ struct Input {
 #[derive(Default)]
 struct TableInput {
     declare: BTreeSet<String>,
-    lines: Vec<String>,
+    /// Rule lines, each ending in a newline, in one buffer: a 10,000-service full sync has
+    /// 400,000 of them, and one String per line would double the input's memory.
+    lines: String,
     delete: BTreeSet<String>,
+}
+
+impl TableInput {
+    fn is_empty(&self) -> bool {
+        self.declare.is_empty() && self.lines.is_empty() && self.delete.is_empty()
+    }
+
+    /// The table's section, built in the lines buffer itself: the header is inserted in
+    /// front rather than the lines copied behind it (a large buffer is grown by the
+    /// allocator's remapping, not copied, so the input exists once in memory).
+    fn render(self, table: Table) -> String {
+        let mut head = format!("*{table}\n");
+        for chain in &self.declare {
+            let _ = writeln!(head, ":{chain} - [0:0]");
+        }
+        let mut out = self.lines;
+        out.reserve(head.len() + self.delete.iter().map(|c| c.len() + 4).sum::<usize>() + 8);
+        out.insert_str(0, &head);
+        for chain in &self.delete {
+            let _ = writeln!(out, "-X {chain}");
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
 }
 
 impl Input {
@@ -56,20 +82,16 @@ impl Input {
         let t = self.table(chain.table);
         t.declare.insert(chain.chain.clone());
         for rule in rules {
-            t.lines.push(format!("-A {} {rule}", chain.chain));
+            let _ = writeln!(t.lines, "-A {} {rule}", chain.chain);
         }
     }
 
     fn append(&mut self, chain: &ChainRef, rule: &str) {
-        self.table(chain.table)
-            .lines
-            .push(format!("-A {} {rule}", chain.chain));
+        let _ = writeln!(self.table(chain.table).lines, "-A {} {rule}", chain.chain);
     }
 
     fn delete_rule(&mut self, chain: &ChainRef, rule: &str) {
-        self.table(chain.table)
-            .lines
-            .push(format!("-D {} {rule}", chain.chain));
+        let _ = writeln!(self.table(chain.table).lines, "-D {} {rule}", chain.chain);
     }
 
     /// Flushes and deletes a chain (after every rule that referenced it is gone).
@@ -80,24 +102,22 @@ impl Input {
     }
 
     fn render(self) -> String {
-        let mut out = String::new();
-        for (table, t) in self.tables {
-            if t.declare.is_empty() && t.lines.is_empty() && t.delete.is_empty() {
-                continue;
-            }
-            let _ = writeln!(out, "*{table}");
-            for chain in &t.declare {
-                let _ = writeln!(out, ":{chain} - [0:0]");
-            }
-            for line in &t.lines {
-                out.push_str(line);
-                out.push('\n');
-            }
-            for chain in &t.delete {
-                let _ = writeln!(out, "-X {chain}");
-            }
-            out.push_str("COMMIT\n");
-        }
+        let mut sections: Vec<String> = self
+            .tables
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(table, t)| t.render(table))
+            .collect();
+        // The largest section (nat, at scale) takes the others in place, as above.
+        let Some(largest) = (0..sections.len()).max_by_key(|i| sections[*i].len()) else {
+            return String::new();
+        };
+        let after: String = sections.split_off(largest + 1).concat();
+        let mut out = sections.pop().unwrap_or_default();
+        let before = sections.concat();
+        out.reserve(before.len() + after.len());
+        out.insert_str(0, &before);
+        out.push_str(&after);
         out
     }
 }
