@@ -4,6 +4,7 @@
 //! this node and diffs it; [`source`] feeds it, [`controller`] drives it, and the dataplane
 //! modes ([`ebpf`]) apply the diffs.
 pub mod config;
+pub mod conntrack;
 pub mod controller;
 pub mod dataplane;
 pub mod ebpf;

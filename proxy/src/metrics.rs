@@ -45,6 +45,8 @@ pub struct Metrics {
     pub service_ports: Gauge,
     /// iptables mode's counters (iptables-restore runs and failed partial restores).
     pub iptables: crate::iptables::dataplane::IptablesMetrics,
+    /// The conntrack reconciler's (iptables mode); registers itself.
+    pub conntrack: crate::conntrack::ConntrackMetrics,
     /// Whole syncs that failed (the dataplane kept its previous state).
     pub sync_failures_total: Counter,
     /// Drift found by a periodic verify and repaired.
@@ -81,6 +83,7 @@ impl Metrics {
             dataplane_errors_total: Counter::default(),
             service_ports: Gauge::default(),
             iptables: Default::default(),
+            conntrack: Default::default(),
             sync_failures_total: Counter::default(),
             repairs_total: Counter::default(),
             map_full_total: Family::default(),
@@ -182,6 +185,7 @@ impl Metrics {
             "Service ports in the desired state",
             m.service_ports.clone(),
         );
+        m.conntrack.register(&mut registry);
         Metrics { registry, ..m }
     }
 

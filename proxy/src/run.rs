@@ -7,6 +7,7 @@ use switchyard_common::DEFAULT_SOURCE_RANGES_MAX;
 
 use crate::config::settings::DEFAULT_CGROUP_ROOTS;
 use crate::config::{ProxyMode, Settings, Source};
+use crate::conntrack::Reconciler;
 use crate::controller::{Controller, SystemClock};
 use crate::dataplane::Dataplane;
 use crate::ebpf::{EbpfConfig, EbpfDataplane};
@@ -134,7 +135,9 @@ fn start_dataplane(
             remove_ebpf_state(settings)?;
             remove_old_masquerade_rules();
             Ok(Box::new(
-                start_iptables(settings, local)?.with_metrics(metrics.iptables.clone()),
+                start_iptables(settings, local)?
+                    .with_metrics(metrics.iptables.clone())
+                    .with_conntrack(Reconciler::netlink(metrics.conntrack.clone())),
             ))
         }
     }

@@ -1,6 +1,6 @@
 //! Switchyard's pure core: Kubernetes objects -> desired dataplane state for this node -> diff,
 //! and the dataplane renderings of that state ([`iptables`] rules, the [`ebpf_plan`] of map
-//! writes).
+//! writes, the [`conntrack`] entries iptables mode deletes).
 //!
 //! Nothing in this crate does I/O or reads the clock, and its dependency graph holds no
 //! runtime, kernel or API-client crate; the sources fill [`ClusterObjects`], the dataplanes
@@ -26,6 +26,7 @@
 
 mod build;
 mod conflicts;
+pub mod conntrack;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;

@@ -282,7 +282,7 @@ fn report_port_errors(metrics: &Metrics, errors: &[crate::dataplane::PortError])
 }
 
 /// An error and its sources, joined.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {

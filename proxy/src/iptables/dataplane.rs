@@ -1,6 +1,6 @@
 //! The iptables dataplane: full syncs when the controller asks (start, failures, hourly) and
 //! when someone flushed our chains (canary gone); partial syncs of only the changed service
-//! ports otherwise.
+//! ports otherwise. After every sync the conntrack reconciler deletes stale UDP entries.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -13,8 +13,9 @@ use super::exec::{self, ExecError};
 use super::restore::{self, Strategy};
 use super::rule_set::{BaseRules, ChainRef, PortRules, RuleArgs, RuleConfig, Table};
 use super::rules::{base_rules, port_rules};
+use crate::conntrack::Reconciler;
 use crate::dataplane::{Dataplane, SyncError, SyncKind, SyncReport};
-use crate::model::{DesiredState, Protocol, ServicePort, ServicePortKey, StateDiff};
+use crate::model::{DesiredState, ServicePortKey, StateDiff};
 
 /// The tables we own chains in.
 pub const TABLES: [Table; 3] = [Table::Mangle, Table::Nat, Table::Filter];
@@ -29,8 +30,6 @@ pub trait IptablesSystem: Send {
     fn chain_exists(&mut self, chain: &ChainRef) -> bool;
     /// Makes sure the jump rules from built-in chains exist, in order.
     fn ensure_jumps(&mut self, jumps: &[(ChainRef, RuleArgs)]) -> Result<(), ExecError>;
-    /// Deletes UDP conntrack entries matching the arguments (`conntrack -D ...`).
-    fn delete_conntrack(&mut self, args: &[String]);
     /// Removes all our chains and the jumps into them; returns how many chains went.
     fn remove_all(&mut self) -> Result<usize, super::cleanup::CleanupError>;
 }
@@ -86,19 +85,6 @@ impl IptablesSystem for SystemIptables {
             }
         }
         Ok(())
-    }
-
-    fn delete_conntrack(&mut self, args: &[String]) {
-        // Exit status 1 means "nothing matched"; a missing tool only costs the UDP cleanup.
-        if let Err(e) = std::process::Command::new("conntrack")
-            .arg("-D")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-        {
-            tracing::warn!(error = %e, "cannot run conntrack; stale UDP flows are not cleared");
-        }
     }
 }
 
@@ -181,17 +167,14 @@ fn jump_fix(listed: &[(String, Vec<String>)], chain: &str, rules: &[&[String]]) 
 
 /// What a later partial sync needs of one written service port: the names of its own
 /// chains (to delete those it no longer has) and its rules in shared chains (to delete them
-/// one by one); not the rules inside its chains, which a rewrite declares afresh. UDP ports
-/// keep the port itself, for the stale-flow cleanup.
+/// one by one); not the rules inside its chains, which a rewrite declares afresh.
 struct Written {
-    udp_port: Option<ServicePort>,
     rules: PortRules,
 }
 
 impl Written {
-    fn new(port: &ServicePort, rules: &PortRules) -> Self {
+    fn new(rules: &PortRules) -> Self {
         Self {
-            udp_port: (port.key.protocol == Protocol::Udp).then(|| port.clone()),
             rules: rules.skeleton(),
         }
     }
@@ -231,6 +214,9 @@ pub struct IptablesDataplane {
     written: BTreeMap<ServicePortKey, Written>,
     needs_full: bool,
     metrics: IptablesMetrics,
+    /// Deletes stale UDP conntrack entries after each sync; none in tests that have no
+    /// namespace of their own.
+    conntrack: Option<Reconciler>,
     /// Every restore input, kept only when recording (tests assert on them).
     recorded: Option<Vec<String>>,
 }
@@ -247,8 +233,15 @@ impl IptablesDataplane {
             written: BTreeMap::new(),
             needs_full: true,
             metrics: IptablesMetrics::default(),
+            conntrack: None,
             recorded: None,
         }
+    }
+
+    /// Reconciles the conntrack table through `reconciler` after every sync.
+    pub fn with_conntrack(mut self, reconciler: Reconciler) -> Self {
+        self.conntrack = Some(reconciler);
+        self
     }
 
     /// Counts into `metrics` from now on.
@@ -307,10 +300,7 @@ impl IptablesDataplane {
         let ports_written = ports.len();
         let written: BTreeMap<ServicePortKey, Written> = ports
             .into_iter()
-            .filter_map(|(key, rules)| {
-                let port = state.ports.get(key)?;
-                Some((key.clone(), Written::new(port, &rules)))
-            })
+            .map(|(key, rules)| (key.clone(), Written::new(&rules)))
             .collect();
         for input in inputs {
             self.restore(&input)
@@ -320,7 +310,6 @@ impl IptablesDataplane {
         self.system
             .ensure_jumps(&self.base.jumps)
             .map_err(|e| SyncError::new("inserting the jumps from built-in chains", e))?;
-        self.flush_stale_udp(state);
         let report = SyncReport {
             full: true,
             ports_written,
@@ -357,14 +346,12 @@ impl IptablesDataplane {
             self.metrics.partial_restore_failures.inc();
             return self.full(state);
         }
-        self.flush_stale_udp_of(state, &keys);
         for key in &keys {
-            match (state.ports.get(*key), new_rules.get(*key)) {
-                (Some(port), Some(rules)) => {
-                    self.written
-                        .insert((*key).clone(), Written::new(port, rules));
+            match new_rules.get(*key) {
+                Some(rules) => {
+                    self.written.insert((*key).clone(), Written::new(rules));
                 }
-                _ => {
+                None => {
                     self.written.remove(*key);
                 }
             }
@@ -375,81 +362,8 @@ impl IptablesDataplane {
         })
     }
 
-    fn flush_stale_udp(&mut self, state: &DesiredState) {
-        // Ports that went away count too: their flows are as stale as any.
-        let keys: BTreeSet<ServicePortKey> = state
-            .ports
-            .keys()
-            .chain(self.written.keys())
-            .cloned()
-            .collect();
-        let keys: Vec<&ServicePortKey> = keys.iter().collect();
-        self.flush_stale_udp_of(state, &keys);
-    }
-
-    /// UDP has no connection end: a conntrack entry pointing at a gone endpoint (or cached
-    /// while the service had none) black-holes the flow until it expires, so delete them.
-    fn flush_stale_udp_of(&mut self, state: &DesiredState, keys: &[&ServicePortKey]) {
-        for key in keys {
-            if key.protocol != Protocol::Udp {
-                continue;
-            }
-            let old = self.written.get(*key).and_then(|w| w.udp_port.as_ref());
-            let new = state.ports.get(*key).map(|p| &**p);
-            for args in stale_udp_flows(old, new) {
-                self.system.delete_conntrack(&args);
-            }
-        }
-    }
-}
-
-/// `conntrack -D` arguments for the UDP flows a change leaves stale.
-fn stale_udp_flows(old: Option<&ServicePort>, new: Option<&ServicePort>) -> Vec<Vec<String>> {
-    // Topology hints choose endpoints for new flows only: a flow to an endpoint that merely
-    // left this node's zone set is not stale (as upstream's conntrack cleanup).
-    let serving = |p: Option<&ServicePort>| -> BTreeSet<IpAddr> {
-        p.map(|p| {
-            p.cluster_endpoints_ignoring_topology()
-                .into_iter()
-                .map(|e| e.ip)
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let (before, after) = (serving(old), serving(new));
-    let mut flows = Vec::new();
-    let frontends: Vec<(IpAddr, u16)> = old
-        .into_iter()
-        .chain(new)
-        .flat_map(|p| p.frontends.iter().map(|f| (f.ip, f.port)))
-        .filter(|(ip, _)| ip.is_ipv4())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for (ip, port) in frontends {
-        let base = vec![
-            "-p".to_owned(),
-            "udp".to_owned(),
-            "--orig-dst".to_owned(),
-            ip.to_string(),
-            "--dport".to_owned(),
-            port.to_string(),
-        ];
-        if before.is_empty() && !after.is_empty() {
-            // Flows that hit REJECT while there were no endpoints.
-            flows.push(base.clone());
-        }
-        for gone in before.difference(&after).filter(|ip| ip.is_ipv4()) {
-            let mut args = base.clone();
-            args.extend(["--dst-nat".to_owned(), gone.to_string()]);
-            flows.push(args);
-        }
-    }
-    flows
-}
-
-impl Dataplane for IptablesDataplane {
-    fn sync(
+    /// The rules part of a sync.
+    fn sync_rules(
         &mut self,
         kind: SyncKind,
         state: &DesiredState,
@@ -475,6 +389,23 @@ impl Dataplane for IptablesDataplane {
             return Ok(SyncReport::default());
         }
         self.partial(state, diff)
+    }
+}
+
+impl Dataplane for IptablesDataplane {
+    fn sync(
+        &mut self,
+        kind: SyncKind,
+        state: &DesiredState,
+        diff: &StateDiff,
+    ) -> Result<SyncReport, SyncError> {
+        let report = self.sync_rules(kind, state, diff)?;
+        // Every sync, as upstream: entries created while a change was on its way (DNATed by
+        // the old rules after the listing) are caught by the next one.
+        if let Some(conntrack) = &mut self.conntrack {
+            conntrack.reconcile(state);
+        }
+        Ok(report)
     }
 
     fn node_addresses(&mut self, addresses: &[IpAddr]) {
@@ -536,7 +467,6 @@ mod tests {
         fn ensure_jumps(&mut self, _jumps: &[(ChainRef, RuleArgs)]) -> Result<(), ExecError> {
             Ok(())
         }
-        fn delete_conntrack(&mut self, _args: &[String]) {}
         fn remove_all(&mut self) -> Result<usize, crate::iptables::cleanup::CleanupError> {
             Ok(0)
         }
@@ -799,6 +729,50 @@ mod tests {
         let inputs = dp.take_recorded();
         assert_eq!(inputs.len(), 1);
         assert!(inputs[0].contains("198.18.128.3/32"), "{}", inputs[0]);
+    }
+
+    /// `svc-0` of [`objects`] as a UDP service.
+    fn udp_objects() -> ClusterObjects {
+        let mut objects = objects(1);
+        let key = crate::model::ObjectKey::new("scale", "svc-0");
+        let mut service = (*objects.services[&key]).clone();
+        if let Some(spec) = service.spec.as_mut() {
+            for port in spec.ports.iter_mut().flatten() {
+                port.protocol = Some("UDP".into());
+            }
+        }
+        objects.insert_service(service);
+        let key = crate::model::ObjectKey::new("scale", "svc-0-1");
+        let mut slice = (*objects.endpoint_slices[&key]).clone();
+        for port in slice.ports.iter_mut().flatten() {
+            port.protocol = Some("UDP".into());
+        }
+        objects.insert_slice(slice);
+        objects
+    }
+
+    #[test]
+    fn every_sync_reconciles_conntrack_once_and_a_failure_does_not_fail_it() {
+        use crate::conntrack::{ConntrackMetrics, FakeTable, Reconciler};
+        let fake = Fake::default();
+        let table = FakeTable::default();
+        let metrics = ConntrackMetrics::default();
+        let mut dp = dataplane(Strategy::Single, &fake)
+            .with_conntrack(Reconciler::new(Box::new(table.clone()), metrics.clone()));
+        let s = state(&udp_objects());
+        assert_eq!(s.ports.len(), 1);
+        for kind in [SyncKind::Full, SyncKind::Verify, SyncKind::Partial] {
+            dp.sync(kind, &s, &StateDiff::default()).unwrap();
+        }
+        assert_eq!(table.with(|t| t.listings), 3, "full, verify, partial");
+        table.with(|t| t.fail_listings = 1);
+        let report = dp.sync(SyncKind::Verify, &s, &StateDiff::default());
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(metrics.failures.get(), 1);
+        // A failed rules sync reconciles nothing: the rules are not what the state says.
+        *fake.fail_restores.lock().unwrap() = 2;
+        assert!(dp.sync(SyncKind::Full, &s, &StateDiff::default()).is_err());
+        assert_eq!(table.with(|t| t.listings), 4);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod categorize;
 mod conflicts;
+mod conntrack;
 mod diff;
 mod endpoints;
 pub(crate) mod fixtures;
