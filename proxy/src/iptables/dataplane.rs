@@ -30,6 +30,15 @@ pub trait IptablesSystem: Send {
     fn chain_exists(&mut self, chain: &ChainRef) -> bool;
     /// Makes sure the jump rules from built-in chains exist, in order.
     fn ensure_jumps(&mut self, jumps: &[(ChainRef, RuleArgs)]) -> Result<(), ExecError>;
+    /// Restore lines (table, line) that put the jumps in place, read from the kernel now, for
+    /// a full sync to end its last transaction with; `None` when the backend checks the jumps
+    /// with [`IptablesSystem::ensure_jumps`] after the sync instead.
+    fn jump_lines(
+        &mut self,
+        _jumps: &[(ChainRef, RuleArgs)],
+    ) -> Result<Option<Vec<(Table, String)>>, ExecError> {
+        Ok(None)
+    }
     /// Removes all our chains and the jumps into them; returns how many chains went.
     fn remove_all(&mut self) -> Result<usize, super::cleanup::CleanupError>;
 }
@@ -57,17 +66,28 @@ impl IptablesSystem for SystemIptables {
         exec::chain_exists(self.backend, chain)
     }
 
+    fn jump_lines(
+        &mut self,
+        jumps: &[(ChainRef, RuleArgs)],
+    ) -> Result<Option<Vec<(Table, String)>>, ExecError> {
+        // iptables-legacy rewrites the whole table for every restore (seconds at 10,000
+        // services): the jump fix rides in the full sync's last transaction instead of a
+        // save and a restore of its own after it.
+        if self.backend != IptablesBackend::Legacy {
+            return Ok(None);
+        }
+        self.legacy_jump_lines(&jumps_by_chain(jumps)).map(Some)
+    }
+
     fn ensure_jumps(&mut self, jumps: &[(ChainRef, RuleArgs)]) -> Result<(), ExecError> {
         // Our jumps go first in each built-in chain, in the given order, like upstream's `-I`
         // (rules other tools append cannot bypass services). When one is missing, ours are
         // removed and re-inserted in order, since positions past the chain's end are refused.
-        let mut by_chain: BTreeMap<&ChainRef, Vec<&[String]>> = BTreeMap::new();
-        for (chain, rule) in jumps {
-            by_chain.entry(chain).or_default().push(&rule.0);
-        }
+        let by_chain = jumps_by_chain(jumps);
         if self.backend == IptablesBackend::Legacy {
             return self.ensure_jumps_legacy(&by_chain);
         }
+        // iptables-nft: one cheap check per rule (nft reads only what it is asked for).
         for (chain, rules) in by_chain {
             if rules
                 .iter()
@@ -98,8 +118,30 @@ impl SystemIptables {
         &mut self,
         by_chain: &BTreeMap<&ChainRef, Vec<&[String]>>,
     ) -> Result<(), ExecError> {
-        let tables: BTreeSet<Table> = by_chain.keys().map(|c| c.table).collect();
+        let lines = self.legacy_jump_lines(by_chain)?;
+        let tables: BTreeSet<Table> = lines.iter().map(|(t, _)| *t).collect();
         let mut input = String::new();
+        for table in tables {
+            input.push_str(&format!("*{}\n", table.as_str()));
+            for (_, line) in lines.iter().filter(|(t, _)| *t == table) {
+                input.push_str(line);
+                input.push('\n');
+            }
+            input.push_str("COMMIT\n");
+        }
+        if input.is_empty() {
+            return Ok(());
+        }
+        exec::restore(self.backend, &input)
+    }
+
+    /// The `-D`/`-I` lines that fix the jumps, from one iptables-save per table.
+    fn legacy_jump_lines(
+        &mut self,
+        by_chain: &BTreeMap<&ChainRef, Vec<&[String]>>,
+    ) -> Result<Vec<(Table, String)>, ExecError> {
+        let tables: BTreeSet<Table> = by_chain.keys().map(|c| c.table).collect();
+        let mut lines = Vec::new();
         for table in tables {
             let chains: Vec<&str> = by_chain
                 .keys()
@@ -107,23 +149,25 @@ impl SystemIptables {
                 .map(|c| c.chain.as_str())
                 .collect();
             let listed = exec::saved_rules(self.backend, table, &chains)?;
-            let mut lines = Vec::new();
             for (chain, rules) in by_chain.iter().filter(|(c, _)| c.table == table) {
-                lines.extend(jump_fix(&listed, &chain.chain, rules));
-            }
-            if !lines.is_empty() {
-                input.push_str(&format!(
-                    "*{}\n{}\nCOMMIT\n",
-                    table.as_str(),
-                    lines.join("\n")
-                ));
+                lines.extend(
+                    jump_fix(&listed, &chain.chain, rules)
+                        .into_iter()
+                        .map(|line| (table, line)),
+                );
             }
         }
-        if input.is_empty() {
-            return Ok(());
-        }
-        exec::restore(self.backend, &input)
+        Ok(lines)
     }
+}
+
+/// The jump rules grouped by built-in chain, in order.
+fn jumps_by_chain(jumps: &[(ChainRef, RuleArgs)]) -> BTreeMap<&ChainRef, Vec<&[String]>> {
+    let mut by_chain: BTreeMap<&ChainRef, Vec<&[String]>> = BTreeMap::new();
+    for (chain, rule) in jumps {
+        by_chain.entry(chain).or_default().push(&rule.0);
+    }
+    by_chain
 }
 
 /// Restore lines that make our `rules` the first rules of built-in `chain`, in order, given
@@ -295,7 +339,17 @@ impl IptablesDataplane {
                 .map_err(|e| SyncError::new("listing our chains", e))?;
             existing.extend(chains);
         }
-        let inputs = restore::full_sync(&self.base, &ports, &existing, self.strategy);
+        let jump_lines = self
+            .system
+            .jump_lines(&self.base.jumps)
+            .map_err(|e| SyncError::new("reading the jumps from built-in chains", e))?;
+        let inputs = restore::full_sync(
+            &self.base,
+            &ports,
+            &existing,
+            self.strategy,
+            jump_lines.as_deref().unwrap_or_default(),
+        );
         // Only the skeletons outlive the rendering: the rules themselves are in the inputs.
         let ports_written = ports.len();
         let written: BTreeMap<ServicePortKey, Written> = ports
@@ -306,10 +360,13 @@ impl IptablesDataplane {
             self.restore(&input)
                 .map_err(|e| SyncError::new("full sync", e))?;
         }
-        // Jumps last: by now every chain they point at exists and is filled.
-        self.system
-            .ensure_jumps(&self.base.jumps)
-            .map_err(|e| SyncError::new("inserting the jumps from built-in chains", e))?;
+        // Jumps last (unless they were in the last transaction): by now every chain they point
+        // at exists and is filled.
+        if jump_lines.is_none() {
+            self.system
+                .ensure_jumps(&self.base.jumps)
+                .map_err(|e| SyncError::new("inserting the jumps from built-in chains", e))?;
+        }
         let report = SyncReport {
             full: true,
             ports_written,
@@ -443,6 +500,9 @@ mod tests {
     struct Fake {
         fail_restores: Arc<Mutex<usize>>,
         canary: Arc<Mutex<bool>>,
+        /// Jump lines to fold into the full sync (legacy), and how often ensure_jumps ran.
+        jump_lines: Option<Vec<(Table, String)>>,
+        ensured: Arc<Mutex<usize>>,
     }
 
     impl IptablesSystem for Fake {
@@ -465,11 +525,47 @@ mod tests {
             *self.canary.lock().unwrap()
         }
         fn ensure_jumps(&mut self, _jumps: &[(ChainRef, RuleArgs)]) -> Result<(), ExecError> {
+            *self.ensured.lock().unwrap() += 1;
             Ok(())
+        }
+        fn jump_lines(
+            &mut self,
+            _jumps: &[(ChainRef, RuleArgs)],
+        ) -> Result<Option<Vec<(Table, String)>>, ExecError> {
+            Ok(self.jump_lines.clone())
         }
         fn remove_all(&mut self) -> Result<usize, crate::iptables::cleanup::CleanupError> {
             Ok(0)
         }
+    }
+
+    #[test]
+    fn legacy_jump_fixes_ride_in_the_full_syncs_transaction() {
+        let line = "-I PREROUTING 1 -j SWY-SERVICES".to_owned();
+        let fake = Fake {
+            jump_lines: Some(vec![(Table::Nat, line.clone())]),
+            ..Fake::default()
+        };
+        let mut dp = dataplane(Strategy::Single, &fake);
+        let state = state(&objects(3));
+        dp.sync(SyncKind::Full, &state, &StateDiff::default())
+            .unwrap();
+        let inputs = dp.take_recorded();
+        assert_eq!(inputs.len(), 1, "one transaction, jumps included");
+        let nat = inputs[0].split("*nat\n").nth(1).unwrap_or_default();
+        assert!(nat.contains(&format!("{line}\nCOMMIT")), "{nat}");
+        assert_eq!(
+            *fake.ensured.lock().unwrap(),
+            0,
+            "no save and restore after it"
+        );
+
+        // nft (no jump lines): the jumps are checked after the sync.
+        let fake = Fake::default();
+        let mut dp = dataplane(Strategy::Single, &fake);
+        dp.sync(SyncKind::Full, &state, &StateDiff::default())
+            .unwrap();
+        assert_eq!(*fake.ensured.lock().unwrap(), 1);
     }
 
     /// `count` services `svc-N`, each with a ClusterIP and two endpoints.

@@ -124,11 +124,14 @@ impl Input {
 
 /// The inputs of a full sync, in the order they must run. `existing` are the chains of ours
 /// that are in the kernel now; those not wanted any more are deleted in the last input.
+/// `last_lines` (table, line) end the last input: the jumps from built-in chains, when the
+/// caller folds them into the same transaction.
 pub fn full_sync(
     base: &BaseRules,
     ports: &BTreeMap<impl Ord, PortRules>,
     existing: &BTreeSet<ChainRef>,
     strategy: Strategy,
+    last_lines: &[(Table, String)],
 ) -> Vec<String> {
     let wanted: BTreeSet<&ChainRef> = base
         .chains
@@ -186,6 +189,11 @@ pub fn full_sync(
         if !wanted.contains(chain) {
             last.remove_chain(chain);
         }
+    }
+    for (table, line) in last_lines {
+        let lines = &mut last.table(*table).lines;
+        lines.push_str(line);
+        lines.push('\n');
     }
     inputs.push(last.render());
     inputs.retain(|i| !i.is_empty());
@@ -340,7 +348,7 @@ mod tests {
     fn single_strategy_is_one_input_that_removes_stale_chains_last() {
         let ports = BTreeMap::from([("a", port("A")), ("b", port("BB"))]);
         let existing = BTreeSet::from([chain(Table::Nat, "SWY-SVC-OLD")]);
-        let inputs = full_sync(&base(), &ports, &existing, Strategy::Single);
+        let inputs = full_sync(&base(), &ports, &existing, Strategy::Single, &[]);
         assert_eq!(inputs.len(), 1);
         let text = &inputs[0];
         assert!(text.starts_with("*nat\n"));
@@ -363,6 +371,7 @@ mod tests {
             &ports,
             &existing,
             Strategy::Batched { ports_per_batch: 2 },
+            &[],
         );
         // static chains, 3 batches of service chains, dispatch.
         assert_eq!(inputs.len(), 5, "{inputs:#?}");
