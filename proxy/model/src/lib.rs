@@ -28,12 +28,14 @@ mod conflicts;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;
+mod health_check;
 pub mod iptables;
 mod node;
 mod objects;
 mod parse;
 mod service;
 mod service_port;
+mod sync_counts;
 mod topology;
 mod warnings;
 
@@ -43,6 +45,10 @@ mod tests;
 pub use build::{compute_desired_state, Computed};
 pub use diff::StateDiff;
 pub use endpoints::{Endpoint, LABEL_SERVICE_NAME};
+pub use health_check::{
+    health_check_services, HealthCheckBind, HealthCheckService, HealthChecks, ListenerPlan,
+    ListenerSpec,
+};
 pub use node::{reported_node_ips, select_nodeport_addresses, NodeContext, DEFAULT_NODEPORT_RANGE};
 pub use objects::{ClusterObjects, ObjectKey, DEFAULT_NAMESPACE};
 pub use service::{
@@ -52,4 +58,5 @@ pub use service::{
 pub use service_port::{
     DesiredState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortKey, TrafficPolicy,
 };
+pub use sync_counts::{NoLocalEndpoints, ObjectChanges};
 pub use warnings::{kinds, InputWarning};
