@@ -95,6 +95,7 @@ impl Controller {
         // The first snapshot is a change the dataplane does not hold yet: a first sync that
         // never completes must fail /livez, as kube-proxy's queued initial events do.
         health.queued(clock.wall());
+        metrics.queued(epoch_seconds(clock.wall()));
         Self {
             settings,
             dataplane,
