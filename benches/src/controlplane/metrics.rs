@@ -34,8 +34,8 @@ pub struct SyncMetrics {
     /// `sync_proxy_rules_service_changes_total` counts Service objects, which an
     /// EndpointSlice edit does not move).
     pub service_changes: f64,
-    /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total` (both modes count
-    /// failed writes there).
+    /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total` (iptables mode only;
+    /// 0 in ebpf mode, whose failed writes count in `switchyard_dataplane_errors_total`).
     pub restore_failures: f64,
     /// Time inside iptables-restore, summed (`switchyard_iptables_restore_duration_seconds`);
     /// 0 in ebpf mode.
