@@ -12,7 +12,7 @@
 //! 4. its peak RSS.
 //!
 //! Timings come from `/metrics` (scraped inside the node's namespace), not from log lines.
-mod cluster;
+pub(crate) mod cluster;
 mod measure;
 mod metrics;
 mod procfs;

@@ -2,9 +2,10 @@
 //!
 //! Without a subcommand it runs the connection benchmark ([`connections`]), so
 //! `cargo xtask bench -- --rounds 7` keeps working; `controlplane` runs the control-plane
-//! benchmark ([`controlplane`]).
+//! benchmark ([`controlplane`]), `model` the pure model's cost ([`model`]).
 mod connections;
 mod controlplane;
+mod model;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ enum Bench {
     Connections(connections::Args),
     /// Control-plane cost at scale: first sync, one-service change, idle CPU, peak RSS.
     Controlplane(controlplane::Args),
+    /// The pure model at scale: fresh computation and one-change incremental update.
+    Model(model::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         None => connections::run(&cli.connections),
         Some(Bench::Connections(args)) => connections::run(&args),
         Some(Bench::Controlplane(args)) => controlplane::run(&args),
+        Some(Bench::Model(args)) => model::run(&args),
     }
 }

@@ -57,6 +57,7 @@ fn port(
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
         endpoints: eps,
+        topology: Default::default(),
         frontends: vec![],
     }
 }
@@ -70,6 +71,7 @@ fn ep(addr: &str, port: u16, local: bool) -> Endpoint {
         terminating: false,
         local,
         node_name: Some(if local { "this" } else { "other" }.into()),
+        hints: None,
     }
 }
 
@@ -128,7 +130,7 @@ fn generated_rules_load_into_a_real_kernel_with_both_backends() {
     let state = DesiredState {
         ports: sample_ports()
             .into_iter()
-            .map(|p| (p.key.clone(), p))
+            .map(|p| (p.key.clone(), std::sync::Arc::new(p)))
             .collect(),
     };
     let base = RuleConfig {

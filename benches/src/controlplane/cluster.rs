@@ -55,7 +55,7 @@ fn service_name(i: usize) -> String {
     format!("svc-{i:05}")
 }
 
-fn service_yaml(i: usize) -> String {
+pub fn service_yaml(i: usize) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NAMESPACE}}}\n\
          spec: {{type: ClusterIP, clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]}}\n",

@@ -1,11 +1,13 @@
 //! Joining services with their endpoints into the desired state of this node.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::conflicts::{self, CreationTimes};
 use super::endpoints::{self, EndpointGroup, LABEL_SERVICE_NAME};
+use super::incremental::ModelCache;
 use super::node::NodeContext;
 use super::objects::{ClusterObjects, ObjectKey};
 use super::service::{self, ParsedService};
@@ -22,32 +24,32 @@ pub struct Computed {
     pub warnings: Vec<InputWarning>,
 }
 
-/// EndpointSlices grouped by the service they belong to (slice namespace + service-name
-/// label). Slices without that label belong to no service and are reported.
-fn slices_by_service<'a>(
-    objects: &'a ClusterObjects,
-    warnings: &mut Vec<InputWarning>,
-) -> BTreeMap<ObjectKey, Vec<(&'a ObjectKey, &'a EndpointSlice)>> {
-    let mut by_service: BTreeMap<ObjectKey, Vec<_>> = BTreeMap::new();
-    for (key, slice) in &objects.endpoint_slices {
-        let labels = slice.metadata.labels.as_ref();
-        if service::skipped_by_labels(labels) {
-            continue;
-        }
-        match labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) {
-            Some(service) if !service.is_empty() => by_service
-                .entry(ObjectKey::new(key.namespace.clone(), service.clone()))
-                .or_default()
-                .push((key, &**slice)),
-            _ => warnings.push(InputWarning::new(
+/// The service an EndpointSlice belongs to (its namespace + service-name label), or `None`
+/// for a slice the proxy skips; a slice without that label belongs to no service and is
+/// reported.
+pub(crate) fn slice_owner(
+    key: &ObjectKey,
+    slice: &EndpointSlice,
+) -> (Option<ObjectKey>, Option<InputWarning>) {
+    let labels = slice.metadata.labels.as_ref();
+    if service::skipped_by_labels(labels) {
+        return (None, None);
+    }
+    match labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) {
+        Some(service) if !service.is_empty() => (
+            Some(ObjectKey::new(key.namespace.clone(), service.clone())),
+            None,
+        ),
+        _ => (
+            None,
+            Some(InputWarning::new(
                 kinds::ENDPOINT_SLICE,
                 key,
                 format!("metadata.labels[{LABEL_SERVICE_NAME}]"),
                 "missing; the slice belongs to no service and is ignored",
             )),
-        }
+        ),
     }
-    by_service
 }
 
 /// The endpoint groups of one service.
@@ -59,35 +61,35 @@ fn slices_by_service<'a>(
 /// where hand-written objects for selector-less services have no slices.
 fn endpoint_groups(
     key: &ObjectKey,
-    slices: Option<&Vec<(&ObjectKey, &EndpointSlice)>>,
-    objects: &ClusterObjects,
+    slices: &[(&ObjectKey, &EndpointSlice)],
+    legacy: Option<&Endpoints>,
     node: &NodeContext,
     warnings: &mut Vec<InputWarning>,
 ) -> Vec<EndpointGroup> {
-    let mut groups = Vec::new();
-    match slices {
-        Some(slices) if !slices.is_empty() => {
-            for (slice_key, slice) in slices {
-                match endpoints::parse_slice(slice_key, slice, node) {
-                    Ok(Some(group)) => groups.push(group),
-                    Ok(None) => {}
-                    Err(warning) => warnings.push(warning),
-                }
+    if !slices.is_empty() {
+        let mut groups = Vec::new();
+        for (slice_key, slice) in slices {
+            match endpoints::parse_slice(slice_key, slice, node) {
+                Ok(Some(group)) => groups.push(group),
+                Ok(None) => {}
+                Err(warning) => warnings.push(warning),
             }
         }
-        _ => {
-            if let Some(legacy) = objects.endpoints.get(key) {
-                match endpoints::parse_legacy_endpoints(key, legacy, node) {
-                    Ok((parsed, soft)) => {
-                        groups = parsed;
-                        warnings.extend(soft);
-                    }
-                    Err(warning) => warnings.push(warning),
-                }
-            }
+        return groups;
+    }
+    let Some(legacy) = legacy else {
+        return Vec::new();
+    };
+    match endpoints::parse_legacy_endpoints(key, legacy, node) {
+        Ok((groups, soft)) => {
+            warnings.extend(soft);
+            groups
+        }
+        Err(warning) => {
+            warnings.push(warning);
+            Vec::new()
         }
     }
-    groups
 }
 
 /// All frontends of one service port, sorted and deduplicated.
@@ -129,66 +131,95 @@ fn frontends(
     out
 }
 
+/// What one Service contributes to the desired state, before frontend conflicts between
+/// services are resolved.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServiceResult {
+    /// Its service ports, each with its endpoints and every frontend it claims.
+    pub(crate) ports: Vec<Arc<ServicePort>>,
+    /// Problems found in the Service and in the endpoint objects read for it.
+    pub(crate) warnings: Vec<InputWarning>,
+    /// `metadata.creationTimestamp`, which ranks its claims in a conflict.
+    pub(crate) created: Option<Time>,
+}
+
+/// Joins one Service with its endpoint objects: `slices` are the EndpointSlices that name it
+/// (in key order), `legacy` its Endpoints object, read only when it has no slices; `zone`
+/// is this node's topology zone label (empty when unknown).
+///
+/// Never panics on any input: an invalid object is skipped with one warning naming it and the
+/// field.
+pub(crate) fn service_ports(
+    key: &ObjectKey,
+    svc: &Service,
+    slices: &[(&ObjectKey, &EndpointSlice)],
+    legacy: Option<&Endpoints>,
+    node: &NodeContext,
+    zone: &str,
+) -> ServiceResult {
+    let mut result = ServiceResult::default();
+    let (parsed, soft) = match service::parse_service(key, svc, node) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return result,
+        Err(warning) => {
+            result.warnings.push(warning);
+            return result;
+        }
+    };
+    result.warnings.extend(soft);
+    if parsed.ports.is_empty() {
+        return result;
+    }
+    result.created = svc.metadata.creation_timestamp.clone();
+    // Endpoint objects are only read for services that produce ports, so a slice of a
+    // skipped service never warns.
+    let groups = endpoint_groups(key, slices, legacy, node, &mut result.warnings);
+    let group_refs: Vec<&EndpointGroup> = groups.iter().collect();
+
+    for p in &parsed.ports {
+        let port_key = ServicePortKey {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            port_name: p.name.clone(),
+            protocol: p.protocol,
+        };
+        let endpoints =
+            endpoints::resolve(&group_refs, &p.name, p.protocol, &parsed.cluster_ips, node);
+        let mut port = ServicePort {
+            key: port_key,
+            port: p.port,
+            cluster_ips: parsed.cluster_ips.clone(),
+            node_port: p.node_port,
+            external_ips: parsed.external_ips.clone(),
+            load_balancer_ips: parsed.load_balancer_ips.clone(),
+            load_balancer_source_ranges: parsed.load_balancer_source_ranges.clone(),
+            session_affinity_timeout: parsed.session_affinity_timeout,
+            external_traffic_policy: parsed.external_traffic_policy,
+            internal_traffic_policy: parsed.internal_traffic_policy,
+            health_check_node_port: parsed.health_check_node_port,
+            endpoints,
+            topology: Default::default(),
+            frontends: frontends(&parsed, p.port, p.node_port, node),
+        };
+        port.topology = port.topology_for(&node.name, zone);
+        result.ports.push(Arc::new(port));
+    }
+    result
+}
+
 /// Computes what this node should program from everything the sources have seen.
 ///
 /// Never panics on any input: an invalid object is skipped with one warning naming it and the
 /// field, and every other service keeps working. A frontend claimed by several service ports
 /// is left to one of them (module `conflicts`), with a warning naming both.
+///
+/// This is a fresh [`ModelCache`]'s first update; a long-lived caller keeps the cache and
+/// pays only for what changed.
 pub fn compute_desired_state(objects: &ClusterObjects, node: &NodeContext) -> Computed {
-    let mut warnings = Vec::new();
-    let mut state = DesiredState::default();
-    let mut created = CreationTimes::new();
-    let slices = slices_by_service(objects, &mut warnings);
-
-    for (key, svc) in &objects.services {
-        let (parsed, soft) = match service::parse_service(key, svc, node) {
-            Ok(Some(parsed)) => parsed,
-            Ok(None) => continue,
-            Err(warning) => {
-                warnings.push(warning);
-                continue;
-            }
-        };
-        warnings.extend(soft);
-        if parsed.ports.is_empty() {
-            continue;
-        }
-        created.insert(key.clone(), svc.metadata.creation_timestamp.clone());
-        // Slices are only read for services that produce ports, so a slice of a skipped or
-        // unknown service never warns.
-        let groups = endpoint_groups(key, slices.get(key), objects, node, &mut warnings);
-        let group_refs: Vec<&EndpointGroup> = groups.iter().collect();
-
-        for p in &parsed.ports {
-            let port_key = ServicePortKey {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                port_name: p.name.clone(),
-                protocol: p.protocol,
-            };
-            let endpoints =
-                endpoints::resolve(&group_refs, &p.name, p.protocol, &parsed.cluster_ips, node);
-            let port = ServicePort {
-                key: port_key.clone(),
-                port: p.port,
-                cluster_ips: parsed.cluster_ips.clone(),
-                node_port: p.node_port,
-                external_ips: parsed.external_ips.clone(),
-                load_balancer_ips: parsed.load_balancer_ips.clone(),
-                load_balancer_source_ranges: parsed.load_balancer_source_ranges.clone(),
-                session_affinity_timeout: parsed.session_affinity_timeout,
-                external_traffic_policy: parsed.external_traffic_policy,
-                internal_traffic_policy: parsed.internal_traffic_policy,
-                health_check_node_port: parsed.health_check_node_port,
-                endpoints,
-                frontends: frontends(&parsed, p.port, p.node_port, node),
-            };
-            state.ports.insert(port_key, port);
-        }
+    let mut cache = ModelCache::default();
+    cache.update(objects, node);
+    Computed {
+        warnings: cache.warnings(),
+        state: cache.into_state(),
     }
-
-    conflicts::resolve(&mut state, &created, &mut warnings);
-    warnings.sort();
-    warnings.dedup();
-    Computed { state, warnings }
 }

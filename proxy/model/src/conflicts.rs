@@ -26,6 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -155,6 +156,7 @@ fn resolve_node_ports(
             let Some(port) = state.ports.get_mut(&loser.port) else {
                 continue;
             };
+            let port = Arc::make_mut(port);
             port.node_port = None;
             port.frontends.retain(|f| f.kind != FrontendKind::NodePort);
             warnings.push(lost(
@@ -231,7 +233,7 @@ fn resolve_addresses(
             let Some(port) = state.ports.get_mut(&loser.port) else {
                 continue;
             };
-            drop_frontend(port, kind, ip, number);
+            drop_frontend(Arc::make_mut(port), kind, ip, number);
             warnings.push(lost(
                 &loser.port,
                 kind,

@@ -1,7 +1,9 @@
 //! What changed between two desired states, per service port.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use super::incremental::Before;
 use super::objects::ObjectKey;
 use super::service_port::{DesiredState, ServicePortKey};
 
@@ -23,7 +25,9 @@ impl StateDiff {
         for (key, new_port) in &new.ports {
             match old.ports.get(key) {
                 None => diff.added.push(key.clone()),
-                Some(old_port) if old_port != new_port => diff.changed.push(key.clone()),
+                Some(old_port) if !Arc::ptr_eq(old_port, new_port) && old_port != new_port => {
+                    diff.changed.push(key.clone())
+                }
                 Some(_) => {}
             }
         }
@@ -36,9 +40,33 @@ impl StateDiff {
         diff
     }
 
+    /// The diff of an incremental update: `before` holds what each touched port held
+    /// ([`crate::ModelCache::update`]), `now` the state after it.
+    pub fn from_before(before: &Before, now: &DesiredState) -> StateDiff {
+        let mut diff = StateDiff::default();
+        for (key, old) in before {
+            match (old, now.ports.get(key)) {
+                (None, Some(_)) => diff.added.push(key.clone()),
+                (Some(_), None) => diff.removed.push(key.clone()),
+                (Some(old), Some(new)) if !Arc::ptr_eq(old, new) && old != new => {
+                    diff.changed.push(key.clone())
+                }
+                _ => {}
+            }
+        }
+        diff
+    }
+
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// Whether `key` is in any of the lists.
+    pub fn touches(&self, key: &ServicePortKey) -> bool {
+        [&self.added, &self.removed, &self.changed]
+            .iter()
+            .any(|list| list.binary_search(key).is_ok())
     }
 
     /// Services (namespace/name) touched by this diff.

@@ -5,11 +5,11 @@
 //! equal its own. That is how a named `targetPort` resolves: the endpoint port may differ
 //! from the service port and even between groups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointSubset, Endpoints};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{EndpointHints, EndpointSlice};
 
 use super::node::NodeContext;
 use super::objects::ObjectKey;
@@ -37,7 +37,61 @@ pub struct Endpoint {
     pub local: bool,
     /// The node the endpoint runs on, when known.
     pub node_name: Option<String>,
+    /// The slice's topology hints for this endpoint; `None` when it has neither zone nor
+    /// node hints (boxed: almost every endpoint has none, and there may be 100,000).
+    pub hints: Option<Box<TopologyHints>>,
 }
+
+/// An EndpointSlice endpoint's `hints`: the zones and nodes that should use it.
+///
+/// The EndpointSlice controller writes them for services with `spec.trafficDistribution`
+/// (forZones for PreferClose / PreferSameZone, forNodes and forZones for PreferSameNode);
+/// kube-proxy, and so Switchyard, reads only the hints, never the service field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopologyHints {
+    /// `hints.forZones[].name`.
+    pub zones: BTreeSet<String>,
+    /// `hints.forNodes[].name`.
+    pub nodes: BTreeSet<String>,
+}
+
+impl TopologyHints {
+    /// The hints of one slice endpoint, as upstream's endpointslicecache reads them (names
+    /// as given, duplicates merged); `None` when both lists are empty or missing.
+    pub(crate) fn from_api(hints: Option<&EndpointHints>) -> Option<Box<TopologyHints>> {
+        let hints = hints?;
+        let zones: BTreeSet<String> = hints
+            .for_zones
+            .iter()
+            .flatten()
+            .map(|z| z.name.clone())
+            .collect();
+        let nodes: BTreeSet<String> = hints
+            .for_nodes
+            .iter()
+            .flatten()
+            .map(|n| n.name.clone())
+            .collect();
+        if zones.is_empty() && nodes.is_empty() {
+            return None;
+        }
+        Some(Box::new(TopologyHints { zones, nodes }))
+    }
+}
+
+impl Endpoint {
+    /// `hints.forZones` names (empty when there are none).
+    pub fn zone_hints(&self) -> &BTreeSet<String> {
+        self.hints.as_ref().map_or(&EMPTY_HINTS, |h| &h.zones)
+    }
+
+    /// `hints.forNodes` names (empty when there are none).
+    pub fn node_hints(&self) -> &BTreeSet<String> {
+        self.hints.as_ref().map_or(&EMPTY_HINTS, |h| &h.nodes)
+    }
+}
+
+static EMPTY_HINTS: BTreeSet<String> = BTreeSet::new();
 
 /// One named port of an endpoint group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +112,7 @@ pub(crate) struct GroupAddress {
     pub(crate) serving: bool,
     pub(crate) terminating: bool,
     pub(crate) node_name: Option<String>,
+    pub(crate) hints: Option<Box<TopologyHints>>,
 }
 
 /// Addresses that all serve the same ports: one EndpointSlice, or one legacy subset.
@@ -175,6 +230,7 @@ pub(crate) fn parse_slice(
             serving,
             terminating,
             node_name: ep.node_name.clone(),
+            hints: TopologyHints::from_api(ep.hints.as_ref()),
         });
     }
     Ok(Some(group))
@@ -215,6 +271,8 @@ fn legacy_address(
         serving: ready,
         terminating: false,
         node_name: address.node_name.clone(),
+        // Legacy Endpoints have no hints (nor do the slices mirrored from them).
+        hints: None,
     }))
 }
 
@@ -308,6 +366,7 @@ pub(crate) fn resolve(
                 terminating: a.terminating,
                 local,
                 node_name: a.node_name.clone(),
+                hints: a.hints.clone(),
             };
             match merged.get(&(ep.ip, ep.port)) {
                 Some(old) if preference(old) >= preference(&ep) => {}

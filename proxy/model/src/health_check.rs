@@ -12,7 +12,7 @@ use ipnet::IpNet;
 
 use super::node::select_nodeport_addresses;
 use super::objects::ObjectKey;
-use super::service_port::DesiredState;
+use super::service_port::ServicePort;
 
 /// One service's health check server as the desired state asks for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,16 +28,20 @@ pub struct HealthCheckService {
 /// The services that need a health check node port (type LoadBalancer with
 /// `externalTrafficPolicy: Local` and a port allocated; the model only sets
 /// [`crate::ServicePort::health_check_node_port`] for those), with their local endpoint counts.
-pub fn health_check_services(state: &DesiredState) -> BTreeMap<ObjectKey, HealthCheckService> {
-    let mut ports: BTreeMap<ObjectKey, u16> = BTreeMap::new();
+/// `ports` are the service ports as programmed (a desired state's, or the controller's view
+/// with failed writes held back).
+pub fn health_check_services<'a>(
+    ports: impl IntoIterator<Item = &'a ServicePort>,
+) -> BTreeMap<ObjectKey, HealthCheckService> {
+    let mut hc_ports: BTreeMap<ObjectKey, u16> = BTreeMap::new();
     let mut local: BTreeMap<ObjectKey, BTreeSet<IpAddr>> = BTreeMap::new();
-    for port in state.ports.values() {
+    for port in ports {
         let Some(hc) = port.health_check_node_port else {
             continue;
         };
         let service = port.key.service();
         // Every port of a service carries the service's one value; the first one decides.
-        ports.entry(service.clone()).or_insert(hc);
+        hc_ports.entry(service.clone()).or_insert(hc);
         let ips = local.entry(service).or_default();
         ips.extend(
             port.endpoints
@@ -46,7 +50,7 @@ pub fn health_check_services(state: &DesiredState) -> BTreeMap<ObjectKey, Health
                 .map(|ep| ep.ip),
         );
     }
-    ports
+    hc_ports
         .into_iter()
         .map(|(service, port)| {
             let local_endpoints = local.get(&service).map_or(0, BTreeSet::len);

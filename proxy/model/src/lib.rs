@@ -10,7 +10,8 @@
 //! a [`DesiredState`] (one [`ServicePort`] per service port this node proxies) plus the
 //! [`InputWarning`]s about objects it had to skip; [`StateDiff::between`] compares two states
 //! so dataplanes can resync only what changed. Semantics follow upstream kube-proxy
-//! (`pkg/proxy/serviceport.go`, `endpointslicecache.go`, `topology.go`).
+//! (`pkg/proxy/serviceport.go`, `endpointslicecache.go`, `topology.go`), including the
+//! topology hints (`hints.forZones`, `hints.forNodes`) against this node's zone label.
 //!
 //! Decisions worth knowing when reading the code:
 //! - Bad input never fails the computation. An invalid field makes its object (Service,
@@ -29,6 +30,7 @@ mod diff;
 pub mod ebpf_plan;
 mod endpoints;
 mod health_check;
+mod incremental;
 pub mod iptables;
 mod node;
 mod objects;
@@ -44,11 +46,12 @@ mod tests;
 
 pub use build::{compute_desired_state, Computed};
 pub use diff::StateDiff;
-pub use endpoints::{Endpoint, LABEL_SERVICE_NAME};
+pub use endpoints::{Endpoint, TopologyHints, LABEL_SERVICE_NAME};
 pub use health_check::{
     health_check_services, HealthCheckBind, HealthCheckService, HealthChecks, ListenerPlan,
     ListenerSpec,
 };
+pub use incremental::{Before, ModelCache};
 pub use node::{reported_node_ips, select_nodeport_addresses, NodeContext, DEFAULT_NODEPORT_RANGE};
 pub use objects::{ClusterObjects, ObjectKey, DEFAULT_NAMESPACE};
 pub use service::{
@@ -59,4 +62,5 @@ pub use service_port::{
     DesiredState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortKey, TrafficPolicy,
 };
 pub use sync_counts::{NoLocalEndpoints, ObjectChanges};
+pub use topology::{Topology, TopologyMode, LABEL_TOPOLOGY_ZONE};
 pub use warnings::{kinds, InputWarning};

@@ -5,11 +5,14 @@ use std::ops::RangeInclusive;
 
 use ipnet::IpNet;
 
+use super::objects::ClusterObjects;
+use super::topology::LABEL_TOPOLOGY_ZONE;
+
 /// Kubernetes' default `--service-node-port-range`.
 pub const DEFAULT_NODEPORT_RANGE: RangeInclusive<u16> = 30000..=32767;
 
 /// What the model needs to know about this node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeContext {
     /// Node name (`--hostname-override`); endpoints whose `nodeName` equals it are local.
     pub name: String,
@@ -78,4 +81,16 @@ pub fn reported_node_ips(node: &k8s_openapi::api::core::v1::Node) -> Vec<IpAddr>
         .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
         .filter_map(|a| a.address.trim().parse().ok())
         .collect()
+}
+
+/// The zone label of this node's Node object, empty when the Node or the label is missing
+/// (upstream reads `topologyLabels[LabelTopologyZone]` the same way). Both sources deliver
+/// this node's Node, and a label change is a new snapshot like any other object change.
+pub(crate) fn zone_label<'a>(objects: &'a ClusterObjects, node: &NodeContext) -> &'a str {
+    objects
+        .nodes
+        .get(&node.name)
+        .and_then(|n| n.metadata.labels.as_ref())
+        .and_then(|labels| labels.get(LABEL_TOPOLOGY_ZONE))
+        .map_or("", String::as_str)
 }

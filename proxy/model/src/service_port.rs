@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use super::endpoints::Endpoint;
 use super::objects::ObjectKey;
+use super::topology::Topology;
 
 /// Transport protocol of a service port (SCTP is not proxied by Switchyard).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -134,6 +136,9 @@ pub struct ServicePort {
     /// All known endpoints for this port (deduplicated by ip+port, sorted), including
     /// non-serving ones; use the selection methods to get those that take traffic.
     pub endpoints: Vec<Endpoint>,
+    /// How the endpoints' topology hints narrow the cluster set on this node, per family
+    /// (decided from the hints, this node's name and its zone label; see `topology.rs`).
+    pub topology: Topology,
     /// All frontends: cluster IPs, NodePort on each node address, externalIPs, LoadBalancer
     /// IPs (sorted, deduplicated).
     pub frontends: Vec<Frontend>,
@@ -157,6 +162,7 @@ impl ServicePort {
 /// The desired dataplane state of this node: every service port it proxies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    /// Service ports by key.
-    pub ports: BTreeMap<ServicePortKey, ServicePort>,
+    /// Service ports by key. Shared, so that keeping the last state and comparing it with the
+    /// next costs a pointer per unchanged port.
+    pub ports: BTreeMap<ServicePortKey, Arc<ServicePort>>,
 }

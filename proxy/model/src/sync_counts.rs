@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::endpoints::LABEL_SERVICE_NAME;
 use super::objects::{ClusterObjects, ObjectKey};
-use super::service_port::{DesiredState, TrafficPolicy};
+use super::service_port::{ServicePort, TrafficPolicy};
 
 /// Service ports whose Local traffic policy leaves them without an endpoint on this node
 /// while they have endpoints elsewhere (upstream counts only those: a port without any
@@ -22,19 +22,22 @@ pub struct NoLocalEndpoints {
 }
 
 impl NoLocalEndpoints {
-    /// The counts over every port of `state`, as upstream's iptables proxier counts them.
-    pub fn of(state: &DesiredState) -> Self {
+    /// The counts over `ports`, as upstream's iptables proxier counts them.
+    pub fn of<'a>(ports: impl IntoIterator<Item = &'a ServicePort>) -> Self {
         let mut counts = Self::default();
-        for port in state.ports.values() {
-            if port.cluster_endpoints().is_empty() || !port.local_endpoints().is_empty() {
+        for port in ports {
+            let internal = port.internal_traffic_policy == TrafficPolicy::Local;
+            let external = port.external_traffic_policy == TrafficPolicy::Local;
+            // Cheap first: most ports have no Local policy (this runs on every sync).
+            if !internal && !external {
                 continue;
             }
-            if port.internal_traffic_policy == TrafficPolicy::Local {
-                counts.internal += 1;
+            // Upstream: `hasEndpoints` and no local endpoint for a Local policy.
+            if !port.has_any_endpoints() || !port.local_endpoints().is_empty() {
+                continue;
             }
-            if port.external_traffic_policy == TrafficPolicy::Local {
-                counts.external += 1;
-            }
+            counts.internal += usize::from(internal);
+            counts.external += usize::from(external);
         }
         counts
     }

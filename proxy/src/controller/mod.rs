@@ -18,9 +18,8 @@ use crate::dataplane::{Dataplane, SyncKind};
 use crate::health::{epoch_seconds, Health};
 use crate::metrics::Metrics;
 use crate::model::{
-    compute_desired_state, health_check_services, select_nodeport_addresses, ClusterObjects,
-    DesiredState, HealthCheckBind, HealthChecks, NoLocalEndpoints, NodeContext, ObjectChanges,
-    StateDiff,
+    health_check_services, select_nodeport_addresses, Before, ClusterObjects, HealthCheckBind,
+    HealthChecks, ModelCache, NoLocalEndpoints, NodeContext, ObjectChanges, ServicePort, StateDiff,
 };
 use crate::source::Snapshot;
 pub use schedule::{Periods, Schedule};
@@ -64,7 +63,13 @@ pub struct Controller {
     health: Arc<Health>,
     clock: Box<dyn Clock>,
     schedule: Schedule,
-    applied: DesiredState,
+    /// The desired state, kept up to date service by service.
+    model: ModelCache,
+    /// Ports whose last write failed, with what the dataplane still holds for them (`None`:
+    /// nothing); every other port holds the model's state as of the last sync.
+    unapplied: Before,
+    /// The node addresses the dataplane was last told about.
+    addresses: Option<Arc<Vec<IpAddr>>>,
     reported: BTreeSet<String>,
     /// Highest trigger sequence number whose latency was observed.
     observed_trigger: u64,
@@ -103,7 +108,9 @@ impl Controller {
             health,
             clock,
             schedule,
-            applied: DesiredState::default(),
+            model: ModelCache::default(),
+            unapplied: Before::new(),
+            addresses: None,
             reported: BTreeSet::new(),
             observed_trigger: 0,
             seen_objects: Arc::default(),
@@ -185,10 +192,19 @@ impl Controller {
         let own_node = input.objects.objects.nodes.get(&self.settings.node_name);
         self.health.node(own_node.map(|n| n.as_ref()));
         let node = self.node_context(&input.addresses);
-        self.dataplane.node_addresses(&input.addresses);
-        let computed = compute_desired_state(&input.objects.objects, &node);
+        // Devices and their addresses are re-read only when the address watch reported a
+        // change, or on a verify or full sync: a one-service change need not list links.
+        let addresses_seen = self
+            .addresses
+            .as_ref()
+            .is_some_and(|seen| Arc::ptr_eq(seen, &input.addresses));
+        if !addresses_seen || kind != SyncKind::Partial {
+            self.dataplane.node_addresses(&input.addresses);
+            self.addresses = Some(input.addresses.clone());
+        }
+        let mut before = self.model.update(&input.objects.objects, &node);
         let mut problems: BTreeSet<String> = input.objects.warnings.iter().cloned().collect();
-        problems.extend(computed.warnings.iter().map(ToString::to_string));
+        problems.extend(self.model.warnings().iter().map(ToString::to_string));
         // Each problem is logged once, when it appears, not on every sync.
         for problem in problems.difference(&self.reported) {
             tracing::warn!("{problem}");
@@ -196,16 +212,22 @@ impl Controller {
         self.metrics.input_warnings.set(problems.len() as i64);
         self.reported = problems;
 
-        let diff = StateDiff::between(&self.applied, &computed.state);
+        // For a port whose last write failed, the dataplane holds what it held before that.
+        before.extend(std::mem::take(&mut self.unapplied));
+        let state = self.model.state();
+        let diff = StateDiff::from_before(&before, state);
+        before.retain(|key, _| diff.touches(key));
         if kind == SyncKind::Partial && diff.is_empty() {
             self.finish(started, false, input);
             return true;
         }
-        let report = match self.dataplane.sync(kind, &computed.state, &diff) {
+        let modelled = self.clock.now();
+        let report = match self.dataplane.sync(kind, state, &diff) {
             Ok(report) => report,
             Err(error) => {
                 tracing::error!(%kind, error = %error_chain(&error), "dataplane sync failed, keeping the previous state");
                 self.metrics.sync_failures_total.inc();
+                self.unapplied = before;
                 return false;
             }
         };
@@ -217,34 +239,33 @@ impl Controller {
         self.metrics
             .service_port_changes_total
             .inc_by((diff.added.len() + diff.removed.len() + diff.changed.len()) as u64);
-        self.metrics
-            .service_ports
-            .set(computed.state.ports.len() as i64);
+        self.metrics.service_ports.set(state.ports.len() as i64);
         if report.full || report.ports_written > 0 || !report.errors.is_empty() {
             tracing::info!(
                 %kind,
                 full = report.full,
-                ports = computed.state.ports.len(),
+                ports = state.ports.len(),
                 added = diff.added.len(),
                 changed = diff.changed.len(),
                 removed = diff.removed.len(),
                 written = report.ports_written,
                 errors = report.errors.len(),
+                model_ms = millis(modelled.duration_since(started)),
+                dataplane_ms = millis(self.clock.now().duration_since(modelled)),
                 "synced"
             );
         } else {
-            tracing::debug!(%kind, ports = computed.state.ports.len(), "verified");
+            tracing::debug!(%kind, ports = state.ports.len(), "verified");
         }
-        let mut applied = computed.state;
-        // A port that failed is not applied: the next diff holds it again, so a later sync
-        // (the next change, or the next verify) retries it without forcing a full rewrite.
+        // A port that failed keeps what it held: the next diff holds it again, so a later
+        // sync (the next change, or the next verify) retries it without a full rewrite.
         for error in &report.errors {
-            match self.applied.ports.get(&error.port) {
-                Some(old) => drop(applied.ports.insert(error.port.clone(), old.clone())),
-                None => drop(applied.ports.remove(&error.port)),
-            }
+            let held = match before.get(&error.port) {
+                Some(held) => held.clone(),
+                None => state.ports.get(&error.port).cloned(),
+            };
+            self.unapplied.insert(error.port.clone(), held);
         }
-        self.applied = applied;
         self.finish(started, report.full, input);
         true
     }
@@ -253,7 +274,7 @@ impl Controller {
         self.synced_objects = input.objects.objects.clone();
         self.update_pending();
         self.metrics
-            .set_no_local_endpoints(NoLocalEndpoints::of(&self.applied));
+            .set_no_local_endpoints(NoLocalEndpoints::of(self.applied_ports()));
         self.publish_health_checks(&input.addresses);
         let elapsed = self.clock.now().duration_since(started).as_secs_f64();
         let now = self.clock.wall();
@@ -271,6 +292,19 @@ impl Controller {
         }
     }
 
+    /// The ports as the dataplane holds them: the model's state, except the ports whose last
+    /// write failed, which hold what they held before.
+    fn applied_ports(&self) -> impl Iterator<Item = &ServicePort> {
+        let unapplied = &self.unapplied;
+        self.model
+            .state()
+            .ports
+            .iter()
+            .filter(move |(key, _)| !unapplied.contains_key(*key))
+            .map(|(_, port)| port.as_ref())
+            .chain(unapplied.values().filter_map(|held| held.as_deref()))
+    }
+
     /// Hands the applied state's health check node ports to their servers; unchanged ones
     /// wake nothing.
     fn publish_health_checks(&self, local: &[IpAddr]) {
@@ -278,7 +312,7 @@ impl Controller {
             return;
         };
         let checks = HealthChecks {
-            services: health_check_services(&self.applied),
+            services: health_check_services(self.applied_ports()),
             bind: HealthCheckBind::from_nodeport_addresses(&self.settings.nodeport_cidrs, local),
         };
         sender.send_if_modified(|current| {
@@ -299,6 +333,11 @@ impl Controller {
         node.nodeport_range = self.settings.nodeport_range.clone();
         node
     }
+}
+
+/// A duration in milliseconds with microsecond resolution, for log fields.
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
 }
 
 /// Logs each failed port once per sync as a summary, and counts full maps.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::*;
 use crate::config::Cli;
 use crate::dataplane::{PortError, SyncError, SyncReport};
-use crate::model::ClusterObjects;
+use crate::model::{ClusterObjects, DesiredState};
 use crate::source::Trigger;
 
 /// A clock that moves only when told.

@@ -319,7 +319,7 @@ impl EbpfDataplane {
             .collect();
         let changes: Vec<(ServicePortKey, Option<&ServicePort>)> = keys
             .iter()
-            .map(|k| (k.clone(), state.ports.get(k)))
+            .map(|k| (k.clone(), state.ports.get(k).map(|p| &**p)))
             .collect();
         let mut plan = self.planner.plan_sync(&changes);
         if full {

@@ -383,7 +383,7 @@ impl IptablesDataplane {
                 continue;
             }
             let old = self.written.get(*key).and_then(|w| w.udp_port.as_ref());
-            let new = state.ports.get(*key);
+            let new = state.ports.get(*key).map(|p| &**p);
             for args in stale_udp_flows(old, new) {
                 self.system.delete_conntrack(&args);
             }
@@ -393,9 +393,16 @@ impl IptablesDataplane {
 
 /// `conntrack -D` arguments for the UDP flows a change leaves stale.
 fn stale_udp_flows(old: Option<&ServicePort>, new: Option<&ServicePort>) -> Vec<Vec<String>> {
+    // Topology hints choose endpoints for new flows only: a flow to an endpoint that merely
+    // left this node's zone set is not stale (as upstream's conntrack cleanup).
     let serving = |p: Option<&ServicePort>| -> BTreeSet<IpAddr> {
-        p.map(|p| p.cluster_endpoints().into_iter().map(|e| e.ip).collect())
-            .unwrap_or_default()
+        p.map(|p| {
+            p.cluster_endpoints_ignoring_topology()
+                .into_iter()
+                .map(|e| e.ip)
+                .collect()
+        })
+        .unwrap_or_default()
     };
     let (before, after) = (serving(old), serving(new));
     let mut flows = Vec::new();

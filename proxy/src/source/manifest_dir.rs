@@ -327,12 +327,17 @@ impl ManifestDir {
         };
         let trusted = !stamp.is_racy(now, self.racy_window);
         match parse_manifest(&shown, &text) {
-            Ok(parsed) => FileState {
-                stamp,
-                trusted,
-                objects: Some(parsed.objects),
-                warnings: parsed.warnings,
-            },
+            Ok(mut parsed) => {
+                if let Some(old) = prev.and_then(|p| p.objects.as_ref()) {
+                    keep_unchanged(old, &mut parsed.objects);
+                }
+                FileState {
+                    stamp,
+                    trusted,
+                    objects: Some(parsed.objects),
+                    warnings: parsed.warnings,
+                }
+            }
             Err(e) => kept(prev, stamp, trusted, e.to_string()),
         }
     }
@@ -351,6 +356,18 @@ impl ManifestDir {
 }
 
 /// The state of a file that could not be used: its previous objects, and a warning.
+/// Puts the previous reading's object back wherever the new one equals it, document by
+/// document: the model recognises unchanged objects by pointer, so re-reading a file (an
+/// edit of one object in it, or a read while its stamp cannot be trusted yet) recomputes
+/// only the objects that really changed.
+fn keep_unchanged(old: &[ManifestObject], new: &mut [ManifestObject]) {
+    for (old, new) in old.iter().zip(new.iter_mut()) {
+        if old == new {
+            *new = old.clone();
+        }
+    }
+}
+
 fn kept(prev: Option<&FileState>, stamp: Stamp, trusted: bool, problem: String) -> FileState {
     let objects = prev.and_then(|p| p.objects.clone());
     let what = if objects.is_some() {
@@ -519,6 +536,26 @@ pub(super) mod tests {
         let snapshot = source.refresh().unwrap().expect("c.yaml changed");
         assert_eq!(source.files_read(), 5);
         assert_eq!(snapshot.objects.services.len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reread_file_keeps_the_shared_objects_it_still_holds() {
+        let dir = tempdir("shared");
+        let path = dir.join("all.yaml");
+        let two = |second: &str| format!("{}---\n{}", svc("a"), svc(second));
+        std::fs::write(&path, two("b")).unwrap();
+        let mut source = ManifestDir::new(&dir).with_limits(MAX_FILE_SIZE, Duration::ZERO);
+        let first = source.load().unwrap();
+        let service = |snapshot: &Snapshot, name: &str| {
+            snapshot.objects.services[&crate::model::ObjectKey::new("shop", name)].clone()
+        };
+        // The second document is edited: the first keeps its Arc, so the model sees one
+        // changed object, not two.
+        std::fs::write(&path, two("c")).unwrap();
+        let second = source.refresh().unwrap().expect("the file changed");
+        assert!(Arc::ptr_eq(&service(&first, "a"), &service(&second, "a")));
+        assert_eq!(second.objects.services.len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,6 +10,22 @@ use crate::process::{ChildGuard, Place};
 use crate::switchyard::wait_for;
 use crate::topology::Testbed;
 
+/// The `topology.kubernetes.io/zone` label of testbed node `index` (1-based) in
+/// [`Testbed::nodes_yaml`]: `zone-a` for node1, `zone-b` for node2, and so on.
+pub fn node_zone(index: usize) -> String {
+    let letter = char::from(b'a' + u8::try_from(index.saturating_sub(1) % 26).unwrap_or(0));
+    format!("zone-{letter}")
+}
+
+/// A Node object named `name` with `address` as its `InternalIP`, in zone `zone`.
+pub fn node_yaml(name: &str, address: std::net::Ipv4Addr, zone: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\n\
+         metadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n\
+         status: {{addresses: [{{type: InternalIP, address: {address}}}]}}\n"
+    )
+}
+
 /// The names of the backends that answered, and `error: …` for each kind of failure.
 pub fn backend_names(results: &[std::result::Result<Reply, RequestError>]) -> BTreeSet<String> {
     results
@@ -23,17 +39,12 @@ pub fn backend_names(results: &[std::result::Result<Reply, RequestError>]) -> BT
 
 impl Testbed {
     /// A Node object for every testbed node, as multi-document YAML: named like the node, with
-    /// its underlay address as the `InternalIP` (the addresses that serve NodePorts).
+    /// its underlay address as the `InternalIP` (the addresses that serve NodePorts) and the
+    /// zone label of [`node_zone`], so that every node is in a zone of its own.
     pub fn nodes_yaml(&self) -> String {
         self.nodes()
             .iter()
-            .map(|n| {
-                format!(
-                    "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n\
-                     status: {{addresses: [{{type: InternalIP, address: {}}}]}}\n",
-                    n.name, n.underlay_ip
-                )
-            })
+            .map(|n| node_yaml(&n.name, n.underlay_ip, &node_zone(n.index)))
             .collect::<Vec<_>>()
             .join("---\n")
     }

@@ -19,7 +19,7 @@ pub mod cleanup;
 pub mod error;
 pub mod fake_apiserver;
 mod fixtures;
-pub use fixtures::backend_names;
+pub use fixtures::{backend_names, node_yaml, node_zone};
 pub mod hold;
 mod ip;
 pub mod netns;

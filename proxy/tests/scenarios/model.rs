@@ -561,6 +561,12 @@ impl Scenario {
         self
     }
 
+    /// Sets the pods per node (each runs echo servers).
+    pub fn pods(mut self, n: usize) -> Scenario {
+        self.pods_per_node = n;
+        self
+    }
+
     /// Adds a manifest file.
     pub fn manifest(mut self, name: &'static str, yaml: &str) -> Scenario {
         self.manifests.push((name, yaml.to_owned()));

@@ -64,6 +64,9 @@ pub fn all() -> Vec<Scenario> {
         edit_endpoints(),
         edit_type(),
         udp_stale_flows(),
+        topology_same_zone(),
+        topology_hints_ignored(),
+        topology_same_node(),
     ]
 }
 
@@ -1521,5 +1524,179 @@ spec:
                 vec![udp(P11, "198.18.128.120:53").answers(&["node2-pod1:9090"])],
             ),
             moves_to("dns", &["node2-pod1:9090"], Duration::from_secs(5)),
+        ])
+}
+
+// ---------------------------------------------------------------------------------------
+// Topology: EndpointSlice hints against the node's zone label (node1 is in zone-a, node2 in
+// zone-b: the runner's Node objects). As kube-proxy, switchyard follows the hints; the
+// service's trafficDistribution is what makes the EndpointSlice controller write them.
+// Three pods per node: pod1 of each node is the client, pods 2 and 3 are the endpoints.
+
+/// A service `name` on `ip` (TCP 80 -> 8080, UDP 53 -> 9090) with trafficDistribution
+/// `distribution`, and one slice with `endpoints`.
+fn topology_service(name: &str, ip: &str, distribution: &str, endpoints: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: scen}}
+spec:
+  clusterIP: {ip}
+  selector: {{app: {name}}}
+  trafficDistribution: {distribution}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: dns, port: 53, targetPort: 9090, protocol: UDP}}
+---
+{}",
+        slice(
+            name,
+            "[{name: http, port: 8080, protocol: TCP}, {name: dns, port: 9090, protocol: UDP}]",
+            endpoints
+        )
+    )
+}
+
+/// Endpoint node`n`-pod`p` in its node's zone, with these hints (YAML flow map, or empty).
+fn zoned_endpoint(n: usize, p: usize, hints: &str) -> String {
+    let hints = if hints.is_empty() {
+        String::new()
+    } else {
+        format!(", hints: {hints}")
+    };
+    format!(
+        "- {{addresses: [198.19.{n}.{}], nodeName: node{n}, zone: {}{hints}}}\n",
+        10 + p,
+        switchyard_testbed::node_zone(n)
+    )
+}
+
+/// What the EndpointSlice controller writes for PreferClose / PreferSameZone: every
+/// endpoint hinted for its own zone; `unhinted` names one endpoint (node, pod) without.
+fn same_zone_endpoints(unhinted: Option<(usize, usize)>) -> String {
+    let mut out = String::from("endpoints:\n");
+    for (n, p) in [(1, 2), (1, 3), (2, 2), (2, 3)] {
+        let hints = if unhinted == Some((n, p)) {
+            String::new()
+        } else {
+            format!(
+                "{{forZones: [{{name: {}}}]}}",
+                switchyard_testbed::node_zone(n)
+            )
+        };
+        out.push_str(&zoned_endpoint(n, p, &hints));
+    }
+    out
+}
+
+const ZONE_A: [&str; 2] = ["node1-pod2:8080", "node1-pod3:8080"];
+const ZONE_B: [&str; 2] = ["node2-pod2:8080", "node2-pod3:8080"];
+const BOTH_ZONES: [&str; 4] = [
+    "node1-pod2:8080",
+    "node1-pod3:8080",
+    "node2-pod2:8080",
+    "node2-pod3:8080",
+];
+
+fn topology_same_zone() -> Scenario {
+    // PreferClose is PreferSameZone's deprecated alias: the controller writes the same hints.
+    let yaml = |unhinted| {
+        topology_service(
+            "zonal",
+            "198.18.128.130",
+            "PreferClose",
+            &same_zone_endpoints(unhinted),
+        )
+    };
+    // node1 moves to zone-b: a later file than the runner's nodes.yaml, so it wins in the
+    // manifest directory, and an update of the Node through the API.
+    let moved = switchyard_testbed::node_yaml(
+        "node1",
+        Ipv4Addr::new(198, 18, 0, 11),
+        &switchyard_testbed::node_zone(2),
+    );
+    Scenario::new("topology-same-zone")
+        .pods(3)
+        .manifest("zonal.yaml", &yaml(None))
+        .steps(vec![
+            // Each node's clients reach only their own zone's endpoints.
+            check(
+                tcp(P11, "198.18.128.130:80")
+                    .answers(&ZONE_A)
+                    .source(Source::Own),
+            ),
+            check(
+                tcp(P21, "198.18.128.130:80")
+                    .answers(&ZONE_B)
+                    .source(Source::Own),
+            ),
+            check(udp(P11, "198.18.128.130:53").answers(&["node1-pod2:9090", "node1-pod3:9090"])),
+            check(tcp(N1, "198.18.128.130:80").answers(&ZONE_A)),
+            // The zone label of node1's Node changes: node1 re-syncs to zone-b's endpoints.
+            edit(
+                vec![write("zz-node1-zone.yaml", &moved)],
+                vec![tcp(P11, "198.18.128.130:80").answers(&ZONE_B)],
+            ),
+            check(tcp(P21, "198.18.128.130:80").answers(&ZONE_B)),
+        ])
+}
+
+fn topology_hints_ignored() -> Scenario {
+    // One endpoint without a hint (a controller that could not hint it): every node ignores
+    // all the hints and uses every endpoint. Once it has its hint, zones apply again.
+    let yaml = |unhinted| {
+        topology_service(
+            "partial",
+            "198.18.128.131",
+            "PreferSameZone",
+            &same_zone_endpoints(unhinted),
+        )
+    };
+    Scenario::new("topology-hints-ignored")
+        .pods(3)
+        .manifest("partial.yaml", &yaml(Some((2, 3))))
+        .steps(vec![
+            check(tcp(P11, "198.18.128.131:80").answers(&BOTH_ZONES)),
+            check(tcp(P21, "198.18.128.131:80").answers(&BOTH_ZONES)),
+            edit(
+                vec![write("partial.yaml", &yaml(None))],
+                vec![
+                    tcp(P11, "198.18.128.131:80").answers(&ZONE_A),
+                    tcp(P21, "198.18.128.131:80").answers(&ZONE_B),
+                ],
+            ),
+        ])
+}
+
+fn topology_same_node() -> Scenario {
+    // PreferSameNode: forNodes names the endpoint's node. node2-pod2 is also hinted for
+    // zone-a, so zone hints alone would send node1's clients there too: they do not, while
+    // node1 has endpoints of its own. Once it has none, node1 falls back to the zone hints.
+    let endpoint = |n: usize, p: usize, zone: &str| {
+        zoned_endpoint(
+            n,
+            p,
+            &format!("{{forNodes: [{{name: node{n}}}], forZones: [{{name: {zone}}}]}}"),
+        )
+    };
+    let remote = format!("{}{}", endpoint(2, 2, "zone-a"), endpoint(2, 3, "zone-b"));
+    let with_node1 = format!(
+        "endpoints:\n{}{}{remote}",
+        endpoint(1, 2, "zone-a"),
+        endpoint(1, 3, "zone-a")
+    );
+    let yaml =
+        |endpoints: &str| topology_service("nodal", "198.18.128.132", "PreferSameNode", endpoints);
+    Scenario::new("topology-same-node")
+        .pods(3)
+        .manifest("nodal.yaml", &yaml(&with_node1))
+        .steps(vec![
+            check(tcp(P11, "198.18.128.132:80").answers(&ZONE_A)),
+            check(tcp(P21, "198.18.128.132:80").answers(&ZONE_B)),
+            edit(
+                vec![write("nodal.yaml", &yaml(&format!("endpoints:\n{remote}")))],
+                vec![tcp(P11, "198.18.128.132:80").answers(&["node2-pod2:8080"])],
+            ),
+            check(tcp(P21, "198.18.128.132:80").answers(&ZONE_B)),
         ])
 }

@@ -419,11 +419,12 @@ impl<'a> Plan<'a> {
         let external = port.externally_accessible();
         // Cluster endpoints are also needed by ETP Local services, for the short-circuit of
         // traffic from this node (upstream UsesClusterEndpoints / UsesLocalEndpoints).
-        let uses_cluster = !itp_local || external;
-        let uses_local = itp_local || (etp_local && external);
+        let uses_cluster = port.uses_cluster_endpoints();
+        let uses_local = port.uses_local_endpoints();
+        // Topology-filtered (cluster) and unfiltered (local), as upstream CategorizeEndpoints.
         let cluster_eps = port.cluster_endpoints();
         let local_eps = port.local_endpoints();
-        let has_endpoints = !cluster_eps.is_empty();
+        let has_endpoints = port.has_any_endpoints();
         let has_internal = has_endpoints && (!itp_local || !local_eps.is_empty());
         let has_external = has_endpoints && (!etp_local || !local_eps.is_empty());
         let key = &port.key;
@@ -793,19 +794,20 @@ fn endpoint_chain_rules(plan: &Plan<'_>, out: &mut Out, ep: &Endpoint) {
 
 /// SVC, SVL and SEP chains.
 fn endpoint_rules(plan: &Plan<'_>, out: &mut Out) {
-    let mut reachable: BTreeMap<String, &Endpoint> = BTreeMap::new();
     if plan.uses_cluster_chain {
         policy_chain_rules(plan, out, &plan.chains.svc, &plan.cluster_eps);
-        for ep in &plan.cluster_eps {
-            reachable.insert(chains::sep_chain(&plan.port.key, ep.ip, ep.port), ep);
-        }
     }
     if plan.uses_local_chain {
         policy_chain_rules(plan, out, &plan.chains.svl, &plan.local_eps);
-        for ep in &plan.local_eps {
-            reachable.insert(chains::sep_chain(&plan.port.key, ep.ip, ep.port), ep);
-        }
     }
+    // One SEP chain per endpoint either chain uses (upstream allLocallyReachableEndpoints),
+    // in chain-name order.
+    let reachable: BTreeMap<String, &Endpoint> = plan
+        .port
+        .reachable_endpoints()
+        .into_iter()
+        .map(|ep| (chains::sep_chain(&plan.port.key, ep.ip, ep.port), ep))
+        .collect();
     for ep in reachable.values() {
         endpoint_chain_rules(plan, out, ep);
     }

@@ -38,6 +38,7 @@ fn ep(addr: &str, port: u16) -> Endpoint {
         terminating: false,
         local: false,
         node_name: Some("other".into()),
+        hints: None,
     }
 }
 
@@ -80,6 +81,7 @@ fn port_with(k: ServicePortKey, cluster_ip: &str, port: u16, eps: Vec<Endpoint>)
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
         endpoints: eps,
+        topology: Default::default(),
         frontends: vec![],
     };
     refresh_frontends(&mut p);
@@ -732,6 +734,61 @@ fn local_set_falls_back_to_local_terminating_independently() {
     let svc_rules = own(&r, &svc_chain(&p.key));
     assert!(svc_rules.iter().all(|x| !x.contains(&local_sep)));
     assert!(shared(&r, Table::Filter, EXTERNAL_SERVICES).is_empty());
+}
+
+/// `e` hinted for these zones.
+fn in_zones(mut e: Endpoint, zones: &[&str]) -> Endpoint {
+    e.hints = Some(Box::new(crate::TopologyHints {
+        zones: zones.iter().map(|z| z.to_string()).collect(),
+        nodes: Default::default(),
+    }));
+    e
+}
+
+/// The SEP chains an own chain jumps to.
+fn seps_in(r: &PortRules, chain: &str) -> BTreeSet<String> {
+    own(r, chain)
+        .iter()
+        .filter_map(|x| x.split(" -j ").nth(1))
+        .filter(|target| target.starts_with(chains::SEP_PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn topology_hints_narrow_the_cluster_chain_only() {
+    // This node is in zone-a; ETP Local. SVC (cluster IP, short-circuit) balances over the
+    // zone-a endpoints, SVL over the local ones whatever their hints, and every endpoint
+    // either uses gets its SEP chain (upstream allLocallyReachableEndpoints).
+    let mut p = lb(vec![
+        in_zones(local(ep("198.19.1.5", 8080)), &["zone-b"]),
+        in_zones(ep("198.19.1.6", 8080), &["zone-a"]),
+        in_zones(ep("198.19.2.6", 8080), &["zone-b"]),
+    ]);
+    p.external_traffic_policy = TrafficPolicy::Local;
+    p.topology = p.topology_for("this", "zone-a");
+    let r = port_rules(&p, &cfg());
+    let named = p.clone();
+    let set = |addrs: &[&str]| -> BTreeSet<String> {
+        addrs.iter().map(|a| sep(&named, a, 8080)).collect()
+    };
+    assert_eq!(seps_in(&r, &svc_chain(&p.key)), set(&["198.19.1.6"]));
+    assert_eq!(seps_in(&r, &svl_chain(&p.key)), set(&["198.19.1.5"]));
+    let all: BTreeSet<String> = r
+        .chains
+        .keys()
+        .filter(|c| c.chain.starts_with(chains::SEP_PREFIX))
+        .map(|c| c.chain.clone())
+        .collect();
+    assert_eq!(all, set(&["198.19.1.5", "198.19.1.6"]));
+    // Without the zone, every endpoint is in SVC again.
+    p.topology = p.topology_for("this", "");
+    let r = port_rules(&p, &cfg());
+    assert_eq!(
+        seps_in(&r, &svc_chain(&p.key)),
+        set(&["198.19.1.5", "198.19.1.6", "198.19.2.6"])
+    );
+    assert_all_sane(&r);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ fn slice_condition_defaults_match_upstream() {
                 terminating,
                 local: false,
                 node_name: Some("node-b".to_owned()),
+                hints: None,
             }],
             "{case}"
         );

@@ -95,7 +95,7 @@ fn local_ready_endpoints_are_counted_once_per_address_over_all_ports() {
             .slice(both_ports("web-1", "web", endpoints))
             .compute(&node_v4());
         assert!(c.warnings.is_empty(), "{case}: {:?}", c.warnings);
-        let services = health_check_services(&c.state);
+        let services = health_check_services(c.state.ports.values().map(|p| &**p));
         assert_eq!(
             services.get(&svc("web")),
             Some(&HealthCheckService {
@@ -120,7 +120,7 @@ fn only_local_load_balancers_with_a_port_get_a_health_check() {
                             "externalTrafficPolicy": "Local", "healthCheckNodePort": 32002}}),
         ))
         .compute(&node_v4());
-    let services = health_check_services(&c.state);
+    let services = health_check_services(c.state.ports.values().map(|p| &**p));
     let keys: Vec<&ObjectKey> = services.keys().collect();
     assert_eq!(keys, vec![&svc("local")]);
     assert_eq!(services[&svc("local")].local_endpoints, 0, "no slice yet");

@@ -3,13 +3,15 @@
 // Table rows are tuples on purpose: each row reads left to right as case, input, expectation.
 #![allow(clippy::type_complexity)]
 
+mod categorize;
 mod conflicts;
 mod diff;
 mod endpoints;
-mod fixtures;
+pub(crate) mod fixtures;
 mod health_check;
 mod invalid;
 mod node_and_objects;
 mod services;
 mod sync_counts;
 mod topology;
+mod topology_hints;

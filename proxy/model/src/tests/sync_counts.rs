@@ -56,7 +56,7 @@ fn ports_without_local_endpoints_are_counted_per_policy() {
             .compute(&node_v4());
         assert!(c.warnings.is_empty(), "{case}: {:?}", c.warnings);
         assert_eq!(
-            NoLocalEndpoints::of(&c.state),
+            NoLocalEndpoints::of(c.state.ports.values().map(|p| &**p)),
             NoLocalEndpoints { internal, external },
             "{case}"
         );

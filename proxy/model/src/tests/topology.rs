@@ -28,6 +28,7 @@ fn port_with(specs: &[Spec], internal: TrafficPolicy, external: TrafficPolicy) -
             terminating,
             local,
             node_name: Some(if local { NODE } else { "node-b" }.to_owned()),
+            hints: None,
         })
         .collect();
     ServicePort {
@@ -43,6 +44,7 @@ fn port_with(specs: &[Spec], internal: TrafficPolicy, external: TrafficPolicy) -
         internal_traffic_policy: internal,
         health_check_node_port: None,
         endpoints,
+        topology: Default::default(),
         frontends: vec![],
     }
 }

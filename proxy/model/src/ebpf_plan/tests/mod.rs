@@ -32,6 +32,7 @@ pub(super) fn endpoint(ip: &str, local: bool) -> Endpoint {
         terminating: false,
         local,
         node_name: None,
+        hints: None,
     }
 }
 
@@ -53,6 +54,7 @@ pub(super) fn port(
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
         endpoints,
+        topology: Default::default(),
         frontends: frontends
             .iter()
             .map(|(kind, ip)| Frontend {
@@ -211,4 +213,67 @@ fn a_rotating_sample_covers_every_backend_slot_and_services_are_checked_alone() 
     let mut fewer: Vec<_> = services().collect();
     fewer.pop();
     assert_eq!(planner.check_services(fewer).missing, 1);
+}
+
+#[test]
+fn topology_hints_narrow_the_cluster_sets_the_maps_hold() {
+    // This node ("this", zone-a) proxies a NodePort with externalTrafficPolicy Local. The
+    // cluster IP and the NodePort from a local socket (short-circuit) use the zone-a
+    // endpoints; the NodePort from outside uses the local one, whatever its hints.
+    let hinted = |ip: &str, local: bool, zone: &str| Endpoint {
+        hints: Some(Box::new(crate::TopologyHints {
+            zones: [zone.to_owned()].into(),
+            nodes: Default::default(),
+        })),
+        ..endpoint(ip, local)
+    };
+    let mut web = port(
+        "web",
+        &[
+            (FrontendKind::ClusterIp, "198.18.128.10"),
+            (FrontendKind::NodePort, "198.18.0.11"),
+        ],
+        vec![
+            hinted("198.19.1.10", true, "zone-b"),
+            hinted("198.19.1.11", false, "zone-a"),
+            hinted("198.19.2.10", false, "zone-b"),
+        ],
+    );
+    web.node_port = Some(80);
+    web.external_traffic_policy = TrafficPolicy::Local;
+    web.topology = web.topology_for("this", "zone-a");
+    let (mut planner, mut maps) = (Planner::default(), FakeMaps::default());
+    assert!(put(&mut planner, &mut maps, &[&web]).failed.is_empty());
+    let external = |ip: &str| ServiceKey {
+        scope: switchyard_common::SCOPE_EXTERNAL,
+        ..service_key(ip)
+    };
+    assert_eq!(
+        served(&maps, &service_key("198.18.128.10")),
+        vec![backend("198.19.1.11")]
+    );
+    assert_eq!(
+        served(&maps, &service_key("198.18.0.11")),
+        vec![backend("198.19.1.11")]
+    );
+    assert_eq!(
+        served(&maps, &external("198.18.0.11")),
+        vec![backend("198.19.1.10")]
+    );
+    assert_no_drift(&planner, &maps);
+
+    // The zone label goes away: the cluster sets take every endpoint again.
+    web.topology = web.topology_for("this", "");
+    assert!(put(&mut planner, &mut maps, &[&web]).failed.is_empty());
+    let all = vec![
+        backend("198.19.1.10"),
+        backend("198.19.1.11"),
+        backend("198.19.2.10"),
+    ];
+    let mut served_now = served(&maps, &service_key("198.18.128.10"));
+    served_now.sort_by_key(|b| (b.addr, b.port));
+    let mut want = all;
+    want.sort_by_key(|b| (b.addr, b.port));
+    assert_eq!(served_now, want);
+    assert_no_drift(&planner, &maps);
 }

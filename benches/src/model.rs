@@ -1,0 +1,102 @@
+//! `cargo xtask bench -- model`: the pure model's cost at scale, in process: a fresh
+//! computation of the desired state, and the incremental update after one EndpointSlice
+//! changed (what a one-service change costs the controller before any dataplane write).
+//!
+//! The objects are the control-plane benchmark's synthetic cluster, parsed once.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use switchyard_model::{compute_desired_state, ClusterObjects, ModelCache, NodeContext, StateDiff};
+
+use crate::controlplane::cluster;
+
+/// Options of the model benchmark.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Service counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub services: Vec<usize>,
+    /// Ready endpoints per service, all in one EndpointSlice.
+    #[arg(long, default_value_t = 10)]
+    pub endpoints: usize,
+    /// One-slice changes measured per count (the median is reported).
+    #[arg(long, default_value_t = 21)]
+    pub changes: usize,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> anyhow::Result<T> {
+    Ok(serde_norway::from_str(yaml)?)
+}
+
+fn objects(services: usize, endpoints: usize) -> anyhow::Result<ClusterObjects> {
+    let mut objects = ClusterObjects::default();
+    for i in 0..services {
+        objects.insert_service(parse::<Service>(&cluster::service_yaml(i))?);
+        objects.insert_slice(parse::<EndpointSlice>(&cluster::slice_yaml(
+            i, endpoints, 0,
+        ))?);
+    }
+    Ok(objects)
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Measures each service count and prints one table row per count.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let node = NodeContext::new("node1");
+    println!(
+        "Model, {} ready endpoints per service, one slice changed per round\n",
+        args.endpoints
+    );
+    println!("| services | fresh computation ms | incremental update after one change ms | diff ms | ports changed |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for &services in &args.services {
+        let mut objects = objects(services, args.endpoints)?;
+        let started = Instant::now();
+        let fresh = compute_desired_state(&objects, &node);
+        let fresh_time = started.elapsed();
+        anyhow::ensure!(
+            fresh.state.ports.len() == services,
+            "every service has a port"
+        );
+
+        let mut cache = ModelCache::default();
+        cache.update(&objects, &node);
+        let (mut updates, mut diffs, mut changed) = (Vec::new(), Vec::new(), 0);
+        for round in 1..=args.changes.max(1) {
+            let slice: EndpointSlice = parse(&cluster::slice_yaml(0, args.endpoints, round))?;
+            objects.insert_slice_arc(Arc::new(slice));
+            let started = Instant::now();
+            let before = cache.update(&objects, &node);
+            updates.push(started.elapsed());
+            let started = Instant::now();
+            let diff = StateDiff::from_before(&before, cache.state());
+            diffs.push(started.elapsed());
+            changed = diff.changed.len() + diff.added.len() + diff.removed.len();
+        }
+        println!(
+            "| {services} | {:.1} | {:.3} | {:.3} | {changed} |",
+            ms(fresh_time),
+            ms(median(updates)),
+            ms(median(diffs)),
+        );
+    }
+    println!(
+        "\nReproduce: cargo xtask bench -- model --services {}",
+        args.services
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    Ok(())
+}
