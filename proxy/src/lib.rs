@@ -16,4 +16,5 @@ pub use switchyard_model as model;
 pub mod node_addresses;
 pub mod run;
 pub mod server;
+pub mod service_health;
 pub mod source;

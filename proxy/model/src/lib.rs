@@ -30,6 +30,7 @@ pub mod conntrack;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;
+mod health_check;
 mod incremental;
 pub mod iptables;
 mod node;
@@ -37,6 +38,7 @@ mod objects;
 mod parse;
 mod service;
 mod service_port;
+mod sync_counts;
 mod topology;
 mod warnings;
 
@@ -46,6 +48,10 @@ mod tests;
 pub use build::{compute_desired_state, Computed};
 pub use diff::StateDiff;
 pub use endpoints::{Endpoint, TopologyHints, LABEL_SERVICE_NAME};
+pub use health_check::{
+    health_check_services, HealthCheckBind, HealthCheckService, HealthChecks, ListenerPlan,
+    ListenerSpec,
+};
 pub use incremental::{Before, ModelCache};
 pub use node::{reported_node_ips, select_nodeport_addresses, NodeContext, DEFAULT_NODEPORT_RANGE};
 pub use objects::{ClusterObjects, ObjectKey, DEFAULT_NAMESPACE};
@@ -56,5 +62,6 @@ pub use service::{
 pub use service_port::{
     DesiredState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortKey, TrafficPolicy,
 };
+pub use sync_counts::{NoLocalEndpoints, ObjectChanges};
 pub use topology::{Topology, TopologyMode, LABEL_TOPOLOGY_ZONE};
 pub use warnings::{kinds, InputWarning};

@@ -46,6 +46,10 @@ impl Default for ConntrackMetrics {
 impl ConntrackMetrics {
     /// Registers under `kubeproxy_` (upstream's) and `switchyard_` (the failure count).
     pub fn register(&self, registry: &mut Registry) {
+        // The IPv4 series exist from the start, as upstream's do (a scrape before the first
+        // reconcile shows zeros, not nothing).
+        self.sync_duration.get_or_create(&IPV4);
+        self.deleted_entries.get_or_create(&IPV4);
         let kp = registry.sub_registry_with_prefix("kubeproxy");
         kp.register(
             "conntrack_reconciler_sync_duration_seconds",

@@ -4,17 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-
 use super::backend::IptablesBackend;
 use super::chains::CANARY;
 use super::exec::{self, ExecError};
 use super::restore::{self, Strategy};
-use super::rule_set::{BaseRules, ChainRef, PortRules, RuleArgs, RuleConfig, Table};
+use super::rule_set::{
+    add_counts, BaseRules, ChainRef, PortRules, RuleArgs, RuleConfig, RuleCounts, Table,
+};
 use super::rules::{base_rules, port_rules};
 use crate::conntrack::Reconciler;
 use crate::dataplane::{Dataplane, SyncError, SyncKind, SyncReport};
+pub use crate::metrics::IptablesMetrics;
 use crate::model::{DesiredState, ServicePortKey, StateDiff};
 
 /// The tables we own chains in.
@@ -214,37 +214,15 @@ fn jump_fix(listed: &[(String, Vec<String>)], chain: &str, rules: &[&[String]]) 
 /// one by one); not the rules inside its chains, which a rewrite declares afresh.
 struct Written {
     rules: PortRules,
+    /// Its rules per table, for the rule count metrics.
+    counts: RuleCounts,
 }
 
 impl Written {
     fn new(rules: &PortRules) -> Self {
         Self {
             rules: rules.skeleton(),
-        }
-    }
-}
-
-/// iptables mode's own counters (upstream's names; registered by [`crate::metrics`]).
-#[derive(Clone, Debug)]
-pub struct IptablesMetrics {
-    /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total`.
-    pub restore_failures: Counter,
-    /// `kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total`.
-    pub partial_restore_failures: Counter,
-    /// iptables-restore runs, for `switchyard_iptables_restores_total`.
-    pub restores: Counter,
-    /// Time spent inside iptables-restore, the floor of a sync's cost
-    /// (`switchyard_iptables_restore_duration_seconds`).
-    pub restore_duration: Histogram,
-}
-
-impl Default for IptablesMetrics {
-    fn default() -> Self {
-        Self {
-            restore_failures: Counter::default(),
-            partial_restore_failures: Counter::default(),
-            restores: Counter::default(),
-            restore_duration: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            counts: rules.rule_counts(),
         }
     }
 }
@@ -374,7 +352,18 @@ impl IptablesDataplane {
         };
         self.written = written;
         self.needs_full = false;
+        let total = self.rule_counts();
+        self.metrics.set_rule_counts(&total, &total);
         Ok(report)
+    }
+
+    /// The rules we own now, per table.
+    fn rule_counts(&self) -> RuleCounts {
+        let mut counts = self.base.rule_counts();
+        for written in self.written.values() {
+            add_counts(&mut counts, &written.counts);
+        }
+        counts
     }
 
     fn partial(&mut self, state: &DesiredState, diff: &StateDiff) -> Result<SyncReport, SyncError> {
@@ -413,6 +402,8 @@ impl IptablesDataplane {
                 }
             }
         }
+        self.metrics
+            .set_rule_counts(&self.rule_counts(), &restore::written_rules(&input));
         Ok(SyncReport {
             ports_written: keys.len(),
             ..SyncReport::default()

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::rule_set::{BaseRules, ChainRef, PortRules, Rule, Table};
+use super::rule_set::{BaseRules, ChainRef, PortRules, Rule, RuleCounts, Table};
 
 /// How a full sync is split into iptables-restore runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,6 +236,24 @@ pub fn partial_sync<'a>(
     input.render()
 }
 
+/// The rules an iptables-restore input writes (`-A` and `-I` lines), per table.
+pub fn written_rules(input: &str) -> RuleCounts {
+    let mut counts = RuleCounts::new();
+    let mut table = None;
+    for line in input.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = [Table::Nat, Table::Filter, Table::Mangle]
+                .into_iter()
+                .find(|t| t.as_str() == name);
+        } else if line.starts_with("-A ") || line.starts_with("-I ") {
+            if let Some(table) = table {
+                *counts.entry(table).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
 /// Input that flushes and deletes the given chains (used by `--cleanup`).
 pub fn remove_chains(chains: &BTreeSet<ChainRef>) -> String {
     let mut input = Input::default();
@@ -308,6 +326,37 @@ mod tests {
 
     fn chain(table: Table, name: &str) -> ChainRef {
         ChainRef::new(table, name)
+    }
+
+    #[test]
+    fn rule_counts_agree_with_what_the_inputs_write() {
+        let base = base();
+        let ports: BTreeMap<&str, PortRules> = [("a", port("a")), ("bb", port("bb"))].into();
+        let mut expected = base.rule_counts();
+        for p in ports.values() {
+            super::super::rule_set::add_counts(&mut expected, &p.rule_counts());
+        }
+        assert_eq!(
+            expected.get(&Table::Nat),
+            Some(&(1 + 2 * 3)),
+            "{expected:?}"
+        );
+        let mut written = RuleCounts::new();
+        for input in full_sync(
+            &base,
+            &ports,
+            &BTreeSet::new(),
+            Strategy::Batched { ports_per_batch: 1 },
+        ) {
+            super::super::rule_set::add_counts(&mut written, &written_rules(&input));
+        }
+        assert_eq!(written, expected, "a full sync writes every rule once");
+        let partial = partial_sync([(Some(&ports["a"]), Some(&port("a")))]);
+        assert_eq!(
+            written_rules(&partial),
+            RuleCounts::from([(Table::Nat, 2)]),
+            "the port's chains are rewritten; its unchanged shared rule is not"
+        );
     }
 
     fn port(id: &str) -> PortRules {
