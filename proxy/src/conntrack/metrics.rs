@@ -48,8 +48,8 @@ impl ConntrackMetrics {
     pub fn register(&self, registry: &mut Registry) {
         // The IPv4 series exist from the start, as upstream's do (a scrape before the first
         // reconcile shows zeros, not nothing).
-        self.sync_duration.get_or_create(&IPV4);
-        self.deleted_entries.get_or_create(&IPV4);
+        drop(self.sync_duration.get_or_create(&IPV4));
+        drop(self.deleted_entries.get_or_create(&IPV4));
         let kp = registry.sub_registry_with_prefix("kubeproxy");
         kp.register(
             "conntrack_reconciler_sync_duration_seconds",
