@@ -347,6 +347,7 @@ mod tests {
             &ports,
             &BTreeSet::new(),
             Strategy::Batched { ports_per_batch: 1 },
+            &[],
         ) {
             super::super::rule_set::add_counts(&mut written, &written_rules(&input));
         }
