@@ -304,11 +304,6 @@ impl IptablesDataplane {
     fn full(&mut self, state: &DesiredState) -> Result<SyncReport, SyncError> {
         // Until this succeeds, our idea of the kernel's state is unknown.
         self.needs_full = true;
-        let ports: BTreeMap<&ServicePortKey, PortRules> = state
-            .ports
-            .iter()
-            .map(|(key, port)| (key, port_rules(port, &self.config)))
-            .collect();
         let mut existing = BTreeSet::new();
         for table in TABLES {
             let chains = self
@@ -321,19 +316,23 @@ impl IptablesDataplane {
             .system
             .jump_lines(&self.base.jumps)
             .map_err(|e| SyncError::new("reading the jumps from built-in chains", e))?;
+        // Each port's rules are rendered as they are generated and then reduced to what a
+        // partial sync needs: the rules of 10,000 ports never exist twice.
+        let config = &self.config;
+        let ports = state
+            .ports
+            .iter()
+            .map(|(key, port)| (key, port_rules(port, config)));
+        let mut written: BTreeMap<ServicePortKey, Written> = BTreeMap::new();
         let inputs = restore::full_sync(
             &self.base,
-            &ports,
+            ports,
             &existing,
             self.strategy,
             jump_lines.as_deref().unwrap_or_default(),
+            |key, rules| drop(written.insert(key.clone(), Written::new(&rules))),
         );
-        // Only the skeletons outlive the rendering: the rules themselves are in the inputs.
-        let ports_written = ports.len();
-        let written: BTreeMap<ServicePortKey, Written> = ports
-            .into_iter()
-            .map(|(key, rules)| (key.clone(), Written::new(&rules)))
-            .collect();
+        let ports_written = written.len();
         for input in inputs {
             self.restore(&input)
                 .map_err(|e| SyncError::new("full sync", e))?;

@@ -126,30 +126,31 @@ impl Input {
 /// that are in the kernel now; those not wanted any more are deleted in the last input.
 /// `last_lines` (table, line) end the last input: the jumps from built-in chains, when the
 /// caller folds them into the same transaction.
-pub fn full_sync(
+///
+/// Ports are consumed one at a time: each port's rules are written into the input and then
+/// handed to `rendered` (which keeps what it needs, e.g. a skeleton), so the rules of all
+/// ports never exist twice, as rules and as input.
+pub fn full_sync<K>(
     base: &BaseRules,
-    ports: &BTreeMap<impl Ord, PortRules>,
+    ports: impl IntoIterator<Item = (K, PortRules)>,
     existing: &BTreeSet<ChainRef>,
     strategy: Strategy,
     last_lines: &[(Table, String)],
+    mut rendered: impl FnMut(K, PortRules),
 ) -> Vec<String> {
-    let wanted: BTreeSet<&ChainRef> = base
-        .chains
-        .keys()
-        .chain(ports.values().flat_map(|p| p.chains.keys()))
+    let mut stale: BTreeSet<&ChainRef> = existing
+        .iter()
+        .filter(|chain| !base.chains.contains_key(*chain))
         .collect();
+    let mut shared: Vec<(ChainRef, Rule)> = Vec::new();
     let mut inputs = Vec::new();
     let mut last = Input::default();
-    match strategy {
+    let per_batch = match strategy {
         Strategy::Single => {
             for (chain, rules) in &base.chains {
                 last.chain(chain, rules);
             }
-            for port in ports.values() {
-                for (chain, rules) in &port.chains {
-                    last.chain(chain, rules);
-                }
-            }
+            None
         }
         Strategy::Batched { ports_per_batch } => {
             // First: static chains, so service chains can jump to them. Dispatch chains
@@ -162,33 +163,45 @@ pub fn full_sync(
                 }
             }
             inputs.push(first.render());
-            let all: Vec<&PortRules> = ports.values().collect();
-            for batch in all.chunks(ports_per_batch.max(1)) {
-                let mut input = Input::default();
-                for port in batch {
-                    for (chain, rules) in &port.chains {
-                        input.chain(chain, rules);
-                    }
-                }
-                inputs.push(input.render());
-            }
-            // Last: the dispatch chains, rewritten whole.
-            for (chain, rules) in &base.chains {
-                if !is_fixed_content(chain, base) {
-                    last.chain(chain, rules);
-                }
+            Some(ports_per_batch.max(1))
+        }
+    };
+    let mut batch = Input::default();
+    let mut in_batch = 0;
+    for (key, port) in ports {
+        let target = if per_batch.is_some() {
+            &mut batch
+        } else {
+            &mut last
+        };
+        for (chain, rules) in &port.chains {
+            target.chain(chain, rules);
+            stale.remove(chain);
+        }
+        shared.extend(port.shared.iter().cloned());
+        rendered(key, port);
+        in_batch += 1;
+        if per_batch.is_some_and(|n| in_batch == n) {
+            inputs.push(std::mem::take(&mut batch).render());
+            in_batch = 0;
+        }
+    }
+    if in_batch > 0 {
+        inputs.push(batch.render());
+    }
+    if per_batch.is_some() {
+        // Last: the dispatch chains, rewritten whole.
+        for (chain, rules) in &base.chains {
+            if !is_fixed_content(chain, base) {
+                last.chain(chain, rules);
             }
         }
     }
-    for port in ports.values() {
-        for (chain, rule) in &port.shared {
-            last.append(chain, rule);
-        }
+    for (chain, rule) in &shared {
+        last.append(chain, rule);
     }
-    for chain in existing {
-        if !wanted.contains(chain) {
-            last.remove_chain(chain);
-        }
+    for chain in stale {
+        last.remove_chain(chain);
     }
     for (table, line) in last_lines {
         let lines = &mut last.table(*table).lines;
@@ -344,10 +357,11 @@ mod tests {
         let mut written = RuleCounts::new();
         for input in full_sync(
             &base,
-            &ports,
+            ports.clone(),
             &BTreeSet::new(),
             Strategy::Batched { ports_per_batch: 1 },
             &[],
+            |_, _| {},
         ) {
             super::super::rule_set::add_counts(&mut written, &written_rules(&input));
         }
@@ -398,7 +412,14 @@ mod tests {
     fn single_strategy_is_one_input_that_removes_stale_chains_last() {
         let ports = BTreeMap::from([("a", port("A")), ("b", port("BB"))]);
         let existing = BTreeSet::from([chain(Table::Nat, "SWY-SVC-OLD")]);
-        let inputs = full_sync(&base(), &ports, &existing, Strategy::Single, &[]);
+        let inputs = full_sync(
+            &base(),
+            ports.clone(),
+            &existing,
+            Strategy::Single,
+            &[],
+            |_, _| {},
+        );
         assert_eq!(inputs.len(), 1);
         let text = &inputs[0];
         assert!(text.starts_with("*nat\n"));
@@ -418,10 +439,11 @@ mod tests {
         let existing = BTreeSet::from([chain(Table::Nat, "SWY-SERVICES")]);
         let inputs = full_sync(
             &base(),
-            &ports,
+            ports.clone(),
             &existing,
             Strategy::Batched { ports_per_batch: 2 },
             &[],
+            |_, _| {},
         );
         // static chains, 3 batches of service chains, dispatch.
         assert_eq!(inputs.len(), 5, "{inputs:#?}");
