@@ -37,6 +37,7 @@ mod objects;
 mod parse;
 mod service;
 mod service_port;
+pub mod status;
 mod topology;
 mod warnings;
 
