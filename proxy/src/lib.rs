@@ -17,3 +17,4 @@ pub mod node_addresses;
 pub mod run;
 pub mod server;
 pub mod source;
+pub mod status;

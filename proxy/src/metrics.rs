@@ -47,6 +47,8 @@ pub struct Metrics {
     pub iptables: crate::iptables::dataplane::IptablesMetrics,
     /// The conntrack reconciler's (iptables mode); registers itself.
     pub conntrack: crate::conntrack::ConntrackMetrics,
+    /// ebpf mode's map and link gauges; registers itself.
+    pub ebpf: crate::ebpf::EbpfMetrics,
     /// Whole syncs that failed (the dataplane kept its previous state).
     pub sync_failures_total: Counter,
     /// Drift found by a periodic verify and repaired.
@@ -84,6 +86,7 @@ impl Metrics {
             service_ports: Gauge::default(),
             iptables: Default::default(),
             conntrack: Default::default(),
+            ebpf: Default::default(),
             sync_failures_total: Counter::default(),
             repairs_total: Counter::default(),
             map_full_total: Family::default(),
@@ -186,6 +189,7 @@ impl Metrics {
             m.service_ports.clone(),
         );
         m.conntrack.register(&mut registry);
+        m.ebpf.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -7,7 +7,7 @@
 //!
 //! The names are informational: no program reads them, a failed write costs only a name in
 //! `switchyard status`, and the next verify rewrites what is missing.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use switchyard_common::{
     ServiceName, NAME_SET_CLUSTER, NAME_SET_EXTERNAL, NAME_SET_INTERNAL, PROTO_TCP, PROTO_UDP,
@@ -66,25 +66,43 @@ pub fn decode(value: &ServiceName) -> Option<(ServicePortKey, SetKind)> {
     Some((key, set))
 }
 
-/// The writes that bring the names map from `written` to `wanted`: a put for every wanted
-/// name the map lacks or holds differently, a delete for every `stale` id that is written
-/// and not wanted.
+/// A 64-bit fingerprint of a value (FNV-1a), which is all the writer keeps of what it wrote:
+/// a full copy would cost 152 bytes per backend set for a comparison.
+pub fn fingerprint(value: &ServiceName) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = value
+        .namespace
+        .iter()
+        .chain(&value.name)
+        .chain(&value.port_name)
+        .chain([&value.proto, &value.set]);
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The writes that bring the names map from `written` (fingerprints) to `wanted`: a put for
+/// every wanted name the map lacks or holds differently, a delete for every `stale` id that
+/// is written and not wanted.
 pub fn plan(
-    written: &BTreeMap<u32, ServiceName>,
-    wanted: &BTreeMap<u32, ServiceName>,
+    written: &BTreeMap<u32, u64>,
+    wanted: impl IntoIterator<Item = (u32, ServiceName)>,
     stale: impl IntoIterator<Item = u32>,
 ) -> Vec<NameOp> {
+    let mut ids = BTreeSet::new();
     let mut ops: Vec<NameOp> = wanted
-        .iter()
-        .filter(|(id, name)| written.get(id) != Some(name))
-        .map(|(id, name)| NameOp::Put(*id, *name))
-        .collect();
-    let mut deletes: Vec<u32> = stale
         .into_iter()
-        .filter(|id| written.contains_key(id) && !wanted.contains_key(id))
+        .filter_map(|(id, name)| {
+            ids.insert(id);
+            (written.get(&id) != Some(&fingerprint(&name))).then_some(NameOp::Put(id, name))
+        })
         .collect();
-    deletes.sort_unstable();
-    deletes.dedup();
+    let deletes: BTreeSet<u32> = stale
+        .into_iter()
+        .filter(|id| written.contains_key(id) && !ids.contains(id))
+        .collect();
     ops.extend(deletes.into_iter().map(NameOp::Delete));
     ops
 }
@@ -156,14 +174,16 @@ mod tests {
     fn plan_puts_what_differs_and_deletes_only_stale_unwanted_ids() {
         let a = encode(&key("a", Protocol::Tcp), SetKind::Internal);
         let b = encode(&key("b", Protocol::Tcp), SetKind::Internal);
-        let written = BTreeMap::from([(1, a), (2, a), (3, b), (4, b)]);
-        let wanted = BTreeMap::from([(1, a), (2, b), (5, a)]);
+        let (fa, fb) = (fingerprint(&a), fingerprint(&b));
+        assert_ne!(fa, fb);
+        let written = BTreeMap::from([(1, fa), (2, fa), (3, fb), (4, fb)]);
         // 3 is stale; 4 is not named stale (a foreign set still in service) and stays.
-        let ops = plan(&written, &wanted, [3, 2, 3, 9]);
+        let ops = plan(&written, [(1, a), (2, b), (5, a)], [3, 2, 3, 9]);
         assert_eq!(
             ops,
             [NameOp::Put(2, b), NameOp::Put(5, a), NameOp::Delete(3)]
         );
-        assert!(plan(&wanted, &wanted, [1, 2, 5]).is_empty());
+        let now = BTreeMap::from([(1, fa), (2, fb), (5, fa)]);
+        assert!(plan(&now, [(1, a), (2, b), (5, a)], [1, 2, 5]).is_empty());
     }
 }

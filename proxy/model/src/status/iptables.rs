@@ -194,7 +194,7 @@ pub fn decode(saved: &Saved) -> Decoded {
         })
         .flat_map(|(_, rules)| rules.iter().filter_map(Rule::target))
         .collect();
-    let backends = saved
+    let mut backends: Vec<BackendEntry> = saved
         .declared
         .iter()
         .filter(|(table, chain)| table == "nat" && chain.starts_with(SEP_PREFIX))
@@ -213,6 +213,9 @@ pub fn decode(saved: &Saved) -> Decoded {
             })
         })
         .collect();
+    backends.sort_by(|a, b| {
+        (&a.service, a.address, a.port, &a.chain).cmp(&(&b.service, b.address, b.port, &b.chain))
+    });
 
     let mut chains: BTreeMap<&str, ChainRow> = BTreeMap::new();
     for (table, chain) in &saved.declared {
