@@ -255,9 +255,7 @@ pub fn save_ours(backend: IptablesBackend, table: Table) -> Result<String, ExecE
     cmd.args(["-t", table.as_str()]);
     let keep = |line: &str| {
         line.starts_with('*')
-            || line
-                .strip_prefix(':')
-                .is_some_and(|declaration| is_ours(declaration))
+            || line.strip_prefix(':').is_some_and(is_ours)
             || line.strip_prefix("-A ").is_some_and(|rule| {
                 is_ours(rule) || rule.contains(" -j SWY-") || rule.contains(" -g SWY-")
             })

@@ -350,17 +350,20 @@ mod tests {
         }
     }
 
+    /// Service, kind, frontend, scope, backends.
+    type Summary<'a> = (
+        Option<&'a str>,
+        FrontendType,
+        String,
+        Option<&'a str>,
+        Vec<String>,
+    );
+
     #[test]
     fn entries_become_named_rows_with_their_slots() {
         let decoded = decode(&maps());
         let rows = &decoded.services;
-        let summary: Vec<(
-            Option<&str>,
-            FrontendType,
-            String,
-            Option<&str>,
-            Vec<String>,
-        )> = rows
+        let summary: Vec<Summary> = rows
             .iter()
             .map(|r| {
                 (
