@@ -1,4 +1,4 @@
-//! The `switchyard` binary: flags -> settings -> proxy (or cleanup).
+//! The `switchyard` binary: flags -> settings -> proxy (or cleanup), or `switchyard status`.
 use clap::Parser;
 use switchyard::config::{Cli, Command, Settings};
 use tracing_subscriber::EnvFilter;
