@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap},
 };
 use switchyard_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
-    SnatConfig, SockRevKey, SockRevValue, SourceRangeKey, DEFAULT_AFFINITY_MAX,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceName,
+    ServiceValue, SnatConfig, SockRevKey, SockRevValue, SourceRangeKey, DEFAULT_AFFINITY_MAX,
     DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX,
     DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
 };
@@ -63,3 +63,10 @@ pub static SNAT_CONFIG: Array<SnatConfig> = Array::with_max_entries(1, 0);
 /// device's own address, as MASQUERADE would pick for a packet leaving there.
 #[map(name = "SWY_SNAT_ADDRS")]
 pub static SNAT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(SNAT_ADDRS_MAX, 0);
+
+/// Which service port each backend-set id belongs to, for `switchyard status` (the service
+/// entries hold ids only). No program reads it; it lives here so that it is created, pinned,
+/// adopted and removed with the other maps. Sized like [`SERVICES`] by userspace.
+#[map(name = "SWY_SVC_NAMES")]
+pub static SERVICE_NAMES: HashMap<u32, ServiceName> =
+    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, BPF_F_NO_PREALLOC);

@@ -18,3 +18,4 @@ pub mod run;
 pub mod server;
 pub mod service_health;
 pub mod source;
+pub mod status;

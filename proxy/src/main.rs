@@ -1,10 +1,14 @@
-//! The `switchyard` binary: flags -> settings -> proxy (or cleanup).
+//! The `switchyard` binary: flags -> settings -> proxy (or cleanup), or `switchyard status`.
 use clap::Parser;
-use switchyard::config::{Cli, Settings};
+use switchyard::config::{Cli, Command, Settings};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Status(args)) = &cli.command {
+        print!("{}", switchyard::status::run(args)?);
+        return Ok(());
+    }
     // The config file may set the verbosity, so logging starts once it is read.
     let settings = Settings::build(cli, hostname)?;
     init_logging(settings.verbosity);

@@ -129,7 +129,8 @@ fn start_dataplane(
                 source_ranges_max: DEFAULT_SOURCE_RANGES_MAX,
                 snat_ports: crate::ebpf::masquerade::snat_ports(&settings.nodeport_range),
                 kernel_logs: settings.verbosity >= 4,
-            })?;
+            })?
+            .with_metrics(metrics.ebpf.clone());
             Ok(Box::new(dataplane))
         }
         ProxyMode::Iptables => {

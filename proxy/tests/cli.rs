@@ -191,3 +191,30 @@ fn sigterm_while_waiting_for_the_api_server_exits_cleanly() {
         "the failing server is named:\n{log}"
     );
 }
+
+/// `status` is a subcommand: kube-proxy takes no positional arguments, so it cannot be taken
+/// for anything else, and proxy flags do not mix with it; `--config` alone still runs the
+/// proxy's configuration path.
+#[test]
+fn status_is_a_subcommand_that_does_not_mix_with_proxy_flags() {
+    let (ok, err) = switchyard(&["--config", "/nonexistent/switchyard/config.yaml", "status"]);
+    assert!(!ok);
+    assert!(
+        err.contains("the subcommand 'status' cannot be used with '--config <CONFIG>'"),
+        "{err}"
+    );
+    let (ok, err) = switchyard(&["status", "--output", "yaml"]);
+    assert!(!ok);
+    assert!(err.contains("invalid value 'yaml' for '--output"), "{err}");
+    let (ok, err) = switchyard(&["--config", "/nonexistent/switchyard/config.yaml"]);
+    assert!(!ok);
+    assert!(err.contains("cannot read config file"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["status", "--help"])
+        .output()
+        .expect("run switchyard");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["services", "backends", "maps", "--output", "--bpffs-path"] {
+        assert!(help.contains(word), "{word}: {help}");
+    }
+}

@@ -23,6 +23,9 @@ pub mod map_names {
     pub const SNAT_CONFIG: &str = "SWY_SNAT_CONFIG";
     /// Source NAT address per device: ifindex -> IPv4 address, network byte order (hash).
     pub const SNAT_ADDRS: &str = "SWY_SNAT_ADDRS";
+    /// Names for `switchyard status`: backend-set id -> [`ServiceName`](super::ServiceName)
+    /// (hash). Written by userspace only; no program reads it.
+    pub const SERVICE_NAMES: &str = "SWY_SVC_NAMES";
 }
 
 /// Program names as they appear in the object file.
@@ -64,6 +67,14 @@ pub const DEFAULT_CONNTRACK_MAX: u32 = 262_144;
 pub const DEFAULT_SOURCE_RANGES_MAX: u32 = 16_384;
 /// Entries of the per-device source NAT address map (devices the tc programs attach to).
 pub const SNAT_ADDRS_MAX: u32 = 256;
+
+/// [`ServiceName::set`]: the set of ClusterIP entries (internalTrafficPolicy applies).
+pub const NAME_SET_INTERNAL: u8 = 0;
+/// [`ServiceName::set`]: the set of external frontends reached from local sockets.
+pub const NAME_SET_CLUSTER: u8 = 1;
+/// [`ServiceName::set`]: the set of external frontends reached from outside the node
+/// (externalTrafficPolicy applies).
+pub const NAME_SET_EXTERNAL: u8 = 2;
 
 /// [`ServiceKey::scope`] of entries used by the socket programs (traffic from local sockets).
 pub const SCOPE_SOCKET: u8 = 0;
@@ -261,6 +272,40 @@ pub struct SourceRangeKey {
     pub client_addr: u32,
 }
 
+/// Value of the service names map: which service port a backend-set id belongs to, so
+/// `switchyard status` can name what the kernel holds also when no controller runs. Each
+/// text field is UTF-8, NUL-padded (Kubernetes limits namespaces and names to 63 bytes, port
+/// names to 15, so a NUL always ends them; longer text is cut).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    /// The Service's namespace.
+    pub namespace: [u8; 64],
+    /// The Service's name.
+    pub name: [u8; 64],
+    /// The port's name (empty for an unnamed port).
+    pub port_name: [u8; 16],
+    /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
+    pub proto: u8,
+    /// Which of the port's sets: `NAME_SET_*`.
+    pub set: u8,
+    /// Explicit padding.
+    pub pad: [u8; 6],
+}
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        Self {
+            namespace: [0; 64],
+            name: [0; 64],
+            port_name: [0; 16],
+            proto: 0,
+            set: 0,
+            pad: [0; 6],
+        }
+    }
+}
+
 /// Compile-time layout check of a map type shared with the kernel: its size is the sum of its
 /// fields' sizes (no implicit padding, which the kernel would hash or compare as garbage and
 /// which `aya::Pod` forbids), and equals the size the other side was built with.
@@ -285,6 +330,11 @@ assert_no_padding!(CtKey, 16, [u32, u32, u16, u16, u8, [u8; 3]]);
 assert_no_padding!(CtValue, 24, [u32, u16, u16, u32, u16, u16, u64]);
 assert_no_padding!(SnatConfig, 4, [u16, u16]);
 assert_no_padding!(SourceRangeKey, 8, [u32, u32]);
+assert_no_padding!(
+    ServiceName,
+    152,
+    [[u8; 64], [u8; 64], [u8; 16], u8, u8, [u8; 6]]
+);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -301,4 +351,5 @@ mod pod {
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl aya::Pod for super::SnatConfig {}
+    unsafe impl aya::Pod for super::ServiceName {}
 }

@@ -38,6 +38,7 @@ mod objects;
 mod parse;
 mod service;
 mod service_port;
+pub mod status;
 mod sync_counts;
 mod topology;
 mod warnings;

@@ -34,9 +34,21 @@ impl std::fmt::Display for ProxyMode {
 }
 
 /// `switchyard`: a kube-proxy replacement. Without a subcommand it runs the proxy.
+///
+/// kube-proxy takes no positional arguments, so a first word that is not a flag can only be
+/// a subcommand; flags of the proxy and a subcommand do not mix (`switchyard --config F status`
+/// is an error), so neither is ever read as the other.
 #[derive(Debug, Parser, Default)]
-#[command(name = "switchyard", version, about)]
+#[command(
+    name = "switchyard",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// Something other than running the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Dataplane: iptables (default) or ebpf. nftables and ipvs are accepted and run as iptables.
     #[arg(long = "proxy-mode", value_parser = RequestedMode::parse)]
     pub proxy_mode: Option<RequestedMode>,
@@ -133,6 +145,14 @@ pub struct Cli {
     /// kube-proxy flags that are accepted but change nothing.
     #[command(flatten)]
     pub no_effect: NoEffectFlags,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Prints what is programmed on this node, read back from the kernel (pinned eBPF maps
+    /// or SWY-* chains); works with or without a running proxy.
+    Status(crate::status::StatusArgs),
 }
 
 impl Cli {

@@ -12,7 +12,7 @@ pub mod nodeport;
 pub mod settings;
 mod upstream_fields;
 
-pub use cli::{Cli, ProxyMode};
+pub use cli::{Cli, Command, ProxyMode};
 pub use settings::{Settings, Source};
 
 use std::path::PathBuf;

@@ -8,12 +8,14 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use switchyard_common::{
-    map_names, program_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue,
-    SnatConfig, SourceRangeKey, CT_FLAG_REPLY,
+    map_names, program_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceName,
+    ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY,
 };
 
 use super::maps::{ignore_missing, Capacities, MapHandleError, Maps};
+use super::metrics::EbpfMetrics;
 use super::object::embedded_object;
+use super::plan::names::{self, NameOp};
 use super::plan::{Planner, PortFailure, RangeKey};
 use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
 use crate::model::{DesiredState, ServicePort, ServicePortKey, StateDiff};
@@ -54,7 +56,7 @@ const SOCKET_PROGRAMS: [&str; 4] = [
 ];
 
 /// Every map, pinned under `<bpffs>/maps/` so a restarted controller adopts them.
-const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 9] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::SOCK_REVNAT,
@@ -63,6 +65,7 @@ const MAPS: [&str; 8] = [
     map_names::SOURCE_RANGES,
     map_names::SNAT_CONFIG,
     map_names::SNAT_ADDRS,
+    map_names::SERVICE_NAMES,
 ];
 
 /// A verify looks up every `VERIFY_STRIDE`-th backend set, a different share each time.
@@ -154,6 +157,10 @@ pub struct EbpfDataplane {
     snat_addrs: aya::maps::HashMap<MapData, u32, u32>,
     /// What the maps hold and which port owns what; plans and runs every write.
     planner: Planner,
+    /// What `SWY_SVC_NAMES` holds (fingerprints), as written or found at start-up.
+    names: std::collections::BTreeMap<u32, u64>,
+    /// Map and link gauges, set at full syncs and verifies.
+    metrics: Option<EbpfMetrics>,
     config: EbpfConfig,
 }
 
@@ -175,7 +182,9 @@ impl EbpfDataplane {
             .map_max_entries(map_names::SERVICES, config.services_max)
             .map_max_entries(map_names::BACKENDS, config.backends_max)
             .map_max_entries(map_names::CONNTRACK, config.conntrack_max)
-            .map_max_entries(map_names::SOURCE_RANGES, config.source_ranges_max);
+            .map_max_entries(map_names::SOURCE_RANGES, config.source_ranges_max)
+            // At most one name per backend set, and every set is used by a service entry.
+            .map_max_entries(map_names::SERVICE_NAMES, config.services_max);
         let pins: Vec<PathBuf> = MAPS.iter().map(|m| maps_dir.join(m)).collect();
         for (name, pin) in MAPS.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
@@ -240,15 +249,164 @@ impl EbpfDataplane {
             maps,
             snat_addrs,
             planner: Planner::default(),
+            names: Default::default(),
+            metrics: None,
             config,
         };
         if adopted {
             // A previous instance's entries stay in service until the ports that want them
             // are written; their backend-set ids are not handed out before they are unused.
             let entries = dataplane.observe_maps()?;
+            // Its names stay until its sets go; an unreadable map only costs names.
+            dataplane.names = dataplane
+                .maps
+                .names
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(id, name)| (id, names::fingerprint(&name)))
+                .collect();
             tracing::info!(entries, "adopted pinned eBPF maps");
         }
         Ok(dataplane)
+    }
+
+    /// Sets `metrics` at every full sync and verify from now on.
+    pub fn with_metrics(mut self, metrics: EbpfMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Brings the names map in line with the planner: for the sets of `touched` ports (and
+    /// the sets they held `before`), or with `None` for every set, deleting the names of
+    /// sets that are gone (a previous instance's keep theirs while they serve). Best effort:
+    /// a failure costs a name in `switchyard status` until the next verify rewrites it.
+    fn write_names(&mut self, touched: Option<(&[ServicePortKey], Vec<u32>)>) {
+        let planner = &self.planner;
+        let ops = match touched {
+            Some((keys, before)) => {
+                let wanted = keys.iter().flat_map(|k| {
+                    planner
+                        .port_sets(k)
+                        .map(move |(set, id)| (id, names::encode(k, set)))
+                });
+                names::plan(&self.names, wanted, before)
+            }
+            None => {
+                let wanted = planner
+                    .backend_sets()
+                    .map(|(id, k, set)| (id, names::encode(k, set)));
+                let foreign: std::collections::BTreeSet<u32> = planner.foreign_sets().collect();
+                let stale = self
+                    .names
+                    .keys()
+                    .filter(|id| !foreign.contains(id))
+                    .copied();
+                names::plan(&self.names, wanted, stale)
+            }
+        };
+        let mut failed = 0;
+        let mut first_error = None;
+        for op in ops {
+            let result = match op {
+                NameOp::Put(id, name) => {
+                    let written = self.maps.names.insert(id, name, 0);
+                    if written.is_ok() {
+                        self.names.insert(id, names::fingerprint(&name));
+                    }
+                    written.map_err(|e| e.to_string())
+                }
+                NameOp::Delete(id) => {
+                    let removed =
+                        ignore_missing(self.maps.names.remove(&id), map_names::SERVICE_NAMES);
+                    if removed.is_ok() {
+                        self.names.remove(&id);
+                    }
+                    removed.map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = result {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(error) = first_error {
+            tracing::warn!(
+                failed,
+                %error,
+                "cannot write service names for `switchyard status`; retried by the next verify"
+            );
+        }
+    }
+
+    /// Sets the map and link gauges: the planner's counts for the maps it writes, one pass
+    /// over the keys of the maps the programs fill, the pins under `links/`.
+    fn observe_metrics(&self) {
+        use switchyard_common::{DEFAULT_AFFINITY_MAX, DEFAULT_SOCK_REVNAT_MAX, SNAT_ADDRS_MAX};
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let config = &self.config;
+        let (services, backends, ranges) = self.planner.entry_counts();
+        let count = |keys: &mut dyn Iterator<Item = bool>, capacity: u32| {
+            // A key deleted while iterating restarts the kernel's walk: never past capacity.
+            keys.take(capacity as usize).filter(|ok| *ok).count() as u64
+        };
+        let conntrack = count(
+            &mut self.maps.conntrack.keys().map(|k| k.is_ok()),
+            config.conntrack_max,
+        );
+        let affinity = count(
+            &mut self.maps.affinity.keys().map(|k| k.is_ok()),
+            DEFAULT_AFFINITY_MAX,
+        );
+        let sock_revnat = count(
+            &mut self.maps.sock_revnat.keys().map(|k| k.is_ok()),
+            DEFAULT_SOCK_REVNAT_MAX,
+        );
+        let snat_addrs = count(
+            &mut self.snat_addrs.keys().map(|k| k.is_ok()),
+            SNAT_ADDRS_MAX,
+        );
+        for (map, entries, capacity) in [
+            (map_names::SERVICES, services as u64, config.services_max),
+            (map_names::BACKENDS, backends as u64, config.backends_max),
+            (
+                map_names::SOURCE_RANGES,
+                ranges as u64,
+                config.source_ranges_max,
+            ),
+            (
+                map_names::SERVICE_NAMES,
+                self.names.len() as u64,
+                config.services_max,
+            ),
+            (map_names::CONNTRACK, conntrack, config.conntrack_max),
+            (map_names::AFFINITY, affinity, DEFAULT_AFFINITY_MAX),
+            (map_names::SOCK_REVNAT, sock_revnat, DEFAULT_SOCK_REVNAT_MAX),
+            (map_names::SNAT_ADDRS, snat_addrs, SNAT_ADDRS_MAX),
+            (map_names::SNAT_CONFIG, 1, 1),
+        ] {
+            metrics.set_map(map, entries, capacity);
+        }
+        let pins: Vec<String> = std::fs::read_dir(self.config.bpffs_path.join("links"))
+            .map(|dir| {
+                dir.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let links: Vec<(&'static str, u64)> = SOCKET_PROGRAMS
+            .iter()
+            .chain(&[program_names::TC_INGRESS, program_names::TC_EGRESS])
+            .map(|program| {
+                let n = pins
+                    .iter()
+                    .filter(|pin| link_program(pin) == Some(*program))
+                    .count();
+                (*program, n as u64)
+            })
+            .collect();
+        metrics.set_links(&links);
     }
 
     /// Hands the planner what the services, backends and source-range maps hold (one pass
@@ -313,6 +471,10 @@ impl EbpfDataplane {
             tracing::warn!(%error, "deleting retired map entries; retried by the next sync");
         }
         keys.extend(self.planner.unsettled().cloned());
+        let sets_before: Vec<u32> = keys
+            .iter()
+            .flat_map(|k| self.planner.port_sets(k).map(|(_, id)| id))
+            .collect();
         let before: Vec<std::collections::BTreeSet<Backend>> = keys
             .iter()
             .map(|k| self.planner.external_backends(k))
@@ -340,6 +502,11 @@ impl EbpfDataplane {
         // One pass over the conntrack map per sync, however many ports lost backends.
         if !gone.is_empty() {
             self.forget_flows_to(&gone);
+        }
+        if full {
+            self.write_names(None);
+        } else {
+            self.write_names(Some((&keys, sets_before)));
         }
         SyncReport {
             ports_written: outcome.written.len(),
@@ -438,26 +605,32 @@ impl Dataplane for EbpfDataplane {
         state: &DesiredState,
         diff: &StateDiff,
     ) -> Result<SyncReport, SyncError> {
-        match kind {
+        let report = match kind {
             SyncKind::Full => self
                 .full(state)
-                .map_err(|e| SyncError::new("reading the maps back", e)),
-            SyncKind::Partial => Ok(self.partial(state, diff)),
+                .map_err(|e| SyncError::new("reading the maps back", e))?,
+            SyncKind::Partial => return Ok(self.partial(state, diff)),
             SyncKind::Verify => {
                 let drift = self
                     .drift()
                     .map_err(|e| SyncError::new("reading the maps back", e))?;
                 if drift.is_none() {
-                    return Ok(self.partial(state, diff));
+                    let report = self.partial(state, diff);
+                    // Names a failed write or someone else removed come back here.
+                    self.write_names(None);
+                    report
+                } else {
+                    tracing::warn!(%drift, "eBPF maps changed behind our back; rewriting");
+                    let mut report = self
+                        .full(state)
+                        .map_err(|e| SyncError::new("reading the maps back", e))?;
+                    report.repaired = Some(drift.to_string());
+                    report
                 }
-                tracing::warn!(%drift, "eBPF maps changed behind our back; rewriting");
-                let mut report = self
-                    .full(state)
-                    .map_err(|e| SyncError::new("reading the maps back", e))?;
-                report.repaired = Some(drift.to_string());
-                Ok(report)
             }
-        }
+        };
+        self.observe_metrics();
+        Ok(report)
     }
 
     fn node_addresses(&mut self, _addresses: &[std::net::IpAddr]) {
@@ -663,8 +836,22 @@ fn write_snat_addr(map: &mut aya::maps::HashMap<MapData, u32, u32>, device: &str
     }
 }
 
+/// The program a pin under `links/` attaches: its name (socket programs) or its name and
+/// device (`swy_tc_ingress_eth0`).
+fn link_program(pin: &str) -> Option<&'static str> {
+    if let Some(program) = SOCKET_PROGRAMS.into_iter().find(|p| pin == *p) {
+        return Some(program);
+    }
+    [program_names::TC_INGRESS, program_names::TC_EGRESS]
+        .into_iter()
+        .find(|p| {
+            pin.strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('_'))
+        })
+}
+
 /// Key size, value size and entries each map must have for this build and configuration.
-fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 8] {
+fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 9] {
     use std::mem::size_of;
     use switchyard_common::{
         AffinityKey, AffinityValue, SockRevKey, SockRevValue, DEFAULT_AFFINITY_MAX,
@@ -719,6 +906,12 @@ fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 
             size_of::<u32>(),
             size_of::<u32>(),
             SNAT_ADDRS_MAX,
+        ),
+        (
+            map_names::SERVICE_NAMES,
+            size_of::<u32>(),
+            size_of::<ServiceName>(),
+            config.services_max,
         ),
     ]
 }
@@ -807,4 +1000,25 @@ where
         drop(old.unpin().map_err(|e| pin_error(e.to_string()))?);
     }
     std::fs::rename(&fresh, pin).map_err(|e| pin_error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn link_pins_name_their_program() {
+        use super::link_program;
+        assert_eq!(link_program("swy_connect4"), Some("swy_connect4"));
+        assert_eq!(link_program("swy_tc_ingress_eth0"), Some("swy_tc_ingress"));
+        assert_eq!(
+            link_program("swy_tc_egress_veth-a_b"),
+            Some("swy_tc_egress")
+        );
+        assert_eq!(
+            link_program("swy_connect4_new"),
+            None,
+            "a pin being replaced"
+        );
+        assert_eq!(link_program("swy_tc_ingressX"), None);
+        assert_eq!(link_program("other"), None);
+    }
 }

@@ -4,7 +4,8 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, MapData, MapError};
 use aya::Ebpf;
 use switchyard_common::{
-    map_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue, SourceRangeKey,
+    map_names, AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey,
+    ServiceName, ServiceValue, SockRevKey, SockRevValue, SourceRangeKey,
 };
 
 use super::plan::{MapOp, MapWriter};
@@ -73,6 +74,12 @@ pub struct Maps {
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     /// `SWY_SOURCE_RANGES`.
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    /// `SWY_SVC_NAMES`: written after each sync, for `switchyard status`.
+    pub names: HashMap<MapData, u32, ServiceName>,
+    /// `SWY_AFFINITY`, only counted (the programs write it).
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    /// `SWY_SOCK_REVNAT`, only counted (the programs write it).
+    pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
     capacities: Capacities,
 }
 
@@ -84,6 +91,9 @@ impl Maps {
             backends: typed(ebpf, map_names::BACKENDS, HashMap::try_from)?,
             conntrack: typed(ebpf, map_names::CONNTRACK, HashMap::try_from)?,
             source_ranges: typed(ebpf, map_names::SOURCE_RANGES, LpmTrie::try_from)?,
+            names: typed(ebpf, map_names::SERVICE_NAMES, HashMap::try_from)?,
+            affinity: typed(ebpf, map_names::AFFINITY, HashMap::try_from)?,
+            sock_revnat: typed(ebpf, map_names::SOCK_REVNAT, HashMap::try_from)?,
             capacities,
         })
     }

@@ -2,9 +2,11 @@
 pub mod dataplane;
 pub mod maps;
 pub mod masquerade;
+pub mod metrics;
 pub mod object;
 
 pub use dataplane::{EbpfConfig, EbpfDataplane, EbpfError};
+pub use metrics::EbpfMetrics;
 
 /// The pure planner of map writes, from the model crate.
 pub use switchyard_model::ebpf_plan as plan;

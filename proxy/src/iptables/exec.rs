@@ -248,6 +248,21 @@ pub fn saved_rules(
     Ok(rules_of_chains(&run_keeping(cmd, None, wanted)?, chains))
 }
 
+/// `iptables-save -t TABLE` reduced to our chains (declarations and rules) and the rules of
+/// other chains that jump into ours, for `switchyard status`.
+pub fn save_ours(backend: IptablesBackend, table: Table) -> Result<String, ExecError> {
+    let mut cmd = Command::new(backend.save());
+    cmd.args(["-t", table.as_str()]);
+    let keep = |line: &str| {
+        line.starts_with('*')
+            || line.strip_prefix(':').is_some_and(is_ours)
+            || line.strip_prefix("-A ").is_some_and(|rule| {
+                is_ours(rule) || rule.contains(" -j SWY-") || rule.contains(" -g SWY-")
+            })
+    };
+    run_keeping(cmd, None, keep)
+}
+
 /// The `-A CHAIN ...` lines of `save` for the given chains, split like a shell would.
 fn rules_of_chains(save: &str, chains: &[&str]) -> Vec<(String, Vec<String>)> {
     save.lines()

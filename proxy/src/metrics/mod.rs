@@ -225,6 +225,8 @@ pub struct Metrics {
     pub iptables: IptablesMetrics,
     /// The conntrack reconciler's families (registered in iptables mode only).
     pub conntrack_reconciler: crate::conntrack::ConntrackMetrics,
+    /// ebpf mode's map and link gauges (registered in ebpf mode only).
+    pub ebpf: crate::ebpf::EbpfMetrics,
     /// Service ports added, changed or removed by syncs (the benchmark's "applied" signal).
     pub service_port_changes_total: Counter,
     /// Input problems currently present (objects or fields skipped).
@@ -273,6 +275,7 @@ impl Metrics {
             livez_total: Family::default(),
             iptables: IptablesMetrics::default(),
             conntrack_reconciler: Default::default(),
+            ebpf: Default::default(),
             service_port_changes_total: Counter::default(),
             input_warnings: Gauge::default(),
             dataplane_errors_total: Counter::default(),
@@ -284,8 +287,9 @@ impl Metrics {
         let mut registry = Registry::default();
         m.register_upstream(registry.sub_registry_with_prefix("kubeproxy"), mode);
         m.register_own(registry.sub_registry_with_prefix("switchyard"));
-        if mode == ProxyMode::Iptables {
-            m.conntrack_reconciler.register(&mut registry);
+        match mode {
+            ProxyMode::Iptables => m.conntrack_reconciler.register(&mut registry),
+            ProxyMode::Ebpf => m.ebpf.register(&mut registry),
         }
         registry.register_collector(Box::new(process::ProcessCollector::new()));
         build_info::register(&mut registry);

@@ -13,8 +13,8 @@ use super::RangeKey;
 use crate::{Endpoint, FrontendKind, Protocol, ServicePort, TrafficPolicy};
 
 /// Which endpoint set a frontend uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum SetKind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
     /// ClusterIP from local sockets: internalTrafficPolicy applies.
     Internal,
     /// NodePort, externalIPs, LoadBalancer IPs reached from a local socket: upstream sends
@@ -23,6 +23,17 @@ pub(super) enum SetKind {
     /// NodePort, externalIPs, LoadBalancer IPs reached from outside the node (tc path):
     /// externalTrafficPolicy applies.
     External,
+}
+
+impl SetKind {
+    /// Lower-case name, as `switchyard status` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetKind::Internal => "internal",
+            SetKind::Cluster => "cluster",
+            SetKind::External => "external",
+        }
+    }
 }
 
 /// One service entry to write: where, which set, which flags.

@@ -37,6 +37,7 @@ mod entries;
 mod exec;
 mod ids;
 mod mirror;
+pub mod names;
 mod writer;
 
 #[cfg(test)]
@@ -44,7 +45,9 @@ pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 
-use entries::{entries, source_ranges, stable_slots, wanted_backends, SetKind};
+use entries::{entries, source_ranges, stable_slots, wanted_backends};
+
+pub use entries::SetKind;
 use ids::Ids;
 use mirror::Mirror;
 
@@ -457,6 +460,37 @@ impl Planner {
     /// Ports currently programmed (wholly, or partly after a failure).
     pub fn programmed_ports(&self) -> impl Iterator<Item = &ServicePortKey> {
         self.ports.keys()
+    }
+
+    /// The backend sets `key` currently holds, with their ids.
+    pub fn port_sets(&self, key: &ServicePortKey) -> impl Iterator<Item = (SetKind, u32)> + '_ {
+        self.ports
+            .get(key)
+            .into_iter()
+            .flat_map(|p| p.sets.iter().map(|(kind, id)| (*kind, *id)))
+    }
+
+    /// Every backend set of our ports: id, owner, kind.
+    pub fn backend_sets(&self) -> impl Iterator<Item = (u32, &ServicePortKey, SetKind)> + '_ {
+        self.ports
+            .iter()
+            .flat_map(|(key, p)| p.sets.iter().map(move |(kind, id)| (*id, key, *kind)))
+    }
+
+    /// Backend-set ids found in the maps that no port of ours uses (a previous instance's,
+    /// still in service until their entries are replaced).
+    pub fn foreign_sets(&self) -> impl Iterator<Item = u32> + '_ {
+        self.foreign_ids.iter().copied()
+    }
+
+    /// How many entries the services, backends and source-ranges maps hold, as the planner
+    /// knows them (exact but for drift, which the next verify finds).
+    pub fn entry_counts(&self) -> (usize, usize, usize) {
+        (
+            self.maps.services.len(),
+            self.maps.backends.len(),
+            self.maps.ranges.len(),
+        )
     }
 
     /// Backends external traffic of `key` may currently be sent to.
