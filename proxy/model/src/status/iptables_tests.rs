@@ -107,7 +107,15 @@ fn rendered(ports: &[ServicePort], with_jumps: bool) -> String {
         .iter()
         .map(|p| (p.key.clone(), port_rules(p, &cfg)))
         .collect();
-    let mut text = full_sync(&base, &rules, &Default::default(), Strategy::Single).concat();
+    let mut text = full_sync(
+        &base,
+        rules,
+        &Default::default(),
+        Strategy::Single,
+        &[],
+        |_, _| {},
+    )
+    .concat();
     if with_jumps {
         for (chain, args) in &base.jumps {
             text.push_str(&format!(
