@@ -29,6 +29,8 @@ mod conflicts;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod incremental;
 pub mod iptables;
 mod node;

@@ -39,8 +39,8 @@ mod ids;
 mod mirror;
 mod writer;
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;
 

@@ -8,6 +8,7 @@ mod conflicts;
 mod diff;
 mod endpoints;
 pub(crate) mod fixtures;
+mod fuzz_corpus;
 mod invalid;
 mod node_and_objects;
 mod services;

@@ -399,11 +399,12 @@ mod tests {
 
     #[test]
     fn the_repositorys_manifests_pass() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut seen = 0;
         for entry in walkdir::WalkDir::new(&root)
             .into_iter()
-            .filter_entry(|e| e.file_name() != "target" && e.file_name() != ".git")
+            // The fuzz corpus holds hostile YAML on purpose.
+            .filter_entry(|e| !matches!(e.file_name().to_str(), Some("target" | ".git" | "fuzz")))
             .filter_map(Result::ok)
         {
             let path = entry.path();

@@ -1,4 +1,8 @@
 //! Parsing of multi-document YAML manifests into the objects the model understands.
+//!
+//! Pure text -> objects (no I/O), in its own crate so the fuzz targets (`proxy/fuzz/`) build
+//! it without the controller's runtime; the `switchyard` crate re-exports it as
+//! `source::manifest_parse`.
 use std::borrow::Cow;
 
 use std::sync::Arc;
@@ -7,7 +11,9 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
-use super::yaml_depth::{check_depth, MAX_DEPTH};
+mod yaml_depth;
+
+pub use yaml_depth::{check_depth, TooDeep, MAX_DEPTH};
 
 /// Manifest files (and texts given to [`parse_manifest`]) larger than this are rejected: a
 /// symlink to a huge or endless file must not take the process's memory.
@@ -171,7 +177,7 @@ fn collect(file: &str, index: usize, value: serde_norway::Value, out: &mut Parse
         Ok(object) => out.objects.push(object),
         Err(e) => out
             .warnings
-            .push(format!("{place}: {}", escape_controls(&e.to_string()))),
+            .push(format!("{place}: {}", escape_controls(&e))),
     }
 }
 
@@ -183,10 +189,17 @@ fn is_list(kind: &str) -> bool {
     kind == "List" || kind.ends_with("List")
 }
 
+/// The object, or what is wrong with it prefixed by the field's path (`spec.ports[0].port:
+/// invalid value: integer `2147483648`, expected i32`).
 fn from_value<T: serde::de::DeserializeOwned>(
     value: serde_norway::Value,
-) -> Result<Arc<T>, serde_norway::Error> {
-    serde_norway::from_value(value).map(Arc::new)
+) -> Result<Arc<T>, String> {
+    serde_path_to_error::deserialize(value)
+        .map(Arc::new)
+        .map_err(|e| match e.path().to_string() {
+            path if path == "." => e.into_inner().to_string(),
+            path => format!("{path}: {}", e.into_inner()),
+        })
 }
 
 #[cfg(test)]
@@ -249,6 +262,20 @@ metadata: {name: ignored}
             parsed.warnings[0].starts_with("b.yaml document 0 (Service broken)"),
             "{}",
             parsed.warnings[0]
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_field() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: big}\n\
+                    spec: {ports: [{port: 80}, {port: 2147483648}]}\n";
+        let parsed = parse_manifest("f.yaml", text).expect("valid yaml");
+        assert_eq!(
+            parsed.warnings,
+            [
+                "f.yaml document 0 (Service big): spec.ports[1].port: invalid value: integer \
+              `2147483648`, expected i32"
+            ]
         );
     }
 
