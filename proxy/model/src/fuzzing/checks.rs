@@ -41,7 +41,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Brings everything up to date with `objects` seen from `node` and checks it (panics
-    /// naming `what` changed when an invariant fails):
+    /// showing `what` changed when an invariant fails):
     /// - [`ModelCache::update`] gives the same state and warnings as a fresh
     ///   [`compute_desired_state`], and the changes it reports are exactly
     ///   [`StateDiff::between`] the last state and this one;
@@ -52,21 +52,26 @@ impl Pipeline {
     /// - the eBPF planner's sync on fake maps fails nothing, every service entry counts only
     ///   slots that exist after every single operation, and the planner knows exactly what
     ///   the maps hold afterwards.
-    pub fn step(&mut self, objects: &ClusterObjects, node: &NodeContext, what: &str) -> StepReport {
+    pub fn step(
+        &mut self,
+        objects: &ClusterObjects,
+        node: &NodeContext,
+        what: &dyn std::fmt::Debug,
+    ) -> StepReport {
         let before = self.cache.update(objects, node);
         let fresh = compute_desired_state(objects, node);
         let state = self.cache.state().clone();
-        assert_eq!(state, fresh.state, "cache vs fresh state after {what}");
+        assert_eq!(state, fresh.state, "cache vs fresh state after {what:?}");
         let warnings = self.cache.warnings();
         assert_eq!(
             warnings, fresh.warnings,
-            "cache vs fresh warnings after {what}"
+            "cache vs fresh warnings after {what:?}"
         );
         let diff = StateDiff::from_before(&before, &state);
         assert_eq!(
             diff,
             StateDiff::between(&self.last, &state),
-            "reported changes after {what}"
+            "reported changes after {what:?}"
         );
         for warning in &warnings {
             check_warning(warning);

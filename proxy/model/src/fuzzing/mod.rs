@@ -29,7 +29,7 @@ pub fn model(data: &[u8]) -> Vec<StepReport> {
     let mut reports = Vec::new();
     for change in decode(data) {
         change.apply(&mut objects, &mut node);
-        reports.push(pipeline.step(&objects, &node, &format!("{change:?}")));
+        reports.push(pipeline.step(&objects, &node, &change));
     }
     reports
 }
@@ -39,7 +39,7 @@ pub fn model(data: &[u8]) -> Vec<StepReport> {
 /// incremental cache also sees these objects go.
 pub fn objects(objects: &ClusterObjects, node: &NodeContext) -> Vec<StepReport> {
     let mut pipeline = Pipeline::default();
-    let mut reports = vec![pipeline.step(objects, node, "all objects")];
+    let mut reports = vec![pipeline.step(objects, node, &"all objects")];
     let mut half = objects.clone();
     let mut keep = false;
     half.services.retain(|_, _| {
@@ -54,8 +54,8 @@ pub fn objects(objects: &ClusterObjects, node: &NodeContext) -> Vec<StepReport> 
         keep = !keep;
         keep
     });
-    reports.push(pipeline.step(&half, node, "every other object removed"));
-    reports.push(pipeline.step(&ClusterObjects::default(), node, "all removed"));
+    reports.push(pipeline.step(&half, node, &"every other object removed"));
+    reports.push(pipeline.step(&ClusterObjects::default(), node, &"all removed"));
     reports
 }
 
