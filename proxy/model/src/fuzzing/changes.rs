@@ -311,7 +311,7 @@ fn service(b: &mut Bytes<'_>) -> Service {
     });
     Service {
         metadata,
-        spec: b.below(8).ne(&0).then_some(spec),
+        spec: (b.below(8) != 0).then_some(spec),
         status: (!ingress.is_empty()).then(|| ServiceStatus {
             load_balancer: Some(LoadBalancerStatus {
                 ingress: Some(ingress),
