@@ -1,4 +1,5 @@
-//! Embeds the eBPF object built by `cargo xtask build` into the binary.
+//! Embeds the eBPF object built by `cargo xtask build` into the binary, and records the
+//! compiler's version for the build info metric.
 //!
 //! Without the object (plain `cargo build`, clippy) an empty file is embedded and ebpf mode
 //! reports at start-up that the binary was built without it.
@@ -21,4 +22,14 @@ fn main() {
         println!("cargo:warning=cannot write {}: {e}", out.display());
         std::process::exit(1);
     }
+    // Cargo reruns build scripts when the compiler changes, so this stays current.
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=SWITCHYARD_RUSTC_VERSION={version}");
 }

@@ -4,6 +4,7 @@
 //! this node and diffs it; [`source`] feeds it, [`controller`] drives it, and the dataplane
 //! modes ([`ebpf`]) apply the diffs.
 pub mod config;
+pub mod conntrack;
 pub mod controller;
 pub mod dataplane;
 pub mod ebpf;
@@ -15,4 +16,5 @@ pub use switchyard_model as model;
 pub mod node_addresses;
 pub mod run;
 pub mod server;
+pub mod service_health;
 pub mod source;

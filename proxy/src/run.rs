@@ -7,6 +7,7 @@ use switchyard_common::DEFAULT_SOURCE_RANGES_MAX;
 
 use crate::config::settings::DEFAULT_CGROUP_ROOTS;
 use crate::config::{ProxyMode, Settings, Source};
+use crate::conntrack::Reconciler;
 use crate::controller::{Controller, SystemClock};
 use crate::dataplane::Dataplane;
 use crate::ebpf::{EbpfConfig, EbpfDataplane};
@@ -38,7 +39,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<()> {
     let health = Arc::new(Health::new(settings.sync_period * 2));
     // Health and metrics answer from the start, also while waiting for the first lists.
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_mode(settings.mode));
     let state = ServerState {
         health: health.clone(),
         metrics: metrics.clone(),
@@ -82,7 +83,11 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     let local = addresses.borrow().clone();
     let dataplane = start_dataplane(&settings, &node_ips, &local, &metrics)?;
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
-    let controller = Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock));
+    // Health check node ports are served from the controller's applied state, whatever the
+    // mode.
+    let health_checks = crate::service_health::start(health.clone());
+    let controller = Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock))
+        .with_health_checks(health_checks);
     crate::controller::run(controller, source, addresses).await;
     tracing::warn!("source ended");
     Ok(())
@@ -134,7 +139,9 @@ fn start_dataplane(
             remove_ebpf_state(settings)?;
             remove_old_masquerade_rules();
             Ok(Box::new(
-                start_iptables(settings, local)?.with_metrics(metrics.iptables.clone()),
+                start_iptables(settings, local)?
+                    .with_metrics(metrics.iptables.clone())
+                    .with_conntrack(Reconciler::netlink(metrics.conntrack_reconciler.clone())),
             ))
         }
     }

@@ -152,8 +152,13 @@ fn plain_text(text: String) -> Response {
     response
 }
 
-async fn metrics(State(s): State<ServerState>) -> String {
-    s.metrics.encode()
+async fn metrics(State(s): State<ServerState>) -> Response {
+    let mut response = s.metrics.encode().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::exposition::CONTENT_TYPE),
+    );
+    response
 }
 
 async fn proxy_mode(State(s): State<ServerState>) -> Response {

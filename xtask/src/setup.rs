@@ -9,6 +9,8 @@ use crate::command::{output, run, succeeds};
 const PACKAGES: &[&str] = &[
     "iptables",
     "iproute2",
+    // Only for a test's failure report (ebpf_restart lists flows); switchyard itself
+    // talks ctnetlink.
     "conntrack",
     "nftables",
     "util-linux",

@@ -30,10 +30,12 @@ pub struct SyncMetrics {
     pub full_syncs: f64,
     /// Full syncs: sum of durations, seconds.
     pub full_sync_seconds: f64,
-    /// `kubeproxy_sync_proxy_rules_service_changes_total`: service ports changed by syncs.
+    /// `switchyard_service_port_changes_total`: service ports changed by syncs (upstream's
+    /// `sync_proxy_rules_service_changes_total` counts Service objects, which an
+    /// EndpointSlice edit does not move).
     pub service_changes: f64,
-    /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total` (both modes count
-    /// failed writes there).
+    /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total` (iptables mode only;
+    /// 0 in ebpf mode, whose failed writes count in `switchyard_dataplane_errors_total`).
     pub restore_failures: f64,
     /// Time inside iptables-restore, summed (`switchyard_iptables_restore_duration_seconds`);
     /// 0 in ebpf mode.
@@ -61,7 +63,7 @@ impl SyncMetrics {
             sync_seconds: get("kubeproxy_sync_proxy_rules_duration_seconds_sum"),
             full_syncs: get("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),
             full_sync_seconds: get("kubeproxy_sync_full_proxy_rules_duration_seconds_sum"),
-            service_changes: get("kubeproxy_sync_proxy_rules_service_changes_total"),
+            service_changes: get("switchyard_service_port_changes_total"),
             restore_failures: get("kubeproxy_sync_proxy_rules_iptables_restore_failures_total"),
             restore_seconds: get("switchyard_iptables_restore_duration_seconds_sum"),
             dataplane_errors: get("switchyard_dataplane_errors_total"),
@@ -71,21 +73,39 @@ impl SyncMetrics {
     }
 }
 
-/// Unlabelled samples (`name value`) of a text exposition; labelled series are skipped, the
-/// benchmark needs none of them.
+/// Samples of a text exposition by name. A labelled series counts under its name when its
+/// only label is `ip_family` (one series per family, summed: switchyard writes IPv4 only);
+/// other labelled series (buckets, maps) are skipped, the benchmark needs none of them.
 fn parse_samples(text: &str) -> HashMap<&str, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(' ')?;
-            if name.contains('{') {
-                return None;
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let name = match series.split_once('{') {
+            None => series,
+            Some((name, labels)) => {
+                let only_family = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .all(|l| l.starts_with("ip_family="));
+                if !only_family {
+                    continue;
+                }
+                name
             }
-            // A sample may carry a timestamp after the value.
-            let value = rest.split_whitespace().next()?.parse().ok()?;
-            Some((name, value))
-        })
-        .collect()
+        };
+        // A sample may carry a timestamp after the value.
+        let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        *samples.entry(name).or_insert(0.0) += value;
+    }
+    samples
 }
 
 /// Reads `/metrics` at an address that only exists inside one network namespace.
@@ -135,19 +155,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_sync_samples_of_a_prometheus_client_exposition() {
-        let text = "# HELP kubeproxy_sync_proxy_rules_duration_seconds SyncProxyRules latency.\n\
+    fn reads_the_sync_samples_of_switchyards_exposition() {
+        let text = "# HELP kubeproxy_sync_proxy_rules_duration_seconds SyncProxyRules latency\n\
             # TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram\n\
-            kubeproxy_sync_proxy_rules_duration_seconds_sum 2.5\n\
-            kubeproxy_sync_proxy_rules_duration_seconds_count 3\n\
-            kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"} 0\n\
-            kubeproxy_sync_full_proxy_rules_duration_seconds_sum 2.25\n\
-            kubeproxy_sync_full_proxy_rules_duration_seconds_count 1\n\
-            kubeproxy_sync_proxy_rules_last_timestamp_seconds 1712345678.25\n\
-            kubeproxy_sync_proxy_rules_service_changes_total 10001\n\
+            kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"} 2.5\n\
+            kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 3\n\
+            kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\",ip_family=\"IPv4\"} 0\n\
+            kubeproxy_sync_full_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"} 2.25\n\
+            kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1\n\
+            kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1.71234567825e+09\n\
+            kubeproxy_sync_proxy_rules_service_changes_total 7\n\
+            switchyard_service_port_changes_total 10001\n\
             switchyard_ebpf_map_full_total{map=\"SWY_SERVICES\"} 1\n\
             switchyard_service_ports 10000\n\
-            # EOF\n";
+            ";
         let m = SyncMetrics::parse(text).unwrap();
         assert_eq!(m.last_sync, 1712345678.25);
         assert_eq!((m.syncs, m.sync_seconds), (3.0, 2.5));

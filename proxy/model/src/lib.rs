@@ -1,6 +1,6 @@
 //! Switchyard's pure core: Kubernetes objects -> desired dataplane state for this node -> diff,
 //! and the dataplane renderings of that state ([`iptables`] rules, the [`ebpf_plan`] of map
-//! writes).
+//! writes, the [`conntrack`] entries iptables mode deletes).
 //!
 //! Nothing in this crate does I/O or reads the clock, and its dependency graph holds no
 //! runtime, kernel or API-client crate; the sources fill [`ClusterObjects`], the dataplanes
@@ -26,11 +26,13 @@
 
 mod build;
 mod conflicts;
+pub mod conntrack;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod health_check;
 mod incremental;
 pub mod iptables;
 mod node;
@@ -38,6 +40,7 @@ mod objects;
 mod parse;
 mod service;
 mod service_port;
+mod sync_counts;
 mod topology;
 mod warnings;
 
@@ -47,6 +50,10 @@ mod tests;
 pub use build::{compute_desired_state, Computed};
 pub use diff::StateDiff;
 pub use endpoints::{Endpoint, TopologyHints, LABEL_SERVICE_NAME};
+pub use health_check::{
+    health_check_services, HealthCheckBind, HealthCheckService, HealthChecks, ListenerPlan,
+    ListenerSpec,
+};
 pub use incremental::{Before, ModelCache};
 pub use node::{reported_node_ips, select_nodeport_addresses, NodeContext, DEFAULT_NODEPORT_RANGE};
 pub use objects::{ClusterObjects, ObjectKey, DEFAULT_NAMESPACE};
@@ -57,5 +64,6 @@ pub use service::{
 pub use service_port::{
     DesiredState, Frontend, FrontendKind, Protocol, ServicePort, ServicePortKey, TrafficPolicy,
 };
+pub use sync_counts::{NoLocalEndpoints, ObjectChanges};
 pub use topology::{Topology, TopologyMode, LABEL_TOPOLOGY_ZONE};
 pub use warnings::{kinds, InputWarning};

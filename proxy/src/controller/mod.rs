@@ -17,7 +17,10 @@ use crate::config::Settings;
 use crate::dataplane::{Dataplane, SyncKind};
 use crate::health::{epoch_seconds, Health};
 use crate::metrics::Metrics;
-use crate::model::{select_nodeport_addresses, Before, ModelCache, NodeContext, StateDiff};
+use crate::model::{
+    health_check_services, select_nodeport_addresses, Before, ClusterObjects, HealthCheckBind,
+    HealthChecks, ModelCache, NoLocalEndpoints, NodeContext, ObjectChanges, ServicePort, StateDiff,
+};
 use crate::source::Snapshot;
 pub use schedule::{Periods, Schedule};
 
@@ -70,6 +73,12 @@ pub struct Controller {
     reported: BTreeSet<String>,
     /// Highest trigger sequence number whose latency was observed.
     observed_trigger: u64,
+    /// The objects of the latest snapshot seen, and of the last one synced: upstream's
+    /// change counters count what differs.
+    seen_objects: Arc<ClusterObjects>,
+    synced_objects: Arc<ClusterObjects>,
+    /// Where the health check node port servers learn what to serve, after each sync.
+    health_checks: Option<watch::Sender<HealthChecks>>,
 }
 
 impl Controller {
@@ -91,6 +100,7 @@ impl Controller {
         // The first snapshot is a change the dataplane does not hold yet: a first sync that
         // never completes must fail /livez, as kube-proxy's queued initial events do.
         health.queued(clock.wall());
+        metrics.queued(epoch_seconds(clock.wall()));
         Self {
             settings,
             dataplane,
@@ -103,14 +113,56 @@ impl Controller {
             addresses: None,
             reported: BTreeSet::new(),
             observed_trigger: 0,
+            seen_objects: Arc::default(),
+            synced_objects: Arc::default(),
+            health_checks: None,
         }
+    }
+
+    /// Publishes the health check node ports the applied state asks for to `sender` after
+    /// every successful sync (the servers are mode-independent; see `service_health`).
+    pub fn with_health_checks(mut self, sender: watch::Sender<HealthChecks>) -> Self {
+        self.health_checks = Some(sender);
+        self
+    }
+
+    /// The source delivered `objects`: counts the Services and endpoint objects that changed
+    /// since the last snapshot seen (`sync_proxy_rules_*_changes_total`) and those that
+    /// differ from what was last synced (`*_changes_pending`).
+    pub fn observe(&mut self, objects: &Arc<ClusterObjects>) {
+        if Arc::ptr_eq(objects, &self.seen_objects) {
+            return;
+        }
+        let new = ObjectChanges::between(&self.seen_objects, objects);
+        self.metrics
+            .service_changes_total
+            .inc_by(new.services.len() as u64);
+        self.metrics
+            .endpoint_changes_total
+            .inc_by(new.endpoint_objects as u64);
+        self.seen_objects = objects.clone();
+        self.update_pending();
+    }
+
+    fn update_pending(&self) {
+        let pending = if Arc::ptr_eq(&self.synced_objects, &self.seen_objects) {
+            ObjectChanges::default()
+        } else {
+            ObjectChanges::between(&self.synced_objects, &self.seen_objects)
+        };
+        self.metrics
+            .service_changes_pending
+            .set(pending.services.len() as i64);
+        self.metrics
+            .endpoint_changes_pending
+            .set(pending.endpoint_services.len() as i64);
     }
 
     /// A source or the node's addresses changed.
     pub fn changed(&mut self) {
         let now = self.clock.wall();
         self.health.queued(now);
-        self.metrics.last_queued_timestamp.set(epoch_seconds(now));
+        self.metrics.queued(epoch_seconds(now));
         self.schedule.changed();
     }
 
@@ -134,6 +186,7 @@ impl Controller {
     }
 
     fn sync_inner(&mut self, kind: SyncKind, input: &NodeSnapshot, started: Instant) -> bool {
+        self.observe(&input.objects.objects);
         // /healthz follows the Node (deleted, or tainted by the autoscaler) from the snapshot
         // each sync reads; a Node change triggers a sync.
         let own_node = input.objects.objects.nodes.get(&self.settings.node_name);
@@ -184,7 +237,7 @@ impl Controller {
         }
         report_port_errors(&self.metrics, &report.errors);
         self.metrics
-            .service_changes_total
+            .service_port_changes_total
             .inc_by((diff.added.len() + diff.removed.len() + diff.changed.len()) as u64);
         self.metrics.service_ports.set(state.ports.len() as i64);
         if report.full || report.ports_written > 0 || !report.errors.is_empty() {
@@ -218,15 +271,14 @@ impl Controller {
     }
 
     fn finish(&mut self, started: Instant, full: bool, input: &NodeSnapshot) {
+        self.synced_objects = input.objects.objects.clone();
+        self.update_pending();
+        self.metrics
+            .set_no_local_endpoints(NoLocalEndpoints::of(self.applied_ports()));
+        self.publish_health_checks(&input.addresses);
         let elapsed = self.clock.now().duration_since(started).as_secs_f64();
-        self.metrics.sync_duration.observe(elapsed);
-        if full {
-            self.metrics.sync_full_duration.observe(elapsed);
-        } else {
-            self.metrics.sync_partial_duration.observe(elapsed);
-        }
         let now = self.clock.wall();
-        self.metrics.last_sync_timestamp.set(epoch_seconds(now));
+        self.metrics.synced(elapsed, full, epoch_seconds(now));
         self.health.updated(now);
         // Every change the snapshot holds is now programmed, however many snapshots the
         // watch channel skipped on the way.
@@ -238,6 +290,38 @@ impl Controller {
                 .observe(latency.as_secs_f64());
             self.observed_trigger = trigger.seq;
         }
+    }
+
+    /// The ports as the dataplane holds them: the model's state, except the ports whose last
+    /// write failed, which hold what they held before.
+    fn applied_ports(&self) -> impl Iterator<Item = &ServicePort> {
+        let unapplied = &self.unapplied;
+        self.model
+            .state()
+            .ports
+            .iter()
+            .filter(move |(key, _)| !unapplied.contains_key(*key))
+            .map(|(_, port)| port.as_ref())
+            .chain(unapplied.values().filter_map(|held| held.as_deref()))
+    }
+
+    /// Hands the applied state's health check node ports to their servers; unchanged ones
+    /// wake nothing.
+    fn publish_health_checks(&self, local: &[IpAddr]) {
+        let Some(sender) = &self.health_checks else {
+            return;
+        };
+        let checks = HealthChecks {
+            services: health_check_services(self.applied_ports()),
+            bind: HealthCheckBind::from_nodeport_addresses(&self.settings.nodeport_cidrs, local),
+        };
+        sender.send_if_modified(|current| {
+            let changed = *current != checks;
+            if changed {
+                *current = checks;
+            }
+            changed
+        });
     }
 
     fn node_context(&self, local: &[IpAddr]) -> NodeContext {
@@ -282,7 +366,7 @@ fn report_port_errors(metrics: &Metrics, errors: &[crate::dataplane::PortError])
 }
 
 /// An error and its sources, joined.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
@@ -327,6 +411,8 @@ pub async fn run(
                     return;
                 }
                 controller.changed();
+                let latest = objects.borrow().objects.clone();
+                controller.observe(&latest);
             }
             changed = addresses.changed(), if addresses.has_changed().is_ok() => {
                 if changed.is_ok() {

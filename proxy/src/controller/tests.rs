@@ -99,6 +99,11 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(None)
+}
+
+/// A harness whose controller publishes health checks to `health_checks`, if given.
+fn harness_with(health_checks: Option<watch::Sender<HealthChecks>>) -> Harness {
     let cli = <Cli as clap::Parser>::parse_from(["switchyard"]);
     let mut settings = Settings::resolve(cli, || "node1".into()).unwrap();
     settings.min_sync_period = Duration::from_secs(1);
@@ -113,13 +118,16 @@ fn harness() -> Harness {
     };
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(Duration::from_secs(60)));
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         settings,
         Box::new(dataplane.clone()),
         metrics.clone(),
         health.clone(),
         Box::new(clock.clone()),
     );
+    if let Some(sender) = health_checks {
+        controller = controller.with_health_checks(sender);
+    }
     Harness {
         controller,
         clock,
@@ -384,4 +392,114 @@ fn a_first_sync_that_never_runs_fails_livez() {
         !h.health.livez(h.clock.wall()).healthy,
         "the initial snapshot counts as queued"
     );
+}
+
+/// The value of the one sample `series` (name, with labels if any) in the exposition.
+fn sample(h: &Harness, series: &str) -> f64 {
+    let text = h.metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+}
+
+#[test]
+fn change_counters_count_objects_as_upstream_and_pending_clears_with_a_sync() {
+    let mut h = harness();
+    let total = "kubeproxy_sync_proxy_rules_service_changes_total";
+    let pending = "kubeproxy_sync_proxy_rules_service_changes_pending";
+    h.run_for(Duration::ZERO, &input(3, &[], &["198.18.0.11"]));
+    assert_eq!(sample(&h, total), 3.0, "the initial list counts");
+    assert_eq!(sample(&h, pending), 0.0);
+    assert_eq!(
+        sample(&h, "switchyard_service_port_changes_total"),
+        3.0,
+        "ports the sync wrote"
+    );
+
+    // Two services added while nothing syncs yet: seen, pending.
+    let later = input(5, &[], &["198.18.0.11"]);
+    h.clock.advance(Duration::from_secs(2));
+    h.controller.changed();
+    h.controller.observe(&later.objects.objects);
+    assert_eq!(sample(&h, total), 5.0);
+    assert_eq!(sample(&h, pending), 2.0);
+    // The same snapshot again changes nothing.
+    h.controller.observe(&later.objects.objects);
+    assert_eq!(sample(&h, total), 5.0);
+
+    // A failed sync leaves them pending; the retry clears them.
+    *h.dataplane.fail.lock().unwrap() = 1;
+    h.run_for(Duration::ZERO, &later);
+    assert_eq!(sample(&h, pending), 2.0, "not programmed yet");
+    h.run_for(Duration::from_secs(2), &later);
+    assert_eq!(sample(&h, pending), 0.0);
+    assert_eq!(sample(&h, total), 5.0, "each change counted once");
+}
+
+/// A LoadBalancer service with externalTrafficPolicy Local and a health check port, and a
+/// slice with `local` ready endpoints on node1 and one on node2.
+fn lb_local(local: usize) -> NodeSnapshot {
+    let service = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "lb", "namespace": "shop"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "198.18.128.50",
+                 "externalTrafficPolicy": "Local", "healthCheckNodePort": 32100,
+                 "ports": [{"port": 80, "nodePort": 31080}]}
+    });
+    let mut endpoints: Vec<serde_json::Value> = (0..local)
+        .map(|i| serde_json::json!({"addresses": [format!("198.19.1.{}", 11 + i)], "nodeName": "node1"}))
+        .collect();
+    endpoints.push(serde_json::json!({"addresses": ["198.19.2.11"], "nodeName": "node2"}));
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "lb-1", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "lb"}},
+        "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": endpoints
+    });
+    let mut objects = ClusterObjects::default();
+    objects.insert_service(serde_json::from_value(service).unwrap());
+    objects.insert_slice(serde_json::from_value(slice).unwrap());
+    NodeSnapshot {
+        objects: Snapshot {
+            objects: Arc::new(objects),
+            ..Snapshot::default()
+        },
+        addresses: Arc::new(vec!["198.18.0.11".parse().unwrap()]),
+    }
+}
+
+#[test]
+fn health_checks_and_no_local_counts_follow_the_applied_state() {
+    let (sender, receiver) = watch::channel(HealthChecks::default());
+    let mut h = harness_with(Some(sender));
+    let service = crate::model::ObjectKey::new("shop", "lb");
+    let local_count = |r: &watch::Receiver<HealthChecks>| {
+        r.borrow()
+            .services
+            .get(&service)
+            .map(|s| (s.port, s.local_endpoints))
+    };
+    h.run_for(Duration::ZERO, &lb_local(2));
+    assert_eq!(local_count(&receiver), Some((32100, 2)));
+    assert_eq!(receiver.borrow().bind, HealthCheckBind::All);
+    let external = "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"external\"}";
+    assert_eq!(sample(&h, external), 0.0);
+
+    // The local endpoints go, but the sync fails: the servers keep what is programmed.
+    *h.dataplane.fail.lock().unwrap() = 1;
+    h.clock.advance(Duration::from_secs(2));
+    h.controller.changed();
+    h.run_for(Duration::ZERO, &lb_local(0));
+    assert_eq!(
+        local_count(&receiver),
+        Some((32100, 2)),
+        "failed sync: unchanged"
+    );
+    h.run_for(Duration::from_secs(2), &lb_local(0));
+    assert_eq!(
+        local_count(&receiver),
+        Some((32100, 0)),
+        "the retry publishes it"
+    );
+    assert_eq!(sample(&h, external), 1.0, "only a remote endpoint is left");
 }

@@ -1,20 +1,21 @@
 //! The iptables dataplane: full syncs when the controller asks (start, failures, hourly) and
 //! when someone flushed our chains (canary gone); partial syncs of only the changed service
-//! ports otherwise.
+//! ports otherwise. After every sync the conntrack reconciler deletes stale UDP entries.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use super::backend::IptablesBackend;
 use super::chains::CANARY;
 use super::exec::{self, ExecError};
 use super::restore::{self, Strategy};
-use super::rule_set::{BaseRules, ChainRef, PortRules, RuleArgs, RuleConfig, Table};
+use super::rule_set::{
+    add_counts, BaseRules, ChainRef, PortRules, RuleArgs, RuleConfig, RuleCounts, Table,
+};
 use super::rules::{base_rules, port_rules};
+use crate::conntrack::Reconciler;
 use crate::dataplane::{Dataplane, SyncError, SyncKind, SyncReport};
-use crate::model::{DesiredState, Protocol, ServicePort, ServicePortKey, StateDiff};
+pub use crate::metrics::IptablesMetrics;
+use crate::model::{DesiredState, ServicePortKey, StateDiff};
 
 /// The tables we own chains in.
 pub const TABLES: [Table; 3] = [Table::Mangle, Table::Nat, Table::Filter];
@@ -29,8 +30,15 @@ pub trait IptablesSystem: Send {
     fn chain_exists(&mut self, chain: &ChainRef) -> bool;
     /// Makes sure the jump rules from built-in chains exist, in order.
     fn ensure_jumps(&mut self, jumps: &[(ChainRef, RuleArgs)]) -> Result<(), ExecError>;
-    /// Deletes UDP conntrack entries matching the arguments (`conntrack -D ...`).
-    fn delete_conntrack(&mut self, args: &[String]);
+    /// Restore lines (table, line) that put the jumps in place, read from the kernel now, for
+    /// a full sync to end its last transaction with; `None` when the backend checks the jumps
+    /// with [`IptablesSystem::ensure_jumps`] after the sync instead.
+    fn jump_lines(
+        &mut self,
+        _jumps: &[(ChainRef, RuleArgs)],
+    ) -> Result<Option<Vec<(Table, String)>>, ExecError> {
+        Ok(None)
+    }
     /// Removes all our chains and the jumps into them; returns how many chains went.
     fn remove_all(&mut self) -> Result<usize, super::cleanup::CleanupError>;
 }
@@ -58,17 +66,28 @@ impl IptablesSystem for SystemIptables {
         exec::chain_exists(self.backend, chain)
     }
 
+    fn jump_lines(
+        &mut self,
+        jumps: &[(ChainRef, RuleArgs)],
+    ) -> Result<Option<Vec<(Table, String)>>, ExecError> {
+        // iptables-legacy rewrites the whole table for every restore (seconds at 10,000
+        // services): the jump fix rides in the full sync's last transaction instead of a
+        // save and a restore of its own after it.
+        if self.backend != IptablesBackend::Legacy {
+            return Ok(None);
+        }
+        self.legacy_jump_lines(&jumps_by_chain(jumps)).map(Some)
+    }
+
     fn ensure_jumps(&mut self, jumps: &[(ChainRef, RuleArgs)]) -> Result<(), ExecError> {
         // Our jumps go first in each built-in chain, in the given order, like upstream's `-I`
         // (rules other tools append cannot bypass services). When one is missing, ours are
         // removed and re-inserted in order, since positions past the chain's end are refused.
-        let mut by_chain: BTreeMap<&ChainRef, Vec<&[String]>> = BTreeMap::new();
-        for (chain, rule) in jumps {
-            by_chain.entry(chain).or_default().push(&rule.0);
-        }
+        let by_chain = jumps_by_chain(jumps);
         if self.backend == IptablesBackend::Legacy {
             return self.ensure_jumps_legacy(&by_chain);
         }
+        // iptables-nft: one cheap check per rule (nft reads only what it is asked for).
         for (chain, rules) in by_chain {
             if rules
                 .iter()
@@ -87,19 +106,6 @@ impl IptablesSystem for SystemIptables {
         }
         Ok(())
     }
-
-    fn delete_conntrack(&mut self, args: &[String]) {
-        // Exit status 1 means "nothing matched"; a missing tool only costs the UDP cleanup.
-        if let Err(e) = std::process::Command::new("conntrack")
-            .arg("-D")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-        {
-            tracing::warn!(error = %e, "cannot run conntrack; stale UDP flows are not cleared");
-        }
-    }
 }
 
 impl SystemIptables {
@@ -112,8 +118,30 @@ impl SystemIptables {
         &mut self,
         by_chain: &BTreeMap<&ChainRef, Vec<&[String]>>,
     ) -> Result<(), ExecError> {
-        let tables: BTreeSet<Table> = by_chain.keys().map(|c| c.table).collect();
+        let lines = self.legacy_jump_lines(by_chain)?;
+        let tables: BTreeSet<Table> = lines.iter().map(|(t, _)| *t).collect();
         let mut input = String::new();
+        for table in tables {
+            input.push_str(&format!("*{}\n", table.as_str()));
+            for (_, line) in lines.iter().filter(|(t, _)| *t == table) {
+                input.push_str(line);
+                input.push('\n');
+            }
+            input.push_str("COMMIT\n");
+        }
+        if input.is_empty() {
+            return Ok(());
+        }
+        exec::restore(self.backend, &input)
+    }
+
+    /// The `-D`/`-I` lines that fix the jumps, from one iptables-save per table.
+    fn legacy_jump_lines(
+        &mut self,
+        by_chain: &BTreeMap<&ChainRef, Vec<&[String]>>,
+    ) -> Result<Vec<(Table, String)>, ExecError> {
+        let tables: BTreeSet<Table> = by_chain.keys().map(|c| c.table).collect();
+        let mut lines = Vec::new();
         for table in tables {
             let chains: Vec<&str> = by_chain
                 .keys()
@@ -121,23 +149,25 @@ impl SystemIptables {
                 .map(|c| c.chain.as_str())
                 .collect();
             let listed = exec::saved_rules(self.backend, table, &chains)?;
-            let mut lines = Vec::new();
             for (chain, rules) in by_chain.iter().filter(|(c, _)| c.table == table) {
-                lines.extend(jump_fix(&listed, &chain.chain, rules));
-            }
-            if !lines.is_empty() {
-                input.push_str(&format!(
-                    "*{}\n{}\nCOMMIT\n",
-                    table.as_str(),
-                    lines.join("\n")
-                ));
+                lines.extend(
+                    jump_fix(&listed, &chain.chain, rules)
+                        .into_iter()
+                        .map(|line| (table, line)),
+                );
             }
         }
-        if input.is_empty() {
-            return Ok(());
-        }
-        exec::restore(self.backend, &input)
+        Ok(lines)
     }
+}
+
+/// The jump rules grouped by built-in chain, in order.
+fn jumps_by_chain(jumps: &[(ChainRef, RuleArgs)]) -> BTreeMap<&ChainRef, Vec<&[String]>> {
+    let mut by_chain: BTreeMap<&ChainRef, Vec<&[String]>> = BTreeMap::new();
+    for (chain, rule) in jumps {
+        by_chain.entry(chain).or_default().push(&rule.0);
+    }
+    by_chain
 }
 
 /// Restore lines that make our `rules` the first rules of built-in `chain`, in order, given
@@ -181,43 +211,18 @@ fn jump_fix(listed: &[(String, Vec<String>)], chain: &str, rules: &[&[String]]) 
 
 /// What a later partial sync needs of one written service port: the names of its own
 /// chains (to delete those it no longer has) and its rules in shared chains (to delete them
-/// one by one); not the rules inside its chains, which a rewrite declares afresh. UDP ports
-/// keep the port itself, for the stale-flow cleanup.
+/// one by one); not the rules inside its chains, which a rewrite declares afresh.
 struct Written {
-    udp_port: Option<ServicePort>,
     rules: PortRules,
+    /// Its rules per table, for the rule count metrics.
+    counts: RuleCounts,
 }
 
 impl Written {
-    fn new(port: &ServicePort, rules: &PortRules) -> Self {
+    fn new(rules: &PortRules) -> Self {
         Self {
-            udp_port: (port.key.protocol == Protocol::Udp).then(|| port.clone()),
             rules: rules.skeleton(),
-        }
-    }
-}
-
-/// iptables mode's own counters (upstream's names; registered by [`crate::metrics`]).
-#[derive(Clone, Debug)]
-pub struct IptablesMetrics {
-    /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total`.
-    pub restore_failures: Counter,
-    /// `kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total`.
-    pub partial_restore_failures: Counter,
-    /// iptables-restore runs, for `switchyard_iptables_restores_total`.
-    pub restores: Counter,
-    /// Time spent inside iptables-restore, the floor of a sync's cost
-    /// (`switchyard_iptables_restore_duration_seconds`).
-    pub restore_duration: Histogram,
-}
-
-impl Default for IptablesMetrics {
-    fn default() -> Self {
-        Self {
-            restore_failures: Counter::default(),
-            partial_restore_failures: Counter::default(),
-            restores: Counter::default(),
-            restore_duration: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            counts: rules.rule_counts(),
         }
     }
 }
@@ -231,6 +236,9 @@ pub struct IptablesDataplane {
     written: BTreeMap<ServicePortKey, Written>,
     needs_full: bool,
     metrics: IptablesMetrics,
+    /// Deletes stale UDP conntrack entries after each sync; none in tests that have no
+    /// namespace of their own.
+    conntrack: Option<Reconciler>,
     /// Every restore input, kept only when recording (tests assert on them).
     recorded: Option<Vec<String>>,
 }
@@ -247,8 +255,15 @@ impl IptablesDataplane {
             written: BTreeMap::new(),
             needs_full: true,
             metrics: IptablesMetrics::default(),
+            conntrack: None,
             recorded: None,
         }
+    }
+
+    /// Reconciles the conntrack table through `reconciler` after every sync.
+    pub fn with_conntrack(mut self, reconciler: Reconciler) -> Self {
+        self.conntrack = Some(reconciler);
+        self
     }
 
     /// Counts into `metrics` from now on.
@@ -289,11 +304,6 @@ impl IptablesDataplane {
     fn full(&mut self, state: &DesiredState) -> Result<SyncReport, SyncError> {
         // Until this succeeds, our idea of the kernel's state is unknown.
         self.needs_full = true;
-        let ports: BTreeMap<&ServicePortKey, PortRules> = state
-            .ports
-            .iter()
-            .map(|(key, port)| (key, port_rules(port, &self.config)))
-            .collect();
         let mut existing = BTreeSet::new();
         for table in TABLES {
             let chains = self
@@ -302,30 +312,57 @@ impl IptablesDataplane {
                 .map_err(|e| SyncError::new("listing our chains", e))?;
             existing.extend(chains);
         }
-        let inputs = restore::full_sync(&self.base, &ports, &existing, self.strategy);
-        for input in &inputs {
-            self.restore(input)
+        let jump_lines = self
+            .system
+            .jump_lines(&self.base.jumps)
+            .map_err(|e| SyncError::new("reading the jumps from built-in chains", e))?;
+        // Each port's rules are rendered as they are generated and then reduced to what a
+        // partial sync needs: the rules of 10,000 ports never exist twice.
+        let config = &self.config;
+        let ports = state
+            .ports
+            .iter()
+            .map(|(key, port)| (key, port_rules(port, config)));
+        let mut written: BTreeMap<ServicePortKey, Written> = BTreeMap::new();
+        let inputs = restore::full_sync(
+            &self.base,
+            ports,
+            &existing,
+            self.strategy,
+            jump_lines.as_deref().unwrap_or_default(),
+            |key, rules| drop(written.insert(key.clone(), Written::new(&rules))),
+        );
+        let ports_written = written.len();
+        for input in inputs {
+            self.restore(&input)
                 .map_err(|e| SyncError::new("full sync", e))?;
         }
-        // Jumps last: by now every chain they point at exists and is filled.
-        self.system
-            .ensure_jumps(&self.base.jumps)
-            .map_err(|e| SyncError::new("inserting the jumps from built-in chains", e))?;
-        self.flush_stale_udp(state);
+        // Jumps last (unless they were in the last transaction): by now every chain they point
+        // at exists and is filled.
+        if jump_lines.is_none() {
+            self.system
+                .ensure_jumps(&self.base.jumps)
+                .map_err(|e| SyncError::new("inserting the jumps from built-in chains", e))?;
+        }
         let report = SyncReport {
             full: true,
-            ports_written: ports.len(),
+            ports_written,
             ..SyncReport::default()
         };
-        self.written = ports
-            .into_iter()
-            .filter_map(|(key, rules)| {
-                let port = state.ports.get(key)?;
-                Some((key.clone(), Written::new(port, &rules)))
-            })
-            .collect();
+        self.written = written;
         self.needs_full = false;
+        let total = self.rule_counts();
+        self.metrics.set_rule_counts(&total, &total);
         Ok(report)
+    }
+
+    /// The rules we own now, per table.
+    fn rule_counts(&self) -> RuleCounts {
+        let mut counts = self.base.rule_counts();
+        for written in self.written.values() {
+            add_counts(&mut counts, &written.counts);
+        }
+        counts
     }
 
     fn partial(&mut self, state: &DesiredState, diff: &StateDiff) -> Result<SyncReport, SyncError> {
@@ -354,99 +391,26 @@ impl IptablesDataplane {
             self.metrics.partial_restore_failures.inc();
             return self.full(state);
         }
-        self.flush_stale_udp_of(state, &keys);
         for key in &keys {
-            match (state.ports.get(*key), new_rules.get(*key)) {
-                (Some(port), Some(rules)) => {
-                    self.written
-                        .insert((*key).clone(), Written::new(port, rules));
+            match new_rules.get(*key) {
+                Some(rules) => {
+                    self.written.insert((*key).clone(), Written::new(rules));
                 }
-                _ => {
+                None => {
                     self.written.remove(*key);
                 }
             }
         }
+        self.metrics
+            .set_rule_counts(&self.rule_counts(), &restore::written_rules(&input));
         Ok(SyncReport {
             ports_written: keys.len(),
             ..SyncReport::default()
         })
     }
 
-    fn flush_stale_udp(&mut self, state: &DesiredState) {
-        // Ports that went away count too: their flows are as stale as any.
-        let keys: BTreeSet<ServicePortKey> = state
-            .ports
-            .keys()
-            .chain(self.written.keys())
-            .cloned()
-            .collect();
-        let keys: Vec<&ServicePortKey> = keys.iter().collect();
-        self.flush_stale_udp_of(state, &keys);
-    }
-
-    /// UDP has no connection end: a conntrack entry pointing at a gone endpoint (or cached
-    /// while the service had none) black-holes the flow until it expires, so delete them.
-    fn flush_stale_udp_of(&mut self, state: &DesiredState, keys: &[&ServicePortKey]) {
-        for key in keys {
-            if key.protocol != Protocol::Udp {
-                continue;
-            }
-            let old = self.written.get(*key).and_then(|w| w.udp_port.as_ref());
-            let new = state.ports.get(*key).map(|p| &**p);
-            for args in stale_udp_flows(old, new) {
-                self.system.delete_conntrack(&args);
-            }
-        }
-    }
-}
-
-/// `conntrack -D` arguments for the UDP flows a change leaves stale.
-fn stale_udp_flows(old: Option<&ServicePort>, new: Option<&ServicePort>) -> Vec<Vec<String>> {
-    // Topology hints choose endpoints for new flows only: a flow to an endpoint that merely
-    // left this node's zone set is not stale (as upstream's conntrack cleanup).
-    let serving = |p: Option<&ServicePort>| -> BTreeSet<IpAddr> {
-        p.map(|p| {
-            p.cluster_endpoints_ignoring_topology()
-                .into_iter()
-                .map(|e| e.ip)
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let (before, after) = (serving(old), serving(new));
-    let mut flows = Vec::new();
-    let frontends: Vec<(IpAddr, u16)> = old
-        .into_iter()
-        .chain(new)
-        .flat_map(|p| p.frontends.iter().map(|f| (f.ip, f.port)))
-        .filter(|(ip, _)| ip.is_ipv4())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    for (ip, port) in frontends {
-        let base = vec![
-            "-p".to_owned(),
-            "udp".to_owned(),
-            "--orig-dst".to_owned(),
-            ip.to_string(),
-            "--dport".to_owned(),
-            port.to_string(),
-        ];
-        if before.is_empty() && !after.is_empty() {
-            // Flows that hit REJECT while there were no endpoints.
-            flows.push(base.clone());
-        }
-        for gone in before.difference(&after).filter(|ip| ip.is_ipv4()) {
-            let mut args = base.clone();
-            args.extend(["--dst-nat".to_owned(), gone.to_string()]);
-            flows.push(args);
-        }
-    }
-    flows
-}
-
-impl Dataplane for IptablesDataplane {
-    fn sync(
+    /// The rules part of a sync.
+    fn sync_rules(
         &mut self,
         kind: SyncKind,
         state: &DesiredState,
@@ -472,6 +436,23 @@ impl Dataplane for IptablesDataplane {
             return Ok(SyncReport::default());
         }
         self.partial(state, diff)
+    }
+}
+
+impl Dataplane for IptablesDataplane {
+    fn sync(
+        &mut self,
+        kind: SyncKind,
+        state: &DesiredState,
+        diff: &StateDiff,
+    ) -> Result<SyncReport, SyncError> {
+        let report = self.sync_rules(kind, state, diff)?;
+        // Every sync, as upstream: entries created while a change was on its way (DNATed by
+        // the old rules after the listing) are caught by the next one.
+        if let Some(conntrack) = &mut self.conntrack {
+            conntrack.reconcile(state);
+        }
+        Ok(report)
     }
 
     fn node_addresses(&mut self, addresses: &[IpAddr]) {
@@ -509,6 +490,9 @@ mod tests {
     struct Fake {
         fail_restores: Arc<Mutex<usize>>,
         canary: Arc<Mutex<bool>>,
+        /// Jump lines to fold into the full sync (legacy), and how often ensure_jumps ran.
+        jump_lines: Option<Vec<(Table, String)>>,
+        ensured: Arc<Mutex<usize>>,
     }
 
     impl IptablesSystem for Fake {
@@ -531,12 +515,47 @@ mod tests {
             *self.canary.lock().unwrap()
         }
         fn ensure_jumps(&mut self, _jumps: &[(ChainRef, RuleArgs)]) -> Result<(), ExecError> {
+            *self.ensured.lock().unwrap() += 1;
             Ok(())
         }
-        fn delete_conntrack(&mut self, _args: &[String]) {}
+        fn jump_lines(
+            &mut self,
+            _jumps: &[(ChainRef, RuleArgs)],
+        ) -> Result<Option<Vec<(Table, String)>>, ExecError> {
+            Ok(self.jump_lines.clone())
+        }
         fn remove_all(&mut self) -> Result<usize, crate::iptables::cleanup::CleanupError> {
             Ok(0)
         }
+    }
+
+    #[test]
+    fn legacy_jump_fixes_ride_in_the_full_syncs_transaction() {
+        let line = "-I PREROUTING 1 -j SWY-SERVICES".to_owned();
+        let fake = Fake {
+            jump_lines: Some(vec![(Table::Nat, line.clone())]),
+            ..Fake::default()
+        };
+        let mut dp = dataplane(Strategy::Single, &fake);
+        let state = state(&objects(3));
+        dp.sync(SyncKind::Full, &state, &StateDiff::default())
+            .unwrap();
+        let inputs = dp.take_recorded();
+        assert_eq!(inputs.len(), 1, "one transaction, jumps included");
+        let nat = inputs[0].split("*nat\n").nth(1).unwrap_or_default();
+        assert!(nat.contains(&format!("{line}\nCOMMIT")), "{nat}");
+        assert_eq!(
+            *fake.ensured.lock().unwrap(),
+            0,
+            "no save and restore after it"
+        );
+
+        // nft (no jump lines): the jumps are checked after the sync.
+        let fake = Fake::default();
+        let mut dp = dataplane(Strategy::Single, &fake);
+        dp.sync(SyncKind::Full, &state, &StateDiff::default())
+            .unwrap();
+        assert_eq!(*fake.ensured.lock().unwrap(), 1);
     }
 
     /// `count` services `svc-N`, each with a ClusterIP and two endpoints.
@@ -796,6 +815,50 @@ mod tests {
         let inputs = dp.take_recorded();
         assert_eq!(inputs.len(), 1);
         assert!(inputs[0].contains("198.18.128.3/32"), "{}", inputs[0]);
+    }
+
+    /// `svc-0` of [`objects`] as a UDP service.
+    fn udp_objects() -> ClusterObjects {
+        let mut objects = objects(1);
+        let key = crate::model::ObjectKey::new("scale", "svc-0");
+        let mut service = (*objects.services[&key]).clone();
+        if let Some(spec) = service.spec.as_mut() {
+            for port in spec.ports.iter_mut().flatten() {
+                port.protocol = Some("UDP".into());
+            }
+        }
+        objects.insert_service(service);
+        let key = crate::model::ObjectKey::new("scale", "svc-0-1");
+        let mut slice = (*objects.endpoint_slices[&key]).clone();
+        for port in slice.ports.iter_mut().flatten() {
+            port.protocol = Some("UDP".into());
+        }
+        objects.insert_slice(slice);
+        objects
+    }
+
+    #[test]
+    fn every_sync_reconciles_conntrack_once_and_a_failure_does_not_fail_it() {
+        use crate::conntrack::{ConntrackMetrics, FakeTable, Reconciler};
+        let fake = Fake::default();
+        let table = FakeTable::default();
+        let metrics = ConntrackMetrics::default();
+        let mut dp = dataplane(Strategy::Single, &fake)
+            .with_conntrack(Reconciler::new(Box::new(table.clone()), metrics.clone()));
+        let s = state(&udp_objects());
+        assert_eq!(s.ports.len(), 1);
+        for kind in [SyncKind::Full, SyncKind::Verify, SyncKind::Partial] {
+            dp.sync(kind, &s, &StateDiff::default()).unwrap();
+        }
+        assert_eq!(table.with(|t| t.listings), 3, "full, verify, partial");
+        table.with(|t| t.fail_listings = 1);
+        let report = dp.sync(SyncKind::Verify, &s, &StateDiff::default());
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(metrics.failures.get(), 1);
+        // A failed rules sync reconciles nothing: the rules are not what the state says.
+        *fake.fail_restores.lock().unwrap() = 2;
+        assert!(dp.sync(SyncKind::Full, &s, &StateDiff::default()).is_err());
+        assert_eq!(table.with(|t| t.listings), 4);
     }
 
     #[test]

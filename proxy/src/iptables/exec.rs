@@ -1,6 +1,6 @@
 //! Running the iptables tools: restores, single-rule checks, and listing our chains.
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
 use wait_timeout::ChildExt;
@@ -53,7 +53,18 @@ const LOCK_WAIT_SECONDS: &str = "5";
 /// How long one iptables command may run: a 10,000-service restore takes seconds.
 const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
-fn run(mut cmd: Command, input: Option<&str>) -> Result<String, ExecError> {
+fn run(cmd: Command, input: Option<&str>) -> Result<String, ExecError> {
+    run_keeping(cmd, input, |_| true)
+}
+
+/// Like [`run`], but keeps only the output lines `keep` accepts, filtered as they are read:
+/// iptables-save of a 10,000-service table prints about 50 MB, of which a sync needs the
+/// chain declarations or a handful of rules.
+fn run_keeping(
+    mut cmd: Command,
+    input: Option<&str>,
+    keep: impl Fn(&str) -> bool + Sync,
+) -> Result<String, ExecError> {
     let program = format!("{cmd:?}");
     cmd.stdin(if input.is_some() {
         Stdio::piped()
@@ -69,57 +80,67 @@ fn run(mut cmd: Command, input: Option<&str>) -> Result<String, ExecError> {
     let mut child = cmd.spawn().map_err(spawn_error)?;
     // Feeding and draining happen on helper threads so a hung tool (a stuck xtables lock, a
     // wedged netlink socket) costs this sync a deadline, not the controller forever. The
-    // child itself stays here, unreaped until it is waited for, so killing it on timeout can
-    // never hit a process that reused its pid.
-    let feeder = match (input.map(str::to_owned), child.stdin.take()) {
-        (Some(text), Some(mut stdin)) => Some(std::thread::spawn(move || {
-            // A write error shows up as the child's failure, with its own message.
-            let _ = stdin.write_all(text.as_bytes());
-        })),
-        _ => None,
-    };
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let status = match child.wait_timeout(COMMAND_DEADLINE).map_err(spawn_error)? {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(ExecError::TimedOut {
-                program,
-                after: COMMAND_DEADLINE,
+    // threads borrow the input (no copy of a restore input of tens of MB); once the child
+    // exits or is killed, its pipes close and they end. The child itself stays here,
+    // unreaped until it is waited for, so killing it on timeout can never hit a process that
+    // reused its pid.
+    std::thread::scope(|scope| {
+        let stdin = child.stdin.take();
+        if let (Some(text), Some(mut stdin)) = (input, stdin) {
+            scope.spawn(move || {
+                // A write error shows up as the child's failure, with its own message.
+                let _ = stdin.write_all(text.as_bytes());
             });
         }
-    };
-    if let Some(feeder) = feeder {
-        let _ = feeder.join();
-    }
-    let (stdout, stderr) = (collect(stdout), collect(stderr));
-    if !status.success() {
-        return Err(ExecError::Failed {
-            program,
-            status,
-            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+        let stdout = child
+            .stdout
+            .take()
+            .map(|pipe| scope.spawn(|| kept_lines(pipe, &keep)));
+        let stderr = child.stderr.take().map(|mut pipe| {
+            scope.spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
         });
-    }
-    Ok(String::from_utf8_lossy(&stdout).into_owned())
-}
-
-type Drained = Option<std::thread::JoinHandle<Vec<u8>>>;
-
-/// Reads a pipe to its end on a helper thread (a full pipe would stall the child).
-fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> Drained {
-    pipe.map(|mut pipe| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            out
-        })
+        let status = match child.wait_timeout(COMMAND_DEADLINE).map_err(spawn_error)? {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ExecError::TimedOut {
+                    program: program.clone(),
+                    after: COMMAND_DEADLINE,
+                });
+            }
+        };
+        let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
+        let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+        if !status.success() {
+            return Err(ExecError::Failed {
+                program: program.clone(),
+                status,
+                stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+            });
+        }
+        Ok(stdout)
     })
 }
 
-fn collect(drained: Drained) -> Vec<u8> {
-    drained.and_then(|h| h.join().ok()).unwrap_or_default()
+/// The lines of `pipe` that `keep` accepts, each ending in a newline.
+fn kept_lines(pipe: impl Read, keep: &(impl Fn(&str) -> bool + Sync)) -> String {
+    let mut out = String::new();
+    for line in BufReader::new(pipe).split(b'\n') {
+        let Ok(line) = line else {
+            break;
+        };
+        let line = String::from_utf8_lossy(&line);
+        if keep(&line) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Runs `iptables-restore --noflush` with `input`.
@@ -219,7 +240,12 @@ pub fn saved_rules(
 ) -> Result<Vec<(String, Vec<String>)>, ExecError> {
     let mut cmd = Command::new(backend.save());
     cmd.args(["-t", table.as_str()]);
-    Ok(rules_of_chains(&run(cmd, None)?, chains))
+    let wanted = |line: &str| {
+        line.strip_prefix("-A ")
+            .and_then(|rest| rest.split_once(' '))
+            .is_some_and(|(chain, _)| chains.contains(&chain))
+    };
+    Ok(rules_of_chains(&run_keeping(cmd, None, wanted)?, chains))
 }
 
 /// The `-A CHAIN ...` lines of `save` for the given chains, split like a shell would.
@@ -243,7 +269,7 @@ pub fn our_chains(backend: IptablesBackend, table: Table) -> Result<BTreeSet<Cha
         IptablesBackend::Legacy => {
             let mut cmd = Command::new(backend.save());
             cmd.args(["-t", table.as_str()]);
-            chain_declarations(&run(cmd, None)?)
+            chain_declarations(&run_keeping(cmd, None, |line| line.starts_with(':'))?)
         }
         IptablesBackend::Nft => {
             let mut cmd = Command::new("nft");

@@ -176,28 +176,37 @@ pub fn start_switchyard_from(
 /// `GET path` on `127.0.0.1:port` inside `node`'s namespace (where switchyard's health and
 /// metrics servers listen): the status code and the whole response.
 pub fn http_get(node: &Node, port: u16, path: &str) -> Result<(u16, String)> {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    http_get_from(&node.netns_path, address, path)?
+        .map_err(|e| Error::Protocol(format!("GET {path}: {e}")))
+}
+
+/// `GET path` on `address` from inside the namespace at `netns` (a node's, a pod's, the
+/// external client's): the status code and the whole response, or the connection's error
+/// (so a caller can tell a refusal from a timeout). The outer error is the namespace's.
+pub fn http_get_from(
+    netns: &std::path::Path,
+    address: std::net::SocketAddr,
+    path: &str,
+) -> Result<std::io::Result<(u16, String)>> {
     use std::io::{Read, Write};
     let path = path.to_owned();
-    crate::netns::run_in_netns(&node.netns_path, move || {
-        let protocol = |e: std::io::Error| Error::Protocol(format!("GET {path}: {e}"));
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
-            .map_err(protocol)?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(protocol)?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        let mut text = String::new();
-        stream
-            .write_all(request.as_bytes())
-            .and_then(|_| stream.read_to_string(&mut text))
-            .map_err(protocol)?;
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, text))
+    crate::netns::run_in_netns(netns, move || {
+        Ok((|| {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+            let mut text = String::new();
+            stream.write_all(request.as_bytes())?;
+            stream.read_to_string(&mut text)?;
+            let code = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            Ok((code, text))
+        })())
     })
 }
 

@@ -117,7 +117,8 @@ impl Pipeline {
             .collect();
         let base = base_rules(&config);
         for strategy in [Strategy::Single, Strategy::Batched { ports_per_batch: 2 }] {
-            for input in full_sync(&base, &self.rules, &existing, strategy) {
+            let ports = self.rules.iter().map(|(key, rules)| (key, rules.clone()));
+            for input in full_sync(&base, ports, &existing, strategy, &[], |_, _| {}) {
                 check_restore(&input);
             }
         }

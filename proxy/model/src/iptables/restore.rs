@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::rule_set::{BaseRules, ChainRef, PortRules, Rule, Table};
+use super::rule_set::{BaseRules, ChainRef, PortRules, Rule, RuleCounts, Table};
 
 /// How a full sync is split into iptables-restore runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +42,34 @@ struct Input {
 #[derive(Default)]
 struct TableInput {
     declare: BTreeSet<String>,
-    lines: Vec<String>,
+    /// Rule lines, each ending in a newline, in one buffer: a 10,000-service full sync has
+    /// 400,000 of them, and one String per line would double the input's memory.
+    lines: String,
     delete: BTreeSet<String>,
+}
+
+impl TableInput {
+    fn is_empty(&self) -> bool {
+        self.declare.is_empty() && self.lines.is_empty() && self.delete.is_empty()
+    }
+
+    /// The table's section, built in the lines buffer itself: the header is inserted in
+    /// front rather than the lines copied behind it (a large buffer is grown by the
+    /// allocator's remapping, not copied, so the input exists once in memory).
+    fn render(self, table: Table) -> String {
+        let mut head = format!("*{table}\n");
+        for chain in &self.declare {
+            let _ = writeln!(head, ":{chain} - [0:0]");
+        }
+        let mut out = self.lines;
+        out.reserve(head.len() + self.delete.iter().map(|c| c.len() + 4).sum::<usize>() + 8);
+        out.insert_str(0, &head);
+        for chain in &self.delete {
+            let _ = writeln!(out, "-X {chain}");
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
 }
 
 impl Input {
@@ -56,20 +82,16 @@ impl Input {
         let t = self.table(chain.table);
         t.declare.insert(chain.chain.clone());
         for rule in rules {
-            t.lines.push(format!("-A {} {rule}", chain.chain));
+            let _ = writeln!(t.lines, "-A {} {rule}", chain.chain);
         }
     }
 
     fn append(&mut self, chain: &ChainRef, rule: &str) {
-        self.table(chain.table)
-            .lines
-            .push(format!("-A {} {rule}", chain.chain));
+        let _ = writeln!(self.table(chain.table).lines, "-A {} {rule}", chain.chain);
     }
 
     fn delete_rule(&mut self, chain: &ChainRef, rule: &str) {
-        self.table(chain.table)
-            .lines
-            .push(format!("-D {} {rule}", chain.chain));
+        let _ = writeln!(self.table(chain.table).lines, "-D {} {rule}", chain.chain);
     }
 
     /// Flushes and deletes a chain (after every rule that referenced it is gone).
@@ -80,53 +102,55 @@ impl Input {
     }
 
     fn render(self) -> String {
-        let mut out = String::new();
-        for (table, t) in self.tables {
-            if t.declare.is_empty() && t.lines.is_empty() && t.delete.is_empty() {
-                continue;
-            }
-            let _ = writeln!(out, "*{table}");
-            for chain in &t.declare {
-                let _ = writeln!(out, ":{chain} - [0:0]");
-            }
-            for line in &t.lines {
-                out.push_str(line);
-                out.push('\n');
-            }
-            for chain in &t.delete {
-                let _ = writeln!(out, "-X {chain}");
-            }
-            out.push_str("COMMIT\n");
-        }
+        let mut sections: Vec<String> = self
+            .tables
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(table, t)| t.render(table))
+            .collect();
+        // The largest section (nat, at scale) takes the others in place, as above.
+        let Some(largest) = (0..sections.len()).max_by_key(|i| sections[*i].len()) else {
+            return String::new();
+        };
+        let after: String = sections.split_off(largest + 1).concat();
+        let mut out = sections.pop().unwrap_or_default();
+        let before = sections.concat();
+        out.reserve(before.len() + after.len());
+        out.insert_str(0, &before);
+        out.push_str(&after);
         out
     }
 }
 
 /// The inputs of a full sync, in the order they must run. `existing` are the chains of ours
 /// that are in the kernel now; those not wanted any more are deleted in the last input.
-pub fn full_sync(
+/// `last_lines` (table, line) end the last input: the jumps from built-in chains, when the
+/// caller folds them into the same transaction.
+///
+/// Ports are consumed one at a time: each port's rules are written into the input and then
+/// handed to `rendered` (which keeps what it needs, e.g. a skeleton), so the rules of all
+/// ports never exist twice, as rules and as input.
+pub fn full_sync<K>(
     base: &BaseRules,
-    ports: &BTreeMap<impl Ord, PortRules>,
+    ports: impl IntoIterator<Item = (K, PortRules)>,
     existing: &BTreeSet<ChainRef>,
     strategy: Strategy,
+    last_lines: &[(Table, String)],
+    mut rendered: impl FnMut(K, PortRules),
 ) -> Vec<String> {
-    let wanted: BTreeSet<&ChainRef> = base
-        .chains
-        .keys()
-        .chain(ports.values().flat_map(|p| p.chains.keys()))
+    let mut stale: BTreeSet<&ChainRef> = existing
+        .iter()
+        .filter(|chain| !base.chains.contains_key(*chain))
         .collect();
+    let mut shared: Vec<(ChainRef, Rule)> = Vec::new();
     let mut inputs = Vec::new();
     let mut last = Input::default();
-    match strategy {
+    let per_batch = match strategy {
         Strategy::Single => {
             for (chain, rules) in &base.chains {
                 last.chain(chain, rules);
             }
-            for port in ports.values() {
-                for (chain, rules) in &port.chains {
-                    last.chain(chain, rules);
-                }
-            }
+            None
         }
         Strategy::Batched { ports_per_batch } => {
             // First: static chains, so service chains can jump to them. Dispatch chains
@@ -139,33 +163,50 @@ pub fn full_sync(
                 }
             }
             inputs.push(first.render());
-            let all: Vec<&PortRules> = ports.values().collect();
-            for batch in all.chunks(ports_per_batch.max(1)) {
-                let mut input = Input::default();
-                for port in batch {
-                    for (chain, rules) in &port.chains {
-                        input.chain(chain, rules);
-                    }
-                }
-                inputs.push(input.render());
-            }
-            // Last: the dispatch chains, rewritten whole.
-            for (chain, rules) in &base.chains {
-                if !is_fixed_content(chain, base) {
-                    last.chain(chain, rules);
-                }
+            Some(ports_per_batch.max(1))
+        }
+    };
+    let mut batch = Input::default();
+    let mut in_batch = 0;
+    for (key, port) in ports {
+        let target = if per_batch.is_some() {
+            &mut batch
+        } else {
+            &mut last
+        };
+        for (chain, rules) in &port.chains {
+            target.chain(chain, rules);
+            stale.remove(chain);
+        }
+        shared.extend(port.shared.iter().cloned());
+        rendered(key, port);
+        in_batch += 1;
+        if per_batch.is_some_and(|n| in_batch == n) {
+            inputs.push(std::mem::take(&mut batch).render());
+            in_batch = 0;
+        }
+    }
+    if in_batch > 0 {
+        inputs.push(batch.render());
+    }
+    if per_batch.is_some() {
+        // Last: the dispatch chains, rewritten whole.
+        for (chain, rules) in &base.chains {
+            if !is_fixed_content(chain, base) {
+                last.chain(chain, rules);
             }
         }
     }
-    for port in ports.values() {
-        for (chain, rule) in &port.shared {
-            last.append(chain, rule);
-        }
+    for (chain, rule) in &shared {
+        last.append(chain, rule);
     }
-    for chain in existing {
-        if !wanted.contains(chain) {
-            last.remove_chain(chain);
-        }
+    for chain in stale {
+        last.remove_chain(chain);
+    }
+    for (table, line) in last_lines {
+        let lines = &mut last.table(*table).lines;
+        lines.push_str(line);
+        lines.push('\n');
     }
     inputs.push(last.render());
     inputs.retain(|i| !i.is_empty());
@@ -206,6 +247,24 @@ pub fn partial_sync<'a>(
         input.append(chain, rule);
     }
     input.render()
+}
+
+/// The rules an iptables-restore input writes (`-A` and `-I` lines), per table.
+pub fn written_rules(input: &str) -> RuleCounts {
+    let mut counts = RuleCounts::new();
+    let mut table = None;
+    for line in input.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = [Table::Nat, Table::Filter, Table::Mangle]
+                .into_iter()
+                .find(|t| t.as_str() == name);
+        } else if line.starts_with("-A ") || line.starts_with("-I ") {
+            if let Some(table) = table {
+                *counts.entry(table).or_default() += 1;
+            }
+        }
+    }
+    counts
 }
 
 /// Input that flushes and deletes the given chains (used by `--cleanup`).
@@ -282,6 +341,39 @@ mod tests {
         ChainRef::new(table, name)
     }
 
+    #[test]
+    fn rule_counts_agree_with_what_the_inputs_write() {
+        let base = base();
+        let ports: BTreeMap<&str, PortRules> = [("a", port("a")), ("bb", port("bb"))].into();
+        let mut expected = base.rule_counts();
+        for p in ports.values() {
+            super::super::rule_set::add_counts(&mut expected, &p.rule_counts());
+        }
+        assert_eq!(
+            expected.get(&Table::Nat),
+            Some(&(1 + 2 * 3)),
+            "{expected:?}"
+        );
+        let mut written = RuleCounts::new();
+        for input in full_sync(
+            &base,
+            ports.clone(),
+            &BTreeSet::new(),
+            Strategy::Batched { ports_per_batch: 1 },
+            &[],
+            |_, _| {},
+        ) {
+            super::super::rule_set::add_counts(&mut written, &written_rules(&input));
+        }
+        assert_eq!(written, expected, "a full sync writes every rule once");
+        let partial = partial_sync([(Some(&ports["a"]), Some(&port("a")))]);
+        assert_eq!(
+            written_rules(&partial),
+            RuleCounts::from([(Table::Nat, 2)]),
+            "the port's chains are rewritten; its unchanged shared rule is not"
+        );
+    }
+
     fn port(id: &str) -> PortRules {
         let svc = chain(Table::Nat, &format!("SWY-SVC-{id}"));
         let sep = chain(Table::Nat, &format!("SWY-SEP-{id}"));
@@ -320,7 +412,14 @@ mod tests {
     fn single_strategy_is_one_input_that_removes_stale_chains_last() {
         let ports = BTreeMap::from([("a", port("A")), ("b", port("BB"))]);
         let existing = BTreeSet::from([chain(Table::Nat, "SWY-SVC-OLD")]);
-        let inputs = full_sync(&base(), &ports, &existing, Strategy::Single);
+        let inputs = full_sync(
+            &base(),
+            ports.clone(),
+            &existing,
+            Strategy::Single,
+            &[],
+            |_, _| {},
+        );
         assert_eq!(inputs.len(), 1);
         let text = &inputs[0];
         assert!(text.starts_with("*nat\n"));
@@ -340,9 +439,11 @@ mod tests {
         let existing = BTreeSet::from([chain(Table::Nat, "SWY-SERVICES")]);
         let inputs = full_sync(
             &base(),
-            &ports,
+            ports.clone(),
             &existing,
             Strategy::Batched { ports_per_batch: 2 },
+            &[],
+            |_, _| {},
         );
         // static chains, 3 batches of service chains, dispatch.
         assert_eq!(inputs.len(), 5, "{inputs:#?}");

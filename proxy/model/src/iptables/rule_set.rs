@@ -68,7 +68,30 @@ pub struct PortRules {
     pub shared: Vec<(ChainRef, Rule)>,
 }
 
+/// Rules per table, for upstream's `sync_proxy_rules_iptables_{total,last}{table}`.
+pub type RuleCounts = BTreeMap<Table, usize>;
+
+/// Adds `more` into `counts`.
+pub fn add_counts(counts: &mut RuleCounts, more: &RuleCounts) {
+    for (table, n) in more {
+        *counts.entry(*table).or_default() += n;
+    }
+}
+
 impl PortRules {
+    /// Rules this port owns, per table: those in its own chains and those it adds to shared
+    /// chains.
+    pub fn rule_counts(&self) -> RuleCounts {
+        let mut counts = RuleCounts::new();
+        for (chain, rules) in &self.chains {
+            *counts.entry(chain.table).or_default() += rules.len();
+        }
+        for (chain, _) in &self.shared {
+            *counts.entry(chain.table).or_default() += 1;
+        }
+        counts
+    }
+
     /// The same chains without their rules, and the same shared-chain rules: all a partial
     /// sync reads of what it replaces (a rewritten chain is declared afresh, which flushes
     /// it), at a fraction of the memory.
@@ -110,6 +133,18 @@ pub struct BaseRules {
     /// into ours, installed with `iptables -C || iptables -I` since a restore cannot test for
     /// existing rules. Ordered as they must appear.
     pub jumps: Vec<(ChainRef, RuleArgs)>,
+}
+
+impl BaseRules {
+    /// Rules in the static chains, per table (the jumps from built-in chains are not ours to
+    /// count, as upstream does not count its jumps).
+    pub fn rule_counts(&self) -> RuleCounts {
+        let mut counts = RuleCounts::new();
+        for (chain, rules) in &self.chains {
+            *counts.entry(chain.table).or_default() += rules.len();
+        }
+        counts
+    }
 }
 
 /// One rule as the argument vector of a single-rule `iptables` call (`-C`, `-I`, `-D`), so

@@ -5,12 +5,15 @@
 
 mod categorize;
 mod conflicts;
+mod conntrack;
 mod diff;
 mod endpoints;
 pub(crate) mod fixtures;
 mod fuzz_corpus;
+mod health_check;
 mod invalid;
 mod node_and_objects;
 mod services;
+mod sync_counts;
 mod topology;
 mod topology_hints;
