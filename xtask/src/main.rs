@@ -1,7 +1,8 @@
-//! Switchyard's task runner: `cargo xtask <setup|build|test|lint|demo>`.
+//! Switchyard's task runner: `cargo xtask <setup|build|test|lint|fuzz|demo>`.
 mod build;
 mod command;
 mod demo;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -19,7 +20,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks (packages, nightly rust-src, bpf-linker, bpffs).
+    /// Install what a fresh machine lacks (packages, nightly rust-src, bpf-linker, cargo-fuzz,
+    /// bpffs).
     Setup,
     /// Build the eBPF object and the binaries that embed it.
     Build {
@@ -34,6 +36,9 @@ enum Task {
     },
     /// Check formatting and clippy (userspace and kernel crate).
     Lint,
+    /// Run each fuzz target (`proxy/fuzz/`, nightly + cargo-fuzz) for a bounded time, starting
+    /// from the committed corpus.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks: connection cost through each dataplane vs the direct path, or with
     /// `-- controlplane` the control plane at scale (extra args go to the bench binary, e.g.
     /// `-- --connections 5000` or `-- controlplane --quick`).
@@ -57,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { filter } => test::test(&root, &filter),
         Task::Lint => lint::lint(&root),
+        Task::Fuzz(fuzz_args) => fuzz::fuzz(&root, &fuzz_args),
         Task::Bench { args } => bench(&root, &args),
         Task::Demo(demo_args) => demo::demo(&root, demo_args),
     }

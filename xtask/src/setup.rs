@@ -18,6 +18,9 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// The cargo-fuzz release `cargo xtask fuzz` drives; it builds with the stable toolchain
+/// (installed with its own lock file).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Installs missing pieces and prints what it did.
 pub fn setup() -> anyhow::Result<()> {
@@ -81,6 +84,18 @@ pub fn setup() -> anyhow::Result<()> {
             ])
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
         did.push("built bpf-linker against LLVM 22".into());
+    }
+
+    let fuzz_version = output(Command::new("cargo").args(["fuzz", "--version"]));
+    if fuzz_version.is_none_or(|v| v.trim() != format!("cargo-fuzz {CARGO_FUZZ_VERSION}")) {
+        run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
+        did.push(format!("installed cargo-fuzz {CARGO_FUZZ_VERSION}"));
     }
 
     if !bpffs_mounted()? {

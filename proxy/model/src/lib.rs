@@ -30,6 +30,8 @@ pub mod conntrack;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod health_check;
 mod incremental;
 pub mod iptables;

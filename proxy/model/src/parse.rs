@@ -60,6 +60,16 @@ pub(crate) fn family_name(ip: &IpAddr) -> &'static str {
     }
 }
 
+/// Whether `c` would forge or garble a log line: control characters (newlines, escape
+/// sequences) and the Unicode line separators and bidirectional overrides. The manifest
+/// parser skips objects with such names; the same goes for names inside objects.
+pub(crate) fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
 /// A port number field (the API gives `i32`); 0 and anything above 65535 are invalid.
 pub(crate) fn port_number(value: i32) -> Result<u16, String> {
     match u16::try_from(value) {

@@ -319,6 +319,13 @@ fn ports(
         let port = parse::port_number(p.port)
             .map_err(|msg| w.fatal(format!("spec.ports[{i}].port"), msg))?;
         let name = p.name.clone().unwrap_or_default();
+        // The name is part of the port's key, so of every log line and warning naming it.
+        if name.chars().any(parse::is_unsafe_char) {
+            return Err(w.fatal(
+                format!("spec.ports[{i}].name"),
+                format!("{name:?} contains control characters (a port name is a DNS label)"),
+            ));
+        }
         // The key of a service port is name+protocol; a duplicate would silently shadow one.
         if out.iter().any(|o| o.name == name && o.protocol == protocol) {
             return Err(w.fatal(

@@ -1,9 +1,9 @@
 //! Object sources: where Services, EndpointSlices, Endpoints and Nodes come from.
 pub mod kube_api;
 pub mod manifest_dir;
-pub mod manifest_parse;
 mod manifest_watch;
-mod yaml_depth;
+/// The manifest parser (the pure `switchyard-manifest` crate, kept at its old path).
+pub use switchyard_manifest as manifest_parse;
 
 use std::path::PathBuf;
 use std::sync::Arc;

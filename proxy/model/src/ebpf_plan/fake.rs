@@ -1,5 +1,6 @@
-//! In-memory maps for the planner's tests: the kernel's semantics that ordering relies on,
-//! with optional capacities to simulate full maps and an injectable one-off failure.
+//! In-memory maps for the planner's tests and the fuzz targets: the kernel's semantics that
+//! ordering relies on, with optional capacities to simulate full maps and an injectable
+//! one-off failure.
 use std::collections::{BTreeMap, BTreeSet};
 
 use switchyard_common::{Backend, BackendKey, ServiceKey, ServiceValue};
@@ -49,6 +50,20 @@ impl FakeMaps {
     /// Makes the `n`-th operation from now fail (0: the next one).
     pub fn fail_op(&mut self, n: usize) {
         self.fail_at = Some(self.ops_run + n);
+    }
+
+    /// The first slot a service entry counts that the backends map lacks: a program that
+    /// read that entry would find no backend. `None` is the state every operation must keep.
+    pub fn missing_slot(&self) -> Option<(ServiceKey, BackendKey)> {
+        self.services.iter().find_map(|(key, value)| {
+            (0..u32::from(value.count))
+                .map(|slot| BackendKey {
+                    service_id: value.id,
+                    slot,
+                })
+                .find(|slot| !self.backends.contains_key(slot))
+                .map(|slot| (*key, slot))
+        })
     }
 }
 

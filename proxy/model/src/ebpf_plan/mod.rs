@@ -40,8 +40,8 @@ mod mirror;
 pub mod names;
 mod writer;
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;
 

@@ -73,6 +73,13 @@ fn invalid_services_are_skipped_with_one_warning() {
             "Service default/bad: spec.ports[0].protocol: unknown protocol \"HTTP\" (expected TCP, UDP or SCTP)",
         ),
         (
+            // Found by the model fuzz target: the name reached warnings (and every log line
+            // naming the port) unescaped.
+            "port name with a newline",
+            json!({"spec": {"ports": [{"name": "a\nWARN forged", "port": 80}]}}),
+            "Service default/bad: spec.ports[0].name: \"a\\nWARN forged\" contains control characters (a port name is a DNS label)",
+        ),
+        (
             "duplicate port name",
             json!({"spec": {"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}}),
             "Service default/bad: spec.ports[1].name: duplicate port name \"a\" for protocol TCP",

@@ -9,6 +9,7 @@ mod conntrack;
 mod diff;
 mod endpoints;
 pub(crate) mod fixtures;
+mod fuzz_corpus;
 mod health_check;
 mod invalid;
 mod node_and_objects;
