@@ -785,17 +785,9 @@ mod tests {
         // Zero leaves a value as it is; the flags are replaced by the file, except the
         // logging format.
         let s = with_file(
-            "oomScoreAdj: 0
-logging: {format: json}
-conntrack:
-  maxPerCore: 0
-  min: 5
-               tcpEstablishedTimeout: 0s
-  tcpCloseWaitTimeout: 2m0s
-  tcpBeLiberal: true
-               udpTimeout: 10s
-  udpStreamTimeout: 1m
-",
+            "oomScoreAdj: 0\nlogging: {format: json}\nconntrack:\n  maxPerCore: 0\n  min: 5\n  \
+             tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 2m0s\n  tcpBeLiberal: true\n  \
+             udpTimeout: 10s\n  udpStreamTimeout: 1m\n",
             &["--conntrack-min=7", "--oom-score-adj=5"],
         )
         .unwrap();
@@ -818,34 +810,13 @@ conntrack:
             .warnings
             .iter()
             .all(|w| w.contains("ignored because --config")));
-        let s = with_file(
-            "logging: {format: json}
-",
-            &["--logging-format=text"],
-        )
-        .unwrap();
+        let s = with_file("logging: {format: json}\n", &["--logging-format=text"]).unwrap();
         assert_eq!(s.logging_format, LogFormat::Text, "the flag wins, as -v");
         for (text, field) in [
-            (
-                "oomScoreAdj: 1001
-",
-                "oomScoreAdj",
-            ),
-            (
-                "conntrack: {maxPerCore: -1}
-",
-                "conntrack.maxPerCore",
-            ),
-            (
-                "conntrack: {udpTimeout: soon}
-",
-                "conntrack.udpTimeout",
-            ),
-            (
-                "logging: {format: xml}
-",
-                "logging.format",
-            ),
+            ("oomScoreAdj: 1001\n", "oomScoreAdj"),
+            ("conntrack: {maxPerCore: -1}\n", "conntrack.maxPerCore"),
+            ("conntrack: {udpTimeout: soon}\n", "conntrack.udpTimeout"),
+            ("logging: {format: xml}\n", "logging.format"),
         ] {
             let err = with_file(text, &[]).unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
