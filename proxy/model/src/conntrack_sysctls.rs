@@ -169,7 +169,7 @@ pub fn conntrack_max(settings: &ConntrackSettings, cpus: u32) -> u64 {
 /// leaves the sysctl alone. (A positive duration under a second becomes 0 seconds, as it does
 /// upstream.)
 fn seconds(timeout: Duration) -> Option<u64> {
-    (!timeout.is_zero()).then(|| timeout.as_secs())
+    (!timeout.is_zero()).then_some(timeout.as_secs())
 }
 
 /// Every knob the settings ask for, in upstream's order.

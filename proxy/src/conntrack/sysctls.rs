@@ -7,7 +7,9 @@
 //! size are machine-wide; `--conntrack-max-per-core=0` leaves both alone (the testbed passes it).
 //!
 //! Errors are upstream's: a write the kernel refuses stops start-up, except the hash size on a
-//! read-only `/sys` (a known container runtime issue), which is a warning.
+//! read-only `/sys` (a known container runtime issue), which is a warning. A value that does
+//! not exist because `nf_conntrack` is not loaded (possible in ebpf mode) is a warning too:
+//! there is no table to tune.
 use std::io;
 
 use crate::model::conntrack_sysctls::{plan, ConntrackSettings, Knob};
@@ -33,7 +35,10 @@ impl Sysctl for ProcSysctl {
     }
 
     fn write(&mut self, knob: Knob, value: u64) -> io::Result<()> {
-        std::fs::write(knob.path(), value.to_string())
+        use std::io::Write;
+        // Never created: a value that does not exist is NotFound.
+        let mut file = std::fs::OpenOptions::new().write(true).open(knob.path())?;
+        file.write_all(value.to_string().as_bytes())
     }
 }
 
@@ -72,6 +77,8 @@ pub struct Applied {
     /// The hash size that was too small but could not be raised because `/sys` is read-only
     /// (upstream's "CRI error: /sys is read-only" event); start-up goes on.
     pub hashsize_read_only: Option<u64>,
+    /// Knobs that do not exist (`nf_conntrack` not loaded), left out.
+    pub missing: Vec<Knob>,
 }
 
 /// Brings the conntrack sysctls to `settings` on a machine with `cpus` CPUs.
@@ -80,12 +87,14 @@ pub fn apply(
     settings: &ConntrackSettings,
     cpus: u32,
 ) -> Result<Applied, SysctlError> {
+    let mut applied = Applied::default();
     let mut current = std::collections::BTreeMap::new();
     for target in crate::model::conntrack_sysctls::targets(settings, cpus) {
         match sysctl.read(target.knob) {
             Ok(value) => {
                 current.insert(target.knob, value);
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => applied.missing.push(target.knob),
             // Upstream fails when it cannot read the hash size; any other unreadable value is
             // written.
             Err(source) if target.knob == Knob::Hashsize => {
@@ -97,8 +106,10 @@ pub fn apply(
             Err(_) => {}
         }
     }
-    let mut applied = Applied::default();
     for (knob, value) in plan(settings, cpus, |k| current.get(&k).copied()) {
+        if applied.missing.contains(&knob) {
+            continue;
+        }
         match sysctl.write(knob, value) {
             Ok(()) => applied.written.push((knob, value)),
             Err(e) if knob == Knob::Hashsize && e.kind() == io::ErrorKind::ReadOnlyFilesystem => {
@@ -146,6 +157,13 @@ pub fn set_up(settings: &ConntrackSettings) -> Result<(), SysctlError> {
     for (knob, value) in &applied.written {
         tracing::info!(entry = %knob, value, "set sysctl");
     }
+    if !applied.missing.is_empty() {
+        let missing: Vec<String> = applied.missing.iter().map(Knob::to_string).collect();
+        tracing::warn!(
+            ?missing,
+            "nf_conntrack is not loaded: no conntrack table to tune, these are left out"
+        );
+    }
     if let Some(value) = applied.hashsize_read_only {
         tracing::warn!(
             wanted = value,
@@ -162,16 +180,21 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    /// Values in memory; a knob listed in `refuse` fails its writes with that error.
+    /// Values in memory (a knob without one does not exist); a knob listed in `refuse` fails
+    /// its writes with that error, one in `unreadable` its reads.
     #[derive(Default)]
     struct FakeSysctl {
         values: BTreeMap<Knob, u64>,
         refuse: BTreeMap<Knob, io::ErrorKind>,
+        unreadable: Vec<Knob>,
         writes: Vec<(Knob, u64)>,
     }
 
     impl Sysctl for FakeSysctl {
         fn read(&self, knob: Knob) -> io::Result<u64> {
+            if self.unreadable.contains(&knob) {
+                return Err(io::Error::from(io::ErrorKind::InvalidData));
+            }
             self.values
                 .get(&knob)
                 .copied()
@@ -276,7 +299,7 @@ mod tests {
 
         // As does a hash size that cannot be read.
         let mut sysctl = node();
-        sysctl.values.remove(&Knob::Hashsize);
+        sysctl.unreadable.push(Knob::Hashsize);
         let err = apply(&mut sysctl, &ConntrackSettings::default(), 8).unwrap_err();
         assert!(
             matches!(
@@ -288,6 +311,20 @@ mod tests {
             ),
             "{err}"
         );
+
+        // nf_conntrack not loaded: nothing to tune, start-up goes on.
+        let mut sysctl = FakeSysctl::default();
+        let applied = apply(&mut sysctl, &ConntrackSettings::default(), 8).unwrap();
+        assert_eq!(
+            applied.missing,
+            vec![
+                Knob::Max,
+                Knob::Hashsize,
+                Knob::TcpTimeoutEstablished,
+                Knob::TcpTimeoutCloseWait
+            ]
+        );
+        assert!(sysctl.writes.is_empty());
 
         // A timeout the kernel refuses names it.
         let mut sysctl = node();
