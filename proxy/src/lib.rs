@@ -14,6 +14,7 @@ pub mod metrics;
 /// The pure core, re-exported under its old path.
 pub use switchyard_model as model;
 pub mod node_addresses;
+pub mod oom_score;
 pub mod run;
 pub mod server;
 pub mod service_health;

@@ -1,24 +1,48 @@
 //! The `switchyard` binary: flags -> settings -> proxy (or cleanup), or `switchyard status`.
+use std::process::ExitCode;
+
 use clap::Parser;
-use switchyard::config::{Cli, Command, Settings};
+use switchyard::config::{Cli, Command, LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Status(args)) = &cli.command {
-        print!("{}", switchyard::status::run(args)?);
-        return Ok(());
+        return match switchyard::status::run(args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(LogFormat::Text, &anyhow::Error::from(e)),
+        };
     }
-    // The config file may set the verbosity, so logging starts once it is read.
-    let settings = Settings::build(cli, hostname)?;
-    init_logging(settings.verbosity);
+    // The config file may set the verbosity and the format, so logging starts once it is read.
+    let settings = match Settings::build(cli, hostname) {
+        Ok(settings) => settings,
+        Err(e) => return fail(LogFormat::Text, &anyhow::Error::from(e)),
+    };
+    let format = settings.logging_format;
+    init_logging(settings.verbosity, format);
+    match start(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format, &e),
+    }
+}
+
+/// Reports the error that ends the process, and exits with 1 (as kube-proxy's `cli.Run`).
+fn fail(format: LogFormat, error: &anyhow::Error) -> ExitCode {
+    match format {
+        LogFormat::Text => eprintln!("Error: {error:?}"),
+        LogFormat::Json => tracing::error!(error = format!("{error:#}"), "command failed"),
+    }
+    ExitCode::FAILURE
+}
+
+fn start(settings: Settings) -> anyhow::Result<()> {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
     settings.check_paths()?;
-    if settings.init_only {
-        return Ok(());
-    }
     if let Some(path) = &settings.write_config_to {
         anyhow::bail!(
             "--write-config-to {}: not supported; Switchyard reads kube-proxy's \
@@ -29,6 +53,13 @@ fn main() -> anyhow::Result<()> {
     if settings.cleanup {
         return switchyard::run::cleanup(&settings);
     }
+    // kube-proxy's platform set-up, before the proxy starts and also with --init-only; both
+    // modes (node processes go through netfilter conntrack in ebpf mode too).
+    switchyard::conntrack::sysctls::set_up(&settings.conntrack)
+        .map_err(|e| anyhow::Error::new(e).context("conntrack sysctls"))?;
+    if settings.init_only {
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -38,18 +69,22 @@ fn main() -> anyhow::Result<()> {
 
 /// klog levels map onto tracing levels of Switchyard's own modules only (libraries such as
 /// kube, hyper and rustls stay at info, or their debug output would drown ours); RUST_LOG,
-/// when set, wins.
-fn init_logging(verbosity: u8) {
+/// when set, wins. JSON lines carry the event's fields at the top level, next to `level`
+/// and `message`.
+fn init_logging(verbosity: u8, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(filter_for_verbosity(verbosity)));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal; pod logs and captured test output stay plain.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            // Colour codes only for a terminal; pod logs and captured test output stay plain.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    }
 }
-
 fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()

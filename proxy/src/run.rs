@@ -20,8 +20,26 @@ use crate::source::kube_api;
 use crate::source::ManifestDir;
 
 /// Runs the proxy until SIGTERM or SIGINT, which end it cleanly at any point, also while
-/// it still waits for the API server's first lists.
+/// it still waits for the API server's first lists; or until the `--config` file changes,
+/// which ends it with an error (exit status 1, as kube-proxy) so that it is restarted with
+/// the new configuration. Either way the dataplane stays programmed for the next start.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // As kube-proxy, a refusal (a container may forbid it) is not fatal.
+    match crate::oom_score::set_oom_score_adj(settings.oom_score_adj) {
+        Ok(()) => tracing::debug!(oom_score_adj = settings.oom_score_adj, "set oom_score_adj"),
+        Err(e) => tracing::warn!(
+            oom_score_adj = settings.oom_score_adj,
+            error = %e,
+            "cannot set oom_score_adj; going on"
+        ),
+    }
+    let config_changed = match &settings.config_file {
+        Some(file) => Some(
+            crate::config::watch::watch_config(&file.path, file.text.clone())
+                .context("--config")?,
+        ),
+        None => None,
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = serve_until_the_source_ends(settings) => result,
@@ -33,6 +51,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             tracing::info!("SIGINT: exiting");
             Ok(())
         }
+        change = config_change(config_changed) => {
+            tracing::info!("{change}: exiting, to be restarted with it");
+            Err(anyhow::anyhow!("{change}"))
+        }
+    }
+}
+
+/// The config file's first change; never, without a config file or once its watcher is gone.
+async fn config_change(
+    watch: Option<tokio::sync::oneshot::Receiver<crate::config::watch::ConfigChange>>,
+) -> crate::config::watch::ConfigChange {
+    match watch {
+        Some(rx) => match rx.await {
+            Ok(change) => change,
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -27,6 +27,7 @@
 mod build;
 mod conflicts;
 pub mod conntrack;
+pub mod conntrack_sysctls;
 mod diff;
 pub mod ebpf_plan;
 mod endpoints;

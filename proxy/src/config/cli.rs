@@ -8,12 +8,14 @@ use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 
 use super::defaults::{
-    self, check_periods, complete_bind, parse_go_bool, ProxyConfig, RequestedMode, HEALTHZ_PORT,
-    METRICS_PORT,
+    self, check_periods, complete_bind, non_negative, oom_score_adj, parse_go_bool, ProxyConfig,
+    RequestedMode, HEALTHZ_PORT, METRICS_PORT, OOM_SCORE_ADJ,
 };
 use super::ignored_flags::NoEffectFlags;
+use super::logging::LogFormat;
 use super::nodeport::NodePortAddresses;
 use super::ConfigError;
+use crate::model::conntrack_sysctls::ConntrackSettings;
 
 /// Which dataplane programs the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -84,7 +86,8 @@ pub struct Cli {
     #[arg(long)]
     pub metrics_bind_address: Option<String>,
     /// KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1). As in kube-proxy, it
-    /// replaces the other kube-proxy flags except --hostname-override and -v.
+    /// replaces the other kube-proxy flags except --hostname-override, -v and
+    /// --logging-format, and a change of it ends the process (exit status 1).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Remove everything Switchyard programmed on this node, then exit.
@@ -103,6 +106,35 @@ pub struct Cli {
     /// Log verbosity, as kube-proxy's klog level (0 info, 2 more, 4 debug, 6+ trace).
     #[arg(short = 'v', long = "v")]
     pub verbosity: Option<u8>,
+    /// Log format: text (default) or json. Applies with --config too, as -v does.
+    #[arg(long, value_name = "FORMAT", value_parser = LogFormat::parse)]
+    pub logging_format: Option<LogFormat>,
+    /// oom_score_adj of the process, in [-1000, 1000] (default -999).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub oom_score_adj: Option<i32>,
+    /// nf_conntrack_max per CPU (default 32768); 0 leaves the machine's limit and hash size
+    /// as they are, and ignores --conntrack-min.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub conntrack_max_per_core: Option<i32>,
+    /// The least nf_conntrack_max is set to (default 131072).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub conntrack_min: Option<i32>,
+    /// nf_conntrack_tcp_timeout_established (default 24h; 0 leaves it).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub conntrack_tcp_timeout_established: Option<Duration>,
+    /// nf_conntrack_tcp_timeout_close_wait (default 1h; 0 leaves it).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Option<Duration>,
+    /// Set nf_conntrack_tcp_be_liberal to 1 (false leaves it).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_go_bool)]
+    pub conntrack_tcp_be_liberal: Option<bool>,
+    /// nf_conntrack_udp_timeout, for unreplied UDP (default 0: leave it).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub conntrack_udp_timeout: Option<Duration>,
+    /// nf_conntrack_udp_timeout_stream, for assured UDP (default 0: leave it).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub conntrack_udp_timeout_stream: Option<Duration>,
     /// Minimum interval between syncs; bursts of changes inside it are coalesced (e.g. 1s).
     #[arg(long, alias = "iptables-min-sync-period", value_parser = humantime::parse_duration)]
     pub min_sync_period: Option<Duration>,
@@ -186,6 +218,32 @@ impl Cli {
                 self.ipvs_min_sync_period.is_some(),
             ),
             ("--ipvs-sync-period", self.ipvs_sync_period.is_some()),
+            ("--oom-score-adj", self.oom_score_adj.is_some()),
+            (
+                "--conntrack-max-per-core",
+                self.conntrack_max_per_core.is_some(),
+            ),
+            ("--conntrack-min", self.conntrack_min.is_some()),
+            (
+                "--conntrack-tcp-timeout-established",
+                self.conntrack_tcp_timeout_established.is_some(),
+            ),
+            (
+                "--conntrack-tcp-timeout-close-wait",
+                self.conntrack_tcp_timeout_close_wait.is_some(),
+            ),
+            (
+                "--conntrack-tcp-be-liberal",
+                self.conntrack_tcp_be_liberal.is_some(),
+            ),
+            (
+                "--conntrack-udp-timeout",
+                self.conntrack_udp_timeout.is_some(),
+            ),
+            (
+                "--conntrack-udp-timeout-stream",
+                self.conntrack_udp_timeout_stream.is_some(),
+            ),
         ];
         given
             .into_iter()
@@ -269,7 +327,41 @@ impl Cli {
             sync_period,
             node_ip_overrides: self.bind_address.into_iter().collect(),
             verbosity: None,
+            logging_format: None,
+            oom_score_adj: oom_score_adj(
+                "--oom-score-adj",
+                self.oom_score_adj.unwrap_or(OOM_SCORE_ADJ),
+            )?,
+            conntrack: self.conntrack()?,
             warnings,
+        })
+    }
+
+    /// The `--conntrack-*` flags over upstream's defaults.
+    fn conntrack(&self) -> Result<ConntrackSettings, ConfigError> {
+        let defaults = ConntrackSettings::default();
+        let count = |field, value: Option<i32>, default: u32| match value {
+            Some(value) => non_negative(field, value),
+            None => Ok(default),
+        };
+        Ok(ConntrackSettings {
+            max_per_core: count(
+                "--conntrack-max-per-core",
+                self.conntrack_max_per_core,
+                defaults.max_per_core,
+            )?,
+            min: count("--conntrack-min", self.conntrack_min, defaults.min)?,
+            tcp_established_timeout: self
+                .conntrack_tcp_timeout_established
+                .unwrap_or(defaults.tcp_established_timeout),
+            tcp_close_wait_timeout: self
+                .conntrack_tcp_timeout_close_wait
+                .unwrap_or(defaults.tcp_close_wait_timeout),
+            tcp_be_liberal: self.conntrack_tcp_be_liberal.unwrap_or(false),
+            udp_timeout: self.conntrack_udp_timeout.unwrap_or(defaults.udp_timeout),
+            udp_stream_timeout: self
+                .conntrack_udp_timeout_stream
+                .unwrap_or(defaults.udp_stream_timeout),
         })
     }
 }

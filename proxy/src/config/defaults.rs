@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::logging::LogFormat;
 use super::nodeport::NodePortAddresses;
 use super::{ConfigError, ProxyMode};
+use crate::model::conntrack_sysctls::ConntrackSettings;
 
 /// kube-proxy's health server port (`ports.ProxyHealthzPort`).
 pub const HEALTHZ_PORT: u16 = 10256;
@@ -19,6 +21,8 @@ pub const METRICS_PORT: u16 = 10249;
 pub const SYNC_PERIOD: Duration = Duration::from_secs(30);
 /// Default `minSyncPeriod`.
 pub const MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// Default `oomScoreAdj` (`qos.KubeProxyOOMScoreAdj`).
+pub const OOM_SCORE_ADJ: i32 = -999;
 
 /// The proxy mode as asked for, before it is mapped onto a mode Switchyard implements.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -159,6 +163,12 @@ pub struct ProxyConfig {
     pub node_ip_overrides: Vec<IpAddr>,
     /// Log verbosity, when set.
     pub verbosity: Option<u8>,
+    /// Log format, when set.
+    pub logging_format: Option<LogFormat>,
+    /// `oomScoreAdj` of the process.
+    pub oom_score_adj: i32,
+    /// The conntrack sysctls to set at start-up.
+    pub conntrack: ConntrackSettings,
     /// Problems worth one warning each (modes run differently, fields without effect).
     pub warnings: Vec<String>,
 }
@@ -221,6 +231,42 @@ pub fn period(
         message: format!("{text:?}: {e}"),
     })?;
     Ok(if parsed.is_zero() { default } else { parsed })
+}
+
+/// A `*metav1.Duration` conntrack timeout: absent (null) means `default`, zero means "leave
+/// the sysctl as it is" (unlike the periods, where zero means the default).
+pub fn timeout(
+    field: &'static str,
+    text: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(text).map_err(|e| ConfigError::InvalidValue {
+            field,
+            message: format!("{text:?}: {e}"),
+        }),
+    }
+}
+
+/// A count upstream's validation requires to be at least 0.
+pub fn non_negative(field: &'static str, value: i32) -> Result<u32, ConfigError> {
+    u32::try_from(value).map_err(|_| ConfigError::InvalidValue {
+        field,
+        message: format!("{value}: must be greater than or equal to 0"),
+    })
+}
+
+/// `oomScoreAdj` in the kernel's range, as upstream validates it.
+pub fn oom_score_adj(field: &'static str, value: i32) -> Result<i32, ConfigError> {
+    if (-1000..=1000).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::InvalidValue {
+            field,
+            message: format!("{value}: must be within the range [-1000, 1000]"),
+        })
+    }
 }
 
 /// Upstream's validation of the pair: the resync must be positive and no shorter than the
@@ -309,6 +355,24 @@ mod tests {
         );
         let err = period("iptables.syncPeriod", Some("soon"), SYNC_PERIOD).unwrap_err();
         assert!(err.to_string().contains("iptables.syncPeriod"), "{err}");
+    }
+
+    #[test]
+    fn conntrack_timeouts_keep_zero_and_default_absent() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(timeout("f", None, day).unwrap(), day);
+        assert_eq!(timeout("f", Some(""), day).unwrap(), day);
+        assert_eq!(timeout("f", Some("0s"), day).unwrap(), Duration::ZERO);
+        assert_eq!(
+            timeout("f", Some("1h0m0s"), day).unwrap(),
+            Duration::from_secs(3600)
+        );
+        let err = timeout("conntrack.udpTimeout", Some("-1s"), day).unwrap_err();
+        assert!(err.to_string().contains("conntrack.udpTimeout"), "{err}");
+        assert!(non_negative("conntrack.min", -1).is_err());
+        assert_eq!(non_negative("conntrack.min", 7).unwrap(), 7);
+        assert!(oom_score_adj("oomScoreAdj", 1001).is_err());
+        assert_eq!(oom_score_adj("oomScoreAdj", -1000).unwrap(), -1000);
     }
 
     #[test]

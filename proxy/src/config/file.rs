@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::defaults::{
-    self, check_periods, complete_bind, parse_bind_address, parse_cidr_list, period, ProxyConfig,
-    RequestedMode, Section, HEALTHZ_PORT, METRICS_PORT,
+    self, check_periods, complete_bind, non_negative, oom_score_adj, parse_bind_address,
+    parse_cidr_list, period, timeout, ProxyConfig, RequestedMode, Section, HEALTHZ_PORT,
+    METRICS_PORT, OOM_SCORE_ADJ,
 };
+use super::logging::LogFormat;
 use super::nodeport::NodePortAddresses;
 use super::upstream_fields::unused_field_warnings;
 use super::ConfigError;
+use crate::model::conntrack_sysctls::ConntrackSettings;
 
 /// Fields of KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) that Switchyard reads.
 #[derive(Debug, Default, Deserialize)]
@@ -51,9 +54,76 @@ pub struct ConfigFile {
     pub client_connection: Option<ClientConnection>,
     /// Logging section.
     pub logging: Option<Logging>,
+    /// `oomScoreAdj`; null means -999.
+    pub oom_score_adj: Option<i32>,
+    /// `conntrack:` section.
+    pub conntrack: Option<ConntrackSection>,
     /// The whole document, for naming fields that have no effect.
     #[serde(skip)]
     raw: serde_norway::Value,
+    /// The text as read, for the watch that notices a change.
+    #[serde(skip)]
+    text: String,
+}
+
+/// `conntrack:` section. The pointer fields of upstream's type (null: the default) are
+/// `Option`s; in the others, null and zero are the same.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConntrackSection {
+    /// Entries per CPU; null means 32768, 0 leaves the limit.
+    pub max_per_core: Option<i32>,
+    /// The least limit; null means 131072.
+    pub min: Option<i32>,
+    /// Null means 24h, 0s leaves it.
+    pub tcp_established_timeout: Option<String>,
+    /// Null means 1h, 0s leaves it.
+    pub tcp_close_wait_timeout: Option<String>,
+    /// Sets `nf_conntrack_tcp_be_liberal` to 1.
+    pub tcp_be_liberal: Option<bool>,
+    /// 0s (the default) leaves it.
+    pub udp_timeout: Option<String>,
+    /// 0s (the default) leaves it.
+    pub udp_stream_timeout: Option<String>,
+}
+
+impl ConntrackSection {
+    fn settings(&self) -> Result<ConntrackSettings, ConfigError> {
+        let defaults = ConntrackSettings::default();
+        let count = |field, value: Option<i32>, default: u32| match value {
+            Some(value) => non_negative(field, value),
+            None => Ok(default),
+        };
+        Ok(ConntrackSettings {
+            max_per_core: count(
+                "conntrack.maxPerCore",
+                self.max_per_core,
+                defaults.max_per_core,
+            )?,
+            min: count("conntrack.min", self.min, defaults.min)?,
+            tcp_established_timeout: timeout(
+                "conntrack.tcpEstablishedTimeout",
+                self.tcp_established_timeout.as_deref(),
+                defaults.tcp_established_timeout,
+            )?,
+            tcp_close_wait_timeout: timeout(
+                "conntrack.tcpCloseWaitTimeout",
+                self.tcp_close_wait_timeout.as_deref(),
+                defaults.tcp_close_wait_timeout,
+            )?,
+            tcp_be_liberal: self.tcp_be_liberal.unwrap_or(false),
+            udp_timeout: timeout(
+                "conntrack.udpTimeout",
+                self.udp_timeout.as_deref(),
+                defaults.udp_timeout,
+            )?,
+            udp_stream_timeout: timeout(
+                "conntrack.udpStreamTimeout",
+                self.udp_stream_timeout.as_deref(),
+                defaults.udp_stream_timeout,
+            )?,
+        })
+    }
 }
 
 /// The parts of the `iptables:`, `ipvs:` and `nftables:` sections Switchyard reads.
@@ -84,6 +154,8 @@ pub struct ClientConnection {
 pub struct Logging {
     /// klog verbosity.
     pub verbosity: Option<u8>,
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
 }
 
 impl ConfigFile {
@@ -110,6 +182,7 @@ impl ConfigFile {
         }
         let mut file: ConfigFile = serde_norway::from_str(text).map_err(|e| e.to_string())?;
         file.raw = raw;
+        file.text = text.to_owned();
         if let Some(kind) = &file.kind {
             if kind != "KubeProxyConfiguration" {
                 return Err(format!("kind: expected KubeProxyConfiguration, got {kind}"));
@@ -123,6 +196,11 @@ impl ConfigFile {
             }
         }
         Ok(file)
+    }
+
+    /// The text the file was parsed from.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     fn section(&self, section: Section) -> Option<&ModeSection> {
@@ -236,6 +314,22 @@ impl ConfigFile {
             sync_period,
             node_ip_overrides,
             verbosity: self.logging.as_ref().and_then(|l| l.verbosity),
+            logging_format: self
+                .logging
+                .as_ref()
+                .and_then(|l| l.format.as_deref())
+                .map(LogFormat::from_field)
+                .transpose()?,
+            oom_score_adj: oom_score_adj(
+                "oomScoreAdj",
+                self.oom_score_adj.unwrap_or(OOM_SCORE_ADJ),
+            )?,
+            conntrack: self
+                .conntrack
+                .as_ref()
+                .map(ConntrackSection::settings)
+                .transpose()?
+                .unwrap_or_default(),
             warnings,
         })
     }

@@ -8,11 +8,10 @@ use clap::Args;
 
 use super::defaults::parse_go_bool;
 
-const CONNTRACK: &str = "Switchyard does not tune conntrack sysctls";
 const CLIENT: &str = "the API client uses kube-rs' defaults";
 const IPVS: &str = "ipvs mode is not implemented";
 const LOCAL: &str = "Switchyard tells local traffic by --cluster-cidr only";
-const LOGGING: &str = "logging is configured with -v or RUST_LOG";
+const LOGGING: &str = "logging is configured with -v, --logging-format or RUST_LOG";
 
 /// A value as shown in a warning.
 fn shown(value: &impl Display) -> String {
@@ -71,29 +70,13 @@ no_effect_flags! {
         value_parser = parse_go_bool];
     show_hidden_metrics_for_version: String = "show-hidden-metrics-for-version", same: None,
         "Switchyard hides no metrics";
-    logging_format: String = "logging-format", same: Some("text"), LOGGING;
     vmodule: String = "vmodule", same: None, LOGGING;
     log_flush_frequency: humantime::Duration = "log-flush-frequency", same: None, LOGGING;
-    oom_score_adj: i32 = "oom-score-adj", same: None,
-        "Switchyard does not change its OOM score; set it on the pod",
-        [allow_negative_numbers = true];
     iptables_masquerade_bit: i32 = "iptables-masquerade-bit", same: Some("14"),
         "Switchyard always marks with bit 14 (0x4000)";
     detect_local_mode: String = "detect-local-mode", same: Some("ClusterCIDR"), LOCAL;
     pod_bridge_interface: String = "pod-bridge-interface", same: None, LOCAL;
     pod_interface_name_prefix: String = "pod-interface-name-prefix", same: None, LOCAL;
-    conntrack_max_per_core: i32 = "conntrack-max-per-core", same: None, CONNTRACK;
-    conntrack_min: i32 = "conntrack-min", same: None, CONNTRACK;
-    conntrack_tcp_timeout_established: humantime::Duration =
-        "conntrack-tcp-timeout-established", same: None, CONNTRACK;
-    conntrack_tcp_timeout_close_wait: humantime::Duration =
-        "conntrack-tcp-timeout-close-wait", same: None, CONNTRACK;
-    conntrack_tcp_be_liberal: bool = "conntrack-tcp-be-liberal", same: Some("false"), CONNTRACK,
-        [num_args = 0..=1, require_equals = true, default_missing_value = "true",
-        value_parser = parse_go_bool];
-    conntrack_udp_timeout: humantime::Duration = "conntrack-udp-timeout", same: None, CONNTRACK;
-    conntrack_udp_timeout_stream: humantime::Duration = "conntrack-udp-timeout-stream",
-        same: None, CONNTRACK;
     ipvs_scheduler: String = "ipvs-scheduler", same: None, IPVS;
     ipvs_exclude_cidrs: String = "ipvs-exclude-cidrs", same: None, IPVS;
     ipvs_strict_arp: bool = "ipvs-strict-arp", same: Some("false"), IPVS, [num_args = 0..=1,

@@ -2,18 +2,22 @@
 //!
 //! Precedence follows kube-proxy (`cmd/kube-proxy/app/options.go`): without `--config`, the
 //! flags over upstream's defaults; with `--config`, the file (defaulted as upstream defaults it)
-//! and of the kube-proxy flags only `--hostname-override` and `-v`. Switchyard's own extension
-//! flags always apply, since the file has no fields for them.
+//! and of the kube-proxy flags only `--hostname-override` and the logging flags (`-v`,
+//! `--logging-format`). Switchyard's own extension flags always apply, since the file has no
+//! fields for them. A change of the file ends the process ([`watch`]), as in kube-proxy.
 pub mod cli;
 pub mod defaults;
 pub mod file;
 pub mod ignored_flags;
+pub mod logging;
 pub mod nodeport;
 pub mod settings;
 mod upstream_fields;
+pub mod watch;
 
 pub use cli::{Cli, Command, ProxyMode};
-pub use settings::{Settings, Source};
+pub use logging::LogFormat;
+pub use settings::{LoadedConfigFile, Settings, Source};
 
 use std::path::PathBuf;
 

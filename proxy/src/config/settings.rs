@@ -9,9 +9,11 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 
 use super::defaults::ProxyConfig;
+use super::logging::LogFormat;
 use super::nodeport::{primary_cidrs, primary_node_ips};
 use super::{Cli, ConfigError, ProxyMode};
 use crate::config::file::ConfigFile;
+use crate::model::conntrack_sysctls::ConntrackSettings;
 
 /// Default cgroup v2 mount point searched when `--cgroup-path` is not given.
 pub const DEFAULT_CGROUP_ROOTS: &[&str] = &["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
@@ -48,6 +50,15 @@ pub enum Source {
     Kubeconfig(PathBuf),
     /// The API server through the pod's service account.
     InCluster,
+}
+
+/// The `--config` file as start-up read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedConfigFile {
+    /// Its path, as given.
+    pub path: PathBuf,
+    /// Its content.
+    pub text: String,
 }
 
 /// Everything the proxy runs with.
@@ -102,6 +113,14 @@ pub struct Settings {
     pub write_config_to: Option<PathBuf>,
     /// klog-style verbosity.
     pub verbosity: u8,
+    /// Log format.
+    pub logging_format: LogFormat,
+    /// `oomScoreAdj` / `--oom-score-adj`, written to `/proc/self/oom_score_adj` at start.
+    pub oom_score_adj: i32,
+    /// The conntrack sysctls set at start-up.
+    pub conntrack: ConntrackSettings,
+    /// The `--config` file as read, watched so that a change ends the process.
+    pub config_file: Option<LoadedConfigFile>,
     /// One line each, logged once at start-up: modes that run as another, flags and fields
     /// without effect, flags the config file replaces.
     pub warnings: Vec<String>,
@@ -172,7 +191,7 @@ impl Settings {
         }
         if cli.init_only == Some(true) {
             warnings.push(
-                "--init-only: Switchyard has no separate privileged init step; exiting after the configuration check".into(),
+                "--init-only: Switchyard's privileged init step is the conntrack sysctls; exiting after them".into(),
             );
         }
 
@@ -213,6 +232,21 @@ impl Settings {
             init_only: cli.init_only.unwrap_or(false),
             write_config_to: cli.write_config_to.clone(),
             verbosity: cli.verbosity.or(proxy.verbosity).unwrap_or(0),
+            // The logging flags win over the file, as -v does (upstream's copyLogsFromFlags).
+            logging_format: cli
+                .logging_format
+                .or(proxy.logging_format)
+                .unwrap_or_default(),
+            oom_score_adj: proxy.oom_score_adj,
+            conntrack: proxy.conntrack,
+            config_file: cli
+                .config
+                .clone()
+                .zip(file)
+                .map(|(path, file)| LoadedConfigFile {
+                    path,
+                    text: file.text().to_owned(),
+                }),
             warnings,
         })
     }
@@ -548,7 +582,16 @@ mod tests {
         let path = dir.join("config.yaml");
         std::fs::write(&path, "kind: KubeProxyConfiguration\nmode: ebpf\n").unwrap();
         let p = path.to_str().unwrap();
-        assert_eq!(resolve(&["--config", p]).unwrap().mode, ProxyMode::Ebpf);
+        let s = resolve(&["--config", p]).unwrap();
+        assert_eq!(s.mode, ProxyMode::Ebpf);
+        assert_eq!(
+            s.config_file,
+            Some(LoadedConfigFile {
+                path: path.clone(),
+                text: "kind: KubeProxyConfiguration\nmode: ebpf\n".into()
+            }),
+            "kept for the watch"
+        );
         std::fs::write(&path, "kind: KubeProxyConfiguration\nmode: warp\n").unwrap();
         let err = resolve(&["--config", p]).unwrap_err();
         assert!(err.to_string().contains("mode"), "{err}");
@@ -636,21 +679,12 @@ mod tests {
             ("--bind-address-hard-fail", "false"),
             ("--profiling", "true"),
             ("--show-hidden-metrics-for-version", "1.33"),
-            ("--logging-format", "json"),
             ("--vmodule", "proxier=4"),
             ("--log-flush-frequency", "5s"),
-            ("--oom-score-adj", "-999"),
             ("--iptables-masquerade-bit", "13"),
             ("--detect-local-mode", "NodeCIDR"),
             ("--pod-bridge-interface", "cni0"),
             ("--pod-interface-name-prefix", "veth"),
-            ("--conntrack-max-per-core", "32768"),
-            ("--conntrack-min", "131072"),
-            ("--conntrack-tcp-timeout-established", "24h0m0s"),
-            ("--conntrack-tcp-timeout-close-wait", "1h0m0s"),
-            ("--conntrack-tcp-be-liberal", "true"),
-            ("--conntrack-udp-timeout", "30s"),
-            ("--conntrack-udp-timeout-stream", "2m"),
             ("--ipvs-scheduler", "rr"),
             ("--ipvs-exclude-cidrs", "10.0.0.0/8"),
             ("--ipvs-strict-arp", "true"),
@@ -680,7 +714,6 @@ mod tests {
         let same = resolve(&[
             "--iptables-masquerade-bit=14",
             "--detect-local-mode=ClusterCIDR",
-            "--logging-format=text",
             "--bind-address-hard-fail",
         ])
         .unwrap();
@@ -690,9 +723,104 @@ mod tests {
             Cli::try_parse_from(std::iter::once("switchyard").chain(args.iter().copied())).is_err()
         };
         assert!(bad(&["--conntrack-min=lots"]));
+        assert!(bad(&["--logging-format=xml"]));
         assert!(bad(&["--feature-gates=Foo"]));
         assert!(bad(&["--profiling=maybe"]));
         assert!(bad(&["--no-such-flag"]));
+    }
+
+    #[test]
+    fn oom_score_conntrack_and_log_format_as_upstream() {
+        use std::time::Duration;
+        let s = resolve(&[]).unwrap();
+        assert_eq!(s.oom_score_adj, -999);
+        assert_eq!(s.conntrack, ConntrackSettings::default());
+        assert_eq!(s.logging_format, LogFormat::Text);
+        assert_eq!(s.config_file, None);
+
+        let s = resolve(&[
+            "--oom-score-adj",
+            "-500",
+            "--conntrack-max-per-core=0",
+            "--conntrack-min=1000",
+            "--conntrack-tcp-timeout-established=0",
+            "--conntrack-tcp-timeout-close-wait=10m",
+            "--conntrack-tcp-be-liberal",
+            "--conntrack-udp-timeout=30s",
+            "--conntrack-udp-timeout-stream=2m",
+            "--logging-format=json",
+        ])
+        .unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(s.oom_score_adj, -500);
+        assert_eq!(
+            s.conntrack,
+            ConntrackSettings {
+                max_per_core: 0,
+                min: 1000,
+                tcp_established_timeout: Duration::ZERO,
+                tcp_close_wait_timeout: Duration::from_secs(600),
+                tcp_be_liberal: true,
+                udp_timeout: Duration::from_secs(30),
+                udp_stream_timeout: Duration::from_secs(120),
+            }
+        );
+        assert_eq!(s.logging_format, LogFormat::Json);
+        for (args, field) in [
+            (&["--oom-score-adj=-1001"][..], "--oom-score-adj"),
+            (&["--conntrack-min=-1"][..], "--conntrack-min"),
+            (
+                &["--conntrack-max-per-core=-5"][..],
+                "--conntrack-max-per-core",
+            ),
+        ] {
+            let err = resolve(args).unwrap_err().to_string();
+            assert!(err.contains(field), "{args:?}: {err}");
+        }
+
+        // kubeadm's nulls are the defaults.
+        let s = with_file(KUBEADM_CONFIG, &[]).unwrap();
+        assert_eq!(s.oom_score_adj, -999);
+        assert_eq!(s.conntrack, ConntrackSettings::default());
+        // Zero leaves a value as it is; the flags are replaced by the file, except the
+        // logging format.
+        let s = with_file(
+            "oomScoreAdj: 0\nlogging: {format: json}\nconntrack:\n  maxPerCore: 0\n  min: 5\n  \
+             tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 2m0s\n  tcpBeLiberal: true\n  \
+             udpTimeout: 10s\n  udpStreamTimeout: 1m\n",
+            &["--conntrack-min=7", "--oom-score-adj=5"],
+        )
+        .unwrap();
+        assert_eq!(s.oom_score_adj, 0);
+        assert_eq!(
+            s.conntrack,
+            ConntrackSettings {
+                max_per_core: 0,
+                min: 5,
+                tcp_established_timeout: Duration::ZERO,
+                tcp_close_wait_timeout: Duration::from_secs(120),
+                tcp_be_liberal: true,
+                udp_timeout: Duration::from_secs(10),
+                udp_stream_timeout: Duration::from_secs(60),
+            }
+        );
+        assert_eq!(s.logging_format, LogFormat::Json);
+        assert_eq!(s.warnings.len(), 2, "{:#?}", s.warnings);
+        assert!(s
+            .warnings
+            .iter()
+            .all(|w| w.contains("ignored because --config")));
+        let s = with_file("logging: {format: json}\n", &["--logging-format=text"]).unwrap();
+        assert_eq!(s.logging_format, LogFormat::Text, "the flag wins, as -v");
+        for (text, field) in [
+            ("oomScoreAdj: 1001\n", "oomScoreAdj"),
+            ("conntrack: {maxPerCore: -1}\n", "conntrack.maxPerCore"),
+            ("conntrack: {udpTimeout: soon}\n", "conntrack.udpTimeout"),
+            ("logging: {format: xml}\n", "logging.format"),
+        ] {
+            let err = with_file(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -23,11 +23,10 @@ enum Use {
     NoEffectUnless(&'static str, &'static str),
 }
 
-const CONNTRACK: &str = "Switchyard does not tune conntrack sysctls";
 const CLIENT: &str = "the API client uses kube-rs' defaults";
 const IPVS: &str = "ipvs mode is not implemented";
 const WINDOWS: &str = "Windows only";
-const LOGGING: &str = "logging is configured with -v or RUST_LOG";
+const LOGGING: &str = "logging is configured with verbosity, format or RUST_LOG";
 
 /// Sections whose fields are listed one by one below.
 const SECTIONS: &[&str] = &[
@@ -54,7 +53,7 @@ const FIELDS: &[(&str, Use)] = &[
     ("clientConnection.qps", Use::NoEffect(CLIENT)),
     ("clientConnection.burst", Use::NoEffect(CLIENT)),
     ("logging.verbosity", Use::Used),
-    ("logging.format", Use::NoEffectUnless("text", LOGGING)),
+    ("logging.format", Use::Used),
     ("logging.flushFrequency", Use::NoEffect(LOGGING)),
     ("logging.vmodule", Use::NoEffect(LOGGING)),
     ("logging.options", Use::NoEffect(LOGGING)),
@@ -134,18 +133,18 @@ const FIELDS: &[(&str, Use)] = &[
     ),
     ("clusterCIDR", Use::Used),
     ("nodePortAddresses", Use::Used),
+    ("oomScoreAdj", Use::Used),
+    ("conntrack.maxPerCore", Use::Used),
+    ("conntrack.min", Use::Used),
     (
-        "oomScoreAdj",
-        Use::NoEffect("Switchyard does not change its OOM score; set it on the pod"),
+        "conntrack.max",
+        Use::NoEffect("removed from kube-proxy; use conntrack.maxPerCore and conntrack.min"),
     ),
-    ("conntrack.maxPerCore", Use::NoEffect(CONNTRACK)),
-    ("conntrack.min", Use::NoEffect(CONNTRACK)),
-    ("conntrack.max", Use::NoEffect(CONNTRACK)),
-    ("conntrack.tcpEstablishedTimeout", Use::NoEffect(CONNTRACK)),
-    ("conntrack.tcpCloseWaitTimeout", Use::NoEffect(CONNTRACK)),
-    ("conntrack.tcpBeLiberal", Use::NoEffect(CONNTRACK)),
-    ("conntrack.udpTimeout", Use::NoEffect(CONNTRACK)),
-    ("conntrack.udpStreamTimeout", Use::NoEffect(CONNTRACK)),
+    ("conntrack.tcpEstablishedTimeout", Use::Used),
+    ("conntrack.tcpCloseWaitTimeout", Use::Used),
+    ("conntrack.tcpBeLiberal", Use::Used),
+    ("conntrack.udpTimeout", Use::Used),
+    ("conntrack.udpStreamTimeout", Use::Used),
     (
         "configSyncPeriod",
         Use::NoEffect("the API watches run without a periodic resync"),
@@ -271,12 +270,16 @@ mod tests {
 
     #[test]
     fn set_fields_without_effect_are_named_once() {
-        let yaml = "conntrack: {maxPerCore: 32768}\nipvs: {scheduler: rr, syncPeriod: 10s}\n\
+        let yaml = "winkernel: {networkName: cbr0}\nipvs: {scheduler: rr, syncPeriod: 10s}\n\
                     iptables: {masqueradeBit: 14, syncPeriod: 10s}\ndetectLocalMode: NodeCIDR\n\
                     clusterCIRD: 10.0.0.0/8\n";
         let w = warnings(yaml, Section::Iptables);
         assert_eq!(w.len(), 5, "{w:#?}");
-        assert!(w[0].starts_with("config field conntrack.maxPerCore: 32768: has no effect"));
+        assert!(w[0].starts_with("config field winkernel.networkName: cbr0: has no effect"));
+        // conntrack and oomScoreAdj are read now.
+        let read = "conntrack: {maxPerCore: 0, tcpBeLiberal: true}\noomScoreAdj: -500\n\
+                    logging: {format: json}\n";
+        assert_eq!(warnings(read, Section::Iptables), Vec::<String>::new());
         assert!(w
             .iter()
             .any(|w| w.starts_with("config field ipvs.scheduler: rr")));

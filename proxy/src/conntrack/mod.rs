@@ -7,6 +7,7 @@
 //! `switchyard_conntrack_reconciler_failures_total`, and the next sync tries again.
 pub mod metrics;
 pub mod netlink;
+pub mod sysctls;
 
 use std::io;
 use std::time::{Duration, Instant};

@@ -12,6 +12,10 @@ use crate::topology::{Node, Testbed};
 /// harness (the benchmarks); tests pass `CARGO_BIN_EXE_switchyard` to [`start_switchyard`].
 pub const SWITCHYARD_ENV: &str = "SWITCHYARD_BIN";
 
+/// The flag that leaves `nf_conntrack_max` and the conntrack hash size, both machine-wide,
+/// as they are (kube-proxy's own way to say so).
+pub const LEAVE_MACHINE_CONNTRACK: &str = "--conntrack-max-per-core=0";
+
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
 /// A throwaway manifest directory, removed on drop.
@@ -121,7 +125,10 @@ impl ObjectSource<'_> {
 }
 
 /// Arguments that run switchyard as `node`'s proxy: its name, its cgroup, its own pin
-/// directory, the testbed's cluster CIDR, and the object source.
+/// directory, the testbed's cluster CIDR, and the object source. `--conntrack-max-per-core=0`
+/// keeps it off the machine-wide conntrack limit and hash size (the per-namespace conntrack
+/// timeouts it sets are the node namespace's own); a test that passes `--config` replaces
+/// these flags and needs `conntrack: {maxPerCore: 0}` in its file.
 pub fn node_args(
     testbed: &Testbed,
     node: &Node,
@@ -136,6 +143,7 @@ pub fn node_args(
         format!("--bpffs-path={}", testbed.bpffs_dir(node).display()),
         format!("--cluster-cidr={}", testbed.cluster_cidr()),
         "--min-sync-period=100ms".to_owned(),
+        LEAVE_MACHINE_CONNTRACK.to_owned(),
     ]
 }
 
