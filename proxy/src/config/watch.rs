@@ -204,7 +204,12 @@ mod tests {
         std::fs::write(&path, "mode: iptables\n").unwrap();
         let mut rx = watch_config(&path, "mode: iptables\n".into()).unwrap();
         std::fs::write(dir.join("other.conf"), "x").unwrap();
-        std::fs::write(&path, "mode: iptables\n").unwrap(); // rewritten unchanged
+        // Rewritten unchanged, replaced whole as kubelet and editors do: an in-place
+        // rewrite (truncate, then write) can be read between the two on a loaded machine,
+        // and an empty file is a change.
+        let tmp = dir.join(".config.conf.tmp");
+        std::fs::write(&tmp, "mode: iptables\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         file.set_modified(std::time::SystemTime::now()).unwrap(); // touch
         assert_eq!(wait(&mut rx, Duration::from_millis(600)), None);
