@@ -14,8 +14,8 @@
 //! Timings come from `/metrics` (scraped inside the node's namespace), not from log lines.
 pub(crate) mod cluster;
 mod measure;
-mod metrics;
-mod procfs;
+pub(crate) mod metrics;
+pub(crate) mod procfs;
 mod report;
 
 use std::fmt;

@@ -39,9 +39,10 @@ enum Task {
     /// Run each fuzz target (`proxy/fuzz/`, nightly + cargo-fuzz) for a bounded time, starting
     /// from the committed corpus.
     Fuzz(fuzz::FuzzArgs),
-    /// Benchmarks: connection cost through each dataplane vs the direct path, or with
-    /// `-- controlplane` the control plane at scale (extra args go to the bench binary, e.g.
-    /// `-- --connections 5000` or `-- controlplane --quick`).
+    /// Benchmarks: the dataplane at 1 to 30,000 services vs the no-proxy path and the tc
+    /// programs' cost per packet, or with `-- controlplane` the control plane at scale (extra
+    /// args go to the bench binary, e.g. `-- --rounds 5`, `-- dataplane --quick` or
+    /// `-- controlplane --quick`).
     Bench {
         /// Arguments for switchyard-bench.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -12,6 +12,8 @@ const PACKAGES: &[&str] = &[
     // Only for a test's failure report (ebpf_restart lists flows); switchyard itself
     // talks ctnetlink.
     "conntrack",
+    // The dataplane benchmark's bulk TCP and small-packet UDP measurements.
+    "iperf3",
     "nftables",
     "util-linux",
     "llvm-22-dev",
