@@ -81,6 +81,8 @@ pub struct PathRun {
     pub proxy_cpu_pct: Option<f64>,
     /// netfilter conntrack entries in node1 after the rounds.
     pub node1_conntrack_entries: Option<u64>,
+    /// Entries of node1's tc conntrack map after the rounds (ebpf).
+    pub node1_tc_conntrack_entries: Option<usize>,
     /// Where the proxies' logs were written.
     pub logs: Vec<PathBuf>,
 }
@@ -96,6 +98,7 @@ impl PathRun {
             series: Kind::ALL.iter().map(|&k| Series::new(k)).collect(),
             proxy_cpu_pct: None,
             node1_conntrack_entries: None,
+            node1_tc_conntrack_entries: None,
             logs: Vec::new(),
         }
     }
@@ -157,18 +160,36 @@ impl Group {
         }
     }
 
-    /// Failed requests and failed measurements of the group.
-    pub fn failures(&self) -> usize {
+    /// Sandboxes that could not be built and measurements that could not run.
+    pub fn harness_failures(&self) -> usize {
         self.paths
             .iter()
             .map(|p| {
                 usize::from(p.error.is_some())
-                    + p.series
-                        .iter()
-                        .map(|s| s.errors() + s.failures.len())
-                        .sum::<usize>()
+                    + p.series.iter().map(|s| s.failures.len()).sum::<usize>()
             })
             .sum()
+    }
+
+    /// Requests that failed inside measurements that ran ("path kind: count" each).
+    pub fn request_errors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.paths {
+            for s in &p.series {
+                if s.errors() > 0 {
+                    let first = s.samples.iter().find_map(|x| x.first_error.as_deref());
+                    out.push(format!(
+                        "{} services, {} {}: {} failed requests ({})",
+                        self.services,
+                        p.path,
+                        s.kind,
+                        s.errors(),
+                        first.unwrap_or("?")
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -294,7 +315,7 @@ pub fn markdown(groups: &[Group], testrun: &[Case], shape: &Shape, rounds: usize
     md.push_str(
         "\nExternal client -> NodePort on node1 (no proxy: routed through node1 to the pod), and pod -> pod IP \
          without any service, new connections:\n\n\
-         | services | path | NodePort, local backend conn/s | p50 / p99 µs | NodePort, remote backend conn/s | p50 / p99 µs | pod -> pod conn/s | p50 / p99 µs | proxy CPU % | node1 conntrack entries |\n\
+         | services | path | NodePort, local backend conn/s | p50 / p99 µs | NodePort, remote backend conn/s | p50 / p99 µs | pod -> pod conn/s | p50 / p99 µs | proxy CPU % | node1 conntrack entries: netfilter / tc map |\n\
          | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for g in groups {
@@ -321,8 +342,13 @@ pub fn markdown(groups: &[Group], testrun: &[Case], shape: &Shape, rounds: usize
                 latency(pod),
                 p.proxy_cpu_pct
                     .map_or("-".to_owned(), |c| format!("{c:.1}")),
-                p.node1_conntrack_entries
-                    .map_or("-".to_owned(), |c| c.to_string()),
+                format!(
+                    "{} / {}",
+                    p.node1_conntrack_entries
+                        .map_or("-".to_owned(), |c| c.to_string()),
+                    p.node1_tc_conntrack_entries
+                        .map_or("-".to_owned(), |c| c.to_string())
+                ),
             );
         }
     }

@@ -20,6 +20,8 @@ use switchyard_testbed::{
     TopologySpec,
 };
 
+use switchyard_common::{map_names, CtKey, CtValue, DEFAULT_CONNTRACK_MAX};
+
 use super::load::{ClientArgs, Outcome, READY_LINE};
 use super::services::{self, Targets, APP_PORT, IPERF_PORT};
 use crate::controlplane::metrics::Scraper;
@@ -376,6 +378,30 @@ impl Sandbox {
             .run(Place::Node(1), "conntrack", ["-C"], Duration::from_secs(10))
             .ok()?;
         done.stdout.trim().parse().ok()
+    }
+
+    /// Entries of node1's tc conntrack map (`SWY_CONNTRACK`, read from its pin), ebpf only.
+    pub fn node1_tc_conntrack_entries(&self) -> Option<usize> {
+        if self.kind != PathKind::Proxy(Mode::Ebpf) {
+            return None;
+        }
+        let pin = self
+            .testbed
+            .bpffs_dir(self.testbed.node(1))
+            .join("maps")
+            .join(map_names::CONNTRACK);
+        let map = aya::maps::MapData::from_pin(pin).ok()?;
+        let map = aya::maps::Map::LruHashMap(map);
+        let table: aya::maps::HashMap<_, CtKey, CtValue> =
+            aya::maps::HashMap::try_from(map).ok()?;
+        // A key deleted during the walk restarts it: bounded by the default capacity.
+        Some(
+            table
+                .keys()
+                .take(DEFAULT_CONNTRACK_MAX as usize)
+                .filter(Result::is_ok)
+                .count(),
+        )
     }
 }
 
