@@ -201,7 +201,7 @@ pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
+    Some(if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]
@@ -329,9 +329,10 @@ pub fn markdown(groups: &[Group], testrun: &[Case], shape: &Shape, rounds: usize
             } else {
                 p.series(Kind::PodToPod)
             };
+            let conntrack = |c: Option<String>| c.unwrap_or_else(|| "-".to_owned());
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
                 g.services,
                 p.path,
                 cell(p.series(Kind::NodePortLocal)),
@@ -342,13 +343,8 @@ pub fn markdown(groups: &[Group], testrun: &[Case], shape: &Shape, rounds: usize
                 latency(pod),
                 p.proxy_cpu_pct
                     .map_or("-".to_owned(), |c| format!("{c:.1}")),
-                format!(
-                    "{} / {}",
-                    p.node1_conntrack_entries
-                        .map_or("-".to_owned(), |c| c.to_string()),
-                    p.node1_tc_conntrack_entries
-                        .map_or("-".to_owned(), |c| c.to_string())
-                ),
+                conntrack(p.node1_conntrack_entries.map(|c| c.to_string())),
+                conntrack(p.node1_tc_conntrack_entries.map(|c| c.to_string())),
             );
         }
     }
