@@ -120,7 +120,7 @@ impl Sandbox {
             serve(LOCAL_BACKEND)?,
             super::iperf::start_server(&testbed, BACKEND, IPERF_PORT)?,
         ];
-        let (targets, manifests, proxies) = match build.kind {
+        let (targets, manifests, proxies): (_, _, Vec<ChildGuard>) = match build.kind {
             PathKind::Direct => {
                 route_client_through_node1(&testbed)?;
                 (Targets::direct(local_backend, backend), None, Vec::new())
@@ -134,24 +134,9 @@ impl Sandbox {
                     backend,
                     local_backend,
                 )?;
-                let binary = switchyard_binary()?;
-                let mut proxies = Vec::new();
-                for node in testbed.nodes() {
-                    let bind = format!(
-                        "--metrics-bind-address={}",
-                        SocketAddr::from((node.underlay_ip, METRICS_PORT))
-                    );
-                    let mut extra = vec![bind.as_str()];
-                    extra.extend(mode.extra_flags());
-                    proxies.push(start_switchyard(
-                        &testbed,
-                        node,
-                        &binary,
-                        mode.proxy_mode(),
-                        &manifests,
-                        &extra,
-                    )?);
-                }
+                // node1's proxy only: node2's starts once node1's has synced
+                // (`wait_first_node`).
+                let proxies = vec![start_proxy(&testbed, 1, mode, &manifests)?];
                 (Targets::via_proxy(node1, backend), Some(manifests), proxies)
             }
         };
@@ -168,17 +153,43 @@ impl Sandbox {
         })
     }
 
-    /// Waits until the proxies have completed a sync with every service port and each
-    /// measured address answers; `started` is when the build began.
+    /// Waits until node1's proxy has completed a sync with every service port, then starts
+    /// node2's. One node at a time: in iptables-legacy mode both nodes' restores would
+    /// otherwise contend for the one `/run/xtables.lock` of this machine (real nodes each
+    /// have their own), and at 30,000 services every full sync of either could time out
+    /// waiting. A no-op for the no-proxy path and once node2's proxy runs.
+    pub fn wait_first_node(&mut self, build: &Build, progress: &str) -> anyhow::Result<()> {
+        let PathKind::Proxy(mode) = self.kind else {
+            return Ok(());
+        };
+        if self.proxies.len() != 1 {
+            return Ok(());
+        }
+        let expected = services::decoys(build.services) + services::MEASURED_PORTS;
+        let reported = self.wait_synced(0, expected, build.sync_timeout, progress)?;
+        self.first_sync_s.push(reported);
+        let manifests = self
+            ._manifests
+            .as_ref()
+            .context("a proxy sandbox without manifests")?;
+        let node2 = start_proxy(&self.testbed, 2, mode, manifests)?;
+        self.proxies.push(node2);
+        Ok(())
+    }
+
+    /// Waits until every proxy has completed a sync with every service port (node1's first,
+    /// see [`Sandbox::wait_first_node`]) and each measured address answers; `started` is
+    /// when the build began.
     pub fn wait_ready(
         &mut self,
         build: &Build,
         started: Instant,
         progress: &str,
     ) -> anyhow::Result<()> {
+        self.wait_first_node(build, progress)?;
         if let PathKind::Proxy(_) = self.kind {
             let expected = services::decoys(build.services) + services::MEASURED_PORTS;
-            for i in 0..self.proxies.len() {
+            for i in self.first_sync_s.len()..self.proxies.len() {
                 let reported = self.wait_synced(i, expected, build.sync_timeout, progress)?;
                 self.first_sync_s.push(reported);
             }
@@ -411,6 +422,31 @@ impl Drop for Sandbox {
         // ordinary way.
         let _ = self.pause(false);
     }
+}
+
+/// Starts switchyard in `mode` on node `index` with its metrics on the node's address.
+fn start_proxy(
+    testbed: &Testbed,
+    index: usize,
+    mode: Mode,
+    manifests: &Manifests,
+) -> anyhow::Result<ChildGuard> {
+    let node = testbed.node(index);
+    let bind = format!(
+        "--metrics-bind-address={}",
+        SocketAddr::from((node.underlay_ip, METRICS_PORT))
+    );
+    let mut extra = vec![bind.as_str()];
+    extra.extend(mode.extra_flags());
+    let binary = switchyard_binary()?;
+    Ok(start_switchyard(
+        testbed,
+        node,
+        &binary,
+        mode.proxy_mode(),
+        manifests,
+        &extra,
+    )?)
 }
 
 /// The shape of a load client run.
