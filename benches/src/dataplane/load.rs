@@ -234,7 +234,7 @@ impl Worker {
     fn keep_alive(&mut self, to: SocketAddr, timeout: Duration, next: &mut impl FnMut() -> bool) {
         let mut conn: Option<BufReader<TcpStream>> = None;
         while next() {
-            let stream = match conn.take() {
+            let mut stream = match conn.take() {
                 Some(s) => s,
                 None => match open(to, timeout) {
                     Ok(s) => BufReader::new(s),
@@ -244,7 +244,6 @@ impl Worker {
                     }
                 },
             };
-            let mut stream = stream;
             let result = round_trip(&mut stream, Instant::now());
             if result.is_ok() {
                 conn = Some(stream);
