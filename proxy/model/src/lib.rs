@@ -36,6 +36,7 @@ pub mod fuzzing;
 mod health_check;
 mod incremental;
 pub mod iptables;
+mod map_diff;
 mod node;
 mod objects;
 mod parse;
