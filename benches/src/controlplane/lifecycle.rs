@@ -49,6 +49,11 @@ pub struct Lifecycle {
     pub cleanup: Option<Cleanup>,
 }
 
+/// Waits for a started proxy's first complete sync: (seconds from `spawned_at`, the sync's
+/// own seconds).
+pub type FirstSyncWait<'w> =
+    dyn FnMut(&mut ChildGuard, std::time::SystemTime) -> anyhow::Result<(f64, f64)> + 'w;
+
 /// What each step needs from the run.
 pub struct Steps<'a> {
     /// The run's testbed.
@@ -64,19 +69,13 @@ pub struct Steps<'a> {
 }
 
 impl Steps<'_> {
-    /// Starts `mode` and returns it with the time of its first complete sync (`wait` polls the
-    /// proxy's metrics and returns (wall seconds since spawn, reported seconds)).
+    /// Starts `mode` and returns it with the times of its first complete sync.
     pub fn start(
         &self,
         mode: Mode,
-        wait: &mut dyn FnMut(&mut ChildGuard, std::time::SystemTime) -> anyhow::Result<(f64, f64)>,
+        wait: &mut FirstSyncWait<'_>,
     ) -> anyhow::Result<(ChildGuard, f64, f64)> {
-        let mut args = node_args(
-            self.testbed,
-            self.node,
-            mode.proxy_mode(),
-            self.source.clone(),
-        );
+        let mut args = node_args(self.testbed, self.node, mode.proxy_mode(), self.source);
         args.extend(self.extra.iter().cloned());
         args.extend(mode.extra_flags().iter().map(|s| s.to_string()));
         let spawned_at = std::time::SystemTime::now();
@@ -96,12 +95,7 @@ impl Steps<'_> {
 
     /// Runs `--cleanup` for `mode`'s flags and reads what is left.
     pub fn cleanup(&self, mode: Mode) -> anyhow::Result<Cleanup> {
-        let mut args = node_args(
-            self.testbed,
-            self.node,
-            mode.proxy_mode(),
-            self.source.clone(),
-        );
+        let mut args = node_args(self.testbed, self.node, mode.proxy_mode(), self.source);
         args.push("--cleanup".to_owned());
         let started = Instant::now();
         let done = self.testbed.run(
