@@ -181,7 +181,7 @@ pub fn measure(plan: &Plan, log: &mut String) -> anyhow::Result<Measured> {
             node: &node,
             binary: &binary,
             source: objects.flag(),
-            extra: &[bind.clone()],
+            extra: std::slice::from_ref(&bind),
         };
         steps.stop(proxy)?;
         let lifecycle = lifecycle(plan, &steps, &scraper, &objects, log)?;
