@@ -21,15 +21,13 @@
 //! stack matches it to its socket. The outer IP checksum, the quoted IP header's checksum,
 //! the quoted TCP/UDP checksum when the quote holds it and the ICMP checksum are all kept right
 //! through the checksum helpers (ICMP has no pseudo header).
-use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use switchyard_common::{
     CtKey, CtValue, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
-use super::{Ipv4Hdr, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_OFF, PASS};
+use super::{Ipv4Hdr, DROP, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_OFF, PASS};
 use crate::maps::CONNTRACK;
-
-const DROP: i32 = TC_ACT_SHOT as i32;
 
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;

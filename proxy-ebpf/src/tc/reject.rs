@@ -12,15 +12,15 @@
 //!   ICMP header's unused word: that word is zero and the message sums to zero, so what gets
 //!   written there (0 or 0xffff) leaves the ICMP checksum valid.
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    bindings::BPF_F_PSEUDO_HDR,
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 use switchyard_common::{PROTO_ICMP, PROTO_TCP};
 
-use super::{Ipv4Hdr, Packet, ETH_HLEN, IP_CSUM_OFF, L4_OFF, TCP_CSUM_OFF, TCP_HLEN, UDP_HLEN};
-
-const DROP: i32 = TC_ACT_SHOT as i32;
+use super::{
+    Ipv4Hdr, Packet, DROP, ETH_HLEN, IP_CSUM_OFF, L4_OFF, TCP_CSUM_OFF, TCP_HLEN, UDP_HLEN,
+};
 
 const IP_HLEN: usize = 20;
 /// TTL of the answers (Linux's default).
