@@ -103,7 +103,7 @@ fn tcp_reset(ctx: &TcContext) -> Result<(), i64> {
     // header does.
     let ports = [tcp[2], tcp[3], tcp[0], tcp[1]];
     ctx.store(L4_OFF, &ports, 0)?;
-    let old_len = ((hdr_len) as u16).to_be();
+    let old_len = (hdr_len as u16).to_be();
     let new_len = (TCP_HLEN as u16).to_be();
     ctx.l4_csum_replace(
         TCP_CSUM_OFF,
