@@ -164,6 +164,8 @@ fn start_dataplane(
                 source_ranges_max: DEFAULT_SOURCE_RANGES_MAX,
                 snat_ports: crate::ebpf::masquerade::snat_ports(&settings.nodeport_range),
                 kernel_logs: settings.verbosity >= 4,
+                // After start-up's conntrack sysctls, so the `conntrack` section applies.
+                flow_timeouts: crate::ebpf::flow_timeouts::read(),
             })?
             .with_metrics(metrics.ebpf.clone());
             Ok(Box::new(dataplane))
