@@ -79,6 +79,8 @@ pub struct Controller {
     synced_objects: Arc<ClusterObjects>,
     /// Where the health check node port servers learn what to serve, after each sync.
     health_checks: Option<watch::Sender<HealthChecks>>,
+    /// Told once, when the first sync has completed.
+    first_sync: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Controller {
@@ -116,6 +118,7 @@ impl Controller {
             seen_objects: Arc::default(),
             synced_objects: Arc::default(),
             health_checks: None,
+            first_sync: None,
         }
     }
 
@@ -123,6 +126,12 @@ impl Controller {
     /// every successful sync (the servers are mode-independent; see `service_health`).
     pub fn with_health_checks(mut self, sender: watch::Sender<HealthChecks>) -> Self {
         self.health_checks = Some(sender);
+        self
+    }
+
+    /// Tells `done` once the first sync has completed (what `--cleanup-kube-proxy` waits for).
+    pub fn with_first_sync(mut self, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.first_sync = Some(done);
         self
     }
 
@@ -280,6 +289,9 @@ impl Controller {
         let now = self.clock.wall();
         self.metrics.synced(elapsed, full, epoch_seconds(now));
         self.health.updated(now);
+        if let Some(done) = self.first_sync.take() {
+            let _ = done.send(());
+        }
         // Every change the snapshot holds is now programmed, however many snapshots the
         // watch channel skipped on the way.
         let observed = self.observed_trigger;
