@@ -16,6 +16,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "llvm-22-dev",
     "libpolly-22-dev",
+    // `cargo xtask image`: the image's root filesystem from Debian packages.
+    "mmdebstrap",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Where `kubectl` comes from when the machine has none with kustomize v4 or later (the image
