@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod controller;
 pub mod dataplane;
 pub mod ebpf;
+pub mod events;
 pub mod health;
 pub mod iptables;
 pub mod kube_proxy_cleanup;

@@ -86,6 +86,7 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     if let Some(addr) = settings.metrics_bind {
         serve("--metrics-bind-address", addr, metrics_router(state)).await?;
     }
+    let mut events = None;
     let source = match &settings.source {
         Source::Manifests(dir) => ManifestDir::new(dir.clone()).watch()?,
         Source::Kubeconfig(_) | Source::InCluster => {
@@ -94,6 +95,10 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
                 _ => None,
             };
             let (client, server) = kube_api::client(kubeconfig).await?;
+            let recorder = crate::events::Events::new(client.clone(), &settings.node_name);
+            // As kube-proxy: recorded once the client exists, before the first lists.
+            recorder.starting();
+            events = Some(recorder);
             kube_api::watch_api(client, &server, &settings.node_name, health.clone()).await?
         }
     };
@@ -120,7 +125,7 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
     // Health check node ports are served from the controller's applied state, whatever the
     // mode.
-    let health_checks = crate::service_health::start(health.clone());
+    let health_checks = crate::service_health::start(health.clone(), events);
     let cleanup_kube_proxy = settings.cleanup_kube_proxy;
     let mut controller =
         Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock))

@@ -15,7 +15,8 @@ pub struct ApiAccess {
 }
 
 /// Every resource request Switchyard makes ([`super::kube_api`]: one watcher per resource,
-/// which lists, then watches; the Node through a field selector, still a list). The
+/// which lists, then watches; the Node through a field selector, still a list;
+/// [`crate::events`]: Events). The
 /// non-resource `GET /version` (probed while the API server is unreachable) is open to
 /// every authenticated client and needs no rule.
 pub const API_ACCESS: &[ApiAccess] = &[
@@ -33,6 +34,13 @@ pub const API_ACCESS: &[ApiAccess] = &[
         group: "",
         resource: "nodes",
         verbs: &["list", "watch"],
+    },
+    // crate::events: kube-rs' Recorder creates an event, and patches it into a series when it
+    // repeats.
+    ApiAccess {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
     },
 ];
 
