@@ -50,7 +50,7 @@ fn strict<T: DeserializeOwned>(value: &Value, what: &str) -> T {
 /// One manifest, typed.
 enum Object {
     DaemonSet(Box<DaemonSet>),
-    ConfigMap(ConfigMap),
+    ConfigMap(Box<ConfigMap>),
     Other(String),
 }
 
@@ -61,7 +61,7 @@ fn object(value: &Value, what: &str) -> Object {
     let what = format!("{what}: {kind} {}", value["metadata"]["name"]);
     match (api_version, kind) {
         ("apps/v1", "DaemonSet") => Object::DaemonSet(Box::new(strict(value, &what))),
-        ("v1", "ConfigMap") => Object::ConfigMap(strict(value, &what)),
+        ("v1", "ConfigMap") => Object::ConfigMap(Box::new(strict(value, &what))),
         ("v1", "ServiceAccount") => Object::Other(kind_of(strict::<ServiceAccount>(value, &what))),
         ("v1", "Service") => Object::Other(kind_of(strict::<Service>(value, &what))),
         ("v1", "Endpoints") => Object::Other(kind_of(strict::<Endpoints>(value, &what))),
@@ -316,7 +316,7 @@ fn render(overlay: &str) -> Rendered {
             }
             Object::ConfigMap(c) => {
                 kinds.insert("ConfigMap".to_owned());
-                config_maps.push(c)
+                config_maps.push(*c)
             }
             Object::Other(kind) => {
                 kinds.insert(kind);
