@@ -83,6 +83,8 @@ pub struct Controller {
     retired: Option<Arc<ClusterObjects>>,
     /// Where the health check node port servers learn what to serve, after each sync.
     health_checks: Option<watch::Sender<HealthChecks>>,
+    /// Told once, when the first sync has completed.
+    first_sync: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Controller {
@@ -122,6 +124,7 @@ impl Controller {
             synced_objects: Arc::default(),
             retired: None,
             health_checks: None,
+            first_sync: None,
         }
     }
 
@@ -129,6 +132,12 @@ impl Controller {
     /// every successful sync (the servers are mode-independent; see `service_health`).
     pub fn with_health_checks(mut self, sender: watch::Sender<HealthChecks>) -> Self {
         self.health_checks = Some(sender);
+        self
+    }
+
+    /// Tells `done` once the first sync has completed (what `--cleanup-kube-proxy` waits for).
+    pub fn with_first_sync(mut self, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.first_sync = Some(done);
         self
     }
 
@@ -305,6 +314,9 @@ impl Controller {
         let now = self.clock.wall();
         self.metrics.synced(elapsed, full, epoch_seconds(now));
         self.health.updated(now);
+        if let Some(done) = self.first_sync.take() {
+            let _ = done.send(());
+        }
         // Every change the snapshot holds is now programmed, however many snapshots the
         // watch channel skipped on the way.
         let observed = self.observed_trigger;

@@ -13,8 +13,8 @@ pub enum CleanupError {
     /// An iptables command failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
-    /// Chains of ours are still there after the removal.
-    #[error("{count} chains of ours are still there, e.g. {first}")]
+    /// Chains to remove are still there after the removal.
+    #[error("{count} chains are still there, e.g. {first}")]
     Left {
         /// How many.
         count: usize,
@@ -29,6 +29,22 @@ pub enum CleanupError {
 /// they go. On iptables-legacy only tables that already exist are touched: a legacy command
 /// would create the table.
 pub fn cleanup(backend: IptablesBackend) -> Result<usize, CleanupError> {
+    remove_chains_where(
+        backend,
+        |_, chain| super::chains::is_ours(chain),
+        |_, listing| jumps_into_ours(listing),
+    )
+}
+
+/// Removes the chains `wanted` accepts from `backend`'s nat, filter and mangle tables, and
+/// first the rules `jumps` finds in an `iptables -S` listing of a table (the jumps into
+/// them from other chains). Returns how many chains were removed; fails when any is left.
+/// On iptables-legacy only tables that already exist are touched.
+pub fn remove_chains_where(
+    backend: IptablesBackend,
+    wanted: impl Fn(Table, &str) -> bool,
+    jumps: impl Fn(Table, &str) -> Vec<(String, Vec<String>)>,
+) -> Result<usize, CleanupError> {
     let tables: Vec<Table> = match backend {
         IptablesBackend::Legacy => {
             let present = exec::legacy_tables();
@@ -43,21 +59,21 @@ pub fn cleanup(backend: IptablesBackend) -> Result<usize, CleanupError> {
         let Some(listing) = exec::list_table_rules(backend, *table) else {
             continue;
         };
-        for (chain, rule) in jumps_into_ours(&listing) {
+        for (chain, rule) in jumps(*table, &listing) {
             exec::delete_rule(backend, &ChainRef::new(*table, &chain), &rule)?;
         }
     }
-    // Our chains, flushed then deleted, batched as the backend's full syncs are.
+    // The chains, flushed then deleted, batched as the backend's full syncs are.
     let mut ours = BTreeSet::new();
     for table in &tables {
-        ours.extend(exec::our_chains(backend, *table)?);
+        ours.extend(exec::chains_where(backend, *table, |c| wanted(*table, c))?);
     }
     for input in restore::remove_chains_in(&ours, backend.strategy()) {
         exec::restore(backend, &input)?;
     }
     let mut left = BTreeSet::new();
     for table in &tables {
-        left.extend(exec::our_chains(backend, *table)?);
+        left.extend(exec::chains_where(backend, *table, |c| wanted(*table, c))?);
     }
     if let Some(first) = left.iter().next() {
         return Err(CleanupError::Left {

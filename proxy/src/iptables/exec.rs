@@ -280,6 +280,15 @@ fn rules_of_chains(save: &str, chains: &[&str]) -> Vec<(String, Vec<String>)> {
 /// Our chains currently in `table`. Legacy: `iptables-save` (fast there). nft: `nft -j list
 /// chains`, because iptables-nft-save takes minutes on a table with 100,000 chains.
 pub fn our_chains(backend: IptablesBackend, table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
+    chains_where(backend, table, is_ours)
+}
+
+/// The chains of `table` whose names `wanted` accepts, listed as [`our_chains`] lists.
+pub fn chains_where(
+    backend: IptablesBackend,
+    table: Table,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<BTreeSet<ChainRef>, ExecError> {
     let names: Vec<String> = match backend {
         IptablesBackend::Legacy => {
             let mut cmd = Command::new(backend.save());
@@ -297,7 +306,7 @@ pub fn our_chains(backend: IptablesBackend, table: Table) -> Result<BTreeSet<Cha
     };
     Ok(names
         .into_iter()
-        .filter(|n| is_ours(n))
+        .filter(|n| wanted(n))
         .map(|n| ChainRef::new(table, n))
         .collect())
 }
