@@ -18,7 +18,7 @@ use std::process::Command;
 
 use crate::iptables::cleanup::{remove_chains_where, CleanupError};
 use crate::iptables::IptablesBackend;
-use switchyard_model::iptables::kube_proxy::{is_kube_proxy_chain, jumps_into_kube_proxy};
+use switchyard_model::iptables::kube_proxy::is_kube_proxy_chain;
 
 /// kube-proxy's nftables table (both families use this name).
 const NFT_TABLE: &str = "kube-proxy";
@@ -66,7 +66,7 @@ pub enum StepError {
 /// blocking (it runs the iptables tools). IPv6 leftovers are reported in `left`.
 pub fn remove_iptables_and_nft(report: &mut Report) {
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-        match remove_chains_where(backend, is_kube_proxy_chain, jumps_into_kube_proxy) {
+        match remove_chains_where(backend, is_kube_proxy_chain) {
             Ok(0) => {}
             Ok(n) => report.chains.push((backend, n)),
             Err(source) => report

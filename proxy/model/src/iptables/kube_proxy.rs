@@ -55,28 +55,6 @@ pub fn is_kube_proxy_chain(table: Table, chain: &str) -> bool {
         || (table == Table::Nat && PORT_PREFIXES.iter().any(|p| chain.starts_with(p)))
 }
 
-/// From `iptables -S` output of `table`: (chain, rule arguments without `-A CHAIN`) of every
-/// rule in a chain that is not kube-proxy's and jumps (or goes) to one that is: the jumps
-/// from the built-in chains, and from any other tool's chain, that must go before the
-/// chains can.
-pub fn jumps_into_kube_proxy(table: Table, listing: &str) -> Vec<(String, Vec<String>)> {
-    listing
-        .lines()
-        .filter_map(|l| l.strip_prefix("-A "))
-        .filter_map(|rest| {
-            let (chain, args) = rest.split_once(' ')?;
-            if is_kube_proxy_chain(table, chain) {
-                return None;
-            }
-            let args = shlex::split(args)?;
-            let jumps = args
-                .windows(2)
-                .any(|w| (w[0] == "-j" || w[0] == "-g") && is_kube_proxy_chain(table, &w[1]));
-            jumps.then(|| (chain.to_owned(), args))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,18 +110,14 @@ mod tests {
             -A CNI-X -g KUBE-MARK-MASQ\n\
             -A KUBE-FIREWALL -j KUBE-MARK-DROP\n\
             -A KUBE-SERVICES -d 198.18.128.10/32 -j KUBE-SVC-X\n";
-        let jumps = jumps_into_kube_proxy(Table::Nat, listing);
-        let chains: Vec<&str> = jumps.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(chains, ["PREROUTING", "OUTPUT", "CNI-X"]);
+        let jumps =
+            crate::iptables::removal::jump_deletions(Table::Nat, listing, is_kube_proxy_chain);
         assert_eq!(
-            jumps[0].1,
+            jumps,
             [
-                "-m",
-                "comment",
-                "--comment",
-                "kubernetes service portals",
-                "-j",
-                "KUBE-SERVICES"
+                "-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+                "-D OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+                "-D CNI-X -g KUBE-MARK-MASQ",
             ]
         );
     }

@@ -2,6 +2,7 @@
 //! iptables-restore input. Running iptables-restore is the `switchyard` crate's job.
 pub mod chains;
 pub mod kube_proxy;
+pub mod removal;
 pub mod restore;
 pub mod rule_set;
 pub mod rules;
