@@ -93,7 +93,7 @@ fn remove_legacy(wanted: &(impl Fn(Table, &str) -> bool + Sync)) -> Result<usize
 /// and one nft transaction.
 fn remove_nft(wanted: &impl Fn(Table, &str) -> bool) -> Result<usize, CleanupError> {
     let all = exec::nft_chains()?;
-    let (chains, others): (Vec<(Table, String)>, Vec<(Table, String)>) =
+    let (chains, others): (Vec<TableChain>, Vec<TableChain>) =
         all.into_iter().partition(|(t, c)| wanted(*t, c));
     if chains.is_empty() {
         return Ok(0);
@@ -110,6 +110,9 @@ fn remove_nft(wanted: &impl Fn(Table, &str) -> bool) -> Result<usize, CleanupErr
     exec::nft_script(&script)?;
     Ok(chains.len())
 }
+
+/// A chain by table and name.
+type TableChain = (Table, String);
 
 fn legacy_tables() -> Vec<Table> {
     let present = exec::legacy_tables();
