@@ -13,10 +13,12 @@
 //!
 //! Timings come from `/metrics` (scraped inside the node's namespace), not from log lines.
 pub(crate) mod cluster;
+mod lifecycle;
 mod measure;
 pub(crate) mod metrics;
 pub(crate) mod procfs;
 mod report;
+mod source;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use anyhow::bail;
 
 use measure::{measure, tail, Plan};
 use report::{Document, Outcome};
+use source::SourceKind;
 
 /// Options of the control-plane benchmark.
 #[derive(clap::Args)]
@@ -44,6 +47,17 @@ pub struct Args {
         default_value = "ebpf,iptables-legacy,iptables-nft"
     )]
     pub modes: Vec<Mode>,
+    /// Object sources to measure (the fake API server serves the same objects).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "manifests,api"
+    )]
+    pub sources: Vec<SourceKind>,
+    /// Skip the restart, mode-switch and cleanup steps after each manifest-source run.
+    #[arg(long)]
+    pub no_lifecycle: bool,
     /// Length of the idle window, seconds.
     #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,
@@ -126,9 +140,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut outcomes = Vec::new();
     for &n in &services {
-        for &mode in &args.modes {
+        for (&source, &mode) in args
+            .sources
+            .iter()
+            .flat_map(|s| args.modes.iter().map(move |m| (s, m)))
+        {
             let plan = Plan {
                 mode,
+                source,
+                // The dataplane's restart and cleanup do not depend on the source.
+                lifecycle: !args.no_lifecycle && source == SourceKind::Manifests,
                 services: n,
                 endpoints: args.endpoints,
                 changes: args.changes.max(1),
@@ -136,14 +157,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 sync_timeout: Duration::from_secs(args.sync_timeout),
             };
             eprintln!(
-                "controlplane: {mode} with {n} services x {} endpoints...",
+                "controlplane: {mode}, {source} source, {n} services x {} endpoints...",
                 args.endpoints
             );
             let started = Instant::now();
             let mut log = String::new();
             let result = measure(&plan, &mut log);
             let total_s = started.elapsed().as_secs_f64();
-            let log_path = dir.join(format!("controlplane-{unix_time}-{mode}-{n}.log"));
+            let log_path = dir.join(format!("controlplane-{unix_time}-{mode}-{source}-{n}.log"));
             let log = std::fs::write(&log_path, &log).ok().map(|()| log_path);
             match &result {
                 Ok(m) => eprintln!(
@@ -165,6 +186,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             };
             outcomes.push(Outcome {
                 mode: mode.to_string(),
+                source: source.to_string(),
                 services: n,
                 endpoints: args.endpoints,
                 total_s,
@@ -180,6 +202,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.endpoints
     );
     print!("{}", report::table(&outcomes));
+    let lifecycle = report::lifecycle_table(&outcomes);
+    if !lifecycle.is_empty() {
+        println!(
+            "\nRestart over the node's own state, mode switches over the other mode's, cleanup\n"
+        );
+        print!("{lifecycle}");
+    }
     println!("\niptables-restore time: {}", report::RESTORE_TIME);
     let doc = Document {
         unix_time,

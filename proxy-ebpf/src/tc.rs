@@ -20,16 +20,30 @@
 //! Backends behind another device (local pods) are not source-NATed: their replies pass this
 //! node anyway (the pod's route), so the client address is kept, as Cilium does.
 //!
-//! Scope: IPv4 over Ethernet, TCP and UDP, 20-byte IP headers, no fragments. Anything else passes
-//! untouched (`TC_ACT_OK`).
+//! A service without endpoints is answered from here ([`reject`]): a TCP RST or an ICMP port
+//! unreachable leaves by the device the request came in on, so nothing is routed on for a
+//! service address. ICMP errors about translated flows (fragmentation needed, port
+//! unreachable...) are translated like the flow they quote ([`icmp_error`]).
+//!
+//! Each entry records what its direction saw (`CT_STATE_*`: answered, FIN, RST); entries have
+//! no lifetime of their own here: userspace expires idle and closed flows, both directions at
+//! once, from those bits and `last_seen_ns` (`switchyard_model::tc_conntrack`). A SYN on a
+//! closed flow's tuple reopens it (its bits are cleared), as netfilter reopens TIME_WAIT.
+//!
+//! Scope: IPv4 over Ethernet, TCP and UDP (and ICMP errors quoting them), 20-byte IP headers, no
+//! fragments. Anything else passes untouched (`TC_ACT_OK`).
 //!
 //! Packet reads go through `bpf_skb_load_bytes` (`ctx.load`): the helper checks the bounds itself
 //! and also works when the headers are not in the linear part of the skb, and no packet pointer
 //! is held across the rewriting helpers (which may invalidate them), so nothing needs re-reading.
+mod icmp_error;
+mod reject;
+
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK,
+        TC_ACT_SHOT,
     },
     helpers::{
         bpf_fib_lookup as fib_lookup_helper, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
@@ -42,8 +56,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use switchyard_common::{
     Backend, CtKey, CtValue, ServiceKey, ServiceValue, SourceRangeKey, CT_FLAG_REPLY, CT_FLAG_SNAT,
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
-    SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
+    CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
+    SERVICE_FLAG_SOURCE_RANGES,
 };
 
 use crate::{
@@ -87,7 +102,9 @@ const AF_INET: u8 = 2;
 /// full for this backend, where a dropped SYN (retransmitted, picking again) is the answer.
 const SNAT_PORT_TRIES: u32 = 8;
 
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 
 /// Affinity entries of external clients share the map with the socket programs, whose keys are
@@ -108,6 +125,16 @@ struct Ipv4Hdr {
     check: u16,
     saddr: u32,
     daddr: u32,
+}
+
+impl Ipv4Hdr {
+    /// Whether the header has the one layout translated: version 4, no options, and the
+    /// first fragment (only that one carries ports).
+    #[inline(always)]
+    fn is_plain(&self) -> bool {
+        self.version_ihl == IP_VERSION_IHL_PLAIN
+            && u16::from_be(self.frag_off) & IP_MF_OFFSET_MASK == 0
+    }
 }
 
 /// What the programs need of one TCP/UDP packet. Addresses and ports in network order.
@@ -144,7 +171,13 @@ impl Packet {
 /// tc ingress of the node's external devices: DNAT to a backend.
 #[classifier]
 pub fn swy_tc_ingress(ctx: TcContext) -> i32 {
-    match parse(&ctx) {
+    let Some(ip) = ipv4(&ctx) else {
+        return PASS;
+    };
+    if ip.proto == PROTO_ICMP {
+        return icmp_error::ingress(&ctx);
+    }
+    match parse(&ctx, &ip) {
         Some(pkt) => ingress(&ctx, &pkt),
         None => PASS,
     }
@@ -153,29 +186,35 @@ pub fn swy_tc_ingress(ctx: TcContext) -> i32 {
 /// tc egress of the node's external devices: replies of translated flows leave as the frontend.
 #[classifier]
 pub fn swy_tc_egress(ctx: TcContext) -> i32 {
-    match parse(&ctx) {
+    let Some(ip) = ipv4(&ctx) else {
+        return PASS;
+    };
+    if ip.proto == PROTO_ICMP {
+        return icmp_error::egress(&ctx);
+    }
+    match parse(&ctx, &ip) {
         Some(pkt) => egress(&ctx, &pkt),
         None => PASS,
     }
 }
 
-/// The TCP/UDP packet this is, or None for anything the programs leave alone.
+/// The packet's IPv4 header if it is one the programs handle: IP options would move the L4
+/// header (rare enough to pass untouched), and rewriting one fragment alone would break
+/// reassembly.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
+fn ipv4(ctx: &TcContext) -> Option<Ipv4Hdr> {
     // Every `load` is bounds-checked by the helper; a short packet is an error, hence None.
     let eth_proto: u16 = ctx.load(ETH_PROTO_OFF).ok()?;
     if u16::from_be(eth_proto) != ETH_P_IP {
         return None;
     }
     let ip: Ipv4Hdr = ctx.load(ETH_HLEN).ok()?;
-    // IP options would move the L4 header; they are rare enough to pass untouched.
-    if ip.version_ihl != IP_VERSION_IHL_PLAIN {
-        return None;
-    }
-    // Only the first fragment carries ports, and rewriting it alone would break reassembly.
-    if u16::from_be(ip.frag_off) & IP_MF_OFFSET_MASK != 0 {
-        return None;
-    }
+    ip.is_plain().then_some(ip)
+}
+
+/// The TCP/UDP packet this is, or None for anything the programs leave alone.
+#[inline(always)]
+fn parse(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Packet> {
     // The whole fixed L4 header is loaded, so a truncated one passes untouched instead of
     // failing half-way through the rewrite (the checksum fields are at its end).
     let (l4, tcp_flags, csum_off, csum_flags) = match ip.proto {
@@ -223,15 +262,21 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
     let key = pkt.ct_key();
     let target = match CONNTRACK.get_ptr_mut(key) {
         Some(entry) => {
-            // SAFETY: a valid map value pointer for the duration of the program; concurrent
-            // writers only race on the timestamp, which is informational.
+            // SAFETY: a valid map value pointer for the duration of the program. Concurrent
+            // writers race only on the timestamp and the state bits: a lost bit costs at
+            // most a longer idle timeout for the flow.
             let value = unsafe { *entry };
             if value.flags & CT_FLAG_REPLY != 0 {
                 // This 5-tuple is the reply of another translated flow: not ours to touch.
                 return PASS;
             }
-            // SAFETY: as above.
-            unsafe { (*entry).last_seen_ns = now };
+            if opens(pkt) && pkt.proto == PROTO_TCP {
+                // A new connection on the tuple of an old one: whatever the old one saw
+                // (FIN, RST) no longer shortens this one's life.
+                reopen(entry, pkt, &value, now);
+            } else {
+                touch(entry, pkt, value.state, now);
+            }
             value
         }
         None => match new_flow(ctx, pkt, &service, key, now) {
@@ -279,11 +324,12 @@ fn new_flow(
     now: u64,
 ) -> Result<CtValue, i32> {
     // A TCP flow starts with a SYN. Anything else without an entry belongs to a connection that
-    // was never translated here (or whose entry was evicted): leave it to the kernel (for a
-    // NodePort on a node address that means a RST) rather than send a mid-stream segment to a
-    // random backend.
-    if pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
-        return Err(PASS);
+    // was never translated here (or whose entry expired): rather than send a mid-stream
+    // segment to a random backend, the kernel gets it if the address is the node's (no socket
+    // there means a RST; a node process's own connection from that port keeps working), and
+    // it is dropped if the kernel would route it on: a service address never leaves the node.
+    if !opens(pkt) {
+        return Err(if forwarded(ctx, pkt) { DROP } else { PASS });
     }
     if service.flags & SERVICE_FLAG_SOURCE_RANGES != 0 {
         // The LoadBalancer IP is always matched in full, the client address up to the range's
@@ -300,12 +346,13 @@ fn new_flow(
         }
     }
     if service.count == 0 {
-        // Without DROP_EMPTY the kernel refuses the packet itself: nothing listens on the
-        // frontend, so TCP gets a RST and UDP an ICMP port unreachable.
+        // Refused from here, as kube-proxy's REJECT does, whether the frontend is a node
+        // address or not (the kernel would route an externalIP or LoadBalancer IP on).
+        // DROP_EMPTY (externalTrafficPolicy Local) drops instead, as upstream.
         return Err(if service.flags & SERVICE_FLAG_DROP_EMPTY != 0 {
             DROP
         } else {
-            PASS
+            reject::refuse(ctx, pkt)
         });
     }
     // A service entry whose slot is missing is being rewritten; a dropped first packet is
@@ -327,6 +374,7 @@ fn new_flow(
         addr: backend.addr,
         port: backend.port,
         flags: service.flags,
+        state: seen(pkt),
         last_seen_ns: now,
         ..CtValue::default()
     };
@@ -382,15 +430,15 @@ fn egress(ctx: &TcContext, pkt: &Packet) -> i32 {
         return PASS;
     };
     // SAFETY: a valid map value pointer for the duration of the program; concurrent writers
-    // only race on the timestamp, which is informational.
+    // only race on the timestamp and the state bits (see `ingress`).
     let frontend = unsafe { *entry };
     if frontend.flags & (CT_FLAG_REPLY | CT_FLAG_SNAT) != CT_FLAG_REPLY {
         // An original-direction entry (this packet is client -> frontend, nothing to undo),
         // or a source-NATed flow's reply entry, which ingress handles.
         return PASS;
     }
-    // SAFETY: as above; the helper takes no arguments.
-    unsafe { (*entry).last_seen_ns = bpf_ktime_get_ns() };
+    // SAFETY: helper without arguments.
+    touch(entry, pkt, frontend.state, unsafe { bpf_ktime_get_ns() });
     let rewritten = rewrite(
         ctx,
         pkt,
@@ -403,6 +451,94 @@ fn egress(ctx: &TcContext, pkt: &Packet) -> i32 {
         return DROP;
     }
     PASS
+}
+
+/// Whether the packet may start a flow: any UDP datagram, a TCP SYN without ACK.
+#[inline(always)]
+fn opens(pkt: &Packet) -> bool {
+    pkt.proto != PROTO_TCP || pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+}
+
+/// The `CT_STATE_*` bits a packet sets on its direction's entry.
+#[inline(always)]
+fn seen(pkt: &Packet) -> u16 {
+    let mut bits = CT_STATE_SEEN;
+    if pkt.proto == PROTO_TCP {
+        if pkt.tcp_flags & TCP_FLAG_FIN != 0 {
+            bits |= CT_STATE_FIN;
+        }
+        if pkt.tcp_flags & TCP_FLAG_RST != 0 {
+            bits |= CT_STATE_RST;
+        }
+    }
+    bits
+}
+
+/// Records a packet of a tracked flow on its direction's entry: the time always, the state
+/// bits only when they add something (most packets write one field).
+#[inline(always)]
+fn touch(entry: *mut CtValue, pkt: &Packet, state: u16, now: u64) {
+    let bits = seen(pkt);
+    // SAFETY: a valid map value pointer for the duration of the program (see `ingress`).
+    unsafe {
+        (*entry).last_seen_ns = now;
+        if state & bits != bits {
+            (*entry).state = state | bits;
+        }
+    }
+}
+
+/// A SYN on a tracked tuple: the client opens a new connection where an old one was (or
+/// retransmits its SYN). Both directions start over, so a FIN or RST of the old connection
+/// does not give the new one the short lifetime of a closed flow. The backend is kept, as
+/// netfilter keeps the NAT mapping when a SYN reopens a TIME_WAIT entry.
+#[inline(always)]
+fn reopen(entry: *mut CtValue, pkt: &Packet, flow: &CtValue, now: u64) {
+    // SAFETY: as in `touch`.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).state = CT_STATE_SEEN;
+    }
+    let reply_key = if flow.flags & CT_FLAG_SNAT != 0 {
+        CtKey {
+            src_addr: flow.addr,
+            dst_addr: flow.nat_addr,
+            src_port: flow.port,
+            dst_port: flow.nat_port,
+            proto: pkt.proto,
+            pad: [0; 3],
+        }
+    } else {
+        CtKey {
+            src_addr: flow.addr,
+            dst_addr: pkt.saddr,
+            src_port: flow.port,
+            dst_port: pkt.sport,
+            proto: pkt.proto,
+            pad: [0; 3],
+        }
+    };
+    if let Some(reply) = CONNTRACK.get_ptr_mut(reply_key) {
+        // SAFETY: as above. Only the flow's own reply entry (it names this frontend) is reset.
+        unsafe {
+            if (*reply).addr == pkt.daddr && (*reply).port == pkt.dport {
+                (*reply).state = 0;
+            }
+        }
+    }
+}
+
+/// Whether the kernel would route the packet on (its destination is not an address of this
+/// node). Forwarding off, or no route, count as not: the kernel does not send it anywhere.
+#[inline(always)]
+fn forwarded(ctx: &TcContext, pkt: &Packet) -> bool {
+    // SAFETY: reading a field of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut route = fib_params(ifindex, pkt.proto, pkt.saddr, pkt.daddr);
+    let found = fib_lookup(ctx, &mut route);
+    found == BPF_FIB_LKUP_RET_SUCCESS as i64
+        || found == BPF_FIB_LKUP_RET_NO_NEIGH as i64
+        || found == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64
 }
 
 /// A new masquerade flow: if `backend` is reached through the device the packet arrived on
@@ -420,7 +556,7 @@ fn snat_flow(
 ) -> Result<Option<CtValue>, i32> {
     // SAFETY: reading a field of the program's own skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mut route = fib_params(ifindex, pkt, pkt.saddr, backend.addr);
+    let mut route = fib_params(ifindex, pkt.proto, pkt.saddr, backend.addr);
     let found = fib_lookup(ctx, &mut route);
     // A failed lookup (no route, forwarding off) leaves the packet to the kernel as before:
     // nothing has been source-NATed yet, so the kernel forwards or refuses it normally.
@@ -444,7 +580,7 @@ fn snat_flow(
         flags: flags | CT_FLAG_REPLY | CT_FLAG_SNAT,
         nat_addr: pkt.saddr,
         nat_port: pkt.sport,
-        pad: 0,
+        state: 0,
         last_seen_ns: now,
     };
     for _ in 0..SNAT_PORT_TRIES {
@@ -472,7 +608,7 @@ fn snat_flow(
             flags: flags | CT_FLAG_SNAT,
             nat_addr: snat_addr,
             nat_port: port.to_be(),
-            pad: 0,
+            state: seen(pkt),
             last_seen_ns: now,
         };
         // Another CPU may be creating the same flow: the first writer wins, as in new_flow.
@@ -514,7 +650,7 @@ fn forward_snat(ctx: &TcContext, pkt: &Packet, target: &CtValue) -> i32 {
     if dst.is_err() || src.is_err() {
         return DROP;
     }
-    redirect(ctx, pkt, target.nat_addr, target.addr)
+    redirect(ctx, pkt.proto, target.nat_addr, target.addr)
 }
 
 /// A reply of a source-NATed flow (backend -> node:port, the port in the NAT range) becomes
@@ -529,13 +665,13 @@ fn snat_reply(ctx: &TcContext, pkt: &Packet) -> Option<i32> {
     }
     let entry = CONNTRACK.get_ptr_mut(pkt.ct_key())?;
     // SAFETY: a valid map value pointer for the duration of the program; concurrent writers
-    // only race on the timestamp, which is informational.
+    // only race on the timestamp and the state bits (see `ingress`).
     let flow = unsafe { *entry };
     if flow.flags & (CT_FLAG_REPLY | CT_FLAG_SNAT) != CT_FLAG_REPLY | CT_FLAG_SNAT {
         return None;
     }
-    // SAFETY: as above; the helper takes no arguments.
-    unsafe { (*entry).last_seen_ns = bpf_ktime_get_ns() };
+    // SAFETY: helper without arguments.
+    touch(entry, pkt, flow.state, unsafe { bpf_ktime_get_ns() });
     let src = rewrite(
         ctx,
         pkt,
@@ -555,18 +691,18 @@ fn snat_reply(ctx: &TcContext, pkt: &Packet) -> Option<i32> {
     if src.is_err() || dst.is_err() {
         return Some(DROP);
     }
-    Some(redirect(ctx, pkt, flow.addr, flow.nat_addr))
+    Some(redirect(ctx, pkt.proto, flow.addr, flow.nat_addr))
 }
 
 /// Lookup parameters for a packet `src` -> `dst` as if forwarded from the device `ifindex`.
 /// `tot_len` stays 0 so the kernel checks the skb itself against the egress MTU (which
 /// handles GRO-merged packets).
 #[inline(always)]
-fn fib_params(ifindex: u32, pkt: &Packet, src: u32, dst: u32) -> bpf_fib_lookup {
+fn fib_params(ifindex: u32, proto: u8, src: u32, dst: u32) -> bpf_fib_lookup {
     // SAFETY: a plain C struct of integers and unions of integers; all zero is valid.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = pkt.proto;
+    params.l4_protocol = proto;
     params.ifindex = ifindex;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
@@ -596,10 +732,10 @@ fn fib_lookup(ctx: &TcContext, params: &mut bpf_fib_lookup) -> i64 {
 /// forwarding on (any Kubernetes node has it); without it the flow is never NATed, since
 /// `snat_flow` makes the same lookup first.
 #[inline(always)]
-fn redirect(ctx: &TcContext, pkt: &Packet, src: u32, dst: u32) -> i32 {
+fn redirect(ctx: &TcContext, proto: u8, src: u32, dst: u32) -> i32 {
     // SAFETY: reading a field of the program's own skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mut route = fib_params(ifindex, pkt, src, dst);
+    let mut route = fib_params(ifindex, proto, src, dst);
     let found = fib_lookup(ctx, &mut route);
     if found == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         if ctx.store(ETH_DST_OFF, &route.dmac, 0).is_err()

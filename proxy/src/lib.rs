@@ -8,8 +8,10 @@ pub mod conntrack;
 pub mod controller;
 pub mod dataplane;
 pub mod ebpf;
+pub mod events;
 pub mod health;
 pub mod iptables;
+pub mod kube_proxy_cleanup;
 pub mod metrics;
 /// The pure core, re-exported under its old path.
 pub use switchyard_model as model;

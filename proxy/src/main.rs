@@ -58,6 +58,9 @@ fn start(settings: Settings) -> anyhow::Result<()> {
     switchyard::conntrack::sysctls::set_up(&settings.conntrack)
         .map_err(|e| anyhow::Error::new(e).context("conntrack sysctls"))?;
     if settings.init_only {
+        // The other write a non-privileged container cannot make (its /proc/sys is read-only).
+        switchyard::run::ensure_route_localnet(&settings)?;
+        tracing::info!("--init-only: the conntrack sysctls (and route_localnet) are set; exiting");
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

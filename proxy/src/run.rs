@@ -86,6 +86,7 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     if let Some(addr) = settings.metrics_bind {
         serve("--metrics-bind-address", addr, metrics_router(state)).await?;
     }
+    let mut events = None;
     let source = match &settings.source {
         Source::Manifests(dir) => ManifestDir::new(dir.clone()).watch()?,
         Source::Kubeconfig(_) | Source::InCluster => {
@@ -94,6 +95,10 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
                 _ => None,
             };
             let (client, server) = kube_api::client(kubeconfig).await?;
+            let recorder = crate::events::Events::new(client.clone(), &settings.node_name);
+            // As kube-proxy: recorded once the client exists, before the first lists.
+            recorder.starting();
+            events = Some(recorder);
             kube_api::watch_api(client, &server, &settings.node_name, health.clone()).await?
         }
     };
@@ -120,9 +125,21 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
     // Health check node ports are served from the controller's applied state, whatever the
     // mode.
-    let health_checks = crate::service_health::start(health.clone());
-    let controller = Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock))
-        .with_health_checks(health_checks);
+    let health_checks = crate::service_health::start(health.clone(), events);
+    let cleanup_kube_proxy = settings.cleanup_kube_proxy;
+    let mut controller =
+        Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock))
+            .with_health_checks(health_checks);
+    if cleanup_kube_proxy {
+        // kube-proxy's rules go only once ours serve every service.
+        let (done, first_sync) = tokio::sync::oneshot::channel();
+        controller = controller.with_first_sync(done);
+        tokio::spawn(async move {
+            if first_sync.await.is_ok() {
+                crate::kube_proxy_cleanup::run().await;
+            }
+        });
+    }
     crate::controller::run(controller, source, addresses).await;
     tracing::warn!("source ended");
     Ok(())
@@ -164,6 +181,8 @@ fn start_dataplane(
                 source_ranges_max: DEFAULT_SOURCE_RANGES_MAX,
                 snat_ports: crate::ebpf::masquerade::snat_ports(&settings.nodeport_range),
                 kernel_logs: settings.verbosity >= 4,
+                // After start-up's conntrack sysctls, so the `conntrack` section applies.
+                flow_timeouts: crate::ebpf::flow_timeouts::read(),
             })?
             .with_metrics(metrics.ebpf.clone());
             Ok(Box::new(dataplane))
@@ -196,18 +215,8 @@ fn start_iptables(
     local: &[std::net::IpAddr],
 ) -> anyhow::Result<IptablesDataplane> {
     let backend = iptables_backend(settings)?;
-    let localhost_nodeports = settings.localhost_nodeports
-        && (settings.nodeport_cidrs.is_empty()
-            || settings
-                .nodeport_cidrs
-                .iter()
-                .any(|c| c.contains(&std::net::IpAddr::from([127, 0, 0, 1]))));
-    if localhost_nodeports {
-        // kube-proxy's iptables mode serves NodePorts on 127.0.0.1, which needs the kernel to
-        // route DNATed loopback traffic.
-        std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1")
-            .context("iptables mode: setting net.ipv4.conf.all.route_localnet=1")?;
-    }
+    let localhost_nodeports = localhost_nodeports(settings);
+    ensure_route_localnet(settings)?;
     let config = RuleConfig {
         cluster_cidrs: settings.cluster_cidrs.clone(),
         masquerade_all: settings.masquerade_all,
@@ -225,6 +234,36 @@ fn start_iptables(
         backend.strategy(),
         config,
     ))
+}
+
+/// Whether iptables mode serves NodePorts on 127.0.0.1 (kube-proxy's `localhostNodePorts`,
+/// when the NodePort addresses include it).
+fn localhost_nodeports(settings: &Settings) -> bool {
+    settings.mode == ProxyMode::Iptables
+        && settings.localhost_nodeports
+        && (settings.nodeport_cidrs.is_empty()
+            || settings
+                .nodeport_cidrs
+                .iter()
+                .any(|c| c.contains(&std::net::IpAddr::from([127, 0, 0, 1]))))
+}
+
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+/// Sets `net.ipv4.conf.all.route_localnet=1` where localhost NodePorts need it (the kernel
+/// must route DNATed loopback traffic). Written only when it differs, so that the proxy
+/// container, whose /proc/sys is read-only, starts after the privileged `--init-only` step
+/// set it (deploy/base/daemonset.yaml).
+pub fn ensure_route_localnet(settings: &Settings) -> anyhow::Result<()> {
+    if !localhost_nodeports(settings) {
+        return Ok(());
+    }
+    let current = std::fs::read_to_string(ROUTE_LOCALNET).unwrap_or_default();
+    if current.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(ROUTE_LOCALNET, "1")
+        .context("iptables mode: setting net.ipv4.conf.all.route_localnet=1")
 }
 
 /// The cgroup v2 root: the unified hierarchy on hybrid hosts, else /sys/fs/cgroup.

@@ -21,6 +21,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::events::Events;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -37,8 +39,8 @@ type Counts = Arc<RwLock<BTreeMap<ObjectKey, usize>>>;
 
 /// Starts the manager task; the controller publishes into the returned sender. Dropping the
 /// sender closes every listener.
-pub fn start(health: Arc<Health>) -> watch::Sender<HealthChecks> {
-    start_with(health, RETRY_INTERVAL, Limits::default())
+pub fn start(health: Arc<Health>, events: Option<Events>) -> watch::Sender<HealthChecks> {
+    start_reporting(health, RETRY_INTERVAL, Limits::default(), events)
 }
 
 /// [`start`] with a retry interval and connection limits of its own (tests).
@@ -47,10 +49,21 @@ pub fn start_with(
     retry: Duration,
     limits: Limits,
 ) -> watch::Sender<HealthChecks> {
+    start_reporting(health, retry, limits, None)
+}
+
+/// [`start_with`], recording a Kubernetes Event for each failed attempt to open a port.
+fn start_reporting(
+    health: Arc<Health>,
+    retry: Duration,
+    limits: Limits,
+    events: Option<Events>,
+) -> watch::Sender<HealthChecks> {
     let (sender, receiver) = watch::channel(HealthChecks::default());
     let manager = Manager {
         health,
         limits,
+        events,
         counts: Counts::default(),
         open: BTreeMap::new(),
         failed: BTreeMap::new(),
@@ -78,6 +91,8 @@ struct Open {
 struct Manager {
     health: Arc<Health>,
     limits: Limits,
+    /// Where failed ports are reported as Events (the API source only).
+    events: Option<Events>,
     counts: Counts,
     open: BTreeMap<ObjectKey, Open>,
     /// Services whose listeners failed, with the error last logged.
@@ -150,6 +165,11 @@ impl Manager {
                             "cannot open the health check node port; retrying every {}s",
                             RETRY_INTERVAL.as_secs()
                         );
+                    }
+                    // As upstream, every failed attempt is an event (kube-rs' recorder
+                    // folds repeats into one event's series).
+                    if let Some(events) = &self.events {
+                        events.health_check_failed(&service, spec.port, &error.source.to_string());
                     }
                     self.failed.insert(service, text);
                 }

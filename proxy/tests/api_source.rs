@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 
 use std::time::Duration;
 
+#[path = "support/rbac.rs"]
+mod rbac;
+
 use switchyard_testbed::fake_apiserver::{FakeApiServer, Kind};
 use switchyard_testbed::{
     backend_names, start_switchyard_from, wait_for, ObjectSource, Proto, Testbed, TopologySpec,
@@ -235,6 +238,24 @@ fn run(mode: &str) {
             .all(|r| r.as_ref().map(|r| r.backend.clone()).ok() == first),
         "[{mode}] the held flow changed backend: {held:?}"
     );
+    // Every request of the run (lists, watches, relists after 410 Gone, the outage's
+    // probes, the start event) is one the ClusterRole grants; proxy/tests/events.rs also
+    // sees the event patch, and so every grant used.
+    let used = rbac::triples(&server.requests());
+    let granted = switchyard::source::api_access::triples();
+    let ungranted: Vec<_> = used.difference(&granted).collect();
+    assert!(
+        ungranted.is_empty(),
+        "[{mode}] requests switchyard::source::api_access does not list: {ungranted:?}"
+    );
+    for (group, resource, verb) in &granted {
+        if resource != "events" {
+            assert!(
+                used.contains(&(group.clone(), resource.clone(), verb.clone())),
+                "[{mode}] {verb} {group}/{resource} never used"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -118,8 +118,14 @@ fn kubeadm_configmap_is_accepted() {
 
 #[test]
 fn init_only_exits_after_the_check() {
-    // Run in the root namespace: every conntrack value is left alone.
-    let mut args = vec!["--init-only", "--manifests", "/"];
+    // Run in the root namespace: every conntrack value, and route_localnet (which
+    // --init-only sets for localhost NodePorts in iptables mode), is left alone.
+    let mut args = vec![
+        "--init-only",
+        "--manifests",
+        "/",
+        "--iptables-localhost-nodeports=false",
+    ];
     args.extend(LEAVE_CONNTRACK);
     let (ok, err) = switchyard(&args);
     assert!(ok, "{err}");

@@ -14,9 +14,10 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
 use switchyard_common::{
     map_names, program_names, AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue,
-    ServiceKey, ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_TCP,
-    PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
-    SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
+    ServiceKey, ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY, CT_FLAG_SNAT,
+    CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
+    SERVICE_FLAG_SOURCE_RANGES,
 };
 use switchyard_testbed::{Testbed, TopologySpec};
 
@@ -24,7 +25,9 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 
@@ -110,11 +113,16 @@ fn pseudo_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: usize) -> u32 {
 
 /// Builds Ethernet + IPv4 (no options, DF) + TCP/UDP + payload with correct checksums.
 fn frame(flow: Flow) -> Vec<u8> {
+    frame_with(flow, &[], PAYLOAD)
+}
+
+/// [`frame`] with TCP `options` (a multiple of 4 bytes) and another payload.
+fn frame_with(flow: Flow, options: &[u8], payload: &[u8]) -> Vec<u8> {
     let (proto, l4_hdr_len) = match flow.l4 {
-        L4::Tcp { .. } => (PROTO_TCP, 20),
+        L4::Tcp { .. } => (PROTO_TCP, 20 + options.len()),
         L4::Udp { .. } => (PROTO_UDP, 8),
     };
-    let l4_len = l4_hdr_len + PAYLOAD.len();
+    let l4_len = l4_hdr_len + payload.len();
     let mut f = Vec::new();
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // destination MAC
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // source MAC
@@ -140,17 +148,18 @@ fn frame(flow: Flow) -> Vec<u8> {
             l4.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
             let ack: u32 = if flags & TCP_ACK != 0 { 0x0a0b_0c0d } else { 0 };
             l4.extend_from_slice(&ack.to_be_bytes());
-            l4.push(0x50); // data offset 5 words
+            l4.push(((20 + options.len()) as u8 / 4) << 4); // data offset in words
             l4.push(flags);
             l4.extend_from_slice(&64240u16.to_be_bytes()); // window
-            l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+            l4.extend_from_slice(&[0, 0, 0, 7]); // checksum, urgent pointer
+            l4.extend_from_slice(options);
         }
         L4::Udp { .. } => {
             l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
             l4.extend_from_slice(&[0, 0]); // checksum
         }
     }
-    l4.extend_from_slice(PAYLOAD);
+    l4.extend_from_slice(payload);
     let csum_off = if proto == PROTO_TCP { 16 } else { 6 };
     let wants_csum = !matches!(flow.l4, L4::Udp { checksum: false });
     if wants_csum {
@@ -685,15 +694,17 @@ fn source_ranges_allow_listed_clients_and_drop_the_rest() {
 }
 
 #[test]
-fn empty_services_pass_to_the_kernel_or_drop_with_drop_empty() {
+fn empty_services_are_refused_from_the_node_or_dropped_with_drop_empty() {
     let mut tc = Tc::load();
     tc.external((NODE, 30001), PROTO_TCP, 1, 0, &[]);
     tc.external((NODE, 30002), PROTO_TCP, 2, SERVICE_FLAG_DROP_EMPTY, &[]);
     tc.external((NODE, 30003), PROTO_UDP, 3, SERVICE_FLAG_DROP_EMPTY, &[]);
     let client = (CLIENT, CLIENT_PORT);
 
-    let refused = frame(tcp(client, (NODE, 30001), TCP_SYN));
-    assert_untouched(&tc.ingress(&refused), &refused);
+    let refused = frame_with(tcp(client, (NODE, 30001), TCP_SYN), &[], &[]);
+    let v = tc.ingress(&refused);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "answered from here");
+    assert_tcp_reset(&v.frame, &refused);
     let dropped = frame(tcp(client, (NODE, 30002), TCP_SYN));
     assert_eq!(tc.ingress(&dropped).ret, TC_ACT_SHOT);
     let dropped = frame(udp(client, (NODE, 30003), true));
@@ -1040,4 +1051,354 @@ fn client_ip_affinity_sends_every_flow_of_a_client_to_one_backend() {
         (remembered.backend.addr, remembered.backend.port),
         (be(chosen.0), chosen.1.to_be())
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals from the node (services without endpoints), segments without a flow
+
+/// SYN options as Linux sends them: MSS, SACK permitted, timestamps, NOP, window scale.
+const SYN_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
+/// `reply` is the RST|ACK answering the SYN `syn`: back to where it came from, acknowledging
+/// it, with valid checksums and nothing after the 20-byte header.
+fn assert_tcp_reset(reply: &[u8], syn: &[u8]) {
+    assert_eq!(reply.len(), L4_OFF + 20, "headers only");
+    assert_eq!(reply[..6], syn[6..12], "to the sender's MAC");
+    assert_eq!(reply[6..12], syn[..6], "from the MAC it was sent to");
+    let (request, answer) = (parse(syn), parse(reply));
+    assert_eq!(
+        (answer.src, answer.dst),
+        (request.dst, request.src),
+        "from the frontend to the client"
+    );
+    let ip = &reply[ETH..L4_OFF];
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 40, "IP total length");
+    assert_eq!(ip[9], PROTO_TCP);
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let tcp = &reply[L4_OFF..];
+    assert_eq!(be32(&tcp[4..]), 0, "sequence number");
+    assert_eq!(
+        be32(&tcp[8..]),
+        be32(&syn[L4_OFF + 4..]).wrapping_add(1),
+        "acknowledges the SYN"
+    );
+    assert_eq!(tcp[12], 0x50, "no options");
+    assert_eq!(tcp[13], TCP_RST | TCP_ACK);
+    assert_eq!(tcp[18..20], [0, 0], "urgent pointer");
+    assert_checksums_valid(reply);
+}
+
+#[test]
+fn a_service_without_endpoints_answers_a_syn_with_a_reset_whatever_its_options() {
+    let mut tc = Tc::load();
+    tc.external((LB_IP, 443), PROTO_TCP, 1, 0, &[]);
+    let client = (CLIENT, CLIENT_PORT);
+    for options in [&[][..], &SYN_OPTIONS[..]] {
+        let syn = frame_with(tcp(client, (LB_IP, 443), TCP_SYN), options, &[]);
+        assert_checksums_valid(&syn);
+        let v = tc.ingress(&syn);
+        assert_eq!(v.ret, TC_ACT_REDIRECT, "sent back out");
+        assert_tcp_reset(&v.frame, &syn);
+    }
+    // A SYN carrying data (TCP Fast Open) is dropped; the client's retry without is refused.
+    let fast_open = frame_with(tcp(client, (LB_IP, 443), TCP_SYN), &SYN_OPTIONS, PAYLOAD);
+    assert_eq!(tc.ingress(&fast_open).ret, TC_ACT_SHOT);
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
+fn a_service_without_endpoints_answers_udp_with_icmp_port_unreachable() {
+    let mut tc = Tc::load();
+    tc.external((LB_IP, 53), PROTO_UDP, 1, 0, &[]);
+    let client = (CLIENT, 5353);
+    // Longer and shorter than the answer, with and without a UDP checksum.
+    for datagram in [
+        frame(udp(client, (LB_IP, 53), true)),
+        frame_with(udp(client, (LB_IP, 53), false), &[], &[]),
+    ] {
+        let v = tc.ingress(&datagram);
+        assert_eq!(v.ret, TC_ACT_REDIRECT, "sent back out");
+        let f = &v.frame;
+        assert_eq!(f.len(), ETH + 20 + 8 + 28, "IP, ICMP and the quote only");
+        assert_eq!(f[..6], datagram[6..12], "to the sender's MAC");
+        assert_eq!(f[6..12], datagram[..6], "from the MAC it was sent to");
+        let icmp = parse_icmp(f);
+        assert_eq!((icmp.src, icmp.dst), (LB_IP, CLIENT));
+        assert_eq!((icmp.icmp_type, icmp.code), (3, 3), "port unreachable");
+        assert_eq!(
+            f[L4_OFF + 8..],
+            datagram[ETH..ETH + 28],
+            "quotes the datagram's IP and UDP headers"
+        );
+        assert_icmp_checksums_valid(f);
+    }
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
+fn a_segment_without_a_flow_is_dropped_unless_the_frontend_is_a_node_address() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    // Not an address of node1, which would route it on (its default route).
+    let lb = Ipv4Addr::new(198, 18, 200, 1);
+    tc.external((lb, 80), PROTO_TCP, 1, 0, &[bed.remote_pod]);
+    tc.external((lb, 81), PROTO_TCP, 2, 0, &[]);
+    tc.external((bed.node1, NODE_PORT), PROTO_TCP, 3, 0, &[bed.remote_pod]);
+    let client = (CLIENT, CLIENT_PORT);
+    for flags in [
+        TCP_ACK,
+        TCP_ACK | TCP_PSH,
+        TCP_RST,
+        TCP_SYN | TCP_ACK,
+        TCP_FIN | TCP_ACK,
+    ] {
+        for frontend in [(lb, 80), (lb, 81)] {
+            let stray = frame(tcp(client, frontend, flags));
+            let v = bed.ingress(&tc, &stray);
+            assert_eq!(v.ret, TC_ACT_SHOT, "flags {flags:#x} to {frontend:?}");
+        }
+        // The node's own stack answers for its address (and a node process's connection
+        // from that port keeps working).
+        let to_node = frame(tcp(client, (bed.node1, NODE_PORT), flags));
+        assert_untouched(&bed.ingress(&tc, &to_node), &to_node);
+    }
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow state on the entries
+
+fn state_of(tc: &mut Tc, key: CtKey) -> u16 {
+    tc.conntrack(key).expect("entry").state
+}
+
+#[test]
+fn entries_record_answers_fins_and_resets_and_a_new_syn_starts_over() {
+    let mut tc = Tc::load();
+    tc.external((LB_IP, 443), PROTO_TCP, 3, 0, &[POD_B]);
+    let client = (CLIENT, CLIENT_PORT);
+    let forward = ct_key(client, (LB_IP, 443), PROTO_TCP);
+    let reply = ct_key((POD_B, POD_PORT), client, PROTO_TCP);
+    let syn = frame(tcp(client, (LB_IP, 443), TCP_SYN));
+    assert_dnat(&tc.ingress(&syn), &syn, (POD_B, POD_PORT));
+    assert_eq!(state_of(&mut tc, forward), CT_STATE_SEEN);
+    assert_eq!(state_of(&mut tc, reply), 0, "not answered yet");
+
+    let syn_ack = frame(tcp((POD_B, POD_PORT), client, TCP_SYN | TCP_ACK));
+    assert_eq!(tc.egress(&syn_ack).ret, TC_ACT_OK);
+    assert_eq!(state_of(&mut tc, reply), CT_STATE_SEEN, "answered");
+
+    let fin = frame(tcp(client, (LB_IP, 443), TCP_FIN | TCP_ACK));
+    assert_dnat(&tc.ingress(&fin), &fin, (POD_B, POD_PORT));
+    assert_eq!(state_of(&mut tc, forward), CT_STATE_SEEN | CT_STATE_FIN);
+    let rst = frame(tcp((POD_B, POD_PORT), client, TCP_RST | TCP_ACK));
+    assert_eq!(tc.egress(&rst).ret, TC_ACT_OK);
+    assert_eq!(state_of(&mut tc, reply), CT_STATE_SEEN | CT_STATE_RST);
+
+    // The client reuses its port: same backend, both directions start over.
+    assert_dnat(&tc.ingress(&syn), &syn, (POD_B, POD_PORT));
+    assert_eq!(state_of(&mut tc, forward), CT_STATE_SEEN);
+    assert_eq!(state_of(&mut tc, reply), 0);
+    assert_eq!(tc.conntrack_len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ICMP errors about translated flows
+
+/// A router between the client and the node, or between the node and a backend.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+/// The rest of a fragmentation-needed header: unused, next-hop MTU 1280.
+const MTU_1280: [u8; 4] = [0, 0, 0x05, 0x00];
+
+/// An ICMP destination unreachable from `from` to `to` quoting `quoted` (an IP packet, whole
+/// or cut), with correct checksums.
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x03]);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + 8 + quoted.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 1;
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    let csum = !fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut icmp = vec![ICMP_DEST_UNREACH, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quoted);
+    let csum = !fold(sum16(&icmp));
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// What a test reads back out of an ICMP error frame.
+#[derive(Debug)]
+struct IcmpParsed {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted_src: (Ipv4Addr, u16),
+    quoted_dst: (Ipv4Addr, u16),
+}
+
+const QUOTE: usize = L4_OFF + 8;
+
+fn parse_icmp(f: &[u8]) -> IcmpParsed {
+    let ip4 = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    let be16 = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    assert_eq!(f[ETH + 9], 1, "ICMP");
+    IcmpParsed {
+        src: ip4(ETH + 12),
+        dst: ip4(ETH + 16),
+        icmp_type: f[L4_OFF],
+        code: f[L4_OFF + 1],
+        rest: [f[L4_OFF + 4], f[L4_OFF + 5], f[L4_OFF + 6], f[L4_OFF + 7]],
+        quoted_src: (ip4(QUOTE + 12), be16(QUOTE + 20)),
+        quoted_dst: (ip4(QUOTE + 16), be16(QUOTE + 22)),
+    }
+}
+
+/// The outer IP header, the ICMP message, the quoted IP header and, when the quote holds the
+/// whole datagram, its TCP/UDP checksum are all valid.
+fn assert_icmp_checksums_valid(f: &[u8]) {
+    assert_eq!(fold(sum16(&f[ETH..L4_OFF])), 0xffff, "outer IP checksum");
+    assert_eq!(fold(sum16(&f[L4_OFF..])), 0xffff, "ICMP checksum");
+    let quote = &f[QUOTE..];
+    assert_eq!(fold(sum16(&quote[..20])), 0xffff, "quoted IP checksum");
+    let quoted_len = usize::from(u16::from_be_bytes([quote[2], quote[3]]));
+    if quote.len() < quoted_len {
+        return;
+    }
+    let proto = quote[9];
+    let l4 = &quote[20..quoted_len];
+    let csum_at = if proto == PROTO_TCP { 16 } else { 6 };
+    if proto == PROTO_UDP && l4[csum_at..csum_at + 2] == [0, 0] {
+        return;
+    }
+    let src: [u8; 4] = quote[12..16].try_into().unwrap();
+    let dst: [u8; 4] = quote[16..20].try_into().unwrap();
+    let sum = pseudo_sum(src, dst, proto, l4.len()) + sum16(l4);
+    assert_eq!(fold(sum), 0xffff, "quoted L4 checksum of proto {proto}");
+}
+
+#[test]
+fn an_error_about_a_reply_reaches_the_local_backend_as_about_the_backends_own_packet() {
+    let mut tc = Tc::load();
+    tc.external((NODE, NODE_PORT), PROTO_TCP, 7, 0, &[POD_A]);
+    let client = (CLIENT, CLIENT_PORT);
+    let syn = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
+    assert_dnat(&tc.ingress(&syn), &syn, (POD_A, POD_PORT));
+    // A router in front of the client cannot forward a reply as it left the node
+    // (frontend -> client): the whole segment quoted, or only its first 8 bytes.
+    let reply = frame(tcp((NODE, NODE_PORT), client, TCP_ACK | TCP_PSH));
+    for quoted in [&reply[ETH..], &reply[ETH..L4_OFF + 8]] {
+        let error = icmp_error(ROUTER, NODE, ICMP_FRAG_NEEDED, MTU_1280, quoted);
+        assert_icmp_checksums_valid(&error);
+        let v = tc.ingress(&error);
+        assert_eq!(v.ret, TC_ACT_OK, "the kernel routes it to the pod");
+        let out = parse_icmp(&v.frame);
+        assert_eq!((out.src, out.dst), (ROUTER, POD_A), "to the backend");
+        assert_eq!(
+            (out.quoted_src, out.quoted_dst),
+            ((POD_A, POD_PORT), client),
+            "about the backend's packet"
+        );
+        assert_eq!(
+            (out.icmp_type, out.code, out.rest),
+            (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, MTU_1280),
+            "the MTU is kept"
+        );
+        assert_eq!(v.frame.len(), error.len());
+        assert_icmp_checksums_valid(&v.frame);
+    }
+    // An error about a packet of no tracked flow is not touched.
+    let other = frame(tcp((NODE, NODE_PORT), (CLIENT, CLIENT_PORT + 1), TCP_ACK));
+    let error = icmp_error(ROUTER, NODE, ICMP_FRAG_NEEDED, MTU_1280, &other[ETH..]);
+    assert_untouched(&tc.ingress(&error), &error);
+    assert_untouched(&tc.egress(&error), &error);
+}
+
+#[test]
+fn an_error_from_a_local_backend_leaves_as_coming_from_the_frontend() {
+    let mut tc = Tc::load();
+    tc.external((LB_IP, 53), PROTO_UDP, 9, 0, &[POD_A]);
+    let client = (CLIENT, 5353);
+    let query = frame(udp(client, (LB_IP, 53), true));
+    assert_dnat(&tc.ingress(&query), &query, (POD_A, POD_PORT));
+    // Nothing listens in the pod: it refuses the datagram as it got it (client -> pod).
+    let translated = frame(udp(client, (POD_A, POD_PORT), true));
+    let error = icmp_error(POD_A, CLIENT, ICMP_PORT_UNREACH, [0; 4], &translated[ETH..]);
+    let v = tc.egress(&error);
+    assert_eq!(v.ret, TC_ACT_OK);
+    let out = parse_icmp(&v.frame);
+    assert_eq!((out.src, out.dst), (LB_IP, CLIENT), "from the frontend");
+    assert_eq!(
+        (out.quoted_src, out.quoted_dst),
+        (client, (LB_IP, 53)),
+        "about the datagram the client sent"
+    );
+    assert_icmp_checksums_valid(&v.frame);
+    // Ingress leaves such an error alone (it is not about a reply).
+    assert_untouched(&tc.ingress(&error), &error);
+}
+
+#[test]
+fn errors_about_a_source_natted_flow_are_translated_both_ways() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
+    let frontend = (bed.node1, NODE_PORT);
+    tc.external(
+        frontend,
+        PROTO_TCP,
+        7,
+        SERVICE_FLAG_MASQUERADE,
+        &[bed.remote_pod],
+    );
+    let client = (CLIENT, CLIENT_PORT);
+    let v = bed.ingress(&tc, &frame(tcp(client, frontend, TCP_SYN)));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    let nat = parse(&v.frame).src;
+    let backend = (bed.remote_pod, POD_PORT);
+
+    // From the client's side, about a reply (frontend -> client): on to the backend, as an
+    // error about its packet to node:port, from the node.
+    let reply = frame(tcp(frontend, client, TCP_ACK | TCP_PSH));
+    let error = icmp_error(ROUTER, bed.node1, ICMP_FRAG_NEEDED, MTU_1280, &reply[ETH..]);
+    let v = bed.ingress(&tc, &error);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "redirected like the flow's packets");
+    assert_eq!(v.frame[..6], NODE2_MAC, "towards the backend's node");
+    let out = parse_icmp(&v.frame);
+    assert_eq!((out.src, out.dst), (bed.node1, bed.remote_pod));
+    assert_eq!((out.quoted_src, out.quoted_dst), (backend, nat));
+    assert_eq!(out.rest, MTU_1280);
+    assert_icmp_checksums_valid(&v.frame);
+
+    // From the backend's side, about a packet it got (node:port -> backend): back to the
+    // client, as an error about its packet to the frontend, from the frontend.
+    let forwarded = frame(tcp(nat, backend, TCP_ACK | TCP_PSH));
+    let error = icmp_error(
+        bed.remote_pod,
+        bed.node1,
+        ICMP_FRAG_NEEDED,
+        MTU_1280,
+        &forwarded[ETH..],
+    );
+    let v = bed.ingress(&tc, &error);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "redirected towards the client");
+    let out = parse_icmp(&v.frame);
+    assert_eq!((out.src, out.dst), (bed.node1, CLIENT));
+    assert_eq!((out.quoted_src, out.quoted_dst), (client, frontend));
+    assert_icmp_checksums_valid(&v.frame);
 }

@@ -1,8 +1,9 @@
-//! Switchyard's task runner: `cargo xtask <setup|build|test|lint|fuzz|demo>`.
+//! Switchyard's task runner: `cargo xtask <setup|build|test|lint|fuzz|demo|bench|image>`.
 mod build;
 mod command;
 mod demo;
 mod fuzz;
+mod image;
 mod lint;
 mod setup;
 mod test;
@@ -50,6 +51,9 @@ enum Task {
     },
     /// Setup, build, and run switchyard on the bundled example manifests in a namespace sandbox.
     Demo(demo::DemoArgs),
+    /// Build the container image (OCI image layout archive, target/image/switchyard.oci.tar)
+    /// from Debian packages and the binary, without a container engine or registry.
+    Image(image::ImageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz(fuzz_args) => fuzz::fuzz(&root, &fuzz_args),
         Task::Bench { args } => bench(&root, &args),
         Task::Demo(demo_args) => demo::demo(&root, demo_args),
+        Task::Image(args) => image::image(&root, &args, false).map(drop),
     }
 }
 

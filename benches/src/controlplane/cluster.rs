@@ -7,7 +7,6 @@
 use std::net::Ipv4Addr;
 
 use anyhow::bail;
-use switchyard_testbed::Manifests;
 
 /// Services per manifest file. A few large files rather than one per service, like a
 /// `kubectl get -o yaml` dump; the source re-reads all of them on any change anyway.
@@ -100,24 +99,27 @@ fn services_file(range: std::ops::Range<usize>, endpoints: usize) -> String {
     docs.join("---\n")
 }
 
-/// Writes the whole cluster into `manifests`; returns the number of bytes written.
-pub fn write(manifests: &Manifests, services: usize, endpoints: usize) -> anyhow::Result<usize> {
+/// The whole cluster as (file name, YAML) pairs; the last one is [`CHANGING_SLICE_FILE`].
+pub fn files(services: usize, endpoints: usize) -> anyhow::Result<Vec<(String, String)>> {
     if services == 0 || services > MAX_SERVICES {
         bail!("--services must be in 1..={MAX_SERVICES} (ClusterIPs come from 198.18.128.0/17), got {services}");
     }
     if endpoints == 0 || endpoints > MAX_ENDPOINTS {
         bail!("--endpoints must be in 1..={MAX_ENDPOINTS}, got {endpoints}");
     }
-    let mut bytes = 0;
-    for (file, start) in (0..services).step_by(SERVICES_PER_FILE).enumerate() {
-        let yaml = services_file(start..(start + SERVICES_PER_FILE).min(services), endpoints);
-        bytes += yaml.len();
-        manifests.write(&format!("services-{file:02}.yaml"), &yaml)?;
-    }
-    let slice = slice_yaml(0, endpoints, 0);
-    bytes += slice.len();
-    manifests.write(CHANGING_SLICE_FILE, &slice)?;
-    Ok(bytes)
+    let mut files: Vec<(String, String)> = (0..services)
+        .step_by(SERVICES_PER_FILE)
+        .enumerate()
+        .map(|(file, start)| {
+            let range = start..(start + SERVICES_PER_FILE).min(services);
+            (
+                format!("services-{file:02}.yaml"),
+                services_file(range, endpoints),
+            )
+        })
+        .collect();
+    files.push((CHANGING_SLICE_FILE.to_owned(), slice_yaml(0, endpoints, 0)));
+    Ok(files)
 }
 
 #[cfg(test)]

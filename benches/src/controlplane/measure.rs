@@ -6,12 +6,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use serde::Serialize;
 use switchyard_testbed::{
-    start_switchyard, switchyard_binary, ChildGuard, Manifests, Testbed, TopologySpec,
+    start_switchyard_from, switchyard_binary, ChildGuard, Testbed, TopologySpec,
 };
 
-use super::cluster;
+use super::lifecycle::{Lifecycle, Start, Steps};
 use super::metrics::{Scraper, SyncMetrics};
 use super::procfs::{clock_ticks, CpuTimes, Memory};
+use super::source::{Objects, SourceKind};
 use super::Mode;
 
 /// Port of the metrics server; bound on the node's underlay address, as kube-proxy's
@@ -44,6 +45,10 @@ const ALIGN_POLL: Duration = Duration::from_millis(10);
 pub struct Plan {
     /// Dataplane and backend.
     pub mode: Mode,
+    /// Where the proxy reads the objects.
+    pub source: SourceKind,
+    /// Also restart, switch modes and clean up at the end ([`Lifecycle`]).
+    pub lifecycle: bool,
     /// Services (one TCP port each).
     pub services: usize,
     /// Ready endpoints per service.
@@ -128,6 +133,8 @@ pub struct Measured {
     pub peak_rss_mib: f64,
     /// VmRSS at the end, MiB.
     pub rss_mib: f64,
+    /// Restart, mode switches and cleanup, when asked for.
+    pub lifecycle: Option<Lifecycle>,
     /// Things worth a second look (disturbed rounds, errors the proxy counted...).
     pub notes: Vec<String>,
 }
@@ -140,8 +147,7 @@ pub fn measure(plan: &Plan, log: &mut String) -> anyhow::Result<Measured> {
         pods_per_node: 0,
     })?;
     let node = testbed.node(1).clone();
-    let manifests = Manifests::new()?;
-    let manifest_bytes = cluster::write(&manifests, plan.services, plan.endpoints)?;
+    let objects = Objects::load(plan.source, &node, plan.services, plan.endpoints)?;
     let metrics_addr = SocketAddr::from((node.underlay_ip, METRICS_PORT));
     let bind = format!("--metrics-bind-address={metrics_addr}");
     let mut extra = vec![bind.as_str()];
@@ -150,25 +156,85 @@ pub fn measure(plan: &Plan, log: &mut String) -> anyhow::Result<Measured> {
     let scraper = Scraper::new(node.netns_path.clone(), metrics_addr);
 
     let spawned_at = SystemTime::now();
-    // Declared after the testbed and manifests, so it is killed before they go.
-    let mut proxy = start_switchyard(
+    // Declared after the testbed and the objects, so it is killed before they go.
+    let mut proxy = start_switchyard_from(
         &testbed,
         &node,
         &binary,
         plan.mode.proxy_mode(),
-        &manifests,
+        objects.flag(),
         &extra,
     )?;
     let result = Run {
         plan,
         proxy: &mut proxy,
         scraper: &scraper,
-        manifests: &manifests,
+        objects: &objects,
         notes: Vec::new(),
     }
-    .all(spawned_at, manifest_bytes);
+    .all(spawned_at, objects.bytes);
     *log = proxy.stderr();
-    result
+    let mut measured = result?;
+    if plan.lifecycle {
+        let steps = Steps {
+            testbed: &testbed,
+            node: &node,
+            binary: &binary,
+            source: objects.flag(),
+            extra: std::slice::from_ref(&bind),
+        };
+        steps.stop(proxy)?;
+        let lifecycle = lifecycle(plan, &steps, &scraper, &objects, log)?;
+        measured.lifecycle = Some(lifecycle);
+    }
+    Ok(measured)
+}
+
+/// Restarts the node's proxy over its own state, over the other mode's and back (iptables
+/// runs only: ebpf has one other mode's state to meet, two backends), then cleans up.
+fn lifecycle(
+    plan: &Plan,
+    steps: &Steps<'_>,
+    scraper: &Scraper,
+    objects: &Objects,
+    log: &mut String,
+) -> anyhow::Result<Lifecycle> {
+    let mut wait = |proxy: &mut ChildGuard, spawned_at: SystemTime| {
+        let first = Run {
+            plan,
+            proxy,
+            scraper,
+            objects,
+            notes: Vec::new(),
+        }
+        .first_sync(spawned_at)?;
+        Ok((first.wall_s, first.reported_s))
+    };
+    let mut done = Lifecycle::default();
+    let mut order = vec![("own".to_owned(), plan.mode)];
+    if plan.mode != Mode::Ebpf {
+        order.push((plan.mode.to_string(), Mode::Ebpf));
+        order.push(("ebpf".to_owned(), plan.mode));
+    }
+    for (over, mode) in order {
+        let (proxy, wall_s, reported_s) = steps.start(mode, &mut wait)?;
+        let left = match (over.as_str(), mode) {
+            ("own", _) => Vec::new(),
+            (_, Mode::Ebpf) => steps.iptables_left()?,
+            _ => steps.pins_left()?,
+        };
+        log.push_str(&format!("\n--- {mode} over {over} ---\n{}", proxy.stderr()));
+        done.starts.push(Start {
+            over,
+            mode: mode.to_string(),
+            wall_s,
+            reported_s,
+            left,
+        });
+        steps.stop(proxy)?;
+    }
+    done.cleanup = Some(steps.cleanup(plan.mode)?);
+    Ok(done)
 }
 
 /// The state one run's steps share.
@@ -176,7 +242,7 @@ struct Run<'a> {
     plan: &'a Plan,
     proxy: &'a mut ChildGuard,
     scraper: &'a Scraper,
-    manifests: &'a Manifests,
+    objects: &'a Objects,
     notes: Vec<String>,
 }
 
@@ -216,6 +282,7 @@ impl Run<'_> {
             idle,
             peak_rss_mib: memory.peak_kib as f64 / 1024.0,
             rss_mib: memory.now_kib as f64 / 1024.0,
+            lifecycle: None,
             notes: self.notes,
         })
     }
@@ -304,10 +371,7 @@ impl Run<'_> {
     fn change(&mut self, variant: usize) -> anyhow::Result<ChangeRound> {
         let before = self.after_a_sync()?;
         let written_at = SystemTime::now();
-        self.manifests.write(
-            cluster::CHANGING_SLICE_FILE,
-            &cluster::slice_yaml(0, self.plan.endpoints, variant),
-        )?;
+        self.objects.change(variant)?;
         let started = Instant::now();
         // The change counter moves only with a sync that applied a diff, and nothing else
         // changes; the timestamp check guards against a sync that ended before the write.

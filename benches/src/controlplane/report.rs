@@ -11,6 +11,8 @@ use super::measure::Measured;
 pub struct Outcome {
     /// `ebpf`, `iptables-legacy`, `iptables-nft`.
     pub mode: String,
+    /// `manifests` or `api`.
+    pub source: String,
     /// Services loaded.
     pub services: usize,
     /// Endpoints per service.
@@ -53,8 +55,8 @@ pub const RESTORE_TIME: &str = "first sync's time inside iptables-restore \
 /// Formats the table (Markdown) of all outcomes.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| mode | services | first sync s (wall / reported / in iptables-restore) | one change s (wall) | one change sync ms | idle CPU % (+children) | idle syncs (full) | peak RSS MiB | run s |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| mode | source | services | first sync s (wall / reported / in iptables-restore) | one change s (wall) | one change sync ms | idle CPU % (+children) | idle syncs (full) | peak RSS MiB | run s |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for o in outcomes {
         let cells = match (&o.measured, &o.error) {
@@ -83,11 +85,59 @@ pub fn table(outcomes: &[Outcome]) -> String {
             ),
         };
         out.push_str(&format!(
-            "| {} | {} | {cells} | {:.0} |\n",
-            o.mode, o.services, o.total_s
+            "| {} | {} | {} | {cells} | {:.0} |\n",
+            o.mode, o.source, o.services, o.total_s
         ));
     }
     out
+}
+
+/// Formats the restart, mode-switch and cleanup steps (Markdown), one row per step; empty
+/// when no run had them.
+pub fn lifecycle_table(outcomes: &[Outcome]) -> String {
+    let mut rows = String::new();
+    for o in outcomes {
+        let Some(l) = o.measured.as_ref().and_then(|m| m.lifecycle.as_ref()) else {
+            continue;
+        };
+        for start in &l.starts {
+            rows.push_str(&format!(
+                "| {} | {} | {} over {} | {:.2} / {:.2} | {} |\n",
+                o.mode,
+                o.services,
+                start.mode,
+                start.over,
+                start.wall_s,
+                start.reported_s,
+                left(&start.left)
+            ));
+        }
+        if let Some(c) = &l.cleanup {
+            rows.push_str(&format!(
+                "| {} | {} | --cleanup{} | {:.2} | {} |\n",
+                o.mode,
+                o.services,
+                if c.success { "" } else { " (failed)" },
+                c.seconds,
+                left(&c.left)
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "| run | services | step | s (wall / reported sync) | left behind |\n\
+         | --- | ---: | --- | ---: | --- |\n{rows}"
+    )
+}
+
+fn left(left: &[String]) -> String {
+    if left.is_empty() {
+        "nothing".to_owned()
+    } else {
+        left.join("; ")
+    }
 }
 
 fn opt(value: Option<f64>, decimals: usize) -> String {
@@ -111,6 +161,7 @@ mod tests {
     fn a_failed_run_keeps_its_row_and_the_columns() {
         let outcome = Outcome {
             mode: "iptables-nft".into(),
+            source: "manifests".into(),
             services: 10000,
             endpoints: 10,
             total_s: 601.0,
@@ -121,7 +172,7 @@ mod tests {
         let table = table(&[outcome]);
         let row = table.lines().nth(2).unwrap();
         assert!(row.starts_with(
-            "| iptables-nft | 10000 | failed: no complete first sync after 600 s / x |"
+            "| iptables-nft | manifests | 10000 | failed: no complete first sync after 600 s / x |"
         ));
         let header_cells = table.lines().next().unwrap().matches('|').count();
         assert_eq!(row.matches('|').count(), header_cells, "{row}");

@@ -48,6 +48,8 @@ pub mod program_names {
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number for UDP.
 pub const PROTO_UDP: u8 = 17;
+/// IP protocol number for ICMP (errors about translated flows are translated too).
+pub const PROTO_ICMP: u8 = 1;
 
 /// Default number of entries of the services map: 30,000 service ports with several
 /// frontends each (maps are not preallocated, so room costs only the bucket array).
@@ -112,6 +114,14 @@ pub const CT_FLAG_REPLY: u16 = 1 << 15;
 /// is rewritten too ([`CtValue::nat_addr`], [`CtValue::nat_port`]) and the packet is
 /// redirected out of the device instead of going up the stack.
 pub const CT_FLAG_SNAT: u16 = 1 << 14;
+
+/// [`CtValue::state`] bit: a packet of this direction passed after the flow was created. On
+/// the reply entry it means the flow was answered.
+pub const CT_STATE_SEEN: u16 = 1 << 0;
+/// [`CtValue::state`] bit: a TCP FIN passed in this direction.
+pub const CT_STATE_FIN: u16 = 1 << 1;
+/// [`CtValue::state`] bit: a TCP RST passed in this direction.
+pub const CT_STATE_RST: u16 = 1 << 2;
 
 /// Value of the services map.
 #[repr(C)]
@@ -244,9 +254,12 @@ pub struct CtValue {
     pub nat_addr: u32,
     /// Source NAT only: the other port to rewrite, network byte order.
     pub nat_port: u16,
-    /// Explicit padding.
-    pub pad: u16,
-    /// Boot-time nanoseconds of the last packet, for debugging and eviction order.
+    /// What this direction has seen: `CT_STATE_*` bits, set by the programs, cleared when a
+    /// SYN reopens a closed flow. Userspace reads both directions' bits to pick the flow's
+    /// timeout (`switchyard_model::tc_conntrack`).
+    pub state: u16,
+    /// Monotonic (`CLOCK_MONOTONIC`) nanoseconds of this direction's last packet: the flow's
+    /// idle time is measured from the later of its two entries.
     pub last_seen_ns: u64,
 }
 

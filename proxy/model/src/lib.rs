@@ -1,6 +1,7 @@
 //! Switchyard's pure core: Kubernetes objects -> desired dataplane state for this node -> diff,
 //! and the dataplane renderings of that state ([`iptables`] rules, the [`ebpf_plan`] of map
-//! writes, the [`conntrack`] entries iptables mode deletes).
+//! writes, the [`conntrack`] entries iptables mode deletes, the [`tc_conntrack`] flows ebpf mode
+//! expires).
 //!
 //! Nothing in this crate does I/O or reads the clock, and its dependency graph holds no
 //! runtime, kernel or API-client crate; the sources fill [`ClusterObjects`], the dataplanes
@@ -36,6 +37,7 @@ pub mod fuzzing;
 mod health_check;
 mod incremental;
 pub mod iptables;
+mod map_diff;
 mod node;
 mod objects;
 mod parse;
@@ -43,6 +45,7 @@ mod service;
 mod service_port;
 pub mod status;
 mod sync_counts;
+pub mod tc_conntrack;
 mod topology;
 mod warnings;
 

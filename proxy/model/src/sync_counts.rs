@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::endpoints::LABEL_SERVICE_NAME;
+use super::map_diff::differing_keys;
 use super::objects::{ClusterObjects, ObjectKey};
 use super::service_port::{ServicePort, TrafficPolicy};
 
@@ -88,19 +89,11 @@ impl ObjectChanges {
     }
 }
 
-/// Keys present in only one map, or whose objects differ.
+/// Keys present in only one map, or whose objects differ: by identity first, then by
+/// content.
 fn changed_keys<'a, T: PartialEq>(
     old: &'a BTreeMap<ObjectKey, Arc<T>>,
     new: &'a BTreeMap<ObjectKey, Arc<T>>,
 ) -> Vec<&'a ObjectKey> {
-    let mut keys: Vec<&ObjectKey> = old
-        .iter()
-        .filter(|&(key, object)| match new.get(key) {
-            None => true,
-            Some(n) => !Arc::ptr_eq(n, object) && n.as_ref() != object.as_ref(),
-        })
-        .map(|(key, _)| key)
-        .collect();
-    keys.extend(new.keys().filter(|key| !old.contains_key(*key)));
-    keys
+    differing_keys(old, new, |o, n| Arc::ptr_eq(o, n) || o == n)
 }

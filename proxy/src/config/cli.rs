@@ -94,8 +94,8 @@ pub struct Cli {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           value_parser = parse_go_bool)]
     pub cleanup: Option<bool>,
-    /// kube-proxy's privileged init step; Switchyard has none, so it only checks the
-    /// configuration and exits.
+    /// kube-proxy's privileged init step: sets the conntrack sysctls (and, in iptables
+    /// mode, route_localnet) and exits, so that the proxy itself needs no privileged container.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           value_parser = parse_go_bool)]
     pub init_only: Option<bool>,
@@ -171,6 +171,12 @@ pub struct Cli {
     /// Extension: entries of the eBPF connection-tracking map (external flows, LRU).
     #[arg(long, default_value_t = switchyard_common::DEFAULT_CONNTRACK_MAX)]
     pub ebpf_conntrack_map_size: u32,
+    /// Extension: once the first sync is complete, remove what upstream kube-proxy left on
+    /// the node (its KUBE-* chains, its nftables table, the IPVS dummy interface); for
+    /// migrating a node from kube-proxy (config field `cleanupKubeProxy`).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_go_bool)]
+    pub cleanup_kube_proxy: Option<bool>,
     /// Extension: the cluster's NodePort range (apiserver's --service-node-port-range), e.g. 30000-32767.
     #[arg(long)]
     pub service_node_port_range: Option<String>,

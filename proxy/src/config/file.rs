@@ -44,6 +44,9 @@ pub struct ConfigFile {
     pub sync_period: Option<String>,
     /// Extension: minimum sync period for any mode, over the mode's section.
     pub min_sync_period: Option<String>,
+    /// Extension: remove upstream kube-proxy's leftovers after the first sync
+    /// (`--cleanup-kube-proxy`).
+    pub cleanup_kube_proxy: Option<bool>,
     /// `iptables:` section.
     pub iptables: Option<ModeSection>,
     /// `ipvs:` section (its periods, in ipvs mode).

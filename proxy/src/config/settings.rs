@@ -107,7 +107,10 @@ pub struct Settings {
     pub nodeport_range: RangeInclusive<u16>,
     /// Remove our state and exit.
     pub cleanup: bool,
-    /// `--init-only`: check the configuration and exit (there is no privileged init step).
+    /// `--cleanup-kube-proxy` / `cleanupKubeProxy`: remove upstream kube-proxy's leftovers
+    /// once the first sync is complete.
+    pub cleanup_kube_proxy: bool,
+    /// `--init-only`: the privileged init step (conntrack sysctls, route_localnet), then exit.
     pub init_only: bool,
     /// `--write-config-to`: not supported; start-up stops with an error naming it.
     pub write_config_to: Option<PathBuf>,
@@ -189,11 +192,6 @@ impl Settings {
                 proxy.node_ip_overrides
             ));
         }
-        if cli.init_only == Some(true) {
-            warnings.push(
-                "--init-only: Switchyard's privileged init step is the conntrack sysctls; exiting after them".into(),
-            );
-        }
 
         let nodeport_range = match &cli.service_node_port_range {
             Some(text) => parse_port_range(text)?,
@@ -229,6 +227,11 @@ impl Settings {
             },
             nodeport_range,
             cleanup: cli.cleanup.unwrap_or(false),
+            // An extension: the flag applies over the file.
+            cleanup_kube_proxy: cli
+                .cleanup_kube_proxy
+                .or(file.and_then(|f| f.cleanup_kube_proxy))
+                .unwrap_or(false),
             init_only: cli.init_only.unwrap_or(false),
             write_config_to: cli.write_config_to.clone(),
             verbosity: cli.verbosity.or(proxy.verbosity).unwrap_or(0),
@@ -825,9 +828,23 @@ mod tests {
 
     #[test]
     fn init_only_and_bind_address_are_reported() {
+        // --init-only is the DaemonSet's privileged init step: no warning.
         let s = resolve(&["--init-only"]).unwrap();
         assert!(s.init_only);
-        assert!(s.warnings[0].starts_with("--init-only"), "{:?}", s.warnings);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = resolve(&["--cleanup-kube-proxy"]).unwrap();
+        assert!(s.cleanup_kube_proxy && s.warnings.is_empty());
+        let s = with_file("cleanupKubeProxy: true\n", &[]).unwrap();
+        assert!(
+            s.cleanup_kube_proxy && s.warnings.is_empty(),
+            "{:?}",
+            s.warnings
+        );
+        let s = with_file("cleanupKubeProxy: true\n", &["--cleanup-kube-proxy=false"]).unwrap();
+        assert!(
+            !s.cleanup_kube_proxy,
+            "the extension flag applies over the file"
+        );
         let s = resolve(&["--bind-address=198.18.0.50"]).unwrap();
         assert!(
             s.warnings[0].starts_with("bindAddress/--bind-address"),

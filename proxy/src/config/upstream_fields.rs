@@ -164,6 +164,8 @@ const FIELDS: &[(&str, Use)] = &[
     // Switchyard's extension: periods independent of the mode's section.
     ("syncPeriod", Use::Used),
     ("minSyncPeriod", Use::Used),
+    // Switchyard's extension: migration from kube-proxy.
+    ("cleanupKubeProxy", Use::Used),
 ];
 
 /// One warning per field that is set but does nothing here, or unknown to kube-proxy.

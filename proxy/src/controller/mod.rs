@@ -71,14 +71,20 @@ pub struct Controller {
     /// The node addresses the dataplane was last told about.
     addresses: Option<Arc<Vec<IpAddr>>>,
     reported: BTreeSet<String>,
+    /// The model's warnings generation and the source's warnings `reported` was built from.
+    problems_seen: Option<(u64, Vec<String>)>,
     /// Highest trigger sequence number whose latency was observed.
     observed_trigger: u64,
     /// The objects of the latest snapshot seen, and of the last one synced: upstream's
     /// change counters count what differs.
     seen_objects: Arc<ClusterObjects>,
     synced_objects: Arc<ClusterObjects>,
+    /// The snapshot `synced_objects` replaced, freed once the sync is recorded.
+    retired: Option<Arc<ClusterObjects>>,
     /// Where the health check node port servers learn what to serve, after each sync.
     health_checks: Option<watch::Sender<HealthChecks>>,
+    /// Told once, when the first sync has completed.
+    first_sync: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Controller {
@@ -112,10 +118,13 @@ impl Controller {
             unapplied: Before::new(),
             addresses: None,
             reported: BTreeSet::new(),
+            problems_seen: None,
             observed_trigger: 0,
             seen_objects: Arc::default(),
             synced_objects: Arc::default(),
+            retired: None,
             health_checks: None,
+            first_sync: None,
         }
     }
 
@@ -123,6 +132,12 @@ impl Controller {
     /// every successful sync (the servers are mode-independent; see `service_health`).
     pub fn with_health_checks(mut self, sender: watch::Sender<HealthChecks>) -> Self {
         self.health_checks = Some(sender);
+        self
+    }
+
+    /// Tells `done` once the first sync has completed (what `--cleanup-kube-proxy` waits for).
+    pub fn with_first_sync(mut self, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.first_sync = Some(done);
         self
     }
 
@@ -182,6 +197,10 @@ impl Controller {
         let started = self.clock.now();
         let ok = self.sync_inner(kind, input, started);
         self.schedule.done(kind, ok, self.clock.now());
+        // Freeing the previous snapshot (tens of thousands of allocations at 10,000 services,
+        // when the controller held its last reference) is no part of programming the change:
+        // it happens after the sync's duration and latency are recorded.
+        drop(self.retired.take());
         ok
     }
 
@@ -203,14 +222,7 @@ impl Controller {
             self.addresses = Some(input.addresses.clone());
         }
         let mut before = self.model.update(&input.objects.objects, &node);
-        let mut problems: BTreeSet<String> = input.objects.warnings.iter().cloned().collect();
-        problems.extend(self.model.warnings().iter().map(ToString::to_string));
-        // Each problem is logged once, when it appears, not on every sync.
-        for problem in problems.difference(&self.reported) {
-            tracing::warn!("{problem}");
-        }
-        self.metrics.input_warnings.set(problems.len() as i64);
-        self.reported = problems;
+        self.report_problems(&input.objects.warnings);
 
         // For a port whose last write failed, the dataplane holds what it held before that.
         before.extend(std::mem::take(&mut self.unapplied));
@@ -270,8 +282,30 @@ impl Controller {
         true
     }
 
+    /// Logs each input problem once, when it appears, not on every sync. The model's
+    /// warnings are collected again only when an update may have changed them.
+    fn report_problems(&mut self, source_warnings: &[String]) {
+        let generation = self.model.warnings_generation();
+        if self
+            .problems_seen
+            .as_ref()
+            .is_some_and(|(g, w)| *g == generation && w.as_slice() == source_warnings)
+        {
+            return;
+        }
+        self.problems_seen = Some((generation, source_warnings.to_vec()));
+        let mut problems: BTreeSet<String> = source_warnings.iter().cloned().collect();
+        problems.extend(self.model.warnings().iter().map(ToString::to_string));
+        for problem in problems.difference(&self.reported) {
+            tracing::warn!("{problem}");
+        }
+        self.metrics.input_warnings.set(problems.len() as i64);
+        self.reported = problems;
+    }
+
     fn finish(&mut self, started: Instant, full: bool, input: &NodeSnapshot) {
-        self.synced_objects = input.objects.objects.clone();
+        let previous = std::mem::replace(&mut self.synced_objects, input.objects.objects.clone());
+        self.retired = Some(previous);
         self.update_pending();
         self.metrics
             .set_no_local_endpoints(NoLocalEndpoints::of(self.applied_ports()));
@@ -280,6 +314,9 @@ impl Controller {
         let now = self.clock.wall();
         self.metrics.synced(elapsed, full, epoch_seconds(now));
         self.health.updated(now);
+        if let Some(done) = self.first_sync.take() {
+            let _ = done.send(());
+        }
         // Every change the snapshot holds is now programmed, however many snapshots the
         // watch channel skipped on the way.
         let observed = self.observed_trigger;

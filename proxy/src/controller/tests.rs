@@ -503,3 +503,48 @@ fn health_checks_and_no_local_counts_follow_the_applied_state() {
     );
     assert_eq!(sample(&h, external), 1.0, "only a remote endpoint is left");
 }
+
+#[test]
+fn input_problems_are_counted_as_they_come_and_go() {
+    let mut h = harness();
+    let warnings = "switchyard_input_warnings";
+    let with_bad_service = |source_warnings: &[&str]| {
+        let mut objects = objects(2);
+        let bad = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "bad", "namespace": "burst"},
+            "spec": {"clusterIP": "198.18.128.99", "ports": [{"port": 0}]}
+        });
+        objects.insert_service(serde_json::from_value(bad).unwrap());
+        NodeSnapshot {
+            objects: Snapshot {
+                objects: Arc::new(objects),
+                warnings: source_warnings.iter().map(ToString::to_string).collect(),
+                ..Snapshot::default()
+            },
+            addresses: Arc::new(vec!["198.18.0.11".parse().unwrap()]),
+        }
+    };
+    let bad = with_bad_service(&[]);
+    h.run_for(Duration::ZERO, &bad);
+    assert_eq!(sample(&h, warnings), 1.0, "the bad port");
+    // A sync that touches nothing keeps the count.
+    h.clock.advance(Duration::from_secs(2));
+    h.controller.changed();
+    h.run_for(Duration::ZERO, &bad);
+    assert_eq!(sample(&h, warnings), 1.0, "unchanged input");
+    // A source warning alone (the same objects) is counted too.
+    h.clock.advance(Duration::from_secs(2));
+    h.controller.changed();
+    let mut with_file_warning = bad.clone();
+    with_file_warning.objects.warnings = vec!["x.yaml: not UTF-8".into()];
+    h.run_for(Duration::ZERO, &with_file_warning);
+    assert_eq!(sample(&h, warnings), 2.0, "plus the source's");
+    // The bad service goes: only the source's warning is left.
+    h.clock.advance(Duration::from_secs(2));
+    h.controller.changed();
+    let mut fixed = input(2, &[], &["198.18.0.11"]);
+    fixed.objects.warnings = vec!["x.yaml: not UTF-8".into()];
+    h.run_for(Duration::ZERO, &fixed);
+    assert_eq!(sample(&h, warnings), 1.0, "the service was fixed");
+}

@@ -9,7 +9,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachT
 use aya::{Ebpf, EbpfLoader};
 use switchyard_common::{
     map_names, program_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceName,
-    ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY,
+    ServiceValue, SnatConfig, SourceRangeKey,
 };
 
 use super::maps::{ignore_missing, Capacities, MapHandleError, Maps};
@@ -45,6 +45,8 @@ pub struct EbpfConfig {
     pub snat_ports: Option<std::ops::RangeInclusive<u16>>,
     /// Forward the programs' aya-log events to our log (`-v 4` and up).
     pub kernel_logs: bool,
+    /// How long packet-path flows may stay idle, by state (netfilter's timeouts).
+    pub flow_timeouts: crate::model::tc_conntrack::FlowTimeouts,
 }
 
 /// The socket programs and their pin names under `<bpffs>/links/`.
@@ -437,35 +439,48 @@ impl EbpfDataplane {
         Ok(entries)
     }
 
-    /// Deletes tracked external flows to backends that left: otherwise a UDP client that keeps
-    /// its source port stays stuck on a dead backend (kube-proxy clears conntrack likewise).
-    fn forget_flows_to(&mut self, gone: &std::collections::BTreeSet<Backend>) {
+    /// One pass over the packet-path conntrack map: deletes both directions of the flows to
+    /// backends in `gone` (otherwise a UDP client that keeps its source port stays stuck on a
+    /// dead backend; kube-proxy clears conntrack likewise) and, with `expire`, of the flows
+    /// idle for longer than their state allows (`switchyard_model::tc_conntrack` decides).
+    fn sweep_conntrack(&mut self, gone: &std::collections::BTreeSet<Backend>, expire: bool) {
         let conntrack = &mut self.maps.conntrack;
-        let stale: Vec<CtKey> = conntrack
+        // The programs change the map while it is read; a key they delete restarts the
+        // kernel's walk, so it is bounded by the capacity.
+        let entries: Vec<(CtKey, CtValue)> = conntrack
             .iter()
+            .take(self.config.conntrack_max as usize)
             .filter_map(Result::ok)
-            .filter(|(key, value)| {
-                let backend = |addr, port| Backend { addr, port, pad: 0 };
-                let original = value.flags & CT_FLAG_REPLY == 0
-                    && gone.contains(&backend(value.addr, value.port));
-                let reply = gone.contains(&backend(key.src_addr, key.src_port));
-                original || reply
-            })
-            .map(|(key, _)| key)
             .collect();
-        for key in stale {
-            let _ = ignore_missing(conntrack.remove(&key), map_names::CONNTRACK);
+        let timeouts = expire.then_some(&self.config.flow_timeouts);
+        let sweep = crate::model::tc_conntrack::sweep(&entries, monotonic_ns(), timeouts, gone);
+        let mut failed = 0;
+        for key in &sweep.delete {
+            if ignore_missing(conntrack.remove(key), map_names::CONNTRACK).is_err() {
+                failed += 1;
+            }
+        }
+        if !sweep.delete.is_empty() || failed > 0 {
+            tracing::debug!(
+                entries = entries.len(),
+                expired = sweep.expired,
+                to_gone_backends = sweep.to_gone_backends,
+                failed,
+                "packet-path flows deleted"
+            );
         }
     }
 
     /// One sync of the ports `keys` (and of those whose last change failed): the planner
     /// plans it as a whole and runs it op by op; a port that fails keeps serving its previous
     /// state and is reported on its own.
+    /// `expire`: this sync is a full one or a verify, which also expire idle flows.
     fn sync_ports(
         &mut self,
         state: &DesiredState,
         mut keys: Vec<ServicePortKey>,
         full: bool,
+        expire: bool,
     ) -> SyncReport {
         for error in self.planner.begin_sync(&mut self.maps) {
             tracing::warn!(%error, "deleting retired map entries; retried by the next sync");
@@ -499,9 +514,10 @@ impl EbpfDataplane {
                     .copied(),
             );
         }
-        // One pass over the conntrack map per sync, however many ports lost backends.
-        if !gone.is_empty() {
-            self.forget_flows_to(&gone);
+        // One pass over the conntrack map per sync, however many ports lost backends, and
+        // only at verifies (every syncPeriod) when none did.
+        if !gone.is_empty() || expire {
+            self.sweep_conntrack(&gone, expire);
         }
         if full {
             self.write_names(None);
@@ -528,8 +544,9 @@ impl EbpfDataplane {
 }
 
 impl EbpfDataplane {
-    /// Writes the ports in `diff` (the planner orders releases before assigns itself).
-    fn partial(&mut self, state: &DesiredState, diff: &StateDiff) -> SyncReport {
+    /// Writes the ports in `diff` (the planner orders releases before assigns itself);
+    /// `expire` as for [`Self::sync_ports`].
+    fn partial(&mut self, state: &DesiredState, diff: &StateDiff, expire: bool) -> SyncReport {
         let keys: Vec<ServicePortKey> = diff
             .removed
             .iter()
@@ -537,7 +554,7 @@ impl EbpfDataplane {
             .chain(&diff.added)
             .cloned()
             .collect();
-        self.sync_ports(state, keys, false)
+        self.sync_ports(state, keys, false, expire)
     }
 
     /// Brings the maps to `state` from what they really hold (read back first, so whatever
@@ -552,7 +569,7 @@ impl EbpfDataplane {
             .cloned()
             .collect();
         keys.extend(state.ports.keys().cloned());
-        let mut report = self.sync_ports(state, keys, true);
+        let mut report = self.sync_ports(state, keys, true, true);
         report.full = true;
         Ok(report)
     }
@@ -609,13 +626,13 @@ impl Dataplane for EbpfDataplane {
             SyncKind::Full => self
                 .full(state)
                 .map_err(|e| SyncError::new("reading the maps back", e))?,
-            SyncKind::Partial => return Ok(self.partial(state, diff)),
+            SyncKind::Partial => return Ok(self.partial(state, diff, false)),
             SyncKind::Verify => {
                 let drift = self
                     .drift()
                     .map_err(|e| SyncError::new("reading the maps back", e))?;
                 if drift.is_none() {
-                    let report = self.partial(state, diff);
+                    let report = self.partial(state, diff, true);
                     // Names a failed write or someone else removed come back here.
                     self.write_names(None);
                     report
@@ -668,6 +685,17 @@ impl Dataplane for EbpfDataplane {
         remove_pins(&self.config.bpffs_path)
             .map(drop)
             .map_err(|e| SyncError::new("unpinning our maps and links", e))
+    }
+}
+
+/// Now on the clock the programs stamp flows with (`bpf_ktime_get_ns`: `CLOCK_MONOTONIC`).
+fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(now) => (now.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(now.tv_nsec() as u64),
+        // Cannot fail for this clock; 0 expires nothing.
+        Err(_) => 0,
     }
 }
 

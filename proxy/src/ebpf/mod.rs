@@ -1,5 +1,6 @@
 //! ebpf mode: socket programs whose maps hold services and backends.
 pub mod dataplane;
+pub mod flow_timeouts;
 pub mod maps;
 pub mod masquerade;
 pub mod metrics;

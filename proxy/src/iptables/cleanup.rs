@@ -1,11 +1,10 @@
 //! `--cleanup`: removes every jump, rule and chain Switchyard created, and nothing else.
-use std::collections::BTreeSet;
+use switchyard_model::iptables::removal::{self, UnscriptableName};
 
 use super::backend::IptablesBackend;
 use super::dataplane::TABLES;
 use super::exec::{self, ExecError};
-use super::restore;
-use super::rule_set::{ChainRef, Table};
+use super::rule_set::Table;
 
 /// What `--cleanup` could not remove.
 #[derive(Debug, thiserror::Error)]
@@ -13,8 +12,11 @@ pub enum CleanupError {
     /// An iptables command failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
-    /// Chains of ours are still there after the removal.
-    #[error("{count} chains of ours are still there, e.g. {first}")]
+    /// A chain the kernel listed cannot be named in an nft script.
+    #[error(transparent)]
+    Name(#[from] UnscriptableName),
+    /// Chains to remove are still there after the removal.
+    #[error("{count} chains are still there, e.g. {first}")]
     Left {
         /// How many.
         count: usize,
@@ -29,86 +31,126 @@ pub enum CleanupError {
 /// they go. On iptables-legacy only tables that already exist are touched: a legacy command
 /// would create the table.
 pub fn cleanup(backend: IptablesBackend) -> Result<usize, CleanupError> {
-    let tables: Vec<Table> = match backend {
-        IptablesBackend::Legacy => {
-            let present = exec::legacy_tables();
-            TABLES
-                .into_iter()
-                .filter(|t| present.contains(t.as_str()))
-                .collect()
-        }
-        IptablesBackend::Nft => TABLES.to_vec(),
-    };
-    for table in &tables {
-        let Some(listing) = exec::list_table_rules(backend, *table) else {
-            continue;
-        };
-        for (chain, rule) in jumps_into_ours(&listing) {
-            exec::delete_rule(backend, &ChainRef::new(*table, &chain), &rule)?;
-        }
-    }
-    // Our chains, flushed then deleted, batched as the backend's full syncs are.
-    let mut ours = BTreeSet::new();
-    for table in &tables {
-        ours.extend(exec::our_chains(backend, *table)?);
-    }
-    for input in restore::remove_chains_in(&ours, backend.strategy()) {
-        exec::restore(backend, &input)?;
-    }
-    let mut left = BTreeSet::new();
-    for table in &tables {
-        left.extend(exec::our_chains(backend, *table)?);
-    }
-    if let Some(first) = left.iter().next() {
-        return Err(CleanupError::Left {
-            count: left.len(),
-            first: format!("{} in {}", first.chain, first.table.as_str()),
-        });
-    }
-    Ok(ours.len())
+    remove_chains_where(backend, |_, chain| super::chains::is_ours(chain))
 }
 
-/// From `iptables -S` output of a table: (chain, rule arguments without `-A CHAIN`) of every
-/// rule in a chain that is not ours and jumps to one that is.
-fn jumps_into_ours(listing: &str) -> Vec<(String, Vec<String>)> {
-    listing
-        .lines()
-        .filter_map(|l| l.strip_prefix("-A "))
-        .filter_map(|rest| {
-            let (chain, args) = rest.split_once(' ')?;
-            (!super::chains::is_ours(chain))
-                .then(|| Some((chain.to_owned(), shlex::split(args)?)))?
-        })
-        .filter(|(_, args)| {
-            args.windows(2)
-                .any(|w| (w[0] == "-j" || w[0] == "-g") && super::chains::is_ours(&w[1]))
-        })
+/// Removes the chains `wanted` accepts from `backend`'s nat, filter and mangle tables, with
+/// the rules of other chains that jump (or go) to them, in one transaction per table
+/// (legacy) or one for all (nft; see [`removal`]). Returns how many chains were removed;
+/// fails when any is left. On iptables-legacy only tables that already exist are touched.
+pub fn remove_chains_where(
+    backend: IptablesBackend,
+    wanted: impl Fn(Table, &str) -> bool + Sync,
+) -> Result<usize, CleanupError> {
+    let removed = match backend {
+        IptablesBackend::Legacy => remove_legacy(&wanted)?,
+        IptablesBackend::Nft => remove_nft(&wanted)?,
+    };
+    let left = match backend {
+        IptablesBackend::Legacy => legacy_chains(&wanted)?,
+        IptablesBackend::Nft => exec::nft_chains()?
+            .into_iter()
+            .filter(|(t, c)| wanted(*t, c))
+            .collect(),
+    };
+    if let Some((table, chain)) = left.first() {
+        return Err(CleanupError::Left {
+            count: left.len(),
+            first: format!("{chain} in {}", table.as_str()),
+        });
+    }
+    Ok(removed)
+}
+
+/// One save and one restore per existing legacy table.
+fn remove_legacy(wanted: &(impl Fn(Table, &str) -> bool + Sync)) -> Result<usize, CleanupError> {
+    let mut removed = 0;
+    for table in legacy_tables() {
+        // The chain declarations and the rules of the chains that stay: all a removal
+        // needs, out of a save that is mostly the removed chains' rules.
+        let kept = exec::save_lines(IptablesBackend::Legacy, table, |line| {
+            line.starts_with(':')
+                || line
+                    .strip_prefix("-A ")
+                    .and_then(|rest| rest.split(' ').next())
+                    .is_some_and(|chain| !wanted(table, chain))
+        })?;
+        let chains: Vec<String> = declared_chains(&kept)
+            .filter(|c| wanted(table, c))
+            .map(str::to_owned)
+            .collect();
+        let deletions = removal::jump_deletions(table, &kept, wanted);
+        let input = removal::restore_removal(table, &chains, &deletions);
+        if !input.is_empty() {
+            exec::restore(IptablesBackend::Legacy, &input)?;
+        }
+        removed += chains.len();
+    }
+    Ok(removed)
+}
+
+/// One listing of the chains, one of each chain that stays (for its jumps, with handles),
+/// and one nft transaction.
+fn remove_nft(wanted: &impl Fn(Table, &str) -> bool) -> Result<usize, CleanupError> {
+    let all = exec::nft_chains()?;
+    let (chains, others): (Vec<TableChain>, Vec<TableChain>) =
+        all.into_iter().partition(|(t, c)| wanted(*t, c));
+    if chains.is_empty() {
+        return Ok(0);
+    }
+    let mut jumps = Vec::new();
+    for (table, chain) in &others {
+        for (handle, target) in exec::nft_jumps(*table, chain)? {
+            if wanted(*table, &target) {
+                jumps.push((*table, chain.clone(), handle));
+            }
+        }
+    }
+    let script = removal::nft_removal(&chains, &jumps)?;
+    exec::nft_script(&script)?;
+    Ok(chains.len())
+}
+
+/// A chain by table and name.
+type TableChain = (Table, String);
+
+fn legacy_tables() -> Vec<Table> {
+    let present = exec::legacy_tables();
+    TABLES
+        .into_iter()
+        .filter(|t| present.contains(t.as_str()))
         .collect()
+}
+
+fn legacy_chains(
+    wanted: &impl Fn(Table, &str) -> bool,
+) -> Result<Vec<(Table, String)>, CleanupError> {
+    let mut left = Vec::new();
+    for table in legacy_tables() {
+        let declarations =
+            exec::save_lines(IptablesBackend::Legacy, table, |l| l.starts_with(':'))?;
+        left.extend(
+            declared_chains(&declarations)
+                .filter(|c| wanted(table, c))
+                .map(|c| (table, c.to_owned())),
+        );
+    }
+    Ok(left)
+}
+
+/// Chain names declared (`:NAME POLICY [p:b]`) in iptables-save lines.
+fn declared_chains(save: &str) -> impl Iterator<Item = &str> {
+    save.lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split(' ').next())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn finds_jumps_into_our_chains_from_every_chain_that_is_not_ours() {
-        let listing = "-P PREROUTING ACCEPT\n-N OTHER-TOOL\n-N SWY-SERVICES\n\
-            -A PREROUTING -m comment --comment \"switchyard service portals\" -j SWY-SERVICES\n\
-            -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-            -A PREROUTING -m addrtype --dst-type LOCAL -j SWY-NODEPORTS\n\
-            -A OTHER-TOOL -j SWY-SERVICES\n\
-            -A SWY-SERVICES -d 198.18.128.10/32 -j SWY-SVC-X\n";
-        let rules = super::jumps_into_ours(listing);
-        let chains: Vec<&str> = rules.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(chains, ["PREROUTING", "PREROUTING", "OTHER-TOOL"]);
-        assert_eq!(
-            rules[0].1,
-            [
-                "-m",
-                "comment",
-                "--comment",
-                "switchyard service portals",
-                "-j",
-                "SWY-SERVICES"
-            ]
-        );
+    fn declared_chains_are_read_from_save_lines() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:SWY-SERVICES - [0:0]\n-A PREROUTING -j SWY-SERVICES\n";
+        let names: Vec<&str> = super::declared_chains(save).collect();
+        assert_eq!(names, ["PREROUTING", "SWY-SERVICES"]);
     }
 }

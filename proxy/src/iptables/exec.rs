@@ -280,6 +280,15 @@ fn rules_of_chains(save: &str, chains: &[&str]) -> Vec<(String, Vec<String>)> {
 /// Our chains currently in `table`. Legacy: `iptables-save` (fast there). nft: `nft -j list
 /// chains`, because iptables-nft-save takes minutes on a table with 100,000 chains.
 pub fn our_chains(backend: IptablesBackend, table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
+    chains_where(backend, table, is_ours)
+}
+
+/// The chains of `table` whose names `wanted` accepts, listed as [`our_chains`] lists.
+pub fn chains_where(
+    backend: IptablesBackend,
+    table: Table,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<BTreeSet<ChainRef>, ExecError> {
     let names: Vec<String> = match backend {
         IptablesBackend::Legacy => {
             let mut cmd = Command::new(backend.save());
@@ -297,7 +306,7 @@ pub fn our_chains(backend: IptablesBackend, table: Table) -> Result<BTreeSet<Cha
     };
     Ok(names
         .into_iter()
-        .filter(|n| is_ours(n))
+        .filter(|n| wanted(n))
         .map(|n| ChainRef::new(table, n))
         .collect())
 }
@@ -327,6 +336,88 @@ struct NftChain {
     name: String,
 }
 
+/// `iptables-save -t TABLE`, keeping only the lines `keep` accepts as they are read.
+pub fn save_lines(
+    backend: IptablesBackend,
+    table: Table,
+    keep: impl Fn(&str) -> bool + Sync,
+) -> Result<String, ExecError> {
+    let mut cmd = Command::new(backend.save());
+    cmd.args(["-t", table.as_str()]);
+    run_keeping(cmd, None, keep)
+}
+
+/// Every chain of the `ip` family's nat, filter and mangle tables (iptables-nft's tables),
+/// from one `nft -j list chains ip`.
+pub fn nft_chains() -> Result<Vec<(Table, String)>, ExecError> {
+    let mut cmd = Command::new("nft");
+    cmd.args(["-j", "list", "chains", "ip"]);
+    let list: NftList = serde_json::from_str(&run(cmd, None)?).map_err(|e| ExecError::Parse {
+        program: "nft -j list chains ip".into(),
+        message: e.to_string(),
+    })?;
+    Ok(list
+        .nftables
+        .into_iter()
+        .filter_map(|item| item.chain)
+        .filter_map(|c| {
+            let table = super::dataplane::TABLES
+                .into_iter()
+                .find(|t| t.as_str() == c.table)?;
+            Some((table, c.name))
+        })
+        .collect())
+}
+
+/// The jumps and gotos of one `ip` family chain: (rule handle, target chain).
+pub fn nft_jumps(table: Table, chain: &str) -> Result<Vec<(u64, String)>, ExecError> {
+    let mut cmd = Command::new("nft");
+    cmd.args(["-a", "-j", "list", "chain", "ip", table.as_str(), chain]);
+    let program = format!("nft -a -j list chain ip {} {chain}", table.as_str());
+    nft_rule_jumps(&run(cmd, None)?).map_err(|e| ExecError::Parse {
+        program,
+        message: e.to_string(),
+    })
+}
+
+/// (handle, target) of every rule with a `jump` or `goto` verdict in `nft -a -j` output.
+fn nft_rule_jumps(json: &str) -> Result<Vec<(u64, String)>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Listing {
+        nftables: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        rule: Option<Rule>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Rule {
+        handle: u64,
+        #[serde(default)]
+        expr: Vec<serde_json::Value>,
+    }
+    let listing: Listing = serde_json::from_str(json)?;
+    Ok(listing
+        .nftables
+        .into_iter()
+        .filter_map(|item| item.rule)
+        .flat_map(|rule| {
+            let handle = rule.handle;
+            rule.expr.into_iter().filter_map(move |e| {
+                let verdict = e.get("jump").or_else(|| e.get("goto"))?;
+                Some((handle, verdict.get("target")?.as_str()?.to_owned()))
+            })
+        })
+        .collect())
+}
+
+/// Runs an nft script (`nft -f -`) as one transaction.
+pub fn nft_script(script: &str) -> Result<(), ExecError> {
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"]);
+    run(cmd, Some(script)).map(drop)
+}
+
 /// Chain names of `table` in `nft -j list chains ip` output.
 fn nft_chain_names(json: &str, table: &str) -> Result<Vec<String>, serde_json::Error> {
     let list: NftList = serde_json::from_str(json)?;
@@ -342,6 +433,23 @@ fn nft_chain_names(json: &str, table: &str) -> Result<Vec<String>, serde_json::E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nft_jumps_and_gotos_are_read_with_their_handles() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"chain": {"family": "ip", "table": "nat", "name": "PREROUTING", "handle": 18}},
+            {"rule": {"family": "ip", "table": "nat", "chain": "PREROUTING", "handle": 860043,
+              "expr": [{"xt": {"type": "match", "name": "comment"}}, {"counter": {"packets": 0, "bytes": 0}},
+                       {"jump": {"target": "SWY-SERVICES"}}]}},
+            {"rule": {"family": "ip", "table": "nat", "chain": "PREROUTING", "handle": 7,
+              "expr": [{"goto": {"target": "OTHER"}}]}},
+            {"rule": {"family": "ip", "table": "nat", "chain": "PREROUTING", "handle": 8,
+              "expr": [{"accept": null}]}}]}"#;
+        assert_eq!(
+            nft_rule_jumps(json).unwrap(),
+            [(860043, "SWY-SERVICES".to_owned()), (7, "OTHER".to_owned())]
+        );
+    }
 
     #[test]
     fn saved_rules_of_built_in_chains_are_split_like_a_shell() {

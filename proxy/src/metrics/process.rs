@@ -12,15 +12,28 @@ use prometheus_client::metrics::gauge::ConstGauge;
 /// procfs also assumes rather than asking sysconf.
 const USER_HZ: f64 = 100.0;
 
-/// Reads `/proc/self` when scraped.
+/// Reads `/proc/self` when scraped. The start time cannot change, so it is read once: a
+/// scrape reads `/proc/self/stat`, the fd directory and the limits, nothing machine-wide.
 #[derive(Debug, Default)]
-pub struct ProcessCollector {}
+pub struct ProcessCollector {
+    start_time_seconds: Option<f64>,
+}
 
 impl ProcessCollector {
     /// A collector for this process.
     pub fn new() -> Self {
-        Self {}
+        let stat = read_proc("/proc/self/stat").as_deref().and_then(parse_stat);
+        let boot = read_proc("/proc/stat").as_deref().and_then(parse_boot_time);
+        Self {
+            start_time_seconds: stat
+                .zip(boot)
+                .map(|(s, boot)| boot as f64 + s.start_ticks as f64 / USER_HZ),
+        }
     }
+}
+
+fn read_proc(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()
 }
 
 /// One reading of the process's figures; `None` where a file could not be read.
@@ -49,6 +62,8 @@ pub struct Stat {
     pub start_ticks: u64,
     /// Virtual memory size, bytes.
     pub vsize: u64,
+    /// Resident set size, pages (what Go's process collector reports, times the page size).
+    pub rss_pages: u64,
 }
 
 /// Parses `/proc/<pid>/stat`. The command name (field 2) may hold spaces and parentheses, so
@@ -62,14 +77,8 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         cpu_ticks: field(14)? + field(15)?,
         start_ticks: field(22)?,
         vsize: field(23)?,
+        rss_pages: field(24)?,
     })
-}
-
-/// `VmRSS` from `/proc/<pid>/status`, bytes.
-pub fn parse_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// `btime` (boot time, seconds since the epoch) from `/proc/stat`.
@@ -89,34 +98,31 @@ pub fn parse_max_fds(limits: &str) -> Option<u64> {
         .ok()
 }
 
-/// Reads this process's figures now.
-pub fn read_figures() -> ProcessFigures {
-    let read = |path: &str| std::fs::read_to_string(path).ok();
-    let stat = read("/proc/self/stat").as_deref().and_then(parse_stat);
-    let boot = read("/proc/stat").as_deref().and_then(parse_boot_time);
+/// Reads this process's figures now; `start_time_seconds` is the collector's.
+pub fn read_figures(start_time_seconds: Option<f64>) -> ProcessFigures {
+    let stat = read_proc("/proc/self/stat").as_deref().and_then(parse_stat);
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     ProcessFigures {
         cpu_seconds: stat.map(|s| s.cpu_ticks as f64 / USER_HZ),
-        resident_bytes: read("/proc/self/status")
-            .as_deref()
-            .and_then(parse_rss)
-            .map(|b| b as f64),
+        resident_bytes: stat
+            .filter(|_| page_size > 0)
+            .map(|s| (s.rss_pages * page_size as u64) as f64),
         virtual_bytes: stat.map(|s| s.vsize as f64),
         open_fds: std::fs::read_dir("/proc/self/fd")
             .ok()
             .map(|entries| entries.count() as f64),
-        max_fds: read("/proc/self/limits")
+        max_fds: read_proc("/proc/self/limits")
             .as_deref()
             .and_then(parse_max_fds)
             .map(|n| n as f64),
-        start_time_seconds: stat
-            .zip(boot)
-            .map(|(s, boot)| boot as f64 + s.start_ticks as f64 / USER_HZ),
+        start_time_seconds,
     }
 }
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let f = read_figures();
+        let f = read_figures(self.start_time_seconds);
         if let Some(v) = f.cpu_seconds {
             let counter = ConstCounter::new(v);
             let metric = encoder.encode_descriptor(
@@ -178,14 +184,11 @@ mod tests {
             Some(Stat {
                 cpu_ticks: 400,
                 start_ticks: 123456,
-                vsize: 987654321
+                vsize: 987654321,
+                rss_pages: 2048
             })
         );
         assert_eq!(parse_stat("4242 (cut"), None);
-        assert_eq!(
-            parse_rss("Name:\tswitchyard\nVmSize:\t  900 kB\nVmRSS:\t    2048 kB\n"),
-            Some(2048 * 1024)
-        );
         assert_eq!(
             parse_boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n"),
             Some(1_700_000_000)
@@ -204,7 +207,7 @@ mod tests {
 
     #[test]
     fn this_process_has_figures() {
-        let f = read_figures();
+        let f = read_figures(ProcessCollector::new().start_time_seconds);
         assert!(f.cpu_seconds.is_some_and(|s| s >= 0.0), "{f:?}");
         assert!(f.resident_bytes.is_some_and(|b| b > 0.0), "{f:?}");
         assert!(f.open_fds.is_some_and(|n| n >= 3.0), "{f:?}");

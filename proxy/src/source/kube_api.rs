@@ -283,7 +283,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<(Client, Str
         None => {
             tracing::warn!(
                 "in-cluster config reaches the API through the `kubernetes` Service that this proxy \
-                 programs; prefer a kubeconfig with the API server's own address (deploy/config.yaml)"
+                 programs; prefer a kubeconfig with the API server's own address (deploy/base/kubeconfig.conf)"
             );
             kube::Config::incluster()
                 .map_err(|e| SourceError::Client(format!("in-cluster config: {e}")))?

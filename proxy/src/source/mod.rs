@@ -1,4 +1,5 @@
 //! Object sources: where Services, EndpointSlices, Endpoints and Nodes come from.
+pub mod api_access;
 pub mod kube_api;
 pub mod manifest_dir;
 mod manifest_watch;

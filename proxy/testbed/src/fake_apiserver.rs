@@ -7,12 +7,14 @@
 //! Tests drive it through [`FakeApiServer`], not over HTTP: [`FakeApiServer::apply`],
 //! [`FakeApiServer::delete`], and fault injection ([`FakeApiServer::compact`],
 //! [`FakeApiServer::drop_watches`], [`FakeApiServer::set_availability`]). HTTP clients can
-//! only read (GET); every other method gets 405.
+//! read (GET), and create and merge-patch events.k8s.io/v1 Events, which tests read with
+//! [`FakeApiServer::events`]; every other method gets 405.
 //!
 //! The server runs on its own thread with its own tokio runtime, so it works from plain
 //! `#[test]`s and from async tests alike; dropping the handle stops it.
 
 mod error;
+mod events;
 mod http;
 mod kind;
 mod selector;
@@ -331,6 +333,11 @@ impl FakeApiServer {
     /// been sent; waiting for periodic ones proves that [`BOOKMARK_INTERVAL`]s passed.
     pub fn bookmarks_sent(&self, kind: Kind) -> Vec<u64> {
         self.shared.bookmarks(kind)
+    }
+
+    /// The events.k8s.io/v1 Events clients created (and patched), by namespace and name.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.events().values().cloned().collect()
     }
 
     /// Every request so far as `METHOD PATH?QUERY`, in arrival order.

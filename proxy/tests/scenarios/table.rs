@@ -50,6 +50,7 @@ pub fn all() -> Vec<Scenario> {
         nodeport_addresses(),
         external_ip_from_pod(),
         external_ip_from_outside(),
+        external_without_endpoints_from_outside(),
         loadbalancer_from_pod(),
         loadbalancer_source_ranges(),
         no_endpoints(),
@@ -664,6 +665,46 @@ fn external_ip_from_outside() -> Scenario {
                     .answers(&THREE_8080)
                     .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
+        ])
+}
+
+fn external_without_endpoints_from_outside() -> Scenario {
+    let empty = "apiVersion: v1
+kind: Service
+metadata: {name: ext-empty, namespace: scen}
+spec:
+  type: LoadBalancer
+  clusterIP: 198.18.128.33
+  externalIPs: [198.18.200.5]
+  selector: {app: gone}
+  ports:
+  - {name: tcp, port: 80, targetPort: 8080, nodePort: 30095, protocol: TCP}
+  - {name: udp, port: 80, targetPort: 8080, nodePort: 30095, protocol: UDP}
+status:
+  loadBalancer:
+    ingress: [{ip: 198.18.200.6}]
+";
+    Scenario::new("external-without-endpoints-from-outside")
+        .client_route("198.18.200.0/24", 1)
+        .manifest(
+            "ext.yaml",
+            &external_ip_service("ext", "198.18.128.32", "198.18.200.4"),
+        )
+        .manifest("ext-empty.yaml", empty)
+        .steps(vec![
+            check(
+                tcp(CLIENT, "198.18.200.4:80")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            // Addresses that are not the node's: refused by the node at once (kube-proxy's
+            // REJECT; ebpf mode answers from its tc program), not routed on.
+            check(tcp(CLIENT, "198.18.200.5:80").refused()),
+            check(udp(CLIENT, "198.18.200.5:80").refused()),
+            check(tcp(CLIENT, "198.18.200.6:80").refused()),
+            check(udp(CLIENT, "198.18.200.6:80").refused()),
+            check(tcp(CLIENT, "198.18.0.11:30095").refused()),
+            check(udp(CLIENT, "198.18.0.11:30095").refused()),
         ])
 }
 

@@ -9,7 +9,6 @@
 //! fresh [`compute_desired_state`](crate::compute_desired_state) (a property test checks it).
 
 mod claims;
-mod joins;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::build::{service_ports, slice_owner, ServiceResult};
 use crate::conflicts::{self, CreationTimes};
+use crate::map_diff::differing_keys;
 use crate::node::{self, NodeContext};
 use crate::objects::{ClusterObjects, ObjectKey};
 use crate::service_port::{DesiredState, ServicePort, ServicePortKey};
@@ -58,6 +58,8 @@ pub struct ModelCache {
     /// Ports the conflict rules ran on in the last update.
     contested: BTreeSet<ServicePortKey>,
     conflict_warnings: Vec<InputWarning>,
+    /// Bumped whenever an update may have changed [`ModelCache::warnings`].
+    warnings_generation: u64,
     state: DesiredState,
 }
 
@@ -78,18 +80,16 @@ impl ModelCache {
             self.node = Some((node.clone(), zone.to_owned()));
         }
         self.read_slices(objects, &mut dirty);
-        for key in joins::changed_keys(&objects.endpoints, &self.endpoints, |e| e) {
+        for key in changed_keys(&objects.endpoints, &self.endpoints, |e| e) {
             match objects.endpoints.get(&key) {
                 Some(e) => drop(self.endpoints.insert(key.clone(), e.clone())),
                 None => drop(self.endpoints.remove(&key)),
             }
             dirty.insert(key);
         }
-        dirty.extend(joins::changed_keys(
-            &objects.services,
-            &self.services,
-            |c| &c.object,
-        ));
+        dirty.extend(changed_keys(&objects.services, &self.services, |c| {
+            &c.object
+        }));
 
         let mut before = Before::new();
         for key in &dirty {
@@ -111,8 +111,9 @@ impl ModelCache {
     /// Follows the source's slices: a changed slice dirties the service it belonged to and
     /// the one it belongs to now.
     fn read_slices(&mut self, objects: &ClusterObjects, dirty: &mut BTreeSet<ObjectKey>) {
-        for key in joins::changed_keys(&objects.endpoint_slices, &self.slices, |c| &c.object) {
+        for key in changed_keys(&objects.endpoint_slices, &self.slices, |c| &c.object) {
             if let Some(old) = self.slices.remove(&key) {
+                self.note_warnings(old.warning.is_some());
                 if let Some(owner) = old.owner {
                     if let Some(set) = self.slices_of.get_mut(&owner) {
                         set.remove(&key);
@@ -127,6 +128,7 @@ impl ModelCache {
                 continue;
             };
             let (owner, warning) = slice_owner(&key, object);
+            self.note_warnings(warning.is_some());
             if let Some(owner) = &owner {
                 self.slices_of
                     .entry(owner.clone())
@@ -155,6 +157,7 @@ impl ModelCache {
         before: &mut Before,
     ) {
         if let Some(old) = self.services.remove(key) {
+            self.note_warnings(!old.result.warnings.is_empty());
             for port in &old.result.ports {
                 self.claims.remove(port);
                 let held = self.state.ports.remove(&port.key);
@@ -174,6 +177,7 @@ impl ModelCache {
         let legacy = self.endpoints.get(key).map(|e| &**e);
         let zone = self.node.as_ref().map_or("", |(_, zone)| zone.as_str());
         let result = service_ports(key, object, &slices, legacy, node, zone);
+        self.note_warnings(!result.warnings.is_empty());
         for port in &result.ports {
             self.claims.add(port);
             let held = self.state.ports.insert(port.key.clone(), port.clone());
@@ -217,7 +221,10 @@ impl ModelCache {
         }
         let mut warnings = Vec::new();
         conflicts::resolve(&mut subset, &created, &mut warnings);
-        self.conflict_warnings = warnings;
+        if warnings != self.conflict_warnings {
+            self.conflict_warnings = warnings;
+            self.note_warnings(true);
+        }
 
         let previous = std::mem::replace(&mut self.contested, contested);
         for key in previous.union(&self.contested) {
@@ -244,6 +251,18 @@ impl ModelCache {
         self.state
     }
 
+    /// Changes whenever [`ModelCache::warnings`] may have changed, so that a caller can skip
+    /// collecting them after an update that touched no object with a warning.
+    pub fn warnings_generation(&self) -> u64 {
+        self.warnings_generation
+    }
+
+    fn note_warnings(&mut self, touched: bool) {
+        if touched {
+            self.warnings_generation += 1;
+        }
+    }
+
     /// Problems found in the input of the last update (sorted, deduplicated); each object
     /// named was skipped in whole or in the part the warning names.
     pub fn warnings(&self) -> Vec<InputWarning> {
@@ -258,6 +277,21 @@ impl ModelCache {
         warnings.dedup();
         warnings
     }
+}
+
+/// Keys whose entry in the source's map is not the object the cache last read (`held`
+/// returns it from a cached entry): sources replace the `Arc` of a changed object.
+fn changed_keys<K: Ord + Clone, V, C>(
+    now: &BTreeMap<K, Arc<V>>,
+    cached: &BTreeMap<K, C>,
+    held: impl Fn(&C) -> &Arc<V>,
+) -> Vec<K> {
+    differing_keys(now, cached, |object, entry| {
+        Arc::ptr_eq(object, held(entry))
+    })
+    .into_iter()
+    .cloned()
+    .collect()
 }
 
 #[cfg(test)]

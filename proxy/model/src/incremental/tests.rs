@@ -183,19 +183,25 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// After every change the cache holds exactly what a fresh computation gives (state and
-    /// warnings), and what it reports as changed is exactly the difference to the last state.
+    /// warnings), what it reports as changed is exactly the difference to the last state, and
+    /// the warnings never change without their generation changing.
     #[test]
     fn the_cache_equals_a_fresh_computation_after_every_change(ops in proptest::collection::vec(op(), 1..40)) {
         let mut objects = ClusterObjects::default();
         let mut node = node_v4();
         let mut cache = ModelCache::default();
         let mut last = cache.state().clone();
+        let mut last_warnings = (cache.warnings_generation(), cache.warnings());
         for op in &ops {
             apply(&mut objects, &mut node, op);
             let before = cache.update(&objects, &node);
             let fresh = compute_desired_state(&objects, &node);
             prop_assert_eq!(cache.state(), &fresh.state, "state after {:?}", op);
             prop_assert_eq!(cache.warnings(), fresh.warnings.clone(), "warnings after {:?}", op);
+            if cache.warnings_generation() == last_warnings.0 {
+                prop_assert_eq!(&cache.warnings(), &last_warnings.1, "same generation after {:?}", op);
+            }
+            last_warnings = (cache.warnings_generation(), cache.warnings());
             prop_assert_eq!(
                 StateDiff::from_before(&before, cache.state()),
                 StateDiff::between(&last, cache.state()),

@@ -31,7 +31,12 @@ struct Target {
     name: Option<String>,
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    body: axum::body::Bytes,
+) -> Response {
     shared.record_request(format!("{method} {uri}"));
     if !shared.store().available() {
         return status(
@@ -39,6 +44,9 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
             "ServiceUnavailable",
             "the fake API server is unavailable (outage simulated by the test)",
         );
+    }
+    if let Some(response) = super::events::handle(&shared, &method, uri.path(), &body) {
+        return response;
     }
     if method != Method::GET {
         return status(
@@ -272,7 +280,7 @@ fn bad_request(message: &str) -> Response {
 }
 
 /// A `Status` object, the body of every API server error reply.
-fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+pub(crate) fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     let body = json!({
         "kind": "Status",
         "apiVersion": "v1",
@@ -285,7 +293,7 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     json_response(code, &body)
 }
 
-fn json_response(code: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_response(code: StatusCode, body: &Value) -> Response {
     response(code, Body::from(body.to_string()))
 }
 

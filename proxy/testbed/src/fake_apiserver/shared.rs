@@ -14,6 +14,8 @@ pub(crate) struct Shared {
     /// resourceVersions of the bookmarks sent per kind, in sending order.
     bookmarks: [Mutex<Vec<u64>>; 3],
     requests: Mutex<Vec<String>>,
+    /// events.k8s.io/v1 Events by (namespace, name), as created and patched.
+    events: Mutex<std::collections::BTreeMap<(String, String), serde_json::Value>>,
 }
 
 impl Shared {
@@ -24,6 +26,7 @@ impl Shared {
             watches: Default::default(),
             bookmarks: Default::default(),
             requests: Mutex::new(Vec::new()),
+            events: Mutex::default(),
         }
     }
 
@@ -68,6 +71,12 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(line);
+    }
+
+    pub(crate) fn events(
+        &self,
+    ) -> MutexGuard<'_, std::collections::BTreeMap<(String, String), serde_json::Value>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn requests(&self) -> Vec<String> {

@@ -1,0 +1,310 @@
+//! When ebpf mode's packet-path flows end: the decision behind the userspace pass over
+//! `SWY_CONNTRACK`, as a pure function of what the map holds and the time.
+//!
+//! The tc programs keep two entries per translated flow, one per direction, and record on
+//! each what its direction saw (`CT_STATE_*`: answered, FIN, RST) and when it last saw a
+//! packet. Nothing in the kernel expires them (LRU eviction under pressure aside), so once per
+//! verify the dataplane reads the map in one pass and deletes, both directions together:
+//! - flows idle for longer than their state allows, with netfilter's timeouts
+//!   ([`FlowTimeouts`], read from the node's `nf_conntrack_*` sysctls, which the `conntrack`
+//!   section sets as in kube-proxy): a closed or reset TCP connection goes after
+//!   `time_wait` / `close`, an established one after `established`, UDP after `udp` or, once
+//!   answered, `udp_stream`;
+//! - flows to backends that left the service (any sync that removes endpoints), so a UDP
+//!   client that keeps its source port is not stuck on a dead backend (kube-proxy deletes
+//!   conntrack entries likewise);
+//! - an entry whose other direction is gone (evicted): it can no longer translate its flow
+//!   both ways, so it gets the short timeout of an unanswered flow.
+//!
+//! The idle time of a flow is measured from the later of its two entries' last packets, so a
+//! direction that is quiet (a download's requests, a one-way UDP stream's replies) does not
+//! end a flow the other direction keeps busy.
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use switchyard_common::{
+    Backend, CtKey, CtValue, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_FIN, CT_STATE_RST,
+    CT_STATE_SEEN, PROTO_TCP,
+};
+
+/// Idle timeouts by flow state, named and defaulted as netfilter's `nf_conntrack_*_timeout*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// A TCP flow that has not been answered (`tcp_timeout_syn_sent`, 120 s).
+    pub tcp_syn_sent: Duration,
+    /// An answered TCP flow (`tcp_timeout_established`, 5 days; kube-proxy sets 24 h).
+    pub tcp_established: Duration,
+    /// The client has sent FIN (`tcp_timeout_fin_wait`, 120 s).
+    pub tcp_fin_wait: Duration,
+    /// The backend has sent FIN (`tcp_timeout_close_wait`, 60 s; kube-proxy sets 1 h).
+    pub tcp_close_wait: Duration,
+    /// Both sides have sent FIN (`tcp_timeout_time_wait`, 120 s).
+    pub tcp_time_wait: Duration,
+    /// Either side has sent RST (`tcp_timeout_close`, 10 s).
+    pub tcp_close: Duration,
+    /// UDP not answered (`udp_timeout`, 30 s).
+    pub udp: Duration,
+    /// UDP answered (`udp_timeout_stream`, 120 s).
+    pub udp_stream: Duration,
+}
+
+impl Default for FlowTimeouts {
+    /// netfilter's defaults.
+    fn default() -> Self {
+        Self {
+            tcp_syn_sent: Duration::from_secs(120),
+            tcp_established: Duration::from_secs(5 * 24 * 3600),
+            tcp_fin_wait: Duration::from_secs(120),
+            tcp_close_wait: Duration::from_secs(60),
+            tcp_time_wait: Duration::from_secs(120),
+            tcp_close: Duration::from_secs(10),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The `/proc/sys/net/netfilter` names of the [`FlowTimeouts`] fields, in their order.
+pub const NETFILTER_SYSCTLS: [&str; 8] = [
+    "nf_conntrack_tcp_timeout_syn_sent",
+    "nf_conntrack_tcp_timeout_established",
+    "nf_conntrack_tcp_timeout_fin_wait",
+    "nf_conntrack_tcp_timeout_close_wait",
+    "nf_conntrack_tcp_timeout_time_wait",
+    "nf_conntrack_tcp_timeout_close",
+    "nf_conntrack_udp_timeout",
+    "nf_conntrack_udp_timeout_stream",
+];
+
+impl FlowTimeouts {
+    /// The timeouts netfilter has: `seconds(name)` gives a sysctl of [`NETFILTER_SYSCTLS`]
+    /// in seconds, `None` (not loaded, unreadable) keeps netfilter's default for it.
+    pub fn from_netfilter(mut seconds: impl FnMut(&str) -> Option<u64>) -> Self {
+        let defaults = Self::default();
+        let mut values = [
+            defaults.tcp_syn_sent,
+            defaults.tcp_established,
+            defaults.tcp_fin_wait,
+            defaults.tcp_close_wait,
+            defaults.tcp_time_wait,
+            defaults.tcp_close,
+            defaults.udp,
+            defaults.udp_stream,
+        ];
+        for (value, name) in values.iter_mut().zip(NETFILTER_SYSCTLS) {
+            if let Some(secs) = seconds(name) {
+                *value = Duration::from_secs(secs);
+            }
+        }
+        let [tcp_syn_sent, tcp_established, tcp_fin_wait, tcp_close_wait, tcp_time_wait, tcp_close, udp, udp_stream] =
+            values;
+        Self {
+            tcp_syn_sent,
+            tcp_established,
+            tcp_fin_wait,
+            tcp_close_wait,
+            tcp_time_wait,
+            tcp_close,
+            udp,
+            udp_stream,
+        }
+    }
+
+    /// How long a flow in `state` may stay idle.
+    pub fn of(&self, state: FlowState) -> Duration {
+        match state {
+            FlowState::Unanswered => self.tcp_syn_sent,
+            FlowState::Established => self.tcp_established,
+            FlowState::ClientClosed => self.tcp_fin_wait,
+            FlowState::BackendClosed => self.tcp_close_wait,
+            FlowState::Closed => self.tcp_time_wait,
+            FlowState::Reset => self.tcp_close,
+            FlowState::UdpUnanswered => self.udp,
+            FlowState::UdpAnswered => self.udp_stream,
+        }
+    }
+}
+
+/// What a flow has come to, from both directions' state bits (netfilter's states, coarser).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// TCP, nothing came back yet (or the other direction's entry is gone).
+    Unanswered,
+    /// TCP, answered and open.
+    Established,
+    /// TCP, the client has closed its side.
+    ClientClosed,
+    /// TCP, the backend has closed its side.
+    BackendClosed,
+    /// TCP, both sides have closed.
+    Closed,
+    /// TCP, reset by either side.
+    Reset,
+    /// UDP, nothing came back yet.
+    UdpUnanswered,
+    /// UDP, answered.
+    UdpAnswered,
+}
+
+/// The state of a flow of protocol `proto` from its original (`forward`) and reply entries;
+/// a missing one counts as never answered.
+pub fn flow_state(proto: u8, forward: Option<&CtValue>, reply: Option<&CtValue>) -> FlowState {
+    let bits = |entry: Option<&CtValue>| entry.map_or(0, |e| e.state);
+    let (sent, answered) = (bits(forward), bits(reply));
+    let answered_at_all = forward.is_some() && answered & CT_STATE_SEEN != 0;
+    if proto != PROTO_TCP {
+        return if answered_at_all {
+            FlowState::UdpAnswered
+        } else {
+            FlowState::UdpUnanswered
+        };
+    }
+    if (sent | answered) & CT_STATE_RST != 0 {
+        return FlowState::Reset;
+    }
+    match (sent & CT_STATE_FIN != 0, answered & CT_STATE_FIN != 0) {
+        (true, true) => FlowState::Closed,
+        (true, false) => FlowState::ClientClosed,
+        (false, true) => FlowState::BackendClosed,
+        (false, false) if answered_at_all => FlowState::Established,
+        (false, false) => FlowState::Unanswered,
+    }
+}
+
+/// Whether a flow has been idle at `now_ns` (the programs' clock, `CLOCK_MONOTONIC`) for
+/// longer than its state allows.
+pub fn expired(
+    proto: u8,
+    forward: Option<&CtValue>,
+    reply: Option<&CtValue>,
+    now_ns: u64,
+    timeouts: &FlowTimeouts,
+) -> bool {
+    let last_seen = forward
+        .into_iter()
+        .chain(reply)
+        .map(|e| e.last_seen_ns)
+        .max()
+        .unwrap_or(0);
+    let idle = now_ns.saturating_sub(last_seen);
+    let allowed = timeouts.of(flow_state(proto, forward, reply)).as_nanos();
+    u128::from(idle) > allowed
+}
+
+/// The key of the other direction's entry of the flow `key` belongs to.
+pub fn partner_key(key: &CtKey, value: &CtValue) -> CtKey {
+    let reply = value.flags & CT_FLAG_REPLY != 0;
+    let snat = value.flags & CT_FLAG_SNAT != 0;
+    let (src, dst) = match (reply, snat) {
+        // client -> frontend: backend -> client, or backend -> node:port.
+        (false, false) => ((value.addr, value.port), (key.src_addr, key.src_port)),
+        (false, true) => ((value.addr, value.port), (value.nat_addr, value.nat_port)),
+        // backend -> client or node:port: client -> frontend.
+        (true, false) => ((key.dst_addr, key.dst_port), (value.addr, value.port)),
+        (true, true) => ((value.nat_addr, value.nat_port), (value.addr, value.port)),
+    };
+    CtKey {
+        src_addr: src.0,
+        dst_addr: dst.0,
+        src_port: src.1,
+        dst_port: dst.1,
+        proto: key.proto,
+        pad: [0; 3],
+    }
+}
+
+/// The backend a flow's entry points at.
+fn backend_of(key: &CtKey, value: &CtValue) -> Backend {
+    let (addr, port) = if value.flags & CT_FLAG_REPLY == 0 {
+        (value.addr, value.port)
+    } else {
+        (key.src_addr, key.src_port)
+    };
+    Backend { addr, port, pad: 0 }
+}
+
+/// What one pass deletes, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Entries to delete: both directions of every flow that ended.
+    pub delete: Vec<CtKey>,
+    /// Flows that timed out.
+    pub expired: usize,
+    /// Flows to backends that left.
+    pub to_gone_backends: usize,
+}
+
+/// Decides over everything the map holds (`entries`, as one pass read it): the flows that
+/// expired at `now_ns` (with `timeouts`; `None` checks no lifetime, for syncs between
+/// verifies) or go to a backend in `gone`. A flow's two entries are judged together and
+/// deleted together.
+pub fn sweep(
+    entries: &[(CtKey, CtValue)],
+    now_ns: u64,
+    timeouts: Option<&FlowTimeouts>,
+    gone: &BTreeSet<Backend>,
+) -> Sweep {
+    let by_key: HashMap<CtKey, &CtValue> = entries.iter().map(|(k, v)| (*k, v)).collect();
+    let mut result = Sweep::default();
+    let mut doomed = BTreeSet::new();
+    for (key, value) in entries {
+        let is_reply = value.flags & CT_FLAG_REPLY != 0;
+        let partner = partner_key(key, value);
+        // The other direction, if it is there and names this entry back.
+        let other = by_key.get(&partner).copied().filter(|other| {
+            (other.flags & CT_FLAG_REPLY != 0) != is_reply && partner_key(&partner, other) == *key
+        });
+        if is_reply && other.is_some() {
+            // Judged with its original entry.
+            continue;
+        }
+        let (forward, reply) = if is_reply {
+            (None, Some(value))
+        } else {
+            (Some(value), other)
+        };
+        let to_gone = gone.contains(&backend_of(key, value));
+        let timed_out =
+            !to_gone && timeouts.is_some_and(|t| expired(key.proto, forward, reply, now_ns, t));
+        if !(to_gone || timed_out) {
+            continue;
+        }
+        if to_gone {
+            result.to_gone_backends += 1;
+        } else {
+            result.expired += 1;
+        }
+        doomed.insert(OrdKey(*key));
+        if other.is_some() {
+            doomed.insert(OrdKey(partner));
+        }
+    }
+    result.delete = doomed.into_iter().map(|k| k.0).collect();
+    result
+}
+
+/// A [`CtKey`] ordered by its fields, so the deletions come out in a stable order.
+#[derive(PartialEq, Eq)]
+struct OrdKey(CtKey);
+
+impl OrdKey {
+    fn fields(&self) -> (u32, u32, u16, u16, u8) {
+        let k = &self.0;
+        (k.src_addr, k.dst_addr, k.src_port, k.dst_port, k.proto)
+    }
+}
+
+impl PartialOrd for OrdKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.fields().cmp(&other.fields())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,212 @@
+//! `--cleanup-kube-proxy`: removes what upstream kube-proxy left on a node that Switchyard
+//! took over. It runs once, after Switchyard's first sync is complete, so its own rules
+//! already serve every service when kube-proxy's go, and traffic flows throughout:
+//!
+//! - kube-proxy's `KUBE-*` chains ([`switchyard_model::iptables::kube_proxy`] tells them from
+//!   kubelet's) on both iptables backends: the jumps into them from every other chain, then
+//!   the chains, as kube-proxy's own `--cleanup` does;
+//! - the `ip kube-proxy` nftables table of its nftables mode;
+//! - the `kube-ipvs0` dummy interface of its ipvs mode, which holds every ClusterIP as a local
+//!   address (IPVS serves only locally delivered packets, so without it IPVS no longer sees
+//!   service traffic).
+//!
+//! IPv6 state (ip6tables chains, the `ip6 kube-proxy` table) is left in place with a warning:
+//! Switchyard does not program IPv6 yet, so removing it would cut IPv6 services off. IPVS
+//! virtual servers and `KUBE-*` ipsets are left too (other tools may use IPVS; the warning
+//! names the commands).
+use std::process::Command;
+
+use crate::iptables::cleanup::{remove_chains_where, CleanupError};
+use crate::iptables::IptablesBackend;
+use switchyard_model::iptables::kube_proxy::is_kube_proxy_chain;
+
+/// kube-proxy's nftables table (both families use this name).
+const NFT_TABLE: &str = "kube-proxy";
+/// kube-proxy's ipvs mode dummy interface.
+const IPVS_DUMMY: &str = "kube-ipvs0";
+
+/// What one cleanup removed and what it could not.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Chains removed, per backend.
+    pub chains: Vec<(IptablesBackend, usize)>,
+    /// nftables tables removed (`ip kube-proxy`).
+    pub nft_tables: Vec<String>,
+    /// Interfaces removed (`kube-ipvs0`).
+    pub links: Vec<String>,
+    /// What was left, and why: one line each.
+    pub left: Vec<String>,
+}
+
+/// A failure of one step; the others still run.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The iptables chains of a backend.
+    #[error("iptables ({backend}): {source}")]
+    Iptables {
+        /// Backend.
+        backend: IptablesBackend,
+        /// Underlying error.
+        source: CleanupError,
+    },
+    /// An nft command.
+    #[error("{command}: {message}")]
+    Nft {
+        /// The command.
+        command: String,
+        /// What it said.
+        message: String,
+    },
+    /// The rtnetlink request removing the dummy interface.
+    #[error("removing interface {IPVS_DUMMY}: {0}")]
+    Link(#[source] rtnetlink::Error),
+}
+
+/// Removes kube-proxy's IPv4 iptables chains (both backends) and its `ip` nftables table;
+/// blocking (it runs the iptables tools). IPv6 leftovers are reported in `left`.
+pub fn remove_iptables_and_nft(report: &mut Report) {
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        match remove_chains_where(backend, is_kube_proxy_chain) {
+            Ok(0) => {}
+            Ok(n) => report.chains.push((backend, n)),
+            Err(source) => report
+                .left
+                .push(StepError::Iptables { backend, source }.to_string()),
+        }
+    }
+    match nft_tables() {
+        Ok(tables) => {
+            if tables.iter().any(|(f, n)| f == "ip" && n == NFT_TABLE) {
+                match nft(&["delete", "table", "ip", NFT_TABLE]) {
+                    Ok(_) => report.nft_tables.push(format!("ip {NFT_TABLE}")),
+                    Err(e) => report.left.push(e.to_string()),
+                }
+            }
+            if tables.iter().any(|(f, n)| f == "ip6" && n == NFT_TABLE) {
+                report.left.push(format!(
+                    "nftables table ip6 {NFT_TABLE}: kept, Switchyard does not program IPv6 yet \
+                     (remove it with `nft delete table ip6 {NFT_TABLE}`)"
+                ));
+            }
+        }
+        // No nft binary, or no nf_tables: nothing of kube-proxy's nftables mode there.
+        Err(e) => tracing::debug!(error = %e, "cannot list nftables tables"),
+    }
+    if ip6tables_has_kube_proxy_chains() {
+        report.left.push(
+            "ip6tables KUBE-* chains: kept, Switchyard does not program IPv6 yet \
+             (kube-proxy --cleanup removes them)"
+                .into(),
+        );
+    }
+}
+
+/// Removes `kube-ipvs0` if present.
+pub async fn remove_ipvs_dummy(report: &mut Report) {
+    let Ok(index) = nix::net::if_::if_nametoindex(IPVS_DUMMY) else {
+        return;
+    };
+    let result = async {
+        let (connection, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| rtnetlink::Error::NamespaceError(format!("rtnetlink connection: {e}")))?;
+        let task = tokio::spawn(connection);
+        let deleted = handle.link().del(index).execute().await;
+        task.abort();
+        deleted
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            report.links.push(IPVS_DUMMY.into());
+            report.left.push(
+                "IPVS virtual servers and KUBE-* ipsets of kube-proxy's ipvs mode: kept, they \
+                 no longer see service traffic (remove them with `ipvsadm --clear` and \
+                 `ipset destroy` if nothing else on the node uses them)"
+                    .into(),
+            );
+        }
+        Err(e) => report.left.push(StepError::Link(e).to_string()),
+    }
+}
+
+/// Runs every step and logs what it did.
+pub async fn run() -> Report {
+    let mut report = tokio::task::spawn_blocking(|| {
+        let mut report = Report::default();
+        remove_iptables_and_nft(&mut report);
+        report
+    })
+    .await
+    .unwrap_or_else(|e| Report {
+        left: vec![format!("the iptables cleanup task failed: {e}")],
+        ..Report::default()
+    });
+    remove_ipvs_dummy(&mut report).await;
+    let chains: Vec<String> = report
+        .chains
+        .iter()
+        .map(|(backend, n)| format!("{n} on {backend}"))
+        .collect();
+    tracing::info!(
+        chains = ?chains,
+        nft_tables = ?report.nft_tables,
+        links = ?report.links,
+        "--cleanup-kube-proxy: removed kube-proxy's leftovers"
+    );
+    for left in &report.left {
+        tracing::warn!("--cleanup-kube-proxy: {left}");
+    }
+    report
+}
+
+/// (family, name) of every nftables table.
+fn nft_tables() -> Result<Vec<(String, String)>, StepError> {
+    let out = nft(&["list", "tables"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("table")).then_some(())?;
+            Some((words.next()?.to_owned(), words.next()?.to_owned()))
+        })
+        .collect())
+}
+
+fn nft(args: &[&str]) -> Result<String, StepError> {
+    let command = format!("nft {}", args.join(" "));
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .map_err(|e| StepError::Nft {
+            command: command.clone(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(StepError::Nft {
+            command,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether kube-proxy's IPv6 service chain exists on either backend. Legacy is only asked
+/// when its nat table exists (any ip6tables-legacy command would create it).
+fn ip6tables_has_kube_proxy_chains() -> bool {
+    let nft = nft(&["-j", "list", "chains", "ip6"]).is_ok_and(|json| {
+        json.contains("\"name\": \"KUBE-SERVICES\"") || json.contains("\"name\":\"KUBE-SERVICES\"")
+    });
+    let legacy_nat = [
+        "/proc/thread-self/net/ip6_tables_names",
+        "/proc/net/ip6_tables_names",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .is_some_and(|names| names.lines().any(|l| l == "nat"));
+    let legacy = legacy_nat
+        && Command::new("ip6tables-legacy-save")
+            .args(["-t", "nat"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(":KUBE-SERVICES"));
+    nft || legacy
+}

@@ -1,0 +1,240 @@
+//! Migrating a node from kube-proxy: node1 holds kube-proxy's rules (a kube-proxy 1.33
+//! iptables-save of the demo's web service, `fixtures/kube-proxy-iptables.save`, with its
+//! KUBE-SERVICES jumps from PREROUTING and OUTPUT), leftovers of its nftables and ipvs modes
+//! (the `ip kube-proxy` table, the `kube-ipvs0` dummy interface), and kubelet's chains. Then
+//! switchyard starts with `--cleanup-kube-proxy`, while a pod on node1 opens new connections
+//! to the ClusterIP the whole time: before switchyard starts (kube-proxy's rules answer),
+//! while both sets of rules exist, and after kube-proxy's are gone. Every connection must
+//! reach one of the service's pods; afterwards no chain of kube-proxy's is left, kubelet's
+//! are untouched, and the other leftovers are gone.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use switchyard::iptables::rule_set::Table;
+use switchyard::model::iptables::kube_proxy::is_kube_proxy_chain;
+use switchyard_testbed::{
+    start_switchyard, wait_for, Manifests, Place, Proto, Testbed, TopologySpec,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const WEB: &str = "198.18.128.10:80";
+const BACKENDS: [&str; 3] = ["node1-pod1", "node2-pod1", "node2-pod2"];
+
+/// Phases of the migration the prober's requests fall into.
+const BEFORE: usize = 0;
+const BOTH: usize = 1;
+const AFTER: usize = 2;
+
+fn sh(testbed: &Testbed, script: &str) -> String {
+    let out = testbed
+        .run(
+            Place::Node(1),
+            "sh",
+            ["-c", script],
+            Duration::from_secs(30),
+        )
+        .expect("sh in node1");
+    assert!(out.status.success(), "{script}: {}", out.stderr);
+    out.stdout
+}
+
+fn migrate(mode: &str, backend: &str) {
+    let testbed = Testbed::new(TopologySpec {
+        nodes: 2,
+        pods_per_node: 2,
+    })
+    .expect("testbed");
+    let _echo = testbed.start_echo_everywhere(8080, 0).expect("echo");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube-proxy-iptables.save");
+    sh(
+        &testbed,
+        &format!(
+            "iptables-{backend}-restore --noflush < {}",
+            fixture.display()
+        ),
+    );
+    // kube-proxy's nftables and ipvs mode leftovers. ipvs mode's kube-ipvs0 is a dummy
+    // interface holding the ClusterIPs; a down bridge stands in for it (the test kernel may
+    // lack the dummy driver, and the cleanup goes by name).
+    sh(
+        &testbed,
+        "nft add table ip kube-proxy && nft add chain ip kube-proxy services && \
+         ip link add kube-ipvs0 type bridge && ip addr add 198.18.128.99/32 dev kube-ipvs0",
+    );
+    let web: SocketAddr = WEB.parse().expect("addr");
+    let client = testbed.pod(1, 2);
+
+    // kube-proxy's rules serve the ClusterIP before switchyard runs.
+    let first = testbed.request(client, Proto::Tcp, web, 6, Duration::from_secs(2));
+    assert!(
+        first.iter().all(Result::is_ok),
+        "[{mode}/{backend}] kube-proxy's fixture does not serve: {first:?}"
+    );
+
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/demo");
+    let manifests = Manifests::copy_of(&examples).expect("manifests");
+    let phase = AtomicUsize::new(BEFORE);
+    let stop = AtomicBool::new(false);
+    // (phase, result) of every request.
+    let results = Mutex::new(Vec::new());
+    let backend_flag = format!("--iptables-backend={backend}");
+    let log = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let at = phase.load(Ordering::SeqCst);
+                for r in testbed.request(client, Proto::Tcp, web, 3, Duration::from_secs(1)) {
+                    results.lock().expect("results").push((at, r));
+                }
+            }
+        });
+        let wait_requests_in = |p: usize| {
+            wait_for("requests in this phase", Duration::from_secs(20), || {
+                let n = results
+                    .lock()
+                    .expect("results")
+                    .iter()
+                    .filter(|(at, _)| *at == p)
+                    .count();
+                if n >= 6 {
+                    Ok(())
+                } else {
+                    Err(n)
+                }
+            })
+            .expect("prober running");
+        };
+        wait_requests_in(BEFORE);
+        let proxy = start_switchyard(
+            &testbed,
+            testbed.node(1),
+            BIN.as_ref(),
+            mode,
+            &manifests,
+            &[backend_flag.as_str(), "--cleanup-kube-proxy"],
+        )
+        .expect("switchyard");
+        phase.store(BOTH, Ordering::SeqCst);
+        wait_for(
+            "the cleanup of kube-proxy's leftovers",
+            Duration::from_secs(30),
+            || {
+                let log = proxy.stderr();
+                if log.contains("removed kube-proxy's leftovers") {
+                    Ok(())
+                } else {
+                    Err(log)
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("[{mode}/{backend}] {e}"));
+        phase.store(AFTER, Ordering::SeqCst);
+        wait_requests_in(AFTER);
+        stop.store(true, Ordering::SeqCst);
+        proxy.stderr()
+    });
+
+    let results = results.into_inner().expect("results");
+    for p in [BEFORE, BOTH, AFTER] {
+        let n = results.iter().filter(|(at, _)| *at == p).count();
+        eprintln!("[{mode}/{backend}] phase {p}: {n} connections");
+    }
+    for p in [BEFORE, BOTH, AFTER] {
+        assert!(
+            results.iter().any(|(at, _)| *at == p),
+            "[{mode}/{backend}] no request in phase {p}"
+        );
+    }
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, r)| match r {
+            Ok(reply) => !BACKENDS.contains(&reply.backend.as_str()),
+            Err(_) => true,
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "[{mode}/{backend}] {} of {} connections failed: {failed:?}\n{log}",
+        failed.len(),
+        results.len()
+    );
+
+    // kube-proxy's chains are gone, kubelet's and switchyard's are there.
+    let save = sh(&testbed, &format!("iptables-{backend}-save"));
+    let mut table = Table::Nat;
+    let mut declared = Vec::new();
+    for line in save.lines() {
+        match line {
+            "*nat" => table = Table::Nat,
+            "*filter" => table = Table::Filter,
+            "*mangle" => table = Table::Mangle,
+            _ => {}
+        }
+        if let Some(chain) = line
+            .strip_prefix(':')
+            .and_then(|l| l.split_whitespace().next())
+        {
+            declared.push((table, chain.to_owned()));
+        }
+    }
+    let left: Vec<_> = declared
+        .iter()
+        .filter(|(t, c)| is_kube_proxy_chain(*t, c))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "[{mode}/{backend}] kube-proxy's chains left: {left:?}\n{save}"
+    );
+    assert!(
+        !save.contains("-j KUBE-SERVICES") && !save.contains("-j KUBE-POSTROUTING"),
+        "[{mode}/{backend}] jumps into kube-proxy's chains left:\n{save}"
+    );
+    let mut kept = vec![
+        (Table::Mangle, "KUBE-IPTABLES-HINT"),
+        (Table::Mangle, "KUBE-KUBELET-CANARY"),
+        (Table::Nat, "KUBE-KUBELET-CANARY"),
+        (Table::Filter, "KUBE-FIREWALL"),
+    ];
+    if mode == "iptables" {
+        kept.push((Table::Nat, "SWY-SERVICES"));
+    }
+    for (t, chain) in kept {
+        assert!(
+            declared.iter().any(|(dt, c)| *dt == t && c == chain),
+            "[{mode}/{backend}] {chain} in {t:?} is gone:\n{save}"
+        );
+    }
+    assert!(
+        save.contains("-A INPUT -j KUBE-FIREWALL"),
+        "[{mode}/{backend}] kubelet's jump is gone:\n{save}"
+    );
+    let tables = sh(&testbed, "nft list tables");
+    assert!(
+        !tables.contains("ip kube-proxy"),
+        "[{mode}/{backend}] nftables table left: {tables}"
+    );
+    let links = sh(&testbed, "ip -o link show");
+    assert!(
+        !links.contains("kube-ipvs0"),
+        "[{mode}/{backend}] kube-ipvs0 left: {links}"
+    );
+}
+
+#[test]
+fn migration_from_kube_proxy_iptables_nft() {
+    migrate("iptables", "nft");
+}
+
+#[test]
+fn migration_from_kube_proxy_iptables_legacy() {
+    migrate("iptables", "legacy");
+}
+
+/// ebpf mode translates at connect(), ahead of kube-proxy's rules; the cleanup is the same.
+#[test]
+fn migration_from_kube_proxy_to_ebpf() {
+    migrate("ebpf", "nft");
+}
