@@ -91,7 +91,9 @@ pub fn write(
         );
     }
     if decoys > 0 {
-        cluster::write(manifests, decoys, endpoints)?;
+        for (name, yaml) in cluster::files(decoys, endpoints)? {
+            manifests.write(&name, &yaml)?;
+        }
     }
     manifests.write(
         "measured.yaml",
