@@ -4,14 +4,13 @@
 //! never notice, the new process controls the adopted maps, and `--cleanup` removes it all.
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use switchyard_testbed::hold::summarize;
+use switchyard_testbed::load::relative;
 use switchyard_testbed::{
-    backend_names, start_switchyard, wait_for, ChildGuard, HeldReply, Hold, Manifests, Place,
-    Proto, Reply, RequestError, Testbed, TopologySpec,
+    backend_names, start_switchyard, wait_for, wait_for_log, Destination, LoadSpec, Manifests,
+    Place, Proto, Recorder, RequestError, Testbed, TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -19,10 +18,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const ATTEMPT: Duration = Duration::from_secs(3);
 /// Round-trip interval of the held flows.
 const HOLD_INTERVAL: Duration = Duration::from_millis(200);
-/// Attempts per destination in one recorder batch.
-const BATCH: usize = 3;
-/// The recorder stops on its own after this long, whatever the test does.
-const RECORDER_MAX: Duration = Duration::from_secs(300);
 /// Waits for the proxy: start-up, syncs, edits.
 const PROXY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -74,16 +69,8 @@ endpoints:
     )
 }
 
-/// One recorder round: a few new connections to each destination, and when they ran.
-#[derive(Debug)]
-struct Batch {
-    started: Instant,
-    ended: Instant,
-    results: Vec<(&'static str, Result<Reply, RequestError>)>,
-}
-
 /// When the controller went away and came back; `synced_*` are the same moment as
-/// `synced`, on each held flow's clock ([`Hold::elapsed`]).
+/// `synced`, on each held flow's clock ([`switchyard_testbed::Hold::elapsed`]).
 struct Times {
     killed: Instant,
     down_since: Instant,
@@ -91,55 +78,6 @@ struct Times {
     synced: Instant,
     synced_cluster: Duration,
     synced_nodeport: Duration,
-}
-
-/// Waits until `proxy` has logged every one of `needles` (each on some line), failing early
-/// if it exits.
-fn wait_for_log(proxy: &mut ChildGuard, what: &str, needles: &[&[&str]]) {
-    wait_for(what, PROXY_TIMEOUT, || {
-        let log = proxy.stderr();
-        let found = needles
-            .iter()
-            .all(|parts| log.lines().any(|l| parts.iter().all(|p| l.contains(p))));
-        if found {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = proxy.try_wait() {
-            panic!("switchyard exited ({status}) before {what}:\n{log}");
-        }
-        Err(log)
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Every round trip of a held flow so far, checked: all answered, by one backend.
-fn check_held(name: &str, hold: &Hold) -> (String, Vec<HeldReply>) {
-    let timeline = hold.timeline();
-    let failed: Vec<&HeldReply> = timeline.iter().filter(|r| r.result.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "held {name} ({}) had failed round trips: {}\ntimeline: {}",
-        hold.describe(),
-        failed
-            .iter()
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        summarize(&timeline)
-    );
-    let seen: BTreeSet<&str> = timeline
-        .iter()
-        .filter_map(|r| r.result.as_ref().ok())
-        .map(|r| r.backend.as_str())
-        .collect();
-    assert_eq!(
-        seen.len(),
-        1,
-        "held {name} changed backend: {}",
-        summarize(&timeline)
-    );
-    let backend = seen.into_iter().next().expect("one backend").to_owned();
-    (backend, timeline)
 }
 
 #[test]
@@ -172,7 +110,16 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
     let pod12 = testbed.pod(1, 2);
 
     let mut proxy = start();
-    wait_for_log(&mut proxy, "the first sync", &[&["synced", "full=true"]]);
+    let fail = |e: switchyard_testbed::Error, proxy: &switchyard_testbed::ChildGuard| -> ! {
+        panic!("{e}\n{}", proxy.stderr())
+    };
+    wait_for_log(
+        &mut proxy,
+        "the first sync",
+        PROXY_TIMEOUT,
+        &[&["synced", "full=true"]],
+    )
+    .unwrap_or_else(|e| fail(e, &proxy));
     wait_for(
         "the ClusterIP (from node1-pod1) and the NodePort (from the client) to answer",
         PROXY_TIMEOUT,
@@ -201,52 +148,33 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
         .hold(Place::Client, Proto::Tcp, node_port, HOLD_INTERVAL)
         .expect("held NodePort flow");
 
-    let stop = AtomicBool::new(false);
-    let batches: Mutex<Vec<Batch>> = Mutex::new(Vec::new());
-    let batches_done = || batches.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let batches_started_after = |t: Instant| {
-        batches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|b| b.started >= t)
-            .count()
-    };
-
-    let (times, mut proxy) = std::thread::scope(|scope| {
+    let (times, recorded, mut proxy) = std::thread::scope(|scope| {
         // 2. New connections, batch after batch, until told to stop.
-        let recorder = scope.spawn(|| {
-            let began = Instant::now();
-            while !stop.load(Ordering::Relaxed) && began.elapsed() < RECORDER_MAX {
-                let started = Instant::now();
-                let mut results = Vec::with_capacity(2 * BATCH);
-                for r in testbed.request(pod12, Proto::Tcp, cluster_ip, BATCH, ATTEMPT) {
-                    results.push(("ClusterIP from node1-pod2", r));
-                }
-                for r in testbed.request(Place::Client, Proto::Tcp, node_port, BATCH, ATTEMPT) {
-                    results.push(("NodePort from the client", r));
-                }
-                batches
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(Batch {
-                        started,
-                        ended: Instant::now(),
-                        results,
-                    });
-            }
-        });
-        let recorder_alive = || !recorder.is_finished();
-
-        wait_for(
-            "new connections to run before the kill",
-            PROXY_TIMEOUT,
-            || {
-                let n = batches_done();
-                (n >= 2 || !recorder_alive()).then_some(()).ok_or(n)
+        let recorder = Recorder::start(
+            scope,
+            &testbed,
+            vec![
+                Destination::new("ClusterIP from node1-pod2", pod12, Proto::Tcp, cluster_ip),
+                Destination::new(
+                    "NodePort from the client",
+                    Place::Client,
+                    Proto::Tcp,
+                    node_port,
+                ),
+            ],
+            LoadSpec {
+                attempt: ATTEMPT,
+                ..LoadSpec::default()
             },
-        )
-        .expect("recorder running");
+        );
+        recorder
+            .wait_batches_after(
+                "new connections to run before the kill",
+                Instant::now(),
+                2,
+                PROXY_TIMEOUT,
+            )
+            .expect("recorder running");
 
         // 3. SIGKILL: no clean shutdown, the pins are all that is left.
         let killed = Instant::now();
@@ -254,23 +182,24 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
         let status = proxy.wait().expect("reap switchyard");
         assert!(!status.success(), "switchyard was killed: {status}");
         let down_since = Instant::now();
-        wait_for(
-            "a batch of new connections while no controller runs",
-            PROXY_TIMEOUT,
-            || {
-                let n = batches_started_after(down_since);
-                (n >= 1 || !recorder_alive()).then_some(()).ok_or(n)
-            },
-        )
-        .expect("connections during the downtime");
+        recorder
+            .wait_batches_after(
+                "a batch of new connections while no controller runs",
+                down_since,
+                1,
+                PROXY_TIMEOUT,
+            )
+            .expect("connections during the downtime");
 
         let restarted = Instant::now();
         let mut proxy = start();
         wait_for_log(
             &mut proxy,
             "the new process to adopt the pinned maps and sync",
+            PROXY_TIMEOUT,
             &[&["adopted pinned eBPF maps"], &["synced", "full=true"]],
-        );
+        )
+        .unwrap_or_else(|e| fail(e, &proxy));
         let synced = Instant::now();
         let synced_cluster = held_cluster.elapsed();
         let synced_nodeport = held_nodeport.elapsed();
@@ -285,27 +214,23 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
                 "a held round trip after the new process synced",
                 PROXY_TIMEOUT,
                 || {
-                    let timeline = hold.timeline();
-                    if timeline.iter().any(|r| r.at > mark) {
+                    if hold.answered_after(mark) {
                         Ok(())
                     } else {
-                        Err(format!("{name}: {}", summarize(&timeline)))
+                        Err(format!("{name}: {}", summarize(&hold.timeline())))
                     }
                 },
             )
             .expect("held flow answers after the restart");
         }
-        wait_for(
-            "new connections after the new process synced",
-            PROXY_TIMEOUT,
-            || {
-                let n = batches_started_after(synced);
-                (n >= 3 || !recorder_alive()).then_some(()).ok_or(n)
-            },
-        )
-        .expect("connections after the restart");
-        stop.store(true, Ordering::Relaxed);
-        recorder.join().expect("recorder thread");
+        recorder
+            .wait_batches_after(
+                "new connections after the new process synced",
+                synced,
+                3,
+                PROXY_TIMEOUT,
+            )
+            .expect("connections after the restart");
         let times = Times {
             killed,
             down_since,
@@ -314,7 +239,7 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
             synced_cluster,
             synced_nodeport,
         };
-        (times, proxy)
+        (times, recorder.stop(), proxy)
     });
     let Times {
         killed,
@@ -325,34 +250,21 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
         synced_nodeport,
     } = times;
 
-    let batches = batches.into_inner().unwrap_or_else(|e| e.into_inner());
-    // Batch times relative to the new process's start, for failure reports.
-    let rel = |t: Instant| match t.checked_duration_since(restarted) {
-        Some(d) => format!("+{:.3}s", d.as_secs_f64()),
-        None => format!("-{:.3}s", (restarted - t).as_secs_f64()),
-    };
-    let failures: Vec<String> = batches
-        .iter()
-        .flat_map(|b| {
-            let phase = if b.ended < killed {
-                "before the kill"
-            } else if b.started >= down_since && b.ended <= restarted {
-                "while no controller ran"
-            } else if b.started >= synced {
-                "after the new process synced"
-            } else if b.ended <= restarted {
-                "overlapping the kill"
-            } else {
-                "overlapping the new process's start-up"
-            };
-            let when = format!("batch {}..{}", rel(b.started), rel(b.ended));
-            b.results.iter().filter_map(move |(what, r)| {
-                r.as_ref()
-                    .err()
-                    .map(|e| format!("{what}, {phase} ({when}): {e}"))
-            })
-        })
-        .collect();
+    // Batch times are relative to the new process's start in failure reports.
+    let failures = recorded.failures(restarted, |b| {
+        if b.ended < killed {
+            "before the kill"
+        } else if b.started >= down_since && b.ended <= restarted {
+            "while no controller ran"
+        } else if b.started >= synced {
+            "after the new process synced"
+        } else if b.ended <= restarted {
+            "overlapping the kill"
+        } else {
+            "overlapping the new process's start-up"
+        }
+        .to_owned()
+    });
     if !failures.is_empty() {
         // Evidence for the report: the node's netfilter view of the client's flows (a
         // NodePort connection to another node's pod that missed the masquerade shows up
@@ -375,36 +287,34 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
              logged its first sync at {}):\n{}\nnode1 conntrack, unreplied client flows:\n{}\n\
              new switchyard log:\n{}",
             failures.len(),
-            batches.iter().map(|b| b.results.len()).sum::<usize>(),
-            rel(synced),
+            recorded.attempts(),
+            relative(synced, restarted),
             failures.join("\n"),
             unreplied.join("\n"),
             proxy.stderr()
         );
     }
-    let before = batches.iter().filter(|b| b.ended < killed).count();
-    let during = batches
-        .iter()
-        .filter(|b| b.started >= down_since && b.ended <= restarted)
-        .count();
-    let after = batches.iter().filter(|b| b.started >= synced).count();
+    let before = recorded.count(|b| b.ended < killed);
+    let during = recorded.count(|b| b.started >= down_since && b.ended <= restarted);
+    let after = recorded.count(|b| b.started >= synced);
     assert!(
         before >= 1 && during >= 1 && after >= 1,
         "new connections before/during/after the downtime: {before}/{during}/{after} batches"
     );
 
-    let (cluster_backend, cluster_timeline) = check_held("ClusterIP flow", &held_cluster);
-    let (nodeport_backend, nodeport_timeline) = check_held("NodePort flow", &held_nodeport);
-    for (name, timeline, mark) in [
-        ("ClusterIP flow", &cluster_timeline, synced_cluster),
-        ("NodePort flow", &nodeport_timeline, synced_nodeport),
+    let mut backends = Vec::new();
+    for (name, hold, mark) in [
+        ("ClusterIP flow", &held_cluster, synced_cluster),
+        ("NodePort flow", &held_nodeport, synced_nodeport),
     ] {
+        let (backend, timeline) = hold.steady().unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(
             timeline.iter().any(|r| r.at > mark),
             "held {name}: no round trip after the new process synced ({:.2?}): {}",
             mark,
-            summarize(timeline)
+            summarize(&timeline)
         );
+        backends.push(backend);
     }
     let log = proxy.stderr();
     assert!(
@@ -414,8 +324,9 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
     drop(held_cluster.stop());
     drop(held_nodeport.stop());
     eprintln!(
-        "held flows stayed on {cluster_backend} (ClusterIP) and {nodeport_backend} (NodePort); \
-         {before}/{during}/{after} batches of new connections before/during/after the downtime"
+        "held flows stayed on {} (ClusterIP) and {} (NodePort); \
+         {before}/{during}/{after} batches of new connections before/during/after the downtime",
+        backends[0], backends[1]
     );
 
     // 5. The new process owns the adopted maps: an edit made after the restart takes effect.

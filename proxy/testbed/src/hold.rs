@@ -191,6 +191,51 @@ impl Hold {
         }
     }
 
+    /// Checks every round trip so far: all answered, all by one backend. Returns that
+    /// backend and the timeline, or what went wrong (with the timeline, for messages).
+    pub fn steady(&self) -> std::result::Result<(String, Vec<HeldReply>), String> {
+        let timeline = self.timeline();
+        let failed: Vec<String> = timeline
+            .iter()
+            .filter(|r| r.result.is_err())
+            .map(ToString::to_string)
+            .collect();
+        if !failed.is_empty() {
+            return Err(format!(
+                "held {} had failed round trips: {}\ntimeline: {}",
+                self.describe(),
+                failed.join(", "),
+                summarize(&timeline)
+            ));
+        }
+        let mut seen: Vec<&str> = timeline
+            .iter()
+            .filter_map(|r| r.result.as_ref().ok())
+            .map(|r| r.backend.as_str())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        match seen.as_slice() {
+            [one] => {
+                let backend = (*one).to_owned();
+                Ok((backend, timeline))
+            }
+            [] => Err(format!("held {}: no round trip yet", self.describe())),
+            _ => Err(format!(
+                "held {} changed backend: {}",
+                self.describe(),
+                summarize(&timeline)
+            )),
+        }
+    }
+
+    /// Whether a round trip ended after `mark` (on the [`Hold::elapsed`] clock).
+    pub fn answered_after(&self, mark: Duration) -> bool {
+        self.timeline()
+            .iter()
+            .any(|r| r.at > mark && r.result.is_ok())
+    }
+
     /// "tcp flow from PLACE to ADDR", for messages.
     pub fn describe(&self) -> String {
         format!(

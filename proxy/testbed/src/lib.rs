@@ -22,6 +22,7 @@ mod fixtures;
 pub use fixtures::{backend_names, node_yaml, node_zone};
 pub mod hold;
 mod ip;
+pub mod load;
 pub mod netns;
 pub mod probe;
 pub mod probe_protocol;
@@ -32,12 +33,13 @@ pub mod topology;
 pub use cleanup::cleanup_leftovers;
 pub use error::{Error, Result};
 pub use hold::{HeldReply, Hold, HoldSpec};
+pub use load::{Batch, Destination, LoadSpec, Recorded, Recorder};
 pub use probe::{parse_request_output, probe_binary, RequestSpec, PROBE_ENV};
 pub use probe_protocol::{Proto, Reply, RequestError};
 pub use process::{ChildGuard, Finished, OutputMode, Place};
 pub use switchyard::{
     http_get, http_get_from, start_switchyard, start_switchyard_from, switchyard_binary, wait_for,
-    Manifests, ObjectSource,
+    wait_for_log, Manifests, ObjectSource,
 };
 pub use topology::{Cidr, Client, Node, Pod, Testbed, TopologySpec};
 

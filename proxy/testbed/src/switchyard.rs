@@ -218,6 +218,33 @@ pub fn http_get_from(
     })
 }
 
+/// Waits until `proxy` has logged every one of `needles` (each a set of parts that must
+/// appear together on some line); fails on `timeout`, or at once if it exits first.
+pub fn wait_for_log(
+    proxy: &mut ChildGuard,
+    what: &str,
+    timeout: Duration,
+    needles: &[&[&str]],
+) -> Result<()> {
+    wait_for(what, timeout, || {
+        let log = proxy.stderr();
+        let found = needles
+            .iter()
+            .all(|parts| log.lines().any(|l| parts.iter().all(|p| l.contains(p))));
+        if found {
+            return Ok(Ok(()));
+        }
+        match proxy.try_wait() {
+            Ok(Some(status)) => Ok(Err(Error::ChildExited {
+                what: what.to_owned(),
+                status: status.to_string(),
+                stderr: log,
+            })),
+            _ => Err(log.lines().last().map(str::to_owned)),
+        }
+    })?
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` and the last
 /// observation. For waiting on a condition instead of sleeping a guessed time.
 pub fn wait_for<T, O: std::fmt::Debug>(
