@@ -57,7 +57,7 @@ use aya_log_ebpf::debug;
 use switchyard_common::{
     Backend, CtKey, CtValue, ServiceKey, ServiceValue, SourceRangeKey, CT_FLAG_REPLY, CT_FLAG_SNAT,
     CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_HANDOVER, SERVICE_FLAG_MASQUERADE,
     SERVICE_FLAG_SOURCE_RANGES,
 };
 
@@ -323,6 +323,11 @@ fn new_flow(
     key: CtKey,
     now: u64,
 ) -> Result<CtValue, i32> {
+    // iptables mode owns new flows (and any segment of one it translated) until these
+    // programs go; the flows with an entry above keep theirs to the end.
+    if service.flags & SERVICE_FLAG_HANDOVER != 0 {
+        return Err(PASS);
+    }
     // A TCP flow starts with a SYN. Anything else without an entry belongs to a connection that
     // was never translated here (or whose entry expired): rather than send a mid-stream
     // segment to a random backend, the kernel gets it if the address is the node's (no socket

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod ebpf;
 pub mod events;
+pub mod handover;
 pub mod health;
 pub mod iptables;
 pub mod kube_proxy_cleanup;

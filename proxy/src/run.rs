@@ -11,6 +11,9 @@ use crate::conntrack::Reconciler;
 use crate::controller::{Controller, SystemClock};
 use crate::dataplane::Dataplane;
 use crate::ebpf::{EbpfConfig, EbpfDataplane};
+use crate::handover::{
+    remove_ebpf_state, remove_iptables_state, remove_old_masquerade_rules, Leftovers,
+};
 use crate::health::Health;
 use crate::iptables::rule_set::RuleConfig;
 use crate::iptables::{IptablesBackend, IptablesDataplane, SystemIptables};
@@ -121,43 +124,60 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     }
     let addresses = crate::node_addresses::watch_addresses()?;
     let local = addresses.borrow().clone();
-    let dataplane = start_dataplane(&settings, &node_ips, &local, &metrics)?;
+    let (dataplane, leftovers) = start_dataplane(&settings, &node_ips, &local, &metrics)?;
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
     // Health check node ports are served from the controller's applied state, whatever the
     // mode.
     let health_checks = crate::service_health::start(health.clone(), events);
     let cleanup_kube_proxy = settings.cleanup_kube_proxy;
-    let mut controller =
-        Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock))
-            .with_health_checks(health_checks);
-    if cleanup_kube_proxy {
-        // kube-proxy's rules go only once ours serve every service.
-        let (done, first_sync) = tokio::sync::oneshot::channel();
-        controller = controller.with_first_sync(done);
-        tokio::spawn(async move {
-            if first_sync.await.is_ok() {
-                crate::kube_proxy_cleanup::run().await;
+    let (done, first_sync) = tokio::sync::oneshot::channel();
+    let controller = Controller::new(settings, dataplane, metrics, health, Box::new(SystemClock))
+        .with_health_checks(health_checks)
+        .with_first_sync(done);
+    // The other mode's state, and kube-proxy's rules with --cleanup-kube-proxy, go only once
+    // ours serve every service.
+    tokio::spawn(async move {
+        if first_sync.await.is_err() {
+            return;
+        }
+        // On a thread of its own: removing 10,000 services' chains, or waiting for ebpf
+        // mode's flows to end, takes seconds, and this mode's syncs need none of it (neither
+        // mode touches the other's state). A process that exits meanwhile does not wait for
+        // it: what is left is removed by the next start's handover.
+        let (removed, handed_over) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("handover".into())
+            .spawn(move || {
+                leftovers.remove();
+                let _ = removed.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = handed_over.await;
             }
-        });
-    }
+            Err(e) => {
+                tracing::warn!(error = %e, "handover: cannot start its thread; the other mode's state stays")
+            }
+        }
+        if cleanup_kube_proxy {
+            crate::kube_proxy_cleanup::run().await;
+        }
+    });
     crate::controller::run(controller, source, addresses).await;
     tracing::warn!("source ended");
     Ok(())
 }
 
+/// Starts the mode's dataplane, and says what of the other mode's state to remove after its
+/// first successful sync (see [`crate::handover`] for why then and not before).
 fn start_dataplane(
     settings: &Settings,
     node_ips: &[std::net::IpAddr],
     local: &[std::net::IpAddr],
     metrics: &Metrics,
-) -> anyhow::Result<Box<dyn Dataplane>> {
+) -> anyhow::Result<(Box<dyn Dataplane>, Leftovers)> {
     match settings.mode {
         ProxyMode::Ebpf => {
-            // The other mode's leftovers would translate traffic twice. Older ebpf mode
-            // versions' masquerade chain goes too: the tc programs source-NAT themselves now,
-            // and any nat rule would hook netfilter's NAT (and conntrack) back in.
-            let _ = remove_iptables_state();
-            remove_old_masquerade_rules();
             let follow_devices = settings.devices.is_empty().then(|| node_ips.to_vec());
             let devices = if settings.devices.is_empty() {
                 crate::node_addresses::default_devices(node_ips)
@@ -185,18 +205,25 @@ fn start_dataplane(
                 flow_timeouts: crate::ebpf::flow_timeouts::read(),
             })?
             .with_metrics(metrics.ebpf.clone());
-            Ok(Box::new(dataplane))
+            // iptables mode's chains keep translating until the maps are written; older
+            // versions' masquerade chains go with them (any nat rule would hook netfilter's
+            // NAT, and its conntrack, back in).
+            Ok((Box::new(dataplane), Leftovers::Iptables))
         }
         ProxyMode::Iptables => {
-            // ebpf mode's leftovers: its pinned programs would translate traffic before
-            // these rules see it, and its masquerade chain is ours, so a full sync would
-            // try to delete it while POSTROUTING still jumps there.
-            remove_ebpf_state(settings)?;
+            // An older ebpf version's masquerade chain is named like ours: a full sync would
+            // try to delete it while POSTROUTING still jumps there, so it goes first.
             remove_old_masquerade_rules();
-            Ok(Box::new(
-                start_iptables(settings, local)?
-                    .with_metrics(metrics.iptables.clone())
-                    .with_conntrack(Reconciler::netlink(metrics.conntrack_reconciler.clone())),
+            let dataplane = start_iptables(settings, local)?
+                .with_metrics(metrics.iptables.clone())
+                .with_conntrack(Reconciler::netlink(metrics.conntrack_reconciler.clone()));
+            // ebpf mode's pinned programs keep translating (before these rules would see the
+            // traffic) until the rules are written.
+            Ok((
+                Box::new(dataplane),
+                Leftovers::Ebpf {
+                    bpffs_path: settings.bpffs_path.clone(),
+                },
             ))
         }
     }
@@ -280,50 +307,12 @@ fn default_cgroup_root() -> anyhow::Result<PathBuf> {
 pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
     let incomplete = remove_iptables_state();
     remove_old_masquerade_rules();
-    remove_ebpf_state(settings)?;
+    remove_ebpf_state(&settings.bpffs_path)?;
     if !incomplete.is_empty() {
         anyhow::bail!(
             "--cleanup left iptables state behind: {}",
             incomplete.join("; ")
         );
-    }
-    Ok(())
-}
-
-/// Removes the masquerade chain older ebpf mode versions wrote, from both backends.
-fn remove_old_masquerade_rules() {
-    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-        if let Err(e) = crate::ebpf::masquerade::uninstall(backend) {
-            tracing::warn!(%backend, error = %e, "cannot remove an older ebpf mode's masquerade rule");
-        }
-    }
-}
-
-/// Removes iptables mode's chains and jumps from both backends (upstream leaves the other
-/// mode's rules behind on a mode change; we do not). Returns what could not be removed.
-fn remove_iptables_state() -> Vec<String> {
-    let mut incomplete = Vec::new();
-    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-        match crate::iptables::cleanup::cleanup(backend) {
-            Ok(0) => {}
-            Ok(chains) => tracing::info!(%backend, chains, "removed iptables state"),
-            Err(e) => {
-                tracing::warn!(%backend, error = %e, "iptables cleanup incomplete");
-                incomplete.push(format!("{backend}: {e}"));
-            }
-        }
-    }
-    incomplete
-}
-
-/// Unpins our links (detaching the programs) and maps. Only our own entries go: the
-/// directory may be shared with other tools' pins.
-fn remove_ebpf_state(settings: &Settings) -> anyhow::Result<()> {
-    let root = &settings.bpffs_path;
-    let removed = crate::ebpf::dataplane::remove_pins(root)
-        .with_context(|| format!("removing pinned eBPF state under {}", root.display()))?;
-    if removed > 0 {
-        tracing::info!(path = %root.display(), pins = removed, "removed pinned eBPF state");
     }
     Ok(())
 }

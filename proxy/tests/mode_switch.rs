@@ -2,10 +2,12 @@
 //! never translated twice and no stale chain or pin blocks the new mode's syncs.
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use switchyard_testbed::supervisor::Supervisor;
 use switchyard_testbed::{
-    start_switchyard, wait_for, Manifests, Place, Proto, Testbed, TopologySpec,
+    start_switchyard, wait_for, Destination, LoadSpec, Manifests, Node, Place, Proto, Recorder,
+    Testbed, TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -25,7 +27,7 @@ fn ebpf_to_iptables_and_back() {
     let node = testbed.node(1);
     let serving = |proxy: &switchyard_testbed::ChildGuard| {
         wait_for(
-            "the ClusterIP to answer after a full sync",
+            "the ClusterIP to answer after a full sync and the handover",
             Duration::from_secs(20),
             || {
                 let log = proxy.stderr();
@@ -33,7 +35,8 @@ fn ebpf_to_iptables_and_back() {
                     .request(client, Proto::Tcp, web, 5, Duration::from_secs(1))
                     .iter()
                     .all(Result::is_ok);
-                if ok && log.contains("full=true") {
+                // The other mode's state goes after the first sync, on its own thread.
+                if ok && log.contains("full=true") && log.contains("handover: no") {
                     Ok(())
                 } else {
                     Err(log)
@@ -151,4 +154,313 @@ fn ebpf_to_iptables_and_back() {
         "iptables mode's chains removed:\n{rules}"
     );
     assert!(!ebpf.stderr().contains("ERROR"), "{}", ebpf.stderr());
+}
+
+/// The service both mode-switch tests reach: ClusterIP and NodePort over every pod.
+const SWITCH_CLUSTER_IP: &str = "198.18.128.40:80";
+const SWITCH_NODE_PORT: &str = "198.18.0.11:30040";
+
+fn switch_service_yaml(testbed: &Testbed) -> String {
+    let endpoints: String = testbed
+        .pods()
+        .iter()
+        .map(|pod| {
+            format!(
+                "  - addresses: [{}]\n    nodeName: node{}\n    \
+                 conditions: {{ready: true, serving: true, terminating: false}}\n",
+                pod.ip, pod.node
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: switch, namespace: switch}}
+spec:
+  type: NodePort
+  clusterIP: 198.18.128.40
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30040, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: switch-1
+  namespace: switch
+  labels: {{kubernetes.io/service-name: switch}}
+addressType: IPv4
+ports: [{{name: tcp, port: 8080, protocol: TCP}}]
+endpoints:
+{endpoints}"
+    )
+}
+
+/// A KubeProxyConfiguration for testbed node `node` in `mode`. With `--config`, kube-proxy's
+/// flags are ignored (only `--hostname-override` and the logging flags still apply), so
+/// everything the testbed passes as flags is here: the node name (`hostnameOverride`), the
+/// cluster CIDR, the change coalescing (`iptables.minSyncPeriod`, which ebpf mode reads too),
+/// and `conntrack.maxPerCore: 0` so the machine's conntrack limit is left alone. The cgroup,
+/// the pin directory and the manifest directory have no field: Switchyard's extension flags
+/// (`--cgroup-path`, `--bpffs-path`, `--manifests`) always apply.
+fn node_config(testbed: &Testbed, node: &Node, mode: &str) -> String {
+    format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+         mode: {mode}\nhostnameOverride: {}\nclusterCIDR: {}\n\
+         iptables: {{minSyncPeriod: 100ms, syncPeriod: 5s}}\nconntrack: {{maxPerCore: 0}}\n",
+        node.name,
+        testbed.cluster_cidr()
+    )
+}
+
+/// Replaces `path` whole, as the kubelet swaps a ConfigMap volume's files.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("replace config");
+}
+
+/// Every `SWY`/`SWITCHYARD` line either iptables backend's save shows in node1.
+fn our_iptables_lines(testbed: &Testbed) -> Vec<String> {
+    ["iptables-legacy-save", "iptables-nft-save"]
+        .iter()
+        .flat_map(|save| {
+            let out = testbed
+                .run(
+                    Place::Node(1),
+                    save,
+                    Vec::<String>::new(),
+                    Duration::from_secs(30),
+                )
+                .unwrap_or_else(|e| panic!("{save}: {e}"));
+            out.stdout
+                .lines()
+                .filter(|l| l.contains("SWY") || l.contains("SWITCHYARD"))
+                .map(|l| format!("{save}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Upstream's way to switch a node's mode: edit `mode` in the config file. The process
+/// exits (status 1), a supervisor restarts it as the kubelet would, and the new mode takes
+/// over from the old one's state while clients keep connecting to a ClusterIP (from a pod)
+/// and a NodePort (from outside): iptables -> ebpf -> iptables without one failed
+/// connection, and without the old mode's state once the new one has synced.
+#[test]
+fn a_config_edit_switches_modes_under_load_without_a_failed_connection() {
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    let testbed = Testbed::new(TopologySpec {
+        nodes: 2,
+        pods_per_node: 2,
+    })
+    .expect("testbed");
+    let _echo = testbed.start_echo_everywhere(8080, 0).expect("echo");
+    let manifests = Manifests::new().expect("manifests");
+    manifests
+        .write("nodes.yaml", &testbed.nodes_yaml())
+        .expect("nodes");
+    manifests
+        .write("svc.yaml", &switch_service_yaml(&testbed))
+        .expect("service");
+    let node = testbed.node(1);
+    let pins = testbed.bpffs_dir(node);
+    let config_dir = std::env::temp_dir().join(format!("swy-switch-{}", testbed.id()));
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let _remove_config = RemoveOnDrop(config_dir.clone());
+    let config = config_dir.join("config.conf");
+    replace_file(&config, &node_config(&testbed, node, "iptables"));
+    let args: Vec<std::ffi::OsString> = [
+        format!("--config={}", config.display()),
+        format!("--manifests={}", manifests.path().display()),
+        format!("--cgroup-path={}", node.cgroup.display()),
+        format!("--bpffs-path={}", pins.display()),
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
+    let cluster_ip: SocketAddr = SWITCH_CLUSTER_IP.parse().expect("addr");
+    let node_port: SocketAddr = SWITCH_NODE_PORT.parse().expect("addr");
+    let pod = testbed.pod(1, 2);
+
+    let (recorded, marks, exits) = std::thread::scope(|scope| {
+        let supervisor = Supervisor::start(scope, &testbed, node.place(), BIN.into(), args, 4)
+            .expect("supervised switchyard");
+        let fail = |e: switchyard_testbed::Error| -> ! { panic!("{e}\n{}", supervisor.logs()) };
+        supervisor
+            .wait_for_log(
+                1,
+                "iptables mode's first sync",
+                TIMEOUT,
+                &[&["synced", "full=true"]],
+            )
+            .unwrap_or_else(|e| fail(e));
+        for (what, place, to) in [
+            ("the ClusterIP", Place::from(pod), cluster_ip),
+            ("the NodePort", Place::Client, node_port),
+        ] {
+            testbed
+                .wait_for_answer(place, Proto::Tcp, to, TIMEOUT)
+                .unwrap_or_else(|e| panic!("{what}: {e}\n{}", supervisor.logs()));
+        }
+        let recorder = Recorder::start(
+            scope,
+            &testbed,
+            vec![
+                Destination::new("ClusterIP from node1-pod2", pod, Proto::Tcp, cluster_ip),
+                Destination::new(
+                    "NodePort from the client",
+                    Place::Client,
+                    Proto::Tcp,
+                    node_port,
+                ),
+            ],
+            LoadSpec::default(),
+        );
+        let mut marks = vec![Instant::now()];
+        recorder
+            .wait_batches_after("connections in iptables mode", marks[0], 3, TIMEOUT)
+            .unwrap_or_else(|e| fail(e));
+
+        // iptables -> ebpf.
+        marks.push(Instant::now());
+        replace_file(&config, &node_config(&testbed, node, "ebpf"));
+        supervisor
+            .wait_for_log(
+                2,
+                "ebpf mode's first sync and the handover",
+                TIMEOUT,
+                &[
+                    &["mode=ebpf", "switchyard running"],
+                    &["synced", "full=true"],
+                    &["handover: no iptables mode state left"],
+                ],
+            )
+            .unwrap_or_else(|e| fail(e));
+        marks.push(Instant::now());
+        let left = our_iptables_lines(&testbed);
+        assert!(
+            left.is_empty(),
+            "iptables state after the switch to ebpf:\n{}",
+            left.join("\n")
+        );
+        assert!(
+            pins.join("links").is_dir() && pins.join("maps").is_dir(),
+            "ebpf mode's pins"
+        );
+        recorder
+            .wait_batches_after("connections in ebpf mode", marks[2], 3, TIMEOUT)
+            .unwrap_or_else(|e| fail(e));
+
+        // ebpf -> iptables.
+        marks.push(Instant::now());
+        replace_file(&config, &node_config(&testbed, node, "iptables"));
+        supervisor
+            .wait_for_log(
+                3,
+                "iptables mode's first sync and the handover",
+                TIMEOUT,
+                &[
+                    &["mode=iptables", "switchyard running"],
+                    &["synced", "full=true"],
+                    &["handover: no ebpf mode state left"],
+                ],
+            )
+            .unwrap_or_else(|e| fail(e));
+        marks.push(Instant::now());
+        assert!(
+            !pins.join("links").exists() && !pins.join("maps").exists(),
+            "ebpf pins after the switch back:\n{}",
+            supervisor.logs()
+        );
+        assert!(
+            our_iptables_lines(&testbed)
+                .iter()
+                .any(|l| l.contains(":SWY-SERVICES")),
+            "iptables mode's chains are back"
+        );
+        recorder
+            .wait_batches_after("connections in iptables mode again", marks[4], 3, TIMEOUT)
+            .unwrap_or_else(|e| fail(e));
+        let recorded = recorder.stop();
+        let exits = supervisor.stop(Duration::from_secs(10));
+        (recorded, marks, exits)
+    });
+    let logs: String = exits
+        .iter()
+        .map(|e| format!("--- run {} ({}) ---\n{}", e.run, e.status, e.log))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let phase = |b: &switchyard_testbed::Batch| {
+        let names = [
+            "iptables mode",
+            "the switch to ebpf",
+            "ebpf mode",
+            "the switch back",
+            "iptables mode again",
+        ];
+        let i = marks.iter().rposition(|m| b.started >= *m).unwrap_or(0);
+        if b.ended > marks.get(i + 1).copied().unwrap_or(b.ended) {
+            format!("from {} into {}", names[i], names[i + 1])
+        } else {
+            names[i].to_owned()
+        }
+    };
+    let failures = recorded.failures(marks[1], phase);
+    assert!(
+        failures.is_empty(),
+        "{} of {} new connections failed (times relative to the first edit):\n{}\n{logs}",
+        failures.len(),
+        recorded.attempts(),
+        failures.join("\n")
+    );
+    // Each switch was under load: batches ran across it.
+    for (from, to) in [(1, 2), (3, 4)] {
+        let across = recorded.count(|b| b.started >= marks[from] && b.ended <= marks[to]);
+        assert!(
+            across >= 1,
+            "no batch ran during the switch {from}..{to}\n{logs}"
+        );
+    }
+    assert_eq!(exits.len(), 3, "{logs}");
+    for exit in &exits[..2] {
+        assert_eq!(
+            exit.status.code(),
+            Some(1),
+            "run {} ends on the edit:\n{logs}",
+            exit.run
+        );
+        assert!(exit.log.contains("was updated"), "{logs}");
+    }
+    for exit in &exits {
+        assert!(!exit.log.contains("ERROR"), "run {}:\n{logs}", exit.run);
+        assert!(
+            !exit.log.contains("is ignored because --config is given"),
+            "every setting is in the file or an extension flag:\n{logs}"
+        );
+    }
+    // Back in iptables mode, ebpf mode's packet path was drained before its programs went.
+    let drained = exits[2]
+        .log
+        .lines()
+        .filter(|l| l.contains("handover:"))
+        .collect::<Vec<_>>();
+    assert!(
+        drained.iter().any(|l| l.contains("draining ebpf mode's"))
+            && drained.iter().any(|l| l.contains("ebpf mode's flows drained")),
+        "{logs}"
+    );
+    eprintln!(
+        "{} new connections, none failed, across iptables -> ebpf -> iptables\n{}",
+        recorded.attempts(),
+        drained.join("\n")
+    );
+}
+
+/// Removes a directory on drop.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -107,6 +107,10 @@ pub const SERVICE_FLAG_MASQUERADE: u16 = 1 << 1;
 pub const SERVICE_FLAG_SOURCE_RANGES: u16 = 1 << 2;
 /// With no endpoint in the set, drop (Local policy) instead of letting the kernel refuse.
 pub const SERVICE_FLAG_DROP_EMPTY: u16 = 1 << 3;
+/// iptables mode is taking the node over: the packet path starts no new flow for this entry
+/// and leaves everything it does not already translate to the kernel (netfilter and the
+/// rules iptables mode has written), until the programs go. Set only by that handover.
+pub const SERVICE_FLAG_HANDOVER: u16 = 1 << 4;
 /// [`CtValue::flags`] bit of reply-direction conntrack entries: the two directions' keys have
 /// the same shape, and only reply entries may rewrite a packet's source on egress.
 pub const CT_FLAG_REPLY: u16 = 1 << 15;

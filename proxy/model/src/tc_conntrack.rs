@@ -283,6 +283,32 @@ pub fn sweep(
     result
 }
 
+/// The flows of `entries` (as one pass read them) that passed a packet, in either direction,
+/// within `quiet` before `now_ns`. A handover from ebpf mode to iptables mode waits until
+/// there are none before the tc programs go: a flow the programs translate breaks once they
+/// are gone, and one that is quiet that long is most likely over.
+pub fn recently_active(entries: &[(CtKey, CtValue)], now_ns: u64, quiet: Duration) -> usize {
+    let quiet = u64::try_from(quiet.as_nanos()).unwrap_or(u64::MAX);
+    let by_key: HashMap<CtKey, &CtValue> = entries.iter().map(|(k, v)| (*k, v)).collect();
+    entries
+        .iter()
+        .filter(|(key, value)| {
+            let is_reply = value.flags & CT_FLAG_REPLY != 0;
+            let partner = partner_key(key, value);
+            let other = by_key.get(&partner).copied().filter(|other| {
+                (other.flags & CT_FLAG_REPLY != 0) != is_reply
+                    && partner_key(&partner, other) == *key
+            });
+            // A flow counts once: by its original entry, or by a reply entry on its own.
+            if is_reply && other.is_some() {
+                return false;
+            }
+            let last = value.last_seen_ns.max(other.map_or(0, |o| o.last_seen_ns));
+            now_ns.saturating_sub(last) < quiet
+        })
+        .count()
+}
+
 /// A [`CtKey`] ordered by its fields, so the deletions come out in a stable order.
 #[derive(PartialEq, Eq)]
 struct OrdKey(CtKey);

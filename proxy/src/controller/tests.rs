@@ -240,6 +240,28 @@ fn idle_syncs_only_verify_each_sync_period_and_write_nothing() {
 }
 
 #[test]
+fn the_first_sync_is_announced_only_once_it_succeeded() {
+    let h = harness();
+    let (done, mut first_sync) = tokio::sync::oneshot::channel();
+    let controller = h.controller.with_first_sync(done);
+    let mut h = Harness { controller, ..h };
+    // The first full sync fails: what waits for it (the other mode's state going, kube-proxy's
+    // rules going) must keep waiting; the old state serves meanwhile.
+    *h.dataplane.fail.lock().unwrap() = 1;
+    h.run_for(Duration::ZERO, &input(1, &[], &["198.18.0.11"]));
+    assert_eq!(h.calls().len(), 1);
+    assert_eq!(
+        first_sync.try_recv(),
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty),
+        "not after a failure"
+    );
+    // Its retry succeeds.
+    h.run_for(Duration::from_secs(2), &input(1, &[], &["198.18.0.11"]));
+    assert_eq!(h.calls().len(), 2);
+    assert_eq!(first_sync.try_recv(), Ok(()));
+}
+
+#[test]
 fn a_failed_sync_keeps_the_state_and_is_retried_as_a_full_sync() {
     let mut h = harness();
     h.run_for(Duration::ZERO, &input(1, &[], &["198.18.0.11"]));

@@ -689,7 +689,7 @@ impl Dataplane for EbpfDataplane {
 }
 
 /// Now on the clock the programs stamp flows with (`bpf_ktime_get_ns`: `CLOCK_MONOTONIC`).
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
         Ok(now) => (now.tv_sec() as u64)
             .saturating_mul(1_000_000_000)

@@ -7,7 +7,7 @@ use switchyard_common::{
     CT_STATE_SEEN, PROTO_TCP, PROTO_UDP,
 };
 
-use super::{expired, flow_state, partner_key, sweep, FlowState, FlowTimeouts};
+use super::{expired, flow_state, partner_key, recently_active, sweep, FlowState, FlowTimeouts};
 
 const SEC: u64 = 1_000_000_000;
 
@@ -307,4 +307,33 @@ fn an_entry_of_another_flow_at_the_partner_key_is_not_taken_for_the_partner() {
     // Each is an orphan past the unanswered timeout, judged (and counted) alone.
     assert_eq!(result.expired, 2);
     assert_eq!(sorted(result.delete), sorted(vec![forward.0, reply.0]));
+}
+
+#[test]
+fn a_flow_is_recently_active_while_either_direction_passed_a_packet_within_the_quiet_time() {
+    let quiet = Duration::from_secs(1);
+    let now = 100 * SEC;
+    // Client quiet for 5 s, the backend answered 0.5 s ago: active, counted once.
+    let talking = dnat_flow(
+        PROTO_TCP,
+        40000,
+        (CT_STATE_SEEN, now - 5 * SEC),
+        (CT_STATE_SEEN, now - SEC / 2),
+    );
+    // Both directions quiet for 2 s: over, as far as a handover is concerned.
+    let quiet_flow = dnat_flow(
+        PROTO_TCP,
+        40001,
+        (CT_STATE_SEEN, now - 2 * SEC),
+        (CT_STATE_SEEN, now - 2 * SEC),
+    );
+    let snat = snat_flow(40002, 40123, now - SEC / 10);
+    let mut entries: Vec<(CtKey, CtValue)> =
+        talking.into_iter().chain(quiet_flow).chain(snat).collect();
+    assert_eq!(recently_active(&entries, now, quiet), 2);
+    // A reply entry whose original is gone counts by itself.
+    entries.retain(|(k, _)| *k != snat[0].0);
+    assert_eq!(recently_active(&entries, now, quiet), 2);
+    assert_eq!(recently_active(&entries, now + 2 * SEC, quiet), 0);
+    assert_eq!(recently_active(&[], now, quiet), 0);
 }
