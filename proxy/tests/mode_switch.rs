@@ -446,7 +446,9 @@ fn a_config_edit_switches_modes_under_load_without_a_failed_connection() {
         .collect::<Vec<_>>();
     assert!(
         drained.iter().any(|l| l.contains("draining ebpf mode's"))
-            && drained.iter().any(|l| l.contains("ebpf mode's flows drained")),
+            && drained
+                .iter()
+                .any(|l| l.contains("ebpf mode's flows drained")),
         "{logs}"
     );
     eprintln!(

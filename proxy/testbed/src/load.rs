@@ -248,6 +248,22 @@ impl Recorded {
             .collect()
     }
 
+    /// Where `backend` answered in the batches `select` picks: one destination label per
+    /// attempt it answered, with the batch's start relative to the first batch.
+    pub fn reached(&self, backend: &str, select: impl Fn(&Batch) -> bool) -> Vec<String> {
+        let origin = self.batches.first().map(|b| b.started);
+        let mut found = Vec::new();
+        for b in self.batches.iter().filter(|b| select(b)) {
+            for (i, r) in &b.results {
+                if r.as_ref().is_ok_and(|r| r.backend == backend) {
+                    let at = origin.map(|o| relative(b.started, o)).unwrap_or_default();
+                    found.push(format!("{} (batch {at})", self.destinations[*i].label));
+                }
+            }
+        }
+        found
+    }
+
     /// The batches `select` picks.
     pub fn count(&self, select: impl Fn(&Batch) -> bool) -> usize {
         self.batches.iter().filter(|b| select(b)).count()
