@@ -43,7 +43,8 @@ enum Task {
     /// Benchmarks: the dataplane at 1 to 30,000 services vs the no-proxy path and the tc
     /// programs' cost per packet, or with `-- controlplane` the control plane at scale (extra
     /// args go to the bench binary, e.g. `-- --rounds 5`, `-- dataplane --quick` or
-    /// `-- controlplane --quick`).
+    /// `-- controlplane --quick`); `-- churn [--seconds N]` runs the endpoint churn soak for N
+    /// seconds (default 60) in both modes.
     Bench {
         /// Arguments for switchyard-bench.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -85,6 +86,9 @@ fn workspace_root() -> PathBuf {
 
 /// Builds everything, then runs the benchmark binary with the freshly built switchyard.
 fn bench(root: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
+    if args.first().map(String::as_str) == Some("churn") {
+        return churn(root, &args[1..]);
+    }
     setup::setup()?;
     build::build(root, true)?;
     command::run(
@@ -100,5 +104,33 @@ fn bench(root: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
                 switchyard_testbed::PROBE_ENV,
                 root.join("target/release/swy-probe"),
             ),
+    )
+}
+
+/// The long endpoint churn soak: `proxy/tests/endpoint_churn.rs` (10 s in the suite) for
+/// `--seconds N` (default 60), both modes, with its summary lines shown.
+fn churn(root: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
+    let seconds = match args {
+        [] => 60,
+        [flag, n] if flag == "--seconds" => n
+            .parse::<u64>()
+            .map_err(|e| anyhow::anyhow!("--seconds {n}: {e}"))?,
+        _ => anyhow::bail!("usage: cargo xtask bench -- churn [--seconds N]"),
+    };
+    setup::setup()?;
+    build::build(root, false)?;
+    command::run(
+        command::cargo(None)
+            .current_dir(root)
+            .args([
+                "test",
+                "--package",
+                "switchyard",
+                "--test",
+                "endpoint_churn",
+                "--",
+                "--nocapture",
+            ])
+            .env("SWITCHYARD_CHURN_SECONDS", seconds.to_string()),
     )
 }
