@@ -153,7 +153,7 @@ impl Rng {
 fn step(state: State, rng: &mut Rng) -> State {
     match state {
         State::Absent => State::Ready,
-        State::Ready if rng.next() % 2 == 0 => State::Terminating,
+        State::Ready if rng.next().is_multiple_of(2) => State::Terminating,
         State::Ready | State::Terminating => State::Absent,
     }
 }
@@ -255,15 +255,30 @@ fn rss_bytes(pid: u32) -> u64 {
 /// ready there, the write that took it out (the first not-ready one after its last ready
 /// one) must not have been seen applied before the batch started. Returns the violations
 /// and how many (batch, churned endpoint) pairs were checked against an applied removal.
+///
+/// One exception, as in kube-proxy: a UDP datagram from a source port an earlier exchange
+/// with X used (the kernel hands ports out again) continues that exchange's netfilter
+/// conntrack entry, and entries to an endpoint that is terminating but still serving are
+/// kept on purpose (iptables mode; ebpf mode translates each socket at connect). Such an
+/// answer is recognised by the source X saw, the same as the earlier exchange's.
 fn late_arrivals(
     recorded: &Recorded,
     writes: &Writes,
     applied: &Applied,
     base: u64,
-) -> (Vec<String>, usize) {
+) -> (Vec<String>, usize, usize) {
     let mut violations = Vec::new();
     let mut checked = 0;
+    let mut continued = 0;
     let origin = writes.sent[0];
+    // (destination, source the backend saw, backend) of every UDP answer so far.
+    let mut udp_flows: std::collections::BTreeSet<(usize, SocketAddr, String)> = Default::default();
+    let continues = |flows: &std::collections::BTreeSet<(usize, SocketAddr, String)>,
+                     d: usize,
+                     reply: &switchyard_testbed::Reply| {
+        recorded.destinations[d].proto == Proto::Udp
+            && flows.contains(&(d, reply.seen_source, reply.backend.clone()))
+    };
     for batch in &recorded.batches {
         // Writes 1.. are the churn; 0 is the state before it.
         let last = writes
@@ -293,7 +308,13 @@ fn late_arrivals(
             }
             checked += 1;
             for (d, result) in &batch.results {
-                if result.as_ref().is_ok_and(|r| r.backend == *name) {
+                let Ok(reply) = result else { continue };
+                if reply.backend != *name {
+                    continue;
+                }
+                if continues(&udp_flows, *d, reply) {
+                    continued += 1;
+                } else {
                     violations.push(format!(
                         "{}: {name} answered a connection of the batch {:.3}s..{:.3}s; it left \
                          with write {removal} ({:?}), seen applied at {:.3}s",
@@ -306,8 +327,15 @@ fn late_arrivals(
                 }
             }
         }
+        for (d, result) in &batch.results {
+            if let Ok(reply) = result {
+                if recorded.destinations[*d].proto == Proto::Udp {
+                    udp_flows.insert((*d, reply.seen_source, reply.backend.clone()));
+                }
+            }
+        }
     }
-    (violations, checked)
+    (violations, checked, continued)
 }
 
 fn run(mode: &str) {
@@ -499,7 +527,7 @@ fn run(mode: &str) {
         failures.join("\n"),
         proxy.stderr()
     );
-    let (late, checked) = late_arrivals(&recorded, &writes, &applied, base);
+    let (late, checked, continued) = late_arrivals(&recorded, &writes, &applied, base);
     assert!(
         late.is_empty(),
         "[{mode}] connections reached endpoints after their removal was applied:\n{}",
@@ -545,8 +573,8 @@ fn run(mode: &str) {
     assert!(!log.contains("ERROR"), "[{mode}] {log}");
     eprintln!(
         "[{mode}] {} writes over {length:?}, {} new connections ({churned_answers} to churned \
-         endpoints), none failed, none late ({checked} batch x endpoint checks); state {after:?}; \
-         RSS {:.1} -> {:.1} MiB",
+         endpoints), none failed, none late ({checked} batch x endpoint checks, {continued} UDP \
+         answers on an earlier exchange's conntrack entry); state {after:?}; RSS {:.1} -> {:.1} MiB",
         writes.sent.len() - 1,
         recorded.attempts(),
         rss_before as f64 / 1048576.0,
@@ -579,4 +607,133 @@ fn endpoint_churn_in_iptables_mode() {
 #[test]
 fn endpoint_churn_in_ebpf_mode() {
     run("ebpf");
+}
+
+/// A connection in progress to an endpoint that leaves the slice (its pod still answers)
+/// keeps going, in both modes, as upstream leaves TCP conntrack entries alone: through the
+/// NodePort from outside (netfilter conntrack, or ebpf mode's packet-path flow entries) and
+/// through the ClusterIP from a pod. Only new connections avoid the endpoint.
+fn removed_endpoint_keeps_its_connections(mode: &str) {
+    let testbed = Testbed::new(TopologySpec {
+        nodes: 2,
+        pods_per_node: 2,
+    })
+    .expect("testbed");
+    let _echo = testbed.start_echo_everywhere(8080, 0).expect("echo");
+    let manifests = switchyard_testbed::Manifests::new().expect("manifests");
+    manifests
+        .write("nodes.yaml", &testbed.nodes_yaml())
+        .expect("nodes");
+    let pods = ["node1-pod1", "node2-pod1"];
+    let write = |pods: &[&str]| {
+        let endpoints: String = pods
+            .iter()
+            .map(|name| {
+                let pod = testbed.pod_by_name(name).expect("pod");
+                format!("- addresses: [{}]\n  nodeName: node{}\n", pod.ip, pod.node)
+            })
+            .collect();
+        manifests
+            .write(
+                "svc.yaml",
+                &format!(
+                    "{}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                     metadata: {{name: churn-1, namespace: churn, labels: \
+                     {{kubernetes.io/service-name: churn}}}}\naddressType: IPv4\n\
+                     ports: [{{name: tcp, port: 8080, protocol: TCP}}]\nendpoints:\n{endpoints}",
+                    service_yaml()
+                ),
+            )
+            .expect("write service");
+    };
+    write(&pods);
+    let proxy = switchyard_testbed::start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        mode,
+        &manifests,
+        // Verifies (and ebpf mode's sweeps of its flows) every second.
+        &["--sync-period=1s"],
+    )
+    .expect("switchyard");
+    let (cluster_tcp, node_port) = (addr(CLUSTER_TCP), addr(NODE_PORT));
+    let client_pod = testbed.pod(1, 2);
+    for (place, to) in [
+        (Place::from(client_pod), cluster_tcp),
+        (Place::Client, node_port),
+    ] {
+        testbed
+            .wait_for_answer(place, Proto::Tcp, to, WAIT)
+            .unwrap_or_else(|e| panic!("[{mode}] {e}\n{}", proxy.stderr()));
+    }
+    let mut holds: Vec<(&str, Hold)> = [
+        ("ClusterIP", Place::from(client_pod), cluster_tcp),
+        ("NodePort", Place::Client, node_port),
+    ]
+    .into_iter()
+    .map(|(name, place, to)| {
+        let hold = testbed
+            .hold(place, Proto::Tcp, to, HOLD_INTERVAL)
+            .unwrap_or_else(|e| panic!("[{mode}] held {name}: {e}"));
+        (name, hold)
+    })
+    .collect();
+    for (name, hold) in &mut holds {
+        // Each held connection leaves with its backend; the other one stays.
+        let (backend, _) = hold
+            .steady()
+            .unwrap_or_else(|e| panic!("[{mode}] {name}: {e}"));
+        let stays: Vec<&str> = pods.iter().copied().filter(|p| *p != backend).collect();
+        write(&stays);
+        let to = if *name == "ClusterIP" {
+            cluster_tcp
+        } else {
+            node_port
+        };
+        let from = hold.place();
+        wait_for(
+            "new connections to avoid the removed endpoint",
+            WAIT,
+            || {
+                let got = switchyard_testbed::backend_names(&testbed.request(
+                    from,
+                    Proto::Tcp,
+                    to,
+                    6,
+                    Duration::from_secs(2),
+                ));
+                if got.len() == 1 && got.contains(stays[0]) {
+                    Ok(())
+                } else {
+                    Err(got)
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("[{mode}] {name}: {e}\n{}", proxy.stderr()));
+        // Several syncs later (each verify sweeps the packet path's flows), it still answers.
+        let mark = hold.timeline().len();
+        let replies = hold
+            .wait_for_replies(mark + 8, HOLD_INTERVAL * 60)
+            .unwrap_or_else(|e| panic!("[{mode}] held {name}: {e}"));
+        assert!(
+            replies[mark..]
+                .iter()
+                .all(|r| r.result.as_ref().is_ok_and(|r| r.backend == backend)),
+            "[{mode}] held {name} to the removed {backend}: {}\n{}",
+            summarize(&replies),
+            proxy.stderr()
+        );
+        write(&pods);
+    }
+}
+
+#[test]
+fn removed_endpoint_keeps_its_connections_in_iptables_mode() {
+    removed_endpoint_keeps_its_connections("iptables");
+}
+
+#[test]
+fn removed_endpoint_keeps_its_connections_in_ebpf_mode() {
+    removed_endpoint_keeps_its_connections("ebpf");
 }

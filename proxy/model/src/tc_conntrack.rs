@@ -10,9 +10,12 @@
 //!   section sets as in kube-proxy): a closed or reset TCP connection goes after
 //!   `time_wait` / `close`, an established one after `established`, UDP after `udp` or, once
 //!   answered, `udp_stream`;
-//! - flows to backends that left the service (any sync that removes endpoints), so a UDP
-//!   client that keeps its source port is not stuck on a dead backend (kube-proxy deletes
-//!   conntrack entries likewise);
+//! - UDP flows to backends that left the service (any sync that removes endpoints), so a
+//!   UDP client that keeps its source port is not stuck on a dead backend (kube-proxy deletes
+//!   UDP conntrack entries likewise). TCP flows are left to end or time out, as upstream
+//!   leaves TCP conntrack entries alone (`pkg/proxy/conntrack/cleanup.go`): a connection in
+//!   progress to an endpoint just taken out of the slice, whose pod still answers, must not
+//!   break (endpoint churn broke one such NodePort connection in a few runs);
 //! - an entry whose other direction is gone (evicted): it can no longer translate its flow
 //!   both ways, so it gets the short timeout of an unanswered flow.
 //!
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use switchyard_common::{
     Backend, CtKey, CtValue, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_FIN, CT_STATE_RST,
-    CT_STATE_SEEN, PROTO_TCP,
+    CT_STATE_SEEN, PROTO_TCP, PROTO_UDP,
 };
 
 /// Idle timeouts by flow state, named and defaulted as netfilter's `nf_conntrack_*_timeout*`.
@@ -230,13 +233,13 @@ pub struct Sweep {
     pub delete: Vec<CtKey>,
     /// Flows that timed out.
     pub expired: usize,
-    /// Flows to backends that left.
+    /// UDP flows to backends that left.
     pub to_gone_backends: usize,
 }
 
 /// Decides over everything the map holds (`entries`, as one pass read it): the flows that
 /// expired at `now_ns` (with `timeouts`; `None` checks no lifetime, for syncs between
-/// verifies) or go to a backend in `gone`. A flow's two entries are judged together and
+/// verifies) or are UDP flows to a backend in `gone`. A flow's two entries are judged together and
 /// deleted together.
 pub fn sweep(
     entries: &[(CtKey, CtValue)],
@@ -263,7 +266,7 @@ pub fn sweep(
         } else {
             (Some(value), other)
         };
-        let to_gone = gone.contains(&backend_of(key, value));
+        let to_gone = key.proto == PROTO_UDP && gone.contains(&backend_of(key, value));
         let timed_out =
             !to_gone && timeouts.is_some_and(|t| expired(key.proto, forward, reply, now_ns, t));
         if !(to_gone || timed_out) {
