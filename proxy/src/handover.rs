@@ -15,10 +15,11 @@
 //!     before netfilter (a local backend then reaches PREROUTING with the pod's address,
 //!     which no rule of ours matches; a remote one is redirected past the stack).
 //!   - A connection that iptables translated before the maps were written keeps its
-//!     netfilter conntrack entry: tc leaves a TCP segment without an entry of its own and
-//!     without SYN alone, and a connected socket is not connected again, so netfilter goes
-//!     on translating it, also after our chains are gone (the built-in nat chains stay, and
-//!     with them the NAT hooks).
+//!     netfilter conntrack entry: tc leaves a TCP segment to a node address without an entry
+//!     of its own and without SYN alone (one to an externalIP or LoadBalancer IP it drops,
+//!     so such a connection from outside ends at the switch), and a connected socket is not
+//!     connected again, so netfilter goes on translating it, also after our chains are gone
+//!     (the built-in nat chains stay, and with them the NAT hooks).
 //! - **ebpf -> iptables.** The programs stay attached until iptables' first sync has
 //!   written every rule: until then they translate everything first (as above, iptables
 //!   sees no service address). Then, in this order:
@@ -31,7 +32,7 @@
 //!      entries both ways (ingress and egress) to the end;
 //!   3. once no translated flow has passed a packet for [`DRAIN_QUIET`] (at most
 //!      [`DRAIN_MAX`]), every pin goes, which detaches the rest. A flow still busy then
-//!      breaks, as a held connection across a restart of kube-proxy into another mode would.
+//!      breaks (its packets meet netfilter mid-stream).
 //! - Older ebpf versions' masquerade chains (`SWITCHYARD-EBPF-MASQ`, `SWY-EBPF-MASQ`): ebpf
 //!   mode removes them with the iptables state, after its first sync (its tc programs
 //!   source-NAT themselves). iptables mode must remove them *before* its first sync: a full
@@ -172,7 +173,7 @@ fn drain_ebpf(root: &Path) -> Result<(), DrainError> {
         .map(|i| i.max_entries() as usize)
         .map_err(map_error(&conntrack_pin))?;
     let started = Instant::now();
-    let mut first = None;
+    let mut logged = false;
     loop {
         // A key the programs delete while we walk restarts the kernel's walk: stop at capacity.
         let entries: Vec<(CtKey, CtValue)> = conntrack
@@ -182,8 +183,8 @@ fn drain_ebpf(root: &Path) -> Result<(), DrainError> {
             .collect();
         let active = recently_active(&entries, monotonic_ns(), DRAIN_QUIET);
         let waited = started.elapsed();
-        if first.is_none() {
-            first = Some(active);
+        if !logged {
+            logged = true;
             tracing::info!(
                 frontends = external.len(),
                 active,

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use switchyard_common::{
     Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SourceRangeKey, SCOPE_EXTERNAL,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_HANDOVER, SERVICE_FLAG_MASQUERADE,
     SERVICE_FLAG_SOURCE_RANGES,
 };
 
@@ -96,6 +96,17 @@ pub fn decode(maps: &EbpfMaps) -> Decoded {
         services.push(row);
     }
     sort_rows(&mut services);
+    let handed_over = maps
+        .services
+        .iter()
+        .filter(|(_, v)| v.flags & SERVICE_FLAG_HANDOVER != 0)
+        .count();
+    if handed_over > 0 {
+        notes.push(format!(
+            "{handed_over} packet-path entries are handed over to iptables mode: the tc programs \
+             start no new flow there and finish the ones they translate"
+        ));
+    }
     if unnamed > 0 && maps.names.is_some() {
         notes.push(format!(
             "{unnamed} service entries point at backend sets the names map does not name"
@@ -491,5 +502,28 @@ mod tests {
             .find(|r| r.id == Some(1))
             .expect("web");
         assert_eq!(web.backends.len(), 1, "only the slot that is there");
+    }
+
+    #[test]
+    fn entries_handed_over_to_iptables_mode_are_noted() {
+        let mut maps = maps();
+        for (key, value) in &mut maps.services {
+            if key.scope == SCOPE_EXTERNAL {
+                value.flags |= SERVICE_FLAG_HANDOVER;
+            }
+        }
+        let decoded = decode(&maps);
+        assert!(
+            decoded
+                .notes
+                .iter()
+                .any(|n| n.starts_with("2 packet-path entries are handed over to iptables mode")),
+            "{:?}",
+            decoded.notes
+        );
+        assert!(!decode(&super::tests::maps())
+            .notes
+            .iter()
+            .any(|n| n.contains("handed over")));
     }
 }
