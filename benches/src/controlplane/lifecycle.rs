@@ -25,7 +25,10 @@ pub struct Start {
     pub wall_s: f64,
     /// That sync's own duration, seconds.
     pub reported_s: f64,
-    /// The other mode's state still present after the first sync (none expected).
+    /// Over the other mode's state: from the first complete sync until that state was
+    /// removed (the handover runs after the first sync, on its own thread), seconds.
+    pub handover_s: Option<f64>,
+    /// The other mode's state still present after the handover (none expected).
     pub left: Vec<String>,
 }
 
@@ -82,6 +85,27 @@ impl Steps<'_> {
         let mut proxy = self.testbed.spawn(self.node, self.binary, args)?;
         let (wall, reported) = wait(&mut proxy, spawned_at)?;
         Ok((proxy, wall, reported))
+    }
+
+    /// Waits for `proxy`'s handover (the other mode's state removed after its first sync)
+    /// to end; returns how long it took from now.
+    pub fn handover(&self, proxy: &mut ChildGuard) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        while started.elapsed() < CLEANUP_TIMEOUT {
+            let log = proxy.stderr();
+            if log.lines().any(|l| {
+                l.contains("handover: no iptables mode state left")
+                    || l.contains("handover: no ebpf mode state left")
+                    || l.contains("handover: cannot")
+            }) {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            if let Some(status) = proxy.try_wait()? {
+                bail!("switchyard exited ({status}) before its handover ended");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the handover did not end within {CLEANUP_TIMEOUT:?} of the first sync")
     }
 
     /// Stops `proxy` as the kubelet would (SIGTERM), leaving its state programmed.

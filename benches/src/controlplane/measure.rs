@@ -217,7 +217,11 @@ fn lifecycle(
         order.push(("ebpf".to_owned(), plan.mode));
     }
     for (over, mode) in order {
-        let (proxy, wall_s, reported_s) = steps.start(mode, &mut wait)?;
+        let (mut proxy, wall_s, reported_s) = steps.start(mode, &mut wait)?;
+        let handover_s = match over.as_str() {
+            "own" => None,
+            _ => Some(steps.handover(&mut proxy)?),
+        };
         let left = match (over.as_str(), mode) {
             ("own", _) => Vec::new(),
             (_, Mode::Ebpf) => steps.iptables_left()?,
@@ -229,6 +233,7 @@ fn lifecycle(
             mode: mode.to_string(),
             wall_s,
             reported_s,
+            handover_s,
             left,
         });
         steps.stop(proxy)?;

@@ -101,8 +101,12 @@ pub fn lifecycle_table(outcomes: &[Outcome]) -> String {
             continue;
         };
         for start in &l.starts {
+            let handover = start
+                .handover_s
+                .map(|h| format!(" / {h:.2}"))
+                .unwrap_or_default();
             rows.push_str(&format!(
-                "| {} | {} | {} over {} | {:.2} / {:.2} | {} |\n",
+                "| {} | {} | {} over {} | {:.2} / {:.2}{handover} | {} |\n",
                 o.mode,
                 o.services,
                 start.mode,
@@ -127,7 +131,7 @@ pub fn lifecycle_table(outcomes: &[Outcome]) -> String {
         return rows;
     }
     format!(
-        "| run | services | step | s (wall / reported sync) | left behind |\n\
+        "| run | services | step | s (wall / reported sync / then handover) | left behind |\n\
          | --- | ---: | --- | ---: | --- |\n{rows}"
     )
 }
