@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use switchyard_testbed::hold::summarize;
-use switchyard_testbed::load::relative;
+use switchyard_testbed::load::{relative, RestartTimes};
 use switchyard_testbed::{
     backend_names, start_switchyard, wait_for, wait_for_log, Destination, LoadSpec, Manifests,
     Place, Proto, Recorder, RequestError, Testbed, TopologySpec,
@@ -34,17 +34,7 @@ fn addr(s: &str) -> SocketAddr {
 
 /// A ClusterIP + NodePort service whose EndpointSlice lists the given pods.
 fn service_yaml(testbed: &Testbed, pods: &[&str]) -> String {
-    let endpoints: String = pods
-        .iter()
-        .map(|name| {
-            let pod = testbed.pod_by_name(name).expect("pod");
-            format!(
-                "  - addresses: [{}]\n    nodeName: node{}\n    \
-                 conditions: {{ready: true, serving: true, terminating: false}}\n",
-                pod.ip, pod.node
-            )
-        })
-        .collect();
+    let endpoints = testbed.ready_endpoints_yaml(pods);
     format!(
         "apiVersion: v1
 kind: Service
@@ -252,18 +242,13 @@ fn sigkilled_controller_is_replaced_without_dropping_connections_and_cleanup_rem
 
     // Batch times are relative to the new process's start in failure reports.
     let failures = recorded.failures(restarted, |b| {
-        if b.ended < killed {
-            "before the kill"
-        } else if b.started >= down_since && b.ended <= restarted {
-            "while no controller ran"
-        } else if b.started >= synced {
-            "after the new process synced"
-        } else if b.ended <= restarted {
-            "overlapping the kill"
-        } else {
-            "overlapping the new process's start-up"
+        RestartTimes {
+            killed,
+            down_since,
+            restarted,
+            synced,
         }
-        .to_owned()
+        .phase_of(b)
     });
     if !failures.is_empty() {
         // Evidence for the report: the node's netfilter view of the client's flows (a

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use switchyard_testbed::hold::summarize;
-use switchyard_testbed::load::relative;
+use switchyard_testbed::load::{relative, RestartTimes};
 use switchyard_testbed::{
     http_get, start_switchyard, wait_for, wait_for_log, Destination, Hold, LoadSpec, Manifests,
     Place, Proto, Recorder, Testbed, TopologySpec,
@@ -31,17 +31,7 @@ fn addr(s: &str) -> SocketAddr {
 
 /// A ClusterIP + NodePort service (TCP 80, UDP 53, both to 8080) over `pods`.
 fn service_yaml(testbed: &Testbed, pods: &[&str]) -> String {
-    let endpoints: String = pods
-        .iter()
-        .map(|name| {
-            let pod = testbed.pod_by_name(name).expect("pod");
-            format!(
-                "  - addresses: [{}]\n    nodeName: node{}\n    \
-                 conditions: {{ready: true, serving: true, terminating: false}}\n",
-                pod.ip, pod.node
-            )
-        })
-        .collect();
+    let endpoints = testbed.ready_endpoints_yaml(pods);
     format!(
         "apiVersion: v1
 kind: Service
@@ -271,18 +261,13 @@ fn sigkilled_controller_is_replaced_without_losing_a_connection_or_a_udp_flow() 
         });
 
     let failures = recorded.failures(restarted, |b| {
-        if b.ended < killed {
-            "before the kill"
-        } else if b.started >= down_since && b.ended <= restarted {
-            "while no controller ran"
-        } else if b.started >= synced {
-            "after the new process synced"
-        } else if b.ended <= restarted {
-            "overlapping the kill"
-        } else {
-            "overlapping the new process's start-up"
+        RestartTimes {
+            killed,
+            down_since,
+            restarted,
+            synced,
         }
-        .to_owned()
+        .phase_of(b)
     });
     assert!(
         failures.is_empty(),

@@ -161,17 +161,8 @@ const SWITCH_CLUSTER_IP: &str = "198.18.128.40:80";
 const SWITCH_NODE_PORT: &str = "198.18.0.11:30040";
 
 fn switch_service_yaml(testbed: &Testbed) -> String {
-    let endpoints: String = testbed
-        .pods()
-        .iter()
-        .map(|pod| {
-            format!(
-                "  - addresses: [{}]\n    nodeName: node{}\n    \
-                 conditions: {{ready: true, serving: true, terminating: false}}\n",
-                pod.ip, pod.node
-            )
-        })
-        .collect();
+    let names: Vec<&str> = testbed.pods().iter().map(|p| p.name.as_str()).collect();
+    let endpoints = testbed.ready_endpoints_yaml(&names);
     format!(
         "apiVersion: v1
 kind: Service

@@ -49,6 +49,21 @@ impl Testbed {
             .join("---\n")
     }
 
+    /// The `endpoints:` items of an EndpointSlice for the pods named (`node1-pod2`...), each
+    /// ready and serving, on its node, as YAML lines indented for a top-level `endpoints:` key.
+    pub fn ready_endpoints_yaml(&self, pods: &[&str]) -> String {
+        pods.iter()
+            .map(|name| {
+                let pod = self.pod_by_name(name).expect("a testbed pod name");
+                format!(
+                    "  - addresses: [{}]\n    nodeName: node{}\n    \
+                     conditions: {{ready: true, serving: true, terminating: false}}\n",
+                    pod.ip, pod.node
+                )
+            })
+            .collect()
+    }
+
     /// Waits until one request from `place` to `addr` is answered (e.g. until a proxy has
     /// programmed a service); the error carries the last observation.
     pub fn wait_for_answer(

@@ -34,7 +34,7 @@ pub mod topology;
 pub use cleanup::cleanup_leftovers;
 pub use error::{Error, Result};
 pub use hold::{HeldReply, Hold, HoldSpec};
-pub use load::{Batch, Destination, LoadSpec, Recorded, Recorder};
+pub use load::{Batch, Destination, LoadSpec, Recorded, Recorder, RestartTimes};
 pub use probe::{parse_request_output, probe_binary, RequestSpec, PROBE_ENV};
 pub use probe_protocol::{Proto, Reply, RequestError};
 pub use process::{ChildGuard, Finished, OutputMode, Place};

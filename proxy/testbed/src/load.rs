@@ -97,6 +97,37 @@ impl Batch {
     }
 }
 
+/// When a controller restart happened, as a restart test saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartTimes {
+    /// The old process was killed.
+    pub killed: Instant,
+    /// It had exited: no controller ran from here.
+    pub down_since: Instant,
+    /// The new process was started.
+    pub restarted: Instant,
+    /// The new process's first sync had completed.
+    pub synced: Instant,
+}
+
+impl RestartTimes {
+    /// Which phase of the restart `batch` ran in, for failure reports.
+    pub fn phase_of(&self, batch: &Batch) -> String {
+        if batch.ended < self.killed {
+            "before the kill"
+        } else if batch.started >= self.down_since && batch.ended <= self.restarted {
+            "while no controller ran"
+        } else if batch.started >= self.synced {
+            "after the new process synced"
+        } else if batch.ended <= self.restarted {
+            "overlapping the kill"
+        } else {
+            "overlapping the new process's start-up"
+        }
+        .to_owned()
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
