@@ -455,7 +455,22 @@ impl EbpfDataplane {
         let timeouts = expire.then_some(&self.config.flow_timeouts);
         let sweep = crate::model::tc_conntrack::sweep(&entries, monotonic_ns(), timeouts, gone);
         let mut failed = 0;
+        let mut changed = 0;
+        let as_read: std::collections::HashMap<&CtKey, &CtValue> = if sweep.delete.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            entries.iter().map(|(k, v)| (k, v)).collect()
+        };
         for key in &sweep.delete {
+            // Only an entry still of the flow that was read: since then the tc programs may
+            // have given its source-NAT port to a new flow. (Its time and state bits change
+            // with every packet and do not count.)
+            let same_flow = |v: &CtValue| (v.addr, v.port, v.flags, v.nat_addr, v.nat_port);
+            let now = conntrack.get(key, 0).ok();
+            if now.as_ref().map(same_flow) != as_read.get(key).map(|v| same_flow(v)) {
+                changed += 1;
+                continue;
+            }
             if ignore_missing(conntrack.remove(key), map_names::CONNTRACK).is_err() {
                 failed += 1;
             }
@@ -465,6 +480,7 @@ impl EbpfDataplane {
                 entries = entries.len(),
                 expired = sweep.expired,
                 to_gone_backends = sweep.to_gone_backends,
+                changed,
                 failed,
                 "packet-path flows deleted"
             );
