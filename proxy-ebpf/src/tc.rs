@@ -38,6 +38,7 @@
 //! and also works when the headers are not in the linear part of the skb, and no packet pointer
 //! is held across the rewriting helpers (which may invalidate them), so nothing needs re-reading.
 mod icmp_error;
+mod refusal_limit;
 mod reject;
 mod snat_reuse;
 
@@ -360,7 +361,7 @@ fn new_flow(
         return Err(if service.flags & SERVICE_FLAG_DROP_EMPTY != 0 {
             DROP
         } else {
-            reject::refuse(ctx, pkt)
+            reject::refuse(ctx, pkt, now)
         });
     }
     // A service entry whose slot is missing is being rewritten; a dropped first packet is

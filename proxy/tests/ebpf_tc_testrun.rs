@@ -14,9 +14,9 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
 use switchyard_common::{
     map_names, program_names, AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue,
-    ServiceKey, ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY, CT_FLAG_SNAT,
-    CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
+    RefusalLimits, ServiceKey, ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY,
+    CT_FLAG_SNAT, CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_SOCKET, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
     SERVICE_FLAG_SOURCE_RANGES,
 };
 use switchyard_testbed::{Testbed, TopologySpec};
@@ -404,6 +404,14 @@ impl Tc {
         self.hash::<u32, u32>(map_names::SNAT_ADDRS)
             .insert(ifindex, be(addr), 0)
             .expect("write the snat address");
+    }
+
+    /// ICMP rate limits as the controller writes them from the node's sysctls.
+    fn refusal_limits(&mut self, limits: RefusalLimits) {
+        let mut array: aya::maps::Array<&mut MapData, RefusalLimits> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(map_names::REFUSAL_LIMITS).unwrap())
+                .unwrap();
+        array.set(0, limits, 0).expect("write the refusal limits");
     }
 
     fn conntrack_entries(&mut self) -> Vec<(CtKey, CtValue)> {
@@ -1236,6 +1244,57 @@ fn a_service_without_endpoints_answers_udp_with_icmp_port_unreachable() {
         assert_icmp_checksums_valid(f);
     }
     assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
+fn port_unreachable_answers_are_rate_limited_per_client_as_the_kernels_and_resets_are_not() {
+    let mut tc = Tc::load();
+    tc.external((LB_IP, 53), PROTO_UDP, 1, 0, &[]);
+    tc.external((LB_IP, 80), PROTO_TCP, 2, 0, &[]);
+    // Without limits written (a node with icmp_ratelimit 0, as the testbed's), every
+    // datagram is answered.
+    let unlimited = (0..20)
+        .filter(|_| {
+            tc.ingress(&frame(udp((CLIENT, 5353), (LB_IP, 53), true)))
+                .ret
+                == TC_ACT_REDIRECT
+        })
+        .count();
+    assert_eq!(unlimited, 20);
+    // The kernel's defaults (icmp_ratelimit 1000 ms, icmp_msgs_per_sec 1000, burst 50).
+    tc.refusal_limits(RefusalLimits {
+        client_interval_ns: 1_000_000_000,
+        client_burst_ns: 6_000_000_000,
+        global_interval_ns: 1_000_000,
+        global_burst_ns: 50_000_000,
+    });
+    let answered = |tc: &Tc, client: Ipv4Addr, count: usize| {
+        (0..count)
+            .filter(|_| {
+                let v = tc.ingress(&frame(udp((client, 5353), (LB_IP, 53), true)));
+                match v.ret {
+                    TC_ACT_REDIRECT => true,
+                    TC_ACT_SHOT => false,
+                    other => panic!("verdict {other}"),
+                }
+            })
+            .count()
+    };
+    // icmp_ratelimit: a burst of 6 per client, then one a second (this loop takes far less).
+    let first = answered(&tc, Ipv4Addr::new(203, 0, 113, 8), 20);
+    assert!((6..=7).contains(&first), "{first} of 20 datagrams answered");
+    assert_eq!(
+        answered(&tc, FAR_CLIENT, 6),
+        6,
+        "another client has its own burst"
+    );
+    let resets = (0..20)
+        .filter(|_| {
+            let syn = frame_with(tcp((CLIENT, CLIENT_PORT), (LB_IP, 80), TCP_SYN), &[], &[]);
+            tc.ingress(&syn).ret == TC_ACT_REDIRECT
+        })
+        .count();
+    assert_eq!(resets, 20, "every SYN gets its reset");
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub struct EbpfConfig {
     pub kernel_logs: bool,
     /// How long packet-path flows may stay idle, by state (netfilter's timeouts).
     pub flow_timeouts: crate::model::tc_conntrack::FlowTimeouts,
+    /// The kernel's ICMP rate limits, for the refusals the tc programs send.
+    pub icmp_limits: switchyard_common::RefusalLimits,
 }
 
 /// The socket programs and their pin names under `<bpffs>/links/`.
@@ -229,6 +231,7 @@ impl EbpfDataplane {
         }
         // The source NAT settings are in place before the programs see a packet.
         let mut snat_addrs = write_snat_config(&mut ebpf, config.snat_ports.as_ref())?;
+        write_refusal_limits(&mut ebpf, config.icmp_limits)?;
         for device in &config.devices {
             write_snat_addr(&mut snat_addrs, device);
             pinned.extend(attach_tc(&mut ebpf, &links_dir, device, tcx)?);
@@ -851,6 +854,23 @@ fn write_snat_config(
         })
         .map_err(handle(map_names::SNAT_ADDRS))?;
     Ok(aya::maps::HashMap::try_from(map).map_err(handle(map_names::SNAT_ADDRS))?)
+}
+
+/// Writes the ICMP rate limits the tc programs apply to their refusals.
+fn write_refusal_limits(
+    ebpf: &mut Ebpf,
+    limits: switchyard_common::RefusalLimits,
+) -> Result<(), EbpfError> {
+    let name = map_names::REFUSAL_LIMITS;
+    let handle = move |source| MapHandleError { name, source };
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(MapError::InvalidName { name: name.into() })
+        .map_err(handle)?;
+    let mut array: aya::maps::Array<&mut MapData, switchyard_common::RefusalLimits> =
+        aya::maps::Array::try_from(map).map_err(handle)?;
+    array.set(0, limits, 0).map_err(handle)?;
+    Ok(())
 }
 
 /// Records `device`'s first IPv4 address as the source NAT address of flows leaving there
