@@ -30,11 +30,8 @@ fn read_from(dir: &Path) -> RefusalLimits {
     }
     let per_sec = value("icmp_msgs_per_sec", 1000);
     let client_interval_ns = value("icmp_ratelimit", 1000).saturating_mul(1_000_000);
-    let global_interval_ns = if per_sec == 0 {
-        0
-    } else {
-        1_000_000_000 / per_sec
-    };
+    // 0 per second: no node-wide limit.
+    let global_interval_ns = 1_000_000_000u64.checked_div(per_sec).unwrap_or(0);
     RefusalLimits {
         client_interval_ns,
         client_burst_ns: client_interval_ns.saturating_mul(CLIENT_BURST),
