@@ -29,7 +29,10 @@
 //! planner never has to choose between two ports.
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard_common::{Backend, BackendKey, ServiceKey, ServiceValue, SourceRangeKey};
+use switchyard_common::{
+    Backend, BackendKey, ServiceKey, ServiceValue, SockTermKey, SourceRangeKey, PROTO_UDP,
+    SCOPE_SOCKET,
+};
 
 use crate::{ServicePort, ServicePortKey};
 
@@ -500,6 +503,29 @@ impl Planner {
             .and_then(|p| p.sets.get(&SetKind::External))
             .map(|id| self.layout(*id).into_iter().collect())
             .unwrap_or_default()
+    }
+
+    /// The (frontend, backend) pairs a local UDP socket of `key` may currently be connected
+    /// through: each socket-scope UDP frontend with every backend of its set. A pair that a
+    /// sync removes (the backend left, or the frontend went) strands the sockets connect4
+    /// translated through it; the dataplane destroys them.
+    pub fn udp_socket_routes(&self, key: &ServicePortKey) -> BTreeSet<SockTermKey> {
+        let Some(port) = self.ports.get(key) else {
+            return BTreeSet::new();
+        };
+        port.frontends
+            .iter()
+            .filter(|k| k.scope == SCOPE_SOCKET && k.proto == PROTO_UDP)
+            .filter_map(|k| self.maps.services.get(k).map(|v| (k, v.id)))
+            .flat_map(|(k, id)| {
+                self.layout(id).into_iter().map(move |b| SockTermKey {
+                    frontend_addr: k.addr,
+                    backend_addr: b.addr,
+                    frontend_port: k.port,
+                    backend_port: b.port,
+                })
+            })
+            .collect()
     }
 
     /// Compares the kernel's service entries alone with what the planner knows they hold.
