@@ -550,11 +550,20 @@ impl EbpfDataplane {
             .iter()
             .map(|k| self.planner.external_backends(k))
             .collect();
+        // Full syncs compare everything the maps hold (a restarted controller owns no port
+        // yet), partial ones only the ports they change.
+        let udp_routes = |planner: &Planner, keys: &[ServicePortKey]| {
+            if full {
+                planner.all_udp_socket_routes()
+            } else {
+                keys.iter()
+                    .flat_map(|k| planner.udp_socket_routes(k))
+                    .collect()
+            }
+        };
         let udp_routes_before: std::collections::BTreeSet<SockTermKey> = if self.sock_term.is_some()
         {
-            keys.iter()
-                .flat_map(|k| self.planner.udp_socket_routes(k))
-                .collect()
+            udp_routes(&self.planner, &keys)
         } else {
             Default::default()
         };
@@ -580,12 +589,9 @@ impl EbpfDataplane {
         }
         // After the entries changed, so that a destroyed socket's reconnect finds live ones.
         if !udp_routes_before.is_empty() {
-            let mut stranded = udp_routes_before;
-            for key in &keys {
-                for route in self.planner.udp_socket_routes(key) {
-                    stranded.remove(&route);
-                }
-            }
+            let after = udp_routes(&self.planner, &keys);
+            let stranded: std::collections::BTreeSet<SockTermKey> =
+                udp_routes_before.difference(&after).copied().collect();
             if !stranded.is_empty() {
                 self.terminate_sockets(&stranded);
             }

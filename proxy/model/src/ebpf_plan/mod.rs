@@ -515,17 +515,40 @@ impl Planner {
         };
         port.frontends
             .iter()
-            .filter(|k| k.scope == SCOPE_SOCKET && k.proto == PROTO_UDP)
-            .filter_map(|k| self.maps.services.get(k).map(|v| (k, v.id)))
-            .flat_map(|(k, id)| {
-                self.layout(id).into_iter().map(move |b| SockTermKey {
-                    frontend_addr: k.addr,
-                    backend_addr: b.addr,
-                    frontend_port: k.port,
-                    backend_port: b.port,
-                })
-            })
+            .filter_map(|k| self.maps.services.get(k).map(|v| (k, v)))
+            .flat_map(|(k, v)| self.routes_of(k, v))
             .collect()
+    }
+
+    /// [`Self::udp_socket_routes`] of every socket-scope UDP entry the maps hold, ours or a
+    /// previous instance's (full syncs: the first one after a restart knows no port yet,
+    /// and a backend removed while no controller ran strands sockets too).
+    pub fn all_udp_socket_routes(&self) -> BTreeSet<SockTermKey> {
+        self.maps
+            .services
+            .iter()
+            .flat_map(|(k, v)| self.routes_of(k, v))
+            .collect()
+    }
+
+    /// The pairs of one service entry: none unless it is a socket-scope UDP frontend.
+    fn routes_of<'a>(
+        &'a self,
+        key: &'a ServiceKey,
+        value: &ServiceValue,
+    ) -> impl Iterator<Item = SockTermKey> + 'a {
+        let socket_udp = key.scope == SCOPE_SOCKET && key.proto == PROTO_UDP;
+        let backends = if socket_udp {
+            self.layout(value.id)
+        } else {
+            Vec::new()
+        };
+        backends.into_iter().map(move |b| SockTermKey {
+            frontend_addr: key.addr,
+            backend_addr: b.addr,
+            frontend_port: key.port,
+            backend_port: b.port,
+        })
     }
 
     /// Compares the kernel's service entries alone with what the planner knows they hold.

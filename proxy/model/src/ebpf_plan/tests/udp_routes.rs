@@ -74,3 +74,35 @@ fn tcp_ports_have_no_udp_routes() {
     assert!(put(&mut planner, &mut maps, &[&web]).failed.is_empty());
     assert!(planner.udp_socket_routes(&web.key).is_empty());
 }
+
+#[test]
+fn a_full_sync_after_adoption_finds_the_pairs_a_previous_instance_left() {
+    // The previous instance served two backends; one went while no controller ran.
+    let (mut previous, mut maps) = (Planner::default(), FakeMaps::default());
+    let before = udp("dns", &["198.19.1.1", "198.19.1.2"]);
+    assert!(put(&mut previous, &mut maps, &[&before]).failed.is_empty());
+    let mut planner = Planner::default();
+    observe(&mut planner, &maps);
+    // A fresh planner owns no port yet, so only the maps' view knows the old pairs.
+    assert!(planner.udp_socket_routes(&before.key).is_empty());
+    let old = planner.all_udp_socket_routes();
+    assert_eq!(old, previous.udp_socket_routes(&before.key));
+
+    let after = udp("dns", &["198.19.1.1"]);
+    assert!(planner.begin_sync(&mut maps).is_empty());
+    let plan = planner
+        .plan_sync(&[(after.key.clone(), Some(&after))])
+        .collecting_garbage();
+    assert!(planner.run(plan, &mut maps).failed.is_empty());
+    let gone: BTreeSet<SockTermKey> = old
+        .difference(&planner.all_udp_socket_routes())
+        .copied()
+        .collect();
+    assert_eq!(
+        gone,
+        BTreeSet::from([
+            pair("198.18.128.53", "198.19.1.2"),
+            pair("203.0.113.53", "198.19.1.2")
+        ])
+    );
+}
