@@ -167,6 +167,8 @@ pub struct EbpfDataplane {
     /// Destroys connected UDP sockets whose backend a sync removed; `None` where the kernel
     /// cannot (said once at start-up).
     sock_term: Option<SockTerminator>,
+    /// Whether the warning about namespaces we cannot enter was given (once per process).
+    warned_unreachable: bool,
     config: EbpfConfig,
 }
 
@@ -274,6 +276,7 @@ impl EbpfDataplane {
             names: Default::default(),
             metrics: None,
             sock_term,
+            warned_unreachable: false,
             config,
         };
         if adopted {
@@ -502,6 +505,16 @@ impl EbpfDataplane {
             Ok(done) => {
                 if let Some(metrics) = &self.metrics {
                     metrics.sockets_destroyed.inc_by(done.sockets);
+                }
+                if done.unreachable > 0 && !self.warned_unreachable {
+                    self.warned_unreachable = true;
+                    tracing::warn!(
+                        processes = done.unreachable,
+                        "cannot enter the network namespaces of some processes in --cgroup-path; \
+                         their connected UDP sockets are not destroyed when their backend goes \
+                         (needs the host PID namespace, CAP_SYS_ADMIN for setns and \
+                         CAP_SYS_PTRACE for other users' /proc/<pid>/ns/net)"
+                    );
                 }
                 let level_info = done.sockets > 0 || done.failed > 0;
                 if level_info {

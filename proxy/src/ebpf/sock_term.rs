@@ -170,6 +170,10 @@ pub struct Terminated {
     pub namespaces: usize,
     /// Namespaces that could not be entered or walked (e.g. gone meanwhile).
     pub failed: usize,
+    /// Processes of the cgroup whose namespace we may not open or enter (no CAP_SYS_PTRACE
+    /// for another user's `/proc/<pid>/ns/net`, no CAP_SYS_ADMIN for setns) or cannot see
+    /// (outside our PID namespace: `cgroup.procs` shows them as 0). Their sockets stay.
+    pub unreachable: usize,
 }
 
 /// The loaded iterator and its filter map.
@@ -223,6 +227,7 @@ impl SockTerminator {
             total.sockets += run.sockets;
             total.namespaces = total.namespaces.max(run.namespaces);
             total.failed = total.failed.max(run.failed);
+            total.unreachable = total.unreachable.max(run.unreachable);
         }
         Ok(total)
     }
@@ -241,11 +246,14 @@ fn iter_program(ebpf: &mut Ebpf) -> Result<&mut Iter, SockTermError> {
 /// processes, on a thread of its own: setns(2) changes the calling thread only, and that
 /// thread ends with the run instead of going back.
 fn walk_namespaces(program: &mut Iter, cgroup: &Path) -> Result<Terminated, SockTermError> {
-    let namespaces = cgroup_namespaces(cgroup);
+    let (namespaces, unreachable) = cgroup_namespaces(cgroup);
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                let mut done = Terminated::default();
+                let mut done = Terminated {
+                    unreachable,
+                    ..Terminated::default()
+                };
                 let mut run = |done: &mut Terminated| match iterate(program) {
                     Ok(n) => {
                         done.sockets += n;
@@ -258,10 +266,17 @@ fn walk_namespaces(program: &mut Iter, cgroup: &Path) -> Result<Terminated, Sock
                 };
                 run(&mut done);
                 for (pid, ns) in namespaces {
-                    if let Err(e) = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
-                        tracing::debug!(pid, error = %e, "cannot enter a network namespace");
-                        done.failed += 1;
-                        continue;
+                    match nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                        Ok(()) => {}
+                        Err(nix::errno::Errno::EPERM) => {
+                            done.unreachable += 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(pid, error = %e, "cannot enter a network namespace");
+                            done.failed += 1;
+                            continue;
+                        }
                     }
                     run(&mut done);
                 }
@@ -284,13 +299,15 @@ fn iterate(program: &mut Iter) -> Result<u64, String> {
 }
 
 /// One open handle (and a pid, for logs) per network namespace of the processes in `cgroup`
-/// and below, other than our own. Processes and cgroups that vanish meanwhile are skipped.
-fn cgroup_namespaces(cgroup: &Path) -> Vec<(u32, File)> {
+/// and below, other than our own, and how many processes we could not see or open.
+/// Processes and cgroups that vanish meanwhile are skipped.
+fn cgroup_namespaces(cgroup: &Path) -> (Vec<(u32, File)>, usize) {
     let id = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     let mut seen: HashSet<(u64, u64)> = id(Path::new("/proc/thread-self/ns/net"))
         .into_iter()
         .collect();
     let mut out = Vec::new();
+    let mut unreachable = 0;
     for dir in walkdir::WalkDir::new(cgroup)
         .into_iter()
         .filter_map(Result::ok)
@@ -300,17 +317,30 @@ fn cgroup_namespaces(cgroup: &Path) -> Vec<(u32, File)> {
             continue;
         };
         for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            if pid == 0 {
+                unreachable += 1;
+                continue;
+            }
             let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            let Some(ns) = id(&path) else { continue };
+            let ns = match std::fs::metadata(&path) {
+                Ok(m) => (m.dev(), m.ino()),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    unreachable += 1;
+                    continue;
+                }
+                Err(_) => continue,
+            };
             if !seen.insert(ns) {
                 continue;
             }
-            if let Ok(file) = File::open(&path) {
-                out.push((pid, file));
+            match File::open(&path) {
+                Ok(file) => out.push((pid, file)),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => unreachable += 1,
+                Err(_) => {}
             }
         }
     }
-    out
+    (out, unreachable)
 }
 
 #[cfg(test)]
