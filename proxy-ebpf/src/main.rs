@@ -15,6 +15,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod sock_addr;
 #[cfg(target_arch = "bpf")]
+mod sock_term;
+#[cfg(target_arch = "bpf")]
 mod tc;
 
 #[cfg(target_arch = "bpf")]

@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use switchyard_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceName,
-    ServiceValue, SnatConfig, SockRevKey, SockRevValue, SourceRangeKey, DEFAULT_AFFINITY_MAX,
-    DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX,
-    DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
+    ServiceValue, SnatConfig, SockRevKey, SockRevValue, SockTermKey, SourceRangeKey,
+    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
+    DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SOCK_TERM_MAX, DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
 };
 
 /// Frontends of every service port this node serves.
@@ -70,3 +70,9 @@ pub static SNAT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(SNAT_ADDRS_
 #[map(name = "SWY_SVC_NAMES")]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName> =
     HashMap::with_max_entries(DEFAULT_SERVICES_MAX, BPF_F_NO_PREALLOC);
+
+/// The (frontend, backend) pairs whose connected UDP sockets the socket iterator destroys
+/// (`sock_term`); userspace fills it just before a run and empties it after.
+#[map(name = "SWY_SOCK_TERM")]
+pub static SOCK_TERM: HashMap<SockTermKey, u8> =
+    HashMap::with_max_entries(DEFAULT_SOCK_TERM_MAX, BPF_F_NO_PREALLOC);

@@ -4,7 +4,9 @@
 //! `/proc/sys` and `/sys` read-only, as a container runtime mounts them for a non-privileged
 //! container. The ClusterIP must answer, and in ebpf mode a second such process must adopt
 //! the first one's pinned state. A capability the mode needs but the overlay lacks, or a
-//! sysctl write the proxy still makes, fails the test.
+//! sysctl write the proxy still makes, fails the test. Without `SYS_ADMIN` (setns) a pod's
+//! connected UDP socket whose backend goes is not destroyed: the proxy says so once and the
+//! socket keeps its backend, as before socket termination existed.
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -153,7 +155,70 @@ fn run(mode: &str, overlay: &str, extra: &[&str]) {
             "the restart adopted the pins:\n{}",
             again.stderr()
         );
+        pod_sockets_stay_without_setns(&testbed, &manifests, &again);
     }
+}
+
+/// A pod's connected UDP socket to web's UDP port; its backend leaves the slice. The proxy
+/// cannot enter the pod's namespace with the overlay's capabilities: one warning, and the
+/// socket keeps its (still running) backend.
+fn pod_sockets_stay_without_setns(testbed: &Testbed, manifests: &Manifests, proxy: &ChildGuard) {
+    let web: SocketAddr = "198.18.128.10:80".parse().expect("addr");
+    let mut held = testbed
+        .hold(
+            testbed.pod(1, 2),
+            Proto::Udp,
+            web,
+            Duration::from_millis(100),
+        )
+        .expect("held UDP flow");
+    let first = held
+        .wait_for_replies(1, Duration::from_secs(10))
+        .expect("first reply");
+    let backend = match &first[0].result {
+        Ok(reply) => reply.backend.clone(),
+        Err(e) => panic!("held flow: {e}"),
+    };
+    // Pod j of node i is 198.19.i.(10+j) (the testbed's and the demo's plan).
+    let (node, pod) = backend
+        .strip_prefix("node")
+        .and_then(|rest| rest.split_once("-pod"))
+        .expect("backend named nodeI-podJ");
+    let ip = format!(
+        "198.19.{node}.{}",
+        10 + pod.parse::<u8>().expect("pod number")
+    );
+    let yaml = std::fs::read_to_string(manifests.path().join("web.yaml")).expect("read");
+    let entry = format!(
+        "  - addresses: [{ip}]\n    nodeName: node{node}\n    conditions: {{ready: true, serving: true, terminating: false}}\n"
+    );
+    assert!(yaml.contains(&entry), "{entry:?} not in web.yaml");
+    manifests
+        .write("web.yaml", &yaml.replace(&entry, ""))
+        .expect("write");
+    wait_for(
+        "the warning about pods' namespaces",
+        Duration::from_secs(15),
+        || {
+            let log = proxy.stderr();
+            if log.contains("cannot enter the network namespaces of some processes") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let seen = held.timeline().len();
+    let timeline = held
+        .wait_for_replies(seen + 3, Duration::from_secs(10))
+        .expect("the held flow goes on");
+    assert!(
+        timeline
+            .iter()
+            .all(|r| matches!(&r.result, Ok(reply) if reply.backend == backend)),
+        "{timeline:?}"
+    );
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! The eBPF socket-level load balancer, loaded and attached by the real `switchyard` binary in a
-//! two-node testbed, driven by the bundled example manifests and edits to them.
+//! two-node testbed, driven by the bundled example manifests and edits to them; and the
+//! destruction of connected UDP sockets whose backend leaves.
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use switchyard_testbed::{
-    backend_names, start_switchyard, wait_for, Manifests, Proto, RequestError, Testbed,
-    TopologySpec,
+    backend_names, http_get, start_switchyard, wait_for, ChildGuard, Hold, Manifests, Proto,
+    RequestError, Testbed, TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -268,4 +269,174 @@ fn a_changed_map_size_recreates_the_pinned_map_instead_of_adopting_it() {
         "{log}"
     );
     assert!(!log.contains("ERROR"), "{log}");
+}
+
+/// A UDP service 198.18.128.120:53 -> 9090 with endpoints at `ips` (pods of node2).
+fn dns_service(ips: &[&str]) -> String {
+    let endpoints: String = ips
+        .iter()
+        .map(|ip| format!("- {{addresses: [{ip}], nodeName: node2}}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: term}}\n\
+         spec: {{clusterIP: 198.18.128.120, ports: [{{name: dns, port: 53, targetPort: 9090, protocol: UDP}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: dns-1, namespace: term, labels: {{kubernetes.io/service-name: dns}}}}\n\
+         addressType: IPv4\nports: [{{name: dns, port: 9090, protocol: UDP}}]\n\
+         endpoints:\n{endpoints}"
+    )
+}
+
+/// The testbed with echo servers on UDP 9090 in every pod, the demo's services replaced by
+/// [`dns_service`] on node2-pod1, and switchyard (ebpf) on node1 serving it.
+fn dns_setup() -> (Testbed, Manifests, Vec<ChildGuard>, ChildGuard) {
+    let (testbed, manifests) = setup();
+    let echo = testbed
+        .start_echo_everywhere(0, 9090)
+        .expect("echo servers");
+    for name in ["web.yaml", "empty.yaml"] {
+        manifests.remove(name).expect("remove example");
+    }
+    manifests
+        .write("dns.yaml", &dns_service(&["198.19.2.11"]))
+        .expect("write");
+    let proxy = start_dns_proxy(&testbed, &manifests);
+    testbed
+        .wait_for_answer(testbed.pod(1, 1), Proto::Udp, DNS, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("switchyard programs the ClusterIP: {e}\n{}", proxy.stderr()));
+    (testbed, manifests, echo, proxy)
+}
+
+const DNS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(198, 18, 128, 120),
+    53,
+));
+
+fn start_dns_proxy(testbed: &Testbed, manifests: &Manifests) -> ChildGuard {
+    start_switchyard(
+        testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        manifests,
+        &[],
+    )
+    .expect("switchyard")
+}
+
+/// Waits for the held flow to be answered by node2-pod2 three times, and checks its timeline:
+/// node2-pod1 only, then ECONNABORTED (the socket was destroyed), then node2-pod2 only (the
+/// same socket, connected again).
+fn assert_destroyed_and_moved(held: &Hold, proxy: &ChildGuard) {
+    let moved = wait_for(
+        "the held flow to be answered by node2-pod2",
+        Duration::from_secs(15),
+        || {
+            let timeline = held.timeline();
+            let answered_new = timeline
+                .iter()
+                .filter(|r| matches!(&r.result, Ok(reply) if reply.backend == "node2-pod2"))
+                .count();
+            if answered_new >= 3 {
+                Ok(timeline)
+            } else {
+                Err((timeline, proxy.stderr()))
+            }
+        },
+    )
+    .expect("the connected socket left the removed backend");
+    let aborted = moved
+        .iter()
+        .position(
+            |r| matches!(&r.result, Err(RequestError::Other(d)) if d.contains("os error 103")),
+        )
+        .unwrap_or_else(|| panic!("no ECONNABORTED in {moved:?}"));
+    assert!(
+        moved[..aborted]
+            .iter()
+            .all(|r| !matches!(&r.result, Ok(reply) if reply.backend != "node2-pod1")),
+        "{moved:?}"
+    );
+    assert!(
+        moved[aborted + 1..]
+            .iter()
+            .all(|r| matches!(&r.result, Ok(reply) if reply.backend == "node2-pod2")),
+        "{moved:?}"
+    );
+}
+
+#[test]
+fn a_connected_udp_socket_is_destroyed_when_its_backend_leaves_and_reconnects_to_a_serving_one() {
+    let (testbed, manifests, _echo, proxy) = dns_setup();
+    let client = testbed.pod(1, 1);
+    let interval = Duration::from_millis(100);
+    // One connected socket through the service, and one connected to the pod's own address,
+    // which no service translated and which must be left alone.
+    let mut held = testbed
+        .hold(client, Proto::Udp, DNS, interval)
+        .expect("held flow");
+    let mut direct = testbed
+        .hold(client, Proto::Udp, addr("198.19.2.11:9090"), interval)
+        .expect("direct flow");
+    let first = held
+        .wait_for_replies(3, Duration::from_secs(10))
+        .expect("replies");
+    for r in &first {
+        let reply = r.result.as_ref().expect("answered before the change");
+        assert_eq!(reply.backend, "node2-pod1", "{first:?}");
+    }
+
+    // node2-pod1 leaves the service (it keeps running, so a stale socket would still be
+    // answered by it); node2-pod2 serves instead.
+    manifests
+        .write("dns.yaml", &dns_service(&["198.19.2.12"]))
+        .expect("write");
+    assert_destroyed_and_moved(&held, &proxy);
+
+    // The untranslated socket kept its peer and never saw an error.
+    let seen = direct.timeline().len();
+    let direct_timeline = direct
+        .wait_for_replies(seen + 1, Duration::from_secs(5))
+        .expect("direct flow replies");
+    assert!(
+        direct_timeline
+            .iter()
+            .all(|r| matches!(&r.result, Ok(reply) if reply.backend == "node2-pod1")),
+        "{direct_timeline:?}"
+    );
+
+    let (_, metrics) = http_get(testbed.node(1), 10249, "/metrics").expect("scrape");
+    assert!(
+        metrics.contains("switchyard_ebpf_sockets_destroyed_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        proxy
+            .stderr()
+            .contains("destroyed connected UDP sockets to removed backends"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn a_backend_removed_while_no_controller_ran_has_its_sockets_destroyed_at_the_first_sync() {
+    let (testbed, manifests, _echo, mut proxy) = dns_setup();
+    let held = testbed
+        .hold(
+            testbed.pod(1, 1),
+            Proto::Udp,
+            DNS,
+            Duration::from_millis(100),
+        )
+        .expect("held flow");
+    // Killed: the pinned maps (and the translation they hold) stay; the change happens
+    // while nothing runs, and the new process only sees the maps and the new manifests.
+    proxy.kill().expect("SIGKILL switchyard");
+    let _ = proxy.wait().expect("reap switchyard");
+    manifests
+        .write("dns.yaml", &dns_service(&["198.19.2.12"]))
+        .expect("write");
+    let proxy = start_dns_proxy(&testbed, &manifests);
+    assert_destroyed_and_moved(&held, &proxy);
 }

@@ -30,6 +30,10 @@ pub mod map_names {
     /// [`RefusalLimits`](super::RefusalLimits) (array), written by userspace at start.
     /// Not pinned: each load gets the node's current sysctls.
     pub const REFUSAL_LIMITS: &str = "SWY_REFUSAL_LIMITS";
+    /// Socket termination filter: [`SockTermKey`](super::SockTermKey) -> unused byte (hash).
+    /// Filled by userspace just before it runs the UDP socket iterator, emptied after; not
+    /// pinned (each controller instance has its own).
+    pub const SOCK_TERM: &str = "SWY_SOCK_TERM";
 }
 
 /// Program names as they appear in the object file.
@@ -46,6 +50,9 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "swy_tc_ingress";
     /// tc egress on node devices: reverse translation of replies to external clients.
     pub const TC_EGRESS: &str = "swy_tc_egress";
+    /// iter/udp: destroys connected UDP sockets translated to a backend that left the
+    /// frontend they were sent to (`bpf_sock_destroy`, kernels >= 6.5).
+    pub const SOCK_TERM_UDP4: &str = "swy_sock_term_udp4";
 }
 
 /// IP protocol number for TCP.
@@ -172,6 +179,25 @@ pub struct SockRevValue {
     /// Explicit padding.
     pub pad: u16,
 }
+
+/// Key of the socket termination filter: a connected UDP socket that was translated from
+/// `frontend` to `backend` (as `SWY_SOCK_REVNAT` records it) is to be destroyed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SockTermKey {
+    /// Service address the socket connected to, network byte order.
+    pub frontend_addr: u32,
+    /// Backend address it was translated to, network byte order.
+    pub backend_addr: u32,
+    /// Service port, network byte order.
+    pub frontend_port: u16,
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+}
+
+/// Default number of entries of the socket termination filter: the (frontend, backend) pairs
+/// one sync may end; a sync that ends more runs the iterator once per batch.
+pub const DEFAULT_SOCK_TERM_MAX: u32 = 4_096;
 
 /// Key of the affinity map. The client is its network namespace: at connect() time a
 /// socket has no source address yet, and a pod's sockets all share its one address.
@@ -360,6 +386,7 @@ assert_no_padding!(ServiceKey, 8, [u32, u16, u8, u8]);
 assert_no_padding!(ServiceValue, 16, [u32, u16, u16, u32, u32]);
 assert_no_padding!(SockRevKey, 16, [u64, u32, u16, u16]);
 assert_no_padding!(SockRevValue, 8, [u32, u16, u16]);
+assert_no_padding!(SockTermKey, 12, [u32, u32, u16, u16]);
 assert_no_padding!(AffinityKey, 16, [u64, u32, u32]);
 assert_no_padding!(AffinityValue, 24, [u64, u32, Backend, u32]);
 assert_no_padding!(BackendKey, 8, [u32, u32]);
@@ -383,6 +410,7 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}
+    unsafe impl aya::Pod for super::SockTermKey {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::CtKey {}

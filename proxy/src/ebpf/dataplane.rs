@@ -9,7 +9,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachT
 use aya::{Ebpf, EbpfLoader};
 use switchyard_common::{
     map_names, program_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceName,
-    ServiceValue, SnatConfig, SourceRangeKey,
+    ServiceValue, SnatConfig, SockTermKey, SourceRangeKey,
 };
 
 use super::maps::{ignore_missing, Capacities, MapHandleError, Maps};
@@ -17,6 +17,7 @@ use super::metrics::EbpfMetrics;
 use super::object::embedded_object;
 use super::plan::names::{self, NameOp};
 use super::plan::{Planner, PortFailure, RangeKey};
+use super::sock_term::{self, SockTerminator};
 use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
 use crate::model::{DesiredState, ServicePort, ServicePortKey, StateDiff};
 
@@ -165,6 +166,11 @@ pub struct EbpfDataplane {
     names: std::collections::BTreeMap<u32, u64>,
     /// Map and link gauges, set at full syncs and verifies.
     metrics: Option<EbpfMetrics>,
+    /// Destroys connected UDP sockets whose backend a sync removed; `None` where the kernel
+    /// cannot (said once at start-up).
+    sock_term: Option<SockTerminator>,
+    /// Whether the warning about namespaces we cannot enter was given (once per process).
+    warned_unreachable: bool,
     config: EbpfConfig,
 }
 
@@ -193,7 +199,9 @@ impl EbpfDataplane {
         for (name, pin) in MAPS.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
         }
-        let mut ebpf = loader.load(object).map_err(EbpfError::Load)?;
+        // The iterator's kfunc call resolved for this kernel (aya cannot), before aya parses it.
+        let prepared = sock_term::prepare_object(object);
+        let mut ebpf = loader.load(prepared.bytes()).map_err(EbpfError::Load)?;
         if config.kernel_logs {
             // Before the programs load: the logger owns the log ring buffer they write to.
             forward_kernel_logs(&mut ebpf);
@@ -237,6 +245,20 @@ impl EbpfDataplane {
             pinned.extend(attach_tc(&mut ebpf, &links_dir, device, tcx)?);
         }
         unpin_leftover_links(&links_dir, &pinned);
+        let sock_term = prepared
+            .support
+            .and_then(|btf| SockTerminator::load(&mut ebpf, &btf, &config.cgroup_path));
+        let sock_term = match sock_term {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "ebpf mode: connected UDP sockets are not destroyed when their backend goes; \
+                     they keep sending to it until the application reconnects"
+                );
+                None
+            }
+        };
         // Resolved once, after every program is loaded (loading relocates their references).
         let maps = Maps::take(
             &mut ebpf,
@@ -256,6 +278,8 @@ impl EbpfDataplane {
             planner: Planner::default(),
             names: Default::default(),
             metrics: None,
+            sock_term,
+            warned_unreachable: false,
             config,
         };
         if adopted {
@@ -490,6 +514,51 @@ impl EbpfDataplane {
         }
     }
 
+    /// Destroys the connected UDP sockets translated through `stranded` (pairs a sync
+    /// removed). Best effort: a failure is logged, the sockets then stay as before.
+    fn terminate_sockets(&mut self, stranded: &std::collections::BTreeSet<SockTermKey>) {
+        let Some(terminator) = &mut self.sock_term else {
+            return;
+        };
+        match terminator.terminate(&mut self.ebpf, stranded) {
+            Ok(done) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.sockets_destroyed.inc_by(done.sockets);
+                }
+                if done.unreachable > 0 && !self.warned_unreachable {
+                    self.warned_unreachable = true;
+                    tracing::warn!(
+                        processes = done.unreachable,
+                        "cannot enter the network namespaces of some processes in --cgroup-path; \
+                         their connected UDP sockets are not destroyed when their backend goes \
+                         (needs the host PID namespace, CAP_SYS_ADMIN for setns and \
+                         CAP_SYS_PTRACE for other users' /proc/<pid>/ns/net)"
+                    );
+                }
+                let level_info = done.sockets > 0 || done.failed > 0;
+                if level_info {
+                    tracing::info!(
+                        sockets = done.sockets,
+                        routes = stranded.len(),
+                        namespaces = done.namespaces,
+                        failed_namespaces = done.failed,
+                        "destroyed connected UDP sockets to removed backends"
+                    );
+                } else {
+                    tracing::debug!(
+                        routes = stranded.len(),
+                        namespaces = done.namespaces,
+                        "no connected UDP socket to removed backends"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot destroy connected UDP sockets to removed backends; retried at the next removal"
+            ),
+        }
+    }
+
     /// One sync of the ports `keys` (and of those whose last change failed): the planner
     /// plans it as a whole and runs it op by op; a port that fails keeps serving its previous
     /// state and is reported on its own.
@@ -513,6 +582,23 @@ impl EbpfDataplane {
             .iter()
             .map(|k| self.planner.external_backends(k))
             .collect();
+        // Full syncs compare everything the maps hold (a restarted controller owns no port
+        // yet), partial ones only the ports they change.
+        let udp_routes = |planner: &Planner, keys: &[ServicePortKey]| {
+            if full {
+                planner.all_udp_socket_routes()
+            } else {
+                keys.iter()
+                    .flat_map(|k| planner.udp_socket_routes(k))
+                    .collect()
+            }
+        };
+        let udp_routes_before: std::collections::BTreeSet<SockTermKey> = if self.sock_term.is_some()
+        {
+            udp_routes(&self.planner, &keys)
+        } else {
+            Default::default()
+        };
         let changes: Vec<(ServicePortKey, Option<&ServicePort>)> = keys
             .iter()
             .map(|k| (k.clone(), state.ports.get(k).map(|p| &**p)))
@@ -532,6 +618,15 @@ impl EbpfDataplane {
                     .difference(&self.planner.external_backends(key))
                     .copied(),
             );
+        }
+        // After the entries changed, so that a destroyed socket's reconnect finds live ones.
+        if !udp_routes_before.is_empty() {
+            let after = udp_routes(&self.planner, &keys);
+            let stranded: std::collections::BTreeSet<SockTermKey> =
+                udp_routes_before.difference(&after).copied().collect();
+            if !stranded.is_empty() {
+                self.terminate_sockets(&stranded);
+            }
         }
         // One pass over the conntrack map per sync, however many ports lost backends, and
         // only at verifies (every syncPeriod) when none did.

@@ -1,7 +1,8 @@
 //! ebpf mode's state as gauges: entries and capacity of every pinned map, and the pinned
 //! links per program. The dataplane sets them at full syncs and verifies (every
-//! `syncPeriod`), so a scrape costs no syscall.
+//! `syncPeriod`), so a scrape costs no syscall. One counter: the sockets destroyed.
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -30,6 +31,9 @@ pub struct EbpfMetrics {
     /// `switchyard_ebpf_links{program}`: pinned links attaching the program (the socket
     /// programs once each, the tc programs once per device).
     pub links: Family<ProgramLabel, Gauge>,
+    /// `switchyard_ebpf_sockets_destroyed_total`: connected UDP sockets destroyed because
+    /// their backend left the service they were connected to.
+    pub sockets_destroyed: Counter,
 }
 
 impl EbpfMetrics {
@@ -50,6 +54,11 @@ impl EbpfMetrics {
             "ebpf_links",
             "Pinned links attaching each eBPF program, as of the last verify",
             self.links.clone(),
+        );
+        sy.register(
+            "ebpf_sockets_destroyed",
+            "Connected UDP sockets destroyed because their backend left the service",
+            self.sockets_destroyed.clone(),
         );
     }
 
@@ -85,6 +94,7 @@ mod tests {
         metrics.register(&mut registry);
         metrics.set_map("SWY_SERVICES", 3, 262_144);
         metrics.set_links(&[("swy_connect4", 1), ("swy_tc_ingress", 2)]);
+        metrics.sockets_destroyed.inc_by(2);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         for line in [
@@ -92,6 +102,7 @@ mod tests {
             "switchyard_ebpf_map_capacity{map=\"SWY_SERVICES\"} 262144",
             "switchyard_ebpf_links{program=\"swy_connect4\"} 1",
             "switchyard_ebpf_links{program=\"swy_tc_ingress\"} 2",
+            "switchyard_ebpf_sockets_destroyed_total 2",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

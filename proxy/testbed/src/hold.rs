@@ -1,6 +1,8 @@
 //! Held flows: `swy-probe hold` keeps ONE socket (a TCP connection or a connected UDP
 //! socket) open in a testbed place and makes one round trip per interval, so a test can
-//! watch an established flow live while it changes the dataplane around it.
+//! watch an established flow live while it changes the dataplane around it. A UDP socket
+//! the kernel aborts (ECONNABORTED) or disconnects is connected again, as a resolver does,
+//! so the round trip that saw the error fails and the next one goes to the new peer.
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -29,10 +29,6 @@ const N2: At = At::Node(2);
 const CLIENT: At = At::Client;
 
 /// Why moving established UDP flows off a removed endpoint waits.
-const STALE_UDP: &str = "issue 4: connect4 pins a connected UDP socket to its backend for the \
-     socket's life; moving it off a removed endpoint needs the sockets destroyed (or \
-     sendmsg4-level translation); iptables mode deletes the conntrack entries";
-
 /// Every scenario.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -1531,9 +1527,10 @@ spec:
     // a service that gets endpoints again); without that, a connected UDP client keeps
     // talking to the old endpoint, or into a black hole, until the entry times out (never,
     // while the client keeps sending). Here the removed pod still runs, so a stale flow
-    // shows as answers from the old endpoint.
+    // shows as answers from the old endpoint. ebpf mode destroys the connected socket
+    // instead (its peer was chosen once, at connect()): the held flow sees ECONNABORTED,
+    // connects again and lands on a serving endpoint.
     Scenario::new("udp-stale-flows")
-        .iptables_only(STALE_UDP)
         .manifest("dns.yaml", &dns(&format!("endpoints:\n{pod21}")))
         .steps(vec![
             check(udp(P11, "198.18.128.120:53").answers(&["node2-pod1:9090"])),

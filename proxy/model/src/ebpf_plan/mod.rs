@@ -29,7 +29,10 @@
 //! planner never has to choose between two ports.
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard_common::{Backend, BackendKey, ServiceKey, ServiceValue, SourceRangeKey};
+use switchyard_common::{
+    Backend, BackendKey, ServiceKey, ServiceValue, SockTermKey, SourceRangeKey, PROTO_UDP,
+    SCOPE_SOCKET,
+};
 
 use crate::{ServicePort, ServicePortKey};
 
@@ -500,6 +503,52 @@ impl Planner {
             .and_then(|p| p.sets.get(&SetKind::External))
             .map(|id| self.layout(*id).into_iter().collect())
             .unwrap_or_default()
+    }
+
+    /// The (frontend, backend) pairs a local UDP socket of `key` may currently be connected
+    /// through: each socket-scope UDP frontend with every backend of its set. A pair that a
+    /// sync removes (the backend left, or the frontend went) strands the sockets connect4
+    /// translated through it; the dataplane destroys them.
+    pub fn udp_socket_routes(&self, key: &ServicePortKey) -> BTreeSet<SockTermKey> {
+        let Some(port) = self.ports.get(key) else {
+            return BTreeSet::new();
+        };
+        port.frontends
+            .iter()
+            .filter_map(|k| self.maps.services.get(k).map(|v| (k, v)))
+            .flat_map(|(k, v)| self.routes_of(k, v))
+            .collect()
+    }
+
+    /// [`Self::udp_socket_routes`] of every socket-scope UDP entry the maps hold, ours or a
+    /// previous instance's (full syncs: the first one after a restart knows no port yet,
+    /// and a backend removed while no controller ran strands sockets too).
+    pub fn all_udp_socket_routes(&self) -> BTreeSet<SockTermKey> {
+        self.maps
+            .services
+            .iter()
+            .flat_map(|(k, v)| self.routes_of(k, v))
+            .collect()
+    }
+
+    /// The pairs of one service entry: none unless it is a socket-scope UDP frontend.
+    fn routes_of<'a>(
+        &'a self,
+        key: &'a ServiceKey,
+        value: &ServiceValue,
+    ) -> impl Iterator<Item = SockTermKey> + 'a {
+        let socket_udp = key.scope == SCOPE_SOCKET && key.proto == PROTO_UDP;
+        let backends = if socket_udp {
+            self.layout(value.id)
+        } else {
+            Vec::new()
+        };
+        backends.into_iter().map(move |b| SockTermKey {
+            frontend_addr: key.addr,
+            backend_addr: b.addr,
+            frontend_port: key.port,
+            backend_port: b.port,
+        })
     }
 
     /// Compares the kernel's service entries alone with what the planner knows they hold.

@@ -661,7 +661,20 @@ impl TcpFlow {
 /// One connected UDP socket, a datagram out and one back per round trip.
 struct UdpFlow {
     socket: UdpSocket,
+    to: SocketAddr,
     from: SocketAddr,
+    /// Cleared when the kernel aborted the socket (ECONNABORTED: ebpf mode destroys
+    /// connected UDP sockets whose backend went away) or disconnected it; the next round trip
+    /// connects again first, as a resolver does on such an error.
+    connected: bool,
+}
+
+/// Whether `e` says the socket was aborted or lost its peer.
+fn lost_peer(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EDESTADDRREQ | libc::ENOTCONN)
+    )
 }
 
 impl UdpFlow {
@@ -674,11 +687,24 @@ impl UdpFlow {
         let socket = UdpSocket::bind(bind).map_err(|e| classify("bind", &e))?;
         socket.connect(to).map_err(|e| classify("connect", &e))?;
         let from = socket.peer_addr().unwrap_or(to);
-        Ok(UdpFlow { socket, from })
+        Ok(UdpFlow {
+            socket,
+            to,
+            from,
+            connected: true,
+        })
     }
 
     fn round_trip(&mut self, timeout: Duration) -> ProbeLine {
         let mut buf = [0u8; 2048];
+        if !self.connected {
+            // Same socket, same local port: only the peer is chosen again.
+            if let Err(e) = self.socket.connect(self.to) {
+                return classify("reconnect", &e);
+            }
+            self.from = self.socket.peer_addr().unwrap_or(self.to);
+            self.connected = true;
+        }
         // Replies that came after their round trip timed out (and errors queued meanwhile)
         // belong to no one now.
         if self.socket.set_nonblocking(true).is_ok() {
@@ -686,6 +712,11 @@ impl UdpFlow {
             for _ in 0..64 {
                 match self.socket.recv(&mut buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if lost_peer(&e) => {
+                        self.connected = false;
+                        let _ = self.socket.set_nonblocking(false);
+                        return classify("recv", &e);
+                    }
                     _ => {}
                 }
             }
@@ -697,13 +728,17 @@ impl UdpFlow {
             return classify("set_read_timeout", &e);
         }
         if let Err(e) = self.socket.send(HOLD_PAYLOAD) {
+            self.connected &= !lost_peer(&e);
             return classify("send", &e);
         }
         loop {
             match self.socket.recv(&mut buf) {
                 Ok(n) => return parse_reply(&buf[..n], self.from),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return classify("recv", &e),
+                Err(e) => {
+                    self.connected &= !lost_peer(&e);
+                    return classify("recv", &e);
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::{
 mod adoption;
 mod order;
 mod random_syncs;
+mod udp_routes;
 
 pub(super) fn key(name: &str) -> ServicePortKey {
     ServicePortKey {
