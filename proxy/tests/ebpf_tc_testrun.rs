@@ -258,8 +258,10 @@ impl Tc {
         ] {
             loader.map_max_entries(name, 1024);
         }
+        // The socket iterator's kfunc call resolved (or neutralised), as the controller does.
+        let prepared = switchyard::ebpf::sock_term::prepare_object(&object);
         let mut ebpf = loader
-            .load(&object)
+            .load(prepared.bytes())
             .expect("load the eBPF object (needs root)");
         for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
             let prog: &mut SchedClassifier = ebpf

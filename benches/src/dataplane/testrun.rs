@@ -123,8 +123,11 @@ struct Tc {
 
 impl Tc {
     fn load(object: &[u8]) -> anyhow::Result<Self> {
+        // The socket iterator's kfunc call must be resolved (or neutralised) before aya
+        // relocates the object, as the controller does.
+        let prepared = switchyard::ebpf::sock_term::prepare_object(object);
         let mut ebpf = EbpfLoader::new()
-            .load(object)
+            .load(prepared.bytes())
             .context("loading the eBPF object (needs root)")?;
         for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
