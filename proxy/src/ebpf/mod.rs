@@ -5,6 +5,7 @@ pub mod maps;
 pub mod masquerade;
 pub mod metrics;
 pub mod object;
+pub mod sctp_fallback;
 
 pub use dataplane::{EbpfConfig, EbpfDataplane, EbpfError};
 pub use metrics::EbpfMetrics;

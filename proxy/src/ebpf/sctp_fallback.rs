@@ -1,0 +1,197 @@
+//! ebpf mode's SCTP service ports, served by netfilter: iptables mode's rules for SCTP ports
+//! only, under `SWYSCTP-*` chains whose jumps match `-p sctp` (the renderer is
+//! [`crate::model::iptables::sctp_fallback`], which says why).
+//!
+//! The chains exist only while an SCTP service port does, so a node without one has no nat
+//! rule of ebpf mode's, and netfilter's NAT hooks stay unregistered as before. A full sync
+//! without SCTP ports also removes chains a previous run left (the last SCTP service deleted
+//! while no controller ran).
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
+use crate::iptables::cleanup::{remove_chains_where, CleanupError};
+use crate::iptables::rule_set::RuleConfig;
+use crate::iptables::{IptablesBackend, IptablesDataplane, RuleFlavor, SystemIptables};
+use crate::model::iptables::sctp_fallback;
+use crate::model::{DesiredState, StateDiff};
+
+/// Why ebpf mode does not translate SCTP itself; logged once, when the first SCTP port comes.
+pub const REASON: &str = "the tc programs would have to recompute SCTP's CRC32c over the whole \
+    packet on every translation, and the socket programs are untested with SCTP sockets";
+
+/// Removes the fallback's chains from `backend` (mode switch to iptables, `--cleanup`).
+pub fn remove(backend: IptablesBackend) -> Result<usize, CleanupError> {
+    remove_chains_where(backend, |_, chain| sctp_fallback::is_ours(chain))
+}
+
+/// Another dataplane (ebpf mode's) with SCTP ports served by netfilter rules.
+pub struct WithSctpFallback<D> {
+    inner: D,
+    /// `None` when no iptables is installed: SCTP ports then fail, loudly, every sync.
+    backend: Option<IptablesBackend>,
+    config: RuleConfig,
+    /// Present while the fallback has chains (an SCTP port exists).
+    rules: Option<IptablesDataplane>,
+    logged: bool,
+}
+
+impl<D: Dataplane> WithSctpFallback<D> {
+    /// `inner` (which leaves SCTP ports alone), with the fallback writing through `backend`.
+    pub fn new(inner: D, backend: Option<IptablesBackend>, config: RuleConfig) -> Self {
+        Self {
+            inner,
+            backend,
+            config,
+            rules: None,
+            logged: false,
+        }
+    }
+
+    /// The SCTP half of a sync.
+    fn sync_fallback(
+        &mut self,
+        kind: SyncKind,
+        state: &DesiredState,
+        diff: &StateDiff,
+    ) -> Result<(), SyncError> {
+        let sctp = DesiredState {
+            ports: state
+                .ports
+                .iter()
+                .filter(|(_, port)| sctp_fallback::applies(port))
+                .map(|(key, port)| (key.clone(), Arc::clone(port)))
+                .collect(),
+        };
+        let Some(backend) = self.backend else {
+            if sctp.ports.is_empty() {
+                return Ok(());
+            }
+            return Err(SyncError::new(
+                "serving SCTP service ports",
+                "no iptables found (`iptables --version` fails); ebpf mode serves SCTP through iptables rules",
+            ));
+        };
+        if sctp.ports.is_empty() {
+            // Removal lists the chains first: a full sync (start-up, hourly) with no SCTP port
+            // checks for leftovers, other syncs only act when this process wrote some.
+            if self.rules.take().is_some() || kind == SyncKind::Full {
+                let removed = remove(backend)
+                    .map_err(|e| SyncError::new("removing the SCTP fallback's chains", e))?;
+                if removed > 0 {
+                    tracing::info!(
+                        chains = removed,
+                        "no SCTP service port left: SCTP fallback rules removed"
+                    );
+                }
+            }
+            return Ok(());
+        }
+        let sctp_diff = StateDiff {
+            added: only_sctp(&diff.added),
+            changed: only_sctp(&diff.changed),
+            removed: only_sctp(&diff.removed),
+        };
+        let (rules, kind) = match &mut self.rules {
+            Some(rules) => (rules, kind),
+            None => {
+                if !self.logged {
+                    self.logged = true;
+                    tracing::info!(
+                        %backend,
+                        reason = REASON,
+                        "ebpf mode serves SCTP service ports through iptables rules (chains SWYSCTP-*)"
+                    );
+                }
+                let system = SystemIptables {
+                    backend,
+                    flavor: RuleFlavor::SctpFallback,
+                };
+                let rules = IptablesDataplane::new(
+                    Box::new(system),
+                    backend.strategy(),
+                    self.config.clone(),
+                )
+                .with_flavor(RuleFlavor::SctpFallback);
+                (self.rules.insert(rules), SyncKind::Full)
+            }
+        };
+        rules.sync(kind, &sctp, &sctp_diff).map(drop)
+    }
+}
+
+fn only_sctp(keys: &[crate::model::ServicePortKey]) -> Vec<crate::model::ServicePortKey> {
+    keys.iter()
+        .filter(|k| k.protocol == crate::model::Protocol::Sctp)
+        .cloned()
+        .collect()
+}
+
+impl<D: Dataplane> Dataplane for WithSctpFallback<D> {
+    fn sync(
+        &mut self,
+        kind: SyncKind,
+        state: &DesiredState,
+        diff: &StateDiff,
+    ) -> Result<SyncReport, SyncError> {
+        let mut report = self.inner.sync(kind, state, diff)?;
+        if let Err(error) = self.sync_fallback(kind, state, diff) {
+            // The rules dataplane rewrites everything on its next sync; reporting the SCTP
+            // ports as failed makes the controller ask for one.
+            tracing::warn!(error = %crate::controller::error_chain(&error), "SCTP fallback rules not written");
+            let shared = Arc::new(error);
+            for key in state
+                .ports
+                .keys()
+                .filter(|k| k.protocol == crate::model::Protocol::Sctp)
+            {
+                report.errors.push(PortError {
+                    port: key.clone(),
+                    full_map: None,
+                    source: Box::new(SharedError(Arc::clone(&shared))),
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    fn node_addresses(&mut self, addresses: &[IpAddr]) {
+        self.inner.node_addresses(addresses);
+        let node_ips: Vec<IpAddr> = addresses
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+        self.config.node_ips = node_ips;
+        if let Some(rules) = &mut self.rules {
+            rules.node_addresses(addresses);
+        }
+    }
+
+    fn cleanup(&mut self) -> Result<(), SyncError> {
+        self.inner.cleanup()?;
+        self.rules = None;
+        let Some(backend) = self.backend else {
+            return Ok(());
+        };
+        remove(backend)
+            .map(drop)
+            .map_err(|e| SyncError::new("removing the SCTP fallback's chains", e))
+    }
+}
+
+/// One sync failure named by every SCTP port it failed.
+#[derive(Debug, Clone)]
+struct SharedError(Arc<SyncError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SCTP fallback rules: {}", self.0)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
