@@ -109,7 +109,21 @@ impl Node {
         assert!(status.success(), "{status}: {}", proxy.stderr());
     }
 
-    /// `iptables-nft-save` (nat and filter) of node1.
+    /// `switchyard status -o json` of node1.
+    fn status_json(&self) -> serde_json::Value {
+        let bpffs = format!(
+            "--bpffs-path={}",
+            self.testbed.bpffs_dir(self.testbed.node(1)).display()
+        );
+        let out = self
+            .testbed
+            .run(Place::Node(1), BIN, ["status", "-o", "json", &bpffs], WAIT)
+            .expect("switchyard status");
+        assert!(out.status.success(), "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    }
+
+    /// `iptables-nft-save` (nat, filter, mangle) of node1.
     fn saved(&self) -> String {
         let mut text = String::new();
         for table in ["nat", "filter", "mangle"] {
@@ -193,6 +207,23 @@ fn the_fallback_exists_while_an_sctp_service_does_and_every_mode_change_hands_it
     for jump in jumps {
         assert!(jump.contains("-p sctp"), "{jump}");
     }
+    // `switchyard status` shows the SCTP port beside the maps' ports.
+    let report = node.status_json();
+    let rows = report["services"].as_array().cloned().unwrap_or_default();
+    let sctp: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["service"] == "demo/sig:diameter/SCTP")
+        .collect();
+    assert_eq!(sctp.len(), 1, "{report:#}");
+    assert_eq!(sctp[0]["address"], "198.18.128.38", "{report:#}");
+    assert_eq!(
+        sctp[0]["backends"][0]["address"], "198.19.2.12",
+        "{report:#}"
+    );
+    assert!(
+        rows.iter().any(|r| r["service"] == "demo/web:http/TCP"),
+        "{report:#}"
+    );
 
     // The last SCTP service goes: so do the chains, and SCTP is no longer translated.
     node.manifests.remove("sig.yaml").expect("rm sig.yaml");

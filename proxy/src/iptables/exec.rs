@@ -251,13 +251,26 @@ pub fn saved_rules(
 /// `iptables-save -t TABLE` reduced to our chains (declarations and rules) and the rules of
 /// other chains that jump into ours, for `switchyard status`.
 pub fn save_ours(backend: IptablesBackend, table: Table) -> Result<String, ExecError> {
+    save_prefixed(backend, table, super::chains::PREFIX)
+}
+
+/// [`save_ours`] for the chains whose names start with `prefix` (ebpf mode's SCTP fallback
+/// has its own).
+pub fn save_prefixed(
+    backend: IptablesBackend,
+    table: Table,
+    prefix: &str,
+) -> Result<String, ExecError> {
     let mut cmd = Command::new(backend.save());
     cmd.args(["-t", table.as_str()]);
+    let (jump, goto) = (format!(" -j {prefix}"), format!(" -g {prefix}"));
     let keep = |line: &str| {
         line.starts_with('*')
-            || line.strip_prefix(':').is_some_and(is_ours)
+            || line
+                .strip_prefix(':')
+                .is_some_and(|c| c.starts_with(prefix))
             || line.strip_prefix("-A ").is_some_and(|rule| {
-                is_ours(rule) || rule.contains(" -j SWY-") || rule.contains(" -g SWY-")
+                rule.starts_with(prefix) || rule.contains(&jump) || rule.contains(&goto)
             })
     };
     run_keeping(cmd, None, keep)
