@@ -459,7 +459,7 @@ fn sctp_uses_sctp_matches_as_upstream() {
     assert_eq!(
         own(&r, &svc),
         [
-            format!("-m comment --comment \"demo/sig:diameter cluster IP\" -d 198.18.128.38/32 -p sctp -m sctp --dport 3868 ! -s 198.19.0.0/16 -j SWY-MARK-MASQ"),
+            "-m comment --comment \"demo/sig:diameter cluster IP\" -d 198.18.128.38/32 -p sctp -m sctp --dport 3868 ! -s 198.19.0.0/16 -j SWY-MARK-MASQ".to_owned(),
             format!("-m comment --comment \"demo/sig:diameter -> 198.19.1.5:13868\" -m recent --name {sep} --rcheck --seconds 10800 --reap -j {sep}"),
             format!("-m comment --comment \"demo/sig:diameter -> 198.19.1.5:13868\" -j {sep}"),
         ]
