@@ -162,6 +162,15 @@ impl Node {
         wait_for(what, WAIT, || self.sctp_answers()).unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Whether node1 has an `ip nat` nftables table (whose base chains would hook NAT).
+    fn has_nat_table(&self) -> bool {
+        let out = self
+            .testbed
+            .run(Place::Node(1), "nft", ["list", "tables"], WAIT)
+            .expect("nft list tables");
+        out.stdout.lines().any(|l| l.trim() == "table ip nat")
+    }
+
     fn fallback_chains(&self) -> Vec<String> {
         chains(&self.saved(), "SWYSCTP-")
     }
@@ -186,6 +195,7 @@ fn the_fallback_exists_while_an_sctp_service_does_and_every_mode_change_hands_it
     let ebpf = node.start("ebpf");
     let saved = node.saved();
     assert!(!saved.contains("SWY"), "{saved}");
+    assert!(!node.has_nat_table(), "{saved}");
     assert!(node.sctp_answers().is_err());
 
     // An SCTP service: served through SWYSCTP-* chains entered for SCTP only.
@@ -238,6 +248,8 @@ fn the_fallback_exists_while_an_sctp_service_does_and_every_mode_change_hands_it
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(node.sctp_answers().is_err());
     assert!(!node.saved().contains("SWY"));
+    // Nor does the nat table the fallback made iptables-nft create: no NAT hook is left.
+    assert!(!node.has_nat_table(), "{}", node.saved());
 
     // Back again; SIGTERM leaves it serving, as it leaves the pinned maps.
     node.manifests.write("sig.yaml", SIG).expect("sig.yaml");

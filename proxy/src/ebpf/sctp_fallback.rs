@@ -20,9 +20,16 @@ use crate::model::{DesiredState, StateDiff};
 pub const REASON: &str = "the tc programs would have to recompute SCTP's CRC32c over the whole \
     packet on every translation, and the socket programs are untested with SCTP sockets";
 
-/// Removes the fallback's chains from `backend` (mode switch to iptables, `--cleanup`).
+/// Removes the fallback's chains from `backend` (mode switch to iptables, `--cleanup`, the
+/// last SCTP port gone). On iptables-nft the nat table goes too when nothing else is left in
+/// it: its empty built-in chains alone would keep the NAT hooks, and conntrack, registered.
+/// (iptables-legacy's nat table cannot be unregistered from userspace.)
 pub fn remove(backend: IptablesBackend) -> Result<usize, CleanupError> {
-    remove_chains_where(backend, |_, chain| sctp_fallback::is_ours(chain))
+    let removed = remove_chains_where(backend, |_, chain| sctp_fallback::is_ours(chain))?;
+    if removed > 0 && backend == IptablesBackend::Nft {
+        crate::iptables::exec::nft_delete_table_if_empty(crate::iptables::rule_set::Table::Nat)?;
+    }
+    Ok(removed)
 }
 
 /// Another dataplane (ebpf mode's) with SCTP ports served by netfilter rules.

@@ -424,6 +424,43 @@ fn nft_rule_jumps(json: &str) -> Result<Vec<(u64, String)>, serde_json::Error> {
         .collect())
 }
 
+/// Deletes the `ip` family's `table` when it holds nothing but empty built-in chains: its
+/// base chains alone keep netfilter's hooks registered (for nat, NAT and conntrack for every
+/// packet). Returns whether it went. A rule another tool adds between the listing and the
+/// delete would go with it; tools that add rules do so to a table that already has some.
+pub fn nft_delete_table_if_empty(table: Table) -> Result<bool, ExecError> {
+    if !nft_chains()?.iter().any(|(t, _)| *t == table) {
+        return Ok(false);
+    }
+    let mut cmd = Command::new("nft");
+    cmd.args(["-j", "list", "table", "ip", table.as_str()]);
+    let program = format!("nft -j list table ip {}", table.as_str());
+    let empty = nft_table_is_empty(&run(cmd, None)?).map_err(|e| ExecError::Parse {
+        program,
+        message: e.to_string(),
+    })?;
+    if empty {
+        nft_script(&format!("delete table ip {}\n", table.as_str()))?;
+    }
+    Ok(empty)
+}
+
+/// Whether `nft -j list table` output has no rule and only base chains (those with a hook).
+fn nft_table_is_empty(json: &str) -> Result<bool, serde_json::Error> {
+    let listing: serde_json::Value = serde_json::from_str(json)?;
+    let items = listing
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(items.iter().all(|item| {
+        item.get("rule").is_none()
+            && item.get("set").is_none()
+            && item.get("map").is_none()
+            && item.get("chain").is_none_or(|c| c.get("hook").is_some())
+    }))
+}
+
 /// Runs an nft script (`nft -f -`) as one transaction.
 pub fn nft_script(script: &str) -> Result<(), ExecError> {
     let mut cmd = Command::new("nft");
@@ -445,6 +482,25 @@ fn nft_chain_names(json: &str, table: &str) -> Result<Vec<String>, serde_json::E
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_nft_table_of_empty_base_chains_is_empty_and_one_with_a_rule_or_chain_is_not() {
+        let empty = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "nat", "handle": 1}},
+            {"chain": {"family": "ip", "table": "nat", "name": "PREROUTING", "handle": 1,
+              "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}]}"#;
+        assert_eq!(super::nft_table_is_empty(empty).ok(), Some(true));
+        let rule = empty.replace(
+            "]}",
+            r#", {"rule": {"family": "ip", "table": "nat", "chain": "PREROUTING", "handle": 4, "expr": []}}]}"#,
+        );
+        assert_eq!(super::nft_table_is_empty(&rule).ok(), Some(false));
+        let chain = empty.replace(
+            "]}",
+            r#", {"chain": {"family": "ip", "table": "nat", "name": "KUBE-SERVICES", "handle": 2}}]}"#,
+        );
+        assert_eq!(super::nft_table_is_empty(&chain).ok(), Some(false));
+    }
+
     use super::*;
 
     #[test]
