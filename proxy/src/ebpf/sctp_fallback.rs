@@ -202,3 +202,76 @@ impl std::error::Error for SharedError {
         Some(self.0.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::model::{compute_desired_state, ClusterObjects, NodeContext};
+
+    /// Counts the syncs it is asked for.
+    #[derive(Clone, Default)]
+    struct Inner(Arc<Mutex<usize>>);
+
+    impl Dataplane for Inner {
+        fn sync(
+            &mut self,
+            _: SyncKind,
+            _: &DesiredState,
+            _: &StateDiff,
+        ) -> Result<SyncReport, SyncError> {
+            *self
+                .0
+                .lock()
+                .map_err(|_| SyncError::new("test", "poisoned"))? += 1;
+            Ok(SyncReport::default())
+        }
+
+        fn cleanup(&mut self) -> Result<(), SyncError> {
+            Ok(())
+        }
+    }
+
+    fn state(protocols: &[&str]) -> DesiredState {
+        let ports: Vec<serde_json::Value> = protocols
+            .iter()
+            .enumerate()
+            .map(|(i, p)| serde_json::json!({"name": format!("p{i}"), "port": 80 + i, "protocol": p}))
+            .collect();
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "sig", "namespace": "demo"},
+            "spec": {"clusterIP": "198.18.128.38", "ports": ports}
+        }))
+        .expect("service");
+        let mut objects = ClusterObjects::default();
+        objects
+            .services
+            .insert(crate::model::ObjectKey::new("demo", "sig"), Arc::new(svc));
+        compute_desired_state(&objects, &NodeContext::new("node1")).state
+    }
+
+    #[test]
+    fn without_iptables_sctp_ports_fail_every_sync_and_others_never_do() {
+        let inner = Inner::default();
+        let mut dp = WithSctpFallback::new(inner.clone(), None, RuleConfig::default());
+        let tcp = state(&["TCP"]);
+        let report = dp
+            .sync(SyncKind::Full, &tcp, &StateDiff::default())
+            .expect("sync");
+        assert!(report.errors.is_empty());
+        let mixed = state(&["TCP", "SCTP"]);
+        for kind in [SyncKind::Full, SyncKind::Verify] {
+            let report = dp.sync(kind, &mixed, &StateDiff::default()).expect("sync");
+            let failed: Vec<String> = report.errors.iter().map(|e| e.port.to_string()).collect();
+            assert_eq!(failed, ["demo/sig:p1/SCTP"]);
+            let text = crate::controller::error_chain(&report.errors[0]);
+            assert!(text.contains("no iptables found"), "{text}");
+        }
+        assert_eq!(
+            *inner.0.lock().expect("count"),
+            3,
+            "the inner dataplane syncs every time"
+        );
+    }
+}
