@@ -4,6 +4,9 @@
 //! On the host target this crate compiles to an empty binary so `cargo clippy --workspace` works.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The compare-exchange in tc::snat_reuse (no `core::sync::atomic` CAS on this target).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod lb;

@@ -28,7 +28,8 @@
 //! Each entry records what its direction saw (`CT_STATE_*`: answered, FIN, RST); entries have
 //! no lifetime of their own here: userspace expires idle and closed flows, both directions at
 //! once, from those bits and `last_seen_ns` (`switchyard_model::tc_conntrack`). A SYN on a
-//! closed flow's tuple reopens it (its bits are cleared), as netfilter reopens TIME_WAIT.
+//! closed flow's tuple reopens it (its bits are cleared), as netfilter reopens TIME_WAIT, and
+//! the source-NAT port of a closed, quiet flow goes to a new flow ([`snat_reuse`]).
 //!
 //! Scope: IPv4 over Ethernet, TCP and UDP (and ICMP errors quoting them), 20-byte IP headers, no
 //! fragments. Anything else passes untouched (`TC_ACT_OK`).
@@ -37,7 +38,9 @@
 //! and also works when the headers are not in the linear part of the skb, and no packet pointer
 //! is held across the rewriting helpers (which may invalidate them), so nothing needs re-reading.
 mod icmp_error;
+mod refusal_limit;
 mod reject;
+mod snat_reuse;
 
 use aya_ebpf::{
     bindings::{
@@ -97,9 +100,10 @@ const ETH_DST_OFF: usize = 0;
 const ETH_SRC_OFF: usize = 6;
 const AF_INET: u8 = 2;
 
-/// Free source ports tried for a new source-NATed flow before it is dropped. Each try is one
-/// insert; with a random candidate each time, 8 failures in a row mean the range is nearly
-/// full for this backend, where a dropped SYN (retransmitted, picking again) is the answer.
+/// Source ports tried for a new source-NATed flow before it is dropped. Each try is one
+/// insert (or the takeover of an ended flow's port, [`snat_reuse`]); with a random candidate
+/// each time, 8 failures in a row mean the range is nearly full of live flows to this
+/// backend, where a dropped SYN (retransmitted, picking again) is the answer.
 const SNAT_PORT_TRIES: u32 = 8;
 
 const TCP_FLAG_FIN: u8 = 0x01;
@@ -357,7 +361,7 @@ fn new_flow(
         return Err(if service.flags & SERVICE_FLAG_DROP_EMPTY != 0 {
             DROP
         } else {
-            reject::refuse(ctx, pkt)
+            reject::refuse(ctx, pkt, now)
         });
     }
     // A service entry whose slot is missing is being rewritten; a dropped first packet is
@@ -601,9 +605,11 @@ fn snat_flow(
         };
         // BPF_NOEXIST on the reply key is the port allocation: a taken (backend, node
         // address, port) triple belongs to another flow, whose replies must stay its own.
+        // A port whose TCP flow has ended is taken over, as netfilter reuses TIME_WAIT.
         if CONNTRACK
             .insert(reply_key, reply, BPF_NOEXIST as u64)
             .is_err()
+            && !snat_reuse::take_ended(&reply_key, &reply, now)
         {
             continue;
         }

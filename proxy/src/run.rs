@@ -205,6 +205,7 @@ fn start_dataplane(
                 kernel_logs: settings.verbosity >= 4,
                 // After start-up's conntrack sysctls, so the `conntrack` section applies.
                 flow_timeouts: crate::ebpf::flow_timeouts::read(),
+                icmp_limits: crate::ebpf::icmp_limits::read(),
             })?
             .with_metrics(metrics.ebpf.clone());
             // SCTP ports are served by iptables rules of their own (see the module); without

@@ -14,9 +14,9 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
 use switchyard_common::{
     map_names, program_names, AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue,
-    ServiceKey, ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY, CT_FLAG_SNAT,
-    CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
+    RefusalLimits, ServiceKey, ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY,
+    CT_FLAG_SNAT, CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_SOCKET, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
     SERVICE_FLAG_SOURCE_RANGES,
 };
 use switchyard_testbed::{Testbed, TopologySpec};
@@ -404,6 +404,14 @@ impl Tc {
         self.hash::<u32, u32>(map_names::SNAT_ADDRS)
             .insert(ifindex, be(addr), 0)
             .expect("write the snat address");
+    }
+
+    /// ICMP rate limits as the controller writes them from the node's sysctls.
+    fn refusal_limits(&mut self, limits: RefusalLimits) {
+        let mut array: aya::maps::Array<&mut MapData, RefusalLimits> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(map_names::REFUSAL_LIMITS).unwrap())
+                .unwrap();
+        array.set(0, limits, 0).expect("write the refusal limits");
     }
 
     fn conntrack_entries(&mut self) -> Vec<(CtKey, CtValue)> {
@@ -913,6 +921,107 @@ fn masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_
     assert_eq!(tc.conntrack_len(), 4);
 }
 
+/// Moves both entries of a tracked flow's last packet far into the past (to boot time).
+fn age_flow(tc: &mut Tc, keys: [CtKey; 2]) {
+    let mut map = tc.hash::<CtKey, CtValue>(map_names::CONNTRACK);
+    for key in keys {
+        let mut value = map.get(&key, 0).expect("entry to age");
+        value.last_seen_ns = 0;
+        map.insert(key, value, 0).expect("write aged entry");
+    }
+}
+
+#[test]
+fn an_ended_flows_source_nat_port_goes_to_a_new_flow_and_a_live_flows_never_does() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    // One port: every new flow needs the one flow before it to have ended.
+    const PORT: u16 = 40000;
+    tc.snat(PORT..=PORT, bed.ifindex, bed.node1);
+    let frontend = (bed.node1, NODE_PORT);
+    tc.external(
+        frontend,
+        PROTO_TCP,
+        7,
+        SERVICE_FLAG_MASQUERADE,
+        &[bed.remote_pod],
+    );
+    let first = (CLIENT, CLIENT_PORT);
+    let second = (FAR_CLIENT, CLIENT_PORT);
+    let backend = (bed.remote_pod, POD_PORT);
+    let v = bed.ingress(&tc, &frame(tcp(first, frontend, TCP_SYN)));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(parse(&v.frame).src, (bed.node1, PORT));
+    let keys = [
+        ct_key(first, frontend, PROTO_TCP),
+        ct_key(backend, (bed.node1, PORT), PROTO_TCP),
+    ];
+    let reply = |bed: &SnatBed, tc: &Tc, flags: u8| {
+        let v = bed.ingress(tc, &frame(tcp(backend, (bed.node1, PORT), flags)));
+        assert_eq!(v.ret, TC_ACT_REDIRECT, "reply of the first flow translated");
+        assert_eq!(parse(&v.frame).dst, first);
+    };
+    reply(&bed, &tc, TCP_SYN | TCP_ACK);
+    let syn = frame(tcp(second, frontend, TCP_SYN));
+
+    // Open, even when idle for long: its port stays its own.
+    age_flow(&mut tc, keys);
+    assert_eq!(bed.ingress(&tc, &syn).ret, TC_ACT_SHOT, "open flow kept");
+    // Half closed (the client's FIN only): still its own.
+    let v = bed.ingress(&tc, &frame(tcp(first, frontend, TCP_FIN | TCP_ACK)));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    age_flow(&mut tc, keys);
+    assert_eq!(
+        bed.ingress(&tc, &syn).ret,
+        TC_ACT_SHOT,
+        "half-closed flow kept"
+    );
+    // Closed both ways, but its last packets just passed: not yet.
+    reply(&bed, &tc, TCP_FIN | TCP_ACK);
+    assert_eq!(
+        bed.ingress(&tc, &syn).ret,
+        TC_ACT_SHOT,
+        "closed flow not quiet yet"
+    );
+
+    // Closed and quiet: the new flow gets the port, and the old flow's entries are gone.
+    age_flow(&mut tc, keys);
+    let v = bed.ingress(&tc, &syn);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "ended flow's port reused");
+    assert_eq!(parse(&v.frame).src, (bed.node1, PORT));
+    assert_checksums_valid(&v.frame);
+    assert_eq!(
+        tc.conntrack(keys[0]),
+        None,
+        "old original-direction entry deleted"
+    );
+    let taken = tc.conntrack(keys[1]).expect("reply entry");
+    assert_eq!(
+        (taken.nat_addr, taken.nat_port, taken.state),
+        (be(second.0), second.1.to_be(), 0),
+        "reply entry now the new flow's"
+    );
+    assert_eq!(tc.conntrack_len(), 2);
+    let v = bed.ingress(
+        &tc,
+        &frame(tcp(backend, (bed.node1, PORT), TCP_SYN | TCP_ACK)),
+    );
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(
+        (parse(&v.frame).src, parse(&v.frame).dst),
+        (frontend, second),
+        "the backend's reply goes to the new client"
+    );
+
+    // A reset ends a flow too.
+    let v = bed.ingress(&tc, &frame(tcp(second, frontend, TCP_RST)));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    age_flow(&mut tc, [ct_key(second, frontend, PROTO_TCP), keys[1]]);
+    let v = bed.ingress(&tc, &frame(tcp(first, frontend, TCP_SYN)));
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "reset flow's port reused");
+    assert_eq!(tc.conntrack(ct_key(second, frontend, PROTO_TCP)), None);
+}
+
 #[test]
 fn masquerade_udp_flow_keeps_valid_checksums_both_ways() {
     let bed = SnatBed::new();
@@ -1135,6 +1244,57 @@ fn a_service_without_endpoints_answers_udp_with_icmp_port_unreachable() {
         assert_icmp_checksums_valid(f);
     }
     assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
+fn port_unreachable_answers_are_rate_limited_per_client_as_the_kernels_and_resets_are_not() {
+    let mut tc = Tc::load();
+    tc.external((LB_IP, 53), PROTO_UDP, 1, 0, &[]);
+    tc.external((LB_IP, 80), PROTO_TCP, 2, 0, &[]);
+    // Without limits written (a node with icmp_ratelimit 0, as the testbed's), every
+    // datagram is answered.
+    let unlimited = (0..20)
+        .filter(|_| {
+            tc.ingress(&frame(udp((CLIENT, 5353), (LB_IP, 53), true)))
+                .ret
+                == TC_ACT_REDIRECT
+        })
+        .count();
+    assert_eq!(unlimited, 20);
+    // The kernel's defaults (icmp_ratelimit 1000 ms, icmp_msgs_per_sec 1000, burst 50).
+    tc.refusal_limits(RefusalLimits {
+        client_interval_ns: 1_000_000_000,
+        client_burst_ns: 6_000_000_000,
+        global_interval_ns: 1_000_000,
+        global_burst_ns: 50_000_000,
+    });
+    let answered = |tc: &Tc, client: Ipv4Addr, count: usize| {
+        (0..count)
+            .filter(|_| {
+                let v = tc.ingress(&frame(udp((client, 5353), (LB_IP, 53), true)));
+                match v.ret {
+                    TC_ACT_REDIRECT => true,
+                    TC_ACT_SHOT => false,
+                    other => panic!("verdict {other}"),
+                }
+            })
+            .count()
+    };
+    // icmp_ratelimit: a burst of 6 per client, then one a second (this loop takes far less).
+    let first = answered(&tc, Ipv4Addr::new(203, 0, 113, 8), 20);
+    assert!((6..=7).contains(&first), "{first} of 20 datagrams answered");
+    assert_eq!(
+        answered(&tc, FAR_CLIENT, 6),
+        6,
+        "another client has its own burst"
+    );
+    let resets = (0..20)
+        .filter(|_| {
+            let syn = frame_with(tcp((CLIENT, CLIENT_PORT), (LB_IP, 80), TCP_SYN), &[], &[]);
+            tc.ingress(&syn).ret == TC_ACT_REDIRECT
+        })
+        .count();
+    assert_eq!(resets, 20, "every SYN gets its reset");
 }
 
 #[test]

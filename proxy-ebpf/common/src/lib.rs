@@ -26,6 +26,10 @@ pub mod map_names {
     /// Names for `switchyard status`: backend-set id -> [`ServiceName`](super::ServiceName)
     /// (hash). Written by userspace only; no program reads it.
     pub const SERVICE_NAMES: &str = "SWY_SVC_NAMES";
+    /// Rate limits of the tc programs' ICMP refusals: one
+    /// [`RefusalLimits`](super::RefusalLimits) (array), written by userspace at start.
+    /// Not pinned: each load gets the node's current sysctls.
+    pub const REFUSAL_LIMITS: &str = "SWY_REFUSAL_LIMITS";
 }
 
 /// Program names as they appear in the object file.
@@ -267,6 +271,23 @@ pub struct CtValue {
     pub last_seen_ns: u64,
 }
 
+/// Value of the refusal rate limits map (one entry, index 0): the kernel's ICMP rate limits
+/// of the node namespace, as the tc programs apply them to the port unreachable answers they
+/// send themselves. All zero (not written): no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RefusalLimits {
+    /// `icmp_ratelimit` in nanoseconds: per client address, one answer per this interval;
+    /// 0 = no per-client limit.
+    pub client_interval_ns: u64,
+    /// The per-client burst: six intervals (`XRLIM_BURST_FACTOR`).
+    pub client_burst_ns: u64,
+    /// 1 s / `icmp_msgs_per_sec`: for all clients, one answer per this interval; 0 = none.
+    pub global_interval_ns: u64,
+    /// `icmp_msgs_burst` intervals.
+    pub global_burst_ns: u64,
+}
+
 /// Value of the source NAT settings map (one entry, index 0), written by userspace at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -366,6 +387,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::RefusalLimits {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl aya::Pod for super::SnatConfig {}
     unsafe impl aya::Pod for super::ServiceName {}

@@ -19,7 +19,8 @@ use aya_ebpf::{
 use switchyard_common::{PROTO_ICMP, PROTO_TCP};
 
 use super::{
-    Ipv4Hdr, Packet, DROP, ETH_HLEN, IP_CSUM_OFF, L4_OFF, TCP_CSUM_OFF, TCP_HLEN, UDP_HLEN,
+    refusal_limit, Ipv4Hdr, Packet, DROP, ETH_HLEN, IP_CSUM_OFF, L4_OFF, TCP_CSUM_OFF, TCP_HLEN,
+    UDP_HLEN,
 };
 
 const IP_HLEN: usize = 20;
@@ -39,13 +40,17 @@ const ICMP_HLEN: usize = 8;
 const QUOTE_LEN: usize = IP_HLEN + UDP_HLEN;
 
 /// Answers the request `pkt` (TCP SYN or UDP datagram) with a refusal; the verdict is a
-/// redirect, or a drop when the answer cannot be built.
+/// redirect, or a drop when the answer cannot be built or an ICMP answer is over the rate
+/// limits ([`refusal_limit`]).
 #[inline(always)]
-pub(super) fn refuse(ctx: &TcContext, pkt: &Packet) -> i32 {
+pub(super) fn refuse(ctx: &TcContext, pkt: &Packet, now: u64) -> i32 {
     let built = if pkt.proto == PROTO_TCP {
         tcp_reset(ctx)
-    } else {
+    } else if refusal_limit::allow_icmp(pkt.saddr, now) {
         port_unreachable(ctx)
+    } else {
+        // Over the kernel's ICMP rate limits: nothing is sent, as the kernel sends nothing.
+        return DROP;
     };
     if built.is_err() {
         return DROP;

@@ -47,6 +47,8 @@ pub struct EbpfConfig {
     pub kernel_logs: bool,
     /// How long packet-path flows may stay idle, by state (netfilter's timeouts).
     pub flow_timeouts: crate::model::tc_conntrack::FlowTimeouts,
+    /// The kernel's ICMP rate limits, for the refusals the tc programs send.
+    pub icmp_limits: switchyard_common::RefusalLimits,
 }
 
 /// The socket programs and their pin names under `<bpffs>/links/`.
@@ -229,6 +231,7 @@ impl EbpfDataplane {
         }
         // The source NAT settings are in place before the programs see a packet.
         let mut snat_addrs = write_snat_config(&mut ebpf, config.snat_ports.as_ref())?;
+        write_refusal_limits(&mut ebpf, config.icmp_limits)?;
         for device in &config.devices {
             write_snat_addr(&mut snat_addrs, device);
             pinned.extend(attach_tc(&mut ebpf, &links_dir, device, tcx)?);
@@ -455,7 +458,22 @@ impl EbpfDataplane {
         let timeouts = expire.then_some(&self.config.flow_timeouts);
         let sweep = crate::model::tc_conntrack::sweep(&entries, monotonic_ns(), timeouts, gone);
         let mut failed = 0;
+        let mut changed = 0;
+        let as_read: std::collections::HashMap<&CtKey, &CtValue> = if sweep.delete.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            entries.iter().map(|(k, v)| (k, v)).collect()
+        };
         for key in &sweep.delete {
+            // Only an entry still of the flow that was read: since then the tc programs may
+            // have given its source-NAT port to a new flow. (Its time and state bits change
+            // with every packet and do not count.)
+            let same_flow = |v: &CtValue| (v.addr, v.port, v.flags, v.nat_addr, v.nat_port);
+            let now = conntrack.get(key, 0).ok();
+            if now.as_ref().map(same_flow) != as_read.get(key).map(|v| same_flow(v)) {
+                changed += 1;
+                continue;
+            }
             if ignore_missing(conntrack.remove(key), map_names::CONNTRACK).is_err() {
                 failed += 1;
             }
@@ -465,6 +483,7 @@ impl EbpfDataplane {
                 entries = entries.len(),
                 expired = sweep.expired,
                 to_gone_backends = sweep.to_gone_backends,
+                changed,
                 failed,
                 "packet-path flows deleted"
             );
@@ -835,6 +854,23 @@ fn write_snat_config(
         })
         .map_err(handle(map_names::SNAT_ADDRS))?;
     Ok(aya::maps::HashMap::try_from(map).map_err(handle(map_names::SNAT_ADDRS))?)
+}
+
+/// Writes the ICMP rate limits the tc programs apply to their refusals.
+fn write_refusal_limits(
+    ebpf: &mut Ebpf,
+    limits: switchyard_common::RefusalLimits,
+) -> Result<(), EbpfError> {
+    let name = map_names::REFUSAL_LIMITS;
+    let handle = move |source| MapHandleError { name, source };
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(MapError::InvalidName { name: name.into() })
+        .map_err(handle)?;
+    let mut array: aya::maps::Array<&mut MapData, switchyard_common::RefusalLimits> =
+        aya::maps::Array::try_from(map).map_err(handle)?;
+    array.set(0, limits, 0).map_err(handle)?;
+    Ok(())
 }
 
 /// Records `device`'s first IPv4 address as the source NAT address of flows leaving there

@@ -1,6 +1,7 @@
 //! ebpf mode: socket programs whose maps hold services and backends.
 pub mod dataplane;
 pub mod flow_timeouts;
+pub mod icmp_limits;
 pub mod maps;
 pub mod masquerade;
 pub mod metrics;
