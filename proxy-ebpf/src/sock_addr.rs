@@ -26,6 +26,8 @@ const REJECT: i32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+/// SCTP sockets are SOCK_STREAM or SOCK_SEQPACKET; they are left to netfilter.
+const IPPROTO_SCTP: u32 = 132;
 
 /// cgroup/connect4: TCP connect() and connected UDP to a service frontend go to one backend.
 #[cgroup_sock_addr(connect4)]
@@ -61,6 +63,11 @@ fn sock_addr(ctx: &SockAddrContext) -> &mut bpf_sock_addr {
 
 fn translate(ctx: &SockAddrContext) -> i32 {
     let sa = sock_addr(ctx);
+    // An SCTP socket must not be taken for a TCP one: ebpf mode serves SCTP ports with
+    // iptables rules (its SCTP fallback), which see the socket's packets untranslated.
+    if sa.protocol == IPPROTO_SCTP {
+        return ALLOW;
+    }
     let proto = match sa.type_ {
         SOCK_STREAM => PROTO_TCP,
         SOCK_DGRAM => PROTO_UDP,

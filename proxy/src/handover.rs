@@ -39,6 +39,12 @@
 //!   sync deletes every `SWY-` chain it does not want, and fails while POSTROUTING still
 //!   jumps there.
 //!
+//! - ebpf mode's SCTP fallback chains (`SWYSCTP-*`, see [`crate::ebpf::sctp_fallback`]) are
+//!   named apart from iptables mode's, so ebpf mode's removal of `SWY-*` leaves them, and
+//!   iptables mode's full syncs never see them. An SCTP port is translated by both sets of
+//!   rules alike during the overlap (a packet is DNATed by the first nat rule it meets, once);
+//!   iptables mode removes the fallback chains with the pins, after its first sync.
+//!
 //! Upstream (KEP-2448) leaves the other mode's state behind; Switchyard removes it.
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,7 +66,8 @@ pub enum Leftovers {
     /// ebpf mode takes over: iptables mode's chains (both backends) and older ebpf versions'
     /// masquerade chains.
     Iptables,
-    /// iptables mode takes over: ebpf mode's pinned links (detaching its programs) and maps.
+    /// iptables mode takes over: ebpf mode's pinned links (detaching its programs) and maps,
+    /// and its SCTP fallback chains (`SWYSCTP-*`, both backends).
     Ebpf {
         /// The pin directory (`--bpffs-path`).
         bpffs_path: PathBuf,
@@ -83,13 +90,18 @@ impl Leftovers {
                 if let Err(e) = drain_ebpf(bpffs_path) {
                     tracing::warn!(error = %e, "handover: cannot drain ebpf mode's flows; removing it at once");
                 }
-                match remove_ebpf_state(bpffs_path) {
-                    Ok(()) => tracing::info!("handover: no ebpf mode state left"),
-                    Err(e) => tracing::warn!(
+                let pins = remove_ebpf_state(bpffs_path);
+                if let Err(e) = &pins {
+                    tracing::warn!(
                         path = %bpffs_path.display(),
                         error = %e,
                         "handover: cannot remove ebpf mode's pins"
-                    ),
+                    );
+                }
+                // iptables mode's own SCTP rules are written by now (its first sync).
+                let chains = remove_sctp_fallback_state();
+                if pins.is_ok() && chains.is_empty() {
+                    tracing::info!("handover: no ebpf mode state left");
                 }
             }
         }
@@ -233,6 +245,25 @@ pub fn remove_iptables_state() -> Vec<String> {
             Err(e) => {
                 tracing::warn!(%backend, error = %e, "iptables cleanup incomplete");
                 incomplete.push(format!("{backend}: {e}"));
+            }
+        }
+    }
+    incomplete
+}
+
+/// Removes ebpf mode's SCTP fallback chains (`SWYSCTP-*`) from both backends. Returns what
+/// could not be removed.
+pub fn remove_sctp_fallback_state() -> Vec<String> {
+    let mut incomplete = Vec::new();
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        match crate::ebpf::sctp_fallback::remove(backend) {
+            Ok(0) => {}
+            Ok(chains) => {
+                tracing::info!(%backend, chains, "removed ebpf mode's SCTP fallback chains")
+            }
+            Err(e) => {
+                tracing::warn!(%backend, error = %e, "ebpf mode's SCTP fallback cleanup incomplete");
+                incomplete.push(format!("{backend} (SCTP fallback): {e}"));
             }
         }
     }

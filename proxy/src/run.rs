@@ -10,9 +10,11 @@ use crate::config::{ProxyMode, Settings, Source};
 use crate::conntrack::Reconciler;
 use crate::controller::{Controller, SystemClock};
 use crate::dataplane::Dataplane;
+use crate::ebpf::sctp_fallback::WithSctpFallback;
 use crate::ebpf::{EbpfConfig, EbpfDataplane};
 use crate::handover::{
-    remove_ebpf_state, remove_iptables_state, remove_old_masquerade_rules, Leftovers,
+    remove_ebpf_state, remove_iptables_state, remove_old_masquerade_rules,
+    remove_sctp_fallback_state, Leftovers,
 };
 use crate::health::Health;
 use crate::iptables::rule_set::RuleConfig;
@@ -206,6 +208,12 @@ fn start_dataplane(
                 icmp_limits: crate::ebpf::icmp_limits::read(),
             })?
             .with_metrics(metrics.ebpf.clone());
+            // SCTP ports are served by iptables rules of their own (see the module); without
+            // iptables they fail every sync, never silently.
+            let backend = iptables_backend(settings)
+                .inspect_err(|e| tracing::warn!(error = %e, "ebpf mode: no iptables, so SCTP service ports cannot be served"))
+                .ok();
+            let dataplane = WithSctpFallback::new(dataplane, backend, rule_config(settings, local));
             // iptables mode's chains keep translating until the maps are written; older
             // versions' masquerade chains go with them (any nat rule would hook netfilter's
             // NAT, and its conntrack, back in).
@@ -243,9 +251,18 @@ fn start_iptables(
     local: &[std::net::IpAddr],
 ) -> anyhow::Result<IptablesDataplane> {
     let backend = iptables_backend(settings)?;
-    let localhost_nodeports = localhost_nodeports(settings);
     ensure_route_localnet(settings)?;
-    let config = RuleConfig {
+    tracing::info!(%backend, "iptables mode");
+    Ok(IptablesDataplane::new(
+        Box::new(SystemIptables::new(backend)),
+        backend.strategy(),
+        rule_config(settings, local),
+    ))
+}
+
+/// The iptables renderer's node-wide inputs (iptables mode, and ebpf mode's SCTP fallback).
+fn rule_config(settings: &Settings, local: &[std::net::IpAddr]) -> RuleConfig {
+    RuleConfig {
         cluster_cidrs: settings.cluster_cidrs.clone(),
         masquerade_all: settings.masquerade_all,
         nodeport_cidrs: settings.nodeport_cidrs.clone(),
@@ -254,14 +271,8 @@ fn start_iptables(
             .copied()
             .filter(|ip| !ip.is_loopback())
             .collect(),
-        localhost_nodeports,
-    };
-    tracing::info!(%backend, "iptables mode");
-    Ok(IptablesDataplane::new(
-        Box::new(SystemIptables { backend }),
-        backend.strategy(),
-        config,
-    ))
+        localhost_nodeports: localhost_nodeports(settings),
+    }
 }
 
 /// Whether iptables mode serves NodePorts on 127.0.0.1 (kube-proxy's `localhostNodePorts`,
@@ -306,7 +317,8 @@ fn default_cgroup_root() -> anyhow::Result<PathBuf> {
 /// `--cleanup`: removes what Switchyard left on the node, for both modes and both iptables
 /// backends, so switching modes never leaves the other mode's state behind.
 pub fn cleanup(settings: &Settings) -> anyhow::Result<()> {
-    let incomplete = remove_iptables_state();
+    let mut incomplete = remove_iptables_state();
+    incomplete.extend(remove_sctp_fallback_state());
     remove_old_masquerade_rules();
     remove_ebpf_state(&settings.bpffs_path)?;
     if !incomplete.is_empty() {

@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::{EndpointHints, EndpointSlice};
 
 use super::node::NodeContext;
 use super::objects::ObjectKey;
-use super::parse::{self, ParsedProtocol};
+use super::parse;
 use super::service_port::Protocol;
 use super::warnings::{kinds, InputWarning, ObjectWarnings};
 
@@ -122,8 +122,7 @@ pub(crate) struct EndpointGroup {
     pub(crate) addresses: Vec<GroupAddress>,
 }
 
-/// Reads one group port; `Ok(None)` for an SCTP port, which can never match a proxied
-/// service port (the service side already warns about it).
+/// Reads one group port.
 fn group_port(
     w: &ObjectWarnings<'_>,
     path: &str,
@@ -131,12 +130,9 @@ fn group_port(
     protocol: Option<&str>,
     port: i32,
     seen: &[GroupPort],
-) -> Result<Option<GroupPort>, InputWarning> {
-    let protocol = match parse::protocol(protocol) {
-        Ok(ParsedProtocol::Supported(p)) => p,
-        Ok(ParsedProtocol::Sctp) => return Ok(None),
-        Err(msg) => return Err(w.fatal(format!("{path}.protocol"), msg)),
-    };
+) -> Result<GroupPort, InputWarning> {
+    let protocol =
+        parse::protocol(protocol).map_err(|msg| w.fatal(format!("{path}.protocol"), msg))?;
     let port = parse::port_number(port).map_err(|msg| w.fatal(format!("{path}.port"), msg))?;
     let name = name.unwrap_or_default().to_owned();
     // Two entries with the same name and protocol would make the targetPort ambiguous.
@@ -149,11 +145,11 @@ fn group_port(
             format!("duplicate port name {name:?} for protocol {protocol}"),
         ));
     }
-    Ok(Some(GroupPort {
+    Ok(GroupPort {
         name,
         protocol,
         port,
-    }))
+    })
 }
 
 /// Reads an EndpointSlice. `Ok(None)` when the slice does not concern this node: FQDN
@@ -186,16 +182,15 @@ pub(crate) fn parse_slice(
         // A missing port number means "all ports" in the API, which upstream kube-proxy does
         // not implement either; such an entry matches no service port.
         let Some(number) = p.port else { continue };
-        if let Some(gp) = group_port(
+        let gp = group_port(
             &w,
             &path,
             p.name.as_deref(),
             p.protocol.as_deref(),
             number,
             &group.ports,
-        )? {
-            group.ports.push(gp);
-        }
+        )?;
+        group.ports.push(gp);
     }
 
     for (i, ep) in slice.endpoints.iter().enumerate() {
@@ -286,16 +281,15 @@ fn legacy_subset(
     let mut group = EndpointGroup::default();
     for (i, p) in subset.ports.iter().flatten().enumerate() {
         let path = format!("subsets[{s}].ports[{i}]");
-        if let Some(gp) = group_port(
+        let gp = group_port(
             w,
             &path,
             p.name.as_deref(),
             p.protocol.as_deref(),
             p.port,
             &group.ports,
-        )? {
-            group.ports.push(gp);
-        }
+        )?;
+        group.ports.push(gp);
     }
     let lists = [
         ("addresses", true, &subset.addresses),

@@ -17,8 +17,8 @@
 //! Decisions worth knowing when reading the code:
 //! - Bad input never fails the computation. An invalid field makes its object (Service,
 //!   EndpointSlice, Endpoints) skipped with exactly one [`InputWarning`]; a value that is valid
-//!   Kubernetes but cannot be used here (an SCTP port, an address of a family this node does
-//!   not serve) drops only that value, with a warning, and the object is kept.
+//!   Kubernetes but cannot be used here (an address of a family this node does not serve)
+//!   drops only that value, with a warning, and the object is kept.
 //! - A service is served in the families it has a cluster IP for on this node; its NodePort,
 //!   external and LoadBalancer addresses and endpoints of other families are left out. Slices
 //!   of another family are expected in dual-stack clusters and ignored without a warning.

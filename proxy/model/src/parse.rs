@@ -78,21 +78,12 @@ pub(crate) fn port_number(value: i32) -> Result<u16, String> {
     }
 }
 
-/// How a protocol field reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ParsedProtocol {
-    /// A protocol Switchyard proxies.
-    Supported(Protocol),
-    /// SCTP: valid Kubernetes, not proxied by Switchyard.
-    Sctp,
-}
-
 /// A protocol field; missing means TCP, as the API server defaults it.
-pub(crate) fn protocol(value: Option<&str>) -> Result<ParsedProtocol, String> {
+pub(crate) fn protocol(value: Option<&str>) -> Result<Protocol, String> {
     match value {
-        None | Some("TCP") => Ok(ParsedProtocol::Supported(Protocol::Tcp)),
-        Some("UDP") => Ok(ParsedProtocol::Supported(Protocol::Udp)),
-        Some("SCTP") => Ok(ParsedProtocol::Sctp),
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
         Some(other) => Err(format!(
             "unknown protocol {other:?} (expected TCP, UDP or SCTP)"
         )),

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 
 use super::node::NodeContext;
 use super::objects::ObjectKey;
-use super::parse::{self, ParsedProtocol};
+use super::parse;
 use super::service_port::{Protocol, TrafficPolicy};
 use super::warnings::{kinds, InputWarning, ObjectWarnings};
 
@@ -296,7 +296,7 @@ fn addresses_of_families<'t>(
     Ok(out)
 }
 
-/// `spec.ports`: validated; SCTP ports are dropped with a soft warning.
+/// `spec.ports`: validated.
 fn ports(
     w: &mut ObjectWarnings<'_>,
     spec: &ServiceSpec,
@@ -305,17 +305,8 @@ fn ports(
 ) -> Result<Vec<ParsedPort>, InputWarning> {
     let mut out: Vec<ParsedPort> = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let protocol = match parse::protocol(p.protocol.as_deref()) {
-            Ok(ParsedProtocol::Supported(proto)) => proto,
-            Ok(ParsedProtocol::Sctp) => {
-                w.soft(
-                    format!("spec.ports[{i}].protocol"),
-                    "SCTP is not supported by Switchyard; port ignored",
-                );
-                continue;
-            }
-            Err(msg) => return Err(w.fatal(format!("spec.ports[{i}].protocol"), msg)),
-        };
+        let protocol = parse::protocol(p.protocol.as_deref())
+            .map_err(|msg| w.fatal(format!("spec.ports[{i}].protocol"), msg))?;
         let port = parse::port_number(p.port)
             .map_err(|msg| w.fatal(format!("spec.ports[{i}].port"), msg))?;
         let name = p.name.clone().unwrap_or_default();

@@ -11,21 +11,24 @@ use super::endpoints::Endpoint;
 use super::objects::ObjectKey;
 use super::topology::Topology;
 
-/// Transport protocol of a service port (SCTP is not proxied by Switchyard).
+/// Transport protocol of a service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     /// TCP.
     Tcp,
     /// UDP.
     Udp,
+    /// SCTP (ebpf mode serves it through netfilter, see `switchyard::ebpf::sctp_fallback`).
+    Sctp,
 }
 
 impl Protocol {
-    /// The Kubernetes spelling: `TCP` or `UDP`.
+    /// The Kubernetes spelling: `TCP`, `UDP` or `SCTP`.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
         }
     }
 }

@@ -52,7 +52,7 @@ impl InputWarning {
 ///
 /// Problems come in two strengths: a *fatal* one makes the whole object unusable (only that one
 /// warning is reported, so the operator sees the cause and not a cascade), while a *soft* one
-/// drops a single value (an address of a family this node does not serve, an SCTP port) and
+/// drops a single value (an address of a family this node does not serve) and
 /// the rest of the object is kept.
 #[derive(Debug)]
 pub(crate) struct ObjectWarnings<'a> {

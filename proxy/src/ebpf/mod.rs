@@ -6,6 +6,7 @@ pub mod maps;
 pub mod masquerade;
 pub mod metrics;
 pub mod object;
+pub mod sctp_fallback;
 pub mod sock_term;
 
 pub use dataplane::{EbpfConfig, EbpfDataplane, EbpfError};

@@ -11,14 +11,60 @@ use super::restore::{self, Strategy};
 use super::rule_set::{
     add_counts, BaseRules, ChainRef, PortRules, RuleArgs, RuleConfig, RuleCounts, Table,
 };
-use super::rules::{base_rules, port_rules};
+use super::rules;
 use crate::conntrack::Reconciler;
 use crate::dataplane::{Dataplane, SyncError, SyncKind, SyncReport};
 pub use crate::metrics::IptablesMetrics;
-use crate::model::{DesiredState, ServicePortKey, StateDiff};
+use crate::model::iptables::sctp_fallback;
+use crate::model::{DesiredState, ServicePort, ServicePortKey, StateDiff};
 
 /// The tables we own chains in.
 pub const TABLES: [Table; 3] = [Table::Mangle, Table::Nat, Table::Filter];
+
+/// Which rules a dataplane writes, under which chain names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RuleFlavor {
+    /// iptables mode: every port, `SWY-*` chains.
+    #[default]
+    Iptables,
+    /// ebpf mode's SCTP fallback: SCTP ports only, `SWYSCTP-*` chains, SCTP-only jumps
+    /// (see [`sctp_fallback`]).
+    SctpFallback,
+}
+
+impl RuleFlavor {
+    /// Whether `chain` is one this flavor writes (and a full sync may delete).
+    pub fn is_ours(self, chain: &str) -> bool {
+        match self {
+            RuleFlavor::Iptables => super::chains::is_ours(chain),
+            RuleFlavor::SctpFallback => sctp_fallback::is_ours(chain),
+        }
+    }
+
+    fn base_rules(self, config: &RuleConfig) -> BaseRules {
+        match self {
+            RuleFlavor::Iptables => rules::base_rules(config),
+            RuleFlavor::SctpFallback => sctp_fallback::base_rules(config),
+        }
+    }
+
+    fn port_rules(self, port: &ServicePort, config: &RuleConfig) -> PortRules {
+        match self {
+            RuleFlavor::Iptables => rules::port_rules(port, config),
+            RuleFlavor::SctpFallback => sctp_fallback::port_rules(port, config),
+        }
+    }
+
+    /// The canary chain whose disappearance shows a flush.
+    fn canary(self) -> ChainRef {
+        match self {
+            RuleFlavor::Iptables => ChainRef::new(Table::Mangle, CANARY),
+            RuleFlavor::SctpFallback => {
+                ChainRef::new(Table::Mangle, sctp_fallback::fallback_name(CANARY))
+            }
+        }
+    }
+}
 
 /// What the dataplane needs from the system; faked in unit tests.
 pub trait IptablesSystem: Send {
@@ -47,11 +93,24 @@ pub trait IptablesSystem: Send {
 pub struct SystemIptables {
     /// Backend in use.
     pub backend: IptablesBackend,
+    /// Whose chains it lists and removes.
+    pub flavor: RuleFlavor,
+}
+
+impl SystemIptables {
+    /// iptables mode's chains in `backend`.
+    pub fn new(backend: IptablesBackend) -> Self {
+        Self {
+            backend,
+            flavor: RuleFlavor::Iptables,
+        }
+    }
 }
 
 impl IptablesSystem for SystemIptables {
     fn remove_all(&mut self) -> Result<usize, super::cleanup::CleanupError> {
-        super::cleanup::cleanup(self.backend)
+        let flavor = self.flavor;
+        super::cleanup::remove_chains_where(self.backend, |_, chain| flavor.is_ours(chain))
     }
 
     fn restore(&mut self, input: &str) -> Result<(), ExecError> {
@@ -59,7 +118,8 @@ impl IptablesSystem for SystemIptables {
     }
 
     fn our_chains(&mut self, table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
-        exec::our_chains(self.backend, table)
+        let flavor = self.flavor;
+        exec::chains_where(self.backend, table, |chain| flavor.is_ours(chain))
     }
 
     fn chain_exists(&mut self, chain: &ChainRef) -> bool {
@@ -230,6 +290,7 @@ impl Written {
 /// iptables mode.
 pub struct IptablesDataplane {
     system: Box<dyn IptablesSystem>,
+    flavor: RuleFlavor,
     strategy: Strategy,
     config: RuleConfig,
     base: BaseRules,
@@ -246,9 +307,11 @@ pub struct IptablesDataplane {
 impl IptablesDataplane {
     /// A dataplane writing through `system` with `strategy`.
     pub fn new(system: Box<dyn IptablesSystem>, strategy: Strategy, config: RuleConfig) -> Self {
-        let base = base_rules(&config);
+        let flavor = RuleFlavor::Iptables;
+        let base = flavor.base_rules(&config);
         Self {
             system,
+            flavor,
             strategy,
             config,
             base,
@@ -258,6 +321,14 @@ impl IptablesDataplane {
             conntrack: None,
             recorded: None,
         }
+    }
+
+    /// Writes `flavor`'s rules instead of iptables mode's (`system` must list and remove
+    /// that flavor's chains).
+    pub fn with_flavor(mut self, flavor: RuleFlavor) -> Self {
+        self.flavor = flavor;
+        self.base = flavor.base_rules(&self.config);
+        self
     }
 
     /// Reconciles the conntrack table through `reconciler` after every sync.
@@ -318,11 +389,11 @@ impl IptablesDataplane {
             .map_err(|e| SyncError::new("reading the jumps from built-in chains", e))?;
         // Each port's rules are rendered as they are generated and then reduced to what a
         // partial sync needs: the rules of 10,000 ports never exist twice.
-        let config = &self.config;
+        let (config, flavor) = (&self.config, self.flavor);
         let ports = state
             .ports
             .iter()
-            .map(|(key, port)| (key, port_rules(port, config)));
+            .map(|(key, port)| (key, flavor.port_rules(port, config)));
         let mut written: BTreeMap<ServicePortKey, Written> = BTreeMap::new();
         let inputs = restore::full_sync(
             &self.base,
@@ -378,7 +449,7 @@ impl IptablesDataplane {
                 state
                     .ports
                     .get(*k)
-                    .map(|p| (*k, port_rules(p, &self.config)))
+                    .map(|p| (*k, self.flavor.port_rules(p, &self.config)))
             })
             .collect();
         let input = restore::partial_sync(
@@ -422,13 +493,13 @@ impl IptablesDataplane {
         if kind == SyncKind::Verify {
             // One cheap check per resync; a flush behind our back removes the canary too.
             // Drift it cannot see (one rule deleted by hand) waits for the hourly full sync.
-            let canary = ChainRef::new(Table::Mangle, CANARY);
+            let canary = self.flavor.canary();
             if !self.system.chain_exists(&canary) {
                 tracing::warn!(
                     "canary chain gone: iptables were flushed behind our back; rewriting"
                 );
                 let mut report = self.full(state)?;
-                report.repaired = Some(format!("chain {CANARY} missing"));
+                report.repaired = Some(format!("chain {} missing", canary.chain));
                 return Ok(report);
             }
         }
@@ -465,7 +536,7 @@ impl Dataplane for IptablesDataplane {
             // Firewall chains admit the node's own addresses: every port's rules may change.
             tracing::info!(?node_ips, "node addresses changed; rewriting the rules");
             self.config.node_ips = node_ips;
-            self.base = base_rules(&self.config);
+            self.base = self.flavor.base_rules(&self.config);
             self.needs_full = true;
         }
     }
@@ -614,7 +685,7 @@ mod tests {
 
     /// The shared chains every port's rules go into.
     fn shared_chains() -> BTreeSet<String> {
-        base_rules(&RuleConfig::default())
+        rules::base_rules(&RuleConfig::default())
             .chains
             .keys()
             .map(|c| c.chain.clone())
@@ -711,10 +782,10 @@ mod tests {
             cluster_cidrs: vec!["198.19.0.0/16".parse().unwrap()],
             ..RuleConfig::default()
         };
-        let own: BTreeSet<String> = port_rules(port, &config)
+        let own: BTreeSet<String> = rules::port_rules(port, &config)
             .chains
             .keys()
-            .chain(port_rules(old_port, &config).chains.keys())
+            .chain(rules::port_rules(old_port, &config).chains.keys())
             .map(|c| c.chain.clone())
             .collect();
         let shared = shared_chains();

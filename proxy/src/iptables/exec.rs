@@ -251,13 +251,26 @@ pub fn saved_rules(
 /// `iptables-save -t TABLE` reduced to our chains (declarations and rules) and the rules of
 /// other chains that jump into ours, for `switchyard status`.
 pub fn save_ours(backend: IptablesBackend, table: Table) -> Result<String, ExecError> {
+    save_prefixed(backend, table, super::chains::PREFIX)
+}
+
+/// [`save_ours`] for the chains whose names start with `prefix` (ebpf mode's SCTP fallback
+/// has its own).
+pub fn save_prefixed(
+    backend: IptablesBackend,
+    table: Table,
+    prefix: &str,
+) -> Result<String, ExecError> {
     let mut cmd = Command::new(backend.save());
     cmd.args(["-t", table.as_str()]);
+    let (jump, goto) = (format!(" -j {prefix}"), format!(" -g {prefix}"));
     let keep = |line: &str| {
         line.starts_with('*')
-            || line.strip_prefix(':').is_some_and(is_ours)
+            || line
+                .strip_prefix(':')
+                .is_some_and(|c| c.starts_with(prefix))
             || line.strip_prefix("-A ").is_some_and(|rule| {
-                is_ours(rule) || rule.contains(" -j SWY-") || rule.contains(" -g SWY-")
+                rule.starts_with(prefix) || rule.contains(&jump) || rule.contains(&goto)
             })
     };
     run_keeping(cmd, None, keep)
@@ -411,6 +424,43 @@ fn nft_rule_jumps(json: &str) -> Result<Vec<(u64, String)>, serde_json::Error> {
         .collect())
 }
 
+/// Deletes the `ip` family's `table` when it holds nothing but empty built-in chains: its
+/// base chains alone keep netfilter's hooks registered (for nat, NAT and conntrack for every
+/// packet). Returns whether it went. A rule another tool adds between the listing and the
+/// delete would go with it; tools that add rules do so to a table that already has some.
+pub fn nft_delete_table_if_empty(table: Table) -> Result<bool, ExecError> {
+    if !nft_chains()?.iter().any(|(t, _)| *t == table) {
+        return Ok(false);
+    }
+    let mut cmd = Command::new("nft");
+    cmd.args(["-j", "list", "table", "ip", table.as_str()]);
+    let program = format!("nft -j list table ip {}", table.as_str());
+    let empty = nft_table_is_empty(&run(cmd, None)?).map_err(|e| ExecError::Parse {
+        program,
+        message: e.to_string(),
+    })?;
+    if empty {
+        nft_script(&format!("delete table ip {}\n", table.as_str()))?;
+    }
+    Ok(empty)
+}
+
+/// Whether `nft -j list table` output has no rule and only base chains (those with a hook).
+fn nft_table_is_empty(json: &str) -> Result<bool, serde_json::Error> {
+    let listing: serde_json::Value = serde_json::from_str(json)?;
+    let items = listing
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(items.iter().all(|item| {
+        item.get("rule").is_none()
+            && item.get("set").is_none()
+            && item.get("map").is_none()
+            && item.get("chain").is_none_or(|c| c.get("hook").is_some())
+    }))
+}
+
 /// Runs an nft script (`nft -f -`) as one transaction.
 pub fn nft_script(script: &str) -> Result<(), ExecError> {
     let mut cmd = Command::new("nft");
@@ -432,6 +482,25 @@ fn nft_chain_names(json: &str, table: &str) -> Result<Vec<String>, serde_json::E
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_nft_table_of_empty_base_chains_is_empty_and_one_with_a_rule_or_chain_is_not() {
+        let empty = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "nat", "handle": 1}},
+            {"chain": {"family": "ip", "table": "nat", "name": "PREROUTING", "handle": 1,
+              "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}]}"#;
+        assert_eq!(super::nft_table_is_empty(empty).ok(), Some(true));
+        let rule = empty.replace(
+            "]}",
+            r#", {"rule": {"family": "ip", "table": "nat", "chain": "PREROUTING", "handle": 4, "expr": []}}]}"#,
+        );
+        assert_eq!(super::nft_table_is_empty(&rule).ok(), Some(false));
+        let chain = empty.replace(
+            "]}",
+            r#", {"chain": {"family": "ip", "table": "nat", "name": "KUBE-SERVICES", "handle": 2}}]}"#,
+        );
+        assert_eq!(super::nft_table_is_empty(&chain).ok(), Some(false));
+    }
+
     use super::*;
 
     #[test]

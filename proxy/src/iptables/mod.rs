@@ -5,7 +5,7 @@ pub mod dataplane;
 pub mod exec;
 
 pub use backend::IptablesBackend;
-pub use dataplane::{IptablesDataplane, SystemIptables};
+pub use dataplane::{IptablesDataplane, RuleFlavor, SystemIptables};
 
 // The pure renderer lives in the model crate; these paths keep the mode's modules together.
 pub use switchyard_model::iptables::{chains, restore, rule_set, rules};

@@ -169,11 +169,24 @@ fn ebpf_report(args: &StatusArgs) -> Result<Report, StatusError> {
     let decoded = status::ebpf::decode(&pinned.maps);
     let mut notes = pinned.notes;
     notes.extend(decoded.notes);
+    let (mut services, mut backends) = (decoded.services, decoded.backends);
+    // SCTP ports are served by iptables rules of ebpf mode's own (its SCTP fallback).
+    for (backend, save) in read_iptables::sctp_fallback(args.iptables_backend)? {
+        let fallback = status::iptables::decode_sctp_fallback(&save);
+        notes.push(format!(
+            "{} SCTP frontends are served by ebpf mode's SCTP fallback: SWYSCTP-* chains in \
+             iptables-{backend}",
+            fallback.services.len()
+        ));
+        notes.extend(fallback.notes);
+        services.extend(fallback.services);
+        backends.extend(fallback.backends);
+    }
     Ok(Report {
         mode: "ebpf",
         source: args.bpffs_path.display().to_string(),
-        services: Some(decoded.services),
-        backends: Some(decoded.backends),
+        services: Some(services),
+        backends: Some(backends),
         maps: Some(pinned.map_rows),
         links: Some(pinned.links),
         chains: None,

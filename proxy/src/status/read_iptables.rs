@@ -44,3 +44,34 @@ pub fn read(backend: IptablesBackend) -> Result<Saved, ExecError> {
     }
     Ok(Saved::parse(&text))
 }
+
+/// ebpf mode's SCTP fallback chains (`SWYSCTP-*`) in the backends that hold them: `only`, or
+/// both (legacy only where its nat table exists).
+pub fn sctp_fallback(
+    only: Option<IptablesBackend>,
+) -> Result<Vec<(IptablesBackend, String)>, ExecError> {
+    use crate::model::iptables::sctp_fallback::{fallback_name, PREFIX};
+    let candidates = match only {
+        Some(backend) => vec![backend],
+        None => vec![IptablesBackend::Nft, IptablesBackend::Legacy],
+    };
+    let legacy = exec::legacy_tables();
+    let mut out = Vec::new();
+    for backend in candidates {
+        if backend == IptablesBackend::Legacy && !legacy.contains("nat") {
+            continue;
+        }
+        if !exec::chain_exists(backend, &ChainRef::new(Table::Nat, fallback_name(SERVICES))) {
+            continue;
+        }
+        let mut text = String::new();
+        for table in TABLES {
+            if backend == IptablesBackend::Legacy && !legacy.contains(table.as_str()) {
+                continue;
+            }
+            text.push_str(&exec::save_prefixed(backend, table, PREFIX)?);
+        }
+        out.push((backend, text));
+    }
+    Ok(out)
+}

@@ -27,6 +27,7 @@ pub mod netns;
 pub mod probe;
 pub mod probe_protocol;
 pub mod process;
+pub mod sctp;
 pub mod supervisor;
 pub mod switchyard;
 pub mod topology;

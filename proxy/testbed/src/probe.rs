@@ -149,12 +149,28 @@ impl Testbed {
         tcp_ports: &[u16],
         udp_ports: &[u16],
     ) -> Result<ChildGuard> {
+        self.start_echo_sctp(place, name, tcp_ports, udp_ports, &[])
+    }
+
+    /// [`Testbed::start_echo_in`] that also answers SCTP INITs to `sctp_ports` (over a raw
+    /// socket; see [`crate::sctp`]).
+    pub fn start_echo_sctp(
+        &self,
+        place: impl Into<Place>,
+        name: &str,
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+        sctp_ports: &[u16],
+    ) -> Result<ChildGuard> {
         let mut args = vec!["serve".to_owned(), "--name".to_owned(), name.to_owned()];
         for port in tcp_ports {
             args.extend(["--tcp".to_owned(), port.to_string()]);
         }
         for port in udp_ports {
             args.extend(["--udp".to_owned(), port.to_string()]);
+        }
+        for port in sctp_ports {
+            args.extend(["--sctp".to_owned(), port.to_string()]);
         }
         let mut child = self.spawn(place, self.probe()?, &args)?;
         child.wait_for_stdout_line(|l| l.trim() == READY_LINE, READY_TIMEOUT)?;

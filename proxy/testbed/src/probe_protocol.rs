@@ -24,6 +24,8 @@ pub enum Proto {
     Tcp,
     /// UDP: send one datagram, receive one.
     Udp,
+    /// SCTP over a raw socket: send an INIT, receive the INIT ACK (see [`crate::sctp`]).
+    Sctp,
 }
 
 impl fmt::Display for Proto {
@@ -31,6 +33,7 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
         })
     }
 }
@@ -42,7 +45,10 @@ impl FromStr for Proto {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
-            other => Err(format!("unknown protocol {other:?} (expected tcp or udp)")),
+            "sctp" => Ok(Proto::Sctp),
+            other => Err(format!(
+                "unknown protocol {other:?} (expected tcp, udp or sctp)"
+            )),
         }
     }
 }
@@ -248,6 +254,7 @@ mod tests {
     fn proto_parses() {
         assert_eq!("TCP".parse::<Proto>(), Ok(Proto::Tcp));
         assert_eq!(Proto::Udp.to_string(), "udp");
-        assert!("sctp".parse::<Proto>().is_err());
+        assert_eq!("sctp".parse::<Proto>(), Ok(Proto::Sctp));
+        assert!("quic".parse::<Proto>().is_err());
     }
 }

@@ -326,6 +326,11 @@ pub fn udp(from: At, to: &str) -> Check {
     Check::new(from, Proto::Udp, to)
 }
 
+/// An SCTP check: one INIT per attempt, answered by an INIT ACK naming the backend.
+pub fn sctp(from: At, to: &str) -> Check {
+    Check::new(from, Proto::Sctp, to)
+}
+
 /// A change to the manifest directory (through the API: the matching applies and deletes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileEdit {
@@ -532,8 +537,8 @@ pub struct Scenario {
     pub steps: Vec<Step>,
 }
 
-/// Ports every pod's echo servers listen on, each for TCP and UDP; the server on port P of
-/// pod X answers with the name `X:P`.
+/// Ports every pod's echo servers listen on, each for TCP, UDP and SCTP (INITs, over a raw
+/// socket); the server on port P of pod X answers with the name `X:P`.
 pub const ECHO_PORTS: [u16; 2] = [8080, 9090];
 
 /// Nodes in every testbed.

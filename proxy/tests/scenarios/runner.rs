@@ -256,7 +256,7 @@ pub fn run_scenario(scenario: &Scenario, mode: Mode, via: Via) -> Result<(), Str
             let name = format!("{}:{port}", pod.name);
             echo.push(
                 testbed
-                    .start_echo_in(pod, &name, &[port], &[port])
+                    .start_echo_sctp(pod, &name, &[port], &[port], &[port])
                     .map_err(|e| fail(format!("starting echo server {name}: {e}")))?,
             );
         }

@@ -4,7 +4,7 @@
 //! pod j on node i is 198.19.i.(10+j) and is called `node<i>-pod<j>`, services live in
 //! 198.18.128.0/20, the external client is 203.0.113.10 and reaches only node addresses plus
 //! what a scenario routes to a node with `client_route` (198.18.200.0/24 below: external
-//! and LoadBalancer IPs). Every pod runs echo servers on TCP+UDP 8080 and 9090; the one on
+//! and LoadBalancer IPs). Every pod runs echo servers on TCP+UDP+SCTP 8080 and 9090; the one on
 //! port P of pod X answers `X:P`, so a check names exactly which pod *and* target port must
 //! answer.
 //!
@@ -14,8 +14,8 @@
 //! flows are held flows: `hold(name, check)` opens one socket that keeps making round trips
 //! for the rest of the scenario, `kept(name)` / `moves_to(name, ...)` judge it later.
 use super::model::{
-    check, edit, edit_steady, hold, kept, moves_to, remove, tcp, udp, write, At, Check, Outcome,
-    Scenario, Source, Step,
+    check, edit, edit_steady, hold, kept, moves_to, remove, sctp, tcp, udp, write, At, Check,
+    Outcome, Scenario, Source, Step,
 };
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -64,6 +64,7 @@ pub fn all() -> Vec<Scenario> {
         topology_same_zone(),
         topology_hints_ignored(),
         topology_same_node(),
+        sctp_services(),
     ]
 }
 
@@ -1736,5 +1737,77 @@ fn topology_same_node() -> Scenario {
                 vec![tcp(P11, "198.18.128.132:80").answers(&["node2-pod2:8080"])],
             ),
             check(tcp(P21, "198.18.128.132:80").answers(&ZONE_B)),
+        ])
+}
+
+// ---------------------------------------------------------------------------------------
+// SCTP (ebpf mode: through its SCTP fallback, iptables rules of their own)
+
+fn sctp_services() -> Scenario {
+    let yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: sig, namespace: scen}}
+spec:
+  type: NodePort
+  clusterIP: 198.18.128.38
+  selector: {{app: sig}}
+  ports:
+  - {{name: diameter, port: 3868, targetPort: 8080, nodePort: 30868, protocol: SCTP}}
+---
+{}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sig-sticky, namespace: scen}}
+spec:
+  clusterIP: 198.18.128.39
+  selector: {{app: sig-sticky}}
+  sessionAffinity: ClientIP
+  ports:
+  - {{name: diameter, port: 3868, targetPort: 8080, protocol: SCTP}}
+---
+{}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sig-empty, namespace: scen}}
+spec:
+  clusterIP: 198.18.128.40
+  selector: {{app: gone}}
+  ports:
+  - {{name: diameter, port: 3868, targetPort: 8080, protocol: SCTP}}
+",
+        slice(
+            "sig",
+            "[{name: diameter, port: 8080, protocol: SCTP}]",
+            THREE_ENDPOINTS
+        ),
+        slice(
+            "sig-sticky",
+            "[{name: diameter, port: 8080, protocol: SCTP}]",
+            THREE_ENDPOINTS
+        ),
+    );
+    Scenario::new("sctp")
+        .manifest("sig.yaml", &yaml)
+        .steps(vec![
+            // ClusterIP from a pod: every backend, the pod's own address seen.
+            check(
+                sctp(P11, "198.18.128.38:3868")
+                    .answers(&THREE_8080)
+                    .source(Source::Own),
+            ),
+            // NodePort from outside, externalTrafficPolicy Cluster: masqueraded in both modes
+            // (ebpf mode's SCTP rules are iptables mode's).
+            check(
+                sctp(CLIENT, "198.18.0.12:30868")
+                    .answers(&THREE_8080)
+                    .source(Source::Node),
+            ),
+            // ClientIP affinity: every new association of one client to one backend.
+            check(sctp(P21, "198.18.128.39:3868").sticks_to_one_of(&THREE_8080)),
+            // No endpoints: REJECTed (ICMP port unreachable, as upstream), not black-holed.
+            check(sctp(P11, "198.18.128.40:3868").refused()),
         ])
 }

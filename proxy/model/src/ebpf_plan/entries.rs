@@ -44,11 +44,14 @@ pub(super) struct Entry {
 }
 
 /// The service entries of one port: every IPv4 frontend for local sockets, and the
-/// NodePort, externalIP and LoadBalancer frontends once more for traffic from outside.
+/// NodePort, externalIP and LoadBalancer frontends once more for traffic from outside. None
+/// for an SCTP port: the programs do not handle SCTP (the tc path would have to recompute its
+/// CRC32c over the whole packet), ebpf mode serves those ports with netfilter rules instead.
 pub(super) fn entries(port: &ServicePort) -> Vec<Entry> {
     let proto = match port.key.protocol {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
+        Protocol::Sctp => return Vec::new(),
     };
     let affinity = if port.session_affinity_timeout.is_some() {
         SERVICE_FLAG_AFFINITY

@@ -14,6 +14,7 @@ use switchyard_common::{
 };
 
 use super::SetKind;
+use crate::conntrack::IPPROTO_SCTP;
 use crate::{Protocol, ServicePortKey};
 
 /// One write to the names map.
@@ -34,6 +35,8 @@ pub fn encode(key: &ServicePortKey, set: SetKind) -> ServiceName {
     value.proto = match key.protocol {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
+        // Never written (an SCTP port has no service entry), but named all the same.
+        Protocol::Sctp => IPPROTO_SCTP,
     };
     value.set = match set {
         SetKind::Internal => NAME_SET_INTERNAL,
@@ -49,6 +52,7 @@ pub fn decode(value: &ServiceName) -> Option<(ServicePortKey, SetKind)> {
     let protocol = match value.proto {
         PROTO_TCP => Protocol::Tcp,
         PROTO_UDP => Protocol::Udp,
+        IPPROTO_SCTP => Protocol::Sctp,
         _ => return None,
     };
     let set = match value.set {
@@ -160,7 +164,7 @@ mod tests {
     #[test]
     fn unreadable_values_decode_to_none() {
         let mut value = encode(&key("http", Protocol::Tcp), SetKind::Internal);
-        value.proto = 132; // SCTP: never written
+        value.proto = 136; // UDP-Lite: never written
         assert_eq!(decode(&value), None);
         let mut value = encode(&key("http", Protocol::Tcp), SetKind::Internal);
         value.set = 9;

@@ -6,3 +6,4 @@ pub mod removal;
 pub mod restore;
 pub mod rule_set;
 pub mod rules;
+pub mod sctp_fallback;

@@ -62,11 +62,12 @@ fn comment_text(text: &str) -> String {
     clean
 }
 
-/// `tcp` or `udp`, as used by `-p` and `-m`.
+/// `tcp`, `udp` or `sctp`, as used by `-p` and `-m`.
 fn proto(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
     }
 }
 
@@ -484,11 +485,12 @@ impl<'a> Plan<'a> {
 
     /// The REJECT target. TCP gets a reset instead of upstream's ICMP port unreachable: the
     /// kernel rate-limits ICMP errors per client (a burst of connects would then partly time
-    /// out), while a reset refuses every attempt at once.
+    /// out), while a reset refuses every attempt at once. UDP and SCTP get upstream's ICMP
+    /// port unreachable (xt_REJECT has no SCTP ABORT).
     fn reject(&self) -> &'static str {
         match self.port.key.protocol {
             Protocol::Tcp => "REJECT --reject-with tcp-reset",
-            Protocol::Udp => "REJECT",
+            Protocol::Udp | Protocol::Sctp => "REJECT",
         }
     }
 

@@ -426,6 +426,80 @@ fn udp_uses_udp_matches_everywhere() {
     assert!(r.chains.values().flatten().all(|x| !x.contains("tcp")));
 }
 
+/// demo/sig:diameter SCTP 198.18.128.38:3868, NodePort 30868, one externalIP, ClientIP affinity.
+fn sctp(endpoints: Vec<Endpoint>) -> ServicePort {
+    let k = key("sig", "diameter", Protocol::Sctp);
+    let mut p = port_with(k, "198.18.128.38", 3868, endpoints);
+    p.node_port = Some(30868);
+    p.external_ips = vec![ip("203.0.113.38")];
+    p.session_affinity_timeout = Some(10800);
+    refresh_frontends(&mut p);
+    p
+}
+
+#[test]
+fn sctp_uses_sctp_matches_as_upstream() {
+    let p = sctp(vec![ep("198.19.1.5", 13868)]);
+    let r = port_rules(&p, &cfg());
+    let (svc, ext) = (svc_chain(&p.key), ext_chain(&p.key));
+    let sep = sep(&p, "198.19.1.5", 13868);
+    assert_eq!(
+        shared(&r, Table::Nat, SERVICES),
+        vec![
+            format!("-m comment --comment \"demo/sig:diameter cluster IP\" -d 198.18.128.38/32 -p sctp -m sctp --dport 3868 -j {svc}"),
+            format!("-m comment --comment \"demo/sig:diameter external IP\" -d 203.0.113.38/32 -p sctp -m sctp --dport 3868 -j {ext}"),
+        ]
+    );
+    assert_eq!(
+        shared(&r, Table::Nat, NODEPORTS),
+        vec![format!(
+            "-m comment --comment \"demo/sig:diameter\" -p sctp -m sctp --dport 30868 -j {ext}"
+        )]
+    );
+    assert_eq!(
+        own(&r, &svc),
+        [
+            "-m comment --comment \"demo/sig:diameter cluster IP\" -d 198.18.128.38/32 -p sctp -m sctp --dport 3868 ! -s 198.19.0.0/16 -j SWY-MARK-MASQ".to_owned(),
+            format!("-m comment --comment \"demo/sig:diameter -> 198.19.1.5:13868\" -m recent --name {sep} --rcheck --seconds 10800 --reap -j {sep}"),
+            format!("-m comment --comment \"demo/sig:diameter -> 198.19.1.5:13868\" -j {sep}"),
+        ]
+    );
+    assert_eq!(
+        own(&r, &sep),
+        [
+            "-m comment --comment \"demo/sig:diameter\" -s 198.19.1.5/32 -j SWY-MARK-MASQ".to_owned(),
+            format!("-m comment --comment \"demo/sig:diameter\" -m recent --name {sep} --set -p sctp -m sctp -j DNAT --to-destination 198.19.1.5:13868"),
+        ]
+    );
+    assert!(r
+        .chains
+        .values()
+        .flatten()
+        .chain(r.shared.iter().map(|(_, x)| x))
+        .all(|x| !x.contains("tcp") && !x.contains("udp")));
+}
+
+#[test]
+fn sctp_without_endpoints_is_rejected_with_icmp_as_upstream() {
+    let p = sctp(vec![]);
+    let r = port_rules(&p, &cfg());
+    let note = "-m comment --comment \"demo/sig:diameter has no endpoints\"";
+    assert_eq!(
+        shared(&r, Table::Filter, SERVICES),
+        vec![format!(
+            "{note} -d 198.18.128.38/32 -p sctp -m sctp --dport 3868 -j REJECT"
+        )]
+    );
+    assert_eq!(
+        shared(&r, Table::Filter, EXTERNAL_SERVICES),
+        vec![
+            format!("{note} -d 203.0.113.38/32 -p sctp -m sctp --dport 3868 -j REJECT"),
+            format!("{note} -m addrtype --dst-type LOCAL -p sctp -m sctp --dport 30868 -j REJECT"),
+        ]
+    );
+    assert!(r.chains.is_empty(), "{r:#?}");
+}
+
 #[test]
 fn unnamed_port_comment_has_no_colon() {
     let p = port_with(key("web", "", Protocol::Tcp), "198.18.128.11", 80, vec![]);

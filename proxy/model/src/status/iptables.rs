@@ -430,6 +430,40 @@ fn dnat_destination(rule: &Rule) -> Option<(Ipv4Addr, u16)> {
     Some((address.parse().ok()?, port.parse().ok()?))
 }
 
+/// ebpf mode's SCTP fallback chains (`SWYSCTP-*`, see
+/// [`crate::iptables::sctp_fallback`]) from `iptables-save` lines of those chains and the
+/// jumps into them: read with iptables mode's decoder under iptables mode's names, then the
+/// rows name the fallback's chains again.
+pub fn decode_sctp_fallback(save: &str) -> Decoded {
+    use crate::iptables::sctp_fallback::{fallback_name, to_iptables_name, to_iptables_rule};
+    let renamed: String = save
+        .lines()
+        .map(|line| match line.strip_prefix(':') {
+            Some(rest) => {
+                let (chain, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                format!(":{} {tail}\n", to_iptables_name(chain))
+            }
+            None => format!("{}\n", to_iptables_rule(line)),
+        })
+        .collect();
+    let mut decoded = decode(&Saved::parse(&renamed));
+    let rename = |chain: &mut Option<String>| {
+        if let Some(c) = chain {
+            *c = fallback_name(c);
+        }
+    };
+    for row in &mut decoded.services {
+        rename(&mut row.chain);
+        for backend in &mut row.backends {
+            rename(&mut backend.chain);
+        }
+    }
+    for entry in &mut decoded.backends {
+        rename(&mut entry.chain);
+    }
+    decoded
+}
+
 #[cfg(test)]
 #[path = "iptables_tests.rs"]
 mod tests;

@@ -343,3 +343,64 @@ COMMIT
         ]
     );
 }
+
+#[test]
+fn the_sctp_fallbacks_chains_read_back_under_their_own_names() {
+    use crate::iptables::sctp_fallback;
+    let cfg = RuleConfig {
+        cluster_cidrs: vec!["198.19.0.0/16".parse().expect("cidr")],
+        ..RuleConfig::default()
+    };
+    let mut sig = port(
+        key("sig", "diameter", Protocol::Sctp),
+        "198.18.128.38",
+        3868,
+        vec![ep("198.19.1.5", 13868), ep("198.19.2.6", 13868)],
+    );
+    sig.session_affinity_timeout = Some(10800);
+    let base = sctp_fallback::base_rules(&cfg);
+    let rules = BTreeMap::from([(sig.key.clone(), sctp_fallback::port_rules(&sig, &cfg))]);
+    let mut text = full_sync(
+        &base,
+        rules,
+        &Default::default(),
+        Strategy::Single,
+        &[],
+        |_, _| {},
+    )
+    .concat();
+    for (chain, args) in &base.jumps {
+        text.push_str(&format!(
+            "*{}\n-A {} {}\nCOMMIT\n",
+            chain.table, chain.chain, args
+        ));
+    }
+    // Nothing of it is iptables mode's.
+    assert!(!decode(&Saved::parse(&text))
+        .services
+        .iter()
+        .any(|r| r.service.is_some()));
+    let decoded = decode_sctp_fallback(&text);
+    assert_eq!(decoded.notes, Vec::<String>::new());
+    let s = |x: &str| x.to_owned();
+    assert_eq!(
+        summary(&decoded.services),
+        [(
+            s("demo/sig:diameter/SCTP"),
+            "ClusterIP",
+            s("198.18.128.38:3868/SCTP"),
+            vec![s("198.19.1.5:13868 0.5"), s("198.19.2.6:13868 0.5")]
+        )]
+    );
+    let row = &decoded.services[0];
+    assert_eq!(row.affinity_timeout_seconds, Some(10800));
+    assert_eq!(
+        row.chain.as_deref(),
+        Some(sctp_fallback::fallback_name(&svc_chain(&sig.key)).as_str())
+    );
+    assert!(decoded
+        .backends
+        .iter()
+        .all(|b| b.chain.as_deref().is_some_and(sctp_fallback::is_ours)));
+    assert_eq!(decoded.backends.len(), 2);
+}

@@ -50,9 +50,9 @@ fn flow(protocol: u8, dst: SocketAddr, reply_src: SocketAddr) -> Flow {
     }
 }
 
-/// Upstream's fixture: one service with a TCP port and a UDP port (with a nodePort) on
+/// Upstream's fixture: one service with a TCP, a UDP (with a nodePort) and an SCTP port on
 /// 8000, a cluster IP, an externalIP and a LoadBalancer IP; its slice has one serving and
-/// one non-serving endpoint (SCTP, the third port upstream has, is not served here).
+/// one non-serving endpoint. The SCTP port's entries are never deleted, as upstream.
 fn upstream_state() -> DesiredState {
     let svc = service(
         "cleanup-test",
@@ -66,6 +66,8 @@ fn upstream_state() -> DesiredState {
                      "protocol": "TCP"},
                     {"name": "test-udp", "port": SERVICE_PORT, "targetPort": ENDPOINT_PORT,
                      "nodePort": NODE_PORT, "protocol": "UDP"},
+                    {"name": "test-sctp", "port": SERVICE_PORT, "targetPort": ENDPOINT_PORT,
+                     "protocol": "SCTP"},
                 ]
             },
             "status": {"loadBalancer": {"ingress": [{"ip": LOAD_BALANCER_IP}]}}
@@ -78,6 +80,7 @@ fn upstream_state() -> DesiredState {
             "ports": [
                 {"name": "test-tcp", "port": ENDPOINT_PORT, "protocol": "TCP"},
                 {"name": "test-udp", "port": ENDPOINT_PORT, "protocol": "UDP"},
+                {"name": "test-sctp", "port": ENDPOINT_PORT, "protocol": "SCTP"},
             ],
             "endpoints": [
                 ep(SERVING_IP, "node-b", json!({"ready": true, "serving": true})),
@@ -87,7 +90,7 @@ fn upstream_state() -> DesiredState {
     );
     let computed = World::new().svc(svc).slice(eps).compute(&node_v4());
     assert!(computed.warnings.is_empty(), "{:?}", computed.warnings);
-    assert_eq!(computed.state.ports.len(), 2, "{:#?}", computed.state);
+    assert_eq!(computed.state.ports.len(), 3, "{:#?}", computed.state);
     computed.state
 }
 

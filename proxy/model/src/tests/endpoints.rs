@@ -345,7 +345,7 @@ fn target_ports_resolve_by_name_and_protocol() {
             vec!["198.18.0.1:53"],
         ),
         (
-            "SCTP slice port is ignored",
+            "an SCTP slice port does not match a TCP one of the same name",
             json!([{"name": "http", "port": 8080, "protocol": "SCTP"}]),
             vec![],
             vec![],
@@ -367,6 +367,55 @@ fn target_ports_resolve_by_name_and_protocol() {
         assert_eq!(addrs(&http.endpoints), http_want, "{case}");
         assert_eq!(addrs(&dns.endpoints), dns_want, "{case}");
     }
+}
+
+#[test]
+fn sctp_ports_get_their_sctp_endpoints_from_slices_and_legacy_endpoints() {
+    // A service with the same port name over SCTP and TCP (Diameter): each protocol gets the
+    // slice port of its own protocol only.
+    let diameter = |name: &str, ip: &str| {
+        service(
+            name,
+            json!({"spec": {"clusterIP": ip, "ports": [
+                {"name": "diameter", "port": 3868, "protocol": "SCTP"},
+                {"name": "diameter", "port": 3868, "protocol": "TCP"}
+            ]}}),
+        )
+    };
+    let c = World::new()
+        .svc(diameter("sig", "198.18.128.10"))
+        .slice(slice(
+            "sig-1",
+            "sig",
+            json!({"ports": [
+                {"name": "diameter", "port": 13868, "protocol": "SCTP"},
+                {"name": "diameter", "port": 23868, "protocol": "TCP"}
+            ], "endpoints": [ready("198.18.0.1", "n")]}),
+        ))
+        .svc(diameter("legacy", "198.18.128.11"))
+        .legacy(legacy(
+            "legacy",
+            json!({"subsets": [{
+                "addresses": [{"ip": "198.18.0.2"}],
+                "ports": [{"name": "diameter", "port": 13868, "protocol": "SCTP"}]
+            }]}),
+        ))
+        .compute(&node_v4());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let port = |svc: &str, protocol| &c.state.ports[&key(svc, "diameter", protocol)];
+    assert_eq!(
+        addrs(&port("sig", Protocol::Sctp).endpoints),
+        vec!["198.18.0.1:13868"]
+    );
+    assert_eq!(
+        addrs(&port("sig", Protocol::Tcp).endpoints),
+        vec!["198.18.0.1:23868"]
+    );
+    assert_eq!(
+        addrs(&port("legacy", Protocol::Sctp).endpoints),
+        vec!["198.18.0.2:13868"]
+    );
+    assert!(port("legacy", Protocol::Tcp).endpoints.is_empty());
 }
 
 #[test]

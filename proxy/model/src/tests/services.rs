@@ -514,7 +514,7 @@ fn traffic_policies_and_health_check_port() {
 
 #[test]
 fn protocols_and_port_keys() {
-    use Protocol::{Tcp, Udp};
+    use Protocol::{Sctp, Tcp, Udp};
     // (case, ports, expected keys as (port name, protocol, port), warning fields)
     let cases: Vec<(&str, Value, Vec<(&str, Protocol, u16)>, Vec<&str>)> = vec![
         (
@@ -536,16 +536,22 @@ fn protocols_and_port_keys() {
             vec![],
         ),
         (
-            "SCTP port skipped with a warning, others kept",
+            "SCTP is a port like the others",
             json!([{"name": "http", "port": 80}, {"name": "sig", "port": 3868, "protocol": "SCTP"}]),
-            vec![("http", Tcp, 80)],
-            vec!["spec.ports[1].protocol"],
+            vec![("http", Tcp, 80), ("sig", Sctp, 3868)],
+            vec![],
         ),
         (
-            "only SCTP: no ports, one warning",
+            "only SCTP",
             json!([{"port": 3868, "protocol": "SCTP"}]),
+            vec![("", Sctp, 3868)],
             vec![],
-            vec!["spec.ports[0].protocol"],
+        ),
+        (
+            "same name on TCP and SCTP are two ports",
+            json!([{"name": "diameter", "port": 3868, "protocol": "SCTP"}, {"name": "diameter", "port": 3868}]),
+            vec![("diameter", Tcp, 3868), ("diameter", Sctp, 3868)],
+            vec![],
         ),
     ];
     for (case, ports, want, want_warnings) in cases {

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+#[path = "swy-probe/sctp_raw.rs"]
+mod sctp_raw;
 use switchyard_testbed::probe_protocol::{
     echo_line, parse_echo_line, FailureKind, ProbeLine, Proto, READY_LINE,
 };
@@ -38,10 +41,13 @@ enum Cmd {
         /// UDP port to listen on (repeatable).
         #[arg(long = "udp")]
         udp: Vec<u16>,
+        /// SCTP port to answer INITs on (repeatable), over a raw socket.
+        #[arg(long = "sctp")]
+        sctp: Vec<u16>,
     },
     /// Make N independent requests and print one JSON line per attempt.
     Request {
-        /// tcp or udp.
+        /// tcp, udp or sctp (an INIT, answered by an INIT ACK).
         #[arg(long)]
         proto: Proto,
         /// Destination IP:PORT.
@@ -78,7 +84,12 @@ enum Cmd {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Serve { name, tcp, udp } => serve(&name, &tcp, &udp),
+        Cmd::Serve {
+            name,
+            tcp,
+            udp,
+            sctp,
+        } => serve(&name, &tcp, &udp, &sctp),
         Cmd::Request {
             proto,
             to,
@@ -103,9 +114,9 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------
 // serve
 
-fn serve(name: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> ExitCode {
-    if tcp_ports.is_empty() && udp_ports.is_empty() {
-        eprintln!("swy-probe serve: give at least one --tcp or --udp port");
+fn serve(name: &str, tcp_ports: &[u16], udp_ports: &[u16], sctp_ports: &[u16]) -> ExitCode {
+    if tcp_ports.is_empty() && udp_ports.is_empty() && sctp_ports.is_empty() {
+        eprintln!("swy-probe serve: give at least one --tcp, --udp or --sctp port");
         return ExitCode::from(2);
     }
     // Bind everything before announcing readiness, so a caller that saw "ready" can
@@ -131,7 +142,26 @@ fn serve(name: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> ExitCode {
         }
     }
 
+    let responder = if sctp_ports.is_empty() {
+        None
+    } else {
+        match sctp_raw::bind() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("swy-probe serve: opening the raw SCTP socket: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+
     let mut threads = Vec::new();
+    if let Some(responder) = responder {
+        let (name, ports) = (name.to_owned(), sctp_ports.to_vec());
+        threads.push(std::thread::spawn(move || {
+            let e = sctp_raw::serve(&responder, &name, &ports);
+            eprintln!("swy-probe serve: sctp: {e}");
+        }));
+    }
     for listener in listeners {
         let name = name.to_owned();
         threads.push(std::thread::spawn(move || serve_tcp(&listener, &name)));
@@ -403,6 +433,7 @@ fn request(proto: Proto, to: SocketAddr, count: usize, timeout: Duration, unconn
         let line = match proto {
             Proto::Tcp => tcp_attempt(to, timeout),
             Proto::Udp => udp_attempt(to, timeout, unconnected),
+            Proto::Sctp => sctp_raw::attempt(to, timeout),
         };
         let json = serde_json::to_string(&line).unwrap_or_else(|e| {
             format!(r#"{{"ok":false,"error":"other","detail":"serializing result: {e}"}}"#)
@@ -547,6 +578,10 @@ fn hold(proto: Proto, to: SocketAddr, interval: Duration, count: Option<usize>) 
     let opened = match proto {
         Proto::Tcp => TcpFlow::open(to, timeout).map(Flow::Tcp),
         Proto::Udp => UdpFlow::open(to).map(Flow::Udp),
+        Proto::Sctp => Err(ProbeLine::failure(
+            FailureKind::Other,
+            "hold: sctp flows are not supported (the probe speaks INIT / INIT ACK only)",
+        )),
     };
     let mut flow = match opened {
         Ok(flow) => flow,
