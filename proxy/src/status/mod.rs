@@ -190,12 +190,14 @@ fn iptables_report(backend: IptablesBackend) -> Result<Report, StatusError> {
     if read_iptables::programs_ipv6(backend) {
         let tools = crate::iptables::Tools::new(backend, crate::iptables::rule_set::Family::Ipv6);
         let v6 = status::iptables::decode(&read_iptables::read_family(tools)?);
-        decoded.notes.push(format!(
-            "ip6tables-{backend} holds the IPv6 rules: {} frontends and {} endpoint chains \
+        if !v6.services.is_empty() || !v6.backends.is_empty() {
+            decoded.notes.push(format!(
+                "ip6tables-{backend} holds the IPv6 rules: {} frontends and {} endpoint chains \
              (not listed here; `ip6tables-{backend}-save` shows them)",
-            v6.services.len(),
-            v6.backends.len()
-        ));
+                v6.services.len(),
+                v6.backends.len()
+            ));
+        }
         decoded.chains.extend(v6.chains.into_iter().map(|mut row| {
             row.table = format!("{} (IPv6)", row.table);
             row

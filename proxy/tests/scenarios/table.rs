@@ -84,6 +84,7 @@ pub fn all() -> Vec<Scenario> {
         ipv6_clusterip(),
         dual_stack_service(),
         ipv6_etp_local(),
+        ipv6_udp_stale_flows(),
     ]
 }
 
@@ -2026,4 +2027,52 @@ spec:
                 ),
             ]),
     )
+}
+
+fn ipv6_udp_stale_flows() -> Scenario {
+    let dns = |endpoints: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: dns6, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::120
+  ipFamilies: [IPv6]
+  selector: {{app: dns6}}
+  ports:
+  - {{name: dns, port: 53, targetPort: 9090, protocol: UDP}}
+---
+{}",
+            slice6(
+                "dns6",
+                "[{name: dns, port: 9090, protocol: UDP}]",
+                endpoints
+            )
+        )
+    };
+    let pod21 = "- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}\n";
+    let pod22 = "- {addresses: [\"2001:db8:1:2::12\"], nodeName: node2}\n";
+    // The IPv6 conntrack reconciler (AF_INET6 dumps): an established UDP flow leaves an
+    // endpoint that went away, as in `udp-stale-flows`.
+    let s = Scenario::new("ipv6-udp-stale-flows")
+        .manifest("dns6.yaml", &dns(&format!("endpoints:\n{pod21}")))
+        .steps(vec![
+            check(udp(P11, "[2001:db8:5::120]:53").answers(&["node2-pod1:9090"])),
+            hold(
+                "dns6",
+                udp(P11, "[2001:db8:5::120]:53")
+                    .answers(&["node2-pod1:9090"])
+                    .source(Source::Own),
+            ),
+            edit(
+                vec![write("dns6.yaml", &dns(&format!("endpoints:\n{pod22}")))],
+                vec![udp(P11, "[2001:db8:5::120]:53").answers(&["node2-pod2:9090"])],
+            ),
+            moves_to("dns6", &["node2-pod2:9090"], Duration::from_secs(5)),
+        ]);
+    match IPV6_IN_EBPF {
+        // Connected UDP flows keep their backend in ebpf mode in either family.
+        None => s.iptables_only(STALE_UDP),
+        Some(_) => ipv6_scenario(s),
+    }
 }
