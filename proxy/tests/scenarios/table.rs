@@ -85,6 +85,7 @@ pub fn all() -> Vec<Scenario> {
         dual_stack_service(),
         ipv6_etp_local(),
         ipv6_udp_stale_flows(),
+        ipv6_loadbalancer_and_itp_local(),
     ]
 }
 
@@ -2075,4 +2076,102 @@ spec:
         None => s.iptables_only(STALE_UDP),
         Some(_) => ipv6_scenario(s),
     }
+}
+
+/// An IPv6 LoadBalancer service of the three pods, with `spec` lines and `ingress`.
+fn lb6_service(name: &str, cluster_ip: &str, node_port: u16, spec: &str, ingress: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: scen}}
+spec:
+  type: LoadBalancer
+  clusterIP: {cluster_ip}
+  ipFamilies: [IPv6]
+  selector: {{app: {name}}}
+{spec}  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: {node_port}, protocol: TCP}}
+status:
+  loadBalancer:
+    ingress: {ingress}
+---
+{}",
+        slice6(
+            name,
+            "[{name: tcp, port: 8080, protocol: TCP}]",
+            THREE_ENDPOINTS_V6
+        )
+    )
+}
+
+fn ipv6_loadbalancer_and_itp_local() -> Scenario {
+    let itp = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: itp6, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::72
+  ipFamilies: [IPv6]
+  selector: {{app: itp6}}
+  internalTrafficPolicy: Local
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
+---
+{}",
+        slice6(
+            "itp6",
+            "[{name: tcp, port: 8080, protocol: TCP}]",
+            THREE_ENDPOINTS_V6
+        )
+    );
+    ipv6_scenario(
+        Scenario::new("ipv6-loadbalancer-and-itp-local")
+            .client_route("2001:db8:f::/64", 1)
+            .manifest(
+                "lb6-open.yaml",
+                &lb6_service(
+                    "lb6-open",
+                    "2001:db8:5::41",
+                    30096,
+                    "  loadBalancerSourceRanges: [\"2001:db8:c::/64\"]\n",
+                    "[{ip: \"2001:db8:f::20\"}]",
+                ),
+            )
+            .manifest(
+                "lb6-closed.yaml",
+                &lb6_service(
+                    "lb6-closed",
+                    "2001:db8:5::42",
+                    30097,
+                    "  loadBalancerSourceRanges: [\"2001:db8:ffff::/48\"]\n",
+                    "[{ip: \"2001:db8:f::21\"}]",
+                ),
+            )
+            .manifest("itp6.yaml", &itp)
+            .steps(vec![
+                // An IPv6 LoadBalancer IP the client's range admits, routed to node1.
+                check(
+                    tcp(CLIENT, "[2001:db8:f::20]:80")
+                        .answers(&THREE_8080)
+                        .source(Source::Node),
+                ),
+                // Outside the allowed range: dropped; the NodePort is not guarded by it.
+                check(tcp(CLIENT, "[2001:db8:f::21]:80").dropped().attempts(2)),
+                check(
+                    tcp(CLIENT, "[2001:db8:0:1::11]:30097")
+                        .answers(&THREE_8080)
+                        .source(Source::Node),
+                ),
+                // internalTrafficPolicy Local over IPv6: only the own node's endpoints.
+                check(
+                    tcp(P11, "[2001:db8:5::72]:80")
+                        .answers(&["node1-pod2:8080"])
+                        .source(Source::Own),
+                ),
+                check(
+                    tcp(P21, "[2001:db8:5::72]:80")
+                        .answers(&["node2-pod1:8080", "node2-pod2:8080"]),
+                ),
+            ]),
+    )
 }
