@@ -17,8 +17,8 @@ use crate::handover::{
     remove_sctp_fallback_state, Leftovers,
 };
 use crate::health::Health;
-use crate::iptables::rule_set::RuleConfig;
-use crate::iptables::{IptablesBackend, IptablesDataplane, SystemIptables};
+use crate::iptables::rule_set::{Family, RuleConfig};
+use crate::iptables::{DualStackIptables, IptablesBackend, IptablesDataplane, SystemIptables};
 use crate::metrics::Metrics;
 use crate::server::{health_router, metrics_router, serve, ServerState};
 use crate::source::kube_api;
@@ -213,7 +213,7 @@ fn start_dataplane(
             let backend = iptables_backend(settings)
                 .inspect_err(|e| tracing::warn!(error = %e, "ebpf mode: no iptables, so SCTP service ports cannot be served"))
                 .ok();
-            let dataplane = WithSctpFallback::new(dataplane, backend, rule_config(settings, local));
+            let dataplane = WithSctpFallback::new(dataplane, backend, rule_config(settings, local, Family::Ipv4));
             // iptables mode's chains keep translating until the maps are written; older
             // versions' masquerade chains go with them (any nat rule would hook netfilter's
             // NAT, and its conntrack, back in).
@@ -223,9 +223,28 @@ fn start_dataplane(
             // An older ebpf version's masquerade chain is named like ours: a full sync would
             // try to delete it while POSTROUTING still jumps there, so it goes first.
             remove_old_masquerade_rules();
-            let dataplane = start_iptables(settings, local)?
-                .with_metrics(metrics.iptables.clone())
-                .with_conntrack(Reconciler::netlink(metrics.conntrack_reconciler.clone()));
+            // One rule set per family, as upstream's proxier per family.
+            let family = |family: Family| -> anyhow::Result<IptablesDataplane> {
+                let label = match family {
+                    Family::Ipv4 => crate::metrics::IpFamily::IPv4,
+                    Family::Ipv6 => crate::metrics::IpFamily::IPv6,
+                };
+                Ok(start_iptables(settings, local, family)?
+                    .with_metrics(metrics.iptables.for_family(label))
+                    .with_conntrack(Reconciler::netlink_for(
+                        metrics.conntrack_reconciler.clone(),
+                        family,
+                    )))
+            };
+            let ip6tables = crate::iptables::Tools::new(iptables_backend(settings)?, Family::Ipv6);
+            let ipv6 = match crate::iptables::exec::usable(ip6tables) {
+                Ok(()) => Some(family(Family::Ipv6)?),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ip6tables unusable: IPv6 services are not served");
+                    None
+                }
+            };
+            let dataplane = DualStackIptables::new(family(Family::Ipv4)?, ipv6, local);
             // ebpf mode's pinned programs keep translating (before these rules would see the
             // traffic) until the rules are written.
             Ok((
@@ -249,27 +268,32 @@ fn iptables_backend(settings: &Settings) -> anyhow::Result<IptablesBackend> {
 fn start_iptables(
     settings: &Settings,
     local: &[std::net::IpAddr],
+    family: Family,
 ) -> anyhow::Result<IptablesDataplane> {
     let backend = iptables_backend(settings)?;
-    ensure_route_localnet(settings)?;
-    tracing::info!(%backend, "iptables mode");
+    if family == Family::Ipv4 {
+        ensure_route_localnet(settings)?;
+    }
+    tracing::info!(%backend, %family, "iptables mode");
     Ok(IptablesDataplane::new(
-        Box::new(SystemIptables::new(backend)),
+        Box::new(SystemIptables::new(backend, family)),
         backend.strategy(),
-        rule_config(settings, local),
+        rule_config(settings, local, family),
     ))
 }
 
-/// The iptables renderer's node-wide inputs (iptables mode, and ebpf mode's SCTP fallback).
-fn rule_config(settings: &Settings, local: &[std::net::IpAddr]) -> RuleConfig {
+/// The iptables renderer's node-wide inputs for `family` (iptables mode, and ebpf mode's
+/// SCTP fallback).
+fn rule_config(settings: &Settings, local: &[std::net::IpAddr], family: Family) -> RuleConfig {
     RuleConfig {
+        family,
         cluster_cidrs: settings.cluster_cidrs.clone(),
         masquerade_all: settings.masquerade_all,
         nodeport_cidrs: settings.nodeport_cidrs.clone(),
         node_ips: local
             .iter()
             .copied()
-            .filter(|ip| !ip.is_loopback())
+            .filter(|ip| !ip.is_loopback() && family.has(ip))
             .collect(),
         localhost_nodeports: localhost_nodeports(settings),
     }

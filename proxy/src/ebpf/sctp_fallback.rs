@@ -110,8 +110,10 @@ impl<D: Dataplane> WithSctpFallback<D> {
                         "ebpf mode serves SCTP service ports through iptables rules (chains SWYSCTP-*)"
                     );
                 }
+                // IPv4 only: the fallback serves the IPv4 SCTP ports.
                 let system = SystemIptables {
                     backend,
+                    family: crate::iptables::rule_set::Family::Ipv4,
                     flavor: RuleFlavor::SctpFallback,
                 };
                 let rules = IptablesDataplane::new(
