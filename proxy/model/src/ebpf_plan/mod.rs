@@ -27,14 +27,19 @@
 //!
 //! The model gives every frontend exactly one owner (`conflicts` in the model), so the
 //! planner never has to choose between two ports.
+//!
+//! Each address family has maps of its own and a planner of its own ([`Planner`] for IPv4,
+//! [`Planner6`] for IPv6, the same code over [`Family`]); a dual-stack port is planned by
+//! both, each taking its family's frontends and endpoints.
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard_common::{Backend, BackendKey, ServiceKey, ServiceValue, SourceRangeKey};
+use switchyard_common::{BackendKey, ServiceValue, SourceRangeKey};
 
 use crate::{ServicePort, ServicePortKey};
 
 mod entries;
 mod exec;
+mod family;
 mod ids;
 mod mirror;
 pub mod names;
@@ -45,9 +50,10 @@ pub mod fake;
 #[cfg(test)]
 mod tests;
 
-use entries::{entries, source_ranges, stable_slots, wanted_backends};
+use entries::{entries, stable_slots, wanted_backends};
 
 pub use entries::SetKind;
+pub use family::{from_words, words, Family, NoRange, V4, V6};
 use ids::Ids;
 use mirror::Mirror;
 
@@ -57,22 +63,30 @@ pub use writer::{FrontendConflict, MapWriter, PortFailure};
 /// A loadBalancerSourceRanges entry: key and prefix length in bits.
 pub type RangeKey = (SourceRangeKey, u32);
 
-/// One write to the maps.
+/// A source-ranges entry of family `F`: key and prefix length in bits.
+type Ranged<F> = (<F as Family>::Range, u32);
+
+/// One write to the maps of family `F`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapOp {
+pub enum FamilyOp<F: Family> {
     /// Insert or replace a backend slot.
-    PutBackend(BackendKey, Backend),
+    PutBackend(BackendKey, F::Backend),
     /// Insert or replace a loadBalancerSourceRanges entry (key, prefix length in bits).
-    PutSourceRange(SourceRangeKey, u32),
+    PutSourceRange(F::Range, u32),
     /// Insert or replace a service entry.
-    PutService(ServiceKey, ServiceValue),
+    PutService(F::Key, ServiceValue),
     /// Remove a service entry.
-    DeleteService(ServiceKey),
+    DeleteService(F::Key),
     /// Remove a backend slot.
     DeleteBackend(BackendKey),
     /// Remove a loadBalancerSourceRanges entry.
-    DeleteSourceRange(SourceRangeKey, u32),
+    DeleteSourceRange(F::Range, u32),
 }
+
+/// One write to the IPv4 maps.
+pub type MapOp = FamilyOp<V4>;
+/// One write to the IPv6 maps.
+pub type MapOp6 = FamilyOp<V6>;
 
 /// How far the kernel maps have drifted from what was programmed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,38 +118,59 @@ impl std::fmt::Display for Drift {
 
 /// An entry waiting to be deleted at the start of the next sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Doomed {
+enum Doomed<F: Family> {
     Backend(BackendKey),
-    Range(RangeKey),
+    Range(Ranged<F>),
 }
 
-impl Doomed {
-    fn op(self) -> MapOp {
+impl<F: Family> Doomed<F> {
+    fn op(self) -> FamilyOp<F> {
         match self {
-            Doomed::Backend(k) => MapOp::DeleteBackend(k),
-            Doomed::Range((k, prefix)) => MapOp::DeleteSourceRange(k, prefix),
+            Doomed::Backend(k) => FamilyOp::DeleteBackend(k),
+            Doomed::Range((k, prefix)) => FamilyOp::DeleteSourceRange(k, prefix),
         }
     }
 }
 
 /// Which entries of the maps belong to one service port.
-#[derive(Clone, Debug, Default)]
-struct PortState {
+#[derive(Clone, Debug)]
+struct PortState<F: Family> {
     /// Its backend sets by kind (the slots are in the mirror).
     sets: BTreeMap<SetKind, u32>,
     /// Its service entries (the values are in the mirror).
-    frontends: BTreeSet<ServiceKey>,
+    frontends: BTreeSet<F::Key>,
     /// The source ranges its entries rely on; shared ranges are kept while any port wants
     /// them (the trie key holds the LoadBalancer IP, not the port).
-    ranges: BTreeSet<RangeKey>,
+    ranges: BTreeSet<Ranged<F>>,
 }
 
 /// What one port is to hold after its change.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Target {
-    sets: BTreeMap<SetKind, (u32, Vec<Backend>)>,
-    frontends: BTreeMap<ServiceKey, ServiceValue>,
-    ranges: BTreeSet<RangeKey>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target<F: Family> {
+    sets: BTreeMap<SetKind, (u32, Vec<F::Backend>)>,
+    frontends: BTreeMap<F::Key, ServiceValue>,
+    ranges: BTreeSet<Ranged<F>>,
+}
+
+// By hand: a derive would ask the key types for `Default` too.
+impl<F: Family> Default for PortState<F> {
+    fn default() -> Self {
+        Self {
+            sets: BTreeMap::new(),
+            frontends: BTreeSet::new(),
+            ranges: BTreeSet::new(),
+        }
+    }
+}
+
+impl<F: Family> Default for Target<F> {
+    fn default() -> Self {
+        Self {
+            sets: BTreeMap::new(),
+            frontends: BTreeMap::new(),
+            ranges: BTreeSet::new(),
+        }
+    }
 }
 
 /// The two phases of a sync.
@@ -149,15 +184,15 @@ pub enum Phase {
 
 /// One port's operations in one phase.
 #[derive(Debug)]
-pub struct Step {
+pub struct Step<F: Family = V4> {
     port: ServicePortKey,
     phase: Phase,
-    ops: Vec<MapOp>,
+    ops: Vec<FamilyOp<F>>,
     /// For [`Phase::Assign`]: what the port is to hold (`None`: nothing).
-    target: Option<Target>,
+    target: Option<Target<F>>,
 }
 
-impl Step {
+impl<F: Family> Step<F> {
     /// The port this step changes.
     pub fn port(&self) -> &ServicePortKey {
         &self.port
@@ -169,20 +204,29 @@ impl Step {
     }
 
     /// Its operations, in the order they run.
-    pub fn ops(&self) -> &[MapOp] {
+    pub fn ops(&self) -> &[FamilyOp<F>] {
         &self.ops
     }
 }
 
 /// A whole sync: every release step, then every assign step. Run it with [`Planner::run`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[must_use = "a plan does nothing until it is run"]
-pub struct Plan {
-    steps: Vec<Step>,
+pub struct Plan<F: Family = V4> {
+    steps: Vec<Step<F>>,
     collect_garbage: bool,
 }
 
-impl Plan {
+impl<F: Family> Default for Plan<F> {
+    fn default() -> Self {
+        Self {
+            steps: Vec::new(),
+            collect_garbage: false,
+        }
+    }
+}
+
+impl<F: Family> Plan<F> {
     /// Also removes, after the steps, service entries no port owns: the plan covers every
     /// desired port (a full sync), so such entries are leftovers of a previous instance or of
     /// someone else.
@@ -192,37 +236,43 @@ impl Plan {
     }
 
     /// The steps in the order they run.
-    pub fn steps(&self) -> &[Step] {
+    pub fn steps(&self) -> &[Step<F>] {
         &self.steps
     }
 
     /// Every operation in the order it runs, if nothing fails.
-    pub fn ops(&self) -> impl Iterator<Item = &MapOp> {
+    pub fn ops(&self) -> impl Iterator<Item = &FamilyOp<F>> {
         self.steps.iter().flat_map(|s| s.ops.iter())
     }
 }
 
-/// The planner's memory: what the maps hold, which port owns what, and the id allocator.
+/// The planner's memory of one family's maps: what they hold, which port owns what, and the
+/// id allocator.
 #[derive(Debug, Default)]
-pub struct Planner {
-    maps: Mirror,
-    ports: BTreeMap<ServicePortKey, PortState>,
-    owners: BTreeMap<ServiceKey, ServicePortKey>,
+pub struct FamilyPlanner<F: Family> {
+    maps: Mirror<F>,
+    ports: BTreeMap<ServicePortKey, PortState<F>>,
+    owners: BTreeMap<F::Key, ServicePortKey>,
     ids: Ids,
-    doomed: BTreeSet<Doomed>,
+    doomed: BTreeSet<Doomed<F>>,
     /// Backend-set ids found in the maps that no port of ours uses (a previous instance's).
     foreign_ids: BTreeSet<u32>,
     /// Source ranges found in the maps that no port of ours wanted.
-    foreign_ranges: BTreeSet<RangeKey>,
+    foreign_ranges: BTreeSet<Ranged<F>>,
     /// Ports whose last change failed.
     unsettled: BTreeSet<ServicePortKey>,
 }
 
-impl Planner {
+/// The planner of the IPv4 maps.
+pub type Planner = FamilyPlanner<V4>;
+/// The planner of the IPv6 maps.
+pub type Planner6 = FamilyPlanner<V6>;
+
+impl<F: Family> FamilyPlanner<F> {
     /// Plans a sync of the ports in `changes` (`None` removes a port; a key given twice counts
     /// once, with its last value). Call [`Planner::begin_sync`] before and run the plan with
     /// [`Planner::run`] right after, before anything else changes the planner.
-    pub fn plan_sync(&mut self, changes: &[(ServicePortKey, Option<&ServicePort>)]) -> Plan {
+    pub fn plan_sync(&mut self, changes: &[(ServicePortKey, Option<&ServicePort>)]) -> Plan<F> {
         let mut last: BTreeMap<&ServicePortKey, usize> = BTreeMap::new();
         for (i, (key, _)) in changes.iter().enumerate() {
             last.insert(key, i);
@@ -236,13 +286,12 @@ impl Planner {
             }
             let old = self.ports.get(key).cloned().unwrap_or_default();
             let target = desired.map(|port| self.target(&old, port));
-            let wanted =
-                |k: &ServiceKey| target.as_ref().is_some_and(|t| t.frontends.contains_key(k));
-            let ops: Vec<MapOp> = old
+            let wanted = |k: &F::Key| target.as_ref().is_some_and(|t| t.frontends.contains_key(k));
+            let ops: Vec<FamilyOp<F>> = old
                 .frontends
                 .iter()
                 .filter(|k| !wanted(k))
-                .map(|k| MapOp::DeleteService(*k))
+                .map(|k| FamilyOp::DeleteService(*k))
                 .collect();
             released.extend(old.frontends.iter().filter(|k| !wanted(k)).copied());
             if !ops.is_empty() {
@@ -275,9 +324,9 @@ impl Planner {
 
     /// What `port` is to hold: its entries, each set under its old id (so unchanged slots and
     /// ClientIP affinity stay) or a new one.
-    fn target(&mut self, old: &PortState, port: &ServicePort) -> Target {
+    fn target(&mut self, old: &PortState<F>, port: &ServicePort) -> Target<F> {
         let mut t = Target::default();
-        for entry in entries(port) {
+        for entry in entries::<F>(port) {
             // The model leaves one frontend per destination; should two entries still meet,
             // the first is kept.
             if t.frontends.contains_key(&entry.key) {
@@ -300,10 +349,8 @@ impl Planner {
                 pad: 0,
             };
             if entry.flags & switchyard_common::SERVICE_FLAG_SOURCE_RANGES != 0 {
-                t.ranges.extend(source_ranges(
-                    entry.key.addr,
-                    &port.load_balancer_source_ranges,
-                ));
+                t.ranges
+                    .extend(F::ranges(&entry.key, &port.load_balancer_source_ranges));
             }
             t.frontends.insert(entry.key, value);
         }
@@ -315,11 +362,16 @@ impl Planner {
 
     /// Set `kind` of `port`: its old id and the backends laid out so that those still wanted
     /// keep their slots, or a new id.
-    fn set(&mut self, old: &PortState, port: &ServicePort, kind: SetKind) -> (u32, Vec<Backend>) {
-        let wanted = wanted_backends(port, kind);
+    fn set(
+        &mut self,
+        old: &PortState<F>,
+        port: &ServicePort,
+        kind: SetKind,
+    ) -> (u32, Vec<F::Backend>) {
+        let wanted = wanted_backends::<F>(port, kind);
         let (id, previous) = match old.sets.get(&kind) {
             Some(id) => (*id, self.layout(*id)),
-            None => (self.ids.allocate(), Vec::new()),
+            None => (self.ids.allocate(F::ID_BASE), Vec::new()),
         };
         let layout = stable_slots(&previous, wanted);
         for slot in 0..layout.len() {
@@ -333,7 +385,7 @@ impl Planner {
     }
 
     /// The slots `0..` of set `id` that are in the maps and stay there.
-    fn layout(&self, id: u32) -> Vec<Backend> {
+    fn layout(&self, id: u32) -> Vec<F::Backend> {
         let mut out = Vec::new();
         for (key, backend) in self.maps.slots_from(id, 0) {
             if key.slot as usize != out.len() || self.doomed.contains(&Doomed::Backend(*key)) {
@@ -348,10 +400,10 @@ impl Planner {
     /// replacements, slots before the service entries that count them.
     fn assign_ops(
         &self,
-        old: &PortState,
-        t: &Target,
-        released: &BTreeSet<ServiceKey>,
-    ) -> Vec<MapOp> {
+        old: &PortState<F>,
+        t: &Target<F>,
+        released: &BTreeSet<F::Key>,
+    ) -> Vec<FamilyOp<F>> {
         let (mut new_slots, mut changed_slots) = (Vec::new(), Vec::new());
         for (id, layout) in t.sets.values() {
             for (slot, backend) in layout.iter().enumerate() {
@@ -360,9 +412,9 @@ impl Planner {
                     slot: slot as u32,
                 };
                 match self.maps.backends.get(&key) {
-                    None => new_slots.push(MapOp::PutBackend(key, *backend)),
+                    None => new_slots.push(FamilyOp::PutBackend(key, *backend)),
                     Some(current) if current != backend => {
-                        changed_slots.push(MapOp::PutBackend(key, *backend))
+                        changed_slots.push(FamilyOp::PutBackend(key, *backend))
                     }
                     Some(_) => {}
                 }
@@ -372,7 +424,7 @@ impl Planner {
             .ranges
             .iter()
             .filter(|r| !self.maps.ranges.contains(r))
-            .map(|(k, prefix)| MapOp::PutSourceRange(*k, *prefix));
+            .map(|(k, prefix)| FamilyOp::PutSourceRange(*k, *prefix));
         let (mut new_services, mut changed_services) = (Vec::new(), Vec::new());
         for (key, value) in &t.frontends {
             let current = self
@@ -381,9 +433,9 @@ impl Planner {
                 .get(key)
                 .filter(|_| !released.contains(key));
             match current {
-                None => new_services.push(MapOp::PutService(*key, *value)),
+                None => new_services.push(FamilyOp::PutService(*key, *value)),
                 Some(current) if current != value => {
-                    changed_services.push(MapOp::PutService(*key, *value))
+                    changed_services.push(FamilyOp::PutService(*key, *value))
                 }
                 Some(_) => {}
             }
@@ -393,7 +445,7 @@ impl Planner {
             .frontends
             .iter()
             .filter(|k| !t.frontends.contains_key(k) && !released.contains(k))
-            .map(|k| MapOp::DeleteService(*k));
+            .map(|k| FamilyOp::DeleteService(*k));
         let mut ops = new_slots;
         ops.extend(new_ranges);
         ops.append(&mut new_services);
@@ -409,9 +461,9 @@ impl Planner {
     /// while a service entry still relies on them.
     pub fn observe(
         &mut self,
-        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
-        backends: impl IntoIterator<Item = (BackendKey, Backend)>,
-        ranges: impl IntoIterator<Item = RangeKey>,
+        services: impl IntoIterator<Item = (F::Key, ServiceValue)>,
+        backends: impl IntoIterator<Item = (BackendKey, F::Backend)>,
+        ranges: impl IntoIterator<Item = Ranged<F>>,
     ) {
         self.maps = Mirror {
             services: services.into_iter().collect(),
@@ -436,7 +488,7 @@ impl Planner {
                 self.ids.reserve(id);
             }
         }
-        let claimed: BTreeSet<RangeKey> = self
+        let claimed: BTreeSet<Ranged<F>> = self
             .ports
             .values()
             .flat_map(|p| p.ranges.iter().copied())
@@ -494,7 +546,7 @@ impl Planner {
     }
 
     /// Backends external traffic of `key` may currently be sent to.
-    pub fn external_backends(&self, key: &ServicePortKey) -> BTreeSet<Backend> {
+    pub fn external_backends(&self, key: &ServicePortKey) -> BTreeSet<F::Backend> {
         self.ports
             .get(key)
             .and_then(|p| p.sets.get(&SetKind::External))
@@ -505,7 +557,7 @@ impl Planner {
     /// Compares the kernel's service entries alone with what the planner knows they hold.
     pub fn check_services(
         &self,
-        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+        services: impl IntoIterator<Item = (F::Key, ServiceValue)>,
     ) -> Drift {
         let expected = self.backend_slots_sample(0, 1);
         self.check_drift(services, expected)
@@ -515,7 +567,11 @@ impl Planner {
     /// id), starting with the `phase`-th, leaving out slots due for deletion: a verify that
     /// looks up one share of the backends map per run covers all of it every `stride` runs, at
     /// a fraction of a full read's cost.
-    pub fn backend_slots_sample(&self, phase: usize, stride: usize) -> Vec<(BackendKey, Backend)> {
+    pub fn backend_slots_sample(
+        &self,
+        phase: usize,
+        stride: usize,
+    ) -> Vec<(BackendKey, F::Backend)> {
         let stride = stride.max(1);
         let mut ids: Vec<u32> = self.maps.backends.keys().map(|k| k.service_id).collect();
         ids.dedup();
@@ -538,8 +594,8 @@ impl Planner {
     /// covers them), nor are missing slots already due for deletion.
     pub fn check_drift(
         &self,
-        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
-        backends: impl IntoIterator<Item = (BackendKey, Backend)>,
+        services: impl IntoIterator<Item = (F::Key, ServiceValue)>,
+        backends: impl IntoIterator<Item = (BackendKey, F::Backend)>,
     ) -> Drift {
         let mut drift = Drift::default();
         let mut seen = 0;
