@@ -26,6 +26,22 @@ pub fn node_yaml(name: &str, address: std::net::Ipv4Addr, zone: &str) -> String 
     )
 }
 
+/// A dual-stack Node object named `name` with `ipv4` and `ipv6` as its `InternalIP`s, in zone
+/// `zone`.
+pub fn node_yaml_dual(
+    name: &str,
+    ipv4: std::net::Ipv4Addr,
+    ipv6: std::net::Ipv6Addr,
+    zone: &str,
+) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\n\
+         metadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n\
+         status: {{addresses: [{{type: InternalIP, address: {ipv4}}}, \
+         {{type: InternalIP, address: \"{ipv6}\"}}]}}\n"
+    )
+}
+
 /// The names of the backends that answered, and `error: …` for each kind of failure.
 pub fn backend_names(results: &[std::result::Result<Reply, RequestError>]) -> BTreeSet<String> {
     results
@@ -39,12 +55,13 @@ pub fn backend_names(results: &[std::result::Result<Reply, RequestError>]) -> BT
 
 impl Testbed {
     /// A Node object for every testbed node, as multi-document YAML: named like the node, with
-    /// its underlay address as the `InternalIP` (the addresses that serve NodePorts) and the
-    /// zone label of [`node_zone`], so that every node is in a zone of its own.
+    /// its underlay addresses (IPv4 first, then IPv6) as the `InternalIP`s (the addresses that
+    /// serve NodePorts) and the zone label of [`node_zone`], so that every node is in a zone of
+    /// its own.
     pub fn nodes_yaml(&self) -> String {
         self.nodes()
             .iter()
-            .map(|n| node_yaml(&n.name, n.underlay_ip, &node_zone(n.index)))
+            .map(|n| node_yaml_dual(&n.name, n.ipv4(), n.ipv6(), &node_zone(n.index)))
             .collect::<Vec<_>>()
             .join("---\n")
     }
@@ -59,6 +76,21 @@ impl Testbed {
                     "  - addresses: [{}]\n    nodeName: node{}\n    \
                      conditions: {{ready: true, serving: true, terminating: false}}\n",
                     pod.ip, pod.node
+                )
+            })
+            .collect()
+    }
+
+    /// Like [`Testbed::ready_endpoints_yaml`], with the pods' IPv6 addresses (for an
+    /// `addressType: IPv6` slice).
+    pub fn ready_endpoints6_yaml(&self, pods: &[&str]) -> String {
+        pods.iter()
+            .map(|name| {
+                let pod = self.pod_by_name(name).expect("a testbed pod name");
+                format!(
+                    "  - addresses: [\"{}\"]\n    nodeName: node{}\n    \
+                     conditions: {{ready: true, serving: true, terminating: false}}\n",
+                    pod.ip6, pod.node
                 )
             })
             .collect()

@@ -42,7 +42,7 @@ pub use switchyard::{
     http_get, http_get_from, start_switchyard, start_switchyard_from, switchyard_binary, wait_for,
     wait_for_log, Manifests, ObjectSource,
 };
-pub use topology::{Cidr, Client, Node, Pod, Testbed, TopologySpec};
+pub use topology::{Cidr, Cidr6, Client, Node, Pod, Testbed, TopologySpec};
 
 /// Re-exported so callers can name signals for [`ChildGuard::signal`] without adding nix.
 pub use nix::sys::signal::Signal;

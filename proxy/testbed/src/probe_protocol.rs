@@ -199,6 +199,9 @@ mod tests {
         let peer: SocketAddr = "198.19.1.10:40000".parse().unwrap();
         let line = echo_line("node1-pod1", peer);
         assert_eq!(parse_echo_line(&line), Some(("node1-pod1".into(), peer)));
+        let peer6: SocketAddr = "[2001:db8:1:1::11]:40000".parse().unwrap();
+        let line = echo_line("node1-pod1", peer6);
+        assert_eq!(parse_echo_line(&line), Some(("node1-pod1".into(), peer6)));
         assert_eq!(parse_echo_line("garbage"), None);
     }
 

@@ -125,7 +125,7 @@ impl ObjectSource<'_> {
 }
 
 /// Arguments that run switchyard as `node`'s proxy: its name, its cgroup, its own pin
-/// directory, the testbed's cluster CIDR, and the object source. `--conntrack-max-per-core=0`
+/// directory, the testbed's cluster CIDRs (both families), and the object source. `--conntrack-max-per-core=0`
 /// keeps it off the machine-wide conntrack limit and hash size (the per-namespace conntrack
 /// timeouts it sets are the node namespace's own); a test that passes `--config` replaces
 /// these flags and needs `conntrack: {maxPerCore: 0}` in its file.
@@ -141,7 +141,11 @@ pub fn node_args(
         format!("--hostname-override={}", node.name),
         format!("--cgroup-path={}", node.cgroup.display()),
         format!("--bpffs-path={}", testbed.bpffs_dir(node).display()),
-        format!("--cluster-cidr={}", testbed.cluster_cidr()),
+        format!(
+            "--cluster-cidr={},{}",
+            testbed.cluster_cidr(),
+            testbed.cluster_cidr_v6()
+        ),
         "--min-sync-period=100ms".to_owned(),
         LEAVE_MACHINE_CONNTRACK.to_owned(),
     ]

@@ -17,12 +17,20 @@
 //! `br_netfilter`. The rest of the node's pod CIDR is an `unreachable` route, so
 //! traffic to unassigned pod addresses fails at once instead of leaving the node.
 //!
-//! Only 198.18.0.0/15 and TEST-NET addresses are used, and every link is created from
-//! inside a test namespace, so the machine's root namespace is never touched.
+//! The testbed is dual-stack: every node, pod and the client also has an IPv6 address
+//! from the documentation prefix 2001:db8::/32, wired the same way (see [`Node::underlay_ipv6`],
+//! [`Node::pod_cidr_v6`], [`Pod::ipv6`], [`Client::ipv6`]): underlay 2001:db8:0:1::/64 (node i
+//! is `2001:db8:0:1::1i` in hex, so node1 is `::11` like 198.18.0.11), pods 2001:db8:1:i::/64
+//! (pod j is `::1j`, gateway `::1`), the client 2001:db8:c::10. Addresses are added with
+//! `nodad` so they are usable at once; router solicitations and router advertisements are
+//! off, so nothing configures itself.
+//!
+//! Only 198.18.0.0/15, TEST-NET and 2001:db8::/32 addresses are used, and every link is
+//! created from inside a test namespace, so the machine's root namespace is never touched.
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
@@ -46,6 +54,9 @@ pub const UNDERLAY_BRIDGE: &str = "br0";
 /// The nodes' default gateway, on the underlay bridge: a dead end that answers ICMP
 /// unreachable for every destination outside the sandbox.
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The nodes' IPv6 default gateway on the underlay bridge, a dead end like
+/// [`UNDERLAY_GATEWAY`] (IPv6 forwarding is off in the underlay namespace).
+pub const UNDERLAY_GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1);
 
 /// Largest supported node count (node i uses 198.18.0.(10+i) and 198.19.i.0/24).
 pub const MAX_NODES: usize = 244;
@@ -124,6 +135,57 @@ impl FromStr for Cidr {
     }
 }
 
+/// An IPv6 prefix such as `2001:db8:1:1::/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr6 {
+    addr: Ipv6Addr,
+    prefix_len: u8,
+}
+
+impl Cidr6 {
+    /// Builds a prefix; host bits of `addr` are cleared. `prefix_len` is capped at 128.
+    pub fn new(addr: Ipv6Addr, prefix_len: u8) -> Self {
+        let prefix_len = prefix_len.min(128);
+        Cidr6 {
+            addr: Ipv6Addr::from(u128::from(addr) & Self::mask(prefix_len)),
+            prefix_len,
+        }
+    }
+
+    fn mask(prefix_len: u8) -> u128 {
+        u128::MAX
+            .checked_shl(128 - u32::from(prefix_len))
+            .unwrap_or(0)
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> Ipv6Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// Whether `ip` lies inside the prefix.
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & Self::mask(self.prefix_len) == u128::from(self.addr)
+    }
+
+    /// The `n`-th address of the prefix; `None` if it falls outside.
+    pub fn nth(&self, n: u128) -> Option<Ipv6Addr> {
+        let ip = Ipv6Addr::from(u128::from(self.addr).checked_add(n)?);
+        self.contains(ip).then_some(ip)
+    }
+}
+
+impl fmt::Display for Cidr6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
 /// Size of the testbed to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopologySpec {
@@ -155,6 +217,12 @@ pub struct Node {
     /// The pods' default gateway, 198.19.index.1; it is on every pod veth's node end
     /// (`vp<j>`) as a /32.
     pub pod_gateway: Ipv4Addr,
+    /// IPv6 address on the underlay, 2001:db8:0:1::(0x10+index), a /64 on `eth0`.
+    pub underlay_ipv6: Ipv6Addr,
+    /// The node's IPv6 pod CIDR, 2001:db8:1:index::/64, routed like [`Node::pod_cidr`].
+    pub pod_cidr_v6: Cidr6,
+    /// The pods' IPv6 default gateway, 2001:db8:1:index::1, a /128 on every pod veth.
+    pub pod_gateway_v6: Ipv6Addr,
     /// The node's cgroup v2 directory; the node's and its pods' processes run in it.
     pub cgroup: PathBuf,
 }
@@ -163,6 +231,16 @@ impl Node {
     /// Where to run a process in this node's host network.
     pub fn place(&self) -> Place {
         Place::Node(self.index)
+    }
+
+    /// The node's underlay IPv4 address ([`Node::underlay_ip`]).
+    pub fn ipv4(&self) -> Ipv4Addr {
+        self.underlay_ip
+    }
+
+    /// The node's underlay IPv6 address ([`Node::underlay_ipv6`]).
+    pub fn ipv6(&self) -> Ipv6Addr {
+        self.underlay_ipv6
     }
 }
 
@@ -183,6 +261,8 @@ pub struct Pod {
     pub index: usize,
     /// Pod address, 198.19.node.(10+index), a /32 on the pod's `eth0`.
     pub ip: Ipv4Addr,
+    /// Pod IPv6 address, 2001:db8:1:node::(0x10+index), a /128 on the pod's `eth0`.
+    pub ip6: Ipv6Addr,
     /// Network namespace name.
     pub netns: String,
     /// `/var/run/netns/<netns>`.
@@ -193,6 +273,16 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The pod's IPv4 address ([`Pod::ip`]).
+    pub fn ipv4(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// The pod's IPv6 address ([`Pod::ip6`]).
+    pub fn ipv6(&self) -> Ipv6Addr {
+        self.ip6
+    }
+
     /// Where to run a process in this pod.
     pub fn place(&self) -> Place {
         Place::Pod {
@@ -213,6 +303,8 @@ impl From<&Pod> for Place {
 pub struct Client {
     /// 203.0.113.10 (TEST-NET-3).
     pub ip: Ipv4Addr,
+    /// 2001:db8:c::10, a /64 on its `eth0`.
+    pub ipv6: Ipv6Addr,
     /// Network namespace name.
     pub netns: String,
     /// `/var/run/netns/<netns>`.
@@ -294,6 +386,34 @@ pub fn client_cidr() -> Cidr {
     Cidr::new(Ipv4Addr::new(203, 0, 113, 0), 24)
 }
 
+/// The IPv6 cluster CIDR (all IPv6 pod CIDRs).
+pub fn cluster_cidr_v6() -> Cidr6 {
+    Cidr6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0), 48)
+}
+
+/// A suggested IPv6 service CIDR for the proxy under test.
+pub fn service_cidr_v6() -> Cidr6 {
+    Cidr6::new(Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 0), 112)
+}
+
+/// The IPv6 underlay (node) network.
+pub fn underlay_cidr_v6() -> Cidr6 {
+    Cidr6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0), 64)
+}
+
+/// The external client's IPv6 network.
+pub fn client_cidr_v6() -> Cidr6 {
+    Cidr6::new(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0), 64)
+}
+
+fn node_ipv6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x10 + i as u16)
+}
+
+fn pod_cidr_v6(i: usize) -> Cidr6 {
+    Cidr6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, i as u16, 0, 0, 0, 0), 64)
+}
+
 fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 10 + i as u8)
 }
@@ -349,6 +469,9 @@ impl Testbed {
                 underlay_ip: node_ip(i),
                 pod_cidr: cidr,
                 pod_gateway: Ipv4Addr::new(198, 19, i as u8, 1),
+                underlay_ipv6: node_ipv6(i),
+                pod_cidr_v6: pod_cidr_v6(i),
+                pod_gateway_v6: Ipv6Addr::new(0x2001, 0xdb8, 1, i as u16, 0, 0, 0, 1),
             });
             for j in 1..=spec.pods_per_node {
                 let netns = format!("{id}-n{i}p{j}");
@@ -357,6 +480,7 @@ impl Testbed {
                     node: i,
                     index: j,
                     ip: Ipv4Addr::new(198, 19, i as u8, 10 + j as u8),
+                    ip6: Ipv6Addr::new(0x2001, 0xdb8, 1, i as u16, 0, 0, 0, 0x10 + j as u16),
                     netns_path: netns_path(&netns),
                     netns,
                     host_veth: format!("vp{j}"),
@@ -366,6 +490,7 @@ impl Testbed {
         let client_netns = format!("{id}-c");
         let client = Client {
             ip: Ipv4Addr::new(203, 0, 113, 10),
+            ipv6: Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x10),
             netns_path: netns_path(&client_netns),
             netns: client_netns,
             cgroup: cgroups.add_leaf("client")?,
@@ -404,16 +529,24 @@ impl Testbed {
 
     /// Sets sysctls and creates links, addresses and routes inside the namespaces.
     fn wire(&self) -> Result<()> {
-        // IPv6 is switched off for new interfaces (lo keeps ::1) so that router
-        // solicitations and DAD probes don't show up in the proxy's datapath; the
-        // address plan is IPv4-only.
+        // IPv6 is on (the address plan is dual-stack) but configures nothing by itself:
+        // no router solicitations or advertisements, no DAD (addresses also carry
+        // `nodad`), so no autoconfiguration traffic shows up in the proxy's datapath and
+        // every address is usable at once.
         // Forwarding is explicitly off everywhere but on nodes (new namespaces would
         // otherwise inherit whatever the root namespace has).
         for ns in &self.resources.namespaces {
             write_sysctls(
                 ns.path(),
                 &[
-                    ("net/ipv6/conf/default/disable_ipv6", "1", true),
+                    ("net/ipv6/conf/all/disable_ipv6", "0", false),
+                    ("net/ipv6/conf/default/disable_ipv6", "0", false),
+                    ("net/ipv6/conf/all/forwarding", "0", false),
+                    ("net/ipv6/conf/default/accept_ra", "0", false),
+                    ("net/ipv6/conf/default/router_solicitations", "0", false),
+                    ("net/ipv6/conf/default/accept_dad", "0", false),
+                    ("net/ipv6/conf/default/dad_transmits", "0", false),
+                    ("net/ipv6/icmp/ratelimit", "0", false),
                     ("net/ipv4/ip_forward", "0", false),
                     // No ICMP error rate limit, so a burst of requests to an unreachable
                     // or rejected destination is refused every time rather than partly
@@ -430,6 +563,10 @@ impl Testbed {
                 &node.netns_path,
                 &[
                     ("net/ipv4/ip_forward", "1", false),
+                    ("net/ipv6/conf/all/forwarding", "1", false),
+                    // Forwarding would otherwise make the node accept nothing from RAs
+                    // anyway; explicit so no RA ever configures a node.
+                    ("net/ipv6/conf/default/accept_ra", "0", false),
                     ("net/ipv4/conf/all/rp_filter", "0", false),
                     ("net/ipv4/conf/default/rp_filter", "0", false),
                 ],
@@ -437,6 +574,10 @@ impl Testbed {
         }
 
         let u = &self.underlay_netns;
+        write_sysctls(
+            &netns_path(u),
+            &[("net/ipv6/conf/all/forwarding", "1", false)],
+        )?;
         ip::batch(
             Some(u),
             &format!(
@@ -452,9 +593,11 @@ impl Testbed {
                     "link set lo up\n\
                      link add {UPLINK} type veth peer name vn{i} netns {u}\n\
                      addr add {ip}/24 dev {UPLINK}\n\
+                     addr add {ip6}/64 dev {UPLINK} nodad\n\
                      link set {UPLINK} up\n",
                     i = node.index,
                     ip = node.underlay_ip,
+                    ip6 = node.underlay_ipv6,
                 ),
             )?;
         }
@@ -464,8 +607,10 @@ impl Testbed {
                 "link set lo up\n\
                  link add {UPLINK} type veth peer name vc netns {u}\n\
                  addr add {ip}/24 dev {UPLINK}\n\
+                 addr add {ip6}/64 dev {UPLINK} nodad\n\
                  link set {UPLINK} up\n",
                 ip = self.client.ip,
+                ip6 = self.client.ipv6,
             ),
         )?;
         for pod in &self.pods {
@@ -475,10 +620,12 @@ impl Testbed {
                     "link set lo up\n\
                      link add {UPLINK} type veth peer name {veth} netns {node_ns}\n\
                      addr add {ip}/32 dev {UPLINK}\n\
+                     addr add {ip6}/128 dev {UPLINK} nodad\n\
                      link set {UPLINK} up\n",
                     veth = pod.host_veth,
                     node_ns = self.node(pod.node).netns,
                     ip = pod.ip,
+                    ip6 = pod.ip6,
                 ),
             )?;
         }
@@ -498,8 +645,13 @@ impl Testbed {
         // other links it routes nothing anywhere: packets for unknown destinations are
         // answered with ICMP unreachable at once, and nothing leaves the sandbox.
         script.push_str(&format!(
-            "addr add {UNDERLAY_GATEWAY}/24 dev {UNDERLAY_BRIDGE}\n"
+            "addr add {UNDERLAY_GATEWAY}/24 dev {UNDERLAY_BRIDGE}\n\
+             addr add {UNDERLAY_GATEWAY_V6}/64 dev {UNDERLAY_BRIDGE} nodad\n"
         ));
+        // IPv6 does not answer ICMP for foreign destinations with forwarding off (it
+        // drops them silently), so here IPv6 forwards, but only into an `unreachable`
+        // default route: unknown destinations are refused at once, and nothing leaves.
+        script.push_str("route add unreachable ::/0\n");
         ip::batch(Some(u), &script)?;
 
         for node in &self.nodes {
@@ -509,27 +661,35 @@ impl Testbed {
             for pod in self.pods_on(node.index) {
                 script.push_str(&format!(
                     "addr add {gw}/32 dev {v}\n\
+                     addr add {gw6}/128 dev {v} nodad\n\
                      link set {v} up\n\
-                     route add {ip}/32 dev {v}\n",
+                     route add {ip}/32 dev {v}\n\
+                     route add {ip6}/128 dev {v}\n",
                     gw = node.pod_gateway,
+                    gw6 = node.pod_gateway_v6,
                     v = pod.host_veth,
                     ip = pod.ip,
+                    ip6 = pod.ip6,
                 ));
             }
             // Unassigned addresses of the own pod CIDR fail fast (ICMP host unreachable)
             // instead of following some less specific route.
             script.push_str(&format!("route add unreachable {}\n", node.pod_cidr));
+            script.push_str(&format!("route add unreachable {}\n", node.pod_cidr_v6));
             // Replies to the external client go straight back over the underlay.
             script.push_str(&format!("route add {} dev {UPLINK}\n", client_cidr()));
+            script.push_str(&format!("route add {} dev {UPLINK}\n", client_cidr_v6()));
             // Like a real node, a default route: node-originated traffic to a service
             // address needs some route before the nat OUTPUT chain can rewrite it.
             script.push_str(&format!(
-                "route add default via {UNDERLAY_GATEWAY} dev {UPLINK}\n"
+                "route add default via {UNDERLAY_GATEWAY} dev {UPLINK}\n\
+                 route add ::/0 via {UNDERLAY_GATEWAY_V6} dev {UPLINK}\n"
             ));
             for other in self.nodes.iter().filter(|o| o.index != node.index) {
                 script.push_str(&format!(
-                    "route add {} via {} dev {UPLINK}\n",
-                    other.pod_cidr, other.underlay_ip
+                    "route add {} via {} dev {UPLINK}\n\
+                     route add {} via {} dev {UPLINK}\n",
+                    other.pod_cidr, other.underlay_ip, other.pod_cidr_v6, other.underlay_ipv6
                 ));
             }
             ip::batch(Some(&node.netns), &script)?;
@@ -540,15 +700,23 @@ impl Testbed {
                 Some(&pod.netns),
                 &format!(
                     "route add {gw} dev {UPLINK} scope link\n\
-                     route add default via {gw} dev {UPLINK}\n",
-                    gw = self.node(pod.node).pod_gateway
+                     route add default via {gw} dev {UPLINK}\n\
+                     route add {gw6} dev {UPLINK}\n\
+                     route add ::/0 via {gw6} dev {UPLINK}\n",
+                    gw = self.node(pod.node).pod_gateway,
+                    gw6 = self.node(pod.node).pod_gateway_v6,
                 ),
             )?;
         }
         // The client reaches node addresses on-link and nothing else.
         ip::batch(
             Some(&self.client.netns),
-            &format!("route add {} dev {UPLINK}\n", underlay_cidr()),
+            &format!(
+                "route add {} dev {UPLINK}\n\
+                 route add {} dev {UPLINK}\n",
+                underlay_cidr(),
+                underlay_cidr_v6()
+            ),
         )?;
         Ok(())
     }
@@ -648,6 +816,16 @@ impl Testbed {
     /// A service CIDR to configure the proxy with, 198.18.128.0/20.
     pub fn service_cidr(&self) -> Cidr {
         service_cidr()
+    }
+
+    /// The IPv6 cluster CIDR, 2001:db8:1::/48.
+    pub fn cluster_cidr_v6(&self) -> Cidr6 {
+        cluster_cidr_v6()
+    }
+
+    /// An IPv6 service CIDR, 2001:db8:5::/112.
+    pub fn service_cidr_v6(&self) -> Cidr6 {
+        service_cidr_v6()
     }
 
     /// Uses `path` as the swy-probe binary instead of [`crate::probe_binary`]'s search.

@@ -1,5 +1,5 @@
 //! Smoke tests of the testbed itself (no proxy): pod-to-pod (same node and across
-//! nodes), node-to-pod, pod-to-node and client-to-node connectivity, DNAT between
+//! nodes), node-to-pod, pod-to-node and client-to-node connectivity over both families, DNAT between
 //! same-node pods, held flows, process placement, and cleanup on drop and on panic.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -212,6 +212,125 @@ fn pods_reach_pods_and_client_reaches_node() {
     drop(_host);
     drop(tb);
     assert_eq!(leftovers(&id, &cgroup_root), Vec::<PathBuf>::new());
+}
+
+/// The same paths over IPv6: pod to pod (same node and across nodes), node to pod, pod to
+/// node, client to node, each seen with the sender's own IPv6 address; addresses outside the
+/// plan are refused at once (nothing is routed out of the sandbox).
+#[test]
+fn ipv6_paths_work_like_ipv4() {
+    let tb = testbed(2, 2);
+    let _servers: Vec<_> = tb
+        .pods()
+        .iter()
+        .map(|pod| tb.start_echo(pod, 8080, 8081).expect("echo server"))
+        .collect();
+    // The plan: documentation addresses only, usable at once (no tentative addresses).
+    for place in [
+        Place::Node(1),
+        Place::Pod { node: 2, pod: 1 },
+        Place::Client,
+    ] {
+        let out = tb
+            .run(
+                place,
+                "ip",
+                ["-6", "-o", "addr", "show", "scope", "global"],
+                TIMEOUT,
+            )
+            .expect("ip -6 addr");
+        assert!(!out.stdout.is_empty(), "{place}: no global IPv6 address");
+        for line in out.stdout.lines() {
+            assert!(line.contains("inet6 2001:db8:"), "{place}: {line}");
+            assert!(!line.contains("tentative"), "{place}: {line}");
+        }
+    }
+    let src = tb.pod(1, 1);
+    for dst in [tb.pod(2, 1), tb.pod(1, 2)] {
+        for (proto, port) in [(Proto::Tcp, 8080), (Proto::Udp, 8081)] {
+            for r in tb.request(src, proto, sock(dst.ipv6(), port), 2, TIMEOUT) {
+                let reply = r.unwrap_or_else(|e| panic!("{proto} to {} over IPv6: {e}", dst.name));
+                assert_eq!(reply.backend, dst.name);
+                assert_eq!(reply.seen_source.ip(), IpAddr::from(src.ipv6()));
+                assert_eq!(reply.replied_from, sock(dst.ipv6(), port));
+            }
+        }
+        // Unconnected UDP: the reply comes from the address that was asked.
+        let spec = RequestSpec::new(Proto::Udp, sock(dst.ipv6(), 8081)).unconnected(true);
+        let reply = tb.request_with(src, &spec).expect("unconnected")[0]
+            .clone()
+            .expect("unconnected udp reply over IPv6");
+        assert_eq!(reply.replied_from, sock(dst.ipv6(), 8081));
+    }
+    // IPv4 still reaches the same servers, seen with IPv4 addresses.
+    let reply = tb.request(src, Proto::Udp, sock(tb.pod(2, 1).ip, 8081), 1, TIMEOUT)[0]
+        .clone()
+        .expect("IPv4 reply");
+    assert_eq!(reply.seen_source.ip(), IpAddr::from(src.ip));
+
+    let node1 = tb.node(1);
+    for (dst, seen) in [
+        (tb.pod(1, 1), node1.pod_gateway_v6),
+        (tb.pod(2, 1), node1.ipv6()),
+    ] {
+        for r in tb.request(
+            Place::Node(1),
+            Proto::Tcp,
+            sock(dst.ipv6(), 8080),
+            1,
+            TIMEOUT,
+        ) {
+            let reply = r.unwrap_or_else(|e| panic!("node1 to {} over IPv6: {e}", dst.name));
+            assert_eq!(reply.backend, dst.name);
+            assert_eq!(reply.seen_source.ip(), IpAddr::from(seen));
+        }
+    }
+    let node2 = tb.node(2);
+    let _host = tb
+        .start_echo_in(node2, &node2.name, &[9090], &[9091])
+        .expect("host-network echo server");
+    for (place, seen) in [
+        (Place::from(tb.pod(1, 1)), IpAddr::from(tb.pod(1, 1).ipv6())),
+        (Place::Client, IpAddr::from(tb.client().ipv6)),
+    ] {
+        for (proto, port) in [(Proto::Tcp, 9090), (Proto::Udp, 9091)] {
+            for r in tb.request(place, proto, sock(node2.ipv6(), port), 1, TIMEOUT) {
+                let reply = r.unwrap_or_else(|e| panic!("{place} {proto} to node2 over IPv6: {e}"));
+                assert_eq!(reply.backend, "node2");
+                assert_eq!(reply.seen_source.ip(), seen);
+            }
+        }
+    }
+    // Closed ports, unassigned pod addresses and addresses outside the plan are refused.
+    let closed = sock(tb.pod(2, 1).ipv6(), 1);
+    for proto in [Proto::Tcp, Proto::Udp] {
+        assert_eq!(
+            tb.request(src, proto, closed, 1, TIMEOUT),
+            vec![Err(RequestError::Refused)]
+        );
+    }
+    let unassigned: IpAddr = "2001:db8:1:1::99".parse().expect("literal");
+    let outside: IpAddr = "2001:db8:ffff::1".parse().expect("literal");
+    // (The underlay's ICMPv6 error for a pod's packet has no way back to the pod, which
+    // just gets no answer; the node's own address is on the underlay.)
+    assert!(tb.request(
+        tb.pod(1, 1),
+        Proto::Tcp,
+        sock(outside, 80),
+        1,
+        Duration::from_millis(300)
+    )[0]
+    .is_err());
+    for (place, to) in [
+        (Place::from(tb.pod(2, 1)), unassigned),
+        (Place::Node(2), outside),
+    ] {
+        assert_eq!(
+            tb.request(place, Proto::Tcp, sock(to, 80), 1, TIMEOUT),
+            vec![Err(RequestError::Refused)],
+            "{place} to {to}"
+        );
+    }
 }
 
 /// The reason pods are routed: DNAT on the node between two pods of the same node.
@@ -433,7 +552,8 @@ fn spawned_processes_run_in_their_namespace_and_cgroup() {
         );
     }
 
-    // Per-namespace sysctls: nodes forward, pods don't; pod links have no IPv6.
+    // Per-namespace sysctls: nodes forward (both families), pods and the client don't;
+    // IPv6 is on but configures nothing by itself.
     let sysctl = |place: Place, key: &str| {
         let out = tb
             .run(place, "cat", [format!("/proc/sys/net/{key}")], TIMEOUT)
@@ -446,13 +566,23 @@ fn spawned_processes_run_in_their_namespace_and_cgroup() {
         "0"
     );
     assert_eq!(sysctl(Place::Client, "ipv4/ip_forward"), "0");
-    if Path::new("/proc/sys/net/ipv6").exists() {
+    assert_eq!(sysctl(Place::Node(1), "ipv6/conf/all/forwarding"), "1");
+    assert_eq!(
+        sysctl(Place::Pod { node: 1, pod: 1 }, "ipv6/conf/all/forwarding"),
+        "0"
+    );
+    assert_eq!(sysctl(Place::Client, "ipv6/conf/all/forwarding"), "0");
+    for place in [
+        Place::Node(1),
+        Place::Pod { node: 1, pod: 1 },
+        Place::Client,
+    ] {
+        assert_eq!(sysctl(place, "ipv6/conf/eth0/disable_ipv6"), "0", "{place}");
+        assert_eq!(sysctl(place, "ipv6/conf/eth0/accept_ra"), "0", "{place}");
         assert_eq!(
-            sysctl(
-                Place::Pod { node: 1, pod: 1 },
-                "ipv6/conf/eth0/disable_ipv6"
-            ),
-            "1"
+            sysctl(place, "ipv6/conf/eth0/router_solicitations"),
+            "0",
+            "{place}"
         );
     }
 

@@ -4,8 +4,10 @@
 //! runtime.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{
+    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket,
+};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -109,12 +111,17 @@ fn serve(name: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> ExitCode {
         return ExitCode::from(2);
     }
     // Bind everything before announcing readiness, so a caller that saw "ready" can
-    // connect at once.
+    // connect at once. Every port is served on both families by two sockets, an IPv4 one
+    // and an IPv6-only one: IPv4 clients keep talking to a plain AF_INET socket (a
+    // dual-stack socket would see them as v4-mapped addresses and go through the IPv6
+    // socket hooks of an eBPF proxy).
     let mut listeners = Vec::new();
     for &port in tcp_ports {
-        match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
+        let v4 = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port));
+        let v6 = bind_v6only(libc::SOCK_STREAM, port).map(|fd| fd.map(TcpListener::from));
+        match (v4, v6) {
+            (Ok(l4), Ok(l6)) => listeners.extend(std::iter::once(l4).chain(l6)),
+            (Err(e), _) | (_, Err(e)) => {
                 eprintln!("swy-probe serve: binding tcp port {port}: {e}");
                 return ExitCode::FAILURE;
             }
@@ -123,7 +130,7 @@ fn serve(name: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> ExitCode {
     let mut udp_sockets = Vec::new();
     for &port in udp_ports {
         match bind_udp_with_pktinfo(port) {
-            Ok(s) => udp_sockets.push(s),
+            Ok(s) => udp_sockets.extend(s),
             Err(e) => {
                 eprintln!("swy-probe serve: binding udp port {port}: {e}");
                 return ExitCode::FAILURE;
@@ -237,17 +244,61 @@ fn serve_connection(mut stream: TcpStream, peer: SocketAddr, line: &str) {
     }
 }
 
-/// Binds a UDP socket with IP_PKTINFO enabled, so replies can be sent from exactly
-/// the address the request was sent to (not whatever the route lookup prefers).
-fn bind_udp_with_pktinfo(port: u16) -> io::Result<UdpSocket> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+/// Binds an IPv6-only socket of `kind` (`SOCK_STREAM` listens) to `[::]:port`; `None`
+/// where the kernel has no IPv6 at all.
+fn bind_v6only(kind: libc::c_int, port: u16) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: plain socket(2); the result is checked and owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET6, kind | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAFNOSUPPORT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_int_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
+    if kind == libc::SOCK_STREAM {
+        // As std's TcpListener::bind does, so restarts don't wait for TIME_WAIT.
+        set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    }
+    // SAFETY: all-zero is a valid sockaddr_in6 (the unspecified address).
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    addr.sin6_port = port.to_be();
+    // SAFETY: pointer and length describe `addr`.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        // A namespace with IPv6 switched off has no usable IPv6 address.
+        return match e.raw_os_error() {
+            Some(libc::EADDRNOTAVAIL) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: listen(2) on our own bound socket.
+    if kind == libc::SOCK_STREAM && unsafe { libc::listen(fd.as_raw_fd(), 1024) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some(fd))
+}
+
+/// Sets an integer socket option to 1.
+fn set_int_option(fd: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: valid fd and a pointer/length pair describing `on`.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
+            fd.as_raw_fd(),
+            level,
+            name,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -255,7 +306,21 @@ fn bind_udp_with_pktinfo(port: u16) -> io::Result<UdpSocket> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(socket)
+    Ok(())
+}
+
+/// Binds the UDP sockets of one port (IPv4, and IPv6-only where the kernel has IPv6) with
+/// the packet-info option on, so replies can be sent from exactly the address the request
+/// was sent to (not whatever the route lookup prefers).
+fn bind_udp_with_pktinfo(port: u16) -> io::Result<Vec<UdpSocket>> {
+    let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    set_int_option(&v4, libc::IPPROTO_IP, libc::IP_PKTINFO)?;
+    let mut sockets = vec![v4];
+    if let Some(fd) = bind_v6only(libc::SOCK_DGRAM, port)? {
+        set_int_option(&fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
+        sockets.push(UdpSocket::from(fd));
+    }
+    Ok(sockets)
 }
 
 fn serve_udp(socket: &UdpSocket, name: &str) {
@@ -263,7 +328,7 @@ fn serve_udp(socket: &UdpSocket, name: &str) {
     loop {
         match recv_with_local(socket, &mut buf) {
             Ok((peer, local)) => {
-                let reply = echo_line(name, SocketAddr::V4(peer));
+                let reply = echo_line(name, peer);
                 if let Err(e) = send_from(socket, reply.as_bytes(), peer, local) {
                     eprintln!("swy-probe serve: replying to {peer}: {e}");
                 }
@@ -281,21 +346,94 @@ fn serve_udp(socket: &UdpSocket, name: &str) {
 #[repr(C, align(8))]
 struct CmsgBuf([u8; 64]);
 
+/// The local address a datagram was sent to, from its packet-info control message.
+#[derive(Clone, Copy)]
+enum LocalAddr {
+    V4(libc::in_addr),
+    V6(libc::in6_addr),
+}
+
+/// A socket address in the C layout, for recvmsg/sendmsg.
+fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage; the family-specific view written
+    // below fits inside it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// The Rust view of a socket address the kernel filled in.
+fn from_sockaddr(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        family => Err(io::Error::other(format!(
+            "datagram from address family {family}"
+        ))),
+    }
+}
+
 /// Receives one datagram; returns the sender and the local address it was sent to.
 fn recv_with_local(
     socket: &UdpSocket,
     buf: &mut [u8],
-) -> io::Result<(SocketAddrV4, Option<libc::in_addr>)> {
-    // SAFETY: all-zero is a valid sockaddr_in / msghdr.
-    let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+) -> io::Result<(SocketAddr, Option<LocalAddr>)> {
+    // SAFETY: all-zero is a valid sockaddr_storage / msghdr.
+    let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
     let mut control = CmsgBuf([0; 64]);
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut peer as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = (&mut peer as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast();
@@ -305,20 +443,22 @@ fn recv_with_local(
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let peer = SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(peer.sin_addr.s_addr)),
-        u16::from_be(peer.sin_port),
-    );
+    let peer = from_sockaddr(&peer)?;
     let mut local = None;
     // SAFETY: walking the control buffer the kernel just filled, with libc's macros.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
+            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
                 let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
                 // ipi_spec_dst is the local address the datagram was addressed to (or
                 // a suitable one for broadcasts): the right source for the reply.
-                local = Some(info.ipi_spec_dst);
+                local = Some(LocalAddr::V4(info.ipi_spec_dst));
+            } else if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                local = Some(LocalAddr::V6(info.ipi6_addr));
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
@@ -331,8 +471,8 @@ fn recv_with_local(
 fn send_from(
     socket: &UdpSocket,
     data: &[u8],
-    peer: SocketAddrV4,
-    local: Option<libc::in_addr>,
+    peer: SocketAddr,
+    local: Option<LocalAddr>,
 ) -> io::Result<()> {
     if let Some(local) = local {
         match send_with_pktinfo(socket, data, peer, local) {
@@ -351,39 +491,53 @@ fn send_from(
 fn send_with_pktinfo(
     socket: &UdpSocket,
     data: &[u8],
-    peer: SocketAddrV4,
-    local: libc::in_addr,
+    peer: SocketAddr,
+    local: LocalAddr,
 ) -> io::Result<()> {
-    // SAFETY: zeroed sockaddr_in/msghdr are valid; fields are filled in below.
-    let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    dst.sin_family = libc::AF_INET as libc::sa_family_t;
-    dst.sin_port = peer.port().to_be();
-    dst.sin_addr.s_addr = u32::from(*peer.ip()).to_be();
+    let (mut dst, dst_len) = to_sockaddr(peer);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
     let mut control = CmsgBuf([0; 64]);
-    let info = libc::in_pktinfo {
-        ipi_ifindex: 0,
-        ipi_spec_dst: local,
-        ipi_addr: libc::in_addr { s_addr: 0 },
-    };
+    // SAFETY: a zeroed msghdr is valid; fields are filled in below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut dst as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = (&mut dst as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = dst_len;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast();
-    // SAFETY: the control buffer (64 bytes) is larger than CMSG_SPACE(in_pktinfo).
+    // SAFETY: the control buffer (64 bytes) is larger than CMSG_SPACE of either pktinfo.
     unsafe {
-        let info_len = std::mem::size_of::<libc::in_pktinfo>() as libc::c_uint;
-        msg.msg_controllen = libc::CMSG_SPACE(info_len) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::IPPROTO_IP;
-        (*cmsg).cmsg_type = libc::IP_PKTINFO;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(info_len) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+        match local {
+            LocalAddr::V4(addr) => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: addr,
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                let info_len = std::mem::size_of::<libc::in_pktinfo>() as libc::c_uint;
+                msg.msg_controllen = libc::CMSG_SPACE(info_len) as _;
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(info_len) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+            }
+            LocalAddr::V6(addr) => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: addr,
+                    ipi6_ifindex: 0,
+                };
+                let info_len = std::mem::size_of::<libc::in6_pktinfo>() as libc::c_uint;
+                msg.msg_controllen = libc::CMSG_SPACE(info_len) as _;
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(info_len) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+            }
+        }
     }
     // SAFETY: msg points at live buffers of the stated sizes.
     let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
