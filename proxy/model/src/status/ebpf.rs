@@ -237,7 +237,9 @@ fn row(
     source_ranges.sort();
     ServiceRow {
         service: name.map(|(n, _)| n.clone()),
-        kind: if has_external_entry {
+        // IPv6 frontends have socket entries only (the packet path serves no IPv6): there
+        // the set tells, as cluster IPs use the internal set and the others the cluster set.
+        kind: if has_external_entry || name.is_some_and(|(_, set)| *set != SetKind::Internal) {
             FrontendType::External
         } else {
             FrontendType::ClusterIp
@@ -583,5 +585,22 @@ mod tests {
             .iter()
             .any(|b| b.address == v6("2001:db8:1::11") && b.in_use));
         assert_eq!(decoded.services.len(), 6, "the IPv4 rows stay");
+
+        // An IPv6 NodePort has only its socket entry, on the port's cluster set.
+        let mut maps = maps.clone();
+        maps.services6.push((
+            V6::key(v6("2001:db8::11"), 30080, PROTO_TCP, SCOPE_SOCKET).expect("IPv6"),
+            value(id + 1, 0, 0),
+        ));
+        if let Some(names) = &mut maps.names {
+            names.push((id + 1, name("np", Protocol::Tcp, SetKind::Cluster)));
+        }
+        let decoded = decode(&maps);
+        let row = decoded
+            .services
+            .iter()
+            .find(|r| r.address == Some(v6("2001:db8::11")))
+            .expect("the IPv6 NodePort row");
+        assert_eq!(row.kind, FrontendType::External);
     }
 }

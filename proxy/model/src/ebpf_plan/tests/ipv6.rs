@@ -168,3 +168,51 @@ impl super::super::MapWriter<V6> for Checked6<'_> {
         result
     }
 }
+
+#[test]
+fn a_restarted_planner_adopts_ipv6_entries_and_collects_what_nothing_uses() {
+    let web = dual_stack();
+    let gone = port(
+        "gone",
+        &[(FrontendKind::ClusterIp, "2001:db8:128::99")],
+        vec![endpoint("2001:db8:1::10", true)],
+    );
+    let (mut previous, mut maps6) = (Planner6::default(), FakeMaps6::default());
+    let both = [
+        (web.key.clone(), Some(&web)),
+        (gone.key.clone(), Some(&gone)),
+    ];
+    sync6(&mut previous, &mut maps6, &both);
+    let old_ids: BTreeSet<u32> = maps6.services.values().map(|v| v.id).collect();
+
+    // A new instance finds the pinned IPv6 maps: the entries keep serving, their ids are
+    // not handed out again while in use.
+    let mut planner6 = Planner6::default();
+    planner6.observe(maps6.services.clone(), maps6.backends.clone(), []);
+    assert_eq!(planner6.foreign_sets().collect::<BTreeSet<u32>>(), old_ids);
+    let plan_and_run = |planner6: &mut Planner6, maps6: &mut FakeMaps6| {
+        assert!(planner6.begin_sync(maps6).is_empty());
+        let plan = planner6
+            .plan_sync(&[(web.key.clone(), Some(&web))])
+            .collecting_garbage();
+        let mut checked = Vec::new();
+        let outcome = planner6.run(plan, &mut Checked6(maps6, &mut checked));
+        assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+        assert!(checked.iter().all(Option::is_none), "{checked:?}");
+    };
+    plan_and_run(&mut planner6, &mut maps6);
+    assert!(
+        !maps6.services.contains_key(&key6("2001:db8:128::99", 80)),
+        "the port deleted while no controller ran is gone"
+    );
+    let new_ids: BTreeSet<u32> = maps6.services.values().map(|v| v.id).collect();
+    assert!(new_ids.is_disjoint(&old_ids), "{new_ids:?} {old_ids:?}");
+    assert!(new_ids.iter().all(|id| *id > IPV6_SET_ID_BASE));
+    // The old sets' slots go one sync later.
+    plan_and_run(&mut planner6, &mut maps6);
+    assert!(maps6
+        .backends
+        .keys()
+        .all(|k| new_ids.contains(&k.service_id)));
+    assert_eq!(planner6.foreign_sets().count(), 0);
+}
