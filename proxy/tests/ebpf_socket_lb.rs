@@ -332,7 +332,7 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
     ] {
         manifests.write(file, text).expect("write");
     }
-    let proxy = start_switchyard(
+    let mut proxy = start_switchyard(
         &testbed,
         testbed.node(1),
         BIN.as_ref(),
@@ -434,4 +434,47 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
         "{log}"
     );
     assert!(!log.contains("v6/dual:http/TCP: "), "{log}");
+
+    // A restart: the pinned IPv6 programs and maps serve while no controller runs, and the
+    // next instance adopts them (its first full sync finds nothing to repair).
+    proxy.terminate().expect("stop");
+    let replies = testbed.request(client, Proto::Tcp, dual6, 10, TIMEOUT);
+    assert_eq!(
+        backend_names(&replies),
+        v6_names,
+        "no controller: {replies:?}"
+    );
+    let second = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        &manifests,
+        &[],
+    )
+    .expect("switchyard again");
+    wait_for(
+        "the new instance's first sync",
+        Duration::from_secs(20),
+        || {
+            let log = second.stderr();
+            if log.contains("full=true") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .expect("synced");
+    let log = second.stderr();
+    // 5 IPv4 entries (demo's three, dual's two) and 10 IPv6 ones were pinned.
+    assert!(log.contains("adopted pinned eBPF maps entries=15"), "{log}");
+    assert!(
+        !log.contains("ERROR") && !log.contains("behind our back"),
+        "{log}"
+    );
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let replies = testbed.request(client, proto, dual6, 20, TIMEOUT);
+        assert_eq!(backend_names(&replies), v6_names, "{proto}: {replies:?}");
+    }
 }
