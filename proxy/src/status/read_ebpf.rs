@@ -56,17 +56,11 @@ pub fn read(root: &Path) -> Result<Pinned, ReadError> {
     let backends: Vec<(BackendKey, switchyard_common::Backend)> =
         entries(&pin(map_names::BACKENDS))?;
     // The IPv6 maps are missing from state an older version left.
-    let (services6, backends6): (
-        Vec<(ServiceKey6, ServiceValue)>,
-        Vec<(BackendKey, Backend6)>,
-    ) = if pin(map_names::SERVICES6).exists() {
-        (
-            entries(&pin(map_names::SERVICES6))?,
-            entries(&pin(map_names::BACKENDS6))?,
-        )
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let (mut services6, mut backends6) = (Vec::new(), Vec::new());
+    if pin(map_names::SERVICES6).exists() {
+        services6 = entries::<ServiceKey6, ServiceValue>(&pin(map_names::SERVICES6))?;
+        backends6 = entries::<BackendKey, Backend6>(&pin(map_names::BACKENDS6))?;
+    }
     let names = if pin(map_names::SERVICE_NAMES).exists() {
         Some(entries::<u32, ServiceName>(&pin(map_names::SERVICE_NAMES))?)
     } else {
