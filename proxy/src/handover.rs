@@ -222,17 +222,20 @@ pub fn remove_old_masquerade_rules() {
     }
 }
 
-/// Removes iptables mode's chains and jumps from both backends. Returns what could not be
-/// removed.
+/// Removes iptables mode's chains and jumps from both backends, iptables and ip6tables.
+/// Returns what could not be removed.
 pub fn remove_iptables_state() -> Vec<String> {
     let mut incomplete = Vec::new();
-    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-        match crate::iptables::cleanup::cleanup(backend) {
-            Ok(0) => {}
-            Ok(chains) => tracing::info!(%backend, chains, "removed iptables state"),
-            Err(e) => {
-                tracing::warn!(%backend, error = %e, "iptables cleanup incomplete");
-                incomplete.push(format!("{backend}: {e}"));
+    for family in crate::iptables::rule_set::Family::ALL {
+        for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+            let tools = crate::iptables::Tools::new(backend, family);
+            match crate::iptables::cleanup::cleanup(tools) {
+                Ok(0) => {}
+                Ok(chains) => tracing::info!(%tools, chains, "removed iptables state"),
+                Err(e) => {
+                    tracing::warn!(%tools, error = %e, "iptables cleanup incomplete");
+                    incomplete.push(format!("{tools}: {e}"));
+                }
             }
         }
     }

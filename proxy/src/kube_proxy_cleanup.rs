@@ -3,21 +3,21 @@
 //! already serve every service when kube-proxy's go, and traffic flows throughout:
 //!
 //! - kube-proxy's `KUBE-*` chains ([`switchyard_model::iptables::kube_proxy`] tells them from
-//!   kubelet's) on both iptables backends: the jumps into them from every other chain, then
-//!   the chains, as kube-proxy's own `--cleanup` does;
-//! - the `ip kube-proxy` nftables table of its nftables mode;
+//!   kubelet's) on both iptables backends and both families (iptables and ip6tables): the
+//!   jumps into them from every other chain, then the chains, as kube-proxy's own `--cleanup`
+//!   does;
+//! - the `ip kube-proxy` and `ip6 kube-proxy` nftables tables of its nftables mode;
 //! - the `kube-ipvs0` dummy interface of its ipvs mode, which holds every ClusterIP as a local
 //!   address (IPVS serves only locally delivered packets, so without it IPVS no longer sees
 //!   service traffic).
 //!
-//! IPv6 state (ip6tables chains, the `ip6 kube-proxy` table) is left in place with a warning:
-//! Switchyard does not program IPv6 yet, so removing it would cut IPv6 services off. IPVS
-//! virtual servers and `KUBE-*` ipsets are left too (other tools may use IPVS; the warning
-//! names the commands).
+//! IPVS virtual servers and `KUBE-*` ipsets are left in place (other tools may use IPVS; the
+//! warning names the commands).
 use std::process::Command;
 
 use crate::iptables::cleanup::{remove_chains_where, CleanupError};
-use crate::iptables::IptablesBackend;
+use crate::iptables::rule_set::Family;
+use crate::iptables::{IptablesBackend, Tools};
 use switchyard_model::iptables::kube_proxy::is_kube_proxy_chain;
 
 /// kube-proxy's nftables table (both families use this name).
@@ -28,9 +28,9 @@ const IPVS_DUMMY: &str = "kube-ipvs0";
 /// What one cleanup removed and what it could not.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Chains removed, per backend.
-    pub chains: Vec<(IptablesBackend, usize)>,
-    /// nftables tables removed (`ip kube-proxy`).
+    /// Chains removed, per backend and family.
+    pub chains: Vec<(Tools, usize)>,
+    /// nftables tables removed (`ip kube-proxy`, `ip6 kube-proxy`).
     pub nft_tables: Vec<String>,
     /// Interfaces removed (`kube-ipvs0`).
     pub links: Vec<String>,
@@ -41,11 +41,11 @@ pub struct Report {
 /// A failure of one step; the others still run.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    /// The iptables chains of a backend.
+    /// The iptables chains of a backend and family.
     #[error("iptables ({backend}): {source}")]
     Iptables {
-        /// Backend.
-        backend: IptablesBackend,
+        /// Backend and family.
+        backend: Tools,
         /// Underlying error.
         source: CleanupError,
     },
@@ -62,42 +62,39 @@ pub enum StepError {
     Link(#[source] rtnetlink::Error),
 }
 
-/// Removes kube-proxy's IPv4 iptables chains (both backends) and its `ip` nftables table;
-/// blocking (it runs the iptables tools). IPv6 leftovers are reported in `left`.
+/// Removes kube-proxy's iptables and ip6tables chains (both backends) and its `ip` and `ip6`
+/// nftables tables; blocking (it runs the iptables tools). On iptables-legacy only tables
+/// that exist are touched, so a node without ip6tables-legacy tables gets none.
 pub fn remove_iptables_and_nft(report: &mut Report) {
-    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-        match remove_chains_where(backend, is_kube_proxy_chain) {
-            Ok(0) => {}
-            Ok(n) => report.chains.push((backend, n)),
-            Err(source) => report
-                .left
-                .push(StepError::Iptables { backend, source }.to_string()),
+    for family in Family::ALL {
+        for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+            let tools = Tools::new(backend, family);
+            match remove_chains_where(tools, is_kube_proxy_chain) {
+                Ok(0) => {}
+                Ok(n) => report.chains.push((tools, n)),
+                Err(source) => report.left.push(
+                    StepError::Iptables {
+                        backend: tools,
+                        source,
+                    }
+                    .to_string(),
+                ),
+            }
         }
     }
     match nft_tables() {
         Ok(tables) => {
-            if tables.iter().any(|(f, n)| f == "ip" && n == NFT_TABLE) {
-                match nft(&["delete", "table", "ip", NFT_TABLE]) {
-                    Ok(_) => report.nft_tables.push(format!("ip {NFT_TABLE}")),
-                    Err(e) => report.left.push(e.to_string()),
+            for nf in ["ip", "ip6"] {
+                if tables.iter().any(|(f, n)| f == nf && n == NFT_TABLE) {
+                    match nft(&["delete", "table", nf, NFT_TABLE]) {
+                        Ok(_) => report.nft_tables.push(format!("{nf} {NFT_TABLE}")),
+                        Err(e) => report.left.push(e.to_string()),
+                    }
                 }
-            }
-            if tables.iter().any(|(f, n)| f == "ip6" && n == NFT_TABLE) {
-                report.left.push(format!(
-                    "nftables table ip6 {NFT_TABLE}: kept, Switchyard does not program IPv6 yet \
-                     (remove it with `nft delete table ip6 {NFT_TABLE}`)"
-                ));
             }
         }
         // No nft binary, or no nf_tables: nothing of kube-proxy's nftables mode there.
         Err(e) => tracing::debug!(error = %e, "cannot list nftables tables"),
-    }
-    if ip6tables_has_kube_proxy_chains() {
-        report.left.push(
-            "ip6tables KUBE-* chains: kept, Switchyard does not program IPv6 yet \
-             (kube-proxy --cleanup removes them)"
-                .into(),
-        );
     }
 }
 
@@ -188,25 +185,4 @@ fn nft(args: &[&str]) -> Result<String, StepError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Whether kube-proxy's IPv6 service chain exists on either backend. Legacy is only asked
-/// when its nat table exists (any ip6tables-legacy command would create it).
-fn ip6tables_has_kube_proxy_chains() -> bool {
-    let nft = nft(&["-j", "list", "chains", "ip6"]).is_ok_and(|json| {
-        json.contains("\"name\": \"KUBE-SERVICES\"") || json.contains("\"name\":\"KUBE-SERVICES\"")
-    });
-    let legacy_nat = [
-        "/proc/thread-self/net/ip6_tables_names",
-        "/proc/net/ip6_tables_names",
-    ]
-    .iter()
-    .find_map(|p| std::fs::read_to_string(p).ok())
-    .is_some_and(|names| names.lines().any(|l| l == "nat"));
-    let legacy = legacy_nat
-        && Command::new("ip6tables-legacy-save")
-            .args(["-t", "nat"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(":KUBE-SERVICES"));
-    nft || legacy
 }

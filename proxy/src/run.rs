@@ -15,8 +15,8 @@ use crate::handover::{
     remove_ebpf_state, remove_iptables_state, remove_old_masquerade_rules, Leftovers,
 };
 use crate::health::Health;
-use crate::iptables::rule_set::RuleConfig;
-use crate::iptables::{IptablesBackend, IptablesDataplane, SystemIptables};
+use crate::iptables::rule_set::{Family, RuleConfig};
+use crate::iptables::{DualStackIptables, IptablesBackend, IptablesDataplane, SystemIptables};
 use crate::metrics::Metrics;
 use crate::server::{health_router, metrics_router, serve, ServerState};
 use crate::source::kube_api;
@@ -214,9 +214,21 @@ fn start_dataplane(
             // An older ebpf version's masquerade chain is named like ours: a full sync would
             // try to delete it while POSTROUTING still jumps there, so it goes first.
             remove_old_masquerade_rules();
-            let dataplane = start_iptables(settings, local)?
-                .with_metrics(metrics.iptables.clone())
-                .with_conntrack(Reconciler::netlink(metrics.conntrack_reconciler.clone()));
+            // One rule set per family, as upstream's proxier per family.
+            let family = |family: Family| -> anyhow::Result<IptablesDataplane> {
+                let label = match family {
+                    Family::Ipv4 => crate::metrics::IpFamily::IPv4,
+                    Family::Ipv6 => crate::metrics::IpFamily::IPv6,
+                };
+                Ok(start_iptables(settings, local, family)?
+                    .with_metrics(metrics.iptables.for_family(label))
+                    .with_conntrack(Reconciler::netlink_for(
+                        metrics.conntrack_reconciler.clone(),
+                        family,
+                    )))
+            };
+            let dataplane =
+                DualStackIptables::new(family(Family::Ipv4)?, family(Family::Ipv6)?, local);
             // ebpf mode's pinned programs keep translating (before these rules would see the
             // traffic) until the rules are written.
             Ok((
@@ -240,24 +252,28 @@ fn iptables_backend(settings: &Settings) -> anyhow::Result<IptablesBackend> {
 fn start_iptables(
     settings: &Settings,
     local: &[std::net::IpAddr],
+    family: Family,
 ) -> anyhow::Result<IptablesDataplane> {
     let backend = iptables_backend(settings)?;
     let localhost_nodeports = localhost_nodeports(settings);
-    ensure_route_localnet(settings)?;
+    if family == Family::Ipv4 {
+        ensure_route_localnet(settings)?;
+    }
     let config = RuleConfig {
+        family,
         cluster_cidrs: settings.cluster_cidrs.clone(),
         masquerade_all: settings.masquerade_all,
         nodeport_cidrs: settings.nodeport_cidrs.clone(),
         node_ips: local
             .iter()
             .copied()
-            .filter(|ip| !ip.is_loopback())
+            .filter(|ip| !ip.is_loopback() && family.has(ip))
             .collect(),
         localhost_nodeports,
     };
-    tracing::info!(%backend, "iptables mode");
+    tracing::info!(%backend, %family, "iptables mode");
     Ok(IptablesDataplane::new(
-        Box::new(SystemIptables { backend }),
+        Box::new(SystemIptables::new(backend, family)),
         backend.strategy(),
         config,
     ))

@@ -156,7 +156,7 @@ fn generated_rules_load_into_a_real_kernel_with_both_backends() {
         ] {
             let report = run_in_netns(&ns, || {
                 let mut dp = IptablesDataplane::new(
-                    Box::new(SystemIptables { backend }),
+                    Box::new(SystemIptables::ipv4(backend)),
                     backend.strategy(),
                     config,
                 );
@@ -223,7 +223,7 @@ fn ten_thousand_services_load_into_a_real_kernel_with_both_backends() {
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
         let ns = testbed.node(1).netns_path.clone();
         let (left, present) = run_in_netns(&ns, || {
-            let mut dp = IptablesDataplane::new(Box::new(SystemIptables { backend }), backend.strategy(), RuleConfig::default());
+            let mut dp = IptablesDataplane::new(Box::new(SystemIptables::ipv4(backend)), backend.strategy(), RuleConfig::default());
             let started = Instant::now();
             let full = dp.sync(SyncKind::Full, &big, &StateDiff::default());
             let full_took = started.elapsed();

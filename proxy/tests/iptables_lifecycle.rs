@@ -1,5 +1,6 @@
 //! iptables mode around the edges of a sync: repair after someone flushes our chains, and
-//! `--cleanup` removing every rule and chain we created (and nothing else).
+//! `--cleanup` removing every rule and chain we created (and nothing else), in iptables and in
+//! ip6tables (the testbed's nodes are dual-stack, so both rule sets are written).
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -11,10 +12,15 @@ use switchyard_testbed::{
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn iptables_save(testbed: &Testbed, backend: &str) -> String {
+    tool_save(testbed, "iptables", backend)
+}
+
+/// `<tool>-<backend>-save` on node1 (`tool`: `iptables` or `ip6tables`).
+fn tool_save(testbed: &Testbed, tool: &str, backend: &str) -> String {
     let out = testbed
         .run(
             Place::Node(1),
-            format!("iptables-{backend}-save"),
+            format!("{tool}-{backend}-save"),
             Vec::<String>::new(),
             Duration::from_secs(30),
         )
@@ -85,20 +91,27 @@ fn flushed_rules_are_repaired_and_cleanup_removes_only_ours() {
         save.contains("-A PREROUTING -m comment"),
         "jump into our chains: {save}"
     );
+    let save6 = tool_save(&testbed, "ip6tables", backend);
+    assert!(
+        save6.contains(":SWY-SERVICES") && save6.contains("-A PREROUTING -m comment"),
+        "ip6tables: {save6}"
+    );
 
     // Someone flushes the nat table: the canary in mangle is gone too after a full flush of
     // every table, and the periodic resync rewrites everything.
-    for table in ["nat", "filter", "mangle"] {
-        for op in ["-F", "-X"] {
-            let out = testbed
-                .run(
-                    Place::Node(1),
-                    format!("iptables-{backend}"),
-                    ["-t", table, op],
-                    TIMEOUT,
-                )
-                .expect("flush");
-            assert!(out.status.success(), "{out:?}");
+    for tool in ["iptables", "ip6tables"] {
+        for table in ["nat", "filter", "mangle"] {
+            for op in ["-F", "-X"] {
+                let out = testbed
+                    .run(
+                        Place::Node(1),
+                        format!("{tool}-{backend}"),
+                        ["-t", table, op],
+                        TIMEOUT,
+                    )
+                    .expect("flush");
+                assert!(out.status.success(), "{out:?}");
+            }
         }
     }
     // (Whether a request between the flush and the next resync fails is a race with the
@@ -123,6 +136,16 @@ fn flushed_rules_are_repaired_and_cleanup_removes_only_ours() {
         "{}",
         proxy.stderr()
     );
+    // ip6tables' own canary told the IPv6 rule set's verify to rewrite it too.
+    wait_for("ip6tables to be rewritten", Duration::from_secs(10), || {
+        let save6 = tool_save(&testbed, "ip6tables", backend);
+        if save6.contains(":SWY-SERVICES") && save6.contains("-A PREROUTING -m comment") {
+            Ok(())
+        } else {
+            Err(save6)
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.stderr()));
 
     proxy.kill().expect("kill");
     let ok = testbed
@@ -167,9 +190,27 @@ fn flushed_rules_are_repaired_and_cleanup_removes_only_ours() {
         )
         .expect("cat");
     assert_eq!(legacy.stdout.trim(), "", "legacy tables created by cleanup");
-    for b in ["nft", "legacy"] {
-        let save = iptables_save(&testbed, b);
-        assert!(!save.contains("SWY-"), "{b} still has our rules:\n{save}");
+    let legacy6 = testbed
+        .run(
+            Place::Node(1),
+            "cat",
+            ["/proc/net/ip6_tables_names"],
+            TIMEOUT,
+        )
+        .expect("cat");
+    assert_eq!(
+        legacy6.stdout.trim(),
+        "",
+        "ip6tables-legacy tables created by cleanup"
+    );
+    for tool in ["iptables", "ip6tables"] {
+        for b in ["nft", "legacy"] {
+            let save = tool_save(&testbed, tool, b);
+            assert!(
+                !save.contains("SWY-"),
+                "{tool}-{b} still has our rules:\n{save}"
+            );
+        }
     }
     assert!(
         iptables_save(&testbed, backend).contains(":OTHER-TOOL"),

@@ -6,7 +6,8 @@
 //! to the ClusterIP the whole time: before switchyard starts (kube-proxy's rules answer),
 //! while both sets of rules exist, and after kube-proxy's are gone. Every connection must
 //! reach one of the service's pods; afterwards no chain of kube-proxy's is left, kubelet's
-//! are untouched, and the other leftovers are gone.
+//! are untouched, and the other leftovers are gone. ip6tables get kube-proxy's IPv6 service
+//! chains and kubelet's IPv6 firewall chain too (and `ip6 kube-proxy`): the same holds there.
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,6 +23,28 @@ use switchyard_testbed::{
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const WEB: &str = "198.18.128.10:80";
 const BACKENDS: [&str; 3] = ["node1-pod1", "node2-pod1", "node2-pod2"];
+
+/// A kube-proxy IPv6 proxier's chains for one service (as its ip6tables-save prints them)
+/// and kubelet's IPv6 firewall chain.
+const KUBE_PROXY_IP6TABLES: &str = "*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-SEP-ABCDEFGHIJKLMNOP - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-SERVICES -d 2001:db8:5::10/128 -p tcp -m tcp --dport 80 -j KUBE-SVC-ABCDEFGHIJKLMNOP
+-A KUBE-SVC-ABCDEFGHIJKLMNOP -j KUBE-SEP-ABCDEFGHIJKLMNOP
+-A KUBE-SEP-ABCDEFGHIJKLMNOP -p tcp -m tcp -j DNAT --to-destination [2001:db8:1:2::11]:8080
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+COMMIT
+*filter
+:KUBE-FIREWALL - [0:0]
+-A INPUT -j KUBE-FIREWALL
+COMMIT
+";
 
 /// Phases of the migration the prober's requests fall into.
 const BEFORE: usize = 0;
@@ -57,12 +80,21 @@ fn migrate(mode: &str, backend: &str) {
             fixture.display()
         ),
     );
+    // kube-proxy's IPv6 proxier's chains (the shape of its ip6tables-save) beside kubelet's.
+    sh(
+        &testbed,
+        &format!(
+            "ip6tables-{backend}-restore --noflush <<'EOF'\n{}EOF\n",
+            KUBE_PROXY_IP6TABLES
+        ),
+    );
     // kube-proxy's nftables and ipvs mode leftovers. ipvs mode's kube-ipvs0 is a dummy
     // interface holding the ClusterIPs; a down bridge stands in for it (the test kernel may
     // lack the dummy driver, and the cleanup goes by name).
     sh(
         &testbed,
         "nft add table ip kube-proxy && nft add chain ip kube-proxy services && \
+         nft add table ip6 kube-proxy && \
          ip link add kube-ipvs0 type bridge && ip addr add 198.18.128.99/32 dev kube-ipvs0",
     );
     let web: SocketAddr = WEB.parse().expect("addr");
@@ -213,8 +245,25 @@ fn migrate(mode: &str, backend: &str) {
     );
     let tables = sh(&testbed, "nft list tables");
     assert!(
-        !tables.contains("ip kube-proxy"),
+        !tables.contains("ip kube-proxy") && !tables.contains("ip6 kube-proxy"),
         "[{mode}/{backend}] nftables table left: {tables}"
+    );
+    // ip6tables: kube-proxy's chains and jumps are gone, kubelet's stay.
+    let save6 = sh(&testbed, &format!("ip6tables-{backend}-save"));
+    for gone in [
+        ":KUBE-SERVICES",
+        ":KUBE-SVC-",
+        ":KUBE-SEP-",
+        "-j KUBE-SERVICES",
+    ] {
+        assert!(
+            !save6.contains(gone),
+            "[{mode}/{backend}] ip6tables still hold {gone}:\n{save6}"
+        );
+    }
+    assert!(
+        save6.contains(":KUBE-FIREWALL") && save6.contains("-A INPUT -j KUBE-FIREWALL"),
+        "[{mode}/{backend}] kubelet's IPv6 chain is gone:\n{save6}"
     );
     let links = sh(&testbed, "ip -o link show");
     assert!(

@@ -15,6 +15,8 @@ pub struct IpFamilyLabel {
 
 /// The label of the family iptables mode programs.
 pub const IPV4: IpFamilyLabel = IpFamilyLabel { ip_family: "IPv4" };
+/// The label of the IPv6 reconciler's series.
+pub const IPV6: IpFamilyLabel = IpFamilyLabel { ip_family: "IPv6" };
 
 /// A histogram with upstream's buckets (1 ms doubling 15 times, as its sync latencies).
 fn duration_histogram() -> Histogram {

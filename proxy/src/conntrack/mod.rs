@@ -72,7 +72,7 @@ pub enum ConntrackError {
 
 /// The conntrack table; the kernel's ([`netlink::NetlinkTable`]) or a fake in tests.
 pub trait ConntrackTable: Send {
-    /// Lists the IPv4 UDP entries by `deadline` (other entries may be listed too).
+    /// Lists the UDP entries of its family by `deadline` (other entries may be listed too).
     fn list_udp(&mut self, deadline: Instant) -> Result<Vec<Entry>, ConntrackError>;
     /// Deletes each of `entries` if it still exists, by `deadline`.
     fn delete(&mut self, entries: &[Entry], deadline: Instant) -> Result<Deleted, ConntrackError>;
@@ -93,6 +93,8 @@ pub struct Reconciled {
 pub struct Reconciler {
     table: Box<dyn ConntrackTable>,
     metrics: ConntrackMetrics,
+    /// The family series this reconciler counts into.
+    label: metrics::IpFamilyLabel,
     budget: Duration,
 }
 
@@ -102,6 +104,7 @@ impl Reconciler {
         Self {
             table,
             metrics,
+            label: metrics::IPV4,
             budget: RECONCILE_BUDGET,
         }
     }
@@ -109,6 +112,20 @@ impl Reconciler {
     /// The kernel's table in the calling thread's network namespace.
     pub fn netlink(metrics: ConntrackMetrics) -> Self {
         Self::new(Box::<netlink::NetlinkTable>::default(), metrics)
+    }
+
+    /// The kernel's table of `family`'s entries (ctnetlink dumps of that family), counting
+    /// into the `ip_family` series of it: the reconciler of ip6tables' rules for IPv6.
+    pub fn netlink_for(
+        metrics: ConntrackMetrics,
+        family: switchyard_model::iptables::rule_set::Family,
+    ) -> Self {
+        let mut reconciler =
+            Self::new(Box::new(netlink::NetlinkTable::for_family(family)), metrics);
+        if family == switchyard_model::iptables::rule_set::Family::Ipv6 {
+            reconciler.label = metrics::IPV6;
+        }
+        reconciler
     }
 
     /// Deletes the stale UDP entries of `state`. `None` when nothing could be stale (no UDP
@@ -123,13 +140,13 @@ impl Reconciler {
         let result = self.run(&serving, started + self.budget);
         self.metrics
             .sync_duration
-            .get_or_create(&metrics::IPV4)
+            .get_or_create(&self.label)
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok((reconciled, deleted)) => {
                 self.metrics
                     .deleted_entries
-                    .get_or_create(&metrics::IPV4)
+                    .get_or_create(&self.label)
                     .inc_by(deleted.deleted);
                 if let Some(error) = &deleted.first_error {
                     self.metrics.failures.inc();

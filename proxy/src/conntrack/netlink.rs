@@ -50,6 +50,8 @@ const RECEIVE_BUFFER: usize = 64 * 1024;
 /// The kernel's conntrack table, one fresh socket per listing.
 #[derive(Default)]
 pub struct NetlinkTable {
+    /// Whose entries a listing asks for (IPv4 unless made for IPv6).
+    ipv6: bool,
     socket: Option<Ctnetlink>,
     /// The kernel refused `CTA_FILTER` once: list unfiltered from then on.
     unfiltered: bool,
@@ -58,6 +60,22 @@ pub struct NetlinkTable {
 }
 
 impl NetlinkTable {
+    /// The table of one family's entries (`AF_INET6` dumps for IPv6).
+    pub fn for_family(family: switchyard_model::iptables::rule_set::Family) -> Self {
+        Self {
+            ipv6: family == switchyard_model::iptables::rule_set::Family::Ipv6,
+            ..Self::default()
+        }
+    }
+
+    fn family(&self) -> NetfilterProtoFamily {
+        if self.ipv6 {
+            NetfilterProtoFamily::IPv6
+        } else {
+            NetfilterProtoFamily::IPv4
+        }
+    }
+
     /// A table that never asks the kernel to filter (what older kernels amount to).
     pub fn unfiltered() -> Self {
         Self {
@@ -76,10 +94,11 @@ impl ConntrackTable for NetlinkTable {
     fn list_udp(&mut self, deadline: Instant) -> Result<Vec<Entry>, ConntrackError> {
         // A fresh socket: one that timed out may still hold the rest of a dump.
         let mut socket = Ctnetlink::open()?;
+        let family = self.family();
         let listed = if self.unfiltered {
-            socket.dump(false, deadline)
+            socket.dump(family, false, deadline)
         } else {
-            match socket.dump(true, deadline) {
+            match socket.dump(family, true, deadline) {
                 Err(ConntrackError::Refused { source, .. })
                     if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
                 {
@@ -89,7 +108,7 @@ impl ConntrackTable for NetlinkTable {
                     );
                     self.unfiltered = true;
                     socket = Ctnetlink::open()?;
-                    socket.dump(false, deadline)
+                    socket.dump(family, false, deadline)
                 }
                 other => other,
             }
@@ -149,14 +168,19 @@ impl Ctnetlink {
         self.seq
     }
 
-    /// Lists the IPv4 entries, only UDP ones when `filtered` (and the kernel filters).
-    fn dump(&mut self, filtered: bool, deadline: Instant) -> Result<Vec<Entry>, ConntrackError> {
+    /// Lists the entries of `family`, only UDP ones when `filtered` (and the kernel filters).
+    fn dump(
+        &mut self,
+        family: NetfilterProtoFamily,
+        filtered: bool,
+        deadline: Instant,
+    ) -> Result<Vec<Entry>, ConntrackError> {
         self.started = Instant::now();
         let seq = self.next_seq();
         let request = encode(
             NLM_F_REQUEST | NLM_F_DUMP,
             seq,
-            NetfilterProtoFamily::IPv4,
+            family,
             if filtered {
                 udp_dump()
             } else {

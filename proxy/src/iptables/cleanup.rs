@@ -1,7 +1,7 @@
 //! `--cleanup`: removes every jump, rule and chain Switchyard created, and nothing else.
 use switchyard_model::iptables::removal::{self, UnscriptableName};
 
-use super::backend::IptablesBackend;
+use super::backend::{IptablesBackend, Tools};
 use super::dataplane::TABLES;
 use super::exec::{self, ExecError};
 use super::rule_set::Table;
@@ -30,8 +30,8 @@ pub enum CleanupError {
 /// not ours (the built-in ones, and any another tool added), so nothing references ours when
 /// they go. On iptables-legacy only tables that already exist are touched: a legacy command
 /// would create the table.
-pub fn cleanup(backend: IptablesBackend) -> Result<usize, CleanupError> {
-    remove_chains_where(backend, |_, chain| super::chains::is_ours(chain))
+pub fn cleanup(tools: impl Into<Tools>) -> Result<usize, CleanupError> {
+    remove_chains_where(tools, |_, chain| super::chains::is_ours(chain))
 }
 
 /// Removes the chains `wanted` accepts from `backend`'s nat, filter and mangle tables, with
@@ -39,16 +39,17 @@ pub fn cleanup(backend: IptablesBackend) -> Result<usize, CleanupError> {
 /// (legacy) or one for all (nft; see [`removal`]). Returns how many chains were removed;
 /// fails when any is left. On iptables-legacy only tables that already exist are touched.
 pub fn remove_chains_where(
-    backend: IptablesBackend,
+    tools: impl Into<Tools>,
     wanted: impl Fn(Table, &str) -> bool + Sync,
 ) -> Result<usize, CleanupError> {
-    let removed = match backend {
-        IptablesBackend::Legacy => remove_legacy(&wanted)?,
-        IptablesBackend::Nft => remove_nft(&wanted)?,
+    let tools = tools.into();
+    let removed = match tools.backend {
+        IptablesBackend::Legacy => remove_legacy(tools, &wanted)?,
+        IptablesBackend::Nft => remove_nft(tools, &wanted)?,
     };
-    let left = match backend {
-        IptablesBackend::Legacy => legacy_chains(&wanted)?,
-        IptablesBackend::Nft => exec::nft_chains()?
+    let left = match tools.backend {
+        IptablesBackend::Legacy => legacy_chains(tools, &wanted)?,
+        IptablesBackend::Nft => exec::nft_chains_of(tools.family)?
             .into_iter()
             .filter(|(t, c)| wanted(*t, c))
             .collect(),
@@ -63,12 +64,15 @@ pub fn remove_chains_where(
 }
 
 /// One save and one restore per existing legacy table.
-fn remove_legacy(wanted: &(impl Fn(Table, &str) -> bool + Sync)) -> Result<usize, CleanupError> {
+fn remove_legacy(
+    tools: Tools,
+    wanted: &(impl Fn(Table, &str) -> bool + Sync),
+) -> Result<usize, CleanupError> {
     let mut removed = 0;
-    for table in legacy_tables() {
+    for table in legacy_tables(tools) {
         // The chain declarations and the rules of the chains that stay: all a removal
         // needs, out of a save that is mostly the removed chains' rules.
-        let kept = exec::save_lines(IptablesBackend::Legacy, table, |line| {
+        let kept = exec::save_lines(tools, table, |line| {
             line.starts_with(':')
                 || line
                     .strip_prefix("-A ")
@@ -82,7 +86,7 @@ fn remove_legacy(wanted: &(impl Fn(Table, &str) -> bool + Sync)) -> Result<usize
         let deletions = removal::jump_deletions(table, &kept, wanted);
         let input = removal::restore_removal(table, &chains, &deletions);
         if !input.is_empty() {
-            exec::restore(IptablesBackend::Legacy, &input)?;
+            exec::restore(tools, &input)?;
         }
         removed += chains.len();
     }
@@ -91,8 +95,8 @@ fn remove_legacy(wanted: &(impl Fn(Table, &str) -> bool + Sync)) -> Result<usize
 
 /// One listing of the chains, one of each chain that stays (for its jumps, with handles),
 /// and one nft transaction.
-fn remove_nft(wanted: &impl Fn(Table, &str) -> bool) -> Result<usize, CleanupError> {
-    let all = exec::nft_chains()?;
+fn remove_nft(tools: Tools, wanted: &impl Fn(Table, &str) -> bool) -> Result<usize, CleanupError> {
+    let all = exec::nft_chains_of(tools.family)?;
     let (chains, others): (Vec<TableChain>, Vec<TableChain>) =
         all.into_iter().partition(|(t, c)| wanted(*t, c));
     if chains.is_empty() {
@@ -100,13 +104,13 @@ fn remove_nft(wanted: &impl Fn(Table, &str) -> bool) -> Result<usize, CleanupErr
     }
     let mut jumps = Vec::new();
     for (table, chain) in &others {
-        for (handle, target) in exec::nft_jumps(*table, chain)? {
+        for (handle, target) in exec::nft_jumps_of(tools.family, *table, chain)? {
             if wanted(*table, &target) {
                 jumps.push((*table, chain.clone(), handle));
             }
         }
     }
-    let script = removal::nft_removal(&chains, &jumps)?;
+    let script = removal::nft_removal_of(tools.family, &chains, &jumps)?;
     exec::nft_script(&script)?;
     Ok(chains.len())
 }
@@ -114,8 +118,8 @@ fn remove_nft(wanted: &impl Fn(Table, &str) -> bool) -> Result<usize, CleanupErr
 /// A chain by table and name.
 type TableChain = (Table, String);
 
-fn legacy_tables() -> Vec<Table> {
-    let present = exec::legacy_tables();
+fn legacy_tables(tools: Tools) -> Vec<Table> {
+    let present = exec::legacy_tables_of(tools.family);
     TABLES
         .into_iter()
         .filter(|t| present.contains(t.as_str()))
@@ -123,12 +127,12 @@ fn legacy_tables() -> Vec<Table> {
 }
 
 fn legacy_chains(
+    tools: Tools,
     wanted: &impl Fn(Table, &str) -> bool,
 ) -> Result<Vec<(Table, String)>, CleanupError> {
     let mut left = Vec::new();
-    for table in legacy_tables() {
-        let declarations =
-            exec::save_lines(IptablesBackend::Legacy, table, |l| l.starts_with(':'))?;
+    for table in legacy_tables(tools) {
+        let declarations = exec::save_lines(tools, table, |l| l.starts_with(':'))?;
         left.extend(
             declared_chains(&declarations)
                 .filter(|c| wanted(table, c))

@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::backend::IptablesBackend;
+use super::backend::{IptablesBackend, Tools};
 use super::chains::CANARY;
 use super::exec::{self, ExecError};
 use super::restore::{self, Strategy};
 use super::rule_set::{
-    add_counts, BaseRules, ChainRef, PortRules, RuleArgs, RuleConfig, RuleCounts, Table,
+    add_counts, BaseRules, ChainRef, Family, PortRules, RuleArgs, RuleConfig, RuleCounts, Table,
 };
 use super::rules::{base_rules, port_rules};
 use crate::conntrack::Reconciler;
@@ -43,27 +43,48 @@ pub trait IptablesSystem: Send {
     fn remove_all(&mut self) -> Result<usize, super::cleanup::CleanupError>;
 }
 
-/// The real system: iptables tools of one backend.
+/// The real system: iptables tools of one backend, for one IP family.
 pub struct SystemIptables {
     /// Backend in use.
     pub backend: IptablesBackend,
+    /// `iptables` or `ip6tables`.
+    pub family: Family,
+}
+
+impl SystemIptables {
+    /// `backend`'s IPv4 tools (`iptables-*`).
+    pub fn ipv4(backend: IptablesBackend) -> Self {
+        Self {
+            backend,
+            family: Family::Ipv4,
+        }
+    }
+
+    /// `backend`'s tools for `family`.
+    pub fn new(backend: IptablesBackend, family: Family) -> Self {
+        Self { backend, family }
+    }
+
+    fn tools(&self) -> Tools {
+        Tools::new(self.backend, self.family)
+    }
 }
 
 impl IptablesSystem for SystemIptables {
     fn remove_all(&mut self) -> Result<usize, super::cleanup::CleanupError> {
-        super::cleanup::cleanup(self.backend)
+        super::cleanup::cleanup(self.tools())
     }
 
     fn restore(&mut self, input: &str) -> Result<(), ExecError> {
-        exec::restore(self.backend, input)
+        exec::restore(self.tools(), input)
     }
 
     fn our_chains(&mut self, table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
-        exec::our_chains(self.backend, table)
+        exec::our_chains(self.tools(), table)
     }
 
     fn chain_exists(&mut self, chain: &ChainRef) -> bool {
-        exec::chain_exists(self.backend, chain)
+        exec::chain_exists(self.tools(), chain)
     }
 
     fn jump_lines(
@@ -88,20 +109,18 @@ impl IptablesSystem for SystemIptables {
             return self.ensure_jumps_legacy(&by_chain);
         }
         // iptables-nft: one cheap check per rule (nft reads only what it is asked for).
+        let tools = self.tools();
         for (chain, rules) in by_chain {
-            if rules
-                .iter()
-                .all(|r| exec::rule_exists(self.backend, chain, r))
-            {
+            if rules.iter().all(|r| exec::rule_exists(tools, chain, r)) {
                 continue;
             }
             for rule in &rules {
-                while exec::rule_exists(self.backend, chain, rule) {
-                    exec::delete_rule(self.backend, chain, rule)?;
+                while exec::rule_exists(tools, chain, rule) {
+                    exec::delete_rule(tools, chain, rule)?;
                 }
             }
             for rule in rules.iter().rev() {
-                exec::insert_rule(self.backend, chain, 1, rule)?;
+                exec::insert_rule(tools, chain, 1, rule)?;
             }
         }
         Ok(())
@@ -132,7 +151,7 @@ impl SystemIptables {
         if input.is_empty() {
             return Ok(());
         }
-        exec::restore(self.backend, &input)
+        exec::restore(self.tools(), &input)
     }
 
     /// The `-D`/`-I` lines that fix the jumps, from one iptables-save per table.
@@ -148,7 +167,7 @@ impl SystemIptables {
                 .filter(|c| c.table == table)
                 .map(|c| c.chain.as_str())
                 .collect();
-            let listed = exec::saved_rules(self.backend, table, &chains)?;
+            let listed = exec::saved_rules(self.tools(), table, &chains)?;
             for (chain, rules) in by_chain.iter().filter(|(c, _)| c.table == table) {
                 lines.extend(
                     jump_fix(&listed, &chain.chain, rules)
@@ -385,7 +404,14 @@ impl IptablesDataplane {
             keys.iter()
                 .map(|k| (self.written.get(*k).map(|w| &w.rules), new_rules.get(*k))),
         );
-        if let Err(e) = self.restore(&input) {
+        // Changes of ports this family has no rules for (an IPv4-only service, in ip6tables)
+        // leave nothing to write: no restore at all.
+        let result = if input.is_empty() {
+            Ok(())
+        } else {
+            self.restore(&input)
+        };
+        if let Err(e) = result {
             // Our idea of the kernel's state is wrong (e.g. a rule deleted by hand): rewrite all.
             tracing::warn!(error = %e, "partial sync failed; falling back to a full sync");
             self.metrics.partial_restore_failures.inc();

@@ -5,9 +5,10 @@ use std::process::{Command, Stdio};
 
 use wait_timeout::ChildExt;
 
-use super::backend::IptablesBackend;
+use super::backend::{IptablesBackend, Tools};
 use super::chains::is_ours;
 use super::rule_set::{ChainRef, Table};
+use switchyard_model::iptables::rule_set::Family;
 
 /// A failed iptables command, with what it printed.
 #[derive(Debug, thiserror::Error)]
@@ -144,15 +145,15 @@ fn kept_lines(pipe: impl Read, keep: &(impl Fn(&str) -> bool + Sync)) -> String 
 }
 
 /// Runs `iptables-restore --noflush` with `input`.
-pub fn restore(backend: IptablesBackend, input: &str) -> Result<(), ExecError> {
-    let mut cmd = Command::new(backend.restore());
+pub fn restore(tools: impl Into<Tools>, input: &str) -> Result<(), ExecError> {
+    let mut cmd = Command::new(tools.into().restore());
     cmd.args(["--noflush", "-w", LOCK_WAIT_SECONDS]);
     run(cmd, Some(input)).map(drop)
 }
 
 /// `iptables -w N -t TABLE OP CHAIN`, ready for the operation's further arguments.
-pub fn chain_command(backend: IptablesBackend, op: &str, chain: &ChainRef) -> Command {
-    let mut cmd = Command::new(backend.iptables());
+pub fn chain_command(tools: impl Into<Tools>, op: &str, chain: &ChainRef) -> Command {
+    let mut cmd = Command::new(tools.into().iptables());
     cmd.args([
         "-w",
         LOCK_WAIT_SECONDS,
@@ -165,45 +166,45 @@ pub fn chain_command(backend: IptablesBackend, op: &str, chain: &ChainRef) -> Co
 }
 
 /// Whether `rule` exists in `chain` (`iptables -C`).
-pub fn rule_exists(backend: IptablesBackend, chain: &ChainRef, rule: &[String]) -> bool {
-    let mut cmd = chain_command(backend, "-C", chain);
+pub fn rule_exists(tools: impl Into<Tools>, chain: &ChainRef, rule: &[String]) -> bool {
+    let mut cmd = chain_command(tools, "-C", chain);
     cmd.args(rule);
     run(cmd, None).is_ok()
 }
 
 /// Inserts `rule` at `position` (1-based) of `chain`.
 pub fn insert_rule(
-    backend: IptablesBackend,
+    tools: impl Into<Tools>,
     chain: &ChainRef,
     position: usize,
     rule: &[String],
 ) -> Result<(), ExecError> {
-    let mut cmd = chain_command(backend, "-I", chain);
+    let mut cmd = chain_command(tools, "-I", chain);
     cmd.arg(position.to_string()).args(rule);
     run(cmd, None).map(drop)
 }
 
 /// Deletes one copy of `rule` from `chain`.
 pub fn delete_rule(
-    backend: IptablesBackend,
+    tools: impl Into<Tools>,
     chain: &ChainRef,
     rule: &[String],
 ) -> Result<(), ExecError> {
-    let mut cmd = chain_command(backend, "-D", chain);
+    let mut cmd = chain_command(tools, "-D", chain);
     cmd.args(rule);
     run(cmd, None).map(drop)
 }
 
 /// Whether `chain` exists (`iptables -L CHAIN -n`, cheap on both backends even with large tables).
-pub fn chain_exists(backend: IptablesBackend, chain: &ChainRef) -> bool {
-    let mut cmd = chain_command(backend, "-L", chain);
+pub fn chain_exists(tools: impl Into<Tools>, chain: &ChainRef) -> bool {
+    let mut cmd = chain_command(tools, "-L", chain);
     cmd.arg("-n");
     run(cmd, None).is_ok()
 }
 
 /// Every rule of `table` as `iptables -S` prints them, or `None` if the table is not there.
-pub fn list_table_rules(backend: IptablesBackend, table: Table) -> Option<String> {
-    let mut cmd = Command::new(backend.iptables());
+pub fn list_table_rules(tools: impl Into<Tools>, table: Table) -> Option<String> {
+    let mut cmd = Command::new(tools.into().iptables());
     cmd.args(["-w", LOCK_WAIT_SECONDS, "-t", table.as_str(), "-S"]);
     run(cmd, None).ok()
 }
@@ -211,22 +212,34 @@ pub fn list_table_rules(backend: IptablesBackend, table: Table) -> Option<String
 /// The iptables-legacy tables that exist in this network namespace. Any legacy command on a
 /// table creates it, so cleanup touches only these.
 pub fn legacy_tables() -> BTreeSet<String> {
+    legacy_tables_of(Family::Ipv4)
+}
+
+/// [`legacy_tables`] of `family` (`ip6_tables_names` for ip6tables-legacy).
+pub fn legacy_tables_of(family: Family) -> BTreeSet<String> {
     // thread-self: /proc/net shows the process's first thread's namespace, which is not this
     // thread's when it entered another one (as the tests' namespace helper does).
-    [
-        "/proc/thread-self/net/ip_tables_names",
-        "/proc/net/ip_tables_names",
-    ]
-    .iter()
-    .find_map(|path| std::fs::read_to_string(path).ok())
-    .map(|names| names.lines().map(str::to_owned).collect())
-    .unwrap_or_default()
+    let paths: [&str; 2] = match family {
+        Family::Ipv4 => [
+            "/proc/thread-self/net/ip_tables_names",
+            "/proc/net/ip_tables_names",
+        ],
+        Family::Ipv6 => [
+            "/proc/thread-self/net/ip6_tables_names",
+            "/proc/net/ip6_tables_names",
+        ],
+    };
+    paths
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|names| names.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// The rules of `chain` as `iptables -S` prints them, or `None` if the chain (or table) is
 /// not there on this backend.
-pub fn list_rules(backend: IptablesBackend, chain: &ChainRef) -> Option<String> {
-    run(chain_command(backend, "-S", chain), None).ok()
+pub fn list_rules(tools: impl Into<Tools>, chain: &ChainRef) -> Option<String> {
+    run(chain_command(tools, "-S", chain), None).ok()
 }
 
 /// The rules of the built-in `chains` of `table`, as argument vectors (without `-A CHAIN`),
@@ -234,11 +247,11 @@ pub fn list_rules(backend: IptablesBackend, chain: &ChainRef) -> Option<String> 
 /// from the kernel, so one save per table replaces a `-C` per rule (seconds each on a table
 /// of 10,000 services).
 pub fn saved_rules(
-    backend: IptablesBackend,
+    tools: impl Into<Tools>,
     table: Table,
     chains: &[&str],
 ) -> Result<Vec<(String, Vec<String>)>, ExecError> {
-    let mut cmd = Command::new(backend.save());
+    let mut cmd = Command::new(tools.into().save());
     cmd.args(["-t", table.as_str()]);
     let wanted = |line: &str| {
         line.strip_prefix("-A ")
@@ -250,8 +263,8 @@ pub fn saved_rules(
 
 /// `iptables-save -t TABLE` reduced to our chains (declarations and rules) and the rules of
 /// other chains that jump into ours, for `switchyard status`.
-pub fn save_ours(backend: IptablesBackend, table: Table) -> Result<String, ExecError> {
-    let mut cmd = Command::new(backend.save());
+pub fn save_ours(tools: impl Into<Tools>, table: Table) -> Result<String, ExecError> {
+    let mut cmd = Command::new(tools.into().save());
     cmd.args(["-t", table.as_str()]);
     let keep = |line: &str| {
         line.starts_with('*')
@@ -279,27 +292,29 @@ fn rules_of_chains(save: &str, chains: &[&str]) -> Vec<(String, Vec<String>)> {
 
 /// Our chains currently in `table`. Legacy: `iptables-save` (fast there). nft: `nft -j list
 /// chains`, because iptables-nft-save takes minutes on a table with 100,000 chains.
-pub fn our_chains(backend: IptablesBackend, table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
-    chains_where(backend, table, is_ours)
+pub fn our_chains(tools: impl Into<Tools>, table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
+    chains_where(tools, table, is_ours)
 }
 
 /// The chains of `table` whose names `wanted` accepts, listed as [`our_chains`] lists.
 pub fn chains_where(
-    backend: IptablesBackend,
+    tools: impl Into<Tools>,
     table: Table,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<BTreeSet<ChainRef>, ExecError> {
-    let names: Vec<String> = match backend {
+    let tools = tools.into();
+    let names: Vec<String> = match tools.backend {
         IptablesBackend::Legacy => {
-            let mut cmd = Command::new(backend.save());
+            let mut cmd = Command::new(tools.save());
             cmd.args(["-t", table.as_str()]);
             chain_declarations(&run_keeping(cmd, None, |line| line.starts_with(':'))?)
         }
         IptablesBackend::Nft => {
+            let nf = tools.family.nft_family();
             let mut cmd = Command::new("nft");
-            cmd.args(["-j", "list", "chains", "ip"]);
+            cmd.args(["-j", "list", "chains", nf]);
             nft_chain_names(&run(cmd, None)?, table.as_str()).map_err(|e| ExecError::Parse {
-                program: "nft -j list chains ip".into(),
+                program: format!("nft -j list chains {nf}"),
                 message: e.to_string(),
             })?
         }
@@ -338,11 +353,11 @@ struct NftChain {
 
 /// `iptables-save -t TABLE`, keeping only the lines `keep` accepts as they are read.
 pub fn save_lines(
-    backend: IptablesBackend,
+    tools: impl Into<Tools>,
     table: Table,
     keep: impl Fn(&str) -> bool + Sync,
 ) -> Result<String, ExecError> {
-    let mut cmd = Command::new(backend.save());
+    let mut cmd = Command::new(tools.into().save());
     cmd.args(["-t", table.as_str()]);
     run_keeping(cmd, None, keep)
 }
@@ -350,10 +365,16 @@ pub fn save_lines(
 /// Every chain of the `ip` family's nat, filter and mangle tables (iptables-nft's tables),
 /// from one `nft -j list chains ip`.
 pub fn nft_chains() -> Result<Vec<(Table, String)>, ExecError> {
+    nft_chains_of(Family::Ipv4)
+}
+
+/// [`nft_chains`] of `family` (`ip6` for ip6tables-nft's tables).
+pub fn nft_chains_of(family: Family) -> Result<Vec<(Table, String)>, ExecError> {
+    let nf = family.nft_family();
     let mut cmd = Command::new("nft");
-    cmd.args(["-j", "list", "chains", "ip"]);
+    cmd.args(["-j", "list", "chains", nf]);
     let list: NftList = serde_json::from_str(&run(cmd, None)?).map_err(|e| ExecError::Parse {
-        program: "nft -j list chains ip".into(),
+        program: format!("nft -j list chains {nf}"),
         message: e.to_string(),
     })?;
     Ok(list
@@ -371,9 +392,19 @@ pub fn nft_chains() -> Result<Vec<(Table, String)>, ExecError> {
 
 /// The jumps and gotos of one `ip` family chain: (rule handle, target chain).
 pub fn nft_jumps(table: Table, chain: &str) -> Result<Vec<(u64, String)>, ExecError> {
+    nft_jumps_of(Family::Ipv4, table, chain)
+}
+
+/// [`nft_jumps`] in the nftables family of `family`.
+pub fn nft_jumps_of(
+    family: Family,
+    table: Table,
+    chain: &str,
+) -> Result<Vec<(u64, String)>, ExecError> {
+    let nf = family.nft_family();
     let mut cmd = Command::new("nft");
-    cmd.args(["-a", "-j", "list", "chain", "ip", table.as_str(), chain]);
-    let program = format!("nft -a -j list chain ip {} {chain}", table.as_str());
+    cmd.args(["-a", "-j", "list", "chain", nf, table.as_str(), chain]);
+    let program = format!("nft -a -j list chain {nf} {} {chain}", table.as_str());
     nft_rule_jumps(&run(cmd, None)?).map_err(|e| ExecError::Parse {
         program,
         message: e.to_string(),

@@ -5,8 +5,10 @@
 //!
 //! As upstream registers only what its mode uses, the iptables families
 //! (`sync_proxy_rules_iptables_*`) and the conntrack reconciler's exist in iptables mode only.
-//! Every `ip_family` series is `IPv4`: Switchyard programs IPv4 only so far, with one proxier
-//! where upstream runs one per family.
+//! iptables mode writes IPv6 with a second rule set, as upstream's second proxier: its
+//! `sync_proxy_rules_iptables_*` and conntrack reconciler series are labelled
+//! `ip_family="IPv6"` (they appear once the node serves IPv6). The sync duration and timestamp
+//! series stay `IPv4` only: one controller syncs both families at once.
 pub mod build_info;
 pub mod exposition;
 pub mod process;
@@ -109,6 +111,14 @@ impl<M: Clone> PerFamily<M> {
         let series = family.get_or_create_owned(&FAMILY);
         Self { family, series }
     }
+
+    /// The same metric family, dereferencing to the series of `ip_family` (created now).
+    pub fn for_family(&self, ip_family: IpFamily) -> Self {
+        Self {
+            family: self.family.clone(),
+            series: self.family.get_or_create_owned(&FamilyLabel { ip_family }),
+        }
+    }
 }
 
 impl<M: Clone + Default> Default for PerFamily<M> {
@@ -154,6 +164,8 @@ pub struct IptablesMetrics {
     /// Time spent inside iptables-restore, the floor of a sync's cost
     /// (`switchyard_iptables_restore_duration_seconds`).
     pub restore_duration: Histogram,
+    /// The family whose series the labelled metrics count into.
+    pub ip_family: IpFamily,
 }
 
 impl Default for IptablesMetrics {
@@ -165,11 +177,23 @@ impl Default for IptablesMetrics {
             rules_last: Family::default(),
             restores: Counter::default(),
             restore_duration: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            ip_family: PROGRAMMED_FAMILY,
         }
     }
 }
 
 impl IptablesMetrics {
+    /// The same metrics for the proxier of `ip_family`: its series of the labelled families;
+    /// the restore count and duration are shared.
+    pub fn for_family(&self, ip_family: IpFamily) -> Self {
+        Self {
+            restore_failures: self.restore_failures.for_family(ip_family),
+            partial_restore_failures: self.partial_restore_failures.for_family(ip_family),
+            ip_family,
+            ..self.clone()
+        }
+    }
+
     /// Sets the `filter` and `nat` rule counts (upstream reports those two tables).
     pub fn set_rule_counts(
         &self,
@@ -179,7 +203,7 @@ impl IptablesMetrics {
         use crate::iptables::rule_set::Table;
         for table in [Table::Filter, Table::Nat] {
             let label = TableLabel {
-                ip_family: PROGRAMMED_FAMILY,
+                ip_family: self.ip_family,
                 table: table.as_str(),
             };
             let get = |counts: &crate::iptables::rule_set::RuleCounts| {

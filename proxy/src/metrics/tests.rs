@@ -117,3 +117,30 @@ fn iptables_rule_counts_are_reported_for_filter_and_nat() {
         "upstream reports filter and nat"
     );
 }
+
+#[test]
+fn the_ipv6_rule_set_counts_into_ipv6_series() {
+    use crate::iptables::rule_set::{RuleCounts, Table};
+    let m = Metrics::for_mode(crate::config::ProxyMode::Iptables);
+    let v6 = m.iptables.for_family(IpFamily::IPv6);
+    v6.set_rule_counts(&RuleCounts::from([(Table::Nat, 9)]), &RuleCounts::new());
+    v6.restore_failures.inc();
+    m.iptables.restore_failures.inc();
+    m.iptables.restore_failures.inc();
+    let text = m.encode();
+    for line in [
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv6\"} 1",
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv4\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+    }
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("kubeproxy_sync_proxy_rules_iptables_total{")
+                && l.contains("ip_family=\"IPv6\"")
+                && l.contains("table=\"nat\"")
+                && l.ends_with(" 9")
+        ),
+        "{text}"
+    );
+}

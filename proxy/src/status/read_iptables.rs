@@ -2,8 +2,8 @@
 //! come from [`crate::model::status::iptables`].
 use crate::iptables::chains::SERVICES;
 use crate::iptables::exec::{self, ExecError};
-use crate::iptables::rule_set::{ChainRef, Table};
-use crate::iptables::IptablesBackend;
+use crate::iptables::rule_set::{ChainRef, Family, Table};
+use crate::iptables::{IptablesBackend, Tools};
 use crate::model::status::iptables::Saved;
 
 /// The tables holding service rules.
@@ -32,15 +32,28 @@ pub fn programmed(only: Option<IptablesBackend>) -> Vec<IptablesBackend> {
         .collect()
 }
 
-/// Our chains in `backend`'s nat and filter tables.
+/// Our chains in `backend`'s nat and filter tables (IPv4).
 pub fn read(backend: IptablesBackend) -> Result<Saved, ExecError> {
-    let legacy = exec::legacy_tables();
+    read_family(Tools::from(backend))
+}
+
+/// Our chains in the nat and filter tables of `tools` (iptables or ip6tables).
+pub fn read_family(tools: Tools) -> Result<Saved, ExecError> {
+    let legacy = exec::legacy_tables_of(tools.family);
     let mut text = String::new();
     for table in TABLES {
-        if backend == IptablesBackend::Legacy && !legacy.contains(table.as_str()) {
+        if tools.backend == IptablesBackend::Legacy && !legacy.contains(table.as_str()) {
             continue;
         }
-        text.push_str(&exec::save_ours(backend, table)?);
+        text.push_str(&exec::save_ours(tools, table)?);
     }
     Ok(Saved::parse(&text))
+}
+
+/// Whether `backend`'s ip6tables hold our `SWY-SERVICES` chain (looked at only where the
+/// legacy table exists, as [`programmed`]).
+pub fn programs_ipv6(backend: IptablesBackend) -> bool {
+    let tools = Tools::new(backend, Family::Ipv6);
+    (backend == IptablesBackend::Nft || exec::legacy_tables_of(Family::Ipv6).contains("nat"))
+        && exec::chain_exists(tools, &ChainRef::new(Table::Nat, SERVICES))
 }

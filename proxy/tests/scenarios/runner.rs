@@ -19,7 +19,7 @@
 //! - `SWY_SCENARIOS_JOBS=N`: scenarios run at once (default 4);
 //! - `SWY_SCENARIOS_PENDING=1`: also run the `iptables only` scenarios in ebpf mode.
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -632,13 +632,17 @@ impl Run<'_> {
             ));
         }
         let want = *c.source.as_ref()?.get(self.mode);
-        let IpAddr::V4(seen) = reply.seen_source.ip() else {
-            return Some(format!("non-IPv4 source {}", reply.seen_source));
-        };
+        let seen = reply.seen_source.ip();
+        if seen.is_ipv4() != c.to.is_ipv4() {
+            return Some(format!(
+                "source {} is not of the family of {}",
+                reply.seen_source, c.to
+            ));
+        }
         let ok = match want {
             Source::Own => self.own_addresses(c.from).contains(&seen),
             Source::Node => self.node_addresses().contains(&seen),
-            Source::Ip(ip) => seen == ip,
+            Source::Ip(ip) => seen == IpAddr::V4(ip),
             Source::NodeUnlessLocal => match self.translating_node(c) {
                 Some(n) if reply.backend.starts_with(&format!("node{n}-")) => {
                     self.own_addresses(c.from).contains(&seen)
@@ -658,31 +662,44 @@ impl Run<'_> {
         })
     }
 
-    fn own_addresses(&self, at: At) -> Vec<Ipv4Addr> {
+    /// The requester's own addresses, of both families.
+    fn own_addresses(&self, at: At) -> Vec<IpAddr> {
         match at {
             At::Pod(n, p) => self
                 .testbed
                 .try_pod(n, p)
-                .map(|p| vec![p.ip])
+                .map(|p| vec![p.ip.into(), p.ip6.into()])
                 .unwrap_or_default(),
             At::Node(n) => self
                 .testbed
                 .try_node(n)
-                .map(|node| vec![node.underlay_ip, node.pod_gateway])
+                .map(|node| {
+                    vec![
+                        node.underlay_ip.into(),
+                        node.pod_gateway.into(),
+                        node.underlay_ipv6.into(),
+                        node.pod_gateway_v6.into(),
+                    ]
+                })
                 .unwrap_or_default(),
-            At::Client => vec![self.testbed.client().ip],
+            At::Client => vec![
+                self.testbed.client().ip.into(),
+                self.testbed.client().ipv6.into(),
+            ],
         }
     }
 
     /// The node whose tc program translates the check's traffic: the owner of the
     /// destination address, or the node a client route sends it to.
     fn translating_node(&self, c: &Check) -> Option<usize> {
+        if let Some(node) = self.testbed.nodes().iter().find(|n| {
+            c.to.ip() == IpAddr::from(n.underlay_ip) || c.to.ip() == IpAddr::from(n.underlay_ipv6)
+        }) {
+            return Some(node.index);
+        }
         let IpAddr::V4(to) = c.to.ip() else {
             return None;
         };
-        if let Some(node) = self.testbed.nodes().iter().find(|n| n.underlay_ip == to) {
-            return Some(node.index);
-        }
         self.scenario
             .client_routes
             .iter()
@@ -693,11 +710,19 @@ impl Run<'_> {
             .map(|(_, node)| *node)
     }
 
-    fn node_addresses(&self) -> Vec<Ipv4Addr> {
+    /// Every node's addresses, of both families.
+    fn node_addresses(&self) -> Vec<IpAddr> {
         self.testbed
             .nodes()
             .iter()
-            .flat_map(|n| [n.underlay_ip, n.pod_gateway])
+            .flat_map(|n| {
+                [
+                    n.underlay_ip.into(),
+                    n.pod_gateway.into(),
+                    n.underlay_ipv6.into(),
+                    n.pod_gateway_v6.into(),
+                ]
+            })
             .collect()
     }
 

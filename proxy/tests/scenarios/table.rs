@@ -33,6 +33,19 @@ const STALE_UDP: &str = "issue 4: connect4 pins a connected UDP socket to its ba
      socket's life; moving it off a removed endpoint needs the sockets destroyed (or \
      sendmsg4-level translation); iptables mode deletes the conntrack entries";
 
+/// The one place that says whether ebpf mode serves IPv6 yet: every IPv6 and dual-stack
+/// scenario below runs in ebpf mode once this is `None`.
+const IPV6_IN_EBPF: Option<&str> =
+    Some("issue 12: IPv6 socket and tc programs, IPv6 map keys (branch v6ebpf)");
+
+/// Marks an IPv6 scenario as [`IPV6_IN_EBPF`] says.
+fn ipv6_scenario(s: Scenario) -> Scenario {
+    match IPV6_IN_EBPF {
+        Some(why) => s.iptables_only(why),
+        None => s,
+    }
+}
+
 /// Every scenario.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -68,6 +81,10 @@ pub fn all() -> Vec<Scenario> {
         topology_same_zone(),
         topology_hints_ignored(),
         topology_same_node(),
+        ipv6_clusterip(),
+        dual_stack_service(),
+        ipv6_etp_local(),
+        ipv6_udp_stale_flows(),
     ]
 }
 
@@ -1740,4 +1757,322 @@ fn topology_same_node() -> Scenario {
             ),
             check(tcp(P21, "198.18.128.132:80").answers(&ZONE_B)),
         ])
+}
+
+// ---------------------------------------------------------------------------------------
+// IPv6 and dual-stack (issue 12). Pod j of node i is also 2001:db8:1:i::(0x10+j), node i
+// 2001:db8:0:1::(0x10+i), the client 2001:db8:c::10, services live in 2001:db8:5::/112.
+
+/// The IPv6 addresses of [`THREE_ENDPOINTS`]' pods.
+const THREE_ENDPOINTS_V6: &str = "\
+endpoints:
+- {addresses: [\"2001:db8:1:1::12\"], nodeName: node1}
+- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}
+- {addresses: [\"2001:db8:1:2::12\"], nodeName: node2}
+";
+
+/// An `addressType: IPv6` EndpointSlice of `service` (named `<service>-6`).
+fn slice6(service: &str, ports: &str, endpoints: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {service}-6, namespace: scen, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv6
+ports: {ports}
+{endpoints}"
+    )
+}
+
+const TCP_UDP_8080: &str =
+    "[{name: tcp, port: 8080, protocol: TCP}, {name: udp, port: 8080, protocol: UDP}]";
+
+fn ipv6_clusterip() -> Scenario {
+    let yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web6, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::10
+  clusterIPs: [2001:db8:5::10]
+  ipFamilies: [IPv6]
+  ipFamilyPolicy: SingleStack
+  selector: {{app: web6}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: udp, port: 53, targetPort: 8080, protocol: UDP}}
+---
+{}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky6, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::16
+  ipFamilies: [IPv6]
+  selector: {{app: sticky6}}
+  sessionAffinity: ClientIP
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: udp, port: 80, targetPort: 8080, protocol: UDP}}
+---
+{}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: none6, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::20
+  ipFamilies: [IPv6]
+  selector: {{app: gone}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: udp, port: 80, targetPort: 8080, protocol: UDP}}
+",
+        slice6(
+            "web6",
+            "[{name: tcp, port: 8080, protocol: TCP}, {name: udp, port: 8080, protocol: UDP}]",
+            THREE_ENDPOINTS_V6
+        ),
+        slice6("sticky6", TCP_UDP_8080, THREE_ENDPOINTS_V6),
+    );
+    ipv6_scenario(
+        Scenario::new("ipv6-clusterip")
+            .manifest("web6.yaml", &yaml)
+            .steps(vec![
+                // An IPv6-only service from pods (source kept) and from a node (masqueraded).
+                check(
+                    tcp(P11, "[2001:db8:5::10]:80")
+                        .answers(&THREE_8080)
+                        .source(Source::Own),
+                ),
+                check(
+                    udp(P11, "[2001:db8:5::10]:53")
+                        .answers(&THREE_8080)
+                        .source(Source::Own),
+                ),
+                check(
+                    udp(P21, "[2001:db8:5::10]:53")
+                        .unconnected()
+                        .answers(&THREE_8080),
+                ),
+                check(
+                    tcp(N1, "[2001:db8:5::10]:80")
+                        .answers(&THREE_8080)
+                        .source(Source::Node),
+                ),
+                // ClientIP affinity over IPv6.
+                check(tcp(P11, "[2001:db8:5::16]:80").sticks_to_one_of(&THREE_8080)),
+                check(udp(P21, "[2001:db8:5::16]:80").sticks_to_one_of(&THREE_8080)),
+                // No endpoints: rejected at once (TCP reset, ICMPv6 port unreachable).
+                check(tcp(P11, "[2001:db8:5::20]:80").refused()),
+                check(udp(P11, "[2001:db8:5::20]:80").refused()),
+                check(tcp(N2, "[2001:db8:5::20]:80").refused()),
+            ]),
+    )
+}
+
+fn dual_stack_service() -> Scenario {
+    let yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: ds, namespace: scen}}
+spec:
+  type: NodePort
+  clusterIP: 198.18.128.70
+  clusterIPs: [198.18.128.70, 2001:db8:5::70]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
+  selector: {{app: ds}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}}
+  - {{name: udp, port: 80, targetPort: 8080, nodePort: 30090, protocol: UDP}}
+---
+{}
+---
+{}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ds6first, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::71
+  clusterIPs: [2001:db8:5::71, 198.18.128.71]
+  ipFamilies: [IPv6, IPv4]
+  ipFamilyPolicy: RequireDualStack
+  selector: {{app: ds6first}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 9090, protocol: TCP}}
+---
+{}
+---
+{}",
+        slice("ds", TCP_UDP_8080, THREE_ENDPOINTS),
+        slice6("ds", TCP_UDP_8080, THREE_ENDPOINTS_V6),
+        slice(
+            "ds6first",
+            "[{name: tcp, port: 9090, protocol: TCP}]",
+            "endpoints:\n- {addresses: [198.19.2.11], nodeName: node2}\n"
+        ),
+        slice6(
+            "ds6first",
+            "[{name: tcp, port: 9090, protocol: TCP}]",
+            "endpoints:\n- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}\n"
+        ),
+    );
+    ipv6_scenario(
+        Scenario::new("dual-stack-service")
+            .manifest("ds.yaml", &yaml)
+            .steps(vec![
+                // One service, reached over both families, each family's endpoints.
+                check(
+                    tcp(P11, "[2001:db8:5::70]:80")
+                        .answers(&THREE_8080)
+                        .source(Source::Own),
+                ),
+                check(
+                    tcp(P11, "198.18.128.70:80")
+                        .answers(&THREE_8080)
+                        .source(Source::Own),
+                ),
+                check(udp(P12, "[2001:db8:5::70]:80").answers(&THREE_8080)),
+                // NodePort on the node's IPv6 address from outside (masqueraded: ETP Cluster),
+                // and still on its IPv4 address.
+                check(
+                    tcp(CLIENT, "[2001:db8:0:1::11]:30090")
+                        .answers(&THREE_8080)
+                        .source(Source::Node),
+                ),
+                check(
+                    udp(CLIENT, "[2001:db8:0:1::12]:30090")
+                        .answers(&THREE_8080)
+                        .source(Source::Node),
+                ),
+                check(tcp(CLIENT, "198.18.0.11:30090").answers(&THREE_8080)),
+                // Not on loopback over IPv6 (upstream: localhost NodePorts are IPv4 only).
+                check(tcp(N1, "[::1]:30090").no_answer()),
+                // IPv6 first, RequireDualStack: both cluster IPs.
+                check(tcp(P21, "[2001:db8:5::71]:80").answers(&["node2-pod1:9090"])),
+                check(tcp(P21, "198.18.128.71:80").answers(&["node2-pod1:9090"])),
+            ]),
+    )
+}
+
+fn ipv6_etp_local() -> Scenario {
+    let yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: local6, namespace: scen}}
+spec:
+  type: NodePort
+  clusterIP: 2001:db8:5::80
+  ipFamilies: [IPv6]
+  externalTrafficPolicy: Local
+  selector: {{app: local6}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30092, protocol: TCP}}
+  - {{name: udp, port: 80, targetPort: 8080, nodePort: 30092, protocol: UDP}}
+---
+{}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: remote6, namespace: scen}}
+spec:
+  type: NodePort
+  clusterIP: 2001:db8:5::81
+  ipFamilies: [IPv6]
+  externalTrafficPolicy: Local
+  selector: {{app: remote6}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30093, protocol: TCP}}
+---
+{}",
+        slice6("local6", TCP_UDP_8080, THREE_ENDPOINTS_V6),
+        slice6(
+            "remote6",
+            "[{name: tcp, port: 8080, protocol: TCP}]",
+            "endpoints:\n- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}\n"
+        ),
+    );
+    ipv6_scenario(
+        Scenario::new("ipv6-etp-local")
+            .manifest("local6.yaml", &yaml)
+            .steps(vec![
+                // Only the endpoints of the node hit, and the client's IPv6 address is kept.
+                check(
+                    tcp(CLIENT, "[2001:db8:0:1::11]:30092")
+                        .answers(&["node1-pod2:8080"])
+                        .source(Source::Own),
+                ),
+                check(
+                    tcp(CLIENT, "[2001:db8:0:1::12]:30092")
+                        .answers(&["node2-pod1:8080", "node2-pod2:8080"])
+                        .source(Source::Own),
+                ),
+                check(
+                    udp(CLIENT, "[2001:db8:0:1::12]:30092")
+                        .answers(&["node2-pod1:8080", "node2-pod2:8080"])
+                        .source(Source::Own),
+                ),
+                // No local endpoint on the node hit: dropped.
+                check(
+                    tcp(CLIENT, "[2001:db8:0:1::11]:30093")
+                        .dropped()
+                        .attempts(2),
+                ),
+                check(
+                    tcp(CLIENT, "[2001:db8:0:1::12]:30093")
+                        .answers(&["node2-pod1:8080"])
+                        .source(Source::Own),
+                ),
+            ]),
+    )
+}
+
+fn ipv6_udp_stale_flows() -> Scenario {
+    let dns = |endpoints: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: dns6, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::120
+  ipFamilies: [IPv6]
+  selector: {{app: dns6}}
+  ports:
+  - {{name: dns, port: 53, targetPort: 9090, protocol: UDP}}
+---
+{}",
+            slice6(
+                "dns6",
+                "[{name: dns, port: 9090, protocol: UDP}]",
+                endpoints
+            )
+        )
+    };
+    let pod21 = "- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}\n";
+    let pod22 = "- {addresses: [\"2001:db8:1:2::12\"], nodeName: node2}\n";
+    // The IPv6 conntrack reconciler (AF_INET6 dumps): an established UDP flow leaves an
+    // endpoint that went away, as in `udp-stale-flows`.
+    let s = Scenario::new("ipv6-udp-stale-flows")
+        .manifest("dns6.yaml", &dns(&format!("endpoints:\n{pod21}")))
+        .steps(vec![
+            check(udp(P11, "[2001:db8:5::120]:53").answers(&["node2-pod1:9090"])),
+            hold(
+                "dns6",
+                udp(P11, "[2001:db8:5::120]:53")
+                    .answers(&["node2-pod1:9090"])
+                    .source(Source::Own),
+            ),
+            edit(
+                vec![write("dns6.yaml", &dns(&format!("endpoints:\n{pod22}")))],
+                vec![udp(P11, "[2001:db8:5::120]:53").answers(&["node2-pod2:9090"])],
+            ),
+            moves_to("dns6", &["node2-pod2:9090"], Duration::from_secs(5)),
+        ]);
+    match IPV6_IN_EBPF {
+        // Connected UDP flows keep their backend in ebpf mode in either family.
+        None => s.iptables_only(STALE_UDP),
+        Some(_) => ipv6_scenario(s),
+    }
 }

@@ -95,6 +95,7 @@ impl Pipeline {
             nodeport_cidrs: Vec::new(),
             node_ips: node.nodeport_addresses.clone(),
             localhost_nodeports: self.steps % 3 == 1,
+            ..RuleConfig::default()
         };
         let mut changes = Vec::new();
         for key in diff.added.iter().chain(&diff.changed).chain(&diff.removed) {

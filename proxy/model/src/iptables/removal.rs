@@ -9,7 +9,7 @@
 
 use std::fmt::Write;
 
-use super::rule_set::Table;
+use super::rule_set::{Family, Table};
 
 /// From iptables-save (or `iptables -S`) lines of `table`: every rule of a chain `removed`
 /// rejects that jumps or goes to a chain it accepts, as the `-D CHAIN ARGS` line that deletes
@@ -70,6 +70,16 @@ pub fn nft_removal(
     chains: &[(Table, String)],
     rules: &[(Table, String, u64)],
 ) -> Result<String, UnscriptableName> {
+    nft_removal_of(Family::Ipv4, chains, rules)
+}
+
+/// [`nft_removal`] in the nftables family of `family` (`ip6` for ip6tables-nft's tables).
+pub fn nft_removal_of(
+    family: Family,
+    chains: &[(Table, String)],
+    rules: &[(Table, String, u64)],
+) -> Result<String, UnscriptableName> {
+    let nf = family.nft_family();
     let plain = |name: &str| {
         let mut chars = name.chars();
         let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -85,16 +95,16 @@ pub fn nft_removal(
         plain(chain)?;
         let _ = writeln!(
             script,
-            "delete rule ip {} {chain} handle {handle}",
+            "delete rule {nf} {} {chain} handle {handle}",
             table.as_str()
         );
     }
     for (table, chain) in chains {
         plain(chain)?;
-        let _ = writeln!(script, "flush chain ip {} {chain}", table.as_str());
+        let _ = writeln!(script, "flush chain {nf} {} {chain}", table.as_str());
     }
     for (table, chain) in chains {
-        let _ = writeln!(script, "delete chain ip {} {chain}", table.as_str());
+        let _ = writeln!(script, "delete chain {nf} {} {chain}", table.as_str());
     }
     Ok(script)
 }

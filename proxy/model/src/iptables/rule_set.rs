@@ -107,9 +107,79 @@ impl PortRules {
     }
 }
 
+/// The IP family one rule set is written for: iptables (IPv4) or ip6tables (IPv6). As
+/// upstream runs one proxier per family, every decision is made on one family's data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4: `iptables`.
+    #[default]
+    Ipv4,
+    /// IPv6: `ip6tables`.
+    Ipv6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    /// The family of `ip`.
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    /// Whether `ip` is of this family.
+    pub fn has(self, ip: &IpAddr) -> bool {
+        Family::of(ip) == self
+    }
+
+    /// Whether `net` is of this family.
+    pub fn has_net(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Family::Ipv4, IpNet::V4(_)) | (Family::Ipv6, IpNet::V6(_))
+        )
+    }
+
+    /// Prefix length of one address (`/32`, `/128`).
+    pub fn host_prefix(self) -> u8 {
+        match self {
+            Family::Ipv4 => 32,
+            Family::Ipv6 => 128,
+        }
+    }
+
+    /// The nftables family iptables-nft keeps this family's tables in: `ip` or `ip6`.
+    pub fn nft_family(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ip",
+            Family::Ipv6 => "ip6",
+        }
+    }
+
+    /// Upstream's spelling, as in the `ip_family` metric label: `IPv4` or `IPv6`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Node-wide inputs of the generator.
 #[derive(Clone, Debug, Default)]
 pub struct RuleConfig {
+    /// The family the rules are for; the other family's addresses, CIDRs and endpoints are
+    /// ignored.
+    pub family: Family,
     /// Pod CIDRs: traffic from outside them to a ClusterIP is masqueraded.
     pub cluster_cidrs: Vec<IpNet>,
     /// Masquerade all ClusterIP traffic.

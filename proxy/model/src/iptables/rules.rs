@@ -14,18 +14,20 @@
 //!   ranges per family and would then admit every source).
 //! - Comments are never dropped for large clusters.
 //!
-//! Only IPv4 is generated for now (ip6tables comes later); IPv6 data is ignored.
+//! One rule set is for one family ([`RuleConfig::family`]), as upstream runs one proxier per
+//! family: ip6tables gets the same chains from the IPv6 addresses, CIDRs and endpoints, and
+//! never serves NodePorts on loopback (`! -d ::1/128`, as upstream).
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::chains::{
     self, BUILTIN_FORWARD, BUILTIN_INPUT, BUILTIN_OUTPUT, BUILTIN_POSTROUTING, BUILTIN_PREROUTING,
     CANARY, EXTERNAL_SERVICES, FIREWALL, FORWARD, MARK_MASQ, MASQ_MARK, MASQ_OFF_CLUSTER,
     NODEPORTS, POSTROUTING, PROXY_FIREWALL, SERVICES,
 };
-use super::rule_set::{BaseRules, ChainRef, PortRules, Rule, RuleArgs, RuleConfig, Table};
+use super::rule_set::{BaseRules, ChainRef, Family, PortRules, Rule, RuleArgs, RuleConfig, Table};
 use crate::{Endpoint, Protocol, ServicePort, TrafficPolicy};
 
 /// xt_comment stores at most 255 bytes; iptables-restore rejects longer comments.
@@ -35,6 +37,18 @@ const MAX_COMMENT_BYTES: usize = 255;
 const LOOPBACK: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8);
 /// [`LOOPBACK`] as rule text.
 const LOOPBACK_CIDR: &str = "127.0.0.0/8";
+/// IPv6 loopback, never a NodePort address (upstream: localhost NodePorts are IPv4 only).
+const LOOPBACK_V6: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128);
+/// [`LOOPBACK_V6`] as rule text.
+const LOOPBACK_V6_CIDR: &str = "::1/128";
+
+/// The loopback network of `family`.
+fn loopback(family: Family) -> IpNet {
+    match family {
+        Family::Ipv4 => IpNet::V4(LOOPBACK),
+        Family::Ipv6 => IpNet::V6(LOOPBACK_V6),
+    }
+}
 
 /// `-m comment --comment "<text>"`, safe to paste into iptables-restore input.
 ///
@@ -76,72 +90,73 @@ fn proto_match(protocol: Protocol) -> String {
     format!("-p {p} -m {p}")
 }
 
-/// `-d <ip>/32 -p tcp -m tcp --dport <port>`: one service address.
-fn dst_match(ip: Ipv4Addr, protocol: Protocol, port: u16) -> String {
-    format!("-d {ip}/32 {} --dport {port}", proto_match(protocol))
+/// `-d <ip>/32 -p tcp -m tcp --dport <port>` (`/128` for IPv6): one service address.
+fn dst_match(ip: IpAddr, protocol: Protocol, port: u16) -> String {
+    format!(
+        "-d {ip}/{} {} --dport {port}",
+        Family::of(&ip).host_prefix(),
+        proto_match(protocol)
+    )
 }
 
-fn ipv4(ip: &IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(v4) => Some(*v4),
-        IpAddr::V6(_) => None,
-    }
-}
-
-/// IPv4 networks of a list, normalized (host bits cleared) and deduplicated in order, so the
-/// same network written two ways yields one rule that `-D` finds again.
-fn ipv4_nets(nets: &[IpNet]) -> Vec<Ipv4Net> {
-    let mut out: Vec<Ipv4Net> = Vec::new();
-    for net in nets {
-        if let IpNet::V4(v4) = net {
-            let v4 = v4.trunc();
-            if !out.contains(&v4) {
-                out.push(v4);
-            }
+/// Networks of `family` in a list, normalized (host bits cleared) and deduplicated in order,
+/// so the same network written two ways yields one rule that `-D` finds again.
+fn family_nets(family: Family, nets: &[IpNet]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    for net in nets.iter().filter(|n| family.has_net(n)) {
+        let net = net.trunc();
+        if !out.contains(&net) {
+            out.push(net);
         }
     }
     out
 }
 
-/// IPv4 addresses of a list, deduplicated in order.
-fn ipv4_addrs(ips: &[IpAddr]) -> Vec<Ipv4Addr> {
-    let mut out: Vec<Ipv4Addr> = Vec::new();
-    for ip in ips.iter().filter_map(ipv4) {
-        if !out.contains(&ip) {
-            out.push(ip);
+/// Addresses of `family` in a list, deduplicated in order.
+fn family_addrs(family: Family, ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in ips.iter().filter(|ip| family.has(ip)) {
+        if !out.contains(ip) {
+            out.push(*ip);
         }
     }
     out
 }
 
-/// Whether NodePorts answer on 127.0.0.0/8: asked for, and the NodePort addresses include
-/// loopback (upstream turns the option off otherwise).
+/// Whether NodePorts answer on 127.0.0.0/8: asked for, IPv4, and the NodePort addresses
+/// include loopback (upstream turns the option off otherwise, and never has it on IPv6).
 fn localhost_nodeports(cfg: &RuleConfig) -> bool {
-    let nets = ipv4_nets(&cfg.nodeport_cidrs);
+    if cfg.family != Family::Ipv4 {
+        return false;
+    }
+    let nets = family_nets(Family::Ipv4, &cfg.nodeport_cidrs);
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
     cfg.localhost_nodeports
-        && (cfg.nodeport_cidrs.is_empty() || nets.iter().any(|n| n.contains(&Ipv4Addr::LOCALHOST)))
+        && (cfg.nodeport_cidrs.is_empty() || nets.iter().any(|n| n.contains(&localhost)))
 }
 
-/// `net` minus 127.0.0.0/8, as a list of CIDRs. Upstream drops loopback node IPs when
-/// localhost NodePorts are off; matching CIDRs we must cut loopback out of them instead.
-fn without_loopback(net: Ipv4Net) -> Vec<Ipv4Net> {
-    if LOOPBACK.contains(&net) {
+/// `net` minus the loopback network of its family, as a list of CIDRs. Upstream drops
+/// loopback node IPs when localhost NodePorts are off; matching CIDRs we must cut loopback
+/// out of them instead.
+fn without_loopback(net: IpNet) -> Vec<IpNet> {
+    let lo = loopback(Family::of(&net.addr()));
+    if lo.contains(&net) {
         return Vec::new();
     }
-    if !net.contains(&LOOPBACK) {
+    if !net.contains(&lo) {
         return vec![net];
     }
-    // Walk down from `net` to 127.0.0.0/8 keeping, at each level, the half without it.
+    // Walk down from `net` to the loopback network keeping, at each level, the half without it.
     let mut out = Vec::new();
     let mut cur = net;
-    while cur.prefix_len() < LOOPBACK.prefix_len() {
+    while cur.prefix_len() < lo.prefix_len() {
         let Ok(mut halves) = cur.subnets(cur.prefix_len() + 1) else {
             break;
         };
         let (Some(low), Some(high)) = (halves.next(), halves.next()) else {
             break;
         };
-        let (keep, next) = if low.contains(&LOOPBACK) {
+        let (keep, next) = if low.contains(&lo) {
             (high, low)
         } else {
             (low, high)
@@ -177,7 +192,7 @@ fn postrouting_rules() -> Vec<Rule> {
 /// SWY-MASQ-OFF-CLUSTER: sources in a cluster CIDR return unmarked, everything else is
 /// marked. Used from SVC chains only with several cluster CIDRs.
 fn masq_off_cluster_rules(cfg: &RuleConfig) -> Vec<Rule> {
-    let mut rules: Vec<Rule> = ipv4_nets(&cfg.cluster_cidrs)
+    let mut rules: Vec<Rule> = family_nets(cfg.family, &cfg.cluster_cidrs)
         .into_iter()
         .map(|cidr| format!("-s {cidr} -j RETURN"))
         .collect();
@@ -257,16 +272,17 @@ fn nodeport_jumps(cfg: &RuleConfig) -> Vec<RuleArgs> {
         args.clone()
     };
     if cfg.nodeport_cidrs.is_empty() {
-        // Block localhost NodePorts unless enabled: they only work with route_localnet.
-        let loopback: &[&str] = if localhost {
-            &[]
-        } else {
-            &["!", "-d", LOOPBACK_CIDR]
+        // Block localhost NodePorts unless enabled: they only work with route_localnet, and
+        // never on IPv6.
+        let loopback: &[&str] = match cfg.family {
+            Family::Ipv6 => &["!", "-d", LOOPBACK_V6_CIDR],
+            Family::Ipv4 if localhost => &[],
+            Family::Ipv4 => &["!", "-d", LOOPBACK_CIDR],
         };
         return vec![rule(&[], loopback)];
     }
-    let mut nets: Vec<Ipv4Net> = Vec::new();
-    for net in ipv4_nets(&cfg.nodeport_cidrs) {
+    let mut nets: Vec<IpNet> = Vec::new();
+    for net in family_nets(cfg.family, &cfg.nodeport_cidrs) {
         let parts = if localhost {
             vec![net]
         } else {
@@ -367,17 +383,17 @@ pub fn base_rules(cfg: &RuleConfig) -> BaseRules {
 // Service ports.
 // ---------------------------------------------------------------------------------------------
 
-/// The IPv4 half of a port. Upstream runs one proxier per family, so every decision
+/// One family's half of a port. Upstream runs one proxier per family, so every decision
 /// (endpoint sets and their terminating fallback included) is made on one family's data.
 /// Source ranges keep both families: a list with only IPv6 ranges still restricts the IPv4
-/// LoadBalancer IPs (to nobody), as the model documents.
-fn ipv4_view(port: &ServicePort) -> ServicePort {
+/// LoadBalancer IPs (to nobody), and the other way round, as the model documents.
+fn family_view(port: &ServicePort, family: Family) -> ServicePort {
     let mut v = port.clone();
-    v.cluster_ips.retain(IpAddr::is_ipv4);
-    v.external_ips.retain(IpAddr::is_ipv4);
-    v.load_balancer_ips.retain(IpAddr::is_ipv4);
-    v.endpoints.retain(|ep| ep.ip.is_ipv4());
-    v.frontends.retain(|f| f.ip.is_ipv4());
+    v.cluster_ips.retain(|ip| family.has(ip));
+    v.external_ips.retain(|ip| family.has(ip));
+    v.load_balancer_ips.retain(|ip| family.has(ip));
+    v.endpoints.retain(|ep| family.has(&ep.ip));
+    v.frontends.retain(|f| family.has(&f.ip));
     v
 }
 
@@ -396,7 +412,7 @@ struct Plan<'a> {
     cfg: &'a RuleConfig,
     /// `ns/name:port`, for comments.
     name: String,
-    cluster_ip: Ipv4Addr,
+    cluster_ip: IpAddr,
     chains: PortChains,
     cluster_eps: Vec<&'a Endpoint>,
     local_eps: Vec<&'a Endpoint>,
@@ -413,7 +429,7 @@ struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    fn new(port: &'a ServicePort, cfg: &'a RuleConfig, cluster_ip: Ipv4Addr) -> Self {
+    fn new(port: &'a ServicePort, cfg: &'a RuleConfig, cluster_ip: IpAddr) -> Self {
         let itp_local = port.internal_traffic_policy == TrafficPolicy::Local;
         let etp_local = port.external_traffic_policy == TrafficPolicy::Local;
         let external = port.externally_accessible();
@@ -565,7 +581,7 @@ fn external_verdict_rule(plan: &Plan<'_>, out: &mut Out, dst: &str) {
 
 /// externalIPs: dispatch to the EXT chain, verdicts when external traffic has no endpoint.
 fn external_ip_rules(plan: &Plan<'_>, out: &mut Out) {
-    for ip in ipv4_addrs(&plan.port.external_ips) {
+    for ip in family_addrs(plan.cfg.family, &plan.port.external_ips) {
         let dst = dst_match(ip, plan.protocol(), plan.port.port);
         if plan.has_endpoints {
             let note = comment(&format!("{} external IP", plan.name));
@@ -579,7 +595,7 @@ fn external_ip_rules(plan: &Plan<'_>, out: &mut Out) {
 /// LoadBalancer IPs: dispatch (through the FW chain with source ranges), the firewall drop
 /// for what the FW chain did not accept, and verdicts without endpoints.
 fn load_balancer_rules(plan: &Plan<'_>, out: &mut Out) {
-    for ip in ipv4_addrs(&plan.port.load_balancer_ips) {
+    for ip in family_addrs(plan.cfg.family, &plan.port.load_balancer_ips) {
         let dst = dst_match(ip, plan.protocol(), plan.port.port);
         if plan.has_endpoints {
             let note = comment(&format!("{} loadbalancer IP", plan.name));
@@ -633,7 +649,7 @@ fn internal_masquerade_rule(plan: &Plan<'_>, out: &mut Out) {
     }
     let note = comment(&format!("{} cluster IP", plan.name));
     let dst = dst_match(plan.cluster_ip, plan.protocol(), plan.port.port);
-    let cidrs = ipv4_nets(&plan.cfg.cluster_cidrs);
+    let cidrs = family_nets(plan.cfg.family, &plan.cfg.cluster_cidrs);
     let rule = if plan.cfg.masquerade_all {
         format!("{note} {dst} -j {MARK_MASQ}")
     } else {
@@ -667,7 +683,7 @@ fn external_chain_rules(plan: &Plan<'_>, out: &mut Out) {
             // Pods of this node reaching an external address behave as if they went out to
             // the load balancer and back: any endpoint, source kept.
             let note = comment(&format!("pod traffic for {name} external destinations"));
-            for cidr in ipv4_nets(&plan.cfg.cluster_cidrs) {
+            for cidr in family_nets(plan.cfg.family, &plan.cfg.cluster_cidrs) {
                 out.own(ext, format!("{note} -s {cidr} -j {svc}"));
             }
             // The node itself picks the external address as source; masquerade it and let
@@ -699,8 +715,9 @@ fn firewall_chain_rules(plan: &Plan<'_>, out: &mut Out) {
     let fw = &plan.chains.fw;
     let ext = &plan.chains.ext;
     let note = comment(&format!("{} loadbalancer IP", plan.name));
-    let ranges = ipv4_nets(&plan.port.load_balancer_source_ranges);
-    let node_ips = ipv4_addrs(&plan.cfg.node_ips);
+    let family = plan.cfg.family;
+    let ranges = family_nets(family, &plan.port.load_balancer_source_ranges);
+    let node_ips = family_addrs(family, &plan.cfg.node_ips);
     for range in &ranges {
         out.own(fw, format!("{note} -s {range} -j {ext}"));
     }
@@ -710,8 +727,9 @@ fn firewall_chain_rules(plan: &Plan<'_>, out: &mut Out) {
         .iter()
         .any(|r| node_ips.iter().any(|ip| r.contains(ip)));
     if node_admitted {
-        for lb_ip in ipv4_addrs(&plan.port.load_balancer_ips) {
-            out.own(fw, format!("{note} -s {lb_ip}/32 -j {ext}"));
+        for lb_ip in family_addrs(family, &plan.port.load_balancer_ips) {
+            let len = family.host_prefix();
+            out.own(fw, format!("{note} -s {lb_ip}/{len} -j {ext}"));
         }
     }
     let text = format!(
@@ -772,11 +790,8 @@ fn endpoint_chain_rules(plan: &Plan<'_>, out: &mut Out, ep: &Endpoint) {
     let note = comment(&plan.name);
     // An endpoint reaching its own service would get its reply straight from itself and
     // drop it; masquerading makes the reply come back through us.
-    let src = match ep.ip {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(_) => return,
-    };
-    out.own(&sep, format!("{note} -s {src}/32 -j {MARK_MASQ}"));
+    let len = Family::of(&ep.ip).host_prefix();
+    out.own(&sep, format!("{note} -s {}/{len} -j {MARK_MASQ}", ep.ip));
     let affinity = if plan.port.session_affinity_timeout.is_some() {
         format!(" -m recent --name {sep} --set")
     } else {
@@ -813,12 +828,12 @@ fn endpoint_rules(plan: &Plan<'_>, out: &mut Out) {
     }
 }
 
-/// Everything one service port puts into iptables: its own chains (SVC, SVL, EXT, FW, SEP,
-/// in nat) and its rules in the shared chains. Deterministic for equal inputs; a port without
-/// an IPv4 cluster IP yields nothing (IPv6 is not generated yet).
+/// Everything one service port puts into the tables of [`RuleConfig::family`]: its own
+/// chains (SVC, SVL, EXT, FW, SEP, in nat) and its rules in the shared chains. Deterministic
+/// for equal inputs; a port without a cluster IP of the family yields nothing.
 pub fn port_rules(port: &ServicePort, cfg: &RuleConfig) -> PortRules {
-    let view = ipv4_view(port);
-    let Some(cluster_ip) = view.cluster_ips.iter().find_map(ipv4) else {
+    let view = family_view(port, cfg.family);
+    let Some(cluster_ip) = view.cluster_ips.first().copied() else {
         return PortRules::default();
     };
     let plan = Plan::new(&view, cfg, cluster_ip);

@@ -132,6 +132,7 @@ fn cfg() -> RuleConfig {
         nodeport_cidrs: vec![],
         node_ips: vec![ip("198.18.0.10")],
         localhost_nodeports: false,
+        family: Family::Ipv4,
     }
 }
 
@@ -955,10 +956,7 @@ fn nodeport_jumps_by_configuration() {
 #[test]
 fn without_loopback_splits_cidrs_around_127() {
     let split = |text: &str| -> Vec<String> {
-        let IpNet::V4(n) = net(text) else {
-            panic!("v4 only")
-        };
-        without_loopback(n)
+        without_loopback(net(text))
             .iter()
             .map(ToString::to_string)
             .collect()
@@ -1150,4 +1148,164 @@ fn sample_ports_render_sane_rules_under_every_configuration() {
             assert_all_sane(&port_rules(&port, &c));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6 (ip6tables): the same chains from one family's data.
+// ---------------------------------------------------------------------------------------------
+
+fn cfg6() -> RuleConfig {
+    RuleConfig {
+        family: Family::Ipv6,
+        cluster_cidrs: vec![net("198.19.0.0/16"), net("2001:db8:1::/48")],
+        node_ips: vec![ip("198.18.0.10"), ip("2001:db8:0:1::10")],
+        ..cfg()
+    }
+}
+
+/// A dual-stack demo/web:http with an IPv4 and an IPv6 cluster IP and endpoints of both.
+fn dual_stack_web() -> ServicePort {
+    let mut p = web(vec![ep("198.19.2.11", 8080), ep("2001:db8:1:2::11", 8080)]);
+    p.cluster_ips = vec![ip("198.18.128.10"), ip("2001:db8:5::10")];
+    refresh_frontends(&mut p);
+    p
+}
+
+#[test]
+fn ipv6_rules_use_only_ipv6_data() {
+    let p = dual_stack_web();
+    let r6 = port_rules(&p, &cfg6());
+    assert_all_sane(&r6);
+    let nat = shared(&r6, Table::Nat, SERVICES);
+    assert_eq!(nat.len(), 1, "{nat:?}");
+    assert!(
+        nat[0].contains("-d 2001:db8:5::10/128 -p tcp -m tcp --dport 80"),
+        "{nat:?}"
+    );
+    let svc = own(&r6, &svc_chain(&p.key));
+    // Off-cluster masquerade against the IPv6 cluster CIDR only, then the one IPv6 endpoint.
+    assert!(
+        svc[0].contains("! -s 2001:db8:1::/48 -j SWY-MARK-MASQ"),
+        "{svc:?}"
+    );
+    assert_eq!(svc.len(), 2, "{svc:?}");
+    let sep6 = sep(&p, "2001:db8:1:2::11", 8080);
+    let sep_rules = own(&r6, &sep6);
+    assert!(sep_rules[0].contains("-s 2001:db8:1:2::11/128 -j SWY-MARK-MASQ"));
+    assert!(sep_rules[1].ends_with("-j DNAT --to-destination [2001:db8:1:2::11]:8080"));
+    assert!(!has_own(&r6, &sep(&p, "198.19.2.11", 8080)));
+    // The IPv4 rule set of the same port knows nothing of IPv6.
+    let r4 = port_rules(&p, &cfg());
+    let text = format!("{r4:?}");
+    assert!(!text.contains("2001:db8"), "{text}");
+    assert!(has_own(&r4, &sep(&p, "198.19.2.11", 8080)));
+}
+
+#[test]
+fn ipv6_rules_need_an_ipv6_cluster_ip() {
+    // IPv4-only port: nothing in ip6tables, even with IPv6 endpoints around.
+    let p = web(vec![ep("2001:db8:1:2::11", 8080)]);
+    assert_eq!(port_rules(&p, &cfg6()), PortRules::default());
+}
+
+#[test]
+fn ipv6_reject_affinity_source_ranges_and_node_ports() {
+    // No endpoints: the same REJECT targets (ip6tables' default is icmp6-port-unreachable).
+    let mut p = dual_stack_web();
+    p.endpoints.clear();
+    let r = port_rules(&p, &cfg6());
+    let filter = shared(&r, Table::Filter, SERVICES);
+    assert!(
+        filter[0].ends_with(
+            "-d 2001:db8:5::10/128 -p tcp -m tcp --dport 80 -j REJECT --reject-with tcp-reset"
+        ),
+        "{filter:?}"
+    );
+    let mut udp = port_with(
+        key("dns", "dns", Protocol::Udp),
+        "2001:db8:5::53",
+        53,
+        vec![],
+    );
+    refresh_frontends(&mut udp);
+    let filter = shared(&port_rules(&udp, &cfg6()), Table::Filter, SERVICES);
+    assert!(filter[0].ends_with("-j REJECT"), "{filter:?}");
+
+    // ClientIP affinity: `-m recent` works the same on IPv6.
+    let mut p = dual_stack_web();
+    p.session_affinity_timeout = Some(10800);
+    let r = port_rules(&p, &cfg6());
+    let sep6 = sep(&p, "2001:db8:1:2::11", 8080);
+    assert!(own(&r, &svc_chain(&p.key))
+        .iter()
+        .any(|x| x.contains(&format!(
+            "-m recent --name {sep6} --rcheck --seconds 10800 --reap"
+        ))));
+    assert!(own(&r, &sep6)[1].contains(&format!("-m recent --name {sep6} --set")));
+
+    // LoadBalancer with source ranges of both families: the IPv6 FW chain admits the IPv6
+    // range, and the LB IP itself since a range contains the node's IPv6 address.
+    let mut p = dual_stack_web();
+    p.load_balancer_ips = vec![ip("203.0.113.10"), ip("2001:db8:f::10")];
+    p.load_balancer_source_ranges = vec![net("192.0.2.0/24"), net("2001:db8::/32")];
+    refresh_frontends(&mut p);
+    let r = port_rules(&p, &cfg6());
+    let fw = own(&r, &fw_chain(&p.key));
+    assert!(
+        fw.iter().any(|x| x.contains("-s 2001:db8::/32 -j")),
+        "{fw:?}"
+    );
+    assert!(
+        fw.iter().any(|x| x.contains("-s 2001:db8:f::10/128 -j")),
+        "{fw:?}"
+    );
+    assert!(!fw.iter().any(|x| x.contains("192.0.2.0")), "{fw:?}");
+    let drop = shared(&r, Table::Filter, PROXY_FIREWALL);
+    assert!(drop[0].contains("-d 2001:db8:f::10/128"), "{drop:?}");
+}
+
+#[test]
+fn ipv6_never_serves_node_ports_on_loopback() {
+    // Every local address: `! -d ::1/128`, even with localhost NodePorts on (IPv4 only).
+    let c = RuleConfig {
+        localhost_nodeports: true,
+        ..cfg6()
+    };
+    let base = base_rules(&c);
+    let jumps: Vec<String> = base
+        .jumps
+        .iter()
+        .filter(|(c, r)| c.table == Table::Nat && r.0.contains(&NODEPORTS.to_owned()))
+        .map(|(_, r)| r.render())
+        .collect();
+    assert_eq!(jumps.len(), 2, "{jumps:?}");
+    assert!(
+        jumps.iter().all(|j| j.contains("! -d ::1/128")),
+        "{jumps:?}"
+    );
+    assert!(base.chains[&chain(Table::Filter, FIREWALL)].is_empty());
+    // NodePort CIDRs: the IPv6 ones, with ::1 cut out; the IPv4 ones are not ours.
+    let c = RuleConfig {
+        nodeport_cidrs: vec![
+            net("198.18.0.0/24"),
+            net("2001:db8:0:1::/64"),
+            net("::/127"),
+        ],
+        ..cfg6()
+    };
+    let jumps: Vec<String> = base_rules(&c)
+        .jumps
+        .iter()
+        .filter(|(c, r)| c.table == Table::Nat && r.0.contains(&NODEPORTS.to_owned()))
+        .map(|(_, r)| r.render())
+        .collect();
+    assert!(
+        jumps.iter().any(|j| j.contains("-d 2001:db8:0:1::/64")),
+        "{jumps:?}"
+    );
+    assert!(jumps.iter().any(|j| j.contains("-d ::/128")), "{jumps:?}");
+    assert!(!jumps
+        .iter()
+        .any(|j| j.contains("198.18.0.0") || j.contains("::1/128")));
+    assert_eq!(without_loopback(net("::1/128")), Vec::<IpNet>::new());
 }
