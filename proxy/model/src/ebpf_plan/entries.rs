@@ -55,6 +55,12 @@ pub(super) fn entries<F: Family>(port: &ServicePort) -> Vec<Entry<F>> {
     let local_policy = port.external_traffic_policy == TrafficPolicy::Local;
     let mut out = Vec::new();
     for frontend in &port.frontends {
+        if frontend.kind == FrontendKind::NodePort
+            && frontend.ip.is_loopback()
+            && !F::LOOPBACK_NODEPORTS
+        {
+            continue; // `[::1]:nodePort` is not served, as upstream
+        }
         let key = |scope| F::key(frontend.ip, frontend.port, proto, scope);
         let Some(socket_key) = key(SCOPE_SOCKET) else {
             continue; // the other family's planner

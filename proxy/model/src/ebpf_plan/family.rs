@@ -25,6 +25,8 @@ pub trait Family:
     /// Whether the packet path (tc programs) serves this family: its external frontends get
     /// entries of their own (`SCOPE_EXTERNAL`).
     const PACKET_PATH: bool;
+    /// Whether NodePorts answer on the loopback address (upstream: IPv4 only).
+    const LOOPBACK_NODEPORTS: bool;
 
     /// The service key of a frontend of this family (`None`: another family).
     fn key(ip: IpAddr, port: u16, proto: u8, scope: u8) -> Option<Self::Key>;
@@ -60,6 +62,7 @@ impl Family for V4 {
     const NAME: &'static str = "IPv4";
     const ID_BASE: u32 = 0;
     const PACKET_PATH: bool = true;
+    const LOOPBACK_NODEPORTS: bool = true;
 
     fn key(ip: IpAddr, port: u16, proto: u8, scope: u8) -> Option<ServiceKey> {
         let IpAddr::V4(ip) = ip else { return None };
@@ -125,6 +128,7 @@ impl Family for V6 {
     const NAME: &'static str = "IPv6";
     const ID_BASE: u32 = switchyard_common::IPV6_SET_ID_BASE;
     const PACKET_PATH: bool = false;
+    const LOOPBACK_NODEPORTS: bool = false;
 
     fn key(ip: IpAddr, port: u16, proto: u8, scope: u8) -> Option<ServiceKey6> {
         let IpAddr::V6(ip) = ip else { return None };

@@ -54,6 +54,7 @@ fn dual_stack() -> ServicePort {
             (FrontendKind::ClusterIp, "2001:db8:128::10"),
             (FrontendKind::NodePort, "198.18.0.11"),
             (FrontendKind::NodePort, "2001:db8::11"),
+            (FrontendKind::NodePort, "::1"),
         ],
         vec![
             endpoint("198.19.1.10", true),
@@ -90,6 +91,10 @@ fn a_dual_stack_port_is_split_between_the_families_maps() {
         "{keys:?}"
     );
     assert!(!keys.iter().any(|k| k.scope == SCOPE_EXTERNAL));
+    assert!(
+        !maps6.services.contains_key(&key6("::1", 80)),
+        "no NodePort on ::1, as upstream"
+    );
     let want: BTreeSet<String> = ["[2001:db8:1::10]:8080", "[2001:db8:2::10]:8080"]
         .map(String::from)
         .into();
