@@ -129,6 +129,16 @@ pub fn decode(maps: &EbpfMaps) -> Decoded {
              start no new flow there and finish the ones they translate"
         ));
     }
+    let socket_only6 = services
+        .iter()
+        .filter(|r| r.kind == FrontendType::External && r.address.is_some_and(|a| a.is_ipv6()))
+        .count();
+    if socket_only6 > 0 {
+        notes.push(format!(
+            "{socket_only6} IPv6 NodePort, externalIP or LoadBalancer entries serve this node's \
+             sockets only: the packet programs are IPv4-only, IPv6 traffic from outside is not served"
+        ));
+    }
     if unnamed > 0 && maps.names.is_some() {
         notes.push(format!(
             "{unnamed} service entries point at backend sets the names map does not name"
@@ -602,5 +612,13 @@ mod tests {
             .find(|r| r.address == Some(v6("2001:db8::11")))
             .expect("the IPv6 NodePort row");
         assert_eq!(row.kind, FrontendType::External);
+        assert!(
+            decoded
+                .notes
+                .iter()
+                .any(|n| n.starts_with("1 IPv6 NodePort, externalIP or LoadBalancer entries")),
+            "{:?}",
+            decoded.notes
+        );
     }
 }
