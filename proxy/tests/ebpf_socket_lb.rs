@@ -467,8 +467,8 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
     )
     .expect("synced");
     let log = second.stderr();
-    // 5 IPv4 entries (demo's three, dual's two) and 10 IPv6 ones were pinned.
-    assert!(log.contains("adopted pinned eBPF maps entries=15"), "{log}");
+    // 5 IPv4 entries (demo's three, dual's two) and 9 IPv6 ones (none on ::1) were pinned.
+    assert!(log.contains("adopted pinned eBPF maps entries=14"), "{log}");
     assert!(
         !log.contains("ERROR") && !log.contains("behind our back"),
         "{log}"
@@ -477,4 +477,27 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
         let replies = testbed.request(client, proto, dual6, 20, TIMEOUT);
         assert_eq!(backend_names(&replies), v6_names, "{proto}: {replies:?}");
     }
+
+    // The service becomes IPv4-only: its IPv6 entries go, its IPv4 ones stay.
+    let single = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dual, namespace: v6}}\n\
+         spec: {{ipFamilies: [IPv4], clusterIP: 198.18.128.30, clusterIPs: [198.18.128.30], {ports}}}\n---\n{}",
+        slice("dual", "IPv4", &[(testbed.pod(2, 2).ip.to_string(), 2)]),
+    );
+    manifests.write("dual.yaml", &single).expect("write");
+    wait_for("the IPv6 entries to go", Duration::from_secs(10), || {
+        let replies = testbed.request(client, Proto::Tcp, dual6, 1, TIMEOUT);
+        if replies.iter().all(Result::is_err) {
+            Ok(())
+        } else {
+            Err(replies)
+        }
+    })
+    .expect("IPv6 cluster IP removed");
+    let replies = testbed.request(client, Proto::Tcp, dual4, 5, TIMEOUT);
+    assert_eq!(
+        backend_names(&replies),
+        BTreeSet::from(["node2-pod2".to_string()]),
+        "{replies:?}"
+    );
 }

@@ -565,7 +565,17 @@ impl EbpfDataplane {
             .collect();
         self.warn_ipv6_external(&changes);
         let outcome = run_planner(&mut self.planner, &mut self.maps, &changes, full);
-        let outcome6 = run_planner(&mut self.planner6, &mut self.maps, &changes, full);
+        // Only the ports the IPv6 maps concern: an IPv4-only node's syncs cost what they did.
+        let planner6 = &self.planner6;
+        let changes6: Vec<(ServicePortKey, Option<&ServicePort>)> = changes
+            .iter()
+            .filter(|(key, port)| {
+                planner6.concerns(key)
+                    || port.is_some_and(|p| p.frontends.iter().any(|f| f.ip.is_ipv6()))
+            })
+            .cloned()
+            .collect();
+        let outcome6 = run_planner(&mut self.planner6, &mut self.maps, &changes6, full);
         let failed6: std::collections::BTreeSet<&ServicePortKey> =
             outcome6.failed.iter().map(|(k, _)| k).collect();
         let ports_written = outcome

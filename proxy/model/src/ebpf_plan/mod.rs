@@ -514,6 +514,12 @@ impl<F: Family> FamilyPlanner<F> {
         self.ports.keys()
     }
 
+    /// Whether a sync must hand `key` to this planner even if it has nothing of this family
+    /// now: it holds entries, or its last change failed.
+    pub fn concerns(&self, key: &ServicePortKey) -> bool {
+        self.ports.contains_key(key) || self.unsettled.contains(key)
+    }
+
     /// The backend sets `key` currently holds, with their ids.
     pub fn port_sets(&self, key: &ServicePortKey) -> impl Iterator<Item = (SetKind, u32)> + '_ {
         self.ports
