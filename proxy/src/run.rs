@@ -227,8 +227,15 @@ fn start_dataplane(
                         family,
                     )))
             };
-            let dataplane =
-                DualStackIptables::new(family(Family::Ipv4)?, family(Family::Ipv6)?, local);
+            let ip6tables = crate::iptables::Tools::new(iptables_backend(settings)?, Family::Ipv6);
+            let ipv6 = match crate::iptables::exec::usable(ip6tables) {
+                Ok(()) => Some(family(Family::Ipv6)?),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ip6tables unusable: IPv6 services are not served");
+                    None
+                }
+            };
+            let dataplane = DualStackIptables::new(family(Family::Ipv4)?, ipv6, local);
             // ebpf mode's pinned programs keep translating (before these rules would see the
             // traffic) until the rules are written.
             Ok((

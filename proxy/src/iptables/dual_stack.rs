@@ -1,7 +1,9 @@
 //! iptables mode on a node that serves both families: one [`IptablesDataplane`] per family,
 //! as upstream runs one proxier per family (`iptables-*` for IPv4, `ip6tables-*` for IPv6,
 //! the same chain design in each). The IPv6 one writes nothing until the node has an IPv6
-//! address (`NodeContext::ipv6`); from then on it syncs with the IPv4 one, every sync.
+//! address (`NodeContext::ipv6`); from then on it syncs with the IPv4 one, every sync. Where
+//! ip6tables cannot be used at all (no binary, no kernel support), the node runs IPv4 only,
+//! as upstream does without a usable ip6tables.
 use std::net::IpAddr;
 
 use super::dataplane::IptablesDataplane;
@@ -12,7 +14,8 @@ use crate::model::{DesiredState, StateDiff};
 /// Both families' iptables dataplanes behind one [`Dataplane`].
 pub struct DualStackIptables {
     ipv4: IptablesDataplane,
-    ipv6: IptablesDataplane,
+    /// `None` where ip6tables are unusable.
+    ipv6: Option<IptablesDataplane>,
     /// Whether the node has served IPv6 yet. Once it has, ip6tables stays programmed (an
     /// address that comes and goes must not flap the rules).
     ipv6_serving: bool,
@@ -27,8 +30,9 @@ fn serves_ipv6(addresses: &[IpAddr]) -> bool {
 }
 
 impl DualStackIptables {
-    /// The two families' dataplanes; `local` are the node's addresses at start.
-    pub fn new(ipv4: IptablesDataplane, ipv6: IptablesDataplane, local: &[IpAddr]) -> Self {
+    /// The two families' dataplanes (no IPv6 one where ip6tables are unusable); `local` are the
+    /// node's addresses at start.
+    pub fn new(ipv4: IptablesDataplane, ipv6: Option<IptablesDataplane>, local: &[IpAddr]) -> Self {
         Self {
             ipv4,
             ipv6,
@@ -38,7 +42,10 @@ impl DualStackIptables {
 
     /// The dataplanes of the families in use, IPv4 first.
     fn active(&mut self) -> impl Iterator<Item = (Family, &mut IptablesDataplane)> {
-        let ipv6 = self.ipv6_serving.then_some((Family::Ipv6, &mut self.ipv6));
+        let ipv6 = match (&mut self.ipv6, self.ipv6_serving) {
+            (Some(dataplane), true) => Some((Family::Ipv6, dataplane)),
+            _ => None,
+        };
         std::iter::once((Family::Ipv4, &mut self.ipv4)).chain(ipv6)
     }
 }
@@ -90,7 +97,7 @@ impl Dataplane for DualStackIptables {
     fn cleanup(&mut self) -> Result<(), SyncError> {
         // Both, whether or not IPv6 was in use: an earlier run may have written it.
         let ipv4 = self.ipv4.cleanup();
-        let ipv6 = self.ipv6.cleanup();
+        let ipv6 = self.ipv6.as_mut().map_or(Ok(()), |d| d.cleanup());
         ipv4.and(ipv6)
     }
 }

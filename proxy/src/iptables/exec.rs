@@ -202,6 +202,14 @@ pub fn chain_exists(tools: impl Into<Tools>, chain: &ChainRef) -> bool {
     run(cmd, None).is_ok()
 }
 
+/// Whether the tools can be used at all: the nat table answers a listing of POSTROUTING
+/// (upstream's presence check of a family's iptables). The error says why not.
+pub fn usable(tools: impl Into<Tools>) -> Result<(), ExecError> {
+    let mut cmd = chain_command(tools, "-L", &ChainRef::new(Table::Nat, "POSTROUTING"));
+    cmd.arg("-n");
+    run(cmd, None).map(drop)
+}
+
 /// Every rule of `table` as `iptables -S` prints them, or `None` if the table is not there.
 pub fn list_table_rules(tools: impl Into<Tools>, table: Table) -> Option<String> {
     let mut cmd = Command::new(tools.into().iptables());

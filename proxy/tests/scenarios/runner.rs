@@ -262,7 +262,12 @@ pub fn run_scenario(scenario: &Scenario, mode: Mode, via: Via) -> Result<(), Str
         }
     }
     for (cidr, node) in &scenario.client_routes {
-        let gateway = testbed.node(*node).underlay_ip.to_string();
+        // An IPv6 prefix goes via the node's IPv6 underlay address.
+        let gateway = if cidr.contains(':') {
+            testbed.node(*node).underlay_ipv6.to_string()
+        } else {
+            testbed.node(*node).underlay_ip.to_string()
+        };
         ip(
             &testbed.client().netns,
             &["route", "add", cidr, "via", &gateway, "dev", "eth0"],

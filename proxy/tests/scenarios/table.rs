@@ -89,6 +89,8 @@ pub fn all() -> Vec<Scenario> {
         dual_stack_nodeport_from_outside(),
         ipv6_etp_local(),
         ipv6_udp_stale_flows(),
+        ipv6_itp_local(),
+        ipv6_loadbalancer(),
     ]
 }
 
@@ -2110,4 +2112,107 @@ spec:
         ]);
     // Connected UDP flows keep their backend in ebpf mode in either family.
     s.iptables_only(STALE_UDP)
+}
+
+/// An IPv6 LoadBalancer service of the three pods, with `spec` lines and `ingress`.
+fn lb6_service(name: &str, cluster_ip: &str, node_port: u16, spec: &str, ingress: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: scen}}
+spec:
+  type: LoadBalancer
+  clusterIP: {cluster_ip}
+  ipFamilies: [IPv6]
+  selector: {{app: {name}}}
+{spec}  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: {node_port}, protocol: TCP}}
+status:
+  loadBalancer:
+    ingress: {ingress}
+---
+{}",
+        slice6(
+            name,
+            "[{name: tcp, port: 8080, protocol: TCP}]",
+            THREE_ENDPOINTS_V6
+        )
+    )
+}
+
+/// internalTrafficPolicy Local over IPv6, from pods (the socket level in ebpf mode).
+fn ipv6_itp_local() -> Scenario {
+    let itp = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: itp6, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::72
+  ipFamilies: [IPv6]
+  selector: {{app: itp6}}
+  internalTrafficPolicy: Local
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
+---
+{}",
+        slice6(
+            "itp6",
+            "[{name: tcp, port: 8080, protocol: TCP}]",
+            THREE_ENDPOINTS_V6
+        )
+    );
+    Scenario::new("ipv6-itp-local")
+        .manifest("itp6.yaml", &itp)
+        .steps(vec![
+            // Only the own node's endpoints.
+            check(
+                tcp(P11, "[2001:db8:5::72]:80")
+                    .answers(&["node1-pod2:8080"])
+                    .source(Source::Own),
+            ),
+            check(tcp(P21, "[2001:db8:5::72]:80").answers(&["node2-pod1:8080", "node2-pod2:8080"])),
+        ])
+}
+
+/// IPv6 LoadBalancer IPs with source ranges, from outside the node.
+fn ipv6_loadbalancer() -> Scenario {
+    ipv6_north_south_scenario(
+        Scenario::new("ipv6-loadbalancer")
+            .client_route("2001:db8:f::/64", 1)
+            .manifest(
+                "lb6-open.yaml",
+                &lb6_service(
+                    "lb6-open",
+                    "2001:db8:5::41",
+                    30096,
+                    "  loadBalancerSourceRanges: [\"2001:db8:c::/64\"]\n",
+                    "[{ip: \"2001:db8:f::20\"}]",
+                ),
+            )
+            .manifest(
+                "lb6-closed.yaml",
+                &lb6_service(
+                    "lb6-closed",
+                    "2001:db8:5::42",
+                    30097,
+                    "  loadBalancerSourceRanges: [\"2001:db8:ffff::/48\"]\n",
+                    "[{ip: \"2001:db8:f::21\"}]",
+                ),
+            )
+            .steps(vec![
+                // An IPv6 LoadBalancer IP the client's range admits, routed to node1.
+                check(
+                    tcp(CLIENT, "[2001:db8:f::20]:80")
+                        .answers(&THREE_8080)
+                        .source(Source::Node),
+                ),
+                // Outside the allowed range: dropped; the NodePort is not guarded by it.
+                check(tcp(CLIENT, "[2001:db8:f::21]:80").dropped().attempts(2)),
+                check(
+                    tcp(CLIENT, "[2001:db8:0:1::11]:30097")
+                        .answers(&THREE_8080)
+                        .source(Source::Node),
+                ),
+            ]),
+    )
 }
