@@ -3,15 +3,90 @@
 //!
 //! Both paths share `SWY_AFFINITY`; they differ only in how they name the client (see
 //! [`AffinityKey::netns_cookie`]): the socket programs use the client's network namespace
-//! cookie, the tc programs the external client's address with the top bit set.
+//! cookie, the tc programs the external client's address with the top bit set. IPv6 service
+//! entries have their own backends and affinity maps ([`V6`]), so the IPv4 maps and their
+//! lookups stay as they were; the selection itself is the same code for both ([`Family`]).
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use switchyard_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, ServiceValue, SERVICE_FLAG_AFFINITY,
+    AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, ServiceValue,
+    SERVICE_FLAG_AFFINITY,
 };
 
-use crate::maps::{AFFINITY, BACKENDS};
+use crate::maps::{AFFINITY, AFFINITY6, BACKENDS, BACKENDS6};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// The maps one address family's selection reads and writes.
+pub trait Family {
+    /// A backend address and port of this family.
+    type Backend: Copy + PartialEq;
+    /// The backend in `key`'s slot.
+    fn backend(key: BackendKey) -> Option<Self::Backend>;
+    /// The remembered choice of `key`: last use, slot, backend.
+    fn affinity(key: AffinityKey) -> Option<(u64, u32, Self::Backend)>;
+    /// Records a choice (best effort).
+    fn remember(key: AffinityKey, last_used_ns: u64, slot: u32, backend: Self::Backend);
+}
+
+/// IPv4: `SWY_BACKENDS`, `SWY_AFFINITY`.
+pub struct V4;
+/// IPv6: `SWY_BACKENDS6`, `SWY_AFFINITY6`.
+pub struct V6;
+
+impl Family for V4 {
+    type Backend = Backend;
+
+    #[inline(always)]
+    fn backend(key: BackendKey) -> Option<Backend> {
+        // SAFETY: copied out at once.
+        (unsafe { BACKENDS.get(key) }).copied()
+    }
+
+    #[inline(always)]
+    fn affinity(key: AffinityKey) -> Option<(u64, u32, Backend)> {
+        // SAFETY: copied out at once.
+        let seen = (unsafe { AFFINITY.get(key) }).copied()?;
+        Some((seen.last_used_ns, seen.slot, seen.backend))
+    }
+
+    #[inline(always)]
+    fn remember(key: AffinityKey, last_used_ns: u64, slot: u32, backend: Backend) {
+        let value = AffinityValue {
+            last_used_ns,
+            slot,
+            backend,
+            pad: 0,
+        };
+        let _ = AFFINITY.insert(key, value, 0);
+    }
+}
+
+impl Family for V6 {
+    type Backend = Backend6;
+
+    #[inline(always)]
+    fn backend(key: BackendKey) -> Option<Backend6> {
+        // SAFETY: copied out at once.
+        (unsafe { BACKENDS6.get(key) }).copied()
+    }
+
+    #[inline(always)]
+    fn affinity(key: AffinityKey) -> Option<(u64, u32, Backend6)> {
+        // SAFETY: copied out at once.
+        let seen = (unsafe { AFFINITY6.get(key) }).copied()?;
+        Some((seen.last_used_ns, seen.slot, seen.backend))
+    }
+
+    #[inline(always)]
+    fn remember(key: AffinityKey, last_used_ns: u64, slot: u32, backend: Backend6) {
+        let value = AffinityValue6 {
+            last_used_ns,
+            slot,
+            backend,
+        };
+        let _ = AFFINITY6.insert(key, value, 0);
+    }
+}
 
 /// The backend slot and backend for a new connection or flow of `client`: its affine one while
 /// valid, else a random slot. `None` means the service has no backend (the callers have handled
@@ -21,40 +96,36 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// fold into this one, and no division by a possibly zero count (a panic path the verifier
 /// rejects) is left in a separate function.
 #[inline(always)]
-pub fn pick(service: &ServiceValue, client: u64) -> Option<(u32, Backend)> {
+pub fn pick<F: Family>(service: &ServiceValue, client: u64) -> Option<(u32, F::Backend)> {
     let count = service.count as u32;
     if count == 0 {
         return None;
     }
     if service.flags & SERVICE_FLAG_AFFINITY != 0 {
-        if let Some(found) = affine(service, client) {
+        if let Some(found) = affine::<F>(service, client) {
             return Some(found);
         }
     }
     // SAFETY: helper without arguments.
     let slot = unsafe { bpf_get_prandom_u32() } % count;
-    // SAFETY: copied out at once.
-    let backend = (unsafe {
-        BACKENDS.get(BackendKey {
-            service_id: service.id,
-            slot,
-        })
-    })
-    .copied()?;
+    let backend = F::backend(BackendKey {
+        service_id: service.id,
+        slot,
+    })?;
     Some((slot, backend))
 }
 
 /// Records `backend` (in `slot`) as `client`'s choice for `service`, last used at `now`.
 /// Best effort: losing it only means the next connection may pick another backend.
 #[inline(always)]
-pub fn remember(service: &ServiceValue, client: u64, slot: u32, backend: Backend, now: u64) {
-    let value = AffinityValue {
-        last_used_ns: now,
-        slot,
-        backend,
-        pad: 0,
-    };
-    let _ = AFFINITY.insert(affinity_key(service, client), value, 0);
+pub fn remember<F: Family>(
+    service: &ServiceValue,
+    client: u64,
+    slot: u32,
+    backend: F::Backend,
+    now: u64,
+) {
+    F::remember(affinity_key(service, client), now, slot, backend);
 }
 
 #[inline(always)]
@@ -68,20 +139,17 @@ fn affinity_key(service: &ServiceValue, client: u64) -> AffinityKey {
 
 /// The remembered backend if it is recent enough and still in the same slot.
 #[inline(always)]
-fn affine(service: &ServiceValue, client: u64) -> Option<(u32, Backend)> {
-    // SAFETY: copied out at once.
-    let seen = (unsafe { AFFINITY.get(affinity_key(service, client)) }).copied()?;
+fn affine<F: Family>(service: &ServiceValue, client: u64) -> Option<(u32, F::Backend)> {
+    let (last_used_ns, seen_slot, seen_backend) = F::affinity(affinity_key(service, client))?;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout = service.affinity_timeout as u64 * NANOS_PER_SEC;
-    if seen.slot >= service.count as u32 || now.saturating_sub(seen.last_used_ns) > timeout {
+    if seen_slot >= service.count as u32 || now.saturating_sub(last_used_ns) > timeout {
         return None;
     }
-    let slot_key = BackendKey {
+    let current = F::backend(BackendKey {
         service_id: service.id,
-        slot: seen.slot,
-    };
-    // SAFETY: copied out at once.
-    let current = (unsafe { BACKENDS.get(slot_key) }).copied()?;
-    (current == seen.backend).then_some((seen.slot, current))
+        slot: seen_slot,
+    })?;
+    (current == seen_backend).then_some((seen_slot, current))
 }

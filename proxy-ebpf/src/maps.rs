@@ -5,10 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap},
 };
 use switchyard_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceName,
-    ServiceValue, SnatConfig, SockRevKey, SockRevValue, SockTermKey, SourceRangeKey,
-    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
-    DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SOCK_TERM_MAX, DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
+    AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey, CtValue,
+    ServiceKey, ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockRevKey, SockRevKey6,
+    SockRevValue, SockRevValue6, SockTermKey, SourceRangeKey, DEFAULT_AFFINITY_MAX,
+    DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX,
+    DEFAULT_SOCK_TERM_MAX, DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
 };
 
 /// Frontends of every service port this node serves.
@@ -76,3 +77,28 @@ pub static SERVICE_NAMES: HashMap<u32, ServiceName> =
 #[map(name = "SWY_SOCK_TERM")]
 pub static SOCK_TERM: HashMap<SockTermKey, u8> =
     HashMap::with_max_entries(DEFAULT_SOCK_TERM_MAX, BPF_F_NO_PREALLOC);
+
+// IPv6: maps of their own (as Cilium's LB maps), so the IPv4 entries, their key size and their
+// lookups stay as they are. Service entries for v4-mapped addresses (`::ffff:a.b.c.d`) on
+// dual-stack sockets are the IPv4 ones; these maps hold only real IPv6 frontends.
+
+/// IPv6 frontends (not preallocated, as [`SERVICES`]). Values as in [`SERVICES`]; backend-set
+/// ids are shared with the IPv4 maps' id space (userspace keeps them apart).
+#[map(name = "SWY_SERVICES6")]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceValue> =
+    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, BPF_F_NO_PREALLOC);
+
+/// Backend slots of every IPv6 service entry (not preallocated, as [`SERVICES`]).
+#[map(name = "SWY_BACKENDS6")]
+pub static BACKENDS6: HashMap<BackendKey, Backend6> =
+    HashMap::with_max_entries(DEFAULT_BACKENDS_MAX, BPF_F_NO_PREALLOC);
+
+/// Which IPv6 service a translated socket really talks to, for recvmsg6 and getpeername6.
+#[map(name = "SWY_SOCK_REVNAT6")]
+pub static SOCK_REVNAT6: LruHashMap<SockRevKey6, SockRevValue6> =
+    LruHashMap::with_max_entries(DEFAULT_SOCK_REVNAT_MAX, 0);
+
+/// Session affinity to IPv6 services per client network namespace and service.
+#[map(name = "SWY_AFFINITY6")]
+pub static AFFINITY6: LruHashMap<AffinityKey, AffinityValue6> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);

@@ -368,9 +368,9 @@ fn new_flow(
     // retransmitted, a misrouted one is not.
     // External clients are identified by their address (there is no network namespace cookie).
     let client = AFFINITY_EXTERNAL_BIT | pkt.saddr as u64;
-    let (slot, backend) = lb::pick(service, client).ok_or(DROP)?;
+    let (slot, backend) = lb::pick::<lb::V4>(service, client).ok_or(DROP)?;
     if service.flags & SERVICE_FLAG_AFFINITY != 0 {
-        lb::remember(service, client, slot, backend, now);
+        lb::remember::<lb::V4>(service, client, slot, backend, now);
     }
     if service.flags & SERVICE_FLAG_MASQUERADE != 0 {
         if let Some(forward) = snat_flow(ctx, pkt, key, backend, service.flags, now)? {

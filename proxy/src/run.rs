@@ -213,7 +213,11 @@ fn start_dataplane(
             let backend = iptables_backend(settings)
                 .inspect_err(|e| tracing::warn!(error = %e, "ebpf mode: no iptables, so SCTP service ports cannot be served"))
                 .ok();
-            let dataplane = WithSctpFallback::new(dataplane, backend, rule_config(settings, local, Family::Ipv4));
+            let dataplane = WithSctpFallback::new(
+                dataplane,
+                backend,
+                rule_config(settings, local, Family::Ipv4),
+            );
             // iptables mode's chains keep translating until the maps are written; older
             // versions' masquerade chains go with them (any nat rule would hook netfilter's
             // NAT, and its conntrack, back in).

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
-use switchyard_common::{map_names, ServiceKey, ServiceValue};
+use switchyard_common::{map_names, ServiceKey, ServiceKey6, ServiceValue};
 use switchyard_testbed::{
     http_get, start_switchyard, wait_for, ChildGuard, Manifests, Place, Proto, Testbed,
     TopologySpec,
@@ -115,6 +115,53 @@ fn ebpf_map_entries_deleted_behind_our_back_are_restored_by_the_verify() {
         keys.len(),
         "every entry written back"
     );
+}
+
+#[test]
+fn ebpf_ipv6_map_entries_deleted_behind_our_back_are_restored_by_the_verify() {
+    let Serving {
+        testbed,
+        proxy,
+        _echo,
+        _manifests: manifests,
+        ..
+    } = serving("ebpf", &[SYNC_PERIOD]);
+    let backend = testbed.pod(2, 1);
+    manifests
+        .write(
+            "web6.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: demo}}\n\
+                 spec: {{ipFamilies: [IPv6], clusterIP: \"2001:db8:5::20\", clusterIPs: [\"2001:db8:5::20\"], \
+                 ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: web6-1, namespace: demo, labels: {{kubernetes.io/service-name: web6}}}}\n\
+                 addressType: IPv6\nports: [{{name: http, port: 8080}}]\n\
+                 endpoints: [{{addresses: [\"{}\"], nodeName: node2}}]\n",
+                backend.ipv6()
+            ),
+        )
+        .expect("write");
+    let web6: SocketAddr = "[2001:db8:5::20]:80".parse().expect("literal");
+    testbed
+        .wait_for_answer(testbed.pod(1, 2), Proto::Tcp, web6, WAIT)
+        .unwrap_or_else(|e| panic!("IPv6 programmed: {e}\n{}", proxy.stderr()));
+    assert_eq!(repairs(&testbed), 0, "nothing to repair yet");
+
+    // Someone deletes the IPv6 service entries from their pinned map.
+    let pin = testbed
+        .bpffs_dir(testbed.node(1))
+        .join("maps")
+        .join(map_names::SERVICES6);
+    let data = MapData::from_pin(&pin).expect("open the pinned IPv6 services map");
+    let mut services: HashMap<MapData, ServiceKey6, ServiceValue> =
+        HashMap::try_from(Map::HashMap(data)).expect("a hash map");
+    let keys: Vec<ServiceKey6> = services.keys().filter_map(Result::ok).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    services.remove(&keys[0]).expect("remove");
+
+    assert_repaired(&testbed, &proxy, web6);
+    assert_eq!(services.keys().count(), 1, "the entry written back");
 }
 
 #[test]

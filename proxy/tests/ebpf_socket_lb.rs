@@ -2,7 +2,7 @@
 //! two-node testbed, driven by the bundled example manifests and edits to them; and the
 //! destruction of connected UDP sockets whose backend leaves.
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -439,4 +439,236 @@ fn a_backend_removed_while_no_controller_ran_has_its_sockets_destroyed_at_the_fi
         .expect("write");
     let proxy = start_dns_proxy(&testbed, &manifests);
     assert_destroyed_and_moved(&held, &proxy);
+}
+
+/// IPv6 on the socket path: an IPv6 ClusterIP (TCP, connected and unconnected UDP), a
+/// dual-stack service whose two cluster IPs each reach their own family's endpoints,
+/// ClientIP affinity, a v4-mapped address from a dual-stack socket, refusal without
+/// endpoints, and the warning for an IPv6 NodePort the packet path does not serve.
+#[test]
+fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
+    use std::net::IpAddr;
+    let (testbed, manifests) = setup();
+    let _echo = testbed
+        .start_echo_everywhere(8080, 8080)
+        .expect("echo servers");
+    let v6 = |node, pod| testbed.pod(node, pod).ipv6();
+    let slice = |name: &str, family: &str, ips: &[(String, usize)]| {
+        let endpoints: Vec<String> = ips
+            .iter()
+            .map(|(ip, node)| format!("{{addresses: [\"{ip}\"], nodeName: node{node}}}"))
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-{family}, namespace: v6, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: {family}\n\
+             ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: udp, port: 8080, protocol: UDP}}]\n\
+             endpoints: [{}]\n",
+            endpoints.join(", ")
+        )
+    };
+    let ports = "ports: [{name: http, port: 80, targetPort: 8080}, \
+                 {name: udp, port: 80, targetPort: 8080, protocol: UDP}]";
+    let v6_endpoints = [(v6(1, 1).to_string(), 1), (v6(2, 1).to_string(), 2)];
+    // dual: IPv6 first; its IPv4 endpoint is another pod, so each family's answer shows
+    // which endpoints it used.
+    let dual = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dual, namespace: v6}}\n\
+         spec: {{ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv6, IPv4], \
+         clusterIP: \"2001:db8:5::10\", clusterIPs: [\"2001:db8:5::10\", 198.18.128.30], {ports}}}\n---\n{}---\n{}",
+        slice("dual", "IPv6", &v6_endpoints),
+        slice("dual", "IPv4", &[(testbed.pod(2, 2).ip.to_string(), 2)]),
+    );
+    let sticky = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: v6}}\n\
+         spec: {{ipFamilies: [IPv6], clusterIP: \"2001:db8:5::11\", clusterIPs: [\"2001:db8:5::11\"], \
+         sessionAffinity: ClientIP, {ports}}}\n---\n{}",
+        slice("sticky", "IPv6", &v6_endpoints),
+    );
+    let empty = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: empty, namespace: v6}}\n\
+         spec: {{ipFamilies: [IPv6], clusterIP: \"2001:db8:5::12\", clusterIPs: [\"2001:db8:5::12\"], {ports}}}\n"
+    );
+    let nodeport = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: np, namespace: v6}}\n\
+         spec: {{type: NodePort, ipFamilies: [IPv6], clusterIP: \"2001:db8:5::13\", clusterIPs: [\"2001:db8:5::13\"], \
+         ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]}}\n---\n{}",
+        slice("np", "IPv6", &v6_endpoints),
+    );
+    for (file, text) in [
+        ("dual.yaml", &dual),
+        ("sticky.yaml", &sticky),
+        ("empty6.yaml", &empty),
+        ("np6.yaml", &nodeport),
+    ] {
+        manifests.write(file, text).expect("write");
+    }
+    let mut proxy = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        &manifests,
+        &[],
+    )
+    .expect("switchyard");
+
+    let client = testbed.pod(1, 2);
+    let dual6: SocketAddr = "[2001:db8:5::10]:80".parse().expect("literal");
+    testbed
+        .wait_for_answer(client, Proto::Tcp, dual6, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the IPv6 cluster IP is served: {e}\n{}", proxy.stderr()));
+    let v6_names = BTreeSet::from(["node1-pod1".to_string(), "node2-pod1".to_string()]);
+
+    // TCP (connect6, getpeername6) and connected UDP: every IPv6 endpoint answers, sees the
+    // client pod's own IPv6 address, and the socket's peer is the service.
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let replies = testbed.request(client, proto, dual6, 40, TIMEOUT);
+        assert_eq!(backend_names(&replies), v6_names, "{proto}: {replies:?}");
+        for reply in replies.iter().flatten() {
+            assert_eq!(
+                reply.seen_source.ip(),
+                IpAddr::V6(client.ipv6()),
+                "{reply:?}"
+            );
+            assert_eq!(reply.replied_from, dual6, "{proto}: {reply:?}");
+        }
+    }
+    // Unconnected UDP (sendmsg6): the reply is shown as coming from the service (recvmsg6).
+    let spec = switchyard_testbed::RequestSpec::new(Proto::Udp, dual6).unconnected(true);
+    let reply = testbed.request_with(client, &spec).expect("probe")[0]
+        .clone()
+        .expect("unconnected UDP over IPv6");
+    assert!(v6_names.contains(&reply.backend), "{reply:?}");
+    assert_eq!(reply.replied_from, dual6);
+
+    // The same service over IPv4 reaches its IPv4 endpoint only.
+    let dual4 = addr("198.18.128.30:80");
+    let replies = testbed.request(client, Proto::Tcp, dual4, 10, TIMEOUT);
+    assert_eq!(
+        backend_names(&replies),
+        BTreeSet::from(["node2-pod2".to_string()]),
+        "{replies:?}"
+    );
+    // A dual-stack socket writes the IPv4 service as ::ffff:198.18.128.30 (connect6 sees it,
+    // the kernel then talks IPv4): translated with the IPv4 maps, peer shown v4-mapped.
+    let mapped = SocketAddr::new(
+        IpAddr::V6(Ipv4Addr::new(198, 18, 128, 30).to_ipv6_mapped()),
+        80,
+    );
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let replies = testbed.request(client, proto, mapped, 10, TIMEOUT);
+        assert_eq!(
+            backend_names(&replies),
+            BTreeSet::from(["node2-pod2".to_string()]),
+            "{proto} to {mapped}: {replies:?}"
+        );
+        for reply in replies.iter().flatten() {
+            assert_eq!(reply.seen_source.ip(), IpAddr::V4(client.ip), "{reply:?}");
+            assert_eq!(reply.replied_from, mapped, "{proto}: {reply:?}");
+        }
+    }
+    let spec = switchyard_testbed::RequestSpec::new(Proto::Udp, mapped).unconnected(true);
+    let reply = testbed.request_with(client, &spec).expect("probe")[0]
+        .clone()
+        .expect("unconnected UDP to a v4-mapped address");
+    assert_eq!(reply.backend, "node2-pod2");
+    assert_eq!(
+        reply.replied_from, mapped,
+        "recvmsg6 shows the service v4-mapped"
+    );
+
+    // ClientIP affinity over IPv6: one backend for every connection of this pod.
+    let sticky6: SocketAddr = "[2001:db8:5::11]:80".parse().expect("literal");
+    let replies = testbed.request(client, Proto::Tcp, sticky6, 20, TIMEOUT);
+    assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    assert_eq!(backend_names(&replies).len(), 1, "{replies:?}");
+
+    // No endpoints: refused at once.
+    let empty6: SocketAddr = "[2001:db8:5::12]:80".parse().expect("literal");
+    let refused = testbed.request(client, Proto::Tcp, empty6, 2, TIMEOUT);
+    assert!(
+        refused
+            .iter()
+            .all(|r| matches!(r, Err(RequestError::Refused))),
+        "{refused:?}"
+    );
+
+    // The IPv6 NodePort serves this node's own sockets, and the log says that IPv6 traffic
+    // from outside is not served, naming the port.
+    let np6 = SocketAddr::new(IpAddr::V6(testbed.node(1).ipv6()), 30080);
+    let replies = testbed.request(client, Proto::Tcp, np6, 10, TIMEOUT);
+    assert_eq!(backend_names(&replies), v6_names, "{replies:?}");
+    let log = proxy.stderr();
+    assert!(
+        log.contains("v6/np:http/TCP") && log.contains("IPv6 traffic from outside the node"),
+        "{log}"
+    );
+    assert!(!log.contains("v6/dual:http/TCP: "), "{log}");
+
+    // A restart: the pinned IPv6 programs and maps serve while no controller runs, and the
+    // next instance adopts them (its first full sync finds nothing to repair).
+    proxy.terminate().expect("stop");
+    let replies = testbed.request(client, Proto::Tcp, dual6, 10, TIMEOUT);
+    assert_eq!(
+        backend_names(&replies),
+        v6_names,
+        "no controller: {replies:?}"
+    );
+    let second = start_switchyard(
+        &testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        &manifests,
+        &[],
+    )
+    .expect("switchyard again");
+    wait_for(
+        "the new instance's first sync",
+        Duration::from_secs(20),
+        || {
+            let log = second.stderr();
+            if log.contains("full=true") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .expect("synced");
+    let log = second.stderr();
+    // 5 IPv4 entries (demo's three, dual's two) and 9 IPv6 ones (none on ::1) were pinned.
+    assert!(log.contains("adopted pinned eBPF maps entries=14"), "{log}");
+    assert!(
+        !log.contains("ERROR") && !log.contains("behind our back"),
+        "{log}"
+    );
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let replies = testbed.request(client, proto, dual6, 20, TIMEOUT);
+        assert_eq!(backend_names(&replies), v6_names, "{proto}: {replies:?}");
+    }
+
+    // The service becomes IPv4-only: its IPv6 entries go, its IPv4 ones stay.
+    let single = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dual, namespace: v6}}\n\
+         spec: {{ipFamilies: [IPv4], clusterIP: 198.18.128.30, clusterIPs: [198.18.128.30], {ports}}}\n---\n{}",
+        slice("dual", "IPv4", &[(testbed.pod(2, 2).ip.to_string(), 2)]),
+    );
+    manifests.write("dual.yaml", &single).expect("write");
+    wait_for("the IPv6 entries to go", Duration::from_secs(10), || {
+        let replies = testbed.request(client, Proto::Tcp, dual6, 1, TIMEOUT);
+        if replies.iter().all(Result::is_err) {
+            Ok(())
+        } else {
+            Err(replies)
+        }
+    })
+    .expect("IPv6 cluster IP removed");
+    let replies = testbed.request(client, Proto::Tcp, dual4, 5, TIMEOUT);
+    assert_eq!(
+        backend_names(&replies),
+        BTreeSet::from(["node2-pod2".to_string()]),
+        "{replies:?}"
+    );
 }

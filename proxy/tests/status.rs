@@ -352,6 +352,10 @@ fn ebpf_status_reads_the_pinned_maps_running_stopped_and_restarted() {
         "swy_sendmsg4",
         "swy_recvmsg4",
         "swy_getpeername4",
+        "swy_connect6",
+        "swy_sendmsg6",
+        "swy_recvmsg6",
+        "swy_getpeer6",
     ] {
         assert!(
             links.contains(&format!("{program} {program}")),
@@ -373,6 +377,23 @@ fn ebpf_status_reads_the_pinned_maps_running_stopped_and_restarted() {
             "switchyard_ebpf_map_capacity{map=\"SWY_BACKENDS\"}"
         ),
         Some(1_048_576)
+    );
+    // The IPv6 maps are pinned and gauged beside the IPv4 ones (this testbed's services
+    // are IPv4-only, so they are empty).
+    assert_eq!(maps["SWY_SERVICES6"], (0, 262_144));
+    assert_eq!(
+        gauge(
+            &node.testbed,
+            "switchyard_ebpf_map_capacity{map=\"SWY_BACKENDS6\"}"
+        ),
+        Some(1_048_576)
+    );
+    assert_eq!(
+        gauge(
+            &node.testbed,
+            "switchyard_ebpf_links{program=\"swy_connect6\"}"
+        ),
+        Some(1)
     );
     assert_eq!(
         gauge(

@@ -34,6 +34,14 @@ pub mod map_names {
     /// Filled by userspace just before it runs the UDP socket iterator, emptied after; not
     /// pinned (each controller instance has its own).
     pub const SOCK_TERM: &str = "SWY_SOCK_TERM";
+    /// IPv6 frontends: [`ServiceKey6`](super::ServiceKey6) -> [`ServiceValue`](super::ServiceValue).
+    pub const SERVICES6: &str = "SWY_SERVICES6";
+    /// IPv6 backends: (service id, slot) -> [`Backend6`](super::Backend6).
+    pub const BACKENDS6: &str = "SWY_BACKENDS6";
+    /// Socket reverse translation of IPv6 sockets to IPv6 services (LRU).
+    pub const SOCK_REVNAT6: &str = "SWY_SOCK_REVNAT6";
+    /// Session affinity to IPv6 services (LRU).
+    pub const AFFINITY6: &str = "SWY_AFFINITY6";
 }
 
 /// Program names as they appear in the object file.
@@ -46,6 +54,15 @@ pub mod program_names {
     pub const RECVMSG4: &str = "swy_recvmsg4";
     /// cgroup/getpeername4: the peer of a translated socket is the service.
     pub const GETPEERNAME4: &str = "swy_getpeername4";
+    /// cgroup/connect6: as connect4 for IPv6 sockets (IPv6 and v4-mapped destinations).
+    pub const CONNECT6: &str = "swy_connect6";
+    /// cgroup/sendmsg6: as sendmsg4 for IPv6 sockets.
+    pub const SENDMSG6: &str = "swy_sendmsg6";
+    /// cgroup/recvmsg6: as recvmsg4 for IPv6 sockets.
+    pub const RECVMSG6: &str = "swy_recvmsg6";
+    /// cgroup/getpeername6: as getpeername4 for IPv6 sockets. Shorter than its IPv4 twin, so
+    /// that the kernel's 15-byte program names tell the two apart.
+    pub const GETPEERNAME6: &str = "swy_getpeer6";
     /// tc ingress on node devices: DNAT of external traffic to service frontends.
     pub const TC_INGRESS: &str = "swy_tc_ingress";
     /// tc egress on node devices: reverse translation of replies to external clients.
@@ -370,6 +387,76 @@ impl Default for ServiceName {
     }
 }
 
+/// Backend-set ids of IPv6 service entries start here: both families' sets share one id
+/// space (the names map is keyed by id), and userspace hands out the IPv4 ones below it.
+pub const IPV6_SET_ID_BASE: u32 = 1 << 31;
+
+/// Key of the IPv6 services map: one IPv6 frontend of one service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ServiceKey6 {
+    /// IPv6 address as the kernel's `user_ip6` holds it: four 32-bit words in network order.
+    pub addr: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
+    pub proto: u8,
+    /// [`SCOPE_SOCKET`] (the packet path serves no IPv6 yet).
+    pub scope: u8,
+}
+
+/// Value of the IPv6 backends map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Backend6 {
+    /// IPv6 address, words in network order (as [`ServiceKey6::addr`]).
+    pub addr: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub pad: u16,
+}
+
+/// Key of the IPv6 socket reverse-translation map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevKey6 {
+    /// Socket cookie of the translated socket.
+    pub cookie: u64,
+    /// Backend address the socket was sent to.
+    pub addr: [u32; 4],
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub pad: u16,
+    /// Explicit tail padding (the u64 aligns the struct to 8 bytes).
+    pub pad2: u32,
+}
+
+/// Value of the IPv6 socket reverse-translation map: the service address the application used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevValue6 {
+    /// Service address.
+    pub addr: [u32; 4],
+    /// Service port, network byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub pad: u16,
+}
+
+/// Value of the IPv6 affinity map (its key is an [`AffinityKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue6 {
+    /// Boot-time nanoseconds of the last use.
+    pub last_used_ns: u64,
+    /// Slot the client was sent to.
+    pub slot: u32,
+    /// Backend in that slot then; a different backend there now means the affinity is void.
+    pub backend: Backend6,
+}
+
 /// Compile-time layout check of a map type shared with the kernel: its size is the sum of its
 /// fields' sizes (no implicit padding, which the kernel would hash or compare as garbage and
 /// which `aya::Pod` forbids), and equals the size the other side was built with.
@@ -395,6 +482,11 @@ assert_no_padding!(CtKey, 16, [u32, u32, u16, u16, u8, [u8; 3]]);
 assert_no_padding!(CtValue, 24, [u32, u16, u16, u32, u16, u16, u64]);
 assert_no_padding!(SnatConfig, 4, [u16, u16]);
 assert_no_padding!(SourceRangeKey, 8, [u32, u32]);
+assert_no_padding!(ServiceKey6, 20, [[u32; 4], u16, u8, u8]);
+assert_no_padding!(Backend6, 20, [[u32; 4], u16, u16]);
+assert_no_padding!(SockRevKey6, 32, [u64, [u32; 4], u16, u16, u32]);
+assert_no_padding!(SockRevValue6, 20, [[u32; 4], u16, u16]);
+assert_no_padding!(AffinityValue6, 32, [u64, u32, Backend6]);
 assert_no_padding!(
     ServiceName,
     152,
@@ -419,4 +511,9 @@ mod pod {
     unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl aya::Pod for super::SnatConfig {}
     unsafe impl aya::Pod for super::ServiceName {}
+    unsafe impl aya::Pod for super::ServiceKey6 {}
+    unsafe impl aya::Pod for super::Backend6 {}
+    unsafe impl aya::Pod for super::SockRevKey6 {}
+    unsafe impl aya::Pod for super::SockRevValue6 {}
+    unsafe impl aya::Pod for super::AffinityValue6 {}
 }

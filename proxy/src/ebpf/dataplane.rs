@@ -8,15 +8,15 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use switchyard_common::{
-    map_names, program_names, Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceName,
-    ServiceValue, SnatConfig, SockTermKey, SourceRangeKey,
+    map_names, program_names, Backend, Backend6, BackendKey, CtKey, CtValue, ServiceKey,
+    ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockTermKey, SourceRangeKey,
 };
 
 use super::maps::{ignore_missing, Capacities, MapHandleError, Maps};
 use super::metrics::EbpfMetrics;
 use super::object::embedded_object;
 use super::plan::names::{self, NameOp};
-use super::plan::{Planner, PortFailure, RangeKey};
+use super::plan::{Family, FamilyPlanner, MapWriter, Planner, Planner6, PortFailure, RangeKey};
 use super::sock_term::{self, SockTerminator};
 use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
 use crate::model::{DesiredState, ServicePort, ServicePortKey, StateDiff};
@@ -53,15 +53,19 @@ pub struct EbpfConfig {
 }
 
 /// The socket programs and their pin names under `<bpffs>/links/`.
-const SOCKET_PROGRAMS: [&str; 4] = [
+const SOCKET_PROGRAMS: [&str; 8] = [
     program_names::CONNECT4,
     program_names::SENDMSG4,
     program_names::RECVMSG4,
     program_names::GETPEERNAME4,
+    program_names::CONNECT6,
+    program_names::SENDMSG6,
+    program_names::RECVMSG6,
+    program_names::GETPEERNAME6,
 ];
 
 /// Every map, pinned under `<bpffs>/maps/` so a restarted controller adopts them.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 13] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::SOCK_REVNAT,
@@ -71,6 +75,10 @@ pub const MAPS: [&str; 9] = [
     map_names::SNAT_CONFIG,
     map_names::SNAT_ADDRS,
     map_names::SERVICE_NAMES,
+    map_names::SERVICES6,
+    map_names::BACKENDS6,
+    map_names::SOCK_REVNAT6,
+    map_names::AFFINITY6,
 ];
 
 /// A verify looks up every `VERIFY_STRIDE`-th backend set, a different share each time.
@@ -162,6 +170,10 @@ pub struct EbpfDataplane {
     snat_addrs: aya::maps::HashMap<MapData, u32, u32>,
     /// What the maps hold and which port owns what; plans and runs every write.
     planner: Planner,
+    /// The same for the IPv6 maps.
+    planner6: Planner6,
+    /// Ports warned about for IPv6 frontends the packet path does not serve (once each).
+    warned_ipv6_external: std::collections::BTreeSet<ServicePortKey>,
     /// What `SWY_SVC_NAMES` holds (fingerprints), as written or found at start-up.
     names: std::collections::BTreeMap<u32, u64>,
     /// Map and link gauges, set at full syncs and verifies.
@@ -194,7 +206,11 @@ impl EbpfDataplane {
             .map_max_entries(map_names::CONNTRACK, config.conntrack_max)
             .map_max_entries(map_names::SOURCE_RANGES, config.source_ranges_max)
             // At most one name per backend set, and every set is used by a service entry.
-            .map_max_entries(map_names::SERVICE_NAMES, config.services_max);
+            .map_max_entries(map_names::SERVICE_NAMES, config.services_max)
+            // IPv6 frontends and endpoints get the same room as IPv4 ones (an IPv6-only
+            // cluster needs it); not preallocated, so unused room costs only buckets.
+            .map_max_entries(map_names::SERVICES6, config.services_max)
+            .map_max_entries(map_names::BACKENDS6, config.backends_max);
         let pins: Vec<PathBuf> = MAPS.iter().map(|m| maps_dir.join(m)).collect();
         for (name, pin) in MAPS.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
@@ -276,6 +292,8 @@ impl EbpfDataplane {
             maps,
             snat_addrs,
             planner: Planner::default(),
+            planner6: Planner6::default(),
+            warned_ipv6_external: Default::default(),
             names: Default::default(),
             metrics: None,
             sock_term,
@@ -313,9 +331,11 @@ impl EbpfDataplane {
         let planner = &self.planner;
         let ops = match touched {
             Some((keys, before)) => {
+                let planner6 = &self.planner6;
                 let wanted = keys.iter().flat_map(|k| {
                     planner
                         .port_sets(k)
+                        .chain(planner6.port_sets(k))
                         .map(move |(set, id)| (id, names::encode(k, set)))
                 });
                 names::plan(&self.names, wanted, before)
@@ -323,8 +343,12 @@ impl EbpfDataplane {
             None => {
                 let wanted = planner
                     .backend_sets()
+                    .chain(self.planner6.backend_sets())
                     .map(|(id, k, set)| (id, names::encode(k, set)));
-                let foreign: std::collections::BTreeSet<u32> = planner.foreign_sets().collect();
+                let foreign: std::collections::BTreeSet<u32> = planner
+                    .foreign_sets()
+                    .chain(self.planner6.foreign_sets())
+                    .collect();
                 let stale = self
                     .names
                     .keys()
@@ -376,6 +400,7 @@ impl EbpfDataplane {
         };
         let config = &self.config;
         let (services, backends, ranges) = self.planner.entry_counts();
+        let (services6, backends6, _) = self.planner6.entry_counts();
         let count = |keys: &mut dyn Iterator<Item = bool>, capacity: u32| {
             // A key deleted while iterating restarts the kernel's walk: never past capacity.
             keys.take(capacity as usize).filter(|ok| *ok).count() as u64
@@ -390,6 +415,14 @@ impl EbpfDataplane {
         );
         let sock_revnat = count(
             &mut self.maps.sock_revnat.keys().map(|k| k.is_ok()),
+            DEFAULT_SOCK_REVNAT_MAX,
+        );
+        let affinity6 = count(
+            &mut self.maps.affinity6.keys().map(|k| k.is_ok()),
+            DEFAULT_AFFINITY_MAX,
+        );
+        let sock_revnat6 = count(
+            &mut self.maps.sock_revnat6.keys().map(|k| k.is_ok()),
             DEFAULT_SOCK_REVNAT_MAX,
         );
         let snat_addrs = count(
@@ -414,6 +447,14 @@ impl EbpfDataplane {
             (map_names::SOCK_REVNAT, sock_revnat, DEFAULT_SOCK_REVNAT_MAX),
             (map_names::SNAT_ADDRS, snat_addrs, SNAT_ADDRS_MAX),
             (map_names::SNAT_CONFIG, 1, 1),
+            (map_names::SERVICES6, services6 as u64, config.services_max),
+            (map_names::BACKENDS6, backends6 as u64, config.backends_max),
+            (map_names::AFFINITY6, affinity6, DEFAULT_AFFINITY_MAX),
+            (
+                map_names::SOCK_REVNAT6,
+                sock_revnat6,
+                DEFAULT_SOCK_REVNAT_MAX,
+            ),
         ] {
             metrics.set_map(map, entries, capacity);
         }
@@ -461,8 +502,21 @@ impl EbpfDataplane {
             .map(|k| k.map(|k: LpmKey<SourceRangeKey>| (k.data(), k.prefix_len())))
             .collect::<Result<_, _>>()
             .map_err(read(map_names::SOURCE_RANGES))?;
-        let entries = services.len();
+        let services6: Vec<_> = self
+            .maps
+            .services6
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::SERVICES6))?;
+        let backends6: Vec<_> = self
+            .maps
+            .backends6
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::BACKENDS6))?;
+        let entries = services.len() + services6.len();
         self.planner.observe(services, backends, ranges);
+        self.planner6.observe(services6, backends6, []);
         Ok(entries)
     }
 
@@ -570,13 +624,24 @@ impl EbpfDataplane {
         full: bool,
         expire: bool,
     ) -> SyncReport {
-        for error in self.planner.begin_sync(&mut self.maps) {
+        let retired = self
+            .planner
+            .begin_sync(&mut self.maps)
+            .into_iter()
+            .chain(self.planner6.begin_sync(&mut self.maps));
+        for error in retired {
             tracing::warn!(%error, "deleting retired map entries; retried by the next sync");
         }
         keys.extend(self.planner.unsettled().cloned());
+        keys.extend(self.planner6.unsettled().cloned());
         let sets_before: Vec<u32> = keys
             .iter()
-            .flat_map(|k| self.planner.port_sets(k).map(|(_, id)| id))
+            .flat_map(|k| {
+                self.planner
+                    .port_sets(k)
+                    .chain(self.planner6.port_sets(k))
+                    .map(|(_, id)| id)
+            })
             .collect();
         let before: Vec<std::collections::BTreeSet<Backend>> = keys
             .iter()
@@ -603,14 +668,26 @@ impl EbpfDataplane {
             .iter()
             .map(|k| (k.clone(), state.ports.get(k).map(|p| &**p)))
             .collect();
-        let mut plan = self.planner.plan_sync(&changes);
-        if full {
-            plan = plan.collecting_garbage();
-        }
-        let outcome = self.planner.run(plan, &mut self.maps);
-        for error in &outcome.housekeeping {
-            tracing::warn!(%error, "restoring or collecting map entries");
-        }
+        self.warn_ipv6_external(&changes);
+        let outcome = run_planner(&mut self.planner, &mut self.maps, &changes, full);
+        // Only the ports the IPv6 maps concern: an IPv4-only node's syncs cost what they did.
+        let planner6 = &self.planner6;
+        let changes6: Vec<(ServicePortKey, Option<&ServicePort>)> = changes
+            .iter()
+            .filter(|(key, port)| {
+                planner6.concerns(key)
+                    || port.is_some_and(|p| p.frontends.iter().any(|f| f.ip.is_ipv6()))
+            })
+            .cloned()
+            .collect();
+        let outcome6 = run_planner(&mut self.planner6, &mut self.maps, &changes6, full);
+        let failed6: std::collections::BTreeSet<&ServicePortKey> =
+            outcome6.failed.iter().map(|(k, _)| k).collect();
+        let ports_written = outcome
+            .written
+            .iter()
+            .filter(|k| !failed6.contains(k))
+            .count();
         let mut gone = std::collections::BTreeSet::new();
         for (key, before) in keys.iter().zip(before) {
             gone.extend(
@@ -639,10 +716,11 @@ impl EbpfDataplane {
             self.write_names(Some((&keys, sets_before)));
         }
         SyncReport {
-            ports_written: outcome.written.len(),
+            ports_written,
             errors: outcome
                 .failed
                 .into_iter()
+                .chain(outcome6.failed)
                 .map(|(port, failure)| PortError {
                     port,
                     full_map: match &failure {
@@ -658,6 +736,29 @@ impl EbpfDataplane {
 }
 
 impl EbpfDataplane {
+    /// Warns once per port (again after it lost them) about IPv6 NodePort, externalIP and
+    /// LoadBalancer frontends: the socket programs serve them to local clients, but the tc
+    /// programs are IPv4-only, so traffic from outside the node to them is not translated.
+    fn warn_ipv6_external(&mut self, changes: &[(ServicePortKey, Option<&ServicePort>)]) {
+        for (key, port) in changes {
+            let external6 = port.is_some_and(|p| {
+                p.frontends
+                    .iter()
+                    .any(|f| f.kind != crate::model::FrontendKind::ClusterIp && f.ip.is_ipv6())
+            });
+            if !external6 {
+                self.warned_ipv6_external.remove(key);
+            } else if self.warned_ipv6_external.insert(key.clone()) {
+                tracing::warn!(
+                    service = %key,
+                    "ebpf mode: this port's IPv6 NodePort, externalIP and LoadBalancer addresses \
+                     are served to this node's own sockets only; IPv6 traffic from outside the \
+                     node to them is not served (the packet programs are IPv4-only)"
+                );
+            }
+        }
+    }
+
     /// Writes the ports in `diff` (the planner orders releases before assigns itself);
     /// `expire` as for [`Self::sync_ports`].
     fn partial(&mut self, state: &DesiredState, diff: &StateDiff, expire: bool) -> SyncReport {
@@ -679,8 +780,11 @@ impl EbpfDataplane {
         let mut keys: Vec<ServicePortKey> = self
             .planner
             .programmed_ports()
+            .chain(self.planner6.programmed_ports())
             .filter(|k| !state.ports.contains_key(*k))
             .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         keys.extend(state.ports.keys().cloned());
         let mut report = self.sync_ports(state, keys, true, true);
@@ -702,29 +806,32 @@ impl EbpfDataplane {
                 name: map_names::SERVICES,
                 source,
             })?;
+        let services6: Vec<_> = self
+            .maps
+            .services6
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| EbpfError::ReadMap {
+                name: map_names::SERVICES6,
+                source,
+            })?;
         let mut drift = self.planner.check_services(services);
-        let sample = self
-            .planner
-            .backend_slots_sample(self.verify_phase, VERIFY_STRIDE);
+        let drift6 = self.planner6.check_services(services6);
+        drift.missing += drift6.missing;
+        drift.wrong += drift6.wrong;
+        drift.unexpected += drift6.unexpected;
+        let phase = self.verify_phase;
         self.verify_phase = (self.verify_phase + 1) % VERIFY_STRIDE;
-        for (key, expected) in sample {
-            match self.maps.backends.get(&key, 0) {
-                Ok(found) if found == expected => {}
-                Ok(_) => drift.wrong += 1,
-                Err(MapError::KeyNotFound) => drift.missing += 1,
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-                {
-                    drift.missing += 1
-                }
-                Err(source) => {
-                    return Err(EbpfError::ReadMap {
-                        name: map_names::BACKENDS,
-                        source,
-                    })
-                }
-            }
-        }
+        let sample = self.planner.backend_slots_sample(phase, VERIFY_STRIDE);
+        let looked_up = sample
+            .into_iter()
+            .map(|(key, expected)| (self.maps.backends.get(&key, 0), expected));
+        count_slot_drift(&mut drift, looked_up, map_names::BACKENDS)?;
+        let sample6 = self.planner6.backend_slots_sample(phase, VERIFY_STRIDE);
+        let looked_up6 = sample6
+            .into_iter()
+            .map(|(key, expected)| (self.maps.backends6.get(&key, 0), expected));
+        count_slot_drift(&mut drift, looked_up6, map_names::BACKENDS6)?;
         Ok(drift)
     }
 }
@@ -800,6 +907,47 @@ impl Dataplane for EbpfDataplane {
             .map(drop)
             .map_err(|e| SyncError::new("unpinning our maps and links", e))
     }
+}
+
+/// Plans and runs one family's part of a sync.
+fn run_planner<F: Family>(
+    planner: &mut FamilyPlanner<F>,
+    maps: &mut Maps,
+    changes: &[(ServicePortKey, Option<&ServicePort>)],
+    full: bool,
+) -> super::plan::SyncOutcome<super::maps::OpError>
+where
+    Maps: MapWriter<F, Error = super::maps::OpError>,
+{
+    let mut plan = planner.plan_sync(changes);
+    if full {
+        plan = plan.collecting_garbage();
+    }
+    let outcome = planner.run(plan, maps);
+    for error in &outcome.housekeeping {
+        tracing::warn!(family = F::NAME, %error, "restoring or collecting map entries");
+    }
+    outcome
+}
+
+/// Adds the verify's backend-slot lookups (found value or error, expected value) to `drift`.
+fn count_slot_drift<B: PartialEq>(
+    drift: &mut super::plan::Drift,
+    looked_up: impl Iterator<Item = (Result<B, MapError>, B)>,
+    name: &'static str,
+) -> Result<(), EbpfError> {
+    for (found, expected) in looked_up {
+        match found {
+            Ok(found) if found == expected => {}
+            Ok(_) => drift.wrong += 1,
+            Err(MapError::KeyNotFound) => drift.missing += 1,
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                drift.missing += 1
+            }
+            Err(source) => return Err(EbpfError::ReadMap { name, source }),
+        }
+    }
+    Ok(())
 }
 
 /// Now on the clock the programs stamp flows with (`bpf_ktime_get_ns`: `CLOCK_MONOTONIC`).
@@ -1010,13 +1158,37 @@ fn link_program(pin: &str) -> Option<&'static str> {
 }
 
 /// Key size, value size and entries each map must have for this build and configuration.
-fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 9] {
+fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 13] {
     use std::mem::size_of;
     use switchyard_common::{
-        AffinityKey, AffinityValue, SockRevKey, SockRevValue, DEFAULT_AFFINITY_MAX,
-        DEFAULT_SOCK_REVNAT_MAX, SNAT_ADDRS_MAX,
+        AffinityKey, AffinityValue, AffinityValue6, SockRevKey, SockRevKey6, SockRevValue,
+        SockRevValue6, DEFAULT_AFFINITY_MAX, DEFAULT_SOCK_REVNAT_MAX, SNAT_ADDRS_MAX,
     };
     [
+        (
+            map_names::SERVICES6,
+            size_of::<ServiceKey6>(),
+            size_of::<ServiceValue>(),
+            config.services_max,
+        ),
+        (
+            map_names::BACKENDS6,
+            size_of::<BackendKey>(),
+            size_of::<Backend6>(),
+            config.backends_max,
+        ),
+        (
+            map_names::SOCK_REVNAT6,
+            size_of::<SockRevKey6>(),
+            size_of::<SockRevValue6>(),
+            DEFAULT_SOCK_REVNAT_MAX,
+        ),
+        (
+            map_names::AFFINITY6,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue6>(),
+            DEFAULT_AFFINITY_MAX,
+        ),
         (
             map_names::SERVICES,
             size_of::<ServiceKey>(),

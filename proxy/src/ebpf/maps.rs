@@ -4,11 +4,12 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, MapData, MapError};
 use aya::Ebpf;
 use switchyard_common::{
-    map_names, AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, ServiceKey,
-    ServiceName, ServiceValue, SockRevKey, SockRevValue, SourceRangeKey,
+    map_names, AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey,
+    CtValue, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevKey, SockRevKey6,
+    SockRevValue, SockRevValue6, SourceRangeKey,
 };
 
-use super::plan::{MapOp, MapWriter};
+use super::plan::{MapOp, MapOp6, MapWriter, V6};
 
 /// A map that is missing from the object or has another type than this build expects.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,14 @@ pub struct Maps {
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     /// `SWY_SOCK_REVNAT`, only counted (the programs write it).
     pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
+    /// `SWY_SERVICES6`.
+    pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    /// `SWY_BACKENDS6`.
+    pub backends6: HashMap<MapData, BackendKey, Backend6>,
+    /// `SWY_AFFINITY6`, only counted.
+    pub affinity6: HashMap<MapData, AffinityKey, AffinityValue6>,
+    /// `SWY_SOCK_REVNAT6`, only counted.
+    pub sock_revnat6: HashMap<MapData, SockRevKey6, SockRevValue6>,
     capacities: Capacities,
 }
 
@@ -94,6 +103,10 @@ impl Maps {
             names: typed(ebpf, map_names::SERVICE_NAMES, HashMap::try_from)?,
             affinity: typed(ebpf, map_names::AFFINITY, HashMap::try_from)?,
             sock_revnat: typed(ebpf, map_names::SOCK_REVNAT, HashMap::try_from)?,
+            services6: typed(ebpf, map_names::SERVICES6, HashMap::try_from)?,
+            backends6: typed(ebpf, map_names::BACKENDS6, HashMap::try_from)?,
+            affinity6: typed(ebpf, map_names::AFFINITY6, HashMap::try_from)?,
+            sock_revnat6: typed(ebpf, map_names::SOCK_REVNAT6, HashMap::try_from)?,
             capacities,
         })
     }
@@ -124,6 +137,34 @@ impl MapWriter for Maps {
                 map_names::SOURCE_RANGES,
             ),
             MapOp::DeleteBackend(k) => ignore_missing(self.backends.remove(k), map_names::BACKENDS),
+        }
+    }
+}
+
+/// The IPv6 maps as the IPv6 planner's writer (they have no source-ranges trie).
+impl MapWriter<V6> for Maps {
+    type Error = OpError;
+
+    fn run(&mut self, op: &MapOp6) -> Result<(), OpError> {
+        let caps = self.capacities;
+        match op {
+            MapOp6::PutBackend(k, v) => self
+                .backends6
+                .insert(k, v, 0)
+                .map_err(|e| full_or(e, map_names::BACKENDS6, caps.backends)),
+            MapOp6::PutService(k, v) => self
+                .services6
+                .insert(k, v, 0)
+                .map_err(|e| full_or(e, map_names::SERVICES6, caps.services)),
+            MapOp6::DeleteService(k) => {
+                ignore_missing(self.services6.remove(k), map_names::SERVICES6)
+            }
+            MapOp6::DeleteBackend(k) => {
+                ignore_missing(self.backends6.remove(k), map_names::BACKENDS6)
+            }
+            MapOp6::PutSourceRange(never, _) | MapOp6::DeleteSourceRange(never, _) => {
+                match *never {}
+            }
         }
     }
 }

@@ -7,8 +7,9 @@ use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, MapType};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use aya::Pod;
 use switchyard_common::{
-    map_names, AffinityKey, AffinityValue, BackendKey, CtKey, CtValue, ServiceKey, ServiceName,
-    ServiceValue, SockRevKey, SockRevValue, SourceRangeKey,
+    map_names, AffinityKey, AffinityValue, AffinityValue6, Backend6, BackendKey, CtKey, CtValue,
+    ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevKey, SockRevKey6, SockRevValue,
+    SockRevValue6, SourceRangeKey,
 };
 
 use crate::ebpf::dataplane::MAPS;
@@ -54,6 +55,12 @@ pub fn read(root: &Path) -> Result<Pinned, ReadError> {
     let services: Vec<(ServiceKey, ServiceValue)> = entries(&pin(map_names::SERVICES))?;
     let backends: Vec<(BackendKey, switchyard_common::Backend)> =
         entries(&pin(map_names::BACKENDS))?;
+    // The IPv6 maps are missing from state an older version left.
+    let (mut services6, mut backends6) = (Vec::new(), Vec::new());
+    if pin(map_names::SERVICES6).exists() {
+        services6 = entries::<ServiceKey6, ServiceValue>(&pin(map_names::SERVICES6))?;
+        backends6 = entries::<BackendKey, Backend6>(&pin(map_names::BACKENDS6))?;
+    }
     let names = if pin(map_names::SERVICE_NAMES).exists() {
         Some(entries::<u32, ServiceName>(&pin(map_names::SERVICE_NAMES))?)
     } else {
@@ -80,6 +87,10 @@ pub fn read(root: &Path) -> Result<Pinned, ReadError> {
             map_names::AFFINITY => count::<AffinityKey, AffinityValue>(&path)?,
             map_names::SOCK_REVNAT => count::<SockRevKey, SockRevValue>(&path)?,
             map_names::SNAT_ADDRS => count::<u32, u32>(&path)?,
+            map_names::SERVICES6 => services6.len(),
+            map_names::BACKENDS6 => backends6.len(),
+            map_names::AFFINITY6 => count::<AffinityKey, AffinityValue6>(&path)?,
+            map_names::SOCK_REVNAT6 => count::<SockRevKey6, SockRevValue6>(&path)?,
             // An array holds every index.
             _ => return None,
         };
@@ -127,6 +138,8 @@ pub fn read(root: &Path) -> Result<Pinned, ReadError> {
             backends,
             names,
             source_ranges,
+            services6,
+            backends6,
         },
         map_rows,
         links,
@@ -228,6 +241,10 @@ fn full_program_name(kernel: &str) -> String {
         SENDMSG4,
         RECVMSG4,
         GETPEERNAME4,
+        CONNECT6,
+        SENDMSG6,
+        RECVMSG6,
+        GETPEERNAME6,
         TC_INGRESS,
         TC_EGRESS,
     ]

@@ -28,14 +28,17 @@ const N1: At = At::Node(1);
 const N2: At = At::Node(2);
 const CLIENT: At = At::Client;
 
-/// The one place that says whether ebpf mode serves IPv6 yet: every IPv6 and dual-stack
-/// scenario below runs in ebpf mode once this is `None`.
-const IPV6_IN_EBPF: Option<&str> =
-    Some("issue 12: IPv6 socket and tc programs, IPv6 map keys (branch v6ebpf)");
+/// The one place that says what of IPv6 ebpf mode does not serve yet: its socket programs
+/// serve IPv6 and dual-stack services to pods and nodes, its tc programs are IPv4-only, so
+/// IPv6 traffic from outside the node (NodePorts, externalIPs, LoadBalancer IPs) runs in
+/// ebpf mode once this is `None`.
+const IPV6_NORTH_SOUTH_IN_EBPF: Option<&str> =
+    Some("issue 12: IPv6 tc programs (the socket programs serve IPv6)");
 
-/// Marks an IPv6 scenario as [`IPV6_IN_EBPF`] says.
-fn ipv6_scenario(s: Scenario) -> Scenario {
-    match IPV6_IN_EBPF {
+/// Marks an IPv6 scenario with traffic from outside the node as
+/// [`IPV6_NORTH_SOUTH_IN_EBPF`] says.
+fn ipv6_north_south_scenario(s: Scenario) -> Scenario {
+    match IPV6_NORTH_SOUTH_IN_EBPF {
         Some(why) => s.iptables_only(why),
         None => s,
     }
@@ -79,9 +82,11 @@ pub fn all() -> Vec<Scenario> {
         sctp_services(),
         ipv6_clusterip(),
         dual_stack_service(),
+        dual_stack_nodeport_from_outside(),
         ipv6_etp_local(),
         ipv6_udp_stale_flows(),
-        ipv6_loadbalancer_and_itp_local(),
+        ipv6_itp_local(),
+        ipv6_loadbalancer(),
     ]
 }
 
@@ -1905,40 +1910,38 @@ spec:
         ),
         slice6("sticky6", TCP_UDP_8080, THREE_ENDPOINTS_V6),
     );
-    ipv6_scenario(
-        Scenario::new("ipv6-clusterip")
-            .manifest("web6.yaml", &yaml)
-            .steps(vec![
-                // An IPv6-only service from pods (source kept) and from a node (masqueraded).
-                check(
-                    tcp(P11, "[2001:db8:5::10]:80")
-                        .answers(&THREE_8080)
-                        .source(Source::Own),
-                ),
-                check(
-                    udp(P11, "[2001:db8:5::10]:53")
-                        .answers(&THREE_8080)
-                        .source(Source::Own),
-                ),
-                check(
-                    udp(P21, "[2001:db8:5::10]:53")
-                        .unconnected()
-                        .answers(&THREE_8080),
-                ),
-                check(
-                    tcp(N1, "[2001:db8:5::10]:80")
-                        .answers(&THREE_8080)
-                        .source(Source::Node),
-                ),
-                // ClientIP affinity over IPv6.
-                check(tcp(P11, "[2001:db8:5::16]:80").sticks_to_one_of(&THREE_8080)),
-                check(udp(P21, "[2001:db8:5::16]:80").sticks_to_one_of(&THREE_8080)),
-                // No endpoints: rejected at once (TCP reset, ICMPv6 port unreachable).
-                check(tcp(P11, "[2001:db8:5::20]:80").refused()),
-                check(udp(P11, "[2001:db8:5::20]:80").refused()),
-                check(tcp(N2, "[2001:db8:5::20]:80").refused()),
-            ]),
-    )
+    Scenario::new("ipv6-clusterip")
+        .manifest("web6.yaml", &yaml)
+        .steps(vec![
+            // An IPv6-only service from pods (source kept) and from a node (masqueraded).
+            check(
+                tcp(P11, "[2001:db8:5::10]:80")
+                    .answers(&THREE_8080)
+                    .source(Source::Own),
+            ),
+            check(
+                udp(P11, "[2001:db8:5::10]:53")
+                    .answers(&THREE_8080)
+                    .source(Source::Own),
+            ),
+            check(
+                udp(P21, "[2001:db8:5::10]:53")
+                    .unconnected()
+                    .answers(&THREE_8080),
+            ),
+            check(
+                tcp(N1, "[2001:db8:5::10]:80")
+                    .answers(&THREE_8080)
+                    .source(Source::Node),
+            ),
+            // ClientIP affinity over IPv6.
+            check(tcp(P11, "[2001:db8:5::16]:80").sticks_to_one_of(&THREE_8080)),
+            check(udp(P21, "[2001:db8:5::16]:80").sticks_to_one_of(&THREE_8080)),
+            // No endpoints: rejected at once (TCP reset, ICMPv6 port unreachable).
+            check(tcp(P11, "[2001:db8:5::20]:80").refused()),
+            check(udp(P11, "[2001:db8:5::20]:80").refused()),
+            check(tcp(N2, "[2001:db8:5::20]:80").refused()),
+        ])
 }
 
 fn dual_stack_service() -> Scenario {
@@ -1989,24 +1992,65 @@ spec:
             "endpoints:\n- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}\n"
         ),
     );
-    ipv6_scenario(
-        Scenario::new("dual-stack-service")
+    Scenario::new("dual-stack-service")
+        .manifest("ds.yaml", &yaml)
+        .steps(vec![
+            // One service, reached over both families, each family's endpoints.
+            check(
+                tcp(P11, "[2001:db8:5::70]:80")
+                    .answers(&THREE_8080)
+                    .source(Source::Own),
+            ),
+            check(
+                tcp(P11, "198.18.128.70:80")
+                    .answers(&THREE_8080)
+                    .source(Source::Own),
+            ),
+            check(udp(P12, "[2001:db8:5::70]:80").answers(&THREE_8080)),
+            // A dual-stack socket writes the IPv4 cluster IP v4-mapped; the kernel then
+            // talks IPv4 (ebpf mode: connect6 translates it with the IPv4 maps).
+            check(tcp(P11, "[::ffff:198.18.128.70]:80").answers(&THREE_8080)),
+            check(udp(P12, "[::ffff:198.18.128.70]:80").answers(&THREE_8080)),
+            // The NodePort on the node's IPv6 address from a pod of the node, and still on
+            // its IPv4 address.
+            check(tcp(P11, "[2001:db8:0:1::11]:30090").answers(&THREE_8080)),
+            check(tcp(CLIENT, "198.18.0.11:30090").answers(&THREE_8080)),
+            // Not on loopback over IPv6 (upstream: localhost NodePorts are IPv4 only).
+            check(tcp(N1, "[::1]:30090").no_answer()),
+            // IPv6 first, RequireDualStack: both cluster IPs.
+            check(tcp(P21, "[2001:db8:5::71]:80").answers(&["node2-pod1:9090"])),
+            check(tcp(P21, "198.18.128.71:80").answers(&["node2-pod1:9090"])),
+        ])
+}
+
+/// The dual-stack NodePort of `dual-stack-service` on the nodes' IPv6 addresses, from
+/// outside (masqueraded: ETP Cluster).
+fn dual_stack_nodeport_from_outside() -> Scenario {
+    let yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: ds, namespace: scen}}
+spec:
+  type: NodePort
+  clusterIP: 198.18.128.70
+  clusterIPs: [198.18.128.70, 2001:db8:5::70]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
+  selector: {{app: ds}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}}
+  - {{name: udp, port: 80, targetPort: 8080, nodePort: 30090, protocol: UDP}}
+---
+{}
+---
+{}",
+        slice("ds", TCP_UDP_8080, THREE_ENDPOINTS),
+        slice6("ds", TCP_UDP_8080, THREE_ENDPOINTS_V6),
+    );
+    ipv6_north_south_scenario(
+        Scenario::new("dual-stack-nodeport-from-outside")
             .manifest("ds.yaml", &yaml)
             .steps(vec![
-                // One service, reached over both families, each family's endpoints.
-                check(
-                    tcp(P11, "[2001:db8:5::70]:80")
-                        .answers(&THREE_8080)
-                        .source(Source::Own),
-                ),
-                check(
-                    tcp(P11, "198.18.128.70:80")
-                        .answers(&THREE_8080)
-                        .source(Source::Own),
-                ),
-                check(udp(P12, "[2001:db8:5::70]:80").answers(&THREE_8080)),
-                // NodePort on the node's IPv6 address from outside (masqueraded: ETP Cluster),
-                // and still on its IPv4 address.
                 check(
                     tcp(CLIENT, "[2001:db8:0:1::11]:30090")
                         .answers(&THREE_8080)
@@ -2018,11 +2062,6 @@ spec:
                         .source(Source::Node),
                 ),
                 check(tcp(CLIENT, "198.18.0.11:30090").answers(&THREE_8080)),
-                // Not on loopback over IPv6 (upstream: localhost NodePorts are IPv4 only).
-                check(tcp(N1, "[::1]:30090").no_answer()),
-                // IPv6 first, RequireDualStack: both cluster IPs.
-                check(tcp(P21, "[2001:db8:5::71]:80").answers(&["node2-pod1:9090"])),
-                check(tcp(P21, "198.18.128.71:80").answers(&["node2-pod1:9090"])),
             ]),
     )
 }
@@ -2064,7 +2103,7 @@ spec:
             "endpoints:\n- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}\n"
         ),
     );
-    ipv6_scenario(
+    ipv6_north_south_scenario(
         Scenario::new("ipv6-etp-local")
             .manifest("local6.yaml", &yaml)
             .steps(vec![
@@ -2140,14 +2179,11 @@ spec:
             ),
             moves_to("dns6", &["node2-pod2:9090"], Duration::from_secs(5)),
         ]);
-    match IPV6_IN_EBPF {
-        // ebpf mode destroys connected IPv4 UDP sockets only: its socket iterator does not
-        // visit IPv6 ones yet.
-        None => s.iptables_only(
-            "issue 12: the UDP socket iterator destroys IPv4 sockets only (no IPv6 variant yet)",
-        ),
-        Some(_) => ipv6_scenario(s),
-    }
+    // ebpf mode destroys connected IPv4 UDP sockets only: its socket iterator does not visit
+    // IPv6 ones yet.
+    s.iptables_only(
+        "issue 12: the UDP socket iterator destroys IPv4 sockets only (no IPv6 variant yet)",
+    )
 }
 
 /// An IPv6 LoadBalancer service of the three pods, with `spec` lines and `ingress`.
@@ -2176,7 +2212,8 @@ status:
     )
 }
 
-fn ipv6_loadbalancer_and_itp_local() -> Scenario {
+/// internalTrafficPolicy Local over IPv6, from pods (the socket level in ebpf mode).
+fn ipv6_itp_local() -> Scenario {
     let itp = format!(
         "apiVersion: v1
 kind: Service
@@ -2196,8 +2233,23 @@ spec:
             THREE_ENDPOINTS_V6
         )
     );
-    ipv6_scenario(
-        Scenario::new("ipv6-loadbalancer-and-itp-local")
+    Scenario::new("ipv6-itp-local")
+        .manifest("itp6.yaml", &itp)
+        .steps(vec![
+            // Only the own node's endpoints.
+            check(
+                tcp(P11, "[2001:db8:5::72]:80")
+                    .answers(&["node1-pod2:8080"])
+                    .source(Source::Own),
+            ),
+            check(tcp(P21, "[2001:db8:5::72]:80").answers(&["node2-pod1:8080", "node2-pod2:8080"])),
+        ])
+}
+
+/// IPv6 LoadBalancer IPs with source ranges, from outside the node.
+fn ipv6_loadbalancer() -> Scenario {
+    ipv6_north_south_scenario(
+        Scenario::new("ipv6-loadbalancer")
             .client_route("2001:db8:f::/64", 1)
             .manifest(
                 "lb6-open.yaml",
@@ -2219,7 +2271,6 @@ spec:
                     "[{ip: \"2001:db8:f::21\"}]",
                 ),
             )
-            .manifest("itp6.yaml", &itp)
             .steps(vec![
                 // An IPv6 LoadBalancer IP the client's range admits, routed to node1.
                 check(
@@ -2233,16 +2284,6 @@ spec:
                     tcp(CLIENT, "[2001:db8:0:1::11]:30097")
                         .answers(&THREE_8080)
                         .source(Source::Node),
-                ),
-                // internalTrafficPolicy Local over IPv6: only the own node's endpoints.
-                check(
-                    tcp(P11, "[2001:db8:5::72]:80")
-                        .answers(&["node1-pod2:8080"])
-                        .source(Source::Own),
-                ),
-                check(
-                    tcp(P21, "[2001:db8:5::72]:80")
-                        .answers(&["node2-pod1:8080", "node2-pod2:8080"]),
                 ),
             ]),
     )

@@ -1,15 +1,11 @@
 //! What one service port needs in the maps: its service entries (one per frontend and scope),
 //! the endpoint set each one uses, and the backend slot layout of a set.
-use std::net::IpAddr;
-
-use ipnet::IpNet;
 use switchyard_common::{
-    Backend, ServiceKey, SourceRangeKey, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
-    SERVICE_FLAG_SOURCE_RANGES,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY,
+    SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
 };
 
-use super::RangeKey;
+use super::Family;
 use crate::{Endpoint, FrontendKind, Protocol, ServicePort, TrafficPolicy};
 
 /// Which endpoint set a frontend uses.
@@ -37,17 +33,18 @@ impl SetKind {
 }
 
 /// One service entry to write: where, which set, which flags.
-pub(super) struct Entry {
-    pub(super) key: ServiceKey,
+pub(super) struct Entry<F: Family> {
+    pub(super) key: F::Key,
     pub(super) set: SetKind,
     pub(super) flags: u16,
 }
 
-/// The service entries of one port: every IPv4 frontend for local sockets, and the
-/// NodePort, externalIP and LoadBalancer frontends once more for traffic from outside. None
-/// for an SCTP port: the programs do not handle SCTP (the tc path would have to recompute its
-/// CRC32c over the whole packet), ebpf mode serves those ports with netfilter rules instead.
-pub(super) fn entries(port: &ServicePort) -> Vec<Entry> {
+/// The service entries of one port in family `F`: every frontend of that family for local
+/// sockets, and (where the packet path serves the family) the NodePort, externalIP and
+/// LoadBalancer frontends once more for traffic from outside. None for an SCTP port: the
+/// programs do not handle SCTP (the tc path would have to recompute its CRC32c over the whole
+/// packet), ebpf mode serves those ports with netfilter rules instead.
+pub(super) fn entries<F: Family>(port: &ServicePort) -> Vec<Entry<F>> {
     let proto = match port.key.protocol {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
@@ -61,14 +58,15 @@ pub(super) fn entries(port: &ServicePort) -> Vec<Entry> {
     let local_policy = port.external_traffic_policy == TrafficPolicy::Local;
     let mut out = Vec::new();
     for frontend in &port.frontends {
-        let IpAddr::V4(ip) = frontend.ip else {
-            continue; // IPv4 programs only
-        };
-        let key = |scope| ServiceKey {
-            addr: u32::from(ip).to_be(),
-            port: frontend.port.to_be(),
-            proto,
-            scope,
+        if frontend.kind == FrontendKind::NodePort
+            && frontend.ip.is_loopback()
+            && !F::LOOPBACK_NODEPORTS
+        {
+            continue; // `[::1]:nodePort` is not served, as upstream
+        }
+        let key = |scope| F::key(frontend.ip, frontend.port, proto, scope);
+        let Some(socket_key) = key(SCOPE_SOCKET) else {
+            continue; // the other family's planner
         };
         let socket_set = if frontend.kind == FrontendKind::ClusterIp {
             SetKind::Internal
@@ -76,11 +74,11 @@ pub(super) fn entries(port: &ServicePort) -> Vec<Entry> {
             SetKind::Cluster
         };
         out.push(Entry {
-            key: key(SCOPE_SOCKET),
+            key: socket_key,
             set: socket_set,
             flags: affinity,
         });
-        if frontend.kind == FrontendKind::ClusterIp {
+        if frontend.kind == FrontendKind::ClusterIp || !F::PACKET_PATH {
             continue;
         }
         let mut flags = affinity;
@@ -95,17 +93,20 @@ pub(super) fn entries(port: &ServicePort) -> Vec<Entry> {
         {
             flags |= SERVICE_FLAG_SOURCE_RANGES;
         }
-        out.push(Entry {
-            key: key(SCOPE_EXTERNAL),
-            set: SetKind::External,
-            flags,
-        });
+        if let Some(external_key) = key(SCOPE_EXTERNAL) {
+            out.push(Entry {
+                key: external_key,
+                set: SetKind::External,
+                flags,
+            });
+        }
     }
     out
 }
 
-/// The backends of one set, in the model's order, at most as many as a count can hold.
-pub(super) fn wanted_backends(port: &ServicePort, set: SetKind) -> Vec<Backend> {
+/// The backends of one set in family `F`, in the model's order, at most as many as a count
+/// can hold.
+pub(super) fn wanted_backends<F: Family>(port: &ServicePort, set: SetKind) -> Vec<F::Backend> {
     let endpoints = match set {
         SetKind::Internal => port.internal_endpoints(),
         SetKind::Cluster => port.cluster_endpoints(),
@@ -113,34 +114,19 @@ pub(super) fn wanted_backends(port: &ServicePort, set: SetKind) -> Vec<Backend> 
     };
     endpoints
         .into_iter()
-        .filter_map(backend_of)
+        .filter_map(backend_of::<F>)
         .take(usize::from(u16::MAX))
-        .collect()
-}
-
-/// LPM entries allowing `ranges` (IPv4 ones) to reach the LoadBalancer IP `lb_addr`.
-pub(super) fn source_ranges(lb_addr: u32, ranges: &[IpNet]) -> Vec<RangeKey> {
-    ranges
-        .iter()
-        .filter_map(|range| match range {
-            IpNet::V4(net) => Some((
-                SourceRangeKey {
-                    lb_addr,
-                    client_addr: u32::from(net.network()).to_be(),
-                },
-                // The LoadBalancer IP is always matched whole, then the range's bits.
-                32 + u32::from(net.prefix_len()),
-            )),
-            IpNet::V6(_) => None,
-        })
         .collect()
 }
 
 /// Slot assignment that keeps every backend still wanted in its old slot when that slot
 /// still exists, and fills the holes with the new ones (in their given order).
-pub(super) fn stable_slots(previous: &[Backend], wanted: Vec<Backend>) -> Vec<Backend> {
+pub(super) fn stable_slots<B: Copy + Default + PartialEq>(
+    previous: &[B],
+    wanted: Vec<B>,
+) -> Vec<B> {
     let count = wanted.len();
-    let mut slots: Vec<Option<Backend>> = vec![None; count];
+    let mut slots: Vec<Option<B>> = vec![None; count];
     let mut placed = Vec::new();
     for (slot, backend) in previous.iter().enumerate().take(count) {
         if wanted.contains(backend) && !placed.contains(backend) {
@@ -155,14 +141,7 @@ pub(super) fn stable_slots(previous: &[Backend], wanted: Vec<Backend>) -> Vec<Ba
         .collect()
 }
 
-/// The map value of an IPv4 endpoint.
-pub(super) fn backend_of(endpoint: &Endpoint) -> Option<Backend> {
-    match endpoint.ip {
-        IpAddr::V4(ip) => Some(Backend {
-            addr: u32::from(ip).to_be(),
-            port: endpoint.port.to_be(),
-            pad: 0,
-        }),
-        IpAddr::V6(_) => None,
-    }
+/// The map value of an endpoint of family `F`.
+pub(super) fn backend_of<F: Family>(endpoint: &Endpoint) -> Option<F::Backend> {
+    F::backend(endpoint.ip, endpoint.port)
 }

@@ -2,11 +2,13 @@
 //! the maps accepted, a failed port restored, and what nothing uses any more collected.
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard_common::{ServiceKey, SERVICE_FLAG_SOURCE_RANGES};
+use std::net::IpAddr;
+
+use switchyard_common::SERVICE_FLAG_SOURCE_RANGES;
 
 use super::{
-    Doomed, FrontendConflict, MapOp, MapWriter, Phase, Plan, Planner, PortFailure, PortState,
-    RangeKey, Step, Target,
+    Doomed, Family, FamilyOp as MapOp, FamilyPlanner, FrontendConflict, MapWriter, Phase, Plan,
+    PortFailure, PortState, Ranged, Step, Target,
 };
 use crate::ServicePortKey;
 
@@ -43,11 +45,11 @@ enum Finish {
     },
 }
 
-impl Planner {
+impl<F: Family> FamilyPlanner<F> {
     /// Starts a sync: deletes what the previous sync left for later (slots and source ranges
     /// nothing covers), then lets the ids retired then be handed out again. A delete that
     /// fails is tried again next time; its error is returned for the log.
-    pub fn begin_sync<W: MapWriter>(&mut self, writer: &mut W) -> Vec<W::Error> {
+    pub fn begin_sync<W: MapWriter<F>>(&mut self, writer: &mut W) -> Vec<W::Error> {
         let mut errors = Vec::new();
         for doomed in std::mem::take(&mut self.doomed) {
             let op = doomed.op();
@@ -64,7 +66,7 @@ impl Planner {
     }
 
     /// Runs `plan` (from [`Planner::plan_sync`]) one operation at a time.
-    pub fn run<W: MapWriter>(&mut self, plan: Plan, writer: &mut W) -> SyncOutcome<W::Error> {
+    pub fn run<W: MapWriter<F>>(&mut self, plan: Plan<F>, writer: &mut W) -> SyncOutcome<W::Error> {
         let mut outcome = SyncOutcome::default();
         let mut failed: BTreeSet<ServicePortKey> = BTreeSet::new();
         for step in &plan.steps {
@@ -101,7 +103,7 @@ impl Planner {
     }
 
     /// Phase one of a port: deletes the service entries it no longer wants.
-    fn release<W: MapWriter>(&mut self, step: &Step, writer: &mut W) -> Result<(), W::Error> {
+    fn release<W: MapWriter<F>>(&mut self, step: &Step<F>, writer: &mut W) -> Result<(), W::Error> {
         for op in &step.ops {
             writer.run(op)?;
             self.maps.apply(op);
@@ -119,9 +121,9 @@ impl Planner {
 
     /// Phase two of a port. On failure everything it overwrote is put back, service entries
     /// first (so none counts a slot being restored), then slots.
-    fn assign<W: MapWriter>(
+    fn assign<W: MapWriter<F>>(
         &mut self,
-        step: &Step,
+        step: &Step<F>,
         writer: &mut W,
         housekeeping: &mut Vec<W::Error>,
     ) -> Result<(), PortFailure<W::Error>> {
@@ -130,7 +132,7 @@ impl Planner {
                 self.owners
                     .get(k)
                     .filter(|owner| **owner != step.port)
-                    .map(|owner| FrontendConflict::new(k, owner))
+                    .map(|owner| FrontendConflict::new::<F>(k, owner))
             });
             if let Some(conflict) = held {
                 self.finish(&step.port, Some(t), Finish::Failed { restored: true });
@@ -156,7 +158,7 @@ impl Planner {
             self.finish(&step.port, step.target.as_ref(), Finish::Done);
             return Ok(());
         };
-        let (slots, services): (Vec<MapOp>, Vec<MapOp>) = undo
+        let (slots, services): (Vec<MapOp<F>>, Vec<MapOp<F>>) = undo
             .into_iter()
             .rev()
             .partition(|op| matches!(op, MapOp::PutBackend(..)));
@@ -182,7 +184,7 @@ impl Planner {
     /// new state that are in the maps (a previous instance's entry it wanted but could not
     /// replace included: it keeps serving until the port succeeds), the sets they use, and
     /// slots beyond what they count (or of sets nothing uses) marked for deletion.
-    fn finish(&mut self, port: &ServicePortKey, target: Option<&Target>, finish: Finish) {
+    fn finish(&mut self, port: &ServicePortKey, target: Option<&Target<F>>, finish: Finish) {
         let old = self.ports.remove(port).unwrap_or_default();
         let none = Target::default();
         let t = target.unwrap_or(&none);
@@ -230,7 +232,7 @@ impl Planner {
 
     /// Marks the slots of set `id` from `first` on for deletion at the next sync.
     fn doom_slots(&mut self, id: u32, first: u32) {
-        let slots: Vec<Doomed> = self
+        let slots: Vec<Doomed<F>> = self
             .maps
             .slots_from(id, first)
             .map(|(k, _)| Doomed::Backend(*k))
@@ -242,14 +244,14 @@ impl Planner {
     /// port (deleting a service entry is always safe: a program that read it still finds its
     /// slots, which go one sync later); foreign sets nothing uses and source ranges nobody
     /// wants are marked for deletion at the next sync.
-    fn collect<W: MapWriter>(
+    fn collect<W: MapWriter<F>>(
         &mut self,
         full: bool,
         writer: &mut W,
         housekeeping: &mut Vec<W::Error>,
     ) {
         if full {
-            let stale: Vec<ServiceKey> = self
+            let stale: Vec<F::Key> = self
                 .maps
                 .services
                 .keys()
@@ -284,12 +286,12 @@ impl Planner {
     /// Marks source ranges for deletion that no port wants and no foreign service entry
     /// with source ranges relies on.
     fn collect_ranges(&mut self) {
-        let claimed: BTreeSet<RangeKey> = self
+        let claimed: BTreeSet<Ranged<F>> = self
             .ports
             .values()
             .flat_map(|p| p.ranges.iter().copied())
             .collect();
-        let foreign_lbs: BTreeSet<u32> = if self.foreign_ranges.is_empty() {
+        let foreign_lbs: BTreeSet<IpAddr> = if self.foreign_ranges.is_empty() {
             BTreeSet::new()
         } else {
             self.maps
@@ -298,12 +300,12 @@ impl Planner {
                 .filter(|(_, v)| {
                     v.flags & SERVICE_FLAG_SOURCE_RANGES != 0 && self.foreign_ids.contains(&v.id)
                 })
-                .map(|(k, _)| k.addr)
+                .map(|(k, _)| F::parts(k).0)
                 .collect()
         };
         self.foreign_ranges
-            .retain(|r| foreign_lbs.contains(&r.0.lb_addr));
-        let unwanted: Vec<Doomed> = self
+            .retain(|r| foreign_lbs.contains(&F::range_lb(&r.0)));
+        let unwanted: Vec<Doomed<F>> = self
             .maps
             .ranges
             .iter()

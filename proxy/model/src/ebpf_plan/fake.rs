@@ -3,9 +3,9 @@
 //! one-off failure.
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+use switchyard_common::{BackendKey, ServiceValue};
 
-use super::{MapOp, MapWriter, RangeKey};
+use super::{Family, FamilyOp as MapOp, MapWriter, Ranged, V4, V6};
 
 /// Why the fake refused an operation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -18,15 +18,15 @@ pub enum FakeError {
     Injected,
 }
 
-/// The services, backends and source-range maps, as ordered maps.
+/// One family's services, backends and source-range maps, as ordered maps.
 #[derive(Clone, Debug, Default)]
-pub struct FakeMaps {
-    /// `SWY_SERVICES`.
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    /// `SWY_BACKENDS`.
-    pub backends: BTreeMap<BackendKey, Backend>,
+pub struct FakeFamilyMaps<F: Family> {
+    /// `SWY_SERVICES` (`SWY_SERVICES6`).
+    pub services: BTreeMap<F::Key, ServiceValue>,
+    /// `SWY_BACKENDS` (`SWY_BACKENDS6`).
+    pub backends: BTreeMap<BackendKey, F::Backend>,
     /// `SWY_SOURCE_RANGES`.
-    pub ranges: BTreeSet<RangeKey>,
+    pub ranges: BTreeSet<Ranged<F>>,
     /// Entries each map may hold (`None`: unlimited).
     pub capacity: Capacity,
     /// Operations run so far.
@@ -46,7 +46,12 @@ pub struct Capacity {
     pub ranges: Option<usize>,
 }
 
-impl FakeMaps {
+/// The IPv4 maps.
+pub type FakeMaps = FakeFamilyMaps<V4>;
+/// The IPv6 maps.
+pub type FakeMaps6 = FakeFamilyMaps<V6>;
+
+impl<F: Family> FakeFamilyMaps<F> {
     /// Makes the `n`-th operation from now fail (0: the next one).
     pub fn fail_op(&mut self, n: usize) {
         self.fail_at = Some(self.ops_run + n);
@@ -54,7 +59,7 @@ impl FakeMaps {
 
     /// The first slot a service entry counts that the backends map lacks: a program that
     /// read that entry would find no backend. `None` is the state every operation must keep.
-    pub fn missing_slot(&self) -> Option<(ServiceKey, BackendKey)> {
+    pub fn missing_slot(&self) -> Option<(F::Key, BackendKey)> {
         self.services.iter().find_map(|(key, value)| {
             (0..u32::from(value.count))
                 .map(|slot| BackendKey {
@@ -81,10 +86,10 @@ fn room(
     }
 }
 
-impl MapWriter for FakeMaps {
+impl<F: Family> MapWriter<F> for FakeFamilyMaps<F> {
     type Error = FakeError;
 
-    fn run(&mut self, op: &MapOp) -> Result<(), FakeError> {
+    fn run(&mut self, op: &MapOp<F>) -> Result<(), FakeError> {
         let n = self.ops_run;
         self.ops_run += 1;
         if self.fail_at == Some(n) {

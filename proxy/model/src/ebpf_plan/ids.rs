@@ -15,8 +15,10 @@ pub(super) struct Ids {
 }
 
 impl Ids {
-    /// An id nothing uses.
-    pub(super) fn allocate(&mut self) -> u32 {
+    /// An id nothing uses, above `base` (the family's share of the id space).
+    pub(super) fn allocate(&mut self, base: u32) -> u32 {
+        // The first id of a family's planner; a fresh allocator starts at 0.
+        self.next = self.next.max(base);
         while let Some(id) = self.free.pop_first() {
             if !self.reserved.contains(&id) {
                 return id;

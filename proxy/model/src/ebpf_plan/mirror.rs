@@ -2,21 +2,21 @@
 //! the kernel (or the fake) has accepted it.
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+use switchyard_common::{BackendKey, ServiceValue};
 
-use super::{MapOp, RangeKey};
+use super::{Family, FamilyOp as MapOp, Ranged};
 
 /// Map contents as the planner knows them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Mirror {
-    pub(super) services: BTreeMap<ServiceKey, ServiceValue>,
-    pub(super) backends: BTreeMap<BackendKey, Backend>,
-    pub(super) ranges: BTreeSet<RangeKey>,
+pub(super) struct Mirror<F: Family> {
+    pub(super) services: BTreeMap<F::Key, ServiceValue>,
+    pub(super) backends: BTreeMap<BackendKey, F::Backend>,
+    pub(super) ranges: BTreeSet<Ranged<F>>,
 }
 
-impl Mirror {
+impl<F: Family> Mirror<F> {
     /// Records an operation the maps accepted.
-    pub(super) fn apply(&mut self, op: &MapOp) {
+    pub(super) fn apply(&mut self, op: &MapOp<F>) {
         match op {
             MapOp::PutBackend(k, v) => drop(self.backends.insert(*k, *v)),
             MapOp::PutSourceRange(k, prefix) => drop(self.ranges.insert((*k, *prefix))),
@@ -32,7 +32,7 @@ impl Mirror {
     /// a slot. New slots and source ranges are not undone here: deleting them at once could
     /// pull them from under a program that read the failed change's entries, so they are
     /// collected, one sync later, like every slot nothing covers.
-    pub(super) fn undo(&self, op: &MapOp) -> Option<MapOp> {
+    pub(super) fn undo(&self, op: &MapOp<F>) -> Option<MapOp<F>> {
         match op {
             MapOp::PutService(k, _) | MapOp::DeleteService(k) => Some(match self.services.get(k) {
                 Some(v) => MapOp::PutService(*k, *v),
@@ -50,7 +50,7 @@ impl Mirror {
         &self,
         id: u32,
         first: u32,
-    ) -> impl Iterator<Item = (&BackendKey, &Backend)> {
+    ) -> impl Iterator<Item = (&BackendKey, &F::Backend)> {
         let from = BackendKey {
             service_id: id,
             slot: first,

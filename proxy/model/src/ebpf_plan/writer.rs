@@ -1,27 +1,26 @@
 //! The one interface between the planner and the maps, and what can go wrong per port.
-use switchyard_common::ServiceKey;
-
-use super::MapOp;
+use super::{Family, FamilyOp, V4};
 use crate::ServicePortKey;
 
 /// Runs map operations one at a time: the kernel maps in the dataplane, an in-memory fake in
-/// the tests. Each operation either happens entirely or not at all.
-pub trait MapWriter {
+/// the tests. Each operation either happens entirely or not at all. `F`: the address family
+/// whose maps it writes.
+pub trait MapWriter<F: Family = V4> {
     /// Why an operation was refused.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Runs one operation. Deleting what is not there is success.
-    fn run(&mut self, op: &MapOp) -> Result<(), Self::Error>;
+    fn run(&mut self, op: &FamilyOp<F>) -> Result<(), Self::Error>;
 }
 
 /// A frontend another service port still holds. The model gives every frontend one owner,
 /// so this only happens when the owner could not release it (its delete failed); the port
 /// is retried by the next sync.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("frontend {addr}:{port} (protocol {proto}) is still held by {owner}")]
+#[error("frontend {} (protocol {proto}) is still held by {owner}", std::net::SocketAddr::new(*addr, *port))]
 pub struct FrontendConflict {
-    /// The address, in host order as written `a.b.c.d`.
-    pub addr: std::net::Ipv4Addr,
+    /// The address.
+    pub addr: std::net::IpAddr,
     /// The port number.
     pub port: u16,
     /// IP protocol number.
@@ -31,11 +30,12 @@ pub struct FrontendConflict {
 }
 
 impl FrontendConflict {
-    pub(super) fn new(key: &ServiceKey, owner: &ServicePortKey) -> Self {
+    pub(super) fn new<F: Family>(key: &F::Key, owner: &ServicePortKey) -> Self {
+        let (addr, port, proto, _) = F::parts(key);
         Self {
-            addr: std::net::Ipv4Addr::from(u32::from_be(key.addr)),
-            port: u16::from_be(key.port),
-            proto: key.proto,
+            addr,
+            port,
+            proto,
             owner: owner.clone(),
         }
     }

@@ -6,18 +6,21 @@
 //! the entries alone: every other frontend has an entry for each scope, a cluster IP only the
 //! socket one.
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use switchyard_common::{
-    Backend, BackendKey, ServiceKey, ServiceName, ServiceValue, SourceRangeKey, SCOPE_EXTERNAL,
-    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_HANDOVER, SERVICE_FLAG_MASQUERADE,
-    SERVICE_FLAG_SOURCE_RANGES,
+    Backend, Backend6, BackendKey, ServiceKey, ServiceKey6, ServiceName, ServiceValue,
+    SourceRangeKey, SCOPE_EXTERNAL, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY,
+    SERVICE_FLAG_HANDOVER, SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
 };
 
 use super::{
     protocol_name, share, sort_rows, BackendEntry, BackendRow, FrontendType, ServiceRow, Verdict,
 };
-use crate::ebpf_plan::{names, SetKind};
+use crate::ebpf_plan::{names, Family, SetKind, V4, V6};
+
+/// A service key of either family: address, port, protocol, scope.
+type Frontend = (IpAddr, u16, u8, u8);
 
 /// The maps' contents as read from the kernel.
 #[derive(Clone, Debug, Default)]
@@ -30,6 +33,10 @@ pub struct EbpfMaps {
     pub names: Option<Vec<(u32, ServiceName)>>,
     /// `SWY_SOURCE_RANGES`: key and prefix length in bits.
     pub source_ranges: Vec<(SourceRangeKey, u32)>,
+    /// `SWY_SERVICES6` (empty when it is not pinned, as an older version left the maps).
+    pub services6: Vec<(ServiceKey6, ServiceValue)>,
+    /// `SWY_BACKENDS6`.
+    pub backends6: Vec<(BackendKey, Backend6)>,
 }
 
 /// The rows of the maps.
@@ -47,32 +54,48 @@ pub struct Decoded {
 pub fn decode(maps: &EbpfMaps) -> Decoded {
     let mut notes = Vec::new();
     let names = read_names(maps.names.as_deref(), &mut notes);
-    let slots: BTreeMap<BackendKey, Backend> = maps.backends.iter().copied().collect();
-    let external: BTreeSet<(u32, u16, u8)> = maps
+    // Both families at once: their backend-set ids never meet (IPv6 ones start at
+    // IPV6_SET_ID_BASE), so one slot table holds both.
+    let entries: Vec<(Frontend, ServiceValue)> = maps
         .services
         .iter()
-        .filter(|(k, _)| k.scope == SCOPE_EXTERNAL)
-        .map(|(k, _)| (k.addr, k.port, k.proto))
+        .map(|(k, v)| (V4::parts(k), *v))
+        .chain(maps.services6.iter().map(|(k, v)| (V6::parts(k), *v)))
         .collect();
-    let mut ranges: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let slots: BTreeMap<BackendKey, (IpAddr, u16)> = maps
+        .backends
+        .iter()
+        .map(|(k, b)| (*k, V4::backend_parts(b)))
+        .chain(
+            maps.backends6
+                .iter()
+                .map(|(k, b)| (*k, V6::backend_parts(b))),
+        )
+        .collect();
+    let external: BTreeSet<(IpAddr, u16, u8)> = entries
+        .iter()
+        .filter(|((.., scope), _)| *scope == SCOPE_EXTERNAL)
+        .map(|((addr, port, proto, _), _)| (*addr, *port, *proto))
+        .collect();
+    let mut ranges: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
     for (key, prefix) in &maps.source_ranges {
         let client = Ipv4Addr::from(u32::from_be(key.client_addr));
         // The LoadBalancer IP's 32 bits come first in the prefix.
         let bits = prefix.saturating_sub(32);
         ranges
-            .entry(key.lb_addr)
+            .entry(Ipv4Addr::from(u32::from_be(key.lb_addr)).into())
             .or_default()
             .push(format!("{client}/{bits}"));
     }
 
     let mut services = Vec::new();
     let mut unnamed = 0;
-    for (key, value) in &maps.services {
+    for (key, value) in &entries {
         let name = names.get(&value.id);
         if name.is_none() {
             unnamed += 1;
         }
-        let frontend = (key.addr, key.port, key.proto);
+        let frontend = (key.0, key.1, key.2);
         let row = row(
             key,
             value,
@@ -96,8 +119,7 @@ pub fn decode(maps: &EbpfMaps) -> Decoded {
         services.push(row);
     }
     sort_rows(&mut services);
-    let handed_over = maps
-        .services
+    let handed_over = entries
         .iter()
         .filter(|(_, v)| v.flags & SERVICE_FLAG_HANDOVER != 0)
         .count();
@@ -107,6 +129,16 @@ pub fn decode(maps: &EbpfMaps) -> Decoded {
              start no new flow there and finish the ones they translate"
         ));
     }
+    let socket_only6 = services
+        .iter()
+        .filter(|r| r.kind == FrontendType::External && r.address.is_some_and(|a| a.is_ipv6()))
+        .count();
+    if socket_only6 > 0 {
+        notes.push(format!(
+            "{socket_only6} IPv6 NodePort, externalIP or LoadBalancer entries serve this node's \
+             sockets only: the packet programs are IPv4-only, IPv6 traffic from outside is not served"
+        ));
+    }
     if unnamed > 0 && maps.names.is_some() {
         notes.push(format!(
             "{unnamed} service entries point at backend sets the names map does not name"
@@ -114,7 +146,7 @@ pub fn decode(maps: &EbpfMaps) -> Decoded {
     }
 
     let counted: BTreeMap<u32, u16> =
-        maps.services
+        entries
             .iter()
             .fold(BTreeMap::new(), |mut counts, (_, value)| {
                 let count = counts.entry(value.id).or_insert(0);
@@ -123,12 +155,12 @@ pub fn decode(maps: &EbpfMaps) -> Decoded {
             });
     let backends = slots
         .iter()
-        .map(|(key, backend)| {
+        .map(|(key, (address, port))| {
             let name = names.get(&key.service_id);
             BackendEntry {
                 service: name.map(|(n, _)| n.clone()),
-                address: Ipv4Addr::from(u32::from_be(backend.addr)),
-                port: u16::from_be(backend.port),
+                address: *address,
+                port: *port,
                 id: Some(key.service_id),
                 slot: Some(key.slot),
                 set: name.map(|(_, set)| set.as_str()),
@@ -176,23 +208,24 @@ fn read_names(
 }
 
 fn row(
-    key: &ServiceKey,
+    key: &Frontend,
     value: &ServiceValue,
     name: Option<&(String, SetKind)>,
     has_external_entry: bool,
-    slots: &BTreeMap<BackendKey, Backend>,
-    ranges: &BTreeMap<u32, Vec<String>>,
+    slots: &BTreeMap<BackendKey, (IpAddr, u16)>,
+    ranges: &BTreeMap<IpAddr, Vec<String>>,
 ) -> ServiceRow {
+    let (addr, port, proto, scope) = *key;
     let count = u32::from(value.count);
     let backends: Vec<BackendRow> = (0..count)
         .filter_map(|slot| {
-            let backend = slots.get(&BackendKey {
+            let (address, port) = slots.get(&BackendKey {
                 service_id: value.id,
                 slot,
             })?;
             Some(BackendRow {
-                address: Ipv4Addr::from(u32::from_be(backend.addr)),
-                port: u16::from_be(backend.port),
+                address: *address,
+                port: *port,
                 // The programs pick a slot uniformly at random.
                 probability: share(1.0 / f64::from(count)),
                 slot: Some(slot),
@@ -207,22 +240,24 @@ fn row(
         Verdict::Reject
     });
     let mut source_ranges = if flag(SERVICE_FLAG_SOURCE_RANGES) {
-        ranges.get(&key.addr).cloned().unwrap_or_default()
+        ranges.get(&addr).cloned().unwrap_or_default()
     } else {
         Vec::new()
     };
     source_ranges.sort();
     ServiceRow {
         service: name.map(|(n, _)| n.clone()),
-        kind: if has_external_entry {
+        // IPv6 frontends have socket entries only (the packet path serves no IPv6): there
+        // the set tells, as cluster IPs use the internal set and the others the cluster set.
+        kind: if has_external_entry || name.is_some_and(|(_, set)| *set != SetKind::Internal) {
             FrontendType::External
         } else {
             FrontendType::ClusterIp
         },
-        address: Some(Ipv4Addr::from(u32::from_be(key.addr))),
-        port: u16::from_be(key.port),
-        protocol: protocol_name(key.proto),
-        scope: Some(if key.scope == SCOPE_EXTERNAL {
+        address: Some(addr),
+        port,
+        protocol: protocol_name(proto),
+        scope: Some(if scope == SCOPE_EXTERNAL {
             "external"
         } else {
             "socket"
@@ -241,14 +276,9 @@ fn row(
 fn frontend_text(row: &ServiceRow) -> String {
     let address = row
         .address
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "*".into());
-    format!(
-        "{address}:{}/{} ({})",
-        row.port,
-        row.protocol,
-        row.scope.unwrap_or("-")
-    )
+        .map(|a| SocketAddr::new(a, row.port).to_string())
+        .unwrap_or_else(|| format!("*:{}", row.port));
+    format!("{address}/{} ({})", row.protocol, row.scope.unwrap_or("-"))
 }
 
 #[cfg(test)]
@@ -358,6 +388,8 @@ mod tests {
                 },
                 32 + 24,
             )],
+            services6: vec![],
+            backends6: vec![],
         }
     }
 
@@ -525,5 +557,68 @@ mod tests {
             .notes
             .iter()
             .any(|n| n.contains("handed over")));
+    }
+
+    #[test]
+    fn ipv6_entries_become_rows_beside_the_ipv4_ones() {
+        let mut maps = maps();
+        let id = switchyard_common::IPV6_SET_ID_BASE + 1;
+        let v6 = |text: &str| text.parse::<IpAddr>().expect("ip");
+        maps.services6 = vec![(
+            V6::key(v6("2001:db8:128::10"), 80, PROTO_TCP, SCOPE_SOCKET).expect("IPv6"),
+            value(id, 1, SERVICE_FLAG_AFFINITY),
+        )];
+        maps.backends6 = vec![(
+            BackendKey {
+                service_id: id,
+                slot: 0,
+            },
+            V6::backend(v6("2001:db8:1::11"), 8080).expect("IPv6"),
+        )];
+        if let Some(names) = &mut maps.names {
+            names.push((id, name("http", Protocol::Tcp, SetKind::Internal)));
+        }
+        let decoded = decode(&maps);
+        let row = decoded
+            .services
+            .iter()
+            .find(|r| r.address == Some(v6("2001:db8:128::10")))
+            .expect("the IPv6 row");
+        assert_eq!(row.service.as_deref(), Some("demo/web:http/TCP"));
+        assert_eq!(row.kind, FrontendType::ClusterIp);
+        assert_eq!(row.affinity_timeout_seconds, Some(10800));
+        assert_eq!(row.backends.len(), 1);
+        assert_eq!(row.backends[0].address, v6("2001:db8:1::11"));
+        assert_eq!(row.backends[0].port, 8080);
+        assert!(decoded
+            .backends
+            .iter()
+            .any(|b| b.address == v6("2001:db8:1::11") && b.in_use));
+        assert_eq!(decoded.services.len(), 6, "the IPv4 rows stay");
+
+        // An IPv6 NodePort has only its socket entry, on the port's cluster set.
+        let mut maps = maps.clone();
+        maps.services6.push((
+            V6::key(v6("2001:db8::11"), 30080, PROTO_TCP, SCOPE_SOCKET).expect("IPv6"),
+            value(id + 1, 0, 0),
+        ));
+        if let Some(names) = &mut maps.names {
+            names.push((id + 1, name("np", Protocol::Tcp, SetKind::Cluster)));
+        }
+        let decoded = decode(&maps);
+        let row = decoded
+            .services
+            .iter()
+            .find(|r| r.address == Some(v6("2001:db8::11")))
+            .expect("the IPv6 NodePort row");
+        assert_eq!(row.kind, FrontendType::External);
+        assert!(
+            decoded
+                .notes
+                .iter()
+                .any(|n| n.starts_with("1 IPv6 NodePort, externalIP or LoadBalancer entries")),
+            "{:?}",
+            decoded.notes
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! rule in filter instead. Options are read by name, not position, since iptables-save
 //! reorders them (and the legacy and nft backends print them differently).
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::{
     share, sort_rows, BackendEntry, BackendRow, ChainRow, FrontendType, ServiceRow, Verdict,
@@ -157,7 +157,7 @@ pub fn decode(saved: &Saved) -> Decoded {
             rule,
             Some(name),
             kind,
-            rule.destination(),
+            rule.destination().map(IpAddr::V4),
             chain,
             target,
         ));
@@ -279,7 +279,7 @@ fn frontend_row(
     rule: &Rule,
     name: Option<&str>,
     kind: FrontendType,
-    address: Option<Ipv4Addr>,
+    address: Option<IpAddr>,
     chain: &str,
     target: Target,
 ) -> ServiceRow {
@@ -317,7 +317,7 @@ fn add_verdict(rows: &mut Vec<ServiceRow>, rule: &Rule, default_kind: FrontendTy
     else {
         return;
     };
-    let address = rule.destination();
+    let address = rule.destination().map(IpAddr::V4);
     // `-m addrtype --dst-type LOCAL --dport N` without `-d`: the NodePort.
     let kind = if address.is_none() && rule.value("--dst-type") == Some("LOCAL") {
         FrontendType::NodePort
@@ -425,8 +425,10 @@ fn dnat_rule<'a>(saved: &'a Saved, sep: &str) -> Option<&'a Rule> {
         .find(|r| r.target() == Some("DNAT"))
 }
 
-fn dnat_destination(rule: &Rule) -> Option<(Ipv4Addr, u16)> {
+fn dnat_destination(rule: &Rule) -> Option<(IpAddr, u16)> {
     let (address, port) = rule.value("--to-destination")?.rsplit_once(':')?;
+    // ip6tables writes `[address]:port`.
+    let address = address.trim_start_matches('[').trim_end_matches(']');
     Some((address.parse().ok()?, port.parse().ok()?))
 }
 

@@ -5,7 +5,7 @@
 //! [`iptables`] turn that data into the same [`ServiceRow`]s, [`table`] prints them. Rows
 //! show what the kernel would do, not what the controller wanted: a slot that is missing, a
 //! frontend without backends, an entry nothing names are shown as they are.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -101,7 +101,7 @@ pub struct ServiceRow {
     pub kind: FrontendType,
     /// The frontend address; `None` for an iptables NodePort, which matches every NodePort
     /// address of the node.
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     /// The frontend port.
     pub port: u16,
     /// `TCP` or `UDP`.
@@ -132,7 +132,7 @@ pub struct ServiceRow {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BackendRow {
     /// Backend address.
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// Backend port.
     pub port: u16,
     /// Share of new connections (0..1) sent here when no affinity applies.
@@ -151,7 +151,7 @@ pub struct BackendEntry {
     /// The service port it belongs to, when named.
     pub service: Option<String>,
     /// Backend address.
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// Backend port.
     pub port: u16,
     /// ebpf: backend-set id.

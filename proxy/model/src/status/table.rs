@@ -98,7 +98,7 @@ pub fn backends(entries: &[BackendEntry]) -> String {
     let cells = entries
         .iter()
         .map(|e| {
-            let backend = line(&format!("{}:{}", e.address, e.port));
+            let backend = line(&std::net::SocketAddr::new(e.address, e.port).to_string());
             let service = line(e.service.as_deref().unwrap_or("-"));
             let used = line(if e.in_use { "yes" } else { "no" });
             if ebpf {
@@ -191,11 +191,14 @@ fn opt<T: ToString>(value: Option<T>) -> String {
 
 /// `address:port/PROTOCOL`, `*` for a NodePort on every NodePort address.
 fn frontend(row: &ServiceRow) -> String {
-    let address = row
-        .address
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "*".into());
-    format!("{address}:{}/{}", row.port, row.protocol)
+    match row.address {
+        Some(address) => format!(
+            "{}/{}",
+            std::net::SocketAddr::new(address, row.port),
+            row.protocol
+        ),
+        None => format!("*:{}/{}", row.port, row.protocol),
+    }
 }
 
 fn flags(row: &ServiceRow) -> Cell {
@@ -227,10 +230,9 @@ fn backend_lines(row: &ServiceRow) -> Cell {
         .enumerate()
         .map(|(i, b)| {
             format!(
-                "{} => {}:{} {:.1}%",
+                "{} => {} {:.1}%",
                 i + 1,
-                b.address,
-                b.port,
+                std::net::SocketAddr::new(b.address, b.port),
                 b.probability * 100.0
             )
         })
@@ -283,7 +285,7 @@ mod tests {
         ServiceRow {
             service: Some(service.into()),
             kind: FrontendType::ClusterIp,
-            address: Some(Ipv4Addr::new(198, 18, 128, 10)),
+            address: Some(Ipv4Addr::new(198, 18, 128, 10).into()),
             port: 80,
             protocol: "TCP".into(),
             scope: Some("socket"),

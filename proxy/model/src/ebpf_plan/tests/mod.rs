@@ -11,6 +11,7 @@ use crate::{
 };
 
 mod adoption;
+mod ipv6;
 mod order;
 mod random_syncs;
 mod udp_routes;
@@ -88,7 +89,7 @@ pub(super) fn service_key(ip: &str) -> ServiceKey {
 }
 
 pub(super) fn backend(ip: &str) -> Backend {
-    super::entries::backend_of(&endpoint(ip, true)).expect("IPv4 literal")
+    super::entries::backend_of::<super::V4>(&endpoint(ip, true)).expect("IPv4 literal")
 }
 
 /// One sync of `changes` (port or removal by key) on `maps`.

@@ -12,7 +12,7 @@ use switchyard_common::{Backend, ServiceKey, ServiceValue};
 
 use super::*;
 use crate::ebpf_plan::entries::{entries, wanted_backends};
-use crate::ebpf_plan::{Doomed, PortFailure};
+use crate::ebpf_plan::{Doomed, PortFailure, V4};
 
 const PORTS: usize = 4;
 /// Endpoints each port may have: 198.19.(i+1).10..
@@ -197,13 +197,13 @@ struct Allowed {
 impl Allowed {
     fn add(&mut self, port: &ServicePort) {
         let backends = self.backends.entry(port.key.clone()).or_default();
-        for e in entries(port) {
-            backends.extend(wanted_backends(port, e.set));
+        for e in entries::<V4>(port) {
+            backends.extend(wanted_backends::<V4>(port, e.set));
         }
         self.keys
             .entry(port.key.clone())
             .or_default()
-            .extend(entries(port).iter().map(|e| e.key));
+            .extend(entries::<V4>(port).iter().map(|e| e.key));
     }
 
     /// The invariant a concurrent program relies on.
@@ -238,7 +238,7 @@ impl Allowed {
 type Snapshot = BTreeMap<ServiceKey, (ServiceValue, Vec<Backend>)>;
 
 fn snapshot(maps: &FakeMaps, port: &ServicePort) -> Snapshot {
-    entries(port)
+    entries::<V4>(port)
         .iter()
         .filter_map(|e| {
             let value = maps.services.get(&e.key)?;
@@ -382,7 +382,7 @@ impl World {
                 // (unless putting that back failed too); the frontends it gave up are gone
                 // from its previous state.
                 let still: BTreeSet<ServiceKey> = desired
-                    .map(|p| entries(p).iter().map(|e| e.key).collect())
+                    .map(|p| entries::<V4>(p).iter().map(|e| e.key).collect())
                     .unwrap_or_default();
                 if let Some(port) = desired {
                     self.tried
@@ -423,7 +423,7 @@ impl World {
 
 /// `port` is served exactly as it wants.
 fn assert_serves(maps: &FakeMaps, port: &ServicePort) {
-    for e in entries(port) {
+    for e in entries::<V4>(port) {
         assert!(
             maps.services.contains_key(&e.key),
             "{}: {:?} missing",
@@ -431,7 +431,7 @@ fn assert_serves(maps: &FakeMaps, port: &ServicePort) {
             e.key
         );
         let served: BTreeSet<Backend> = served(maps, &e.key).into_iter().collect();
-        let wanted: BTreeSet<Backend> = wanted_backends(port, e.set).into_iter().collect();
+        let wanted: BTreeSet<Backend> = wanted_backends::<V4>(port, e.set).into_iter().collect();
         assert_eq!(served, wanted, "{}: {:?}", port.key, e.key);
     }
 }
