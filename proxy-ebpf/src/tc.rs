@@ -28,8 +28,9 @@
 //! Each entry records what its direction saw (`CT_STATE_*`: answered, FIN, RST); entries have
 //! no lifetime of their own here: userspace expires idle and closed flows, both directions at
 //! once, from those bits and `last_seen_ns` (`switchyard_model::tc_conntrack`). A SYN on a
-//! closed flow's tuple reopens it (its bits are cleared), as netfilter reopens TIME_WAIT, and
-//! the source-NAT port of a closed, quiet flow goes to a new flow ([`snat_reuse`]).
+//! tuple whose connection ended (RST, or FIN both ways) starts a new flow with a backend chosen
+//! anew, as netfilter replaces a TIME_WAIT entry, and the source-NAT port of a closed, quiet
+//! flow goes to a new flow ([`snat_reuse`]).
 //!
 //! Scope: IPv4 over Ethernet, TCP and UDP (and ICMP errors quoting them), 20-byte IP headers, no
 //! fragments. Anything else passes untouched (`TC_ACT_OK`).
@@ -264,7 +265,23 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = pkt.ct_key();
-    let target = match CONNTRACK.get_ptr_mut(key) {
+    let mut existing = CONNTRACK.get_ptr_mut(key);
+    if let Some(entry) = existing {
+        // SAFETY: as below.
+        let value = unsafe { *entry };
+        if value.flags & CT_FLAG_REPLY == 0
+            && opens(pkt)
+            && pkt.proto == PROTO_TCP
+            && ended(pkt, &value)
+        {
+            // A new connection on the tuple of one that ended: as netfilter kills the old
+            // entry and decides anew, the flow gets a backend of the service as it is now
+            // (the old one may have left it).
+            forget(pkt, &value);
+            existing = None;
+        }
+    }
+    let target = match existing {
         Some(entry) => {
             // SAFETY: a valid map value pointer for the duration of the program. Concurrent
             // writers race only on the timestamp and the state bits: a lost bit costs at
@@ -497,18 +514,10 @@ fn touch(entry: *mut CtValue, pkt: &Packet, state: u16, now: u64) {
     }
 }
 
-/// A SYN on a tracked tuple: the client opens a new connection where an old one was (or
-/// retransmits its SYN). Both directions start over, so a FIN or RST of the old connection
-/// does not give the new one the short lifetime of a closed flow. The backend is kept, as
-/// netfilter keeps the NAT mapping when a SYN reopens a TIME_WAIT entry.
+/// The reply-direction key of a tracked flow whose original direction is `pkt`'s.
 #[inline(always)]
-fn reopen(entry: *mut CtValue, pkt: &Packet, flow: &CtValue, now: u64) {
-    // SAFETY: as in `touch`.
-    unsafe {
-        (*entry).last_seen_ns = now;
-        (*entry).state = CT_STATE_SEEN;
-    }
-    let reply_key = if flow.flags & CT_FLAG_SNAT != 0 {
+fn reply_key_of(pkt: &Packet, flow: &CtValue) -> CtKey {
+    if flow.flags & CT_FLAG_SNAT != 0 {
         CtKey {
             src_addr: flow.addr,
             dst_addr: flow.nat_addr,
@@ -526,8 +535,37 @@ fn reopen(entry: *mut CtValue, pkt: &Packet, flow: &CtValue, now: u64) {
             proto: pkt.proto,
             pad: [0; 3],
         }
-    };
-    if let Some(reply) = CONNTRACK.get_ptr_mut(reply_key) {
+    }
+}
+
+/// Whether the TCP connection of a tracked flow is over: a RST either way, or a FIN both ways.
+#[inline(always)]
+fn ended(pkt: &Packet, flow: &CtValue) -> bool {
+    // SAFETY: copied out at once.
+    let reply_state =
+        (unsafe { CONNTRACK.get(reply_key_of(pkt, flow)) }).map_or(0, |reply| reply.state);
+    (flow.state | reply_state) & CT_STATE_RST != 0
+        || (flow.state & CT_STATE_FIN != 0 && reply_state & CT_STATE_FIN != 0)
+}
+
+/// Deletes both directions of a tracked flow.
+#[inline(always)]
+fn forget(pkt: &Packet, flow: &CtValue) {
+    let _ = CONNTRACK.remove(reply_key_of(pkt, flow));
+    let _ = CONNTRACK.remove(pkt.ct_key());
+}
+
+/// A SYN on a tracked tuple whose connection has not ended: a retransmitted SYN, or a client
+/// opening anew on a live tuple. Both directions start over, so a FIN or RST seen does not give
+/// the connection the short lifetime of a closed flow; the backend is kept.
+#[inline(always)]
+fn reopen(entry: *mut CtValue, pkt: &Packet, flow: &CtValue, now: u64) {
+    // SAFETY: as in `touch`.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).state = CT_STATE_SEEN;
+    }
+    if let Some(reply) = CONNTRACK.get_ptr_mut(reply_key_of(pkt, flow)) {
         // SAFETY: as above. Only the flow's own reply entry (it names this frontend) is reset.
         unsafe {
             if (*reply).addr == pkt.daddr && (*reply).port == pkt.dport {

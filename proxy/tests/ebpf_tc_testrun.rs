@@ -1366,6 +1366,46 @@ fn entries_record_answers_fins_and_resets_and_a_new_syn_starts_over() {
     assert_eq!(tc.conntrack_len(), 2);
 }
 
+#[test]
+fn a_new_connection_on_an_ended_flows_tuple_gets_a_backend_of_the_service_as_it_is_now() {
+    let mut tc = Tc::load();
+    tc.external((LB_IP, 443), PROTO_TCP, 3, 0, &[POD_A]);
+    let client = (CLIENT, CLIENT_PORT);
+    let syn = frame(tcp(client, (LB_IP, 443), TCP_SYN));
+    assert_dnat(&tc.ingress(&syn), &syn, (POD_A, POD_PORT));
+    // POD_A leaves the service (its flows stay tracked, as TCP conntrack entries do).
+    tc.external((LB_IP, 443), PROTO_TCP, 3, 0, &[POD_B]);
+    // A retransmitted SYN of the live connection keeps its backend.
+    assert_dnat(&tc.ingress(&syn), &syn, (POD_A, POD_PORT));
+    let syn_ack = frame(tcp((POD_A, POD_PORT), client, TCP_SYN | TCP_ACK));
+    assert_eq!(tc.egress(&syn_ack).ret, TC_ACT_OK);
+    // Half closed: a SYN still belongs to the old connection.
+    let fin = frame(tcp(client, (LB_IP, 443), TCP_FIN | TCP_ACK));
+    assert_dnat(&tc.ingress(&fin), &fin, (POD_A, POD_PORT));
+    assert_dnat(&tc.ingress(&syn), &syn, (POD_A, POD_PORT));
+    // Closed both ways: the client reuses its port for a new connection, which goes to a
+    // backend the service has now, with fresh entries.
+    assert_dnat(&tc.ingress(&fin), &fin, (POD_A, POD_PORT));
+    let fin_back = frame(tcp((POD_A, POD_PORT), client, TCP_FIN | TCP_ACK));
+    assert_eq!(tc.egress(&fin_back).ret, TC_ACT_OK);
+    assert_dnat(&tc.ingress(&syn), &syn, (POD_B, POD_PORT));
+    assert_eq!(
+        tc.conntrack(ct_key((POD_A, POD_PORT), client, PROTO_TCP)),
+        None,
+        "the old reply entry is gone"
+    );
+    let reply = tc
+        .conntrack(ct_key((POD_B, POD_PORT), client, PROTO_TCP))
+        .expect("the new flow's reply entry");
+    assert_eq!(reply.state, 0, "not answered yet");
+    assert_eq!(tc.conntrack_len(), 2);
+    // After a reset too.
+    tc.external((LB_IP, 443), PROTO_TCP, 3, 0, &[POD_A]);
+    let rst = frame(tcp(client, (LB_IP, 443), TCP_RST));
+    assert_dnat(&tc.ingress(&rst), &rst, (POD_B, POD_PORT));
+    assert_dnat(&tc.ingress(&syn), &syn, (POD_A, POD_PORT));
+}
+
 // ---------------------------------------------------------------------------------------------
 // ICMP errors about translated flows
 
