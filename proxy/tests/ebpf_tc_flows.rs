@@ -5,7 +5,8 @@
 //! - PMTU discovery works through a router with a smaller MTU in front of the client, for a
 //!   NodePort flow source-NATed to a backend on another node (the router's fragmentation
 //!   needed is translated to the backend);
-//! - closed flows leave `SWY_CONNTRACK` after their (netfilter) timeout, open ones stay.
+//! - closed flows leave `SWY_CONNTRACK` after their (netfilter) timeout, also one the node
+//!   changed while the proxy runs; open ones stay.
 //!
 //! Sockets of the outside client and of the bulk backend are made in this process, inside the
 //! testbed's namespaces, so their errors (ECONNREFUSED) and ports can be checked exactly.
@@ -445,14 +446,6 @@ fn a_closed_flow_leaves_the_conntrack_map_after_its_timeout_and_an_open_one_stay
     })
     .expect("testbed");
     let node = testbed.node(1);
-    // ebpf mode follows the node's netfilter timeouts: TIME_WAIT shortened in node1's own
-    // namespace (the `conntrack` section's values get there the same way).
-    write_sysctl(
-        &node.netns_path,
-        "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
-        "1",
-    )
-    .expect("nf_conntrack_tcp_timeout_time_wait in node1");
     let _echo = testbed
         .start_echo(testbed.pod(1, 1), 8080, 0)
         .expect("echo server");
@@ -463,6 +456,15 @@ fn a_closed_flow_leaves_the_conntrack_map_after_its_timeout_and_an_open_one_stay
     manifests.write("echo.yaml", LOCAL_BACKEND).expect("write");
     // A verify (and so a pass over the map) every second.
     let proxy = start(&testbed, &manifests, &["--sync-period=1s"]);
+    // ebpf mode follows the node's netfilter timeouts, also when they change while it runs:
+    // TIME_WAIT shortened in node1's own namespace after start-up (the default, 120 s, would
+    // outlast the wait below; the `conntrack` section's values get there the same way).
+    write_sysctl(
+        &node.netns_path,
+        "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+        "1",
+    )
+    .expect("nf_conntrack_tcp_timeout_time_wait in node1");
     let frontend = addr("198.18.0.11:30080");
 
     let (mut open, open_port) = connect(&testbed, frontend);

@@ -520,6 +520,32 @@ impl EbpfDataplane {
         Ok(entries)
     }
 
+    /// Reads the node's flow timeouts and ICMP rate limits again (a dozen small sysctl files,
+    /// every `syncPeriod`), so that an operator's later `sysctl -w` applies without a restart,
+    /// as it does for netfilter and the kernel's own refusals.
+    fn refresh_node_sysctls(&mut self) {
+        let timeouts = crate::ebpf::flow_timeouts::read();
+        if timeouts != self.config.flow_timeouts {
+            tracing::info!(
+                ?timeouts,
+                "the node's netfilter timeouts changed; packet-path flows follow them"
+            );
+            self.config.flow_timeouts = timeouts;
+        }
+        let limits = crate::ebpf::icmp_limits::read();
+        if limits != self.config.icmp_limits {
+            match write_refusal_limits(&mut self.ebpf, limits) {
+                Ok(()) => {
+                    tracing::info!(?limits, "the node's ICMP rate limits changed; the tc programs' refusals follow them");
+                    self.config.icmp_limits = limits;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "writing the changed ICMP rate limits; retried at the next verify")
+                }
+            }
+        }
+    }
+
     /// One pass over the packet-path conntrack map: deletes both directions of the flows to
     /// backends in `gone` (otherwise a UDP client that keeps its source port stays stuck on a
     /// dead backend; kube-proxy clears conntrack likewise) and, with `expire`, of the flows
@@ -707,6 +733,9 @@ impl EbpfDataplane {
         }
         // One pass over the conntrack map per sync, however many ports lost backends, and
         // only at verifies (every syncPeriod) when none did.
+        if expire {
+            self.refresh_node_sysctls();
+        }
         if !gone.is_empty() || expire {
             self.sweep_conntrack(&gone, expire);
         }

@@ -9,7 +9,7 @@ use switchyard_model::tc_conntrack::FlowTimeouts;
 /// Where the timeouts are, for this process's network namespace.
 const NETFILTER_DIR: &str = "/proc/sys/net/netfilter";
 
-/// Reads the timeouts (once, at start-up).
+/// Reads the timeouts (at start-up, and again at every verify).
 pub fn read() -> FlowTimeouts {
     read_from(Path::new(NETFILTER_DIR))
 }

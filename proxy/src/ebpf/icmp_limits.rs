@@ -11,7 +11,7 @@ const ICMP_DEST_UNREACH: u32 = 3;
 /// The kernel's per-client burst, in answers (`XRLIM_BURST_FACTOR`).
 const CLIENT_BURST: u64 = 6;
 
-/// Reads the limits (once, at start-up).
+/// Reads the limits (at start-up, and again at every verify).
 pub fn read() -> RefusalLimits {
     read_from(Path::new(IPV4_DIR))
 }
