@@ -7,8 +7,7 @@ use std::time::Duration;
 use aya::maps::{HashMap, Map, MapData};
 use switchyard_common::{map_names, ServiceKey, ServiceKey6, ServiceValue};
 use switchyard_testbed::{
-    http_get, start_switchyard, wait_for, ChildGuard, Manifests, Place, Proto, Testbed,
-    TopologySpec,
+    start_switchyard, wait_for, ChildGuard, Manifests, Place, Proto, Testbed, TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -60,15 +59,8 @@ fn serving(mode: &str, extra: &[&str]) -> Serving {
 
 /// `switchyard_dataplane_repairs_total` from the node's metrics endpoint.
 fn repairs(testbed: &Testbed) -> u64 {
-    http_get(testbed.node(1), 10249, "/metrics")
-        .ok()
-        .and_then(|(_, body)| {
-            body.lines()
-                .find(|l| l.starts_with("switchyard_dataplane_repairs_total "))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
+    switchyard_testbed::metric(testbed.node(1), "switchyard_dataplane_repairs_total")
+        .map_or(0, |v| v as u64)
 }
 
 fn assert_repaired(testbed: &Testbed, proxy: &ChildGuard, web: SocketAddr) {

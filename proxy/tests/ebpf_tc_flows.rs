@@ -474,6 +474,19 @@ fn a_closed_flow_leaves_the_conntrack_map_after_its_timeout_and_an_open_one_stay
         2,
         "an open flow has both its entries"
     );
+    let conntrack_gauge =
+        |want: f64| {
+            let series = "switchyard_ebpf_map_entries{map=\"SWY_CONNTRACK\"}";
+            wait_for("the conntrack gauge", Duration::from_secs(30), || {
+                match switchyard_testbed::metric(node, series) {
+                    Some(v) if v == want => Ok(()),
+                    other => Err(format!("{other:?}, want {want}")),
+                }
+            })
+            .expect("the gauge counts the map's entries");
+        };
+    // Set by the verify's sweep, which has read the map anyway.
+    conntrack_gauge(4.0);
     // Close both ways: the client's FIN, the server's FIN in answer.
     closing.shutdown(Shutdown::Write).expect("shutdown");
     let mut rest = Vec::new();
@@ -494,6 +507,7 @@ fn a_closed_flow_leaves_the_conntrack_map_after_its_timeout_and_an_open_one_stay
         2,
         "the idle open flow keeps both entries"
     );
+    conntrack_gauge(2.0);
     // And it still works.
     open.write_all(b"again\n").expect("write");
     let mut line = String::new();

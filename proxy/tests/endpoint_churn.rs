@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use switchyard_testbed::fake_apiserver::FakeApiServer;
 use switchyard_testbed::hold::summarize;
 use switchyard_testbed::{
-    http_get, start_switchyard_from, wait_for, wait_for_log, Destination, Hold, LoadSpec,
+    metric, start_switchyard_from, wait_for, wait_for_log, Destination, Hold, LoadSpec,
     ObjectSource, Place, Proto, Recorded, Recorder, Testbed, TopologySpec,
 };
 
@@ -194,28 +194,25 @@ impl Applied {
 
 /// The number of triggers the controller has observed (changes applied).
 fn programmed_changes(testbed: &Testbed) -> Option<u64> {
-    let (_, text) = http_get(testbed.node(1), 10249, "/metrics").ok()?;
-    text.lines()
-        .find(|l| l.starts_with("kubeproxy_network_programming_duration_seconds_count"))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+    metric(
+        testbed.node(1),
+        "kubeproxy_network_programming_duration_seconds_count",
+    )
+    .map(|v| v as u64)
 }
 
 /// Connected UDP sockets ebpf mode destroyed (0 in iptables mode, which has no such counter).
 fn sockets_destroyed(testbed: &Testbed) -> u64 {
-    let (_, text) = http_get(testbed.node(1), 10249, "/metrics").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("switchyard_ebpf_sockets_destroyed_total"))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0)
+    metric(testbed.node(1), "switchyard_ebpf_sockets_destroyed_total").map_or(0, |v| v as u64)
 }
 
 /// Syncs completed (every kind, verifies included).
 fn syncs(testbed: &Testbed) -> u64 {
-    let (_, text) = http_get(testbed.node(1), 10249, "/metrics").unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count"))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0)
+    metric(
+        testbed.node(1),
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+    )
+    .map_or(0, |v| v as u64)
 }
 
 /// What is programmed, counted from the kernel: ebpf mode's map entries (the LRU maps, which

@@ -12,7 +12,7 @@ use switchyard::conntrack::netlink::NetlinkTable;
 use switchyard::conntrack::{ConntrackTable, Entry};
 use switchyard_testbed::netns::run_in_netns;
 use switchyard_testbed::{
-    http_get, start_switchyard, wait_for, Hold, Manifests, Pod, Proto, Testbed, TopologySpec,
+    start_switchyard, wait_for, Hold, Manifests, Pod, Proto, Testbed, TopologySpec,
 };
 
 /// The binary under test; `SWITCHYARD_BIN` runs these tests against another build (how the
@@ -95,10 +95,7 @@ fn answers_since(hold: &mut Hold, from: usize) -> Vec<String> {
 
 /// One metric's value from the node's /metrics, 0 when absent.
 fn metric(testbed: &Testbed, name: &str) -> f64 {
-    let (_, text) = http_get(testbed.node(1), 10249, "/metrics").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    switchyard_testbed::metric(testbed.node(1), name).unwrap_or(0.0)
 }
 
 #[test]

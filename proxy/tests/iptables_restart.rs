@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use switchyard_testbed::hold::summarize;
 use switchyard_testbed::load::{relative, RestartTimes};
 use switchyard_testbed::{
-    http_get, start_switchyard, wait_for, wait_for_log, Destination, Hold, LoadSpec, Manifests,
-    Place, Proto, Recorder, Testbed, TopologySpec,
+    start_switchyard, wait_for, wait_for_log, Destination, Hold, LoadSpec, Manifests, Place, Proto,
+    Recorder, Testbed, TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -60,10 +60,7 @@ endpoints:
 
 /// One metric's value from node1's /metrics, 0 when absent.
 fn metric(testbed: &Testbed, series: &str) -> f64 {
-    let (_, text) = http_get(testbed.node(1), 10249, "/metrics").unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    switchyard_testbed::metric(testbed.node(1), series).unwrap_or(0.0)
 }
 
 #[test]

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchyard_testbed::{
-    http_get, start_switchyard, wait_for, ChildGuard, Manifests, Place, Proto, Testbed,
-    TopologySpec,
+    start_switchyard, wait_for, ChildGuard, Manifests, Place, Proto, Testbed, TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -254,16 +253,7 @@ fn assert_equal_shares(report: &Value) {
 
 /// A `switchyard_ebpf_*` gauge from node1's metrics endpoint.
 fn gauge(testbed: &Testbed, series: &str) -> Option<u64> {
-    let (_, body) = http_get(testbed.node(1), 10249, "/metrics").ok()?;
-    // The exposition prints numbers as Go does: 1048576 is `1.048576e+06`.
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|v| v as u64)
+    switchyard_testbed::metric(testbed.node(1), series).map(|v| v as u64)
 }
 
 #[test]

@@ -40,8 +40,8 @@ pub use probe::{parse_request_output, probe_binary, RequestSpec, PROBE_ENV};
 pub use probe_protocol::{Proto, Reply, RequestError};
 pub use process::{ChildGuard, Finished, OutputMode, Place};
 pub use switchyard::{
-    http_get, http_get_from, start_switchyard, start_switchyard_from, switchyard_binary, wait_for,
-    wait_for_log, Manifests, ObjectSource,
+    http_get, http_get_from, metric, metric_in, start_switchyard, start_switchyard_from,
+    switchyard_binary, wait_for, wait_for_log, Manifests, ObjectSource,
 };
 pub use topology::{Cidr, Cidr6, Client, Node, Pod, Testbed, TopologySpec};
 
