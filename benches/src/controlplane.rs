@@ -13,6 +13,7 @@
 //!
 //! Timings come from `/metrics` (scraped inside the node's namespace), not from log lines.
 pub(crate) mod cluster;
+mod flows;
 mod lifecycle;
 mod measure;
 pub(crate) mod metrics;
@@ -64,6 +65,11 @@ pub struct Args {
     /// One-service changes per run (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub changes: usize,
+    /// ebpf mode, manifest source: established flows written into the packet-path conntrack
+    /// map (two entries each) for a second idle window, which shows what a busy node's
+    /// verifies cost; 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    pub flows: u32,
     /// Give up on a first sync (or a change) after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub sync_timeout: u64,
@@ -155,6 +161,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 changes: args.changes.max(1),
                 idle: Duration::from_secs(idle_seconds),
                 sync_timeout: Duration::from_secs(args.sync_timeout),
+                flows: match (args.quick, source) {
+                    (_, SourceKind::Api) => 0,
+                    (true, _) => args.flows.min(1000),
+                    (false, _) => args.flows,
+                },
             };
             eprintln!(
                 "controlplane: {mode}, {source} source, {n} services x {} endpoints...",
@@ -208,6 +219,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "\nRestart over the node's own state, mode switches over the other mode's, cleanup\n"
         );
         print!("{lifecycle}");
+    }
+    let busy = report::busy_table(&outcomes);
+    if !busy.is_empty() {
+        println!("\nebpf mode, idle with established flows in the packet-path conntrack map\n");
+        print!("{busy}");
     }
     println!("\niptables-restore time: {}", report::RESTORE_TIME);
     let doc = Document {

@@ -188,11 +188,10 @@ fn drain_ebpf(root: &Path) -> Result<(), DrainError> {
     let mut logged = false;
     loop {
         // A key the programs delete while we walk restarts the kernel's walk: stop at capacity.
-        let entries: Vec<(CtKey, CtValue)> = conntrack
-            .iter()
-            .take(capacity)
-            .filter_map(Result::ok)
-            .collect();
+        let entries: Vec<(CtKey, CtValue)> =
+            crate::ebpf::batch_read::entries(&conntrack, capacity, |map| {
+                map.iter().take(capacity).filter_map(Result::ok).collect()
+            });
         let active = recently_active(&entries, monotonic_ns(), DRAIN_QUIET);
         let waited = started.elapsed();
         if !logged {

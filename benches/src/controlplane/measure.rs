@@ -59,6 +59,9 @@ pub struct Plan {
     pub idle: Duration,
     /// Longest wait for the first sync (and for any one change).
     pub sync_timeout: Duration,
+    /// ebpf mode: established flows written into the packet-path conntrack map for a second
+    /// idle window ([`Busy`]); 0 skips it.
+    pub flows: u32,
 }
 
 /// The first complete sync.
@@ -110,6 +113,18 @@ pub struct Idle {
     pub mean_sync_ms: Option<f64>,
 }
 
+/// A second idle window with [`Plan::flows`] established flows in `SWY_CONNTRACK`: what a
+/// busy node's verifies cost (each reads the whole map to expire idle flows).
+#[derive(Debug, Clone, Serialize)]
+pub struct Busy {
+    /// Flows written (two entries each).
+    pub flows: u32,
+    /// How long the benchmark took to write them, seconds.
+    pub fill_s: f64,
+    /// The window, extended (up to three times) until it held a verify.
+    pub idle: Idle,
+}
+
 /// Everything measured in one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measured {
@@ -129,6 +144,8 @@ pub struct Measured {
     pub change_sync_ms_at_most: Option<f64>,
     /// The idle window.
     pub idle: Idle,
+    /// The idle window with flows in the packet-path conntrack map (ebpf mode).
+    pub busy: Option<Busy>,
     /// VmHWM at the end, MiB.
     pub peak_rss_mib: f64,
     /// VmRSS at the end, MiB.
@@ -170,6 +187,7 @@ pub fn measure(plan: &Plan, log: &mut String) -> anyhow::Result<Measured> {
         proxy: &mut proxy,
         scraper: &scraper,
         objects: &objects,
+        pin_dir: testbed.bpffs_dir(&node),
         notes: Vec::new(),
     }
     .all(spawned_at, objects.bytes);
@@ -205,6 +223,7 @@ fn lifecycle(
             proxy,
             scraper,
             objects,
+            pin_dir: steps.testbed.bpffs_dir(steps.node),
             notes: Vec::new(),
         }
         .first_sync(spawned_at)?;
@@ -248,6 +267,8 @@ struct Run<'a> {
     proxy: &'a mut ChildGuard,
     scraper: &'a Scraper,
     objects: &'a Objects,
+    /// The proxy's `--bpffs-path`.
+    pin_dir: std::path::PathBuf,
     notes: Vec<String>,
 }
 
@@ -268,6 +289,7 @@ impl Run<'_> {
             None => changes.iter().map(|r| r.sync_ms).min_by(f64::total_cmp),
         };
         let idle = self.idle()?;
+        let busy = self.busy()?;
         self.check_alive()?;
         let memory = Memory::of(self.proxy.pid())?;
         let last = self.scraper.scrape()?;
@@ -285,6 +307,7 @@ impl Run<'_> {
             change_sync_ms,
             change_sync_ms_at_most,
             idle,
+            busy,
             peak_rss_mib: memory.peak_kib as f64 / 1024.0,
             rss_mib: memory.now_kib as f64 / 1024.0,
             lifecycle: None,
@@ -454,6 +477,31 @@ impl Run<'_> {
             sync_s,
             mean_sync_ms: (syncs > 0.0).then(|| sync_s / syncs * 1000.0),
         })
+    }
+
+    /// ebpf mode with [`Plan::flows`]: the flows written, then idle windows until one held a
+    /// verify (the proxy's `syncPeriod` is the default 30 s), at most three.
+    fn busy(&mut self) -> anyhow::Result<Option<Busy>> {
+        if self.plan.mode != Mode::Ebpf || self.plan.flows == 0 {
+            return Ok(None);
+        }
+        let fill = super::flows::fill(&self.pin_dir, self.plan.flows)?;
+        let mut idle = self.idle()?;
+        for _ in 1..3 {
+            if idle.syncs > 0.0 {
+                break;
+            }
+            idle = self.idle()?;
+        }
+        if idle.syncs == 0.0 {
+            self.notes
+                .push("the idle window with flows held no verify".to_owned());
+        }
+        Ok(Some(Busy {
+            flows: self.plan.flows,
+            fill_s: fill.as_secs_f64(),
+            idle,
+        }))
     }
 
     fn check_alive(&mut self) -> anyhow::Result<()> {

@@ -136,6 +136,34 @@ pub fn lifecycle_table(outcomes: &[Outcome]) -> String {
     )
 }
 
+/// Formats the idle windows with flows in ebpf mode's conntrack map (Markdown); empty when no
+/// run had one.
+pub fn busy_table(outcomes: &[Outcome]) -> String {
+    let mut rows = String::new();
+    for o in outcomes {
+        let Some(b) = o.measured.as_ref().and_then(|m| m.busy.as_ref()) else {
+            continue;
+        };
+        rows.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} |\n",
+            o.mode,
+            o.services,
+            b.flows,
+            b.fill_s,
+            b.idle.cpu_pct,
+            b.idle.syncs,
+            opt(b.idle.mean_sync_ms, 1),
+        ));
+    }
+    if rows.is_empty() {
+        return rows;
+    }
+    format!(
+        "| mode | services | flows (2 entries each) | written in s | idle CPU % | syncs (verifies) | mean sync ms |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n{rows}"
+    )
+}
+
 fn left(left: &[String]) -> String {
     if left.is_empty() {
         "nothing".to_owned()

@@ -183,6 +183,8 @@ pub struct EbpfDataplane {
     sock_term: Option<SockTerminator>,
     /// Whether the warning about namespaces we cannot enter was given (once per process).
     warned_unreachable: bool,
+    /// `SWY_CONNTRACK`'s entries after the last sweep (for its gauge).
+    conntrack_entries: u64,
     config: EbpfConfig,
 }
 
@@ -298,6 +300,7 @@ impl EbpfDataplane {
             metrics: None,
             sock_term,
             warned_unreachable: false,
+            conntrack_entries: 0,
             config,
         };
         if adopted {
@@ -391,8 +394,9 @@ impl EbpfDataplane {
         }
     }
 
-    /// Sets the map and link gauges: the planner's counts for the maps it writes, one pass
-    /// over the keys of the maps the programs fill, the pins under `links/`.
+    /// Sets the map and link gauges: the planner's counts for the maps it writes, the sweep's
+    /// count of the conntrack map, one batched pass over the other maps the programs fill,
+    /// the pins under `links/`.
     fn observe_metrics(&self) {
         use switchyard_common::{DEFAULT_AFFINITY_MAX, DEFAULT_SOCK_REVNAT_MAX, SNAT_ADDRS_MAX};
         let Some(metrics) = &self.metrics else {
@@ -401,34 +405,14 @@ impl EbpfDataplane {
         let config = &self.config;
         let (services, backends, ranges) = self.planner.entry_counts();
         let (services6, backends6, _) = self.planner6.entry_counts();
-        let count = |keys: &mut dyn Iterator<Item = bool>, capacity: u32| {
-            // A key deleted while iterating restarts the kernel's walk: never past capacity.
-            keys.take(capacity as usize).filter(|ok| *ok).count() as u64
-        };
-        let conntrack = count(
-            &mut self.maps.conntrack.keys().map(|k| k.is_ok()),
-            config.conntrack_max,
-        );
-        let affinity = count(
-            &mut self.maps.affinity.keys().map(|k| k.is_ok()),
-            DEFAULT_AFFINITY_MAX,
-        );
-        let sock_revnat = count(
-            &mut self.maps.sock_revnat.keys().map(|k| k.is_ok()),
-            DEFAULT_SOCK_REVNAT_MAX,
-        );
-        let affinity6 = count(
-            &mut self.maps.affinity6.keys().map(|k| k.is_ok()),
-            DEFAULT_AFFINITY_MAX,
-        );
-        let sock_revnat6 = count(
-            &mut self.maps.sock_revnat6.keys().map(|k| k.is_ok()),
-            DEFAULT_SOCK_REVNAT_MAX,
-        );
-        let snat_addrs = count(
-            &mut self.snat_addrs.keys().map(|k| k.is_ok()),
-            SNAT_ADDRS_MAX,
-        );
+        use crate::ebpf::batch_read::count;
+        // The sync's conntrack sweep has just read that map.
+        let conntrack = self.conntrack_entries;
+        let affinity = count(&self.maps.affinity, DEFAULT_AFFINITY_MAX as usize) as u64;
+        let sock_revnat = count(&self.maps.sock_revnat, DEFAULT_SOCK_REVNAT_MAX as usize) as u64;
+        let affinity6 = count(&self.maps.affinity6, DEFAULT_AFFINITY_MAX as usize) as u64;
+        let sock_revnat6 = count(&self.maps.sock_revnat6, DEFAULT_SOCK_REVNAT_MAX as usize) as u64;
+        let snat_addrs = count(&self.snat_addrs, SNAT_ADDRS_MAX as usize) as u64;
         for (map, entries, capacity) in [
             (map_names::SERVICES, services as u64, config.services_max),
             (map_names::BACKENDS, backends as u64, config.backends_max),
@@ -553,12 +537,12 @@ impl EbpfDataplane {
     fn sweep_conntrack(&mut self, gone: &std::collections::BTreeSet<Backend>, expire: bool) {
         let conntrack = &mut self.maps.conntrack;
         // The programs change the map while it is read; a key they delete restarts the
-        // kernel's walk, so it is bounded by the capacity.
-        let entries: Vec<(CtKey, CtValue)> = conntrack
-            .iter()
-            .take(self.config.conntrack_max as usize)
-            .filter_map(Result::ok)
-            .collect();
+        // iterator's walk, so it is bounded by the capacity.
+        let limit = self.config.conntrack_max as usize;
+        let entries: Vec<(CtKey, CtValue)> =
+            crate::ebpf::batch_read::entries(&*conntrack, limit, |map| {
+                map.iter().take(limit).filter_map(Result::ok).collect()
+            });
         let timeouts = expire.then_some(&self.config.flow_timeouts);
         let sweep = crate::model::tc_conntrack::sweep(&entries, monotonic_ns(), timeouts, gone);
         let mut failed = 0;
@@ -582,6 +566,8 @@ impl EbpfDataplane {
                 failed += 1;
             }
         }
+        let deleted = sweep.delete.len().saturating_sub(changed + failed);
+        self.conntrack_entries = entries.len().saturating_sub(deleted) as u64;
         if !sweep.delete.is_empty() || failed > 0 {
             tracing::debug!(
                 entries = entries.len(),

@@ -1,4 +1,5 @@
 //! ebpf mode: socket programs whose maps hold services and backends.
+pub mod batch_read;
 pub mod dataplane;
 pub mod flow_timeouts;
 pub mod icmp_limits;
