@@ -46,6 +46,38 @@ endpoints:
     conditions: {ready: true, serving: true, terminating: false}
 "#;
 
+/// An IPv6 ClusterIP + NodePort service (iptables mode writes it with ip6tables).
+const NODEPORT6: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: np6, namespace: demo}
+spec:
+  type: NodePort
+  clusterIP: 2001:db8:5::12
+  ipFamilies: [IPv6]
+  selector: {app: web6}
+  ports:
+    - {name: http, port: 8080, targetPort: 8080, nodePort: 30081, protocol: TCP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: np6-1
+  namespace: demo
+  labels: {kubernetes.io/service-name: np6}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+  - addresses: ["2001:db8:1:1::11"]
+    nodeName: node1
+    conditions: {ready: true, serving: true, terminating: false}
+  - addresses: ["2001:db8:1:2::11"]
+    nodeName: node2
+    conditions: {ready: true, serving: true, terminating: false}
+"#;
+
+const NP6_BACKENDS: [&str; 2] = ["2001:db8:1:1::11:8080", "2001:db8:1:2::11:8080"];
+
 const WEB_BACKENDS: [&str; 3] = ["198.19.1.11:8080", "198.19.2.11:8080", "198.19.2.12:8080"];
 const NP_BACKENDS: [&str; 2] = ["198.19.1.11:8080", "198.19.2.11:8080"];
 
@@ -460,6 +492,9 @@ fn ebpf_status_reads_the_pinned_maps_running_stopped_and_restarted() {
 #[test]
 fn iptables_status_reads_our_chains_running_and_stopped() {
     let node = node();
+    node.manifests
+        .write("np6.yaml", NODEPORT6)
+        .expect("np6.yaml");
     let proxy = node.start("iptables", &["--iptables-backend=nft"]);
     let running = node.json(&["--proxy-mode", "iptables"]);
     assert_eq!(running["mode"], "iptables");
@@ -473,6 +508,21 @@ fn iptables_status_reads_our_chains_running_and_stopped() {
         &NP_BACKENDS,
         true,
     ));
+    // The IPv6 rows, read from ip6tables (a NodePort on every IPv6 NodePort address: `::`).
+    expected.push(row(
+        "demo/np6:http/TCP",
+        "ClusterIP",
+        "2001:db8:5::12:8080/TCP",
+        &NP6_BACKENDS,
+        false,
+    ));
+    expected.push(row(
+        "demo/np6:http/TCP",
+        "NodePort",
+        ":::30081/TCP",
+        &NP6_BACKENDS,
+        false,
+    ));
     expected.sort();
     assert_eq!(found, expected, "{running:#}");
     assert_equal_shares(&running);
@@ -481,7 +531,7 @@ fn iptables_status_reads_our_chains_running_and_stopped() {
         .as_array()
         .expect("services")
         .iter()
-        .find(|r| r["type"] == "NodePort")
+        .find(|r| r["type"] == "NodePort" && r["service"] == "demo/np:http/TCP")
         .expect("NodePort row");
     assert_eq!(
         nodeport["masquerade"], true,
@@ -506,8 +556,8 @@ fn iptables_status_reads_our_chains_running_and_stopped() {
         .collect();
     assert_eq!(
         endpoints.len(),
-        8,
-        "3 + 3 + 2 endpoint chains: {endpoints:?}"
+        10,
+        "3 + 3 + 2 endpoint chains, 2 in ip6tables: {endpoints:?}"
     );
     let chains = running["chains"].as_array().expect("chains");
     assert!(
@@ -527,6 +577,8 @@ fn iptables_status_reads_our_chains_running_and_stopped() {
     for line in [
         "demo/web:http/TCP",
         "*:30080/TCP",
+        "[::]:30081/TCP",
+        "[2001:db8:5::12]:8080/TCP",
         "SWY-SVC-",
         "1 => 198.19.1.11:8080 33.3%",
         "none (reject)",

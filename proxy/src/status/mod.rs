@@ -198,19 +198,20 @@ fn iptables_report(backend: IptablesBackend) -> Result<Report, StatusError> {
     let saved = read_iptables::read(backend)?;
     let mut decoded = status::iptables::decode(&saved);
     // ip6tables hold the IPv6 rule set (upstream's second proxier): decoded on its own, as
-    // both families use the same chain names. Its chains are counted after the IPv4 ones;
-    // the service and backend rows are IPv4 only so far (a note says how many are not shown).
+    // both families use the same chain names, and listed after the IPv4 rows. An IPv6
+    // NodePort row shows `[::]` (every IPv6 NodePort address) where the IPv4 one shows `*`.
     if read_iptables::programs_ipv6(backend) {
         let tools = crate::iptables::Tools::new(backend, crate::iptables::rule_set::Family::Ipv6);
         let v6 = status::iptables::decode(&read_iptables::read_family(tools)?);
-        if !v6.services.is_empty() || !v6.backends.is_empty() {
-            decoded.notes.push(format!(
-                "ip6tables-{backend} holds the IPv6 rules: {} frontends and {} endpoint chains \
-             (not listed here; `ip6tables-{backend}-save` shows them)",
-                v6.services.len(),
-                v6.backends.len()
-            ));
-        }
+        decoded
+            .services
+            .extend(v6.services.into_iter().map(|mut row| {
+                row.address
+                    .get_or_insert(std::net::Ipv6Addr::UNSPECIFIED.into());
+                row
+            }));
+        decoded.backends.extend(v6.backends);
+        decoded.notes.extend(v6.notes);
         decoded.chains.extend(v6.chains.into_iter().map(|mut row| {
             row.table = format!("{} (IPv6)", row.table);
             row

@@ -9,7 +9,7 @@
 //! rule in filter instead. Options are read by name, not position, since iptables-save
 //! reorders them (and the legacy and nft backends print them differently).
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use super::{
     share, sort_rows, BackendEntry, BackendRow, ChainRow, FrontendType, ServiceRow, Verdict,
@@ -53,10 +53,14 @@ impl Rule {
         self.value("--dport")?.parse().ok()
     }
 
-    /// `-d a.b.c.d[/32]` as an address.
-    fn destination(&self) -> Option<Ipv4Addr> {
+    /// `-d a.b.c.d[/32]` (ip6tables: `-d x::y[/128]`) as an address.
+    fn destination(&self) -> Option<IpAddr> {
         let text = self.value("-d")?;
-        text.strip_suffix("/32").unwrap_or(text).parse().ok()
+        let host = text
+            .strip_suffix("/32")
+            .or_else(|| text.strip_suffix("/128"))
+            .unwrap_or(text);
+        host.parse().ok()
     }
 }
 
@@ -157,7 +161,7 @@ pub fn decode(saved: &Saved) -> Decoded {
             rule,
             Some(name),
             kind,
-            rule.destination().map(IpAddr::V4),
+            rule.destination(),
             chain,
             target,
         ));
@@ -317,7 +321,7 @@ fn add_verdict(rows: &mut Vec<ServiceRow>, rule: &Rule, default_kind: FrontendTy
     else {
         return;
     };
-    let address = rule.destination().map(IpAddr::V4);
+    let address = rule.destination();
     // `-m addrtype --dst-type LOCAL --dport N` without `-d`: the NodePort.
     let kind = if address.is_none() && rule.value("--dst-type") == Some("LOCAL") {
         FrontendType::NodePort
