@@ -65,7 +65,7 @@ const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 
 /// Every map, pinned under `<bpffs>/maps/` so a restarted controller adopts them.
-pub const MAPS: [&str; 13] = [
+pub const MAPS: [&str; 17] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::SOCK_REVNAT,
@@ -79,6 +79,11 @@ pub const MAPS: [&str; 13] = [
     map_names::BACKENDS6,
     map_names::SOCK_REVNAT6,
     map_names::AFFINITY6,
+    map_names::CONNTRACK6,
+    map_names::SNAT_ADDRS6,
+    map_names::SOURCE_RANGES6,
+    // Pinned so its slots (the IPv6 tc programs) outlive the process with the pinned links.
+    map_names::TC_V6,
 ];
 
 /// A verify looks up every `VERIFY_STRIDE`-th backend set, a different share each time.
@@ -172,8 +177,6 @@ pub struct EbpfDataplane {
     planner: Planner,
     /// The same for the IPv6 maps.
     planner6: Planner6,
-    /// Ports warned about for IPv6 frontends the packet path does not serve (once each).
-    warned_ipv6_external: std::collections::BTreeSet<ServicePortKey>,
     /// What `SWY_SVC_NAMES` holds (fingerprints), as written or found at start-up.
     names: std::collections::BTreeMap<u32, u64>,
     /// Map and link gauges, set at full syncs and verifies.
@@ -210,7 +213,9 @@ impl EbpfDataplane {
             // IPv6 frontends and endpoints get the same room as IPv4 ones (an IPv6-only
             // cluster needs it); not preallocated, so unused room costs only buckets.
             .map_max_entries(map_names::SERVICES6, config.services_max)
-            .map_max_entries(map_names::BACKENDS6, config.backends_max);
+            .map_max_entries(map_names::BACKENDS6, config.backends_max)
+            .map_max_entries(map_names::CONNTRACK6, config.conntrack_max)
+            .map_max_entries(map_names::SOURCE_RANGES6, config.source_ranges_max);
         let pins: Vec<PathBuf> = MAPS.iter().map(|m| maps_dir.join(m)).collect();
         for (name, pin) in MAPS.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
@@ -256,6 +261,8 @@ impl EbpfDataplane {
         // The source NAT settings are in place before the programs see a packet.
         let mut snat_addrs = write_snat_config(&mut ebpf, config.snat_ports.as_ref())?;
         write_refusal_limits(&mut ebpf, config.icmp_limits)?;
+        super::tc_v6::load(&mut ebpf)?;
+        super::tc_v6::write_snat_addrs(&mut ebpf, &config.devices)?;
         for device in &config.devices {
             write_snat_addr(&mut snat_addrs, device);
             pinned.extend(attach_tc(&mut ebpf, &links_dir, device, tcx)?);
@@ -293,7 +300,6 @@ impl EbpfDataplane {
             snat_addrs,
             planner: Planner::default(),
             planner6: Planner6::default(),
-            warned_ipv6_external: Default::default(),
             names: Default::default(),
             metrics: None,
             sock_term,
@@ -514,9 +520,18 @@ impl EbpfDataplane {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(read(map_names::BACKENDS6))?;
+        let ranges6: Vec<_> = self
+            .maps
+            .source_ranges6
+            .keys()
+            .map(|k| {
+                k.map(|k: LpmKey<switchyard_common::SourceRangeKey6>| (k.data(), k.prefix_len()))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::SOURCE_RANGES6))?;
         let entries = services.len() + services6.len();
         self.planner.observe(services, backends, ranges);
-        self.planner6.observe(services6, backends6, []);
+        self.planner6.observe(services6, backends6, ranges6);
         Ok(entries)
     }
 
@@ -668,7 +683,6 @@ impl EbpfDataplane {
             .iter()
             .map(|k| (k.clone(), state.ports.get(k).map(|p| &**p)))
             .collect();
-        self.warn_ipv6_external(&changes);
         let outcome = run_planner(&mut self.planner, &mut self.maps, &changes, full);
         // Only the ports the IPv6 maps concern: an IPv4-only node's syncs cost what they did.
         let planner6 = &self.planner6;
@@ -736,29 +750,6 @@ impl EbpfDataplane {
 }
 
 impl EbpfDataplane {
-    /// Warns once per port (again after it lost them) about IPv6 NodePort, externalIP and
-    /// LoadBalancer frontends: the socket programs serve them to local clients, but the tc
-    /// programs are IPv4-only, so traffic from outside the node to them is not translated.
-    fn warn_ipv6_external(&mut self, changes: &[(ServicePortKey, Option<&ServicePort>)]) {
-        for (key, port) in changes {
-            let external6 = port.is_some_and(|p| {
-                p.frontends
-                    .iter()
-                    .any(|f| f.kind != crate::model::FrontendKind::ClusterIp && f.ip.is_ipv6())
-            });
-            if !external6 {
-                self.warned_ipv6_external.remove(key);
-            } else if self.warned_ipv6_external.insert(key.clone()) {
-                tracing::warn!(
-                    service = %key,
-                    "ebpf mode: this port's IPv6 NodePort, externalIP and LoadBalancer addresses \
-                     are served to this node's own sockets only; IPv6 traffic from outside the \
-                     node to them is not served (the packet programs are IPv4-only)"
-                );
-            }
-        }
-    }
-
     /// Writes the ports in `diff` (the planner orders releases before assigns itself);
     /// `expire` as for [`Self::sync_ports`].
     fn partial(&mut self, state: &DesiredState, diff: &StateDiff, expire: bool) -> SyncReport {
@@ -1158,7 +1149,7 @@ fn link_program(pin: &str) -> Option<&'static str> {
 }
 
 /// Key size, value size and entries each map must have for this build and configuration.
-fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 13] {
+fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 17] {
     use std::mem::size_of;
     use switchyard_common::{
         AffinityKey, AffinityValue, AffinityValue6, SockRevKey, SockRevKey6, SockRevValue,
@@ -1232,6 +1223,26 @@ fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 
             size_of::<SnatConfig>(),
             1,
         ),
+        (
+            map_names::CONNTRACK6,
+            size_of::<switchyard_common::CtKey6>(),
+            size_of::<switchyard_common::CtValue6>(),
+            config.conntrack_max,
+        ),
+        (
+            map_names::SOURCE_RANGES6,
+            4 + size_of::<switchyard_common::SourceRangeKey6>(),
+            1,
+            config.source_ranges_max,
+        ),
+        (
+            map_names::SNAT_ADDRS6,
+            size_of::<u32>(),
+            size_of::<[u32; 4]>(),
+            SNAT_ADDRS_MAX,
+        ),
+        // Program fds.
+        (map_names::TC_V6, size_of::<u32>(), size_of::<u32>(), 2),
         (
             map_names::SNAT_ADDRS,
             size_of::<u32>(),
