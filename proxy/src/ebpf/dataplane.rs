@@ -19,6 +19,7 @@ use super::plan::names::{self, NameOp};
 use super::plan::{Family, FamilyPlanner, MapWriter, Planner, Planner6, PortFailure, RangeKey};
 use super::sock_term::{self, SockTerminator};
 use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
+use crate::model::tc_conntrack as tc_ct;
 use crate::model::{DesiredState, ServicePort, ServicePortKey, StateDiff};
 
 /// Where and how big.
@@ -406,7 +407,7 @@ impl EbpfDataplane {
         };
         let config = &self.config;
         let (services, backends, ranges) = self.planner.entry_counts();
-        let (services6, backends6, _) = self.planner6.entry_counts();
+        let (services6, backends6, ranges6) = self.planner6.entry_counts();
         let count = |keys: &mut dyn Iterator<Item = bool>, capacity: u32| {
             // A key deleted while iterating restarts the kernel's walk: never past capacity.
             keys.take(capacity as usize).filter(|ok| *ok).count() as u64
@@ -435,6 +436,10 @@ impl EbpfDataplane {
             &mut self.snat_addrs.keys().map(|k| k.is_ok()),
             SNAT_ADDRS_MAX,
         );
+        let conntrack6 = count(
+            &mut self.maps.conntrack6.keys().map(|k| k.is_ok()),
+            config.conntrack_max,
+        );
         for (map, entries, capacity) in [
             (map_names::SERVICES, services as u64, config.services_max),
             (map_names::BACKENDS, backends as u64, config.backends_max),
@@ -460,6 +465,12 @@ impl EbpfDataplane {
                 map_names::SOCK_REVNAT6,
                 sock_revnat6,
                 DEFAULT_SOCK_REVNAT_MAX,
+            ),
+            (map_names::CONNTRACK6, conntrack6, config.conntrack_max),
+            (
+                map_names::SOURCE_RANGES6,
+                ranges6 as u64,
+                config.source_ranges_max,
             ),
         ] {
             metrics.set_map(map, entries, capacity);
@@ -535,52 +546,20 @@ impl EbpfDataplane {
         Ok(entries)
     }
 
-    /// One pass over the packet-path conntrack map: deletes both directions of the flows to
-    /// backends in `gone` (otherwise a UDP client that keeps its source port stays stuck on a
-    /// dead backend; kube-proxy clears conntrack likewise) and, with `expire`, of the flows
-    /// idle for longer than their state allows (`switchyard_model::tc_conntrack` decides).
-    fn sweep_conntrack(&mut self, gone: &std::collections::BTreeSet<Backend>, expire: bool) {
-        let conntrack = &mut self.maps.conntrack;
-        // The programs change the map while it is read; a key they delete restarts the
-        // kernel's walk, so it is bounded by the capacity.
-        let entries: Vec<(CtKey, CtValue)> = conntrack
-            .iter()
-            .take(self.config.conntrack_max as usize)
-            .filter_map(Result::ok)
-            .collect();
+    /// One pass over each packet-path conntrack map ([`sweep_map`]): flows to backends in
+    /// `gone` (`gone6`) and, with `expire`, idle ones.
+    fn sweep_conntrack(
+        &mut self,
+        gone: &std::collections::BTreeSet<Backend>,
+        gone6: &std::collections::BTreeSet<Backend6>,
+        expire: bool,
+    ) {
         let timeouts = expire.then_some(&self.config.flow_timeouts);
-        let sweep = crate::model::tc_conntrack::sweep(&entries, monotonic_ns(), timeouts, gone);
-        let mut failed = 0;
-        let mut changed = 0;
-        let as_read: std::collections::HashMap<&CtKey, &CtValue> = if sweep.delete.is_empty() {
-            std::collections::HashMap::new()
-        } else {
-            entries.iter().map(|(k, v)| (k, v)).collect()
-        };
-        for key in &sweep.delete {
-            // Only an entry still of the flow that was read: since then the tc programs may
-            // have given its source-NAT port to a new flow. (Its time and state bits change
-            // with every packet and do not count.)
-            let same_flow = |v: &CtValue| (v.addr, v.port, v.flags, v.nat_addr, v.nat_port);
-            let now = conntrack.get(key, 0).ok();
-            if now.as_ref().map(same_flow) != as_read.get(key).map(|v| same_flow(v)) {
-                changed += 1;
-                continue;
-            }
-            if ignore_missing(conntrack.remove(key), map_names::CONNTRACK).is_err() {
-                failed += 1;
-            }
-        }
-        if !sweep.delete.is_empty() || failed > 0 {
-            tracing::debug!(
-                entries = entries.len(),
-                expired = sweep.expired,
-                to_gone_backends = sweep.to_gone_backends,
-                changed,
-                failed,
-                "packet-path flows deleted"
-            );
-        }
+        let max = self.config.conntrack_max as usize;
+        let v4 = (&mut self.maps.conntrack, map_names::CONNTRACK);
+        sweep_map::<tc_ct::V4>(v4, max, timeouts, gone);
+        let v6 = (&mut self.maps.conntrack6, map_names::CONNTRACK6);
+        sweep_map::<tc_ct::V6>(v6, max, timeouts, gone6);
     }
 
     /// Destroys the connected UDP sockets translated through `stranded` (pairs a sync
@@ -662,6 +641,10 @@ impl EbpfDataplane {
             .iter()
             .map(|k| self.planner.external_backends(k))
             .collect();
+        let before6: Vec<std::collections::BTreeSet<Backend6>> = keys
+            .iter()
+            .map(|k| self.planner6.external_backends(k))
+            .collect();
         // Full syncs compare everything the maps hold (a restarted controller owns no port
         // yet), partial ones only the ports they change.
         let udp_routes = |planner: &Planner, keys: &[ServicePortKey]| {
@@ -721,8 +704,16 @@ impl EbpfDataplane {
         }
         // One pass over the conntrack map per sync, however many ports lost backends, and
         // only at verifies (every syncPeriod) when none did.
-        if !gone.is_empty() || expire {
-            self.sweep_conntrack(&gone, expire);
+        let mut gone6 = std::collections::BTreeSet::new();
+        for (key, before) in keys.iter().zip(before6) {
+            gone6.extend(
+                before
+                    .difference(&self.planner6.external_backends(key))
+                    .copied(),
+            );
+        }
+        if !gone.is_empty() || !gone6.is_empty() || expire {
+            self.sweep_conntrack(&gone, &gone6, expire);
         }
         if full {
             self.write_names(None);
@@ -1051,6 +1042,60 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) {
             ready.clear_ready();
         }
     });
+}
+
+/// One pass over a packet-path conntrack map (either family's): deletes both directions of
+/// the flows to backends in `gone` (otherwise a UDP client that keeps its source port stays
+/// stuck on a dead backend; kube-proxy clears conntrack likewise) and, with `timeouts`, of the
+/// flows idle for longer than their state allows (`switchyard_model::tc_conntrack` decides).
+fn sweep_map<F>(
+    (conntrack, name): (
+        &mut aya::maps::HashMap<MapData, F::Key, F::Value>,
+        &'static str,
+    ),
+    max: usize,
+    timeouts: Option<&crate::model::tc_conntrack::FlowTimeouts>,
+    gone: &std::collections::BTreeSet<F::Backend>,
+) where
+    F: tc_ct::CtFamily,
+    F::Key: aya::Pod,
+    F::Value: aya::Pod,
+{
+    // The programs change the map while it is read; a key they delete restarts the
+    // kernel's walk, so it is bounded by the capacity.
+    let entries: Vec<(F::Key, F::Value)> =
+        conntrack.iter().take(max).filter_map(Result::ok).collect();
+    let sweep = tc_ct::sweep_family::<F>(&entries, monotonic_ns(), timeouts, gone);
+    let mut failed = 0;
+    let mut changed = 0;
+    let as_read: std::collections::HashMap<&F::Key, &F::Value> = if sweep.delete.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        entries.iter().map(|(k, v)| (k, v)).collect()
+    };
+    for key in &sweep.delete {
+        // Only an entry still of the flow that was read: since then the tc programs may
+        // have given its source-NAT port to a new flow. (Its time and state bits change
+        // with every packet and do not count.)
+        let now = conntrack.get(key, 0).ok();
+        if now.as_ref().map(F::target) != as_read.get(key).map(|v| F::target(v)) {
+            changed += 1;
+            continue;
+        }
+        if ignore_missing(conntrack.remove(key), name).is_err() {
+            failed += 1;
+        }
+    }
+    if !sweep.delete.is_empty() || failed > 0 {
+        tracing::debug!(
+            entries = entries.len(),
+            expired = sweep.expired,
+            to_gone_backends = sweep.to_gone_backends,
+            changed,
+            failed,
+            "packet-path flows deleted"
+        );
+    }
 }
 
 /// Writes the source NAT port range (`SWY_SNAT_CONFIG`) and returns the per-device address
