@@ -41,6 +41,13 @@ pub trait CtTimes {
     fn last_seen_ns(&self) -> u64;
 }
 
+/// An address and port.
+pub type End<A> = (A, u16);
+/// A key's source, destination and protocol.
+pub type Parts<A> = (End<A>, End<A>, u8);
+/// A value's flags, rewrite target and source NAT pair.
+pub type Target<A> = (u16, End<A>, End<A>);
+
 /// One family's conntrack map: key and value types and the fields the sweep compares.
 pub trait CtFamily {
     /// Map key.
@@ -52,13 +59,13 @@ pub trait CtFamily {
     /// A backend of this family.
     type Backend: Ord;
     /// Source, destination and protocol of a key.
-    fn parts(key: &Self::Key) -> ((Self::Addr, u16), (Self::Addr, u16), u8);
+    fn parts(key: &Self::Key) -> Parts<Self::Addr>;
     /// The key of these parts.
-    fn key(src: (Self::Addr, u16), dst: (Self::Addr, u16), proto: u8) -> Self::Key;
+    fn key(src: End<Self::Addr>, dst: End<Self::Addr>, proto: u8) -> Self::Key;
     /// Flags, the rewrite target and the source NAT pair of a value.
-    fn target(value: &Self::Value) -> (u16, (Self::Addr, u16), (Self::Addr, u16));
+    fn target(value: &Self::Value) -> Target<Self::Addr>;
     /// The backend at an address and port.
-    fn backend(end: (Self::Addr, u16)) -> Self::Backend;
+    fn backend(end: End<Self::Addr>) -> Self::Backend;
 }
 
 impl CtTimes for CtValue {
@@ -89,7 +96,7 @@ impl CtFamily for V4 {
     type Value = CtValue;
     type Addr = u32;
     type Backend = Backend;
-    fn parts(k: &CtKey) -> ((u32, u16), (u32, u16), u8) {
+    fn parts(k: &CtKey) -> Parts<u32> {
         ((k.src_addr, k.src_port), (k.dst_addr, k.dst_port), k.proto)
     }
     fn key(src: (u32, u16), dst: (u32, u16), proto: u8) -> CtKey {
@@ -102,7 +109,7 @@ impl CtFamily for V4 {
             pad: [0; 3],
         }
     }
-    fn target(v: &CtValue) -> (u16, (u32, u16), (u32, u16)) {
+    fn target(v: &CtValue) -> Target<u32> {
         (v.flags, (v.addr, v.port), (v.nat_addr, v.nat_port))
     }
     fn backend((addr, port): (u32, u16)) -> Backend {
@@ -115,7 +122,7 @@ impl CtFamily for V6 {
     type Value = CtValue6;
     type Addr = [u32; 4];
     type Backend = Backend6;
-    fn parts(k: &CtKey6) -> (([u32; 4], u16), ([u32; 4], u16), u8) {
+    fn parts(k: &CtKey6) -> Parts<[u32; 4]> {
         ((k.src_addr, k.src_port), (k.dst_addr, k.dst_port), k.proto)
     }
     fn key(src: ([u32; 4], u16), dst: ([u32; 4], u16), proto: u8) -> CtKey6 {
@@ -128,7 +135,7 @@ impl CtFamily for V6 {
             pad: [0; 3],
         }
     }
-    fn target(v: &CtValue6) -> (u16, ([u32; 4], u16), ([u32; 4], u16)) {
+    fn target(v: &CtValue6) -> Target<[u32; 4]> {
         (v.flags, (v.addr, v.port), (v.nat_addr, v.nat_port))
     }
     fn backend((addr, port): ([u32; 4], u16)) -> Backend6 {
