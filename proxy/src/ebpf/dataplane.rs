@@ -858,6 +858,10 @@ impl Dataplane for EbpfDataplane {
         for device in &self.attached {
             write_snat_addr(&mut self.snat_addrs, device);
         }
+        let attached: Vec<String> = self.attached.iter().cloned().collect();
+        if let Err(e) = super::tc_v6::write_snat_addrs(&mut self.ebpf, &attached) {
+            tracing::warn!(error = %e, "cannot refresh the IPv6 source NAT addresses");
+        }
         let Some(node_ips) = &self.config.follow_devices else {
             return;
         };
@@ -874,6 +878,9 @@ impl Dataplane for EbpfDataplane {
                 continue;
             }
             write_snat_addr(&mut self.snat_addrs, &device);
+            if let Err(e) = super::tc_v6::write_snat_addrs(&mut self.ebpf, &[device.clone()]) {
+                tracing::warn!(%device, error = %e, "cannot write the IPv6 source NAT address");
+            }
             match attach_tc(&mut self.ebpf, &links_dir, &device, self.tcx) {
                 Ok(_) => {
                     tracing::info!(%device, "ebpf mode: packet programs attached to a new device");
