@@ -68,80 +68,53 @@ pub trait CtFamily {
     fn backend(end: End<Self::Addr>) -> Self::Backend;
 }
 
-impl CtTimes for CtValue {
-    fn state(&self) -> u16 {
-        self.state
-    }
-    fn last_seen_ns(&self) -> u64 {
-        self.last_seen_ns
-    }
-}
-
-impl CtTimes for CtValue6 {
-    fn state(&self) -> u16 {
-        self.state
-    }
-    fn last_seen_ns(&self) -> u64 {
-        self.last_seen_ns
-    }
-}
-
 /// `SWY_CONNTRACK`.
 pub struct V4;
 /// `SWY_CONNTRACK6`.
 pub struct V6;
 
-impl CtFamily for V4 {
-    type Key = CtKey;
-    type Value = CtValue;
-    type Addr = u32;
-    type Backend = Backend;
-    fn parts(k: &CtKey) -> Parts<u32> {
-        ((k.src_addr, k.src_port), (k.dst_addr, k.dst_port), k.proto)
-    }
-    fn key(src: (u32, u16), dst: (u32, u16), proto: u8) -> CtKey {
-        CtKey {
-            src_addr: src.0,
-            dst_addr: dst.0,
-            src_port: src.1,
-            dst_port: dst.1,
-            proto,
-            pad: [0; 3],
+/// The two families' maps have the same fields, with other address types.
+macro_rules! ct_family {
+    ($family:ty, $key:ident, $value:ident, $addr:ty, $backend:ident) => {
+        impl CtTimes for $value {
+            fn state(&self) -> u16 {
+                self.state
+            }
+            fn last_seen_ns(&self) -> u64 {
+                self.last_seen_ns
+            }
         }
-    }
-    fn target(v: &CtValue) -> Target<u32> {
-        (v.flags, (v.addr, v.port), (v.nat_addr, v.nat_port))
-    }
-    fn backend((addr, port): (u32, u16)) -> Backend {
-        Backend { addr, port, pad: 0 }
-    }
+
+        impl CtFamily for $family {
+            type Key = $key;
+            type Value = $value;
+            type Addr = $addr;
+            type Backend = $backend;
+            fn parts(k: &$key) -> Parts<$addr> {
+                ((k.src_addr, k.src_port), (k.dst_addr, k.dst_port), k.proto)
+            }
+            fn key(src: End<$addr>, dst: End<$addr>, proto: u8) -> $key {
+                $key {
+                    src_addr: src.0,
+                    dst_addr: dst.0,
+                    src_port: src.1,
+                    dst_port: dst.1,
+                    proto,
+                    pad: [0; 3],
+                }
+            }
+            fn target(v: &$value) -> Target<$addr> {
+                (v.flags, (v.addr, v.port), (v.nat_addr, v.nat_port))
+            }
+            fn backend((addr, port): End<$addr>) -> $backend {
+                $backend { addr, port, pad: 0 }
+            }
+        }
+    };
 }
 
-impl CtFamily for V6 {
-    type Key = CtKey6;
-    type Value = CtValue6;
-    type Addr = [u32; 4];
-    type Backend = Backend6;
-    fn parts(k: &CtKey6) -> Parts<[u32; 4]> {
-        ((k.src_addr, k.src_port), (k.dst_addr, k.dst_port), k.proto)
-    }
-    fn key(src: ([u32; 4], u16), dst: ([u32; 4], u16), proto: u8) -> CtKey6 {
-        CtKey6 {
-            src_addr: src.0,
-            dst_addr: dst.0,
-            src_port: src.1,
-            dst_port: dst.1,
-            proto,
-            pad: [0; 3],
-        }
-    }
-    fn target(v: &CtValue6) -> Target<[u32; 4]> {
-        (v.flags, (v.addr, v.port), (v.nat_addr, v.nat_port))
-    }
-    fn backend((addr, port): ([u32; 4], u16)) -> Backend6 {
-        Backend6 { addr, port, pad: 0 }
-    }
-}
+ct_family!(V4, CtKey, CtValue, u32, Backend);
+ct_family!(V6, CtKey6, CtValue6, [u32; 4], Backend6);
 
 /// Idle timeouts by flow state, named and defaulted as netfilter's `nf_conntrack_*_timeout*`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
