@@ -1906,3 +1906,60 @@ fn ipv6_frontends_without_endpoints_drop_with_drop_empty() {
         ))
         .is_none());
 }
+
+#[test]
+fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_back() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    let node1 = bed.testbed.node(1).underlay_ipv6;
+    let remote = bed.testbed.pod(2, 1).ip6;
+    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
+    tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
+        .insert(bed.ifindex, words6(node1), 0)
+        .expect("write the IPv6 snat address");
+    tc.external6(
+        (node1, NODE_PORT),
+        PROTO_TCP,
+        9,
+        SERVICE_FLAG_MASQUERADE,
+        &[remote],
+    );
+    let client = (CLIENT6, CLIENT_PORT);
+    let syn = frame6(client, (node1, NODE_PORT), L4::Tcp { flags: TCP_SYN });
+    let v = bed.ingress(&tc, &syn);
+    assert_eq!(
+        v.ret, TC_ACT_REDIRECT,
+        "leaves by redirect, not up the stack"
+    );
+    let (src, dst) = parse6(&v.frame);
+    assert_eq!(dst, (remote, POD_PORT), "to the remote backend");
+    assert_eq!(src.0, node1, "from the node's IPv6 address");
+    assert!(
+        SNAT_PORTS.contains(&src.1),
+        "a port of the NAT range: {}",
+        src.1
+    );
+    assert_checksum6_valid(&v.frame);
+
+    // The backend's reply to node:port is found before the service lookup and leaves as the
+    // frontend, towards the client.
+    let syn_ack = frame6(
+        (remote, POD_PORT),
+        src,
+        L4::Tcp {
+            flags: TCP_SYN | TCP_ACK,
+        },
+    );
+    let v = bed.ingress(&tc, &syn_ack);
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(parse6(&v.frame), ((node1, NODE_PORT), client));
+    assert_checksum6_valid(&v.frame);
+    let forward = tc
+        .conntrack6(ct_key6(client, (node1, NODE_PORT), PROTO_TCP))
+        .expect("forward entry");
+    assert_ne!(forward.flags & CT_FLAG_SNAT, 0);
+    assert_eq!(
+        (forward.nat_addr, u16::from_be(forward.nat_port)),
+        (words6(node1), src.1)
+    );
+}
