@@ -636,8 +636,9 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
     )
     .expect("synced");
     let log = second.stderr();
-    // 5 IPv4 entries (demo's three, dual's two) and 9 IPv6 ones (none on ::1) were pinned.
-    assert!(log.contains("adopted pinned eBPF maps entries=14"), "{log}");
+    // 5 IPv4 entries (demo's three, dual's two) and 11 IPv6 ones (none on ::1; two of them the
+    // NodePort's entries for the packet path) were pinned.
+    assert!(log.contains("adopted pinned eBPF maps entries=16"), "{log}");
     assert!(
         !log.contains("ERROR") && !log.contains("behind our back"),
         "{log}"
