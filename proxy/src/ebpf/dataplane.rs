@@ -878,7 +878,9 @@ impl Dataplane for EbpfDataplane {
                 continue;
             }
             write_snat_addr(&mut self.snat_addrs, &device);
-            if let Err(e) = super::tc_v6::write_snat_addrs(&mut self.ebpf, &[device.clone()]) {
+            if let Err(e) =
+                super::tc_v6::write_snat_addrs(&mut self.ebpf, std::slice::from_ref(&device))
+            {
                 tracing::warn!(%device, error = %e, "cannot write the IPv6 source NAT address");
             }
             match attach_tc(&mut self.ebpf, &links_dir, &device, self.tcx) {
