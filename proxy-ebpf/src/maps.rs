@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap},
 };
 use switchyard_common::{
-    AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey, CtValue,
-    ServiceKey, ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockRevKey, SockRevKey6,
-    SockRevValue, SockRevValue6, SockTermKey, SourceRangeKey, DEFAULT_AFFINITY_MAX,
-    DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX,
-    DEFAULT_SOCK_TERM_MAX, DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
+    AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey, CtKey6,
+    CtValue, CtValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockRevKey,
+    SockRevKey6, SockRevValue, SockRevValue6, SockTermKey, SourceRangeKey, SourceRangeKey6,
+    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
+    DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SOCK_TERM_MAX, DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
 };
 
 /// Frontends of every service port this node serves.
@@ -102,3 +102,19 @@ pub static SOCK_REVNAT6: LruHashMap<SockRevKey6, SockRevValue6> =
 #[map(name = "SWY_AFFINITY6")]
 pub static AFFINITY6: LruHashMap<AffinityKey, AffinityValue6> =
     LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);
+
+/// Packet-path connection tracking of IPv6 flows (as [`CONNTRACK`], which keeps its 16-byte
+/// keys for IPv4).
+#[map(name = "SWY_CONNTRACK6")]
+pub static CONNTRACK6: LruHashMap<CtKey6, CtValue6> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_MAX, 0);
+
+/// The IPv6 source address of NATed flows per device (ifindex -> address), as [`SNAT_ADDRS`].
+#[map(name = "SWY_SNAT_ADDRS6")]
+pub static SNAT_ADDRS6: HashMap<u32, [u32; 4]> = HashMap::with_max_entries(SNAT_ADDRS_MAX, 0);
+
+/// loadBalancerSourceRanges of IPv6 LoadBalancer IPs: prefix = 128 bits of LoadBalancer IP +
+/// the range's prefix length (as [`SOURCE_RANGES`]).
+#[map(name = "SWY_SOURCE_RANGES6")]
+pub static SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u8> =
+    LpmTrie::with_max_entries(DEFAULT_SOURCE_RANGES_MAX, BPF_F_NO_PREALLOC);

@@ -33,7 +33,8 @@
 //! flow goes to a new flow ([`snat_reuse`]).
 //!
 //! Scope: IPv4 over Ethernet, TCP and UDP (and ICMP errors quoting them), 20-byte IP headers, no
-//! fragments. Anything else passes untouched (`TC_ACT_OK`).
+//! fragments; IPv6 over Ethernet, TCP and UDP right behind the fixed header ([`v6`], which
+//! lists what it does not do yet). Anything else passes untouched (`TC_ACT_OK`).
 //!
 //! Packet reads go through `bpf_skb_load_bytes` (`ctx.load`): the helper checks the bounds itself
 //! and also works when the headers are not in the linear part of the skb, and no packet pointer
@@ -42,6 +43,7 @@ mod icmp_error;
 mod refusal_limit;
 mod reject;
 mod snat_reuse;
+mod v6;
 
 use aya_ebpf::{
     bindings::{
@@ -80,6 +82,7 @@ const DROP: i32 = TC_ACT_SHOT;
 const ETH_HLEN: usize = 14;
 const ETH_PROTO_OFF: usize = 12;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
@@ -179,7 +182,13 @@ impl Packet {
 /// tc ingress of the node's external devices: DNAT to a backend.
 #[classifier]
 pub fn swy_tc_ingress(ctx: TcContext) -> i32 {
-    let Some(ip) = ipv4(&ctx) else {
+    let Ok(eth_proto) = ctx.load::<u16>(ETH_PROTO_OFF) else {
+        return PASS;
+    };
+    if u16::from_be(eth_proto) == ETH_P_IPV6 {
+        return v6::enter(&ctx, v6::INGRESS);
+    }
+    let Some(ip) = ipv4(&ctx, eth_proto) else {
         return PASS;
     };
     if ip.proto == PROTO_ICMP {
@@ -194,7 +203,13 @@ pub fn swy_tc_ingress(ctx: TcContext) -> i32 {
 /// tc egress of the node's external devices: replies of translated flows leave as the frontend.
 #[classifier]
 pub fn swy_tc_egress(ctx: TcContext) -> i32 {
-    let Some(ip) = ipv4(&ctx) else {
+    let Ok(eth_proto) = ctx.load::<u16>(ETH_PROTO_OFF) else {
+        return PASS;
+    };
+    if u16::from_be(eth_proto) == ETH_P_IPV6 {
+        return v6::enter(&ctx, v6::EGRESS);
+    }
+    let Some(ip) = ipv4(&ctx, eth_proto) else {
         return PASS;
     };
     if ip.proto == PROTO_ICMP {
@@ -210,9 +225,8 @@ pub fn swy_tc_egress(ctx: TcContext) -> i32 {
 /// header (rare enough to pass untouched), and rewriting one fragment alone would break
 /// reassembly.
 #[inline(always)]
-fn ipv4(ctx: &TcContext) -> Option<Ipv4Hdr> {
+fn ipv4(ctx: &TcContext, eth_proto: u16) -> Option<Ipv4Hdr> {
     // Every `load` is bounds-checked by the helper; a short packet is an error, hence None.
-    let eth_proto: u16 = ctx.load(ETH_PROTO_OFF).ok()?;
     if u16::from_be(eth_proto) != ETH_P_IP {
         return None;
     }
@@ -273,7 +287,7 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
         // SAFETY: as below.
         let value = unsafe { *entry };
         if value.flags & CT_FLAG_REPLY == 0
-            && opens(pkt)
+            && opens(pkt.proto, pkt.tcp_flags)
             && pkt.proto == PROTO_TCP
             && ended(pkt, &value)
         {
@@ -294,7 +308,7 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
                 // This 5-tuple is the reply of another translated flow: not ours to touch.
                 return PASS;
             }
-            if opens(pkt) && pkt.proto == PROTO_TCP {
+            if opens(pkt.proto, pkt.tcp_flags) && pkt.proto == PROTO_TCP {
                 // A new connection on the tuple of an old one: whatever the old one saw
                 // (FIN, RST) no longer shortens this one's life.
                 reopen(entry, pkt, &value, now);
@@ -357,7 +371,7 @@ fn new_flow(
     // segment to a random backend, the kernel gets it if the address is the node's (no socket
     // there means a RST; a node process's own connection from that port keeps working), and
     // it is dropped if the kernel would route it on: a service address never leaves the node.
-    if !opens(pkt) {
+    if !opens(pkt.proto, pkt.tcp_flags) {
         return Err(if forwarded(ctx, pkt) { DROP } else { PASS });
     }
     if service.flags & SERVICE_FLAG_SOURCE_RANGES != 0 {
@@ -403,7 +417,7 @@ fn new_flow(
         addr: backend.addr,
         port: backend.port,
         flags: service.flags,
-        state: seen(pkt),
+        state: seen(pkt.proto, pkt.tcp_flags),
         last_seen_ns: now,
         ..CtValue::default()
     };
@@ -484,19 +498,19 @@ fn egress(ctx: &TcContext, pkt: &Packet) -> i32 {
 
 /// Whether the packet may start a flow: any UDP datagram, a TCP SYN without ACK.
 #[inline(always)]
-fn opens(pkt: &Packet) -> bool {
-    pkt.proto != PROTO_TCP || pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+fn opens(proto: u8, tcp_flags: u8) -> bool {
+    proto != PROTO_TCP || tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
 }
 
 /// The `CT_STATE_*` bits a packet sets on its direction's entry.
 #[inline(always)]
-fn seen(pkt: &Packet) -> u16 {
+fn seen(proto: u8, tcp_flags: u8) -> u16 {
     let mut bits = CT_STATE_SEEN;
-    if pkt.proto == PROTO_TCP {
-        if pkt.tcp_flags & TCP_FLAG_FIN != 0 {
+    if proto == PROTO_TCP {
+        if tcp_flags & TCP_FLAG_FIN != 0 {
             bits |= CT_STATE_FIN;
         }
-        if pkt.tcp_flags & TCP_FLAG_RST != 0 {
+        if tcp_flags & TCP_FLAG_RST != 0 {
             bits |= CT_STATE_RST;
         }
     }
@@ -507,7 +521,7 @@ fn seen(pkt: &Packet) -> u16 {
 /// bits only when they add something (most packets write one field).
 #[inline(always)]
 fn touch(entry: *mut CtValue, pkt: &Packet, state: u16, now: u64) {
-    let bits = seen(pkt);
+    let bits = seen(pkt.proto, pkt.tcp_flags);
     // SAFETY: a valid map value pointer for the duration of the program (see `ingress`).
     unsafe {
         (*entry).last_seen_ns = now;
@@ -660,7 +674,7 @@ fn snat_flow(
             flags: flags | CT_FLAG_SNAT,
             nat_addr: snat_addr,
             nat_port: port.to_be(),
-            state: seen(pkt),
+            state: seen(pkt.proto, pkt.tcp_flags),
             last_seen_ns: now,
         };
         // Another CPU may be creating the same flow: the first writer wins, as in new_flow.

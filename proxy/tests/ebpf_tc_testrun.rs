@@ -5,7 +5,7 @@
 //! crafted frame and checks the verdict, the rewritten frame (checksums recomputed here,
 //! independently of the kernel helpers), the skb mark and the conntrack entries.
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN) and the object built by `cargo xtask build`.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -13,11 +13,11 @@ use aya::maps::{HashMap, MapData};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
 use switchyard_common::{
-    map_names, program_names, AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue,
-    RefusalLimits, ServiceKey, ServiceValue, SnatConfig, SourceRangeKey, CT_FLAG_REPLY,
-    CT_FLAG_SNAT, CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SCOPE_SOCKET, SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
-    SERVICE_FLAG_SOURCE_RANGES,
+    map_names, program_names, AffinityKey, AffinityValue, Backend, Backend6, BackendKey, CtKey,
+    CtKey6, CtValue, CtValue6, RefusalLimits, ServiceKey, ServiceKey6, ServiceValue, SnatConfig,
+    SourceRangeKey, SourceRangeKey6, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_FIN, CT_STATE_RST,
+    CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY,
+    SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
 };
 use switchyard_testbed::{Testbed, TopologySpec};
 
@@ -272,6 +272,9 @@ impl Tc {
             prog.load()
                 .unwrap_or_else(|e| panic!("verifier accepts {name}: {e:?}"));
         }
+        // The IPv6 programs the IPv4 ones tail-call, loaded and slotted as the controller does.
+        switchyard::ebpf::tc_v6::load(&mut ebpf)
+            .unwrap_or_else(|e| panic!("verifier accepts the IPv6 tc programs: {e:?}"));
         Tc { ebpf }
     }
 
@@ -1603,4 +1606,360 @@ fn errors_about_a_source_natted_flow_are_translated_both_ways() {
     assert_eq!((out.src, out.dst), (bed.node1, CLIENT));
     assert_eq!((out.quoted_src, out.quoted_dst), (client, frontend));
     assert_icmp_checksums_valid(&v.frame);
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6 (ethertype 0x86DD): the programs tail-call their IPv6 twins.
+
+const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x10);
+const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20);
+const POD6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 1, 0, 0, 0, 0x11);
+const POD6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, 0x12);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x7);
+const FAR_CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, 0x7);
+const IP6_HLEN: usize = 40;
+const L4_OFF6: usize = ETH + IP6_HLEN;
+
+type End6 = (Ipv6Addr, u16);
+
+/// Ethernet + IPv6 (no extension header, or one `next_header` given by `ext`) + TCP/UDP +
+/// payload with a correct checksum.
+fn frame6_with(src: End6, dst: End6, l4: L4, ext: Option<u8>) -> Vec<u8> {
+    let (proto, hdr_len) = match l4 {
+        L4::Tcp { .. } => (PROTO_TCP, 20),
+        L4::Udp { .. } => (PROTO_UDP, 8),
+    };
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&src.1.to_be_bytes());
+    seg.extend_from_slice(&dst.1.to_be_bytes());
+    match l4 {
+        L4::Tcp { flags } => {
+            seg.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+            let ack: u32 = if flags & TCP_ACK != 0 { 0x0a0b_0c0d } else { 0 };
+            seg.extend_from_slice(&ack.to_be_bytes());
+            seg.push(5 << 4);
+            seg.push(flags);
+            seg.extend_from_slice(&64240u16.to_be_bytes());
+            seg.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        L4::Udp { .. } => {
+            seg.extend_from_slice(&((hdr_len + PAYLOAD.len()) as u16).to_be_bytes());
+            seg.extend_from_slice(&[0, 0]);
+        }
+    }
+    seg.extend_from_slice(PAYLOAD);
+    let csum_off = if proto == PROTO_TCP { 16 } else { 6 };
+    let csum = l4_csum6(src.0, dst.0, proto, &seg);
+    seg[csum_off..csum_off + 2].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02]);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    let ext_len = if ext.is_some() { 8 } else { 0 };
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((ext_len + seg.len()) as u16).to_be_bytes());
+    f.push(ext.unwrap_or(proto));
+    f.push(64);
+    f.extend_from_slice(&src.0.octets());
+    f.extend_from_slice(&dst.0.octets());
+    if ext.is_some() {
+        // A hop-by-hop/destination options header of 8 bytes (PadN), then the segment.
+        f.extend_from_slice(&[proto, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    f.extend_from_slice(&seg);
+    f
+}
+
+fn frame6(src: End6, dst: End6, l4: L4) -> Vec<u8> {
+    frame6_with(src, dst, l4, None)
+}
+
+/// The TCP/UDP checksum over the IPv6 pseudo header (0 is sent as 0xffff for UDP).
+fn l4_csum6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, seg: &[u8]) -> u16 {
+    let sum = sum16(&src.octets())
+        + sum16(&dst.octets())
+        + seg.len() as u32
+        + u32::from(proto)
+        + sum16(seg);
+    let csum = !fold(sum);
+    if csum == 0 {
+        0xffff
+    } else {
+        csum
+    }
+}
+
+fn parse6(f: &[u8]) -> (End6, End6) {
+    let ip6 = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[o..o + 16]).unwrap());
+    let be16 = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    (
+        (ip6(ETH + 8), be16(L4_OFF6)),
+        (ip6(ETH + 24), be16(L4_OFF6 + 2)),
+    )
+}
+
+/// The segment sums to 0xffff with its pseudo header.
+fn assert_checksum6_valid(f: &[u8]) {
+    let (src, dst) = parse6(f);
+    let proto = f[ETH + 6];
+    let seg = &f[L4_OFF6..];
+    let sum = sum16(&src.0.octets())
+        + sum16(&dst.0.octets())
+        + seg.len() as u32
+        + u32::from(proto)
+        + sum16(seg);
+    assert_eq!(fold(sum), 0xffff, "L4 checksum of proto {proto}");
+}
+
+fn words6(ip: Ipv6Addr) -> [u32; 4] {
+    switchyard::model::ebpf_plan::words(ip)
+}
+
+fn ct_key6(src: End6, dst: End6, proto: u8) -> CtKey6 {
+    CtKey6 {
+        src_addr: words6(src.0),
+        dst_addr: words6(dst.0),
+        src_port: src.1.to_be(),
+        dst_port: dst.1.to_be(),
+        proto,
+        pad: [0; 3],
+    }
+}
+
+impl Tc {
+    /// One IPv6 external frontend with the given backends and flags.
+    fn external6(&mut self, frontend: End6, proto: u8, id: u32, flags: u16, pods: &[Ipv6Addr]) {
+        for (slot, pod) in pods.iter().enumerate() {
+            let key = BackendKey {
+                service_id: id,
+                slot: slot as u32,
+            };
+            let backend = Backend6 {
+                addr: words6(*pod),
+                port: POD_PORT.to_be(),
+                pad: 0,
+            };
+            self.hash(map_names::BACKENDS6)
+                .insert(key, backend, 0)
+                .expect("insert backend");
+        }
+        let key = ServiceKey6 {
+            addr: words6(frontend.0),
+            port: frontend.1.to_be(),
+            proto,
+            scope: SCOPE_EXTERNAL,
+        };
+        let value = ServiceValue {
+            id,
+            count: pods.len() as u16,
+            flags,
+            ..ServiceValue::default()
+        };
+        self.hash(map_names::SERVICES6)
+            .insert(key, value, 0)
+            .expect("insert service");
+    }
+
+    fn conntrack6(&mut self, key: CtKey6) -> Option<CtValue6> {
+        self.hash::<CtKey6, CtValue6>(map_names::CONNTRACK6)
+            .get(&key, 0)
+            .ok()
+    }
+}
+
+fn assert_dnat6(v: &Verdict, input: &[u8], to: End6) {
+    assert_eq!(v.ret, TC_ACT_OK, "verdict");
+    let (src, dst) = parse6(&v.frame);
+    assert_eq!(dst, to, "destination rewritten");
+    assert_eq!(src, parse6(input).0, "source kept");
+    assert_eq!(v.frame.len(), input.len());
+    assert_checksum6_valid(&v.frame);
+}
+
+#[test]
+fn ipv6_tcp_to_a_nodeport_is_translated_tracked_and_its_replies_rewritten_back() {
+    let mut tc = Tc::load();
+    tc.external6((NODE6, NODE_PORT), PROTO_TCP, 7, 0, &[POD6_A]);
+    let client = (CLIENT6, CLIENT_PORT);
+    let syn = frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_SYN });
+    assert_checksum6_valid(&syn);
+    let v = tc.ingress(&syn);
+    assert_dnat6(&v, &syn, (POD6_A, POD_PORT));
+    let original = tc
+        .conntrack6(ct_key6(client, (NODE6, NODE_PORT), PROTO_TCP))
+        .expect("original-direction entry");
+    assert_eq!(original.addr, words6(POD6_A));
+    let reply = tc
+        .conntrack6(ct_key6((POD6_A, POD_PORT), client, PROTO_TCP))
+        .expect("reply-direction entry");
+    assert_ne!(reply.flags & CT_FLAG_REPLY, 0);
+    // The IPv4 map holds nothing of it.
+    assert_eq!(tc.conntrack_len(), 0);
+
+    // Later segments follow the flow; the reply leaves as the NodePort.
+    let ack = frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_ACK });
+    assert_dnat6(&tc.ingress(&ack), &ack, (POD6_A, POD_PORT));
+    let syn_ack = frame6(
+        (POD6_A, POD_PORT),
+        client,
+        L4::Tcp {
+            flags: TCP_SYN | TCP_ACK,
+        },
+    );
+    let v = tc.egress(&syn_ack);
+    assert_eq!(v.ret, TC_ACT_OK);
+    assert_eq!(parse6(&v.frame), ((NODE6, NODE_PORT), client));
+    assert_checksum6_valid(&v.frame);
+    let seen = tc
+        .conntrack6(ct_key6((POD6_A, POD_PORT), client, PROTO_TCP))
+        .expect("reply-direction entry");
+    assert_ne!(seen.state & CT_STATE_SEEN, 0, "the answer is recorded");
+}
+
+#[test]
+fn ipv6_udp_is_translated_both_ways_with_valid_checksums() {
+    let mut tc = Tc::load();
+    tc.external6((LB6, 53), PROTO_UDP, 4, 0, &[POD6_B]);
+    let client = (CLIENT6, CLIENT_PORT);
+    let query = frame6(client, (LB6, 53), L4::Udp { checksum: true });
+    assert_dnat6(&tc.ingress(&query), &query, (POD6_B, POD_PORT));
+    let answer = frame6((POD6_B, POD_PORT), client, L4::Udp { checksum: true });
+    let v = tc.egress(&answer);
+    assert_eq!(v.ret, TC_ACT_OK);
+    assert_eq!(parse6(&v.frame), ((LB6, 53), client));
+    assert_checksum6_valid(&v.frame);
+}
+
+#[test]
+fn ipv6_traffic_outside_services_and_behind_extension_headers_passes_untouched() {
+    let mut tc = Tc::load();
+    tc.external6((NODE6, NODE_PORT), PROTO_TCP, 7, 0, &[POD6_A]);
+    let client = (CLIENT6, CLIENT_PORT);
+    let syn = L4::Tcp { flags: TCP_SYN };
+    for other in [
+        // Another port, another protocol, another address.
+        frame6(client, (NODE6, NODE_PORT + 1), syn),
+        frame6(client, (NODE6, NODE_PORT), L4::Udp { checksum: true }),
+        frame6(client, (LB6, NODE_PORT), syn),
+        // The frontend, behind a destination options header (not walked).
+        frame6_with(client, (NODE6, NODE_PORT), syn, Some(60)),
+    ] {
+        assert_untouched(&tc.ingress(&other), &other);
+        assert_untouched(&tc.egress(&other), &other);
+    }
+    // The IPv4 frontend of the same port number is not an IPv6 one.
+    let v4 = frame(tcp((CLIENT, CLIENT_PORT), (NODE, NODE_PORT), TCP_SYN));
+    assert_untouched(&tc.ingress(&v4), &v4);
+}
+
+#[test]
+fn ipv6_source_ranges_allow_listed_clients_and_drop_the_rest() {
+    let mut tc = Tc::load();
+    tc.external6(
+        (LB6, 443),
+        PROTO_TCP,
+        5,
+        SERVICE_FLAG_SOURCE_RANGES,
+        &[POD6_A],
+    );
+    let mut trie: LpmTrie<&mut MapData, SourceRangeKey6, u8> =
+        LpmTrie::try_from(tc.ebpf.map_mut(map_names::SOURCE_RANGES6).unwrap()).unwrap();
+    let allowed = Key::new(
+        128 + 64,
+        SourceRangeKey6 {
+            lb_addr: words6(LB6),
+            client_addr: words6(CLIENT6),
+        },
+    );
+    trie.insert(&allowed, 1, 0).expect("insert source range");
+    let syn = L4::Tcp { flags: TCP_SYN };
+    let near = frame6((CLIENT6, CLIENT_PORT), (LB6, 443), syn);
+    assert_dnat6(&tc.ingress(&near), &near, (POD6_A, POD_PORT));
+    let far = frame6((FAR_CLIENT6, CLIENT_PORT), (LB6, 443), syn);
+    assert_eq!(
+        tc.ingress(&far).ret,
+        TC_ACT_SHOT,
+        "outside the ranges: dropped"
+    );
+}
+
+#[test]
+fn ipv6_frontends_without_endpoints_drop_with_drop_empty() {
+    let mut tc = Tc::load();
+    tc.external6(
+        (NODE6, NODE_PORT),
+        PROTO_TCP,
+        8,
+        SERVICE_FLAG_DROP_EMPTY,
+        &[],
+    );
+    let syn = frame6(
+        (CLIENT6, CLIENT_PORT),
+        (NODE6, NODE_PORT),
+        L4::Tcp { flags: TCP_SYN },
+    );
+    assert_eq!(tc.ingress(&syn).ret, TC_ACT_SHOT);
+    assert!(tc
+        .conntrack6(ct_key6(
+            (CLIENT6, CLIENT_PORT),
+            (NODE6, NODE_PORT),
+            PROTO_TCP
+        ))
+        .is_none());
+}
+
+#[test]
+fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_back() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    let node1 = bed.testbed.node(1).underlay_ipv6;
+    let remote = bed.testbed.pod(2, 1).ip6;
+    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
+    tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
+        .insert(bed.ifindex, words6(node1), 0)
+        .expect("write the IPv6 snat address");
+    tc.external6(
+        (node1, NODE_PORT),
+        PROTO_TCP,
+        9,
+        SERVICE_FLAG_MASQUERADE,
+        &[remote],
+    );
+    let client = (CLIENT6, CLIENT_PORT);
+    let syn = frame6(client, (node1, NODE_PORT), L4::Tcp { flags: TCP_SYN });
+    let v = bed.ingress(&tc, &syn);
+    assert_eq!(
+        v.ret, TC_ACT_REDIRECT,
+        "leaves by redirect, not up the stack"
+    );
+    let (src, dst) = parse6(&v.frame);
+    assert_eq!(dst, (remote, POD_PORT), "to the remote backend");
+    assert_eq!(src.0, node1, "from the node's IPv6 address");
+    assert!(
+        SNAT_PORTS.contains(&src.1),
+        "a port of the NAT range: {}",
+        src.1
+    );
+    assert_checksum6_valid(&v.frame);
+
+    // The backend's reply to node:port is found before the service lookup and leaves as the
+    // frontend, towards the client.
+    let syn_ack = frame6(
+        (remote, POD_PORT),
+        src,
+        L4::Tcp {
+            flags: TCP_SYN | TCP_ACK,
+        },
+    );
+    let v = bed.ingress(&tc, &syn_ack);
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(parse6(&v.frame), ((node1, NODE_PORT), client));
+    assert_checksum6_valid(&v.frame);
+    let forward = tc
+        .conntrack6(ct_key6(client, (node1, NODE_PORT), PROTO_TCP))
+        .expect("forward entry");
+    assert_ne!(forward.flags & CT_FLAG_SNAT, 0);
+    assert_eq!(
+        (forward.nat_addr, u16::from_be(forward.nat_port)),
+        (words6(node1), src.1)
+    );
 }

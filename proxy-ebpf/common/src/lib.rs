@@ -42,6 +42,17 @@ pub mod map_names {
     pub const SOCK_REVNAT6: &str = "SWY_SOCK_REVNAT6";
     /// Session affinity to IPv6 services (LRU).
     pub const AFFINITY6: &str = "SWY_AFFINITY6";
+    /// Packet-path connection tracking of IPv6 flows: [`CtKey6`](super::CtKey6) ->
+    /// [`CtValue6`](super::CtValue6) (LRU).
+    pub const CONNTRACK6: &str = "SWY_CONNTRACK6";
+    /// IPv6 source NAT address per device: ifindex -> IPv6 address (hash).
+    pub const SNAT_ADDRS6: &str = "SWY_SNAT_ADDRS6";
+    /// loadBalancerSourceRanges of IPv6 LoadBalancer IPs: LPM trie over
+    /// [`SourceRangeKey6`](super::SourceRangeKey6).
+    pub const SOURCE_RANGES6: &str = "SWY_SOURCE_RANGES6";
+    /// The IPv6 tc programs the IPv4 ones tail-call (program array: 0 ingress, 1 egress),
+    /// filled by userspace at load.
+    pub const TC_V6: &str = "SWY_TC_V6";
 }
 
 /// Program names as they appear in the object file.
@@ -67,6 +78,10 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "swy_tc_ingress";
     /// tc egress on node devices: reverse translation of replies to external clients.
     pub const TC_EGRESS: &str = "swy_tc_egress";
+    /// IPv6 packets of [`TC_INGRESS`], tail-called from it (not attached itself).
+    pub const TC_INGRESS6: &str = "swy_tc_ingress6";
+    /// IPv6 packets of [`TC_EGRESS`], tail-called from it (not attached itself).
+    pub const TC_EGRESS6: &str = "swy_tc_egress6";
     /// iter/udp: destroys connected UDP sockets translated to a backend that left the
     /// frontend they were sent to (`bpf_sock_destroy`, kernels >= 6.5).
     pub const SOCK_TERM_UDP4: &str = "swy_sock_term_udp4";
@@ -78,6 +93,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 /// IP protocol number for ICMP (errors about translated flows are translated too).
 pub const PROTO_ICMP: u8 = 1;
+/// IPv6 next-header number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Default number of entries of the services map: 30,000 service ports with several
 /// frontends each (maps are not preallocated, so room costs only the bucket array).
@@ -401,7 +418,7 @@ pub struct ServiceKey6 {
     pub port: u16,
     /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
     pub proto: u8,
-    /// [`SCOPE_SOCKET`] (the packet path serves no IPv6 yet).
+    /// [`SCOPE_SOCKET`] or [`SCOPE_EXTERNAL`], as in [`ServiceKey`].
     pub scope: u8,
 }
 
@@ -457,6 +474,56 @@ pub struct AffinityValue6 {
     pub backend: Backend6,
 }
 
+/// Key of the IPv6 packet-path conntrack map: as [`CtKey`], with IPv6 addresses (words in
+/// network order, as [`ServiceKey6::addr`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey6 {
+    /// Source address.
+    pub src_addr: [u32; 4],
+    /// Destination address.
+    pub dst_addr: [u32; 4],
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub pad: [u8; 3],
+}
+
+/// Value of the IPv6 conntrack map: the fields of [`CtValue`], with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue6 {
+    /// Address to rewrite to (see [`CtValue::addr`]).
+    pub addr: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    /// `SERVICE_FLAG_*` and `CT_FLAG_*` bits.
+    pub flags: u16,
+    /// Source NAT only: the other address to rewrite.
+    pub nat_addr: [u32; 4],
+    /// Source NAT only: the other port to rewrite, network byte order.
+    pub nat_port: u16,
+    /// `CT_STATE_*` bits of this direction.
+    pub state: u16,
+    /// `CLOCK_MONOTONIC` nanoseconds of this direction's last packet.
+    pub last_seen_ns: u64,
+}
+
+/// Key of the IPv6 source-ranges LPM trie: the LoadBalancer IP's 128 bits are always part of
+/// the prefix, then the range's prefix over the client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SourceRangeKey6 {
+    /// LoadBalancer IP.
+    pub lb_addr: [u32; 4],
+    /// Client address (range base).
+    pub client_addr: [u32; 4],
+}
+
 /// Compile-time layout check of a map type shared with the kernel: its size is the sum of its
 /// fields' sizes (no implicit padding, which the kernel would hash or compare as garbage and
 /// which `aya::Pod` forbids), and equals the size the other side was built with.
@@ -487,6 +554,9 @@ assert_no_padding!(Backend6, 20, [[u32; 4], u16, u16]);
 assert_no_padding!(SockRevKey6, 32, [u64, [u32; 4], u16, u16, u32]);
 assert_no_padding!(SockRevValue6, 20, [[u32; 4], u16, u16]);
 assert_no_padding!(AffinityValue6, 32, [u64, u32, Backend6]);
+assert_no_padding!(CtKey6, 40, [[u32; 4], [u32; 4], u16, u16, u8, [u8; 3]]);
+assert_no_padding!(CtValue6, 48, [[u32; 4], u16, u16, [u32; 4], u16, u16, u64]);
+assert_no_padding!(SourceRangeKey6, 32, [[u32; 4], [u32; 4]]);
 assert_no_padding!(
     ServiceName,
     152,
@@ -516,4 +586,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey6 {}
     unsafe impl aya::Pod for super::SockRevValue6 {}
     unsafe impl aya::Pod for super::AffinityValue6 {}
+    unsafe impl aya::Pod for super::CtKey6 {}
+    unsafe impl aya::Pod for super::CtValue6 {}
+    unsafe impl aya::Pod for super::SourceRangeKey6 {}
 }

@@ -25,10 +25,96 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use std::hash::Hash;
+
 use switchyard_common::{
-    Backend, CtKey, CtValue, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_FIN, CT_STATE_RST,
-    CT_STATE_SEEN, PROTO_TCP, PROTO_UDP,
+    Backend, Backend6, CtKey, CtKey6, CtValue, CtValue6, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_FIN,
+    CT_STATE_RST, CT_STATE_SEEN, PROTO_TCP, PROTO_UDP,
 };
+
+/// What the decisions read of a conntrack value of either family (`SWY_CONNTRACK`'s
+/// [`CtValue`], `SWY_CONNTRACK6`'s [`CtValue6`]).
+pub trait CtTimes {
+    /// `CT_STATE_*` bits.
+    fn state(&self) -> u16;
+    /// Last packet, `CLOCK_MONOTONIC` nanoseconds.
+    fn last_seen_ns(&self) -> u64;
+}
+
+/// An address and port.
+pub type End<A> = (A, u16);
+/// A key's source, destination and protocol.
+pub type Parts<A> = (End<A>, End<A>, u8);
+/// A value's flags, rewrite target and source NAT pair.
+pub type Target<A> = (u16, End<A>, End<A>);
+
+/// One family's conntrack map: key and value types and the fields the sweep compares.
+pub trait CtFamily {
+    /// Map key.
+    type Key: Copy + Eq + Hash;
+    /// Map value.
+    type Value: Copy + CtTimes;
+    /// An address as the map stores it.
+    type Addr: Copy + Eq + Ord;
+    /// A backend of this family.
+    type Backend: Ord;
+    /// Source, destination and protocol of a key.
+    fn parts(key: &Self::Key) -> Parts<Self::Addr>;
+    /// The key of these parts.
+    fn key(src: End<Self::Addr>, dst: End<Self::Addr>, proto: u8) -> Self::Key;
+    /// Flags, the rewrite target and the source NAT pair of a value.
+    fn target(value: &Self::Value) -> Target<Self::Addr>;
+    /// The backend at an address and port.
+    fn backend(end: End<Self::Addr>) -> Self::Backend;
+}
+
+/// `SWY_CONNTRACK`.
+pub struct V4;
+/// `SWY_CONNTRACK6`.
+pub struct V6;
+
+/// The two families' maps have the same fields, with other address types.
+macro_rules! ct_family {
+    ($family:ty, $key:ident, $value:ident, $addr:ty, $backend:ident) => {
+        impl CtTimes for $value {
+            fn state(&self) -> u16 {
+                self.state
+            }
+            fn last_seen_ns(&self) -> u64 {
+                self.last_seen_ns
+            }
+        }
+
+        impl CtFamily for $family {
+            type Key = $key;
+            type Value = $value;
+            type Addr = $addr;
+            type Backend = $backend;
+            fn parts(k: &$key) -> Parts<$addr> {
+                ((k.src_addr, k.src_port), (k.dst_addr, k.dst_port), k.proto)
+            }
+            fn key(src: End<$addr>, dst: End<$addr>, proto: u8) -> $key {
+                $key {
+                    src_addr: src.0,
+                    dst_addr: dst.0,
+                    src_port: src.1,
+                    dst_port: dst.1,
+                    proto,
+                    pad: [0; 3],
+                }
+            }
+            fn target(v: &$value) -> Target<$addr> {
+                (v.flags, (v.addr, v.port), (v.nat_addr, v.nat_port))
+            }
+            fn backend((addr, port): End<$addr>) -> $backend {
+                $backend { addr, port, pad: 0 }
+            }
+        }
+    };
+}
+
+ct_family!(V4, CtKey, CtValue, u32, Backend);
+ct_family!(V6, CtKey6, CtValue6, [u32; 4], Backend6);
 
 /// Idle timeouts by flow state, named and defaulted as netfilter's `nf_conntrack_*_timeout*`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,8 +237,8 @@ pub enum FlowState {
 
 /// The state of a flow of protocol `proto` from its original (`forward`) and reply entries;
 /// a missing one counts as never answered.
-pub fn flow_state(proto: u8, forward: Option<&CtValue>, reply: Option<&CtValue>) -> FlowState {
-    let bits = |entry: Option<&CtValue>| entry.map_or(0, |e| e.state);
+pub fn flow_state<V: CtTimes>(proto: u8, forward: Option<&V>, reply: Option<&V>) -> FlowState {
+    let bits = |entry: Option<&V>| entry.map_or(0, CtTimes::state);
     let (sent, answered) = (bits(forward), bits(reply));
     let answered_at_all = forward.is_some() && answered & CT_STATE_SEEN != 0;
     if proto != PROTO_TCP {
@@ -176,17 +262,17 @@ pub fn flow_state(proto: u8, forward: Option<&CtValue>, reply: Option<&CtValue>)
 
 /// Whether a flow has been idle at `now_ns` (the programs' clock, `CLOCK_MONOTONIC`) for
 /// longer than its state allows.
-pub fn expired(
+pub fn expired<V: CtTimes>(
     proto: u8,
-    forward: Option<&CtValue>,
-    reply: Option<&CtValue>,
+    forward: Option<&V>,
+    reply: Option<&V>,
     now_ns: u64,
     timeouts: &FlowTimeouts,
 ) -> bool {
     let last_seen = forward
         .into_iter()
         .chain(reply)
-        .map(|e| e.last_seen_ns)
+        .map(CtTimes::last_seen_ns)
         .max()
         .unwrap_or(0);
     let idle = now_ns.saturating_sub(last_seen);
@@ -196,41 +282,40 @@ pub fn expired(
 
 /// The key of the other direction's entry of the flow `key` belongs to.
 pub fn partner_key(key: &CtKey, value: &CtValue) -> CtKey {
-    let reply = value.flags & CT_FLAG_REPLY != 0;
-    let snat = value.flags & CT_FLAG_SNAT != 0;
+    partner_of::<V4>(key, value)
+}
+
+fn partner_of<F: CtFamily>(key: &F::Key, value: &F::Value) -> F::Key {
+    let (flags, target, nat) = F::target(value);
+    let (key_src, key_dst, proto) = F::parts(key);
+    let reply = flags & CT_FLAG_REPLY != 0;
+    let snat = flags & CT_FLAG_SNAT != 0;
     let (src, dst) = match (reply, snat) {
         // client -> frontend: backend -> client, or backend -> node:port.
-        (false, false) => ((value.addr, value.port), (key.src_addr, key.src_port)),
-        (false, true) => ((value.addr, value.port), (value.nat_addr, value.nat_port)),
+        (false, false) => (target, key_src),
+        (false, true) => (target, nat),
         // backend -> client or node:port: client -> frontend.
-        (true, false) => ((key.dst_addr, key.dst_port), (value.addr, value.port)),
-        (true, true) => ((value.nat_addr, value.nat_port), (value.addr, value.port)),
+        (true, false) => (key_dst, target),
+        (true, true) => (nat, target),
     };
-    CtKey {
-        src_addr: src.0,
-        dst_addr: dst.0,
-        src_port: src.1,
-        dst_port: dst.1,
-        proto: key.proto,
-        pad: [0; 3],
-    }
+    F::key(src, dst, proto)
 }
 
 /// The backend a flow's entry points at.
-fn backend_of(key: &CtKey, value: &CtValue) -> Backend {
-    let (addr, port) = if value.flags & CT_FLAG_REPLY == 0 {
-        (value.addr, value.port)
+fn backend_of<F: CtFamily>(key: &F::Key, value: &F::Value) -> F::Backend {
+    let (flags, target, _) = F::target(value);
+    if flags & CT_FLAG_REPLY == 0 {
+        F::backend(target)
     } else {
-        (key.src_addr, key.src_port)
-    };
-    Backend { addr, port, pad: 0 }
+        F::backend(F::parts(key).0)
+    }
 }
 
 /// What one pass deletes, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sweep {
+pub struct Sweep<K = CtKey> {
     /// Entries to delete: both directions of every flow that ended.
-    pub delete: Vec<CtKey>,
+    pub delete: Vec<K>,
     /// Flows that timed out.
     pub expired: usize,
     /// UDP flows to backends that left.
@@ -247,15 +332,30 @@ pub fn sweep(
     timeouts: Option<&FlowTimeouts>,
     gone: &BTreeSet<Backend>,
 ) -> Sweep {
-    let by_key: HashMap<CtKey, &CtValue> = entries.iter().map(|(k, v)| (*k, v)).collect();
-    let mut result = Sweep::default();
+    sweep_family::<V4>(entries, now_ns, timeouts, gone)
+}
+
+/// [`sweep`] for either family's map (`SWY_CONNTRACK6` with [`V6`]).
+pub fn sweep_family<F: CtFamily>(
+    entries: &[(F::Key, F::Value)],
+    now_ns: u64,
+    timeouts: Option<&FlowTimeouts>,
+    gone: &BTreeSet<F::Backend>,
+) -> Sweep<F::Key> {
+    let by_key: HashMap<F::Key, &F::Value> = entries.iter().map(|(k, v)| (*k, v)).collect();
+    let mut result = Sweep {
+        delete: Vec::new(),
+        expired: 0,
+        to_gone_backends: 0,
+    };
     let mut doomed = BTreeSet::new();
     for (key, value) in entries {
-        let is_reply = value.flags & CT_FLAG_REPLY != 0;
-        let partner = partner_key(key, value);
+        let is_reply = F::target(value).0 & CT_FLAG_REPLY != 0;
+        let partner = partner_of::<F>(key, value);
         // The other direction, if it is there and names this entry back.
         let other = by_key.get(&partner).copied().filter(|other| {
-            (other.flags & CT_FLAG_REPLY != 0) != is_reply && partner_key(&partner, other) == *key
+            (F::target(other).0 & CT_FLAG_REPLY != 0) != is_reply
+                && partner_of::<F>(&partner, other) == *key
         });
         if is_reply && other.is_some() {
             // Judged with its original entry.
@@ -266,9 +366,10 @@ pub fn sweep(
         } else {
             (Some(value), other)
         };
-        let to_gone = key.proto == PROTO_UDP && gone.contains(&backend_of(key, value));
+        let proto = F::parts(key).2;
+        let to_gone = proto == PROTO_UDP && gone.contains(&backend_of::<F>(key, value));
         let timed_out =
-            !to_gone && timeouts.is_some_and(|t| expired(key.proto, forward, reply, now_ns, t));
+            !to_gone && timeouts.is_some_and(|t| expired(proto, forward, reply, now_ns, t));
         if !(to_gone || timed_out) {
             continue;
         }
@@ -277,9 +378,9 @@ pub fn sweep(
         } else {
             result.expired += 1;
         }
-        doomed.insert(OrdKey(*key));
+        doomed.insert(OrdKey::<F>(*key));
         if other.is_some() {
-            doomed.insert(OrdKey(partner));
+            doomed.insert(OrdKey::<F>(partner));
         }
     }
     result.delete = doomed.into_iter().map(|k| k.0).collect();
@@ -291,45 +392,63 @@ pub fn sweep(
 /// there are none before the tc programs go: a flow the programs translate breaks once they
 /// are gone, and one that is quiet that long is most likely over.
 pub fn recently_active(entries: &[(CtKey, CtValue)], now_ns: u64, quiet: Duration) -> usize {
+    recently_active_family::<V4>(entries, now_ns, quiet)
+}
+
+/// [`recently_active`] for either family's map.
+pub fn recently_active_family<F: CtFamily>(
+    entries: &[(F::Key, F::Value)],
+    now_ns: u64,
+    quiet: Duration,
+) -> usize {
     let quiet = u64::try_from(quiet.as_nanos()).unwrap_or(u64::MAX);
-    let by_key: HashMap<CtKey, &CtValue> = entries.iter().map(|(k, v)| (*k, v)).collect();
+    let by_key: HashMap<F::Key, &F::Value> = entries.iter().map(|(k, v)| (*k, v)).collect();
     entries
         .iter()
         .filter(|(key, value)| {
-            let is_reply = value.flags & CT_FLAG_REPLY != 0;
-            let partner = partner_key(key, value);
+            let is_reply = F::target(value).0 & CT_FLAG_REPLY != 0;
+            let partner = partner_of::<F>(key, value);
             let other = by_key.get(&partner).copied().filter(|other| {
-                (other.flags & CT_FLAG_REPLY != 0) != is_reply
-                    && partner_key(&partner, other) == *key
+                (F::target(other).0 & CT_FLAG_REPLY != 0) != is_reply
+                    && partner_of::<F>(&partner, other) == *key
             });
             // A flow counts once: by its original entry, or by a reply entry on its own.
             if is_reply && other.is_some() {
                 return false;
             }
-            let last = value.last_seen_ns.max(other.map_or(0, |o| o.last_seen_ns));
+            let last = value
+                .last_seen_ns()
+                .max(other.map_or(0, CtTimes::last_seen_ns));
             now_ns.saturating_sub(last) < quiet
         })
         .count()
 }
 
-/// A [`CtKey`] ordered by its fields, so the deletions come out in a stable order.
-#[derive(PartialEq, Eq)]
-struct OrdKey(CtKey);
+/// A key ordered by its fields, so the deletions come out in a stable order.
+struct OrdKey<F: CtFamily>(F::Key);
 
-impl OrdKey {
-    fn fields(&self) -> (u32, u32, u16, u16, u8) {
-        let k = &self.0;
-        (k.src_addr, k.dst_addr, k.src_port, k.dst_port, k.proto)
+impl<F: CtFamily> OrdKey<F> {
+    fn fields(&self) -> (F::Addr, F::Addr, u16, u16, u8) {
+        let (src, dst, proto) = F::parts(&self.0);
+        (src.0, dst.0, src.1, dst.1, proto)
     }
 }
 
-impl PartialOrd for OrdKey {
+impl<F: CtFamily> PartialEq for OrdKey<F> {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl<F: CtFamily> Eq for OrdKey<F> {}
+
+impl<F: CtFamily> PartialOrd for OrdKey<F> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for OrdKey {
+impl<F: CtFamily> Ord for OrdKey<F> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.fields().cmp(&other.fields())
     }

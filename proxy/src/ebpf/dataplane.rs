@@ -19,6 +19,7 @@ use super::plan::names::{self, NameOp};
 use super::plan::{Family, FamilyPlanner, MapWriter, Planner, Planner6, PortFailure, RangeKey};
 use super::sock_term::{self, SockTerminator};
 use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
+use crate::model::tc_conntrack as tc_ct;
 use crate::model::{DesiredState, ServicePort, ServicePortKey, StateDiff};
 
 /// Where and how big.
@@ -65,7 +66,7 @@ const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 
 /// Every map, pinned under `<bpffs>/maps/` so a restarted controller adopts them.
-pub const MAPS: [&str; 13] = [
+pub const MAPS: [&str; 17] = [
     map_names::SERVICES,
     map_names::BACKENDS,
     map_names::SOCK_REVNAT,
@@ -79,6 +80,11 @@ pub const MAPS: [&str; 13] = [
     map_names::BACKENDS6,
     map_names::SOCK_REVNAT6,
     map_names::AFFINITY6,
+    map_names::CONNTRACK6,
+    map_names::SNAT_ADDRS6,
+    map_names::SOURCE_RANGES6,
+    // Pinned so its slots (the IPv6 tc programs) outlive the process with the pinned links.
+    map_names::TC_V6,
 ];
 
 /// A verify looks up every `VERIFY_STRIDE`-th backend set, a different share each time.
@@ -172,8 +178,6 @@ pub struct EbpfDataplane {
     planner: Planner,
     /// The same for the IPv6 maps.
     planner6: Planner6,
-    /// Ports warned about for IPv6 frontends the packet path does not serve (once each).
-    warned_ipv6_external: std::collections::BTreeSet<ServicePortKey>,
     /// What `SWY_SVC_NAMES` holds (fingerprints), as written or found at start-up.
     names: std::collections::BTreeMap<u32, u64>,
     /// Map and link gauges, set at full syncs and verifies.
@@ -183,8 +187,9 @@ pub struct EbpfDataplane {
     sock_term: Option<SockTerminator>,
     /// Whether the warning about namespaces we cannot enter was given (once per process).
     warned_unreachable: bool,
-    /// `SWY_CONNTRACK`'s entries after the last sweep (for its gauge).
+    /// `SWY_CONNTRACK`'s and `SWY_CONNTRACK6`'s entries after the last sweep (gauges).
     conntrack_entries: u64,
+    conntrack6_entries: u64,
     config: EbpfConfig,
 }
 
@@ -212,7 +217,9 @@ impl EbpfDataplane {
             // IPv6 frontends and endpoints get the same room as IPv4 ones (an IPv6-only
             // cluster needs it); not preallocated, so unused room costs only buckets.
             .map_max_entries(map_names::SERVICES6, config.services_max)
-            .map_max_entries(map_names::BACKENDS6, config.backends_max);
+            .map_max_entries(map_names::BACKENDS6, config.backends_max)
+            .map_max_entries(map_names::CONNTRACK6, config.conntrack_max)
+            .map_max_entries(map_names::SOURCE_RANGES6, config.source_ranges_max);
         let pins: Vec<PathBuf> = MAPS.iter().map(|m| maps_dir.join(m)).collect();
         for (name, pin) in MAPS.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
@@ -258,6 +265,8 @@ impl EbpfDataplane {
         // The source NAT settings are in place before the programs see a packet.
         let mut snat_addrs = write_snat_config(&mut ebpf, config.snat_ports.as_ref())?;
         write_refusal_limits(&mut ebpf, config.icmp_limits)?;
+        super::tc_v6::load(&mut ebpf)?;
+        super::tc_v6::write_snat_addrs(&mut ebpf, &config.devices)?;
         for device in &config.devices {
             write_snat_addr(&mut snat_addrs, device);
             pinned.extend(attach_tc(&mut ebpf, &links_dir, device, tcx)?);
@@ -295,12 +304,12 @@ impl EbpfDataplane {
             snat_addrs,
             planner: Planner::default(),
             planner6: Planner6::default(),
-            warned_ipv6_external: Default::default(),
             names: Default::default(),
             metrics: None,
             sock_term,
             warned_unreachable: false,
             conntrack_entries: 0,
+            conntrack6_entries: 0,
             config,
         };
         if adopted {
@@ -404,10 +413,10 @@ impl EbpfDataplane {
         };
         let config = &self.config;
         let (services, backends, ranges) = self.planner.entry_counts();
-        let (services6, backends6, _) = self.planner6.entry_counts();
+        let (services6, backends6, ranges6) = self.planner6.entry_counts();
         use crate::ebpf::batch_read::count;
-        // The sync's conntrack sweep has just read that map.
-        let conntrack = self.conntrack_entries;
+        // The sync's conntrack sweep has just read those maps.
+        let (conntrack, conntrack6) = (self.conntrack_entries, self.conntrack6_entries);
         let affinity = count(&self.maps.affinity, DEFAULT_AFFINITY_MAX as usize) as u64;
         let sock_revnat = count(&self.maps.sock_revnat, DEFAULT_SOCK_REVNAT_MAX as usize) as u64;
         let affinity6 = count(&self.maps.affinity6, DEFAULT_AFFINITY_MAX as usize) as u64;
@@ -438,6 +447,12 @@ impl EbpfDataplane {
                 map_names::SOCK_REVNAT6,
                 sock_revnat6,
                 DEFAULT_SOCK_REVNAT_MAX,
+            ),
+            (map_names::CONNTRACK6, conntrack6, config.conntrack_max),
+            (
+                map_names::SOURCE_RANGES6,
+                ranges6 as u64,
+                config.source_ranges_max,
             ),
         ] {
             metrics.set_map(map, entries, capacity);
@@ -498,9 +513,18 @@ impl EbpfDataplane {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(read(map_names::BACKENDS6))?;
+        let ranges6: Vec<_> = self
+            .maps
+            .source_ranges6
+            .keys()
+            .map(|k| {
+                k.map(|k: LpmKey<switchyard_common::SourceRangeKey6>| (k.data(), k.prefix_len()))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(read(map_names::SOURCE_RANGES6))?;
         let entries = services.len() + services6.len();
         self.planner.observe(services, backends, ranges);
-        self.planner6.observe(services6, backends6, []);
+        self.planner6.observe(services6, backends6, ranges6);
         Ok(entries)
     }
 
@@ -530,54 +554,21 @@ impl EbpfDataplane {
         }
     }
 
-    /// One pass over the packet-path conntrack map: deletes both directions of the flows to
-    /// backends in `gone` (otherwise a UDP client that keeps its source port stays stuck on a
-    /// dead backend; kube-proxy clears conntrack likewise) and, with `expire`, of the flows
-    /// idle for longer than their state allows (`switchyard_model::tc_conntrack` decides).
-    fn sweep_conntrack(&mut self, gone: &std::collections::BTreeSet<Backend>, expire: bool) {
-        let conntrack = &mut self.maps.conntrack;
-        // The programs change the map while it is read; a key they delete restarts the
-        // iterator's walk, so it is bounded by the capacity.
-        let limit = self.config.conntrack_max as usize;
-        let entries: Vec<(CtKey, CtValue)> =
-            crate::ebpf::batch_read::entries(&*conntrack, limit, |map| {
-                map.iter().take(limit).filter_map(Result::ok).collect()
-            });
+    /// One pass over each packet-path conntrack map ([`sweep_map`]): flows to backends in
+    /// `gone` (`gone6`) and, with `expire`, idle ones. Keeps what each holds afterwards for
+    /// its gauge.
+    fn sweep_conntrack(
+        &mut self,
+        gone: &std::collections::BTreeSet<Backend>,
+        gone6: &std::collections::BTreeSet<Backend6>,
+        expire: bool,
+    ) {
         let timeouts = expire.then_some(&self.config.flow_timeouts);
-        let sweep = crate::model::tc_conntrack::sweep(&entries, monotonic_ns(), timeouts, gone);
-        let mut failed = 0;
-        let mut changed = 0;
-        let as_read: std::collections::HashMap<&CtKey, &CtValue> = if sweep.delete.is_empty() {
-            std::collections::HashMap::new()
-        } else {
-            entries.iter().map(|(k, v)| (k, v)).collect()
-        };
-        for key in &sweep.delete {
-            // Only an entry still of the flow that was read: since then the tc programs may
-            // have given its source-NAT port to a new flow. (Its time and state bits change
-            // with every packet and do not count.)
-            let same_flow = |v: &CtValue| (v.addr, v.port, v.flags, v.nat_addr, v.nat_port);
-            let now = conntrack.get(key, 0).ok();
-            if now.as_ref().map(same_flow) != as_read.get(key).map(|v| same_flow(v)) {
-                changed += 1;
-                continue;
-            }
-            if ignore_missing(conntrack.remove(key), map_names::CONNTRACK).is_err() {
-                failed += 1;
-            }
-        }
-        let deleted = sweep.delete.len().saturating_sub(changed + failed);
-        self.conntrack_entries = entries.len().saturating_sub(deleted) as u64;
-        if !sweep.delete.is_empty() || failed > 0 {
-            tracing::debug!(
-                entries = entries.len(),
-                expired = sweep.expired,
-                to_gone_backends = sweep.to_gone_backends,
-                changed,
-                failed,
-                "packet-path flows deleted"
-            );
-        }
+        let max = self.config.conntrack_max as usize;
+        let v4 = (&mut self.maps.conntrack, map_names::CONNTRACK);
+        self.conntrack_entries = sweep_map::<tc_ct::V4>(v4, max, timeouts, gone);
+        let v6 = (&mut self.maps.conntrack6, map_names::CONNTRACK6);
+        self.conntrack6_entries = sweep_map::<tc_ct::V6>(v6, max, timeouts, gone6);
     }
 
     /// Destroys the connected UDP sockets translated through `stranded` (pairs a sync
@@ -659,6 +650,10 @@ impl EbpfDataplane {
             .iter()
             .map(|k| self.planner.external_backends(k))
             .collect();
+        let before6: Vec<std::collections::BTreeSet<Backend6>> = keys
+            .iter()
+            .map(|k| self.planner6.external_backends(k))
+            .collect();
         // Full syncs compare everything the maps hold (a restarted controller owns no port
         // yet), partial ones only the ports they change.
         let udp_routes = |planner: &Planner, keys: &[ServicePortKey]| {
@@ -680,7 +675,6 @@ impl EbpfDataplane {
             .iter()
             .map(|k| (k.clone(), state.ports.get(k).map(|p| &**p)))
             .collect();
-        self.warn_ipv6_external(&changes);
         let outcome = run_planner(&mut self.planner, &mut self.maps, &changes, full);
         // Only the ports the IPv6 maps concern: an IPv4-only node's syncs cost what they did.
         let planner6 = &self.planner6;
@@ -722,8 +716,16 @@ impl EbpfDataplane {
         if expire {
             self.refresh_node_sysctls();
         }
-        if !gone.is_empty() || expire {
-            self.sweep_conntrack(&gone, expire);
+        let mut gone6 = std::collections::BTreeSet::new();
+        for (key, before) in keys.iter().zip(before6) {
+            gone6.extend(
+                before
+                    .difference(&self.planner6.external_backends(key))
+                    .copied(),
+            );
+        }
+        if !gone.is_empty() || !gone6.is_empty() || expire {
+            self.sweep_conntrack(&gone, &gone6, expire);
         }
         if full {
             self.write_names(None);
@@ -751,29 +753,6 @@ impl EbpfDataplane {
 }
 
 impl EbpfDataplane {
-    /// Warns once per port (again after it lost them) about IPv6 NodePort, externalIP and
-    /// LoadBalancer frontends: the socket programs serve them to local clients, but the tc
-    /// programs are IPv4-only, so traffic from outside the node to them is not translated.
-    fn warn_ipv6_external(&mut self, changes: &[(ServicePortKey, Option<&ServicePort>)]) {
-        for (key, port) in changes {
-            let external6 = port.is_some_and(|p| {
-                p.frontends
-                    .iter()
-                    .any(|f| f.kind != crate::model::FrontendKind::ClusterIp && f.ip.is_ipv6())
-            });
-            if !external6 {
-                self.warned_ipv6_external.remove(key);
-            } else if self.warned_ipv6_external.insert(key.clone()) {
-                tracing::warn!(
-                    service = %key,
-                    "ebpf mode: this port's IPv6 NodePort, externalIP and LoadBalancer addresses \
-                     are served to this node's own sockets only; IPv6 traffic from outside the \
-                     node to them is not served (the packet programs are IPv4-only)"
-                );
-            }
-        }
-    }
-
     /// Writes the ports in `diff` (the planner orders releases before assigns itself);
     /// `expire` as for [`Self::sync_ports`].
     fn partial(&mut self, state: &DesiredState, diff: &StateDiff, expire: bool) -> SyncReport {
@@ -891,6 +870,10 @@ impl Dataplane for EbpfDataplane {
         for device in &self.attached {
             write_snat_addr(&mut self.snat_addrs, device);
         }
+        let attached: Vec<String> = self.attached.iter().cloned().collect();
+        if let Err(e) = super::tc_v6::write_snat_addrs(&mut self.ebpf, &attached) {
+            tracing::warn!(error = %e, "cannot refresh the IPv6 source NAT addresses");
+        }
         let Some(node_ips) = &self.config.follow_devices else {
             return;
         };
@@ -907,6 +890,11 @@ impl Dataplane for EbpfDataplane {
                 continue;
             }
             write_snat_addr(&mut self.snat_addrs, &device);
+            if let Err(e) =
+                super::tc_v6::write_snat_addrs(&mut self.ebpf, std::slice::from_ref(&device))
+            {
+                tracing::warn!(%device, error = %e, "cannot write the IPv6 source NAT address");
+            }
             match attach_tc(&mut self.ebpf, &links_dir, &device, self.tcx) {
                 Ok(_) => {
                     tracing::info!(%device, "ebpf mode: packet programs attached to a new device");
@@ -1077,6 +1065,66 @@ fn forward_kernel_logs(ebpf: &mut Ebpf) {
     });
 }
 
+/// One pass over a packet-path conntrack map (either family's): deletes both directions of
+/// the flows to backends in `gone` (otherwise a UDP client that keeps its source port stays
+/// stuck on a dead backend; kube-proxy clears conntrack likewise) and, with `timeouts`, of the
+/// flows idle for longer than their state allows (`switchyard_model::tc_conntrack` decides).
+/// Returns how many entries the map holds afterwards.
+fn sweep_map<F>(
+    (conntrack, name): (
+        &mut aya::maps::HashMap<MapData, F::Key, F::Value>,
+        &'static str,
+    ),
+    max: usize,
+    timeouts: Option<&crate::model::tc_conntrack::FlowTimeouts>,
+    gone: &std::collections::BTreeSet<F::Backend>,
+) -> u64
+where
+    F: tc_ct::CtFamily,
+    F::Key: aya::Pod,
+    F::Value: aya::Pod,
+{
+    // The programs change the map while it is read; a key they delete restarts the
+    // iterator's walk, so it is bounded by the capacity.
+    let entries: Vec<(F::Key, F::Value)> =
+        crate::ebpf::batch_read::entries(&*conntrack, max, |map| {
+            map.iter().take(max).filter_map(Result::ok).collect()
+        });
+    let sweep = tc_ct::sweep_family::<F>(&entries, monotonic_ns(), timeouts, gone);
+    let mut failed = 0;
+    let mut changed = 0;
+    let as_read: std::collections::HashMap<&F::Key, &F::Value> = if sweep.delete.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        entries.iter().map(|(k, v)| (k, v)).collect()
+    };
+    for key in &sweep.delete {
+        // Only an entry still of the flow that was read: since then the tc programs may
+        // have given its source-NAT port to a new flow. (Its time and state bits change
+        // with every packet and do not count.)
+        let now = conntrack.get(key, 0).ok();
+        if now.as_ref().map(F::target) != as_read.get(key).map(|v| F::target(v)) {
+            changed += 1;
+            continue;
+        }
+        if ignore_missing(conntrack.remove(key), name).is_err() {
+            failed += 1;
+        }
+    }
+    if !sweep.delete.is_empty() || failed > 0 {
+        tracing::debug!(
+            entries = entries.len(),
+            expired = sweep.expired,
+            to_gone_backends = sweep.to_gone_backends,
+            changed,
+            failed,
+            "packet-path flows deleted"
+        );
+    }
+    let deleted = sweep.delete.len().saturating_sub(changed + failed);
+    entries.len().saturating_sub(deleted) as u64
+}
+
 /// Writes the source NAT port range (`SWY_SNAT_CONFIG`) and returns the per-device address
 /// map for [`write_snat_addr`].
 fn write_snat_config(
@@ -1173,7 +1221,7 @@ fn link_program(pin: &str) -> Option<&'static str> {
 }
 
 /// Key size, value size and entries each map must have for this build and configuration.
-fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 13] {
+fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 17] {
     use std::mem::size_of;
     use switchyard_common::{
         AffinityKey, AffinityValue, AffinityValue6, SockRevKey, SockRevKey6, SockRevValue,
@@ -1247,6 +1295,26 @@ fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 
             size_of::<SnatConfig>(),
             1,
         ),
+        (
+            map_names::CONNTRACK6,
+            size_of::<switchyard_common::CtKey6>(),
+            size_of::<switchyard_common::CtValue6>(),
+            config.conntrack_max,
+        ),
+        (
+            map_names::SOURCE_RANGES6,
+            4 + size_of::<switchyard_common::SourceRangeKey6>(),
+            1,
+            config.source_ranges_max,
+        ),
+        (
+            map_names::SNAT_ADDRS6,
+            size_of::<u32>(),
+            size_of::<[u32; 4]>(),
+            SNAT_ADDRS_MAX,
+        ),
+        // Program fds.
+        (map_names::TC_V6, size_of::<u32>(), size_of::<u32>(), 2),
         (
             map_names::SNAT_ADDRS,
             size_of::<u32>(),

@@ -89,6 +89,10 @@ pub struct Maps {
     pub affinity6: HashMap<MapData, AffinityKey, AffinityValue6>,
     /// `SWY_SOCK_REVNAT6`, only counted.
     pub sock_revnat6: HashMap<MapData, SockRevKey6, SockRevValue6>,
+    /// `SWY_CONNTRACK6`.
+    pub conntrack6: HashMap<MapData, switchyard_common::CtKey6, switchyard_common::CtValue6>,
+    /// `SWY_SOURCE_RANGES6`.
+    pub source_ranges6: LpmTrie<MapData, switchyard_common::SourceRangeKey6, u8>,
     capacities: Capacities,
 }
 
@@ -107,6 +111,8 @@ impl Maps {
             backends6: typed(ebpf, map_names::BACKENDS6, HashMap::try_from)?,
             affinity6: typed(ebpf, map_names::AFFINITY6, HashMap::try_from)?,
             sock_revnat6: typed(ebpf, map_names::SOCK_REVNAT6, HashMap::try_from)?,
+            conntrack6: typed(ebpf, map_names::CONNTRACK6, HashMap::try_from)?,
+            source_ranges6: typed(ebpf, map_names::SOURCE_RANGES6, LpmTrie::try_from)?,
             capacities,
         })
     }
@@ -141,7 +147,7 @@ impl MapWriter for Maps {
     }
 }
 
-/// The IPv6 maps as the IPv6 planner's writer (they have no source-ranges trie).
+/// The IPv6 maps as the IPv6 planner's writer.
 impl MapWriter<V6> for Maps {
     type Error = OpError;
 
@@ -162,9 +168,14 @@ impl MapWriter<V6> for Maps {
             MapOp6::DeleteBackend(k) => {
                 ignore_missing(self.backends6.remove(k), map_names::BACKENDS6)
             }
-            MapOp6::PutSourceRange(never, _) | MapOp6::DeleteSourceRange(never, _) => {
-                match *never {}
-            }
+            MapOp6::PutSourceRange(k, prefix) => self
+                .source_ranges6
+                .insert(&LpmKey::new(*prefix, *k), 1, 0)
+                .map_err(|e| full_or(e, map_names::SOURCE_RANGES6, caps.source_ranges)),
+            MapOp6::DeleteSourceRange(k, prefix) => ignore_missing(
+                self.source_ranges6.remove(&LpmKey::new(*prefix, *k)),
+                map_names::SOURCE_RANGES6,
+            ),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod object;
 pub mod sctp_fallback;
 pub mod sock_term;
+pub mod tc_v6;
 
 pub use dataplane::{EbpfConfig, EbpfDataplane, EbpfError};
 pub use metrics::EbpfMetrics;

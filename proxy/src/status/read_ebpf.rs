@@ -91,6 +91,10 @@ pub fn read(root: &Path) -> Result<Pinned, ReadError> {
             map_names::BACKENDS6 => backends6.len(),
             map_names::AFFINITY6 => count::<AffinityKey, AffinityValue6>(&path)?,
             map_names::SOCK_REVNAT6 => count::<SockRevKey6, SockRevValue6>(&path)?,
+            map_names::CONNTRACK6 => {
+                count::<switchyard_common::CtKey6, switchyard_common::CtValue6>(&path)?
+            }
+            map_names::SNAT_ADDRS6 => count::<u32, [u32; 4]>(&path)?,
             // An array holds every index.
             _ => return None,
         };

@@ -28,22 +28,6 @@ const N1: At = At::Node(1);
 const N2: At = At::Node(2);
 const CLIENT: At = At::Client;
 
-/// The one place that says what of IPv6 ebpf mode does not serve yet: its socket programs
-/// serve IPv6 and dual-stack services to pods and nodes, its tc programs are IPv4-only, so
-/// IPv6 traffic from outside the node (NodePorts, externalIPs, LoadBalancer IPs) runs in
-/// ebpf mode once this is `None`.
-const IPV6_NORTH_SOUTH_IN_EBPF: Option<&str> =
-    Some("issue 12: IPv6 tc programs (the socket programs serve IPv6)");
-
-/// Marks an IPv6 scenario with traffic from outside the node as
-/// [`IPV6_NORTH_SOUTH_IN_EBPF`] says.
-fn ipv6_north_south_scenario(s: Scenario) -> Scenario {
-    match IPV6_NORTH_SOUTH_IN_EBPF {
-        Some(why) => s.iptables_only(why),
-        None => s,
-    }
-}
-
 /// Every scenario.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -2047,23 +2031,21 @@ spec:
         slice("ds", TCP_UDP_8080, THREE_ENDPOINTS),
         slice6("ds", TCP_UDP_8080, THREE_ENDPOINTS_V6),
     );
-    ipv6_north_south_scenario(
-        Scenario::new("dual-stack-nodeport-from-outside")
-            .manifest("ds.yaml", &yaml)
-            .steps(vec![
-                check(
-                    tcp(CLIENT, "[2001:db8:0:1::11]:30090")
-                        .answers(&THREE_8080)
-                        .source(Source::Node),
-                ),
-                check(
-                    udp(CLIENT, "[2001:db8:0:1::12]:30090")
-                        .answers(&THREE_8080)
-                        .source(Source::Node),
-                ),
-                check(tcp(CLIENT, "198.18.0.11:30090").answers(&THREE_8080)),
-            ]),
-    )
+    Scenario::new("dual-stack-nodeport-from-outside")
+        .manifest("ds.yaml", &yaml)
+        .steps(vec![
+            check(
+                tcp(CLIENT, "[2001:db8:0:1::11]:30090")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            check(
+                udp(CLIENT, "[2001:db8:0:1::12]:30090")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            check(tcp(CLIENT, "198.18.0.11:30090").answers(&THREE_8080)),
+        ])
 }
 
 fn ipv6_etp_local() -> Scenario {
@@ -2103,39 +2085,37 @@ spec:
             "endpoints:\n- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}\n"
         ),
     );
-    ipv6_north_south_scenario(
-        Scenario::new("ipv6-etp-local")
-            .manifest("local6.yaml", &yaml)
-            .steps(vec![
-                // Only the endpoints of the node hit, and the client's IPv6 address is kept.
-                check(
-                    tcp(CLIENT, "[2001:db8:0:1::11]:30092")
-                        .answers(&["node1-pod2:8080"])
-                        .source(Source::Own),
-                ),
-                check(
-                    tcp(CLIENT, "[2001:db8:0:1::12]:30092")
-                        .answers(&["node2-pod1:8080", "node2-pod2:8080"])
-                        .source(Source::Own),
-                ),
-                check(
-                    udp(CLIENT, "[2001:db8:0:1::12]:30092")
-                        .answers(&["node2-pod1:8080", "node2-pod2:8080"])
-                        .source(Source::Own),
-                ),
-                // No local endpoint on the node hit: dropped.
-                check(
-                    tcp(CLIENT, "[2001:db8:0:1::11]:30093")
-                        .dropped()
-                        .attempts(2),
-                ),
-                check(
-                    tcp(CLIENT, "[2001:db8:0:1::12]:30093")
-                        .answers(&["node2-pod1:8080"])
-                        .source(Source::Own),
-                ),
-            ]),
-    )
+    Scenario::new("ipv6-etp-local")
+        .manifest("local6.yaml", &yaml)
+        .steps(vec![
+            // Only the endpoints of the node hit, and the client's IPv6 address is kept.
+            check(
+                tcp(CLIENT, "[2001:db8:0:1::11]:30092")
+                    .answers(&["node1-pod2:8080"])
+                    .source(Source::Own),
+            ),
+            check(
+                tcp(CLIENT, "[2001:db8:0:1::12]:30092")
+                    .answers(&["node2-pod1:8080", "node2-pod2:8080"])
+                    .source(Source::Own),
+            ),
+            check(
+                udp(CLIENT, "[2001:db8:0:1::12]:30092")
+                    .answers(&["node2-pod1:8080", "node2-pod2:8080"])
+                    .source(Source::Own),
+            ),
+            // No local endpoint on the node hit: dropped.
+            check(
+                tcp(CLIENT, "[2001:db8:0:1::11]:30093")
+                    .dropped()
+                    .attempts(2),
+            ),
+            check(
+                tcp(CLIENT, "[2001:db8:0:1::12]:30093")
+                    .answers(&["node2-pod1:8080"])
+                    .source(Source::Own),
+            ),
+        ])
 }
 
 fn ipv6_udp_stale_flows() -> Scenario {
@@ -2248,43 +2228,41 @@ spec:
 
 /// IPv6 LoadBalancer IPs with source ranges, from outside the node.
 fn ipv6_loadbalancer() -> Scenario {
-    ipv6_north_south_scenario(
-        Scenario::new("ipv6-loadbalancer")
-            .client_route("2001:db8:f::/64", 1)
-            .manifest(
-                "lb6-open.yaml",
-                &lb6_service(
-                    "lb6-open",
-                    "2001:db8:5::41",
-                    30096,
-                    "  loadBalancerSourceRanges: [\"2001:db8:c::/64\"]\n",
-                    "[{ip: \"2001:db8:f::20\"}]",
-                ),
-            )
-            .manifest(
-                "lb6-closed.yaml",
-                &lb6_service(
-                    "lb6-closed",
-                    "2001:db8:5::42",
-                    30097,
-                    "  loadBalancerSourceRanges: [\"2001:db8:ffff::/48\"]\n",
-                    "[{ip: \"2001:db8:f::21\"}]",
-                ),
-            )
-            .steps(vec![
-                // An IPv6 LoadBalancer IP the client's range admits, routed to node1.
-                check(
-                    tcp(CLIENT, "[2001:db8:f::20]:80")
-                        .answers(&THREE_8080)
-                        .source(Source::Node),
-                ),
-                // Outside the allowed range: dropped; the NodePort is not guarded by it.
-                check(tcp(CLIENT, "[2001:db8:f::21]:80").dropped().attempts(2)),
-                check(
-                    tcp(CLIENT, "[2001:db8:0:1::11]:30097")
-                        .answers(&THREE_8080)
-                        .source(Source::Node),
-                ),
-            ]),
-    )
+    Scenario::new("ipv6-loadbalancer")
+        .client_route("2001:db8:f::/64", 1)
+        .manifest(
+            "lb6-open.yaml",
+            &lb6_service(
+                "lb6-open",
+                "2001:db8:5::41",
+                30096,
+                "  loadBalancerSourceRanges: [\"2001:db8:c::/64\"]\n",
+                "[{ip: \"2001:db8:f::20\"}]",
+            ),
+        )
+        .manifest(
+            "lb6-closed.yaml",
+            &lb6_service(
+                "lb6-closed",
+                "2001:db8:5::42",
+                30097,
+                "  loadBalancerSourceRanges: [\"2001:db8:ffff::/48\"]\n",
+                "[{ip: \"2001:db8:f::21\"}]",
+            ),
+        )
+        .steps(vec![
+            // An IPv6 LoadBalancer IP the client's range admits, routed to node1.
+            check(
+                tcp(CLIENT, "[2001:db8:f::20]:80")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            // Outside the allowed range: dropped; the NodePort is not guarded by it.
+            check(tcp(CLIENT, "[2001:db8:f::21]:80").dropped().attempts(2)),
+            check(
+                tcp(CLIENT, "[2001:db8:0:1::11]:30097")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+        ])
 }

@@ -6,7 +6,9 @@ use std::fmt::Debug;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use switchyard_common::{Backend, Backend6, ServiceKey, ServiceKey6, SourceRangeKey};
+use switchyard_common::{
+    Backend, Backend6, ServiceKey, ServiceKey6, SourceRangeKey, SourceRangeKey6,
+};
 
 /// One family's key and value types, and how model addresses become them.
 pub trait Family:
@@ -46,14 +48,9 @@ pub trait Family:
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct V4;
 
-/// IPv6: `SWY_SERVICES6`, `SWY_BACKENDS6` (socket path only, no source-ranges trie).
+/// IPv6: `SWY_SERVICES6`, `SWY_BACKENDS6`, `SWY_SOURCE_RANGES6`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct V6;
-
-/// The source-ranges key of IPv6: there is none (the packet path does not serve IPv6, and
-/// source ranges are checked only there).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum NoRange {}
 
 impl Family for V4 {
     type Key = ServiceKey;
@@ -124,10 +121,10 @@ impl Family for V4 {
 impl Family for V6 {
     type Key = ServiceKey6;
     type Backend = Backend6;
-    type Range = NoRange;
+    type Range = SourceRangeKey6;
     const NAME: &'static str = "IPv6";
     const ID_BASE: u32 = switchyard_common::IPV6_SET_ID_BASE;
-    const PACKET_PATH: bool = false;
+    const PACKET_PATH: bool = true;
     const LOOPBACK_NODEPORTS: bool = false;
 
     fn key(ip: IpAddr, port: u16, proto: u8, scope: u8) -> Option<ServiceKey6> {
@@ -162,12 +159,25 @@ impl Family for V6 {
         (from_words(backend.addr).into(), u16::from_be(backend.port))
     }
 
-    fn ranges(_lb: &ServiceKey6, _ranges: &[IpNet]) -> Vec<(NoRange, u32)> {
-        Vec::new()
+    fn ranges(lb: &ServiceKey6, ranges: &[IpNet]) -> Vec<(SourceRangeKey6, u32)> {
+        ranges
+            .iter()
+            .filter_map(|range| match range {
+                IpNet::V6(net) => Some((
+                    SourceRangeKey6 {
+                        lb_addr: lb.addr,
+                        client_addr: words(net.network()),
+                    },
+                    // The LoadBalancer IP is always matched whole, then the range's bits.
+                    128 + u32::from(net.prefix_len()),
+                )),
+                IpNet::V4(_) => None,
+            })
+            .collect()
     }
 
-    fn range_lb(range: &NoRange) -> IpAddr {
-        match *range {}
+    fn range_lb(range: &SourceRangeKey6) -> IpAddr {
+        from_words(range.lb_addr).into()
     }
 }
 

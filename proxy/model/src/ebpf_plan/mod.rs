@@ -105,7 +105,7 @@ mod tests;
 use entries::{entries, stable_slots, wanted_backends};
 
 pub use entries::SetKind;
-pub use family::{from_words, words, Family, NoRange, V4, V6};
+pub use family::{from_words, words, Family, V4, V6};
 use ids::Ids;
 use mirror::Mirror;
 

@@ -339,3 +339,67 @@ fn a_flow_is_recently_active_while_either_direction_passed_a_packet_within_the_q
     assert_eq!(recently_active(&entries, now + 2 * SEC, quiet), 0);
     assert_eq!(recently_active(&[], now, quiet), 0);
 }
+
+/// `SWY_CONNTRACK6` is judged as `SWY_CONNTRACK`: both entries of an IPv6 flow go together,
+/// when idle too long or when its UDP backend left; a live one stays.
+#[test]
+fn ipv6_flows_are_swept_both_directions_together() {
+    use super::{sweep_family, V6};
+    use switchyard_common::{Backend6, CtKey6, CtValue6};
+    let addr = |last: u32| [0x2001_0db8_u32.to_be(), 0, 0, last.to_be()];
+    let (client, frontend, backend) = (addr(7), addr(0x11), addr(0x12));
+    let key = |src: ([u32; 4], u16), dst: ([u32; 4], u16)| CtKey6 {
+        src_addr: src.0,
+        dst_addr: dst.0,
+        src_port: src.1.to_be(),
+        dst_port: dst.1.to_be(),
+        proto: PROTO_UDP,
+        pad: [0; 3],
+    };
+    let flow = |port: u16, last_seen_ns: u64| {
+        [
+            (
+                key((client, port), (frontend, 30080)),
+                CtValue6 {
+                    addr: backend,
+                    port: 8080u16.to_be(),
+                    state: CT_STATE_SEEN,
+                    last_seen_ns,
+                    ..CtValue6::default()
+                },
+            ),
+            (
+                key((backend, 8080), (client, port)),
+                CtValue6 {
+                    addr: frontend,
+                    port: 30080u16.to_be(),
+                    flags: CT_FLAG_REPLY,
+                    state: CT_STATE_SEEN,
+                    last_seen_ns,
+                    ..CtValue6::default()
+                },
+            ),
+        ]
+    };
+    let (old, live) = (flow(40001, 0), flow(40002, 1000 * SEC));
+    let entries: Vec<(CtKey6, CtValue6)> = old.iter().chain(&live).copied().collect();
+    let timeouts = FlowTimeouts::default();
+    let now = 1000 * SEC + 1;
+    let swept = sweep_family::<V6>(&entries, now, Some(&timeouts), &BTreeSet::new());
+    assert_eq!(swept.expired, 1);
+    let mut want = vec![old[0].0, old[1].0];
+    let mut got = swept.delete.clone();
+    want.sort_by_key(|k| (k.src_addr, k.src_port));
+    got.sort_by_key(|k| (k.src_addr, k.src_port));
+    assert_eq!(got, want);
+
+    // The backend left: its UDP flows go at once, idle or not.
+    let gone: BTreeSet<Backend6> = [Backend6 {
+        addr: backend,
+        port: 8080u16.to_be(),
+        pad: 0,
+    }]
+    .into();
+    let swept = sweep_family::<V6>(&live, now, None, &gone);
+    assert_eq!((swept.to_gone_backends, swept.delete.len()), (1, 2));
+}

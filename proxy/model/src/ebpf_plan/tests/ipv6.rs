@@ -1,10 +1,10 @@
 //! The IPv6 planner: a dual-stack port is split between the two families' maps, IPv6 sets
-//! get ids of their own share, and the packet path gets no IPv6 entries.
+//! get ids of their own share, and IPv6 external frontends get packet-path entries too.
 use std::collections::BTreeSet;
 
 use switchyard_common::{
     BackendKey, ServiceKey6, IPV6_SET_ID_BASE, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_SOCKET,
-    SERVICE_FLAG_AFFINITY,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_MASQUERADE,
 };
 
 use super::super::fake::FakeMaps6;
@@ -12,7 +12,11 @@ use super::super::{Family, FamilyOp, Planner6, V6};
 use super::*;
 
 fn key6(ip: &str, port: u16) -> ServiceKey6 {
-    V6::key(ip.parse().expect("literal"), port, PROTO_TCP, SCOPE_SOCKET).expect("IPv6")
+    key6_scoped(ip, port, SCOPE_SOCKET)
+}
+
+fn key6_scoped(ip: &str, port: u16, scope: u8) -> ServiceKey6 {
+    V6::key(ip.parse().expect("literal"), port, PROTO_TCP, scope).expect("IPv6")
 }
 
 fn backends6(maps: &FakeMaps6, key: &ServiceKey6) -> BTreeSet<String> {
@@ -83,14 +87,26 @@ fn a_dual_stack_port_is_split_between_the_families_maps() {
         served(&maps, &service_key("198.18.128.10")),
         vec![backend("198.19.1.10")]
     );
-    // IPv6: the socket entries only (the packet path serves no IPv6), IPv6 endpoints only.
+    // IPv6: the socket entries and the NodePort's entry for the packet path (traffic from
+    // outside the node), IPv6 endpoints only.
     let keys: Vec<ServiceKey6> = maps6.services.keys().copied().collect();
+    let mut scopes: Vec<u8> = keys.iter().map(|k| k.scope).collect();
+    scopes.sort_unstable();
     assert_eq!(
-        keys.iter().map(|k| k.scope).collect::<Vec<_>>(),
-        vec![SCOPE_SOCKET, SCOPE_SOCKET],
+        scopes,
+        vec![SCOPE_SOCKET, SCOPE_SOCKET, SCOPE_EXTERNAL],
         "{keys:?}"
     );
-    assert!(!keys.iter().any(|k| k.scope == SCOPE_EXTERNAL));
+    let external: Vec<&ServiceKey6> = keys.iter().filter(|k| k.scope == SCOPE_EXTERNAL).collect();
+    assert_eq!(
+        external,
+        vec![&key6_scoped("2001:db8::11", 80, SCOPE_EXTERNAL)]
+    );
+    assert_ne!(
+        maps6.services[external[0]].flags & SERVICE_FLAG_MASQUERADE,
+        0,
+        "externalTrafficPolicy Cluster"
+    );
     assert!(
         !maps6.services.contains_key(&key6("::1", 80)),
         "no NodePort on ::1, as upstream"
@@ -149,8 +165,9 @@ fn ipv6_changes_keep_every_counted_slot_present_and_removal_cleans_up() {
         .into();
     assert_eq!(backends6(&maps6, &key6("2001:db8:128::10", 80)), want);
     sync6(&mut planner6, &mut maps6, &[]);
-    // Two sets (the cluster IP's and the NodePort's), two slots each, replaced in place.
-    assert_eq!(maps6.backends.len(), 4, "{:?}", maps6.backends);
+    // Three sets (the cluster IP's, the NodePort's for sockets and from outside), two slots
+    // each, replaced in place.
+    assert_eq!(maps6.backends.len(), 6, "{:?}", maps6.backends);
 
     sync6(&mut planner6, &mut maps6, &[(web.key.clone(), None)]);
     assert!(maps6.services.is_empty());

@@ -1,0 +1,696 @@
+//! The IPv6 twin of the tc path (ethertype 0x86DD): DNAT of IPv6 external frontends
+//! (`SWY_SERVICES6` entries of `SCOPE_EXTERNAL`), reverse translation of replies on egress,
+//! source NAT of masqueraded flows to remote backends and loadBalancerSourceRanges, with maps of
+//! its own (`SWY_CONNTRACK6`, `SWY_SNAT_ADDRS6`, `SWY_SOURCE_RANGES6`) so that the IPv4 keys
+//! and their lookups stay as they were. The flow logic is the IPv4 path's (see [`super`]).
+//!
+//! Differences from IPv4:
+//! - no IP header checksum; the TCP/UDP checksum covers the 128-bit addresses through the
+//!   pseudo header, updated with `bpf_csum_diff` over the old and new address and one
+//!   `bpf_l4_csum_replace` (`BPF_F_PSEUDO_HDR`) with the difference;
+//! - extension headers are not walked: only a packet whose fixed header's next header is TCP
+//!   or UDP is translated, anything else (hop-by-hop options, routing headers, fragments,
+//!   ICMPv6) passes untouched. Clients practically never send extension headers on TCP/UDP,
+//!   and a fragment would have to be reassembled to be translated anyway;
+//! - ICMPv6 errors about translated flows (packet too big) are not translated yet, nor do
+//!   services without endpoints get a TCP RST / ICMPv6 port unreachable from here: a NodePort
+//!   on a node address is refused by the node's own stack (no socket there), an externalIP or
+//!   LoadBalancer IP the node would route on is dropped;
+//! - the source-NAT port of an ended flow is not taken over before userspace expires the
+//!   flow (IPv4's `snat_reuse`).
+// Keys and values are passed to the map calls by reference: they are built once on the
+// stack, and a copy per call would add to a frame that has little room (see `track`).
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST,
+    },
+    helpers::{
+        bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
+    },
+    macros::{classifier, map},
+    maps::{lpm_trie::Key, ProgramArray},
+    programs::TcContext,
+};
+use switchyard_common::{
+    CtKey6, CtValue6, ServiceKey6, ServiceValue, SourceRangeKey6, CT_FLAG_REPLY, CT_FLAG_SNAT,
+    CT_STATE_FIN, CT_STATE_RST, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SERVICE_FLAG_AFFINITY,
+    SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_HANDOVER, SERVICE_FLAG_MASQUERADE,
+    SERVICE_FLAG_SOURCE_RANGES,
+};
+
+use super::{
+    fib_lookup, opens, seen, AFFINITY_EXTERNAL_BIT, DROP, ETH_DST_OFF, ETH_HLEN, ETH_SRC_OFF, PASS,
+    SNAT_PORT_TRIES, TCP_HLEN, UDP_HLEN,
+};
+use crate::{
+    lb,
+    maps::{CONNTRACK6, SERVICES6, SNAT_ADDRS6, SNAT_CONFIG, SOURCE_RANGES6},
+};
+
+const IP6_HLEN: usize = 40;
+const IP6_SRC_OFF: usize = ETH_HLEN + 8;
+const IP6_DST_OFF: usize = ETH_HLEN + 24;
+const L4_OFF: usize = ETH_HLEN + IP6_HLEN;
+const L4_SRC_PORT_OFF: usize = L4_OFF;
+const L4_DST_PORT_OFF: usize = L4_OFF + 2;
+const TCP_FLAGS_OFF: usize = L4_OFF + 13;
+const TCP_CSUM_OFF: usize = L4_OFF + 16;
+const UDP_CSUM_OFF: usize = L4_OFF + 6;
+const AF_INET6: u8 = 10;
+
+/// The fixed IPv6 header as it is on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Hdr {
+    /// Version (4 bits), traffic class, flow label.
+    vtc_flow: [u8; 4],
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+}
+
+/// What the programs need of one IPv6 TCP/UDP packet (addresses as the maps hold them).
+#[derive(Clone, Copy)]
+struct Packet6 {
+    saddr: [u32; 4],
+    daddr: [u32; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    tcp_flags: u8,
+    csum_off: usize,
+    /// `BPF_F_MARK_MANGLED_0` for UDP: a computed zero becomes 0xffff (zero means "no
+    /// checksum", which IPv6 forbids; a zero field is left alone, the packet is invalid anyway).
+    csum_flags: u64,
+}
+
+impl Packet6 {
+    fn ct_key(&self) -> CtKey6 {
+        CtKey6 {
+            src_addr: self.saddr,
+            dst_addr: self.daddr,
+            src_port: self.sport,
+            dst_port: self.dport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// [`TC_V6`] slot of [`swy_tc_ingress6`].
+pub(super) const INGRESS: u32 = 0;
+/// [`TC_V6`] slot of [`swy_tc_egress6`].
+pub(super) const EGRESS: u32 = 1;
+
+/// The IPv6 programs, tail-called from the IPv4 ones (userspace fills the slots at load): the
+/// IPv4 path's stack (440 bytes) leaves no room for a call to another function with frames of
+/// its own, and the tail call costs the IPv4 path nothing but the ethertype branch.
+#[map(name = "SWY_TC_V6")]
+static TC_V6: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// Continues an IPv6 packet in its program; an empty slot (not filled yet) passes it.
+#[inline(always)]
+pub(super) fn enter(ctx: &TcContext, slot: u32) -> i32 {
+    // SAFETY: a tail call into a program of the same type; on failure it returns here.
+    unsafe { TC_V6.tail_call(ctx, slot) };
+    PASS
+}
+
+/// tc ingress for an IPv6 packet (tail-called by `swy_tc_ingress`).
+#[classifier]
+pub fn swy_tc_ingress6(ctx: TcContext) -> i32 {
+    match parse(&ctx) {
+        Some(pkt) => ingress_packet(&ctx, &pkt),
+        None => PASS,
+    }
+}
+
+/// tc egress for an IPv6 packet (tail-called by `swy_tc_egress`).
+#[classifier]
+pub fn swy_tc_egress6(ctx: TcContext) -> i32 {
+    match parse(&ctx) {
+        Some(pkt) => egress_packet(&ctx, &pkt),
+        None => PASS,
+    }
+}
+
+/// The TCP/UDP packet right behind the fixed header, or None (extension headers, ICMPv6,
+/// truncated headers: passed untouched).
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet6> {
+    let ip: Ipv6Hdr = ctx.load(ETH_HLEN).ok()?;
+    if ip.vtc_flow[0] >> 4 != 6 {
+        return None;
+    }
+    let (l4, tcp_flags, csum_off, csum_flags) = match ip.next_header {
+        PROTO_TCP => {
+            let tcp: [u8; TCP_HLEN] = ctx.load(L4_OFF).ok()?;
+            (tcp, tcp[TCP_FLAGS_OFF - L4_OFF], TCP_CSUM_OFF, 0)
+        }
+        PROTO_UDP => {
+            let udp: [u8; UDP_HLEN] = ctx.load(L4_OFF).ok()?;
+            let mut l4 = [0u8; TCP_HLEN];
+            l4[..UDP_HLEN].copy_from_slice(&udp);
+            (l4, 0, UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0 as u64)
+        }
+        _ => return None,
+    };
+    Some(Packet6 {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: u16::from_ne_bytes([l4[0], l4[1]]),
+        dport: u16::from_ne_bytes([l4[2], l4[3]]),
+        proto: ip.next_header,
+        tcp_flags,
+        csum_off,
+        csum_flags,
+    })
+}
+
+fn ingress_packet(ctx: &TcContext, pkt: &Packet6) -> i32 {
+    if let Some(verdict) = snat_reply(ctx, pkt) {
+        return verdict;
+    }
+    let service_key = ServiceKey6 {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        proto: pkt.proto,
+        scope: SCOPE_EXTERNAL,
+    };
+    // SAFETY: copied out at once.
+    let Some(service) = (unsafe { SERVICES6.get(service_key) }).copied() else {
+        return PASS;
+    };
+    let mut flow = CtValue6::default();
+    let tracked = track(pkt, &mut flow);
+    match tracked {
+        FLOW_READY => {}
+        FLOW_NEW => {
+            // A new flow, in steps of their own frames (the combined stack stays in bounds).
+            let chosen = choose(ctx, pkt, &service, &mut flow);
+            if chosen != FLOW_READY {
+                return chosen;
+            }
+            let mut recorded = SNAT_DNAT_ONLY;
+            if service.flags & SERVICE_FLAG_MASQUERADE != 0
+                && behind_ingress_device(ctx, pkt, &flow.addr)
+            {
+                recorded = snat_flow(ctx, pkt, &mut flow);
+            }
+            if recorded == SNAT_DNAT_ONLY {
+                recorded = dnat_flow(pkt, &mut flow);
+            }
+            if recorded != FLOW_READY {
+                return recorded;
+            }
+        }
+        verdict => return verdict,
+    }
+    if flow.flags & CT_FLAG_SNAT != 0 {
+        return forward_snat(ctx, pkt, &flow);
+    }
+    let rewritten = rewrite(ctx, pkt, true, &flow.addr, flow.port);
+    if rewritten != 0 {
+        return DROP;
+    }
+    PASS
+}
+
+/// The step results of a new flow: [`FLOW_READY`] (go on with `flow`), or a verdict.
+const FLOW_READY: i32 = -101;
+/// [`track`]: no live entry, a new flow starts.
+const FLOW_NEW: i32 = -102;
+
+/// The tracked flow of the packet (as IPv4's `ingress`): [`FLOW_READY`] with its entry in
+/// `flow`, [`FLOW_NEW`] if there is none (or its TCP connection ended and a SYN starts a new
+/// one), or the verdict for a packet of another flow's reply tuple.
+#[inline(never)]
+fn track(pkt: &Packet6, flow: &mut CtValue6) -> i32 {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = pkt.ct_key();
+    let Some(entry) = CONNTRACK6.get_ptr_mut(&key) else {
+        return FLOW_NEW;
+    };
+    // SAFETY: a valid map value pointer for the duration of the program; writers race only
+    // on the timestamp and the state bits (as IPv4's `ingress`).
+    let value = unsafe { &*entry };
+    if value.flags & CT_FLAG_REPLY != 0 {
+        // This 5-tuple is the reply of another translated flow: not ours to touch.
+        return PASS;
+    }
+    let syn = opens(pkt.proto, pkt.tcp_flags) && pkt.proto == PROTO_TCP;
+    if syn && ended(pkt, value) {
+        // A new connection on the tuple of one that ended: a backend chosen anew.
+        let _ = CONNTRACK6.remove(&reply_key_of(pkt, value));
+        let _ = CONNTRACK6.remove(&key);
+        return FLOW_NEW;
+    }
+    *flow = *value;
+    if syn {
+        reopen(entry, pkt, flow, now);
+    } else {
+        touch(entry, pkt, flow.state, now);
+    }
+    FLOW_READY
+}
+
+/// As the first half of IPv4's `new_flow`: whether the packet may start a flow, and its
+/// backend (written to `flow.addr`, `flow.port`, with the service's flags). [`FLOW_READY`] or
+/// the verdict for the packet.
+#[inline(never)]
+fn choose(ctx: &TcContext, pkt: &Packet6, service: &ServiceValue, flow: &mut CtValue6) -> i32 {
+    if service.flags & SERVICE_FLAG_HANDOVER != 0 {
+        return PASS;
+    }
+    if !opens(pkt.proto, pkt.tcp_flags) {
+        return if forwarded(ctx, pkt) { DROP } else { PASS };
+    }
+    if service.flags & SERVICE_FLAG_SOURCE_RANGES != 0 {
+        // The LoadBalancer IP's 128 bits, then the client's up to the range's prefix.
+        let range_key = Key::new(
+            256,
+            SourceRangeKey6 {
+                lb_addr: pkt.daddr,
+                client_addr: pkt.saddr,
+            },
+        );
+        if SOURCE_RANGES6.get(range_key).is_none() {
+            return DROP;
+        }
+    }
+    if service.count == 0 {
+        // No refusal is built for IPv6 yet: the node's stack refuses a NodePort on its own
+        // address; an address the node would route on is dropped (it never leaves the node).
+        return if service.flags & SERVICE_FLAG_DROP_EMPTY != 0 || forwarded(ctx, pkt) {
+            DROP
+        } else {
+            PASS
+        };
+    }
+    // External clients are named by their address folded to 63 bits (the top bit keeps them
+    // apart from network namespace cookies); clients sharing a fold share their affinity.
+    let a = pkt.saddr;
+    let client = AFFINITY_EXTERNAL_BIT | (((a[0] ^ a[2]) as u64) << 32 | (a[1] ^ a[3]) as u64);
+    let Some((slot, backend)) = lb::pick::<lb::V6>(service, client) else {
+        return DROP;
+    };
+    if service.flags & SERVICE_FLAG_AFFINITY != 0 {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        lb::remember::<lb::V6>(service, client, slot, backend, now);
+    }
+    flow.addr = backend.addr;
+    flow.port = backend.port;
+    flow.flags = service.flags;
+    FLOW_READY
+}
+
+/// As the second half of IPv4's `new_flow`: records both directions of a DNAT-only flow to
+/// the backend `flow` names; `flow` becomes the entry the packet follows.
+#[inline(never)]
+fn dnat_flow(pkt: &Packet6, flow: &mut CtValue6) -> i32 {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = pkt.ct_key();
+    let forward = CtValue6 {
+        addr: flow.addr,
+        port: flow.port,
+        flags: flow.flags,
+        state: seen(pkt.proto, pkt.tcp_flags),
+        last_seen_ns: now,
+        ..CtValue6::default()
+    };
+    if CONNTRACK6
+        .insert(&key, &forward, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        // SAFETY: a valid map value pointer for the duration of the program.
+        let Some(winner) = (unsafe { CONNTRACK6.get(&key) }) else {
+            return DROP;
+        };
+        if winner.flags & CT_FLAG_REPLY != 0 {
+            return PASS;
+        }
+        *flow = *winner;
+        return FLOW_READY;
+    }
+    let reply_key = CtKey6 {
+        src_addr: forward.addr,
+        dst_addr: pkt.saddr,
+        src_port: forward.port,
+        dst_port: pkt.sport,
+        proto: pkt.proto,
+        pad: [0; 3],
+    };
+    let reply = CtValue6 {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        flags: forward.flags | CT_FLAG_REPLY,
+        last_seen_ns: now,
+        ..CtValue6::default()
+    };
+    if CONNTRACK6
+        .insert(&reply_key, &reply, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        // SAFETY: as above.
+        let ours = (unsafe { CONNTRACK6.get(&reply_key) })
+            .is_some_and(|o| o.addr == pkt.daddr && o.port == pkt.dport);
+        if !ours {
+            let _ = CONNTRACK6.remove(&key);
+            return DROP;
+        }
+    }
+    *flow = forward;
+    FLOW_READY
+}
+
+fn egress_packet(ctx: &TcContext, pkt: &Packet6) -> i32 {
+    let Some(entry) = CONNTRACK6.get_ptr_mut(&pkt.ct_key()) else {
+        return PASS;
+    };
+    // SAFETY: as in `ingress_packet`.
+    let frontend = unsafe { *entry };
+    if frontend.flags & (CT_FLAG_REPLY | CT_FLAG_SNAT) != CT_FLAG_REPLY {
+        return PASS;
+    }
+    // SAFETY: helper without arguments.
+    touch(entry, pkt, frontend.state, unsafe { bpf_ktime_get_ns() });
+    let rewritten = rewrite(ctx, pkt, false, &frontend.addr, frontend.port);
+    if rewritten != 0 {
+        return DROP;
+    }
+    PASS
+}
+
+#[inline(always)]
+fn touch(entry: *mut CtValue6, pkt: &Packet6, state: u16, now: u64) {
+    let bits = seen(pkt.proto, pkt.tcp_flags);
+    // SAFETY: a valid map value pointer for the duration of the program.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        if state & bits != bits {
+            (*entry).state = state | bits;
+        }
+    }
+}
+
+#[inline(always)]
+fn reply_key_of(pkt: &Packet6, flow: &CtValue6) -> CtKey6 {
+    let (dst_addr, dst_port) = if flow.flags & CT_FLAG_SNAT != 0 {
+        (flow.nat_addr, flow.nat_port)
+    } else {
+        (pkt.saddr, pkt.sport)
+    };
+    CtKey6 {
+        src_addr: flow.addr,
+        dst_addr,
+        src_port: flow.port,
+        dst_port,
+        proto: pkt.proto,
+        pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn ended(pkt: &Packet6, flow: &CtValue6) -> bool {
+    // SAFETY: copied out at once.
+    let reply_state =
+        (unsafe { CONNTRACK6.get(reply_key_of(pkt, flow)) }).map_or(0, |reply| reply.state);
+    (flow.state | reply_state) & CT_STATE_RST != 0
+        || (flow.state & CT_STATE_FIN != 0 && reply_state & CT_STATE_FIN != 0)
+}
+
+#[inline(always)]
+fn reopen(entry: *mut CtValue6, pkt: &Packet6, flow: &CtValue6, now: u64) {
+    // SAFETY: as in `touch`.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).state = switchyard_common::CT_STATE_SEEN;
+    }
+    if let Some(reply) = CONNTRACK6.get_ptr_mut(reply_key_of(pkt, flow)) {
+        // SAFETY: as above; only the flow's own reply entry is reset.
+        unsafe {
+            if (*reply).addr == pkt.daddr && (*reply).port == pkt.dport {
+                (*reply).state = 0;
+            }
+        }
+    }
+}
+
+/// Whether the kernel would route the packet on (see IPv4's `forwarded`).
+#[inline(always)]
+fn forwarded(ctx: &TcContext, pkt: &Packet6) -> bool {
+    // SAFETY: reading a field of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut route = fib_params(ifindex, pkt.proto, pkt.saddr, pkt.daddr);
+    let found = fib_lookup(ctx, &mut route);
+    found == BPF_FIB_LKUP_RET_SUCCESS as i64
+        || found == BPF_FIB_LKUP_RET_NO_NEIGH as i64
+        || found == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64
+}
+
+#[inline(always)]
+fn fib_params(ifindex: u32, proto: u8, src: [u32; 4], dst: [u32; 4]) -> bpf_fib_lookup {
+    // SAFETY: a plain C struct of integers and unions of integers; all zero is valid.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    params.l4_protocol = proto;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv6_src = src;
+    params.__bindgen_anon_4.ipv6_dst = dst;
+    params
+}
+
+/// [`snat_flow`]: the backend is not behind the receiving device, translate DNAT only.
+const SNAT_DNAT_ONLY: i32 = -100;
+
+/// As IPv4's `snat_flow`: a source-NATed flow to the backend `flow` names, behind the
+/// receiving device, with the device's IPv6 address (`SWY_SNAT_ADDRS6`) and a port of
+/// `SWY_SNAT_CONFIG`'s range (the caller has checked the device, [`behind_ingress_device`]);
+/// `flow` becomes its forward entry. Returns [`FLOW_READY`] or the verdict for a flow that cannot be NATed. Not inlined (its own
+/// frame), with at most five arguments and no struct returned, as BPF-to-BPF calls need.
+#[inline(never)]
+fn snat_flow(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> i32 {
+    match snat_flow_inner(ctx, pkt, flow) {
+        Ok(()) => FLOW_READY,
+        Err(verdict) => verdict,
+    }
+}
+
+/// Whether `backend` is reached through the device the packet arrived on (so its replies come
+/// back there, to this program). A failed lookup (no route, forwarding off) counts as not: the
+/// flow is then DNAT-only, left to the kernel as before. Not inlined, and called before
+/// [`snat_flow`] rather than by it: the frames stay side by side, in the stack limit.
+#[inline(never)]
+fn behind_ingress_device(ctx: &TcContext, pkt: &Packet6, backend: &[u32; 4]) -> bool {
+    // SAFETY: reading a field of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut route = fib_params(ifindex, pkt.proto, pkt.saddr, *backend);
+    let found = fib_lookup(ctx, &mut route);
+    (found == BPF_FIB_LKUP_RET_SUCCESS as i64 || found == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
+        && route.ifindex == ifindex
+}
+
+#[inline(always)]
+fn snat_flow_inner(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> Result<(), i32> {
+    let (backend_addr, backend_port, flags) = (flow.addr, flow.port, flow.flags);
+    let key = pkt.ct_key();
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: reading a field of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let config = SNAT_CONFIG.get(0).copied().ok_or(DROP)?;
+    // SAFETY: copied out at once.
+    let snat_addr = (unsafe { SNAT_ADDRS6.get(ifindex) }).copied().ok_or(DROP)?;
+    if config.port_min == 0 || config.port_max < config.port_min {
+        return Err(DROP);
+    }
+    let span = u32::from(config.port_max - config.port_min) + 1;
+    let reply = CtValue6 {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        flags: flags | CT_FLAG_REPLY | CT_FLAG_SNAT,
+        nat_addr: pkt.saddr,
+        nat_port: pkt.sport,
+        state: 0,
+        last_seen_ns: now,
+    };
+    for _ in 0..SNAT_PORT_TRIES {
+        // SAFETY: helper without arguments.
+        let port = (config.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16;
+        let reply_key = CtKey6 {
+            src_addr: backend_addr,
+            dst_addr: snat_addr,
+            src_port: backend_port,
+            dst_port: port.to_be(),
+            proto: pkt.proto,
+            pad: [0; 3],
+        };
+        // BPF_NOEXIST on the reply key is the port allocation (as IPv4).
+        if CONNTRACK6
+            .insert(&reply_key, &reply, BPF_NOEXIST as u64)
+            .is_err()
+        {
+            continue;
+        }
+        let forward = CtValue6 {
+            addr: backend_addr,
+            port: backend_port,
+            flags: flags | CT_FLAG_SNAT,
+            nat_addr: snat_addr,
+            nat_port: port.to_be(),
+            state: seen(pkt.proto, pkt.tcp_flags),
+            last_seen_ns: now,
+        };
+        if CONNTRACK6
+            .insert(&key, &forward, BPF_NOEXIST as u64)
+            .is_err()
+        {
+            let _ = CONNTRACK6.remove(&reply_key);
+            // SAFETY: a valid map value pointer for the duration of the program.
+            let winner = (unsafe { CONNTRACK6.get(&key) }).ok_or(DROP)?;
+            if winner.flags & CT_FLAG_REPLY != 0 {
+                return Err(PASS);
+            }
+            *flow = *winner;
+            return Ok(());
+        }
+        *flow = forward;
+        return Ok(());
+    }
+    Err(DROP)
+}
+
+#[inline(always)]
+fn forward_snat(ctx: &TcContext, pkt: &Packet6, target: &CtValue6) -> i32 {
+    let dst = rewrite(ctx, pkt, true, &target.addr, target.port);
+    let src = rewrite(ctx, pkt, false, &target.nat_addr, target.nat_port);
+    if dst != 0 || src != 0 {
+        return DROP;
+    }
+    redirect(ctx, pkt.proto, &target.nat_addr, &target.addr)
+}
+
+/// As IPv4's `snat_reply`: a reply to a source-NATed flow becomes frontend -> client. Not
+/// inlined: its frame is not on the stack while a new flow is created.
+#[inline(never)]
+fn snat_reply(ctx: &TcContext, pkt: &Packet6) -> Option<i32> {
+    let config = SNAT_CONFIG.get(0)?;
+    let dport = u16::from_be(pkt.dport);
+    if config.port_min == 0 || dport < config.port_min || dport > config.port_max {
+        return None;
+    }
+    let entry = CONNTRACK6.get_ptr_mut(&pkt.ct_key())?;
+    // SAFETY: as in `ingress_packet`.
+    let flow = unsafe { *entry };
+    if flow.flags & (CT_FLAG_REPLY | CT_FLAG_SNAT) != CT_FLAG_REPLY | CT_FLAG_SNAT {
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    touch(entry, pkt, flow.state, unsafe { bpf_ktime_get_ns() });
+    let src = rewrite(ctx, pkt, false, &flow.addr, flow.port);
+    let dst = rewrite(ctx, pkt, true, &flow.nat_addr, flow.nat_port);
+    if src != 0 || dst != 0 {
+        return Some(DROP);
+    }
+    Some(redirect(ctx, pkt.proto, &flow.addr, &flow.nat_addr))
+}
+
+/// As IPv4's `redirect`: out of the device the IPv6 route picks, to the neighbour's MAC (or
+/// through `bpf_redirect_neigh` while it is unresolved). Needs IPv6 forwarding on the device.
+/// Not inlined (its own frame).
+#[inline(never)]
+fn redirect(ctx: &TcContext, proto: u8, src: &[u32; 4], dst: &[u32; 4]) -> i32 {
+    // SAFETY: reading a field of the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut route = fib_params(ifindex, proto, *src, *dst);
+    let found = fib_lookup(ctx, &mut route);
+    if found == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if ctx.store(ETH_DST_OFF, &route.dmac, 0).is_err()
+            || ctx.store(ETH_SRC_OFF, &route.smac, 0).is_err()
+        {
+            return DROP;
+        }
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect(route.ifindex, 0) } as i32;
+    }
+    if found == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        let mut next_hop: bpf_redir_neigh = bpf_redir_neigh {
+            nh_family: AF_INET6 as u32,
+            // SAFETY: zero is a valid value of the union.
+            ..unsafe { core::mem::zeroed() }
+        };
+        // SAFETY: the union was filled as IPv6 by the IPv6 lookup.
+        next_hop.__bindgen_anon_1.ipv6_nh = unsafe { route.__bindgen_anon_4.ipv6_dst };
+        // SAFETY: valid pointer and size.
+        return unsafe {
+            bpf_redirect_neigh(
+                route.ifindex,
+                &mut next_hop,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        } as i32;
+    }
+    DROP
+}
+
+/// Replaces the packet's source (`dst` false) or destination address and port with `addr` and
+/// `port` and fixes the L4 checksum: the address through the pseudo header, by the difference
+/// `bpf_csum_diff` computes over the 16 bytes. Not inlined (its own frame, five arguments).
+#[inline(never)]
+fn rewrite(ctx: &TcContext, pkt: &Packet6, dst: bool, addr: &[u32; 4], port: u16) -> i64 {
+    match rewrite_inner(ctx, pkt, dst, addr, port) {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
+#[inline(always)]
+fn rewrite_inner(
+    ctx: &TcContext,
+    pkt: &Packet6,
+    dst: bool,
+    addr: &[u32; 4],
+    port: u16,
+) -> Result<(), i64> {
+    let (addr_off, port_off, mut old_addr, old_port) = if dst {
+        (IP6_DST_OFF, L4_DST_PORT_OFF, pkt.daddr, pkt.dport)
+    } else {
+        (IP6_SRC_OFF, L4_SRC_PORT_OFF, pkt.saddr, pkt.sport)
+    };
+    let mut new_addr = *addr;
+    if old_addr != new_addr {
+        ctx.store(addr_off, &new_addr, 0)?;
+        // SAFETY: two 16-byte stack buffers, sizes given.
+        let diff =
+            unsafe { bpf_csum_diff(old_addr.as_mut_ptr(), 16, new_addr.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return Err(diff);
+        }
+        // Size 0: `to` is a checksum difference already (the helper's diff mode).
+        ctx.l4_csum_replace(
+            pkt.csum_off,
+            0,
+            diff as u64,
+            BPF_F_PSEUDO_HDR as u64 | pkt.csum_flags,
+        )?;
+    }
+    if old_port != port {
+        ctx.store(port_off, &port, 0)?;
+        ctx.l4_csum_replace(
+            pkt.csum_off,
+            old_port as u64,
+            port as u64,
+            pkt.csum_flags | 2,
+        )?;
+    }
+    Ok(())
+}
