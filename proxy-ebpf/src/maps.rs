@@ -7,7 +7,7 @@ use aya_ebpf::{
 use switchyard_common::{
     AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey, CtValue,
     ServiceKey, ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockRevKey, SockRevKey6,
-    SockRevValue, SockRevValue6, SockTermKey, SourceRangeKey, DEFAULT_AFFINITY_MAX,
+    SockRevValue, SockRevValue6, SockTermKey, SockTermKey6, SourceRangeKey, DEFAULT_AFFINITY_MAX,
     DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX,
     DEFAULT_SOCK_TERM_MAX, DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
 };
@@ -102,3 +102,9 @@ pub static SOCK_REVNAT6: LruHashMap<SockRevKey6, SockRevValue6> =
 #[map(name = "SWY_AFFINITY6")]
 pub static AFFINITY6: LruHashMap<AffinityKey, AffinityValue6> =
     LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);
+
+/// The (frontend, backend) pairs of IPv6 services whose connected UDP sockets the socket
+/// iterator destroys, as [`SOCK_TERM`] (which v4-mapped destinations use).
+#[map(name = "SWY_SOCK_TERM6")]
+pub static SOCK_TERM6: HashMap<SockTermKey6, u8> =
+    HashMap::with_max_entries(DEFAULT_SOCK_TERM_MAX, BPF_F_NO_PREALLOC);
