@@ -7,9 +7,10 @@ use aya_ebpf::{
 use switchyard_common::{
     AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey, CtKey6,
     CtValue, CtValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockRevKey,
-    SockRevKey6, SockRevValue, SockRevValue6, SockTermKey, SourceRangeKey, SourceRangeKey6,
-    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
-    DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SOCK_TERM_MAX, DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
+    SockRevKey6, SockRevValue, SockRevValue6, SockTermKey, SockTermKey6, SourceRangeKey,
+    SourceRangeKey6, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX,
+    DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SOCK_TERM_MAX,
+    DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
 };
 
 /// Frontends of every service port this node serves.
@@ -118,3 +119,9 @@ pub static SNAT_ADDRS6: HashMap<u32, [u32; 4]> = HashMap::with_max_entries(SNAT_
 #[map(name = "SWY_SOURCE_RANGES6")]
 pub static SOURCE_RANGES6: LpmTrie<SourceRangeKey6, u8> =
     LpmTrie::with_max_entries(DEFAULT_SOURCE_RANGES_MAX, BPF_F_NO_PREALLOC);
+
+/// The (frontend, backend) pairs of IPv6 services whose connected UDP sockets the socket
+/// iterator destroys, as [`SOCK_TERM`] (which v4-mapped destinations use).
+#[map(name = "SWY_SOCK_TERM6")]
+pub static SOCK_TERM6: HashMap<SockTermKey6, u8> =
+    HashMap::with_max_entries(DEFAULT_SOCK_TERM_MAX, BPF_F_NO_PREALLOC);

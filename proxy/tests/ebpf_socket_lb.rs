@@ -324,6 +324,17 @@ fn start_dns_proxy(testbed: &Testbed, manifests: &Manifests) -> ChildGuard {
     .expect("switchyard")
 }
 
+/// Waits for three replies to the held flow and checks that node2-pod1 sent them.
+fn assert_first_replies_from_pod1(held: &mut Hold) {
+    let first = held
+        .wait_for_replies(3, Duration::from_secs(10))
+        .expect("replies");
+    for r in &first {
+        let reply = r.result.as_ref().expect("answered before the change");
+        assert_eq!(reply.backend, "node2-pod1", "{first:?}");
+    }
+}
+
 /// Waits for the held flow to be answered by node2-pod2 three times, and checks its timeline:
 /// node2-pod1 only, then ECONNABORTED (the socket was destroyed), then node2-pod2 only (the
 /// same socket, connected again).
@@ -378,13 +389,7 @@ fn a_connected_udp_socket_is_destroyed_when_its_backend_leaves_and_reconnects_to
     let mut direct = testbed
         .hold(client, Proto::Udp, addr("198.19.2.11:9090"), interval)
         .expect("direct flow");
-    let first = held
-        .wait_for_replies(3, Duration::from_secs(10))
-        .expect("replies");
-    for r in &first {
-        let reply = r.result.as_ref().expect("answered before the change");
-        assert_eq!(reply.backend, "node2-pod1", "{first:?}");
-    }
+    assert_first_replies_from_pod1(&mut held);
 
     // node2-pod1 leaves the service (it keeps running, so a stale socket would still be
     // answered by it); node2-pod2 serves instead.
@@ -669,5 +674,80 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
         backend_names(&replies),
         BTreeSet::from(["node2-pod2".to_string()]),
         "{replies:?}"
+    );
+}
+
+/// [`dns_service`] as a dual-stack service (198.18.128.120 and 2001:db8:5::120) with the
+/// endpoints of node2's pods `pods` in both families.
+fn dns_service_dual(testbed: &Testbed, pods: &[usize]) -> String {
+    let slice = |family: &str, ips: Vec<String>| {
+        let endpoints: String = ips
+            .iter()
+            .map(|ip| format!("- {{addresses: [\"{ip}\"], nodeName: node2}}\n"))
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: dns-{family}, namespace: term, labels: {{kubernetes.io/service-name: dns}}}}\n\
+             addressType: {family}\nports: [{{name: dns, port: 9090, protocol: UDP}}]\n\
+             endpoints:\n{endpoints}"
+        )
+    };
+    let v4 = pods
+        .iter()
+        .map(|p| testbed.pod(2, *p).ip.to_string())
+        .collect();
+    let v6 = pods
+        .iter()
+        .map(|p| testbed.pod(2, *p).ipv6().to_string())
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: term}}\n\
+         spec: {{ipFamilies: [IPv4, IPv6], clusterIP: 198.18.128.120, \
+         clusterIPs: [198.18.128.120, \"2001:db8:5::120\"], \
+         ports: [{{name: dns, port: 53, targetPort: 9090, protocol: UDP}}]}}\n---\n{}---\n{}",
+        slice("IPv4", v4),
+        slice("IPv6", v6)
+    )
+}
+
+#[test]
+fn ipv6_and_v4_mapped_connected_udp_sockets_are_destroyed_when_their_backend_leaves() {
+    let (testbed, manifests, _echo, proxy) = dns_setup();
+    manifests
+        .write("dns.yaml", &dns_service_dual(&testbed, &[1]))
+        .expect("write");
+    let client = testbed.pod(1, 1);
+    let dns6: SocketAddr = "[2001:db8:5::120]:53".parse().expect("literal");
+    // A dual-stack socket to the IPv4 service: connect6 translates it with the IPv4 maps.
+    let mapped = SocketAddr::new(
+        std::net::IpAddr::V6(Ipv4Addr::new(198, 18, 128, 120).to_ipv6_mapped()),
+        53,
+    );
+    testbed
+        .wait_for_answer(client, Proto::Udp, dns6, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("switchyard programs the IPv6 ClusterIP: {e}"));
+    let interval = Duration::from_millis(100);
+    let mut held: Vec<Hold> = [dns6, mapped]
+        .into_iter()
+        .map(|to| {
+            testbed
+                .hold(client, Proto::Udp, to, interval)
+                .expect("held flow")
+        })
+        .collect();
+    for flow in &mut held {
+        assert_first_replies_from_pod1(flow);
+    }
+
+    manifests
+        .write("dns.yaml", &dns_service_dual(&testbed, &[2]))
+        .expect("write");
+    for flow in &held {
+        assert_destroyed_and_moved(flow, &proxy);
+    }
+    let (_, metrics) = http_get(testbed.node(1), 10249, "/metrics").expect("scrape");
+    assert!(
+        metrics.contains("switchyard_ebpf_sockets_destroyed_total 2\n"),
+        "{metrics}"
     );
 }

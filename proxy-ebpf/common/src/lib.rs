@@ -34,6 +34,10 @@ pub mod map_names {
     /// Filled by userspace just before it runs the UDP socket iterator, emptied after; not
     /// pinned (each controller instance has its own).
     pub const SOCK_TERM: &str = "SWY_SOCK_TERM";
+    /// Socket termination filter of IPv6 sockets to IPv6 services:
+    /// [`SockTermKey6`](super::SockTermKey6) -> unused byte (hash); not pinned, as
+    /// [`SOCK_TERM`] (which also serves dual-stack sockets to v4-mapped addresses).
+    pub const SOCK_TERM6: &str = "SWY_SOCK_TERM6";
     /// IPv6 frontends: [`ServiceKey6`](super::ServiceKey6) -> [`ServiceValue`](super::ServiceValue).
     pub const SERVICES6: &str = "SWY_SERVICES6";
     /// IPv6 backends: (service id, slot) -> [`Backend6`](super::Backend6).
@@ -83,7 +87,8 @@ pub mod program_names {
     /// IPv6 packets of [`TC_EGRESS`], tail-called from it (not attached itself).
     pub const TC_EGRESS6: &str = "swy_tc_egress6";
     /// iter/udp: destroys connected UDP sockets translated to a backend that left the
-    /// frontend they were sent to (`bpf_sock_destroy`, kernels >= 6.5).
+    /// frontend they were sent to (`bpf_sock_destroy`, kernels >= 6.5). IPv4 and IPv6
+    /// sockets alike (the kernel's UDP table holds both); the name is from IPv4-only days.
     pub const SOCK_TERM_UDP4: &str = "swy_sock_term_udp4";
 }
 
@@ -223,6 +228,20 @@ pub struct SockTermKey {
     pub frontend_addr: u32,
     /// Backend address it was translated to, network byte order.
     pub backend_addr: u32,
+    /// Service port, network byte order.
+    pub frontend_port: u16,
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+}
+
+/// Key of the IPv6 socket termination filter, as [`SockTermKey`] (`SWY_SOCK_REVNAT6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SockTermKey6 {
+    /// Service address the socket connected to, words in network order (as [`Backend6::addr`]).
+    pub frontend_addr: [u32; 4],
+    /// Backend address it was translated to.
+    pub backend_addr: [u32; 4],
     /// Service port, network byte order.
     pub frontend_port: u16,
     /// Backend port, network byte order.
@@ -541,6 +560,7 @@ assert_no_padding!(ServiceValue, 16, [u32, u16, u16, u32, u32]);
 assert_no_padding!(SockRevKey, 16, [u64, u32, u16, u16]);
 assert_no_padding!(SockRevValue, 8, [u32, u16, u16]);
 assert_no_padding!(SockTermKey, 12, [u32, u32, u16, u16]);
+assert_no_padding!(SockTermKey6, 36, [[u32; 4], [u32; 4], u16, u16]);
 assert_no_padding!(AffinityKey, 16, [u64, u32, u32]);
 assert_no_padding!(AffinityValue, 24, [u64, u32, Backend, u32]);
 assert_no_padding!(BackendKey, 8, [u32, u32]);
@@ -573,6 +593,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::SockRevValue {}
     unsafe impl aya::Pod for super::SockTermKey {}
+    unsafe impl aya::Pod for super::SockTermKey6 {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::CtKey {}

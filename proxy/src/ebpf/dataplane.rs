@@ -9,7 +9,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachT
 use aya::{Ebpf, EbpfLoader};
 use switchyard_common::{
     map_names, program_names, Backend, Backend6, BackendKey, CtKey, CtValue, ServiceKey,
-    ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockTermKey, SourceRangeKey,
+    ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockTermKey, SockTermKey6, SourceRangeKey,
 };
 
 use super::maps::{ignore_missing, Capacities, MapHandleError, Maps};
@@ -573,11 +573,16 @@ impl EbpfDataplane {
 
     /// Destroys the connected UDP sockets translated through `stranded` (pairs a sync
     /// removed). Best effort: a failure is logged, the sockets then stay as before.
-    fn terminate_sockets(&mut self, stranded: &std::collections::BTreeSet<SockTermKey>) {
+    fn terminate_sockets(
+        &mut self,
+        stranded: &std::collections::BTreeSet<SockTermKey>,
+        stranded6: &std::collections::BTreeSet<SockTermKey6>,
+    ) {
         let Some(terminator) = &mut self.sock_term else {
             return;
         };
-        match terminator.terminate(&mut self.ebpf, stranded) {
+        let routes = stranded.len() + stranded6.len();
+        match terminator.terminate(&mut self.ebpf, stranded, stranded6) {
             Ok(done) => {
                 if let Some(metrics) = &self.metrics {
                     metrics.sockets_destroyed.inc_by(done.sockets);
@@ -596,14 +601,14 @@ impl EbpfDataplane {
                 if level_info {
                     tracing::info!(
                         sockets = done.sockets,
-                        routes = stranded.len(),
+                        routes,
                         namespaces = done.namespaces,
                         failed_namespaces = done.failed,
                         "destroyed connected UDP sockets to removed backends"
                     );
                 } else {
                     tracing::debug!(
-                        routes = stranded.len(),
+                        routes,
                         namespaces = done.namespaces,
                         "no connected UDP socket to removed backends"
                     );
@@ -654,20 +659,11 @@ impl EbpfDataplane {
             .iter()
             .map(|k| self.planner6.external_backends(k))
             .collect();
-        // Full syncs compare everything the maps hold (a restarted controller owns no port
-        // yet), partial ones only the ports they change.
-        let udp_routes = |planner: &Planner, keys: &[ServicePortKey]| {
-            if full {
-                planner.all_udp_socket_routes()
-            } else {
-                keys.iter()
-                    .flat_map(|k| planner.udp_socket_routes(k))
-                    .collect()
-            }
-        };
-        let udp_routes_before: std::collections::BTreeSet<SockTermKey> = if self.sock_term.is_some()
-        {
-            udp_routes(&self.planner, &keys)
+        let (udp_routes_before, udp_routes6_before) = if self.sock_term.is_some() {
+            (
+                udp_routes(&self.planner, &keys, full),
+                udp_routes(&self.planner6, &keys, full),
+            )
         } else {
             Default::default()
         };
@@ -703,12 +699,15 @@ impl EbpfDataplane {
             );
         }
         // After the entries changed, so that a destroyed socket's reconnect finds live ones.
-        if !udp_routes_before.is_empty() {
-            let after = udp_routes(&self.planner, &keys);
+        if !udp_routes_before.is_empty() || !udp_routes6_before.is_empty() {
+            let after = udp_routes(&self.planner, &keys, full);
             let stranded: std::collections::BTreeSet<SockTermKey> =
                 udp_routes_before.difference(&after).copied().collect();
-            if !stranded.is_empty() {
-                self.terminate_sockets(&stranded);
+            let after6 = udp_routes(&self.planner6, &keys, full);
+            let stranded6: std::collections::BTreeSet<SockTermKey6> =
+                udp_routes6_before.difference(&after6).copied().collect();
+            if !stranded.is_empty() || !stranded6.is_empty() {
+                self.terminate_sockets(&stranded, &stranded6);
             }
         }
         // One pass over the conntrack map per sync, however many ports lost backends, and
@@ -913,6 +912,23 @@ impl Dataplane for EbpfDataplane {
 }
 
 /// Plans and runs one family's part of a sync.
+/// The (frontend, backend) pairs of family `F` local connected UDP sockets may use: of
+/// everything the maps hold at full syncs (a restarted controller owns no port yet), else
+/// of the ports `keys` only.
+fn udp_routes<F: Family>(
+    planner: &FamilyPlanner<F>,
+    keys: &[ServicePortKey],
+    full: bool,
+) -> std::collections::BTreeSet<F::TermKey> {
+    if full {
+        planner.all_udp_socket_routes()
+    } else {
+        keys.iter()
+            .flat_map(|k| planner.udp_socket_routes(k))
+            .collect()
+    }
+}
+
 fn run_planner<F: Family>(
     planner: &mut FamilyPlanner<F>,
     maps: &mut Maps,

@@ -6,7 +6,9 @@
 //! the `iter/udp` program (kernel side: `proxy-ebpf/src/sock_term.rs`), which destroys every
 //! connected socket that `SWY_SOCK_REVNAT` says was translated through one of them
 //! (`bpf_sock_destroy`: the application's next call fails with ECONNABORTED, and its next
-//! connect() is translated to a live backend). Cilium does the same.
+//! connect() is translated to a live backend). Cilium does the same. IPv6 sockets to IPv6
+//! services have their own pairs (`SWY_SOCK_TERM6`, checked against `SWY_SOCK_REVNAT6`);
+//! dual-stack sockets to v4-mapped addresses use the IPv4 ones, as connect6 does.
 //!
 //! A socket iterator walks only the sockets of the network namespace that created it (the
 //! kernel binds the iterator to `current`'s namespace at `BPF_ITER_CREATE`, and its UDP walk
@@ -31,7 +33,9 @@ use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::{Iter, ProgramError};
 use aya::{Btf, Ebpf};
 use aya_obj::btf::BtfKind;
-use switchyard_common::{map_names, program_names, SockTermKey, DEFAULT_SOCK_TERM_MAX};
+use switchyard_common::{
+    map_names, program_names, SockTermKey, SockTermKey6, DEFAULT_SOCK_TERM_MAX,
+};
 
 /// The kernel function the iterator calls.
 const KFUNC: &str = "bpf_sock_destroy";
@@ -59,9 +63,11 @@ pub enum SockTermError {
         #[source]
         source: ProgramError,
     },
-    /// The filter map is missing or refused a write.
-    #[error("map {}: {source}", map_names::SOCK_TERM)]
+    /// A filter map is missing or refused a write.
+    #[error("map {name}: {source}")]
     Map {
+        /// The map's name.
+        name: &'static str,
         /// Underlying error.
         #[source]
         source: MapError,
@@ -176,10 +182,45 @@ pub struct Terminated {
     pub unreachable: usize,
 }
 
-/// The loaded iterator and its filter map.
+/// The loaded iterator and its filter maps.
 pub struct SockTerminator {
     filter: HashMap<MapData, SockTermKey, u8>,
+    filter6: HashMap<MapData, SockTermKey6, u8>,
     cgroup: PathBuf,
+}
+
+/// The filter map `name`, taken out of `ebpf`.
+fn filter_map<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, u8>, SockTermError> {
+    let map = ebpf.take_map(name).ok_or(SockTermError::Map {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    HashMap::try_from(map).map_err(|source| SockTermError::Map { name, source })
+}
+
+/// Writes `batch` into `filter`.
+fn fill<K: aya::Pod>(
+    filter: &mut HashMap<MapData, K, u8>,
+    name: &'static str,
+    batch: &[K],
+) -> Result<(), SockTermError> {
+    batch
+        .iter()
+        .try_for_each(|k| filter.insert(k, 0, 0))
+        .map_err(|source| SockTermError::Map { name, source })
+}
+
+/// Removes `batch` from `filter`. Best effort: a leftover pair only matches sockets of a
+/// backend that is gone.
+fn drain<K: aya::Pod>(filter: &mut HashMap<MapData, K, u8>, batch: &[K]) {
+    for key in batch {
+        let _ = filter.remove(key);
+    }
 }
 
 impl SockTerminator {
@@ -189,40 +230,44 @@ impl SockTerminator {
         program
             .load("udp", btf)
             .map_err(|source| SockTermError::Program { source })?;
-        let map = ebpf
-            .take_map(map_names::SOCK_TERM)
-            .ok_or(SockTermError::Map {
-                source: MapError::InvalidName {
-                    name: map_names::SOCK_TERM.to_owned(),
-                },
-            })?;
-        let filter = HashMap::try_from(map).map_err(|source| SockTermError::Map { source })?;
         Ok(Self {
-            filter,
+            filter: filter_map(ebpf, map_names::SOCK_TERM)?,
+            filter6: filter_map(ebpf, map_names::SOCK_TERM6)?,
             cgroup: cgroup.to_owned(),
         })
     }
 
-    /// Destroys the connected UDP sockets translated through any of `pairs`, in our network
-    /// namespace and in every namespace of our cgroup's processes. The filter is emptied
+    /// Destroys the connected UDP sockets translated through any of `pairs` (IPv4 services,
+    /// also reached through v4-mapped addresses) or `pairs6` (IPv6 services), in our network
+    /// namespace and in every namespace of our cgroup's processes. The filters are emptied
     /// again afterwards, also when a run fails.
     pub fn terminate(
         &mut self,
         ebpf: &mut Ebpf,
         pairs: &BTreeSet<SockTermKey>,
+        pairs6: &BTreeSet<SockTermKey6>,
     ) -> Result<Terminated, SockTermError> {
         let pairs: Vec<SockTermKey> = pairs.iter().copied().collect();
+        let pairs6: Vec<SockTermKey6> = pairs6.iter().copied().collect();
+        let batch = DEFAULT_SOCK_TERM_MAX as usize;
+        let mut batches = pairs.chunks(batch);
+        let mut batches6 = pairs6.chunks(batch);
         let mut total = Terminated::default();
-        for batch in pairs.chunks(DEFAULT_SOCK_TERM_MAX as usize) {
-            let written = batch
-                .iter()
-                .try_for_each(|k| self.filter.insert(k, 0, 0))
-                .map_err(|source| SockTermError::Map { source });
-            let run = written.and_then(|()| walk_namespaces(iter_program(ebpf)?, &self.cgroup));
-            for key in batch {
-                // Best effort: a leftover pair only matches sockets of a backend that is gone.
-                let _ = self.filter.remove(key);
+        // One run per batch of each family at once: a sync ending IPv4 and IPv6 pairs walks
+        // the namespaces once.
+        loop {
+            let (b4, b6) = (
+                batches.next().unwrap_or(&[]),
+                batches6.next().unwrap_or(&[]),
+            );
+            if b4.is_empty() && b6.is_empty() {
+                break;
             }
+            let written = fill(&mut self.filter, map_names::SOCK_TERM, b4)
+                .and_then(|()| fill(&mut self.filter6, map_names::SOCK_TERM6, b6));
+            let run = written.and_then(|()| walk_namespaces(iter_program(ebpf)?, &self.cgroup));
+            drain(&mut self.filter, b4);
+            drain(&mut self.filter6, b6);
             let run = run?;
             total.sockets += run.sockets;
             total.namespaces = total.namespaces.max(run.namespaces);

@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use switchyard_common::{
-    Backend, Backend6, ServiceKey, ServiceKey6, SourceRangeKey, SourceRangeKey6,
+    Backend, Backend6, ServiceKey, ServiceKey6, SockTermKey, SockTermKey6, SourceRangeKey,
+    SourceRangeKey6,
 };
 
 /// One family's key and value types, and how model addresses become them.
@@ -20,6 +21,8 @@ pub trait Family:
     type Backend: Copy + Debug + Default + Ord;
     /// Key of the source-ranges trie.
     type Range: Copy + Debug + Ord;
+    /// Key of the socket termination filter (`SWY_SOCK_TERM`, `SWY_SOCK_TERM6`).
+    type TermKey: Copy + Debug + Ord;
     /// `IPv4` or `IPv6`, for logs.
     const NAME: &'static str;
     /// Backend-set ids of this family are handed out above this one.
@@ -42,6 +45,8 @@ pub trait Family:
     fn ranges(lb: &Self::Key, ranges: &[IpNet]) -> Vec<(Self::Range, u32)>;
     /// The LoadBalancer IP a trie entry is for.
     fn range_lb(range: &Self::Range) -> IpAddr;
+    /// The termination filter's key of sockets translated from `frontend` to `backend`.
+    fn term_key(frontend: &Self::Key, backend: &Self::Backend) -> Self::TermKey;
 }
 
 /// IPv4: `SWY_SERVICES`, `SWY_BACKENDS`, `SWY_SOURCE_RANGES`.
@@ -56,6 +61,7 @@ impl Family for V4 {
     type Key = ServiceKey;
     type Backend = Backend;
     type Range = SourceRangeKey;
+    type TermKey = SockTermKey;
     const NAME: &'static str = "IPv4";
     const ID_BASE: u32 = 0;
     const PACKET_PATH: bool = true;
@@ -116,12 +122,22 @@ impl Family for V4 {
     fn range_lb(range: &SourceRangeKey) -> IpAddr {
         Ipv4Addr::from(u32::from_be(range.lb_addr)).into()
     }
+
+    fn term_key(frontend: &ServiceKey, backend: &Backend) -> SockTermKey {
+        SockTermKey {
+            frontend_addr: frontend.addr,
+            backend_addr: backend.addr,
+            frontend_port: frontend.port,
+            backend_port: backend.port,
+        }
+    }
 }
 
 impl Family for V6 {
     type Key = ServiceKey6;
     type Backend = Backend6;
     type Range = SourceRangeKey6;
+    type TermKey = SockTermKey6;
     const NAME: &'static str = "IPv6";
     const ID_BASE: u32 = switchyard_common::IPV6_SET_ID_BASE;
     const PACKET_PATH: bool = true;
@@ -178,6 +194,15 @@ impl Family for V6 {
 
     fn range_lb(range: &SourceRangeKey6) -> IpAddr {
         from_words(range.lb_addr).into()
+    }
+
+    fn term_key(frontend: &ServiceKey6, backend: &Backend6) -> SockTermKey6 {
+        SockTermKey6 {
+            frontend_addr: frontend.addr,
+            backend_addr: backend.addr,
+            frontend_port: frontend.port,
+            backend_port: backend.port,
+        }
     }
 }
 

@@ -33,9 +33,7 @@
 //! both, each taking its family's frontends and endpoints.
 use std::collections::{BTreeMap, BTreeSet};
 
-use switchyard_common::{
-    BackendKey, ServiceKey, ServiceValue, SockTermKey, SourceRangeKey, PROTO_UDP, SCOPE_SOCKET,
-};
+use switchyard_common::{BackendKey, ServiceValue, SourceRangeKey, PROTO_UDP, SCOPE_SOCKET};
 
 use crate::{ServicePort, ServicePortKey};
 
@@ -50,13 +48,14 @@ mod writer;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fake;
 
-/// Socket termination is IPv4 only: the UDP socket iterator visits IPv4 sockets.
-impl FamilyPlanner<V4> {
+/// Socket termination, per family: the UDP socket iterator visits IPv4 and IPv6 sockets, and
+/// each family's pairs go to that family's filter map.
+impl<F: Family> FamilyPlanner<F> {
     /// The (frontend, backend) pairs a local UDP socket of `key` may currently be connected
     /// through: each socket-scope UDP frontend with every backend of its set. A pair that a
-    /// sync removes (the backend left, or the frontend went) strands the sockets connect4
-    /// translated through it; the dataplane destroys them.
-    pub fn udp_socket_routes(&self, key: &ServicePortKey) -> BTreeSet<SockTermKey> {
+    /// sync removes (the backend left, or the frontend went) strands the sockets connect4 (or
+    /// connect6) translated through it; the dataplane destroys them.
+    pub fn udp_socket_routes(&self, key: &ServicePortKey) -> BTreeSet<F::TermKey> {
         let Some(port) = self.ports.get(key) else {
             return BTreeSet::new();
         };
@@ -70,7 +69,7 @@ impl FamilyPlanner<V4> {
     /// [`Self::udp_socket_routes`] of every socket-scope UDP entry the maps hold, ours or a
     /// previous instance's (full syncs: the first one after a restart knows no port yet,
     /// and a backend removed while no controller ran strands sockets too).
-    pub fn all_udp_socket_routes(&self) -> BTreeSet<SockTermKey> {
+    pub fn all_udp_socket_routes(&self) -> BTreeSet<F::TermKey> {
         self.maps
             .services
             .iter()
@@ -81,21 +80,17 @@ impl FamilyPlanner<V4> {
     /// The pairs of one service entry: none unless it is a socket-scope UDP frontend.
     fn routes_of<'a>(
         &'a self,
-        key: &'a ServiceKey,
+        key: &'a F::Key,
         value: &ServiceValue,
-    ) -> impl Iterator<Item = SockTermKey> + 'a {
-        let socket_udp = key.scope == SCOPE_SOCKET && key.proto == PROTO_UDP;
+    ) -> impl Iterator<Item = F::TermKey> + 'a {
+        let (_, _, proto, scope) = F::parts(key);
+        let socket_udp = scope == SCOPE_SOCKET && proto == PROTO_UDP;
         let backends = if socket_udp {
             self.layout(value.id)
         } else {
             Vec::new()
         };
-        backends.into_iter().map(move |b| SockTermKey {
-            frontend_addr: key.addr,
-            backend_addr: b.addr,
-            frontend_port: key.port,
-            backend_port: b.port,
-        })
+        backends.into_iter().map(move |b| F::term_key(key, &b))
     }
 }
 

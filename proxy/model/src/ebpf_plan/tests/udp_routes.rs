@@ -106,3 +106,49 @@ fn a_full_sync_after_adoption_finds_the_pairs_a_previous_instance_left() {
         ])
     );
 }
+
+#[test]
+fn ipv6_socket_frontends_pair_with_their_ipv6_backends_only() {
+    use super::super::fake::FakeMaps6;
+    use super::super::{Family, Planner6, V6};
+    use switchyard_common::{SockTermKey6, PROTO_UDP, SCOPE_SOCKET};
+
+    let dual = |eps: &[&str]| {
+        let mut p = port(
+            "dns",
+            &[
+                (FrontendKind::ClusterIp, "198.18.128.53"),
+                (FrontendKind::ClusterIp, "2001:db8:5::53"),
+            ],
+            eps.iter().map(|e| endpoint(e, true)).collect(),
+        );
+        p.key.protocol = Protocol::Udp;
+        p
+    };
+    let pair6 = |backend_ip: &str| {
+        let f = V6::key(
+            "2001:db8:5::53".parse().expect("literal"),
+            80,
+            PROTO_UDP,
+            SCOPE_SOCKET,
+        )
+        .expect("IPv6");
+        let b = V6::backend(backend_ip.parse().expect("literal"), 8080).expect("IPv6");
+        V6::term_key(&f, &b)
+    };
+    let (mut planner6, mut maps6) = (Planner6::default(), FakeMaps6::default());
+    let mut sync6 = |p: &ServicePort| {
+        assert!(planner6.begin_sync(&mut maps6).is_empty());
+        let plan = planner6.plan_sync(&[(p.key.clone(), Some(p))]);
+        assert!(planner6.run(plan, &mut maps6).failed.is_empty());
+        planner6.udp_socket_routes(&p.key)
+    };
+    let before = dual(&["198.19.1.1", "2001:db8:1::1", "2001:db8:1::2"]);
+    let all = sync6(&before);
+    let expected: BTreeSet<SockTermKey6> = ["2001:db8:1::1", "2001:db8:1::2"].map(pair6).into();
+    assert_eq!(all, expected);
+
+    let after = dual(&["198.19.1.1", "2001:db8:1::1"]);
+    let gone: BTreeSet<SockTermKey6> = all.difference(&sync6(&after)).copied().collect();
+    assert_eq!(gone, BTreeSet::from([pair6("2001:db8:1::2")]));
+}
