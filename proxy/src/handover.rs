@@ -23,13 +23,14 @@
 //! - **ebpf -> iptables.** The programs stay attached until iptables' first sync has
 //!   written every rule: until then they translate everything first (as above, iptables
 //!   sees no service address). Then, in this order:
-//!   1. the `connect4` and `sendmsg4` links go: new sockets meet the rules. A socket
-//!      already connected to a backend needs nothing more (there is no per-packet state);
-//!      `recvmsg4` / `getpeername4` stay for the replies of sends made before;
-//!   2. every packet-path service entry gets `SERVICE_FLAG_HANDOVER`: tc ingress starts no
-//!      new flow and leaves everything without an entry of its own to netfilter, so new
-//!      NodePort connections meet the rules, while the flows tc translates keep their
-//!      entries both ways (ingress and egress) to the end;
+//!   1. the `connect4` / `sendmsg4` (and `connect6` / `sendmsg6`) links go: new sockets
+//!      meet the rules. A socket already connected to a backend needs nothing more (there
+//!      is no per-packet state); `recvmsg4` / `getpeername4` stay for the replies of sends
+//!      made before;
+//!   2. every packet-path service entry (both families) gets `SERVICE_FLAG_HANDOVER`: tc
+//!      ingress starts no new flow and leaves everything without an entry of its own to
+//!      netfilter, so new NodePort connections meet the rules, while the flows tc
+//!      translates keep their entries both ways (ingress and egress) to the end;
 //!   3. once no translated flow has passed a packet for [`DRAIN_QUIET`] (at most
 //!      [`DRAIN_MAX`]), every pin goes, which detaches the rest. A flow still busy then
 //!      breaks (its packets meet netfilter mid-stream).
@@ -52,13 +53,13 @@ use std::time::{Duration, Instant};
 use aya::maps::{HashMap, Map, MapData, MapError, MapInfo};
 use aya::Pod;
 use switchyard_common::{
-    map_names, program_names, CtKey, CtValue, ServiceKey, ServiceValue, SCOPE_EXTERNAL,
+    map_names, program_names, ServiceKey, ServiceKey6, ServiceValue, SCOPE_EXTERNAL,
     SERVICE_FLAG_HANDOVER,
 };
 
 use crate::ebpf::dataplane::monotonic_ns;
 use crate::iptables::IptablesBackend;
-use crate::model::tc_conntrack::recently_active;
+use crate::model::tc_conntrack::{recently_active_family, CtFamily, V4, V6};
 
 /// What the mode starting now removes once its first sync has succeeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +148,12 @@ fn drain_ebpf(root: &Path) -> Result<(), DrainError> {
         return Ok(());
     }
     // 1. No new socket is translated.
-    for name in [program_names::CONNECT4, program_names::SENDMSG4] {
+    for name in [
+        program_names::CONNECT4,
+        program_names::SENDMSG4,
+        program_names::CONNECT6,
+        program_names::SENDMSG6,
+    ] {
         let pin = root.join("links").join(name);
         match std::fs::remove_file(&pin) {
             Ok(()) => {}
@@ -155,49 +161,21 @@ fn drain_ebpf(root: &Path) -> Result<(), DrainError> {
             Err(source) => return Err(DrainError::Unpin { path: pin, source }),
         }
     }
-    // 2. No new packet-path flow.
-    let map_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source| DrainError::Map { path, source }
-    };
-    let mut services: HashMap<MapData, ServiceKey, ServiceValue> =
-        pinned_hash_map(&services_pin).map_err(map_error(&services_pin))?;
-    let external: Vec<(ServiceKey, ServiceValue)> = services
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, v)| k.scope == SCOPE_EXTERNAL && v.flags & SERVICE_FLAG_HANDOVER == 0)
-        .collect();
-    for (key, value) in &external {
-        let handed = ServiceValue {
-            flags: value.flags | SERVICE_FLAG_HANDOVER,
-            ..*value
-        };
-        // In place: a lookup sees the old value or the new one, never a missing entry.
-        services
-            .insert(key, handed, 0)
-            .map_err(map_error(&services_pin))?;
-    }
+    // 2. No new packet-path flow, in either family.
+    let external = mark_handover::<ServiceKey>(&services_pin, |k| k.scope)?
+        + mark_handover::<ServiceKey6>(&maps.join(map_names::SERVICES6), |k| k.scope)?;
     // 3. Until the flows it translates are quiet.
-    let conntrack_pin = maps.join(map_names::CONNTRACK);
-    let conntrack: HashMap<MapData, CtKey, CtValue> =
-        pinned_hash_map(&conntrack_pin).map_err(map_error(&conntrack_pin))?;
-    let capacity = MapInfo::from_pin(&conntrack_pin)
-        .map(|i| i.max_entries() as usize)
-        .map_err(map_error(&conntrack_pin))?;
+    let conntrack = FlowsOf::<V4>::open(&maps.join(map_names::CONNTRACK))?;
+    let conntrack6 = FlowsOf::<V6>::open(&maps.join(map_names::CONNTRACK6))?;
     let started = Instant::now();
     let mut logged = false;
     loop {
-        // A key the programs delete while we walk restarts the kernel's walk: stop at capacity.
-        let entries: Vec<(CtKey, CtValue)> =
-            crate::ebpf::batch_read::entries(&conntrack, capacity, |map| {
-                map.iter().take(capacity).filter_map(Result::ok).collect()
-            });
-        let active = recently_active(&entries, monotonic_ns(), DRAIN_QUIET);
+        let active = conntrack.active() + conntrack6.active();
         let waited = started.elapsed();
         if !logged {
             logged = true;
             tracing::info!(
-                frontends = external.len(),
+                frontends = external,
                 active,
                 "handover: iptables mode starts new flows; draining ebpf mode's"
             );
@@ -217,6 +195,78 @@ fn drain_ebpf(root: &Path) -> Result<(), DrainError> {
             return Ok(());
         }
         std::thread::sleep(DRAIN_POLL);
+    }
+}
+
+/// Sets `SERVICE_FLAG_HANDOVER` on the packet-path (external) entries of the services map
+/// pinned at `pin` (a family's; absent: none); returns how many it marked.
+fn mark_handover<K: Pod>(pin: &Path, scope: impl Fn(&K) -> u8) -> Result<usize, DrainError> {
+    if !pin.exists() {
+        return Ok(0);
+    }
+    let error = |source| DrainError::Map {
+        path: pin.to_owned(),
+        source,
+    };
+    let mut services: HashMap<MapData, K, ServiceValue> = pinned_hash_map(pin).map_err(error)?;
+    let external: Vec<(K, ServiceValue)> = services
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| scope(k) == SCOPE_EXTERNAL && v.flags & SERVICE_FLAG_HANDOVER == 0)
+        .collect();
+    for (key, value) in &external {
+        let handed = ServiceValue {
+            flags: value.flags | SERVICE_FLAG_HANDOVER,
+            ..*value
+        };
+        // In place: a lookup sees the old value or the new one, never a missing entry.
+        services.insert(key, handed, 0).map_err(error)?;
+    }
+    Ok(external.len())
+}
+
+/// One family's pinned packet-path conntrack map, for the drain (absent: no flows).
+struct FlowsOf<F: CtFamily> {
+    /// The map and its capacity.
+    map: Option<(FlowMap<F>, usize)>,
+}
+
+type FlowMap<F> = HashMap<MapData, <F as CtFamily>::Key, <F as CtFamily>::Value>;
+
+impl<F: CtFamily> FlowsOf<F>
+where
+    F::Key: Pod,
+    F::Value: Pod,
+{
+    fn open(pin: &Path) -> Result<Self, DrainError> {
+        if !pin.exists() {
+            return Ok(Self { map: None });
+        }
+        let error = |source| DrainError::Map {
+            path: pin.to_owned(),
+            source,
+        };
+        let map = pinned_hash_map(pin).map_err(error)?;
+        let capacity = MapInfo::from_pin(pin)
+            .map(|i| i.max_entries() as usize)
+            .map_err(error)?;
+        Ok(Self {
+            map: Some((map, capacity)),
+        })
+    }
+
+    /// Flows that passed a packet within [`DRAIN_QUIET`].
+    fn active(&self) -> usize {
+        let Some((map, capacity)) = &self.map else {
+            return 0;
+        };
+        let capacity = *capacity;
+        // A key the programs delete while the iterator walks restarts its walk: stop at
+        // capacity.
+        let entries = crate::ebpf::batch_read::entries(map, capacity, |map| {
+            map.iter().take(capacity).filter_map(Result::ok).collect()
+        });
+        recently_active_family::<F>(&entries, monotonic_ns(), DRAIN_QUIET)
     }
 }
 

@@ -159,10 +159,13 @@ fn ebpf_to_iptables_and_back() {
 /// The service both mode-switch tests reach: ClusterIP and NodePort over every pod.
 const SWITCH_CLUSTER_IP: &str = "198.18.128.40:80";
 const SWITCH_NODE_PORT: &str = "198.18.0.11:30040";
+/// The same NodePort on node1's IPv6 address (the service is dual-stack).
+const SWITCH_NODE_PORT6: &str = "[2001:db8:0:1::11]:30040";
 
 fn switch_service_yaml(testbed: &Testbed) -> String {
     let names: Vec<&str> = testbed.pods().iter().map(|p| p.name.as_str()).collect();
     let endpoints = testbed.ready_endpoints_yaml(&names);
+    let endpoints6 = testbed.ready_endpoints6_yaml(&names);
     format!(
         "apiVersion: v1
 kind: Service
@@ -170,6 +173,9 @@ metadata: {{name: switch, namespace: switch}}
 spec:
   type: NodePort
   clusterIP: 198.18.128.40
+  clusterIPs: [198.18.128.40, 2001:db8:5::40]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
   ports:
   - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30040, protocol: TCP}}
 ---
@@ -182,7 +188,18 @@ metadata:
 addressType: IPv4
 ports: [{{name: tcp, port: 8080, protocol: TCP}}]
 endpoints:
-{endpoints}"
+{endpoints}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: switch-2
+  namespace: switch
+  labels: {{kubernetes.io/service-name: switch}}
+addressType: IPv6
+ports: [{{name: tcp, port: 8080, protocol: TCP}}]
+endpoints:
+{endpoints6}"
     )
 }
 
@@ -210,26 +227,32 @@ fn replace_file(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("replace config");
 }
 
-/// Every `SWY`/`SWITCHYARD` line either iptables backend's save shows in node1.
+/// Every `SWY`/`SWITCHYARD` line either iptables backend's save shows in node1, for both
+/// families.
 fn our_iptables_lines(testbed: &Testbed) -> Vec<String> {
-    ["iptables-legacy-save", "iptables-nft-save"]
-        .iter()
-        .flat_map(|save| {
-            let out = testbed
-                .run(
-                    Place::Node(1),
-                    save,
-                    Vec::<String>::new(),
-                    Duration::from_secs(30),
-                )
-                .unwrap_or_else(|e| panic!("{save}: {e}"));
-            out.stdout
-                .lines()
-                .filter(|l| l.contains("SWY") || l.contains("SWITCHYARD"))
-                .map(|l| format!("{save}: {l}"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    [
+        "iptables-legacy-save",
+        "iptables-nft-save",
+        "ip6tables-legacy-save",
+        "ip6tables-nft-save",
+    ]
+    .iter()
+    .flat_map(|save| {
+        let out = testbed
+            .run(
+                Place::Node(1),
+                save,
+                Vec::<String>::new(),
+                Duration::from_secs(30),
+            )
+            .unwrap_or_else(|e| panic!("{save}: {e}"));
+        out.stdout
+            .lines()
+            .filter(|l| l.contains("SWY") || l.contains("SWITCHYARD"))
+            .map(|l| format!("{save}: {l}"))
+            .collect::<Vec<_>>()
+    })
+    .collect()
 }
 
 /// Upstream's way to switch a node's mode: edit `mode` in the config file. The process
@@ -271,6 +294,7 @@ fn a_config_edit_switches_modes_under_load_without_a_failed_connection() {
     .collect();
     let cluster_ip: SocketAddr = SWITCH_CLUSTER_IP.parse().expect("addr");
     let node_port: SocketAddr = SWITCH_NODE_PORT.parse().expect("addr");
+    let node_port6: SocketAddr = SWITCH_NODE_PORT6.parse().expect("addr");
     let pod = testbed.pod(1, 2);
 
     let (recorded, marks, exits) = std::thread::scope(|scope| {
@@ -288,6 +312,7 @@ fn a_config_edit_switches_modes_under_load_without_a_failed_connection() {
         for (what, place, to) in [
             ("the ClusterIP", Place::from(pod), cluster_ip),
             ("the NodePort", Place::Client, node_port),
+            ("the IPv6 NodePort", Place::Client, node_port6),
         ] {
             testbed
                 .wait_for_answer(place, Proto::Tcp, to, TIMEOUT)
@@ -303,6 +328,13 @@ fn a_config_edit_switches_modes_under_load_without_a_failed_connection() {
                     Place::Client,
                     Proto::Tcp,
                     node_port,
+                ),
+                // IPv6 from outside: ip6tables, then the IPv6 tc programs, then ip6tables.
+                Destination::new(
+                    "IPv6 NodePort from the client",
+                    Place::Client,
+                    Proto::Tcp,
+                    node_port6,
                 ),
             ],
             LoadSpec::default(),
