@@ -42,6 +42,7 @@
 mod icmp_error;
 mod refusal_limit;
 mod reject;
+mod reject6;
 mod snat_reuse;
 mod v6;
 

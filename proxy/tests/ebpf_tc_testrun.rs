@@ -1908,6 +1908,73 @@ fn ipv6_frontends_without_endpoints_drop_with_drop_empty() {
 }
 
 #[test]
+fn ipv6_frontends_without_endpoints_are_refused_with_a_reset_or_icmpv6_port_unreachable() {
+    let mut tc = Tc::load();
+    tc.external6((NODE6, NODE_PORT), PROTO_TCP, 8, 0, &[]);
+    tc.external6((NODE6, 53), PROTO_UDP, 9, 0, &[]);
+    let client = (CLIENT6, CLIENT_PORT);
+
+    // A SYN carrying data (TCP Fast Open; the builder's segments carry a payload) is dropped,
+    // as in IPv4; the one without is refused.
+    let fast_open = frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_SYN });
+    assert_eq!(tc.ingress(&fast_open).ret, TC_ACT_SHOT);
+    let mut syn = fast_open[..L4_OFF6 + 20].to_vec();
+    syn[ETH + 4..ETH + 6].copy_from_slice(&20u16.to_be_bytes());
+    syn[L4_OFF6 + 16..L4_OFF6 + 18].copy_from_slice(&[0, 0]);
+    let csum = l4_csum6(CLIENT6, NODE6, PROTO_TCP, &syn[L4_OFF6..]);
+    syn[L4_OFF6 + 16..L4_OFF6 + 18].copy_from_slice(&csum.to_be_bytes());
+    assert_checksum6_valid(&syn);
+    let v = tc.ingress(&syn);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "sent back out");
+    let f = &v.frame;
+    assert_eq!(f.len(), L4_OFF6 + 20, "headers only");
+    assert_eq!(f[..6], syn[6..12], "to the sender's MAC");
+    assert_eq!(parse6(f), ((NODE6, NODE_PORT), client), "from the frontend");
+    assert_eq!(
+        u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]),
+        20,
+        "payload length"
+    );
+    let tcp = &f[L4_OFF6..];
+    let seq = u32::from_be_bytes([
+        syn[L4_OFF6 + 4],
+        syn[L4_OFF6 + 5],
+        syn[L4_OFF6 + 6],
+        syn[L4_OFF6 + 7],
+    ]);
+    assert_eq!(tcp[4..8], [0, 0, 0, 0], "sequence number 0");
+    assert_eq!(
+        tcp[8..12],
+        seq.wrapping_add(1).to_be_bytes(),
+        "acknowledges the SYN"
+    );
+    assert_eq!(tcp[13], TCP_RST | TCP_ACK);
+    assert_checksum6_valid(f);
+
+    let datagram = frame6(client, (NODE6, 53), L4::Udp { checksum: true });
+    let v = tc.ingress(&datagram);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "sent back out");
+    let mut f = v.frame.clone();
+    assert_eq!(f.len(), L4_OFF6 + 8 + 48, "IPv6, ICMPv6 and the quote only");
+    assert_eq!(f[ETH + 6], 58, "ICMPv6");
+    assert_eq!(parse6(&f).0 .0, NODE6);
+    assert_eq!(parse6(&f).1 .0, CLIENT6);
+    assert_eq!((f[L4_OFF6], f[L4_OFF6 + 1]), (1, 4), "port unreachable");
+    assert_eq!(
+        f[L4_OFF6 + 8..],
+        datagram[ETH..ETH + 48],
+        "quotes the datagram's IPv6 and UDP headers"
+    );
+    assert_checksum6_valid(&f);
+    // A CHECKSUM_PARTIAL request's device writes the message's sum where the UDP checksum
+    // was (the unused word's second half): the ICMPv6 checksum stays valid.
+    let device = !fold(sum16(&f[L4_OFF6..]));
+    f[L4_OFF6 + 6..L4_OFF6 + 8].copy_from_slice(&device.to_be_bytes());
+    assert_checksum6_valid(&f);
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+#[test]
 fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_back() {
     let bed = SnatBed::new();
     let mut tc = Tc::load();

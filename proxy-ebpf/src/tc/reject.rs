@@ -19,8 +19,7 @@ use aya_ebpf::{
 use switchyard_common::{PROTO_ICMP, PROTO_TCP};
 
 use super::{
-    refusal_limit, Ipv4Hdr, Packet, DROP, ETH_HLEN, IP_CSUM_OFF, L4_OFF, TCP_CSUM_OFF, TCP_HLEN,
-    UDP_HLEN,
+    refusal_limit, Ipv4Hdr, Packet, DROP, ETH_HLEN, IP_CSUM_OFF, L4_OFF, TCP_HLEN, UDP_HLEN,
 };
 
 const IP_HLEN: usize = 20;
@@ -72,7 +71,33 @@ fn tcp_reset(ctx: &TcContext) -> Result<(), i64> {
     let hdr_len = usize::from(tcp[12] >> 4) * 4;
     // A SYN with data (TCP Fast Open) is not answered: its payload would have to be summed
     // out of the checksum too. It is dropped, and the client's retry without data refused.
-    if hdr_len < TCP_HLEN || usize::from(u16::from_be(ip.tot_len)) != IP_HLEN + hdr_len {
+    if usize::from(u16::from_be(ip.tot_len)) != IP_HLEN + hdr_len {
+        return Err(-1);
+    }
+    reset_segment::<L4_OFF>(ctx, &tcp, hdr_len)?;
+    reverse_ip(ctx, &ip, (IP_HLEN + TCP_HLEN) as u16, PROTO_TCP)?;
+    swap_macs(ctx, &eth)?;
+    // SAFETY: the program's own skb; shrinking to the headers just written.
+    let cut = unsafe { bpf_skb_change_tail(ctx.skb.skb, (L4_OFF + TCP_HLEN) as u32, 0) };
+    if cut != 0 {
+        return Err(cut);
+    }
+    Ok(())
+}
+
+/// Rewrites the SYN `tcp` (header of `hdr_len` bytes) at offset `L4` into the RST|ACK that
+/// answers it, in place: options summed out of the checksum (the caller cuts them off), the
+/// fixed fields changed through `bpf_l4_csum_replace` (so every checksum state of the skb
+/// stays right), the ports swapped, and the pseudo header's length updated. Either family:
+/// the addresses' swap changes no sum.
+#[inline(always)]
+pub(super) fn reset_segment<const L4: usize>(
+    ctx: &TcContext,
+    tcp: &[u8; TCP_HLEN],
+    hdr_len: usize,
+) -> Result<(), i64> {
+    let csum_off = L4 + 16;
+    if hdr_len < TCP_HLEN {
         return Err(-1);
     }
     // The options go: each of their words leaves the checksum before the packet is cut.
@@ -81,8 +106,8 @@ fn tcp_reset(ctx: &TcContext) -> Result<(), i64> {
         if off >= hdr_len {
             break;
         }
-        let word: u32 = ctx.load(L4_OFF + off)?;
-        ctx.l4_csum_replace(TCP_CSUM_OFF, word as u64, 0, 4)?;
+        let word: u32 = ctx.load(L4 + off)?;
+        ctx.l4_csum_replace(csum_off, word as u64, 0, 4)?;
         off += 4;
     }
     // The fixed header's words, as raw network-order values (the helpers take them so).
@@ -98,32 +123,24 @@ fn tcp_reset(ctx: &TcContext) -> Result<(), i64> {
         ),
     ];
     for (at, old, new) in fields {
-        ctx.store(L4_OFF + at, &new, 0)?;
-        ctx.l4_csum_replace(TCP_CSUM_OFF, old as u64, new as u64, 4)?;
+        ctx.store(L4 + at, &new, 0)?;
+        ctx.l4_csum_replace(csum_off, old as u64, new as u64, 4)?;
     }
     let urgent = u16::from_ne_bytes([tcp[18], tcp[19]]);
-    ctx.store(L4_OFF + 18, &0u16, 0)?;
-    ctx.l4_csum_replace(TCP_CSUM_OFF, urgent as u64, 0, 2)?;
+    ctx.store(L4 + 18, &0u16, 0)?;
+    ctx.l4_csum_replace(csum_off, urgent as u64, 0, 2)?;
     // Swapping the ports or the addresses changes no sum; the TCP length in the pseudo
     // header does.
     let ports = [tcp[2], tcp[3], tcp[0], tcp[1]];
-    ctx.store(L4_OFF, &ports, 0)?;
+    ctx.store(L4, &ports, 0)?;
     let old_len = (hdr_len as u16).to_be();
     let new_len = (TCP_HLEN as u16).to_be();
     ctx.l4_csum_replace(
-        TCP_CSUM_OFF,
+        csum_off,
         old_len as u64,
         new_len as u64,
         BPF_F_PSEUDO_HDR as u64 | 2,
-    )?;
-    reverse_ip(ctx, &ip, (IP_HLEN + TCP_HLEN) as u16, PROTO_TCP)?;
-    swap_macs(ctx, &eth)?;
-    // SAFETY: the program's own skb; shrinking to the headers just written.
-    let cut = unsafe { bpf_skb_change_tail(ctx.skb.skb, (L4_OFF + TCP_HLEN) as u32, 0) };
-    if cut != 0 {
-        return Err(cut);
-    }
-    Ok(())
+    )
 }
 
 /// Swaps the addresses and sets the total length, TTL and protocol of the header in place,
@@ -142,7 +159,7 @@ fn reverse_ip(ctx: &TcContext, ip: &Ipv4Hdr, tot_len: u16, proto: u8) -> Result<
 
 /// The answer goes to the neighbour the request came from, from the address it was sent to.
 #[inline(always)]
-fn swap_macs(ctx: &TcContext, eth: &[u8; ETH_HLEN]) -> Result<(), i64> {
+pub(super) fn swap_macs(ctx: &TcContext, eth: &[u8; ETH_HLEN]) -> Result<(), i64> {
     let mut swapped = [0u8; 12];
     swapped[..6].copy_from_slice(&eth[6..12]);
     swapped[6..].copy_from_slice(&eth[..6]);
@@ -196,7 +213,7 @@ fn port_unreachable(ctx: &TcContext) -> Result<(), i64> {
 
 /// Ones' complement sum of big-endian 16-bit words (`N` is even), not folded.
 #[inline(always)]
-fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
+pub(super) fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
     let mut total = 0u32;
     let mut i = 0;
     while i + 1 < N {
@@ -208,7 +225,7 @@ fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
 
 /// Folds a 32-bit sum into 16 bits.
 #[inline(always)]
-fn fold(mut total: u32) -> u16 {
+pub(super) fn fold(mut total: u32) -> u16 {
     total = (total & 0xffff) + (total >> 16);
     total = (total & 0xffff) + (total >> 16);
     total as u16

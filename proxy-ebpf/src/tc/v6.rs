@@ -12,10 +12,8 @@
 //!   or UDP is translated, anything else (hop-by-hop options, routing headers, fragments,
 //!   ICMPv6) passes untouched. Clients practically never send extension headers on TCP/UDP,
 //!   and a fragment would have to be reassembled to be translated anyway;
-//! - ICMPv6 errors about translated flows (packet too big) are not translated yet, nor do
-//!   services without endpoints get a TCP RST / ICMPv6 port unreachable from here: a NodePort
-//!   on a node address is refused by the node's own stack (no socket there), an externalIP or
-//!   LoadBalancer IP the node would route on is dropped;
+//! - services without endpoints are refused from here, as IPv4's ([`super::reject6`]);
+//! - ICMPv6 errors about translated flows (packet too big) are not translated yet;
 //! - the source-NAT port of an ended flow is not taken over before userspace expires the
 //!   flow (IPv4's `snat_reuse`).
 // Keys and values are passed to the map calls by reference: they are built once on the
@@ -193,6 +191,12 @@ fn ingress_packet(ctx: &TcContext, pkt: &Packet6) -> i32 {
         FLOW_NEW => {
             // A new flow, in steps of their own frames (the combined stack stays in bounds).
             let chosen = choose(ctx, pkt, &service, &mut flow);
+            if chosen == FLOW_REFUSE {
+                // From this frame: choose's is gone, so the answer's fits the stack.
+                // SAFETY: helper without arguments.
+                let now = unsafe { bpf_ktime_get_ns() };
+                return super::reject6::refuse6(ctx, pkt.proto, &pkt.saddr, now);
+            }
             if chosen != FLOW_READY {
                 return chosen;
             }
@@ -225,6 +229,8 @@ fn ingress_packet(ctx: &TcContext, pkt: &Packet6) -> i32 {
 const FLOW_READY: i32 = -101;
 /// [`track`]: no live entry, a new flow starts.
 const FLOW_NEW: i32 = -102;
+/// [`choose`]: no endpoints, the request is refused.
+const FLOW_REFUSE: i32 = -103;
 
 /// The tracked flow of the packet (as IPv4's `ingress`): [`FLOW_READY`] with its entry in
 /// `flow`, [`FLOW_NEW`] if there is none (or its TCP connection ended and a SYN starts a new
@@ -285,12 +291,13 @@ fn choose(ctx: &TcContext, pkt: &Packet6, service: &ServiceValue, flow: &mut CtV
         }
     }
     if service.count == 0 {
-        // No refusal is built for IPv6 yet: the node's stack refuses a NodePort on its own
-        // address; an address the node would route on is dropped (it never leaves the node).
-        return if service.flags & SERVICE_FLAG_DROP_EMPTY != 0 || forwarded(ctx, pkt) {
+        // Refused from here, as IPv4 (and kube-proxy's REJECT), whether the frontend is a
+        // node address or one the kernel would route on; DROP_EMPTY (externalTrafficPolicy
+        // Local) drops instead, as upstream.
+        return if service.flags & SERVICE_FLAG_DROP_EMPTY != 0 {
             DROP
         } else {
-            PASS
+            FLOW_REFUSE
         };
     }
     // External clients are named by their address folded to 63 bits (the top bit keeps them
