@@ -123,6 +123,8 @@ pub struct Busy {
     pub fill_s: f64,
     /// The window, extended (up to three times) until it held a verify.
     pub idle: Idle,
+    /// VmHWM after it, MiB.
+    pub peak_rss_mib: f64,
 }
 
 /// Everything measured in one run.
@@ -146,7 +148,7 @@ pub struct Measured {
     pub idle: Idle,
     /// The idle window with flows in the packet-path conntrack map (ebpf mode).
     pub busy: Option<Busy>,
-    /// VmHWM at the end, MiB.
+    /// VmHWM after the idle window (before the window with flows), MiB.
     pub peak_rss_mib: f64,
     /// VmRSS at the end, MiB.
     pub rss_mib: f64,
@@ -289,9 +291,11 @@ impl Run<'_> {
             None => changes.iter().map(|r| r.sync_ms).min_by(f64::total_cmp),
         };
         let idle = self.idle()?;
+        self.check_alive()?;
+        // Before the window with flows, which reads a full conntrack map (its own figure).
+        let memory = Memory::of(self.proxy.pid())?;
         let busy = self.busy()?;
         self.check_alive()?;
-        let memory = Memory::of(self.proxy.pid())?;
         let last = self.scraper.scrape()?;
         if last.dataplane_errors > 0.0 || last.restore_failures > 0.0 {
             self.notes.push(format!(
@@ -497,10 +501,12 @@ impl Run<'_> {
             self.notes
                 .push("the idle window with flows held no verify".to_owned());
         }
+        let memory = Memory::of(self.proxy.pid())?;
         Ok(Some(Busy {
             flows: self.plan.flows,
             fill_s: fill.as_secs_f64(),
             idle,
+            peak_rss_mib: memory.peak_kib as f64 / 1024.0,
         }))
     }
 

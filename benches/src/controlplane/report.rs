@@ -145,7 +145,7 @@ pub fn busy_table(outcomes: &[Outcome]) -> String {
             continue;
         };
         rows.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {:.2} | {} | {} |\n",
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} | {:.1} |\n",
             o.mode,
             o.services,
             b.flows,
@@ -153,14 +153,15 @@ pub fn busy_table(outcomes: &[Outcome]) -> String {
             b.idle.cpu_pct,
             b.idle.syncs,
             opt(b.idle.mean_sync_ms, 1),
+            b.peak_rss_mib,
         ));
     }
     if rows.is_empty() {
         return rows;
     }
     format!(
-        "| mode | services | flows (2 entries each) | written in s | idle CPU % | syncs (verifies) | mean sync ms |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n{rows}"
+        "| mode | services | flows (2 entries each) | written in s | idle CPU % | syncs (verifies) | mean sync ms | peak RSS MiB after |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n{rows}"
     )
 }
 
