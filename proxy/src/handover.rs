@@ -260,12 +260,7 @@ where
         let Some((map, capacity)) = &self.map else {
             return 0;
         };
-        let capacity = *capacity;
-        // A key the programs delete while the iterator walks restarts its walk: stop at
-        // capacity.
-        let entries = crate::ebpf::batch_read::entries(map, capacity, |map| {
-            map.iter().take(capacity).filter_map(Result::ok).collect()
-        });
+        let entries = crate::ebpf::batch_read::entries(map, *capacity);
         recently_active_family::<F>(&entries, monotonic_ns(), DRAIN_QUIET)
     }
 }

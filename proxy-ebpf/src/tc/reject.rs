@@ -51,12 +51,18 @@ pub(super) fn refuse(ctx: &TcContext, pkt: &Packet, now: u64) -> i32 {
         // Over the kernel's ICMP rate limits: nothing is sent, as the kernel sends nothing.
         return DROP;
     };
+    send_back(ctx, built)
+}
+
+/// The verdict for an answer built in place (`built`): out of the receiving device, the way
+/// the request came, or a drop when it could not be built. Either family.
+#[inline(always)]
+pub(super) fn send_back(ctx: &TcContext, built: Result<(), i64>) -> i32 {
     if built.is_err() {
         return DROP;
     }
     // SAFETY: reading a field of the program's own skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // Egress of the receiving device: the answer goes back the way the request came.
     // SAFETY: plain helper call; it only records the target for after the program.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
 }

@@ -12,15 +12,12 @@
 //!   whether the device writes there or not (receivers ignore the unused word, RFC 4443 3.1).
 //! - The per-client ICMP rate limit is keyed by the client's address folded to 32 bits, with
 //!   the node's IPv4 limits ([`super::refusal_limit`]).
-use aya_ebpf::{
-    helpers::{bpf_redirect, bpf_skb_change_tail},
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_skb_change_tail, programs::TcContext};
 use switchyard_common::PROTO_TCP;
 
 use super::{
     refusal_limit,
-    reject::{fold, reset_segment, sum, swap_macs},
+    reject::{fold, reset_segment, send_back, sum, swap_macs},
     DROP, ETH_HLEN, TCP_HLEN, UDP_HLEN,
 };
 
@@ -49,13 +46,7 @@ pub(super) fn refuse6(ctx: &TcContext, proto: u8, client: &[u32; 4], now: u64) -
     } else {
         return DROP;
     };
-    if built.is_err() {
-        return DROP;
-    }
-    // SAFETY: reading a field of the program's own skb.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: plain helper call; it only records the target for after the program.
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
+    send_back(ctx, built)
 }
 
 /// [`refusal_limit::allow_icmp`] in a frame of its own, gone before the answer is built.

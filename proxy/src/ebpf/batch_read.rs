@@ -145,18 +145,16 @@ fn for_each_chunk<K: Pod, V: Pod>(
 
 /// Up to `limit` entries of `map`: in batches, or with aya's iterator where the kernel cannot
 /// batch (or the batch read failed; logged). Entries the iterator fails to read are skipped,
-/// as a walk over a map the programs change may meet keys deleted meanwhile.
-pub fn entries<K: Pod, V: Pod, M: IterableMap<K, V>>(
-    map: &M,
-    limit: usize,
-    iter: impl FnOnce(&M) -> Vec<(K, V)>,
-) -> Vec<(K, V)> {
+/// as a walk over a map the programs change may meet keys deleted meanwhile; a key deleted
+/// while it walks restarts its walk, so it stops at `limit`.
+pub fn entries<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, limit: usize) -> Vec<(K, V)> {
     match read_all(map, limit) {
         Ok(entries) => entries,
-        Err(BatchReadError::Unsupported(_)) => iter(map),
         Err(error) => {
-            tracing::debug!(%error, "batch read failed; reading entry by entry");
-            iter(map)
+            if !matches!(error, BatchReadError::Unsupported(_)) {
+                tracing::debug!(%error, "batch read failed; reading entry by entry");
+            }
+            map.iter().take(limit).filter_map(Result::ok).collect()
         }
     }
 }

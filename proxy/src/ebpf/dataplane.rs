@@ -1100,12 +1100,7 @@ where
     F::Key: aya::Pod,
     F::Value: aya::Pod,
 {
-    // The programs change the map while it is read; a key they delete restarts the
-    // iterator's walk, so it is bounded by the capacity.
-    let entries: Vec<(F::Key, F::Value)> =
-        crate::ebpf::batch_read::entries(&*conntrack, max, |map| {
-            map.iter().take(max).filter_map(Result::ok).collect()
-        });
+    let entries: Vec<(F::Key, F::Value)> = crate::ebpf::batch_read::entries(conntrack, max);
     let sweep = tc_ct::sweep_family::<F>(&entries, monotonic_ns(), timeouts, gone);
     let mut failed = 0;
     let mut changed = 0;
