@@ -1,6 +1,8 @@
 //! `cargo xtask bench -- model`: the pure model's cost at scale, in process: a fresh
 //! computation of the desired state, and the incremental update after one EndpointSlice
-//! changed (what a one-service change costs the controller before any dataplane write).
+//! changed (what a one-service change costs the controller before any dataplane write), and
+//! ebpf mode's first sync planned and run against in-memory maps (the planner's own cost,
+//! without the map syscalls).
 //!
 //! The objects are the control-plane benchmark's synthetic cluster, parsed once.
 use std::sync::Arc;
@@ -8,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use switchyard_model::{compute_desired_state, ClusterObjects, ModelCache, NodeContext, StateDiff};
+use switchyard_model::ebpf_plan::{fake::FakeMaps, Planner};
+use switchyard_model::{
+    compute_desired_state, ClusterObjects, DesiredState, ModelCache, NodeContext, ServicePort,
+    ServicePortKey, StateDiff,
+};
 
 use crate::controlplane::cluster;
 
@@ -50,6 +56,29 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Plans and runs ebpf mode's first sync of `state` on in-memory maps: the time to plan and
+/// the time to run the plan.
+fn ebpf_first_sync(state: &DesiredState) -> anyhow::Result<(Duration, Duration)> {
+    let mut planner = Planner::default();
+    let mut maps = FakeMaps::default();
+    let changes: Vec<(ServicePortKey, Option<&ServicePort>)> = state
+        .ports
+        .iter()
+        .map(|(k, p)| (k.clone(), Some(&**p)))
+        .collect();
+    let started = Instant::now();
+    let plan = planner.plan_sync(&changes).collecting_garbage();
+    let planned = started.elapsed();
+    let started = Instant::now();
+    let outcome = planner.run(plan, &mut maps);
+    let ran = started.elapsed();
+    anyhow::ensure!(
+        outcome.failed.is_empty() && outcome.written.len() == state.ports.len(),
+        "every port written"
+    );
+    Ok((planned, ran))
+}
+
 /// Measures each service count and prints one table row per count.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let node = NodeContext::new("node1");
@@ -57,8 +86,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "Model, {} ready endpoints per service, one slice changed per round\n",
         args.endpoints
     );
-    println!("| services | fresh computation ms | incremental update after one change ms | diff ms | ports changed |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
+    println!("| services | fresh computation ms | incremental update after one change ms | diff ms | ports changed | ebpf first sync: plan ms | run on in-memory maps ms |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &services in &args.services {
         let mut objects = objects(services, args.endpoints)?;
         let started = Instant::now();
@@ -68,6 +97,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             fresh.state.ports.len() == services,
             "every service has a port"
         );
+
+        let (plan_time, run_time) = ebpf_first_sync(&fresh.state)?;
 
         let mut cache = ModelCache::default();
         cache.update(&objects, &node);
@@ -84,10 +115,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             changed = diff.changed.len() + diff.added.len() + diff.removed.len();
         }
         println!(
-            "| {services} | {:.1} | {:.3} | {:.3} | {changed} |",
+            "| {services} | {:.1} | {:.3} | {:.3} | {changed} | {:.1} | {:.1} |",
             ms(fresh_time),
             ms(median(updates)),
             ms(median(diffs)),
+            ms(plan_time),
+            ms(run_time),
         );
     }
     println!(

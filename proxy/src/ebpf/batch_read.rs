@@ -13,13 +13,13 @@ use aya::maps::{HashMap, IterableMap, MapData};
 use aya::Pod;
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
+use super::batch_syscall;
+
 /// Entries asked for per syscall. A hash bucket is returned whole, so this also bounds the
 /// longest bucket a read can take (`ENOSPC` doubles it).
 const CHUNK: usize = 4096;
 /// The largest chunk tried for a long bucket before giving up.
 const MAX_CHUNK: usize = 1 << 20;
-/// The kernel's internal "not supported" (`ENOTSUPP`), which the bpf syscall lets out.
-const KERNEL_ENOTSUPP: i32 = 524;
 
 /// Why a batch read failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,15 +96,7 @@ fn for_each_chunk<K: Pod, V: Pod>(
         batch.map_fd = fd as u32;
         // SAFETY: the kernel reads `attr` and writes at most `count` keys and values into
         // buffers with room for `chunk` of each, and the position into `next`.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
-                &mut attr as *mut bpf_attr,
-                size_of::<bpf_attr>() as libc::c_uint,
-            )
-        };
-        let error = (ret < 0).then(std::io::Error::last_os_error);
+        let error = unsafe { batch_syscall::run(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         // The kernel reports how many entries it copied, also with ENOENT (the end).
         // SAFETY: `batch` is the member set above.
         let copied = (unsafe { attr.batch.count } as usize).min(chunk);
@@ -117,7 +109,7 @@ fn for_each_chunk<K: Pod, V: Pod>(
                     chunk *= 2;
                     continue;
                 }
-                Some(libc::EINVAL | libc::EOPNOTSUPP | KERNEL_ENOTSUPP) if first => {
+                _ if first && batch_syscall::is_unsupported(&error) => {
                     return Err(BatchReadError::Unsupported(error));
                 }
                 _ => return Err(BatchReadError::Syscall(error)),
@@ -161,21 +153,14 @@ pub fn entries<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, limit: usize) -> Ve
 
 #[cfg(test)]
 mod tests {
-    use aya::maps::{HashMap, Map, MapData};
+    use aya::maps::{HashMap, MapData};
     use aya_obj::generated::bpf_map_type;
 
-    /// An unpinned LRU hash map of this process (freed with it), as `SWY_CONNTRACK` is one.
+    use crate::ebpf::batch_syscall::test_maps::u64_map;
+
+    /// An LRU hash map (as `SWY_CONNTRACK` is one) holding `k -> 3k` for `k < entries`.
     fn lru_map(entries: u64) -> HashMap<MapData, u64, u64> {
-        let obj = aya_obj::Map::new_from_params(
-            bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
-            8,
-            8,
-            20_000,
-            0,
-        );
-        let data = MapData::create(obj, "swy_batch_test", None).expect("create a map (root)");
-        let mut map: HashMap<MapData, u64, u64> =
-            HashMap::try_from(Map::from_map_data(data).expect("a map")).expect("a hash map");
+        let mut map = u64_map(bpf_map_type::BPF_MAP_TYPE_LRU_HASH, 20_000);
         for k in 0..entries {
             map.insert(k, k * 3, 0).expect("insert");
         }

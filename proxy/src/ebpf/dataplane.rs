@@ -371,7 +371,7 @@ impl EbpfDataplane {
         };
         let mut failed = 0;
         let mut first_error = None;
-        for op in ops {
+        for op in self.put_names_in_batches(ops) {
             let result = match op {
                 NameOp::Put(id, name) => {
                     let written = self.maps.names.insert(id, name, 0);
@@ -401,6 +401,48 @@ impl EbpfDataplane {
                 "cannot write service names for `switchyard status`; retried by the next verify"
             );
         }
+    }
+
+    /// Writes the puts among `ops` in batches (a first sync names 10,000 sets) and returns
+    /// what is left for one-by-one writes: the deletes, a put the kernel refused (its error
+    /// is then reported by that write), or everything where the kernel cannot batch.
+    fn put_names_in_batches(&mut self, ops: Vec<NameOp>) -> Vec<NameOp> {
+        let (puts, mut left): (Vec<NameOp>, Vec<NameOp>) = ops
+            .into_iter()
+            .partition(|op| matches!(op, NameOp::Put(..)));
+        let (ids, values): (Vec<u32>, Vec<switchyard_common::ServiceName>) = puts
+            .iter()
+            .filter_map(|op| match op {
+                NameOp::Put(id, name) => Some((*id, *name)),
+                NameOp::Delete(_) => None,
+            })
+            .unzip();
+        let mut start = 0;
+        while start < ids.len() {
+            let result =
+                super::batch_write::update(&self.maps.names, &ids[start..], &values[start..]);
+            let written = match &result {
+                Ok(()) => ids.len() - start,
+                Err(partial) if partial.unsupported() => 0,
+                Err(partial) => partial.done,
+            };
+            for i in start..start + written {
+                self.names.insert(ids[i], names::fingerprint(&values[i]));
+            }
+            start += written;
+            match result {
+                Ok(()) => break,
+                Err(partial) if partial.unsupported() => {
+                    left.extend(puts.into_iter().skip(start));
+                    break;
+                }
+                Err(_) => {
+                    left.extend(puts.get(start).cloned());
+                    start += 1;
+                }
+            }
+        }
+        left
     }
 
     /// Sets the map and link gauges: the planner's counts for the maps it writes, the sweep's

@@ -2,14 +2,15 @@
 //! place map operations turn into syscalls.
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, MapData, MapError};
-use aya::Ebpf;
+use aya::{Ebpf, Pod};
 use switchyard_common::{
     map_names, AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey,
     CtValue, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevKey, SockRevKey6,
     SockRevValue, SockRevValue6, SourceRangeKey,
 };
 
-use super::plan::{MapOp, MapOp6, MapWriter, V6};
+use super::batch_write::{self, Partial};
+use super::plan::{Family, FamilyOp, MapOp, MapOp6, MapWriter, V4, V6};
 
 /// A map that is missing from the object or has another type than this build expects.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,8 @@ pub struct Maps {
     /// `SWY_SOURCE_RANGES6`.
     pub source_ranges6: LpmTrie<MapData, switchyard_common::SourceRangeKey6, u8>,
     capacities: Capacities,
+    /// Cleared when the kernel refuses batch writes: every op then goes alone.
+    batching: bool,
 }
 
 impl Maps {
@@ -114,13 +117,153 @@ impl Maps {
             conntrack6: typed(ebpf, map_names::CONNTRACK6, HashMap::try_from)?,
             source_ranges6: typed(ebpf, map_names::SOURCE_RANGES6, LpmTrie::try_from)?,
             capacities,
+            batching: true,
         })
+    }
+
+    /// Runs `ops` through `batch` (runs of one kind in one syscall where it can) or one by
+    /// one through `single`, stopping at the first failure.
+    fn run_grouped<F: Family>(
+        &mut self,
+        ops: &[FamilyOp<F>],
+        batch: impl Fn(&Self, &[FamilyOp<F>]) -> Option<Result<(), (Partial, &'static str, u32)>>,
+        single: impl Fn(&mut Self, &FamilyOp<F>) -> Result<(), OpError>,
+    ) -> (usize, Result<(), OpError>) {
+        let mut done = 0;
+        while let Some(first) = ops.get(done) {
+            let kind = std::mem::discriminant(first);
+            let len = ops[done..]
+                .iter()
+                .take_while(|op| std::mem::discriminant(*op) == kind)
+                .count();
+            let run = &ops[done..done + len];
+            let batched = if len > 1 && self.batching {
+                batch(self, run)
+            } else {
+                None
+            };
+            match batched {
+                Some(Ok(())) => done += len,
+                Some(Err((partial, _, _))) if partial.unsupported() => {
+                    tracing::debug!(error = %partial.error, "the kernel cannot write maps in batches; writing entry by entry");
+                    self.batching = false;
+                }
+                Some(Err((partial, name, max))) => {
+                    let error = MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_*_batch",
+                        io_error: partial.error,
+                    });
+                    return (done + partial.done, Err(full_or(error, name, max)));
+                }
+                None => {
+                    for op in run {
+                        if let Err(e) = single(self, op) {
+                            return (done, Err(e));
+                        }
+                        done += 1;
+                    }
+                }
+            }
+        }
+        (done, Ok(()))
     }
 }
 
-/// The kernel maps as the planner's writer: one syscall per operation.
+/// A run of service or backend writes of one family as one batch (`None`: source ranges,
+/// which live in LPM tries without batch operations), with the map's name and size for
+/// the error.
+fn family_batch<F: Family>(
+    run: &[FamilyOp<F>],
+    services: (&HashMap<MapData, F::Key, ServiceValue>, &'static str, u32),
+    backends: (&HashMap<MapData, BackendKey, F::Backend>, &'static str, u32),
+) -> Option<Result<(), (Partial, &'static str, u32)>>
+where
+    F::Key: Pod,
+    F::Backend: Pod,
+{
+    let tagged = |name: &'static str, max: u32, result: Result<(), Partial>| {
+        result.map_err(|p| (p, name, max))
+    };
+    Some(match run.first()? {
+        FamilyOp::PutBackend(..) => {
+            let (keys, values): (Vec<_>, Vec<_>) = run
+                .iter()
+                .filter_map(|op| match op {
+                    FamilyOp::PutBackend(k, v) => Some((*k, *v)),
+                    _ => None,
+                })
+                .unzip();
+            tagged(
+                backends.1,
+                backends.2,
+                batch_write::update(backends.0, &keys, &values),
+            )
+        }
+        FamilyOp::PutService(..) => {
+            let (keys, values): (Vec<_>, Vec<_>) = run
+                .iter()
+                .filter_map(|op| match op {
+                    FamilyOp::PutService(k, v) => Some((*k, *v)),
+                    _ => None,
+                })
+                .unzip();
+            tagged(
+                services.1,
+                services.2,
+                batch_write::update(services.0, &keys, &values),
+            )
+        }
+        FamilyOp::DeleteService(..) => {
+            let keys: Vec<F::Key> = run
+                .iter()
+                .filter_map(|op| match op {
+                    FamilyOp::DeleteService(k) => Some(*k),
+                    _ => None,
+                })
+                .collect();
+            tagged(
+                services.1,
+                services.2,
+                batch_write::delete(services.0, &keys),
+            )
+        }
+        FamilyOp::DeleteBackend(..) => {
+            let keys: Vec<BackendKey> = run
+                .iter()
+                .filter_map(|op| match op {
+                    FamilyOp::DeleteBackend(k) => Some(*k),
+                    _ => None,
+                })
+                .collect();
+            tagged(
+                backends.1,
+                backends.2,
+                batch_write::delete(backends.0, &keys),
+            )
+        }
+        FamilyOp::PutSourceRange(..) | FamilyOp::DeleteSourceRange(..) => return None,
+    })
+}
+
+/// The kernel maps as the planner's writer: one syscall per operation, or per run of
+/// operations on one map.
 impl MapWriter for Maps {
     type Error = OpError;
+
+    fn run_all(&mut self, ops: &[MapOp]) -> (usize, Result<(), OpError>) {
+        let caps = self.capacities;
+        self.run_grouped(
+            ops,
+            |maps, run| {
+                family_batch(
+                    run,
+                    (&maps.services, map_names::SERVICES, caps.services),
+                    (&maps.backends, map_names::BACKENDS, caps.backends),
+                )
+            },
+            MapWriter::<V4>::run,
+        )
+    }
 
     fn run(&mut self, op: &MapOp) -> Result<(), OpError> {
         let caps = self.capacities;
@@ -150,6 +293,21 @@ impl MapWriter for Maps {
 /// The IPv6 maps as the IPv6 planner's writer.
 impl MapWriter<V6> for Maps {
     type Error = OpError;
+
+    fn run_all(&mut self, ops: &[MapOp6]) -> (usize, Result<(), OpError>) {
+        let caps = self.capacities;
+        self.run_grouped(
+            ops,
+            |maps, run| {
+                family_batch(
+                    run,
+                    (&maps.services6, map_names::SERVICES6, caps.services),
+                    (&maps.backends6, map_names::BACKENDS6, caps.backends),
+                )
+            },
+            MapWriter::<V6>::run,
+        )
+    }
 
     fn run(&mut self, op: &MapOp6) -> Result<(), OpError> {
         let caps = self.capacities;

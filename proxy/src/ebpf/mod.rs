@@ -1,5 +1,7 @@
 //! ebpf mode: socket programs whose maps hold services and backends.
 pub mod batch_read;
+mod batch_syscall;
+pub mod batch_write;
 pub mod dataplane;
 pub mod flow_timeouts;
 pub mod icmp_limits;

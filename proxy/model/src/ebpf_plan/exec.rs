@@ -51,16 +51,15 @@ impl<F: Family> FamilyPlanner<F> {
     /// fails is tried again next time; its error is returned for the log.
     pub fn begin_sync<W: MapWriter<F>>(&mut self, writer: &mut W) -> Vec<W::Error> {
         let mut errors = Vec::new();
-        for doomed in std::mem::take(&mut self.doomed) {
-            let op = doomed.op();
-            match writer.run(&op) {
-                Ok(()) => self.maps.apply(&op),
-                Err(e) => {
-                    errors.push(e);
-                    self.doomed.insert(doomed);
-                }
+        let doomed: Vec<Doomed<F>> = std::mem::take(&mut self.doomed).into_iter().collect();
+        let ops: Vec<MapOp<F>> = doomed.iter().map(|d| d.op()).collect();
+        run_each(writer, &ops, |i, result| match result {
+            Ok(()) => self.maps.apply(&ops[i]),
+            Err(e) => {
+                errors.push(e);
+                self.doomed.insert(doomed[i]);
             }
-        }
+        });
         self.ids.begin_sync();
         errors
     }
@@ -104,8 +103,8 @@ impl<F: Family> FamilyPlanner<F> {
 
     /// Phase one of a port: deletes the service entries it no longer wants.
     fn release<W: MapWriter<F>>(&mut self, step: &Step<F>, writer: &mut W) -> Result<(), W::Error> {
-        for op in &step.ops {
-            writer.run(op)?;
+        let (done, result) = writer.run_all(&step.ops);
+        for op in step.ops.iter().take(done) {
             self.maps.apply(op);
             if let MapOp::DeleteService(key) = op {
                 if self.owners.get(key) == Some(&step.port) {
@@ -116,7 +115,7 @@ impl<F: Family> FamilyPlanner<F> {
                 }
             }
         }
-        Ok(())
+        result
     }
 
     /// Phase two of a port. On failure everything it overwrote is put back, service entries
@@ -140,21 +139,13 @@ impl<F: Family> FamilyPlanner<F> {
             }
         }
         let mut undo = Vec::new();
-        let mut failure = None;
-        for op in &step.ops {
-            let restore = self.maps.undo(op);
-            match writer.run(op) {
-                Ok(()) => {
-                    self.maps.apply(op);
-                    undo.extend(restore);
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
+        let (done, result) = writer.run_all(&step.ops);
+        // The mirror follows the maps op by op, so each undo is taken before its op applies.
+        for op in step.ops.iter().take(done) {
+            undo.extend(self.maps.undo(op));
+            self.maps.apply(op);
         }
-        let Some(error) = failure else {
+        let Err(error) = result else {
             self.finish(&step.port, step.target.as_ref(), Finish::Done);
             return Ok(());
         };
@@ -163,15 +154,14 @@ impl<F: Family> FamilyPlanner<F> {
             .rev()
             .partition(|op| matches!(op, MapOp::PutBackend(..)));
         let mut restored = true;
-        for op in services.iter().chain(&slots) {
-            match writer.run(op) {
-                Ok(()) => self.maps.apply(op),
-                Err(e) => {
-                    restored = false;
-                    housekeeping.push(e);
-                }
+        let restore: Vec<MapOp<F>> = services.into_iter().chain(slots).collect();
+        run_each(writer, &restore, |i, result| match result {
+            Ok(()) => self.maps.apply(&restore[i]),
+            Err(e) => {
+                restored = false;
+                housekeeping.push(e);
             }
-        }
+        });
         self.finish(
             &step.port,
             step.target.as_ref(),
@@ -251,20 +241,17 @@ impl<F: Family> FamilyPlanner<F> {
         housekeeping: &mut Vec<W::Error>,
     ) {
         if full {
-            let stale: Vec<F::Key> = self
+            let stale: Vec<MapOp<F>> = self
                 .maps
                 .services
                 .keys()
                 .filter(|k| !self.owners.contains_key(k))
-                .copied()
+                .map(|key| MapOp::DeleteService(*key))
                 .collect();
-            for key in stale {
-                let op = MapOp::DeleteService(key);
-                match writer.run(&op) {
-                    Ok(()) => self.maps.apply(&op),
-                    Err(e) => housekeeping.push(e),
-                }
-            }
+            run_each(writer, &stale, |i, result| match result {
+                Ok(()) => self.maps.apply(&stale[i]),
+                Err(e) => housekeeping.push(e),
+            });
         }
         if !self.foreign_ids.is_empty() {
             let used: BTreeSet<u32> = self.maps.services.values().map(|v| v.id).collect();
@@ -313,5 +300,32 @@ impl<F: Family> FamilyPlanner<F> {
             .map(|r| Doomed::Range(*r))
             .collect();
         self.doomed.extend(unwanted);
+    }
+}
+
+/// Runs every operation of `ops` in order, going on past failures; `visit` gets each one's
+/// index and outcome, in order.
+fn run_each<F: Family, W: MapWriter<F>>(
+    writer: &mut W,
+    ops: &[MapOp<F>],
+    mut visit: impl FnMut(usize, Result<(), W::Error>),
+) {
+    let mut start = 0;
+    while start < ops.len() {
+        let (done, result) = writer.run_all(&ops[start..]);
+        let done = done.min(ops.len() - start);
+        for i in start..start + done {
+            visit(i, Ok(()));
+        }
+        start += done;
+        match result {
+            Ok(()) => break,
+            Err(e) if start < ops.len() => {
+                visit(start, Err(e));
+                start += 1;
+            }
+            // A writer that failed after claiming every op done: nothing left to blame.
+            Err(_) => break,
+        }
     }
 }

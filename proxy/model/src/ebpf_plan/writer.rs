@@ -11,6 +11,19 @@ pub trait MapWriter<F: Family = V4> {
 
     /// Runs one operation. Deleting what is not there is success.
     fn run(&mut self, op: &FamilyOp<F>) -> Result<(), Self::Error>;
+
+    /// Runs `ops` in order until one fails, as [`run`](Self::run) would one by one, and
+    /// says how many succeeded. A writer may hand runs of operations on one map to the
+    /// kernel in one call (a first sync writes 100,000 slots); concurrent readers still see
+    /// the operations happen in this order.
+    fn run_all(&mut self, ops: &[FamilyOp<F>]) -> (usize, Result<(), Self::Error>) {
+        for (done, op) in ops.iter().enumerate() {
+            if let Err(e) = self.run(op) {
+                return (done, Err(e));
+            }
+        }
+        (ops.len(), Ok(()))
+    }
 }
 
 /// A frontend another service port still holds. The model gives every frontend one owner,
