@@ -926,14 +926,39 @@ fn masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_
     assert_eq!(tc.conntrack_len(), 4);
 }
 
+/// A conntrack value of either family, whose last packet a test can move.
+trait Aged: aya::Pod {
+    /// The family's conntrack map.
+    const MAP: &'static str;
+    fn last_seen_ns(&mut self) -> &mut u64;
+}
+
+impl Aged for CtValue {
+    const MAP: &'static str = map_names::CONNTRACK;
+    fn last_seen_ns(&mut self) -> &mut u64 {
+        &mut self.last_seen_ns
+    }
+}
+
+impl Aged for CtValue6 {
+    const MAP: &'static str = map_names::CONNTRACK6;
+    fn last_seen_ns(&mut self) -> &mut u64 {
+        &mut self.last_seen_ns
+    }
+}
+
 /// Moves both entries of a tracked flow's last packet far into the past (to boot time).
-fn age_flow(tc: &mut Tc, keys: [CtKey; 2]) {
-    let mut map = tc.hash::<CtKey, CtValue>(map_names::CONNTRACK);
+fn age_flow_of<K: aya::Pod, V: Aged>(tc: &mut Tc, keys: [K; 2]) {
+    let mut map = tc.hash::<K, V>(V::MAP);
     for key in keys {
         let mut value = map.get(&key, 0).expect("entry to age");
-        value.last_seen_ns = 0;
+        *value.last_seen_ns() = 0;
         map.insert(key, value, 0).expect("write aged entry");
     }
+}
+
+fn age_flow(tc: &mut Tc, keys: [CtKey; 2]) {
+    age_flow_of::<CtKey, CtValue>(tc, keys);
 }
 
 #[test]
@@ -1776,6 +1801,12 @@ impl Tc {
             .get(&key, 0)
             .ok()
     }
+
+    fn conntrack6_len(&mut self) -> usize {
+        self.hash::<CtKey6, CtValue6>(map_names::CONNTRACK6)
+            .keys()
+            .count()
+    }
 }
 
 fn assert_dnat6(v: &Verdict, input: &[u8], to: End6) {
@@ -2045,6 +2076,96 @@ fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewri
         (forward.nat_addr, u16::from_be(forward.nat_port)),
         (words6(node1), src.1)
     );
+}
+
+/// As [`an_ended_flows_source_nat_port_goes_to_a_new_flow_and_a_live_flows_never_does`], for
+/// IPv6 (`snat_reuse::take_ended6`).
+#[test]
+fn ipv6_an_ended_flows_source_nat_port_goes_to_a_new_flow_and_a_live_flows_never_does() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    let node1 = bed.testbed.node(1).underlay_ipv6;
+    let remote = bed.testbed.pod(2, 1).ip6;
+    // One port: every new flow needs the one flow before it to have ended.
+    const PORT: u16 = 40000;
+    tc.snat(PORT..=PORT, bed.ifindex, bed.node1);
+    tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
+        .insert(bed.ifindex, words6(node1), 0)
+        .expect("write the IPv6 snat address");
+    let frontend = (node1, NODE_PORT);
+    tc.external6(frontend, PROTO_TCP, 9, SERVICE_FLAG_MASQUERADE, &[remote]);
+    let (first, second) = ((CLIENT6, CLIENT_PORT), (FAR_CLIENT6, CLIENT_PORT));
+    let (backend, nat) = ((remote, POD_PORT), (node1, PORT));
+    let segment = |src: End6, dst: End6, flags: u8| frame6(src, dst, L4::Tcp { flags });
+    let v = bed.ingress(&tc, &segment(first, frontend, TCP_SYN));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(parse6(&v.frame).0, nat);
+    let keys = [
+        ct_key6(first, frontend, PROTO_TCP),
+        ct_key6(backend, nat, PROTO_TCP),
+    ];
+    let age = |tc: &mut Tc, keys| age_flow_of::<CtKey6, CtValue6>(tc, keys);
+    let reply = |tc: &Tc, flags: u8| {
+        let v = bed.ingress(tc, &segment(backend, nat, flags));
+        assert_eq!(v.ret, TC_ACT_REDIRECT, "reply of the first flow translated");
+        assert_eq!(parse6(&v.frame).1, first);
+    };
+    reply(&tc, TCP_SYN | TCP_ACK);
+    let syn = segment(second, frontend, TCP_SYN);
+
+    // Open, even when idle for long: its port stays its own.
+    age(&mut tc, keys);
+    assert_eq!(bed.ingress(&tc, &syn).ret, TC_ACT_SHOT, "open flow kept");
+    // Half closed (the client's FIN only): still its own.
+    let v = bed.ingress(&tc, &segment(first, frontend, TCP_FIN | TCP_ACK));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    age(&mut tc, keys);
+    assert_eq!(
+        bed.ingress(&tc, &syn).ret,
+        TC_ACT_SHOT,
+        "half-closed flow kept"
+    );
+    // Closed both ways, but its last packets just passed: not yet.
+    reply(&tc, TCP_FIN | TCP_ACK);
+    assert_eq!(
+        bed.ingress(&tc, &syn).ret,
+        TC_ACT_SHOT,
+        "closed flow not quiet yet"
+    );
+
+    // Closed and quiet: the new flow gets the port, and the old flow's entries are gone.
+    age(&mut tc, keys);
+    let v = bed.ingress(&tc, &syn);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "ended flow's port reused");
+    assert_eq!(parse6(&v.frame), (nat, backend));
+    assert_checksum6_valid(&v.frame);
+    assert_eq!(
+        tc.conntrack6(keys[0]),
+        None,
+        "old original-direction entry deleted"
+    );
+    let taken = tc.conntrack6(keys[1]).expect("reply entry");
+    assert_eq!(
+        (taken.nat_addr, taken.nat_port, taken.state),
+        (words6(second.0), second.1.to_be(), 0),
+        "reply entry now the new flow's"
+    );
+    assert_eq!(tc.conntrack6_len(), 2);
+    let v = bed.ingress(&tc, &segment(backend, nat, TCP_SYN | TCP_ACK));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(
+        parse6(&v.frame),
+        (frontend, second),
+        "the backend's reply goes to the new client"
+    );
+
+    // A reset ends a flow too.
+    let v = bed.ingress(&tc, &segment(second, frontend, TCP_RST));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    age(&mut tc, [ct_key6(second, frontend, PROTO_TCP), keys[1]]);
+    let v = bed.ingress(&tc, &segment(first, frontend, TCP_SYN));
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "reset flow's port reused");
+    assert_eq!(tc.conntrack6(ct_key6(second, frontend, PROTO_TCP)), None);
 }
 
 // ---------------------------------------------------------------------------------------------

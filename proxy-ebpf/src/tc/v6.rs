@@ -14,9 +14,8 @@
 //!   and a fragment would have to be reassembled to be translated anyway;
 //! - services without endpoints are refused from here, as IPv4's ([`super::reject6`]);
 //! - ICMPv6 errors about translated flows (packet too big...) are translated as IPv4's
-//!   ICMP errors are ([`super::icmp_error6`]);
-//! - the source-NAT port of an ended flow is not taken over before userspace expires the
-//!   flow (IPv4's `snat_reuse`).
+//!   ICMP errors are ([`super::icmp_error6`]), and the source-NAT port of an ended flow is
+//!   taken over as IPv4's ([`super::snat_reuse`]).
 // Keys and values are passed to the map calls by reference: they are built once on the
 // stack, and a copy per call would add to a frame that has little room (see `track`).
 #![allow(clippy::needless_borrows_for_generic_args)]
@@ -544,14 +543,17 @@ fn snat_flow_inner(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> Resul
             proto: pkt.proto,
             pad: [0; 3],
         };
-        // BPF_NOEXIST on the reply key is the port allocation (as IPv4).
+        // BPF_NOEXIST on the reply key is the port allocation (as IPv4), and a port whose
+        // TCP flow has ended is taken over (IPv4's `snat_reuse`).
         if CONNTRACK6
             .insert(&reply_key, &reply, BPF_NOEXIST as u64)
             .is_err()
+            && !super::snat_reuse::take_ended6(&reply_key, &reply, now)
         {
             continue;
         }
-        let forward = CtValue6 {
+        // Written in place: a local copy would add to this frame, which the takeover's sits on.
+        *flow = CtValue6 {
             addr: backend_addr,
             port: backend_port,
             flags: flags | CT_FLAG_SNAT,
@@ -560,10 +562,7 @@ fn snat_flow_inner(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> Resul
             state: seen(pkt.proto, pkt.tcp_flags),
             last_seen_ns: now,
         };
-        if CONNTRACK6
-            .insert(&key, &forward, BPF_NOEXIST as u64)
-            .is_err()
-        {
+        if CONNTRACK6.insert(&key, &*flow, BPF_NOEXIST as u64).is_err() {
             let _ = CONNTRACK6.remove(&reply_key);
             // SAFETY: a valid map value pointer for the duration of the program.
             let winner = (unsafe { CONNTRACK6.get(&key) }).ok_or(DROP)?;
@@ -571,9 +570,7 @@ fn snat_flow_inner(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> Resul
                 return Err(PASS);
             }
             *flow = *winner;
-            return Ok(());
         }
-        *flow = forward;
         return Ok(());
     }
     Err(DROP)
