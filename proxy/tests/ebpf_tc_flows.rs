@@ -218,48 +218,33 @@ fn a_service_address_without_endpoints_is_refused_from_the_node_and_never_routed
 // ---------------------------------------------------------------------------------------------
 // PMTU discovery
 
-/// NodePort 30080 whose only endpoint is node2-pod1: source-NATed by node1.
-const REMOTE_BACKEND: &str = "apiVersion: v1
+/// NodePort 30080 of one family (`IPv4`, `IPv6`) whose only endpoint is node2-pod1's address
+/// of that family: source-NATed by node1.
+fn remote_backend(family: &str, cluster_ip: &str, pod: &str) -> String {
+    format!(
+        "apiVersion: v1
 kind: Service
-metadata: {name: bulk, namespace: demo}
+metadata: {{name: bulk, namespace: demo}}
 spec:
   type: NodePort
-  clusterIP: 198.18.128.61
-  selector: {app: bulk}
-  ports:
-  - {name: tcp, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: bulk-1, namespace: demo, labels: {kubernetes.io/service-name: bulk}}
-addressType: IPv4
-ports: [{name: tcp, port: 8080, protocol: TCP}]
-endpoints:
-- {addresses: [198.19.2.11], nodeName: node2}
-";
-
-/// [`REMOTE_BACKEND`] over IPv6: node2-pod1's IPv6 address behind node1's.
-const REMOTE_BACKEND_V6: &str = "apiVersion: v1
-kind: Service
-metadata: {name: bulk, namespace: demo}
-spec:
-  type: NodePort
-  clusterIP: 2001:db8:5::61
-  clusterIPs: [2001:db8:5::61]
-  ipFamilies: [IPv6]
+  clusterIP: {cluster_ip}
+  clusterIPs: [{cluster_ip}]
+  ipFamilies: [{family}]
   ipFamilyPolicy: SingleStack
-  selector: {app: bulk}
+  selector: {{app: bulk}}
   ports:
-  - {name: tcp, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: bulk-6, namespace: demo, labels: {kubernetes.io/service-name: bulk}}
-addressType: IPv6
-ports: [{name: tcp, port: 8080, protocol: TCP}]
+metadata: {{name: bulk-1, namespace: demo, labels: {{kubernetes.io/service-name: bulk}}}}
+addressType: {family}
+ports: [{{name: tcp, port: 8080, protocol: TCP}}]
 endpoints:
-- {addresses: [\"2001:db8:1:2::11\"], nodeName: node2}
-";
+- {{addresses: [\"{pod}\"], nodeName: node2}}
+"
+    )
+}
 
 /// What bytes the backend sends: more than any window, so the transfer needs full-sized
 /// segments.
@@ -281,7 +266,8 @@ struct PmtuPlan {
     forwarding: &'static str,
     /// The backend's listening address.
     listen: &'static str,
-    manifest: &'static str,
+    /// The service's family, cluster IP and endpoint ([`remote_backend`]).
+    service: (&'static str, &'static str, &'static str),
 }
 
 const PMTU_V4: PmtuPlan = PmtuPlan {
@@ -292,7 +278,7 @@ const PMTU_V4: PmtuPlan = PmtuPlan {
     advmss: "1460",
     forwarding: "net/ipv4/ip_forward",
     listen: "0.0.0.0:8080",
-    manifest: REMOTE_BACKEND,
+    service: ("IPv4", "198.18.128.61", "198.19.2.11"),
 };
 
 const PMTU_V6: PmtuPlan = PmtuPlan {
@@ -303,7 +289,7 @@ const PMTU_V6: PmtuPlan = PmtuPlan {
     advmss: "1440",
     forwarding: "net/ipv6/conf/all/forwarding",
     listen: "[::]:8080",
-    manifest: REMOTE_BACKEND_V6,
+    service: ("IPv6", "2001:db8:5::61", "2001:db8:1:2::11"),
 };
 
 #[test]
@@ -405,7 +391,10 @@ fn pmtu_discovery_through_a_smaller_mtu_router(plan: &PmtuPlan) {
     manifests
         .write("nodes.yaml", &testbed.nodes_yaml())
         .expect("write");
-    manifests.write("bulk.yaml", plan.manifest).expect("write");
+    let (family, cluster_ip, pod) = plan.service;
+    manifests
+        .write("bulk.yaml", &remote_backend(family, cluster_ip, pod))
+        .expect("write");
     let proxy = start(&testbed, &manifests, &[]);
 
     let node_port = SocketAddr::new(plan.node.parse().expect("node address"), 30080);

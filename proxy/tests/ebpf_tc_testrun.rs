@@ -1809,6 +1809,20 @@ impl Tc {
     }
 }
 
+impl SnatBed {
+    /// A loaded object with source NAT on node1's eth0 as the controller writes it for both
+    /// families (`ports`), node1's IPv6 address and node2-pod1's (a remote backend).
+    fn ipv6(&self, ports: std::ops::RangeInclusive<u16>) -> (Tc, Ipv6Addr, Ipv6Addr) {
+        let mut tc = Tc::load();
+        let node1 = self.testbed.node(1).underlay_ipv6;
+        tc.snat(ports, self.ifindex, self.node1);
+        tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
+            .insert(self.ifindex, words6(node1), 0)
+            .expect("write the IPv6 snat address");
+        (tc, node1, self.testbed.pod(2, 1).ip6)
+    }
+}
+
 fn assert_dnat6(v: &Verdict, input: &[u8], to: End6) {
     assert_eq!(v.ret, TC_ACT_OK, "verdict");
     let (src, dst) = parse6(&v.frame);
@@ -2024,13 +2038,7 @@ fn ipv6_frontends_without_endpoints_are_refused_with_a_reset_or_icmpv6_port_unre
 #[test]
 fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_back() {
     let bed = SnatBed::new();
-    let mut tc = Tc::load();
-    let node1 = bed.testbed.node(1).underlay_ipv6;
-    let remote = bed.testbed.pod(2, 1).ip6;
-    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
-    tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
-        .insert(bed.ifindex, words6(node1), 0)
-        .expect("write the IPv6 snat address");
+    let (mut tc, node1, remote) = bed.ipv6(SNAT_PORTS);
     tc.external6(
         (node1, NODE_PORT),
         PROTO_TCP,
@@ -2083,15 +2091,9 @@ fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewri
 #[test]
 fn ipv6_an_ended_flows_source_nat_port_goes_to_a_new_flow_and_a_live_flows_never_does() {
     let bed = SnatBed::new();
-    let mut tc = Tc::load();
-    let node1 = bed.testbed.node(1).underlay_ipv6;
-    let remote = bed.testbed.pod(2, 1).ip6;
     // One port: every new flow needs the one flow before it to have ended.
     const PORT: u16 = 40000;
-    tc.snat(PORT..=PORT, bed.ifindex, bed.node1);
-    tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
-        .insert(bed.ifindex, words6(node1), 0)
-        .expect("write the IPv6 snat address");
+    let (mut tc, node1, remote) = bed.ipv6(PORT..=PORT);
     let frontend = (node1, NODE_PORT);
     tc.external6(frontend, PROTO_TCP, 9, SERVICE_FLAG_MASQUERADE, &[remote]);
     let (first, second) = ((CLIENT6, CLIENT_PORT), (FAR_CLIENT6, CLIENT_PORT));
@@ -2351,13 +2353,7 @@ fn ipv6_an_error_from_a_local_backend_leaves_as_coming_from_the_frontend() {
 #[test]
 fn ipv6_packet_too_big_about_a_source_natted_flow_is_translated_both_ways() {
     let bed = SnatBed::new();
-    let mut tc = Tc::load();
-    let node1 = bed.testbed.node(1).underlay_ipv6;
-    let remote = bed.testbed.pod(2, 1).ip6;
-    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
-    tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
-        .insert(bed.ifindex, words6(node1), 0)
-        .expect("write the IPv6 snat address");
+    let (mut tc, node1, remote) = bed.ipv6(SNAT_PORTS);
     let frontend = (node1, NODE_PORT);
     tc.external6(frontend, PROTO_TCP, 9, SERVICE_FLAG_MASQUERADE, &[remote]);
     let client = (CLIENT6, CLIENT_PORT);
