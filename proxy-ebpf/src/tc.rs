@@ -23,7 +23,8 @@
 //! A service without endpoints is answered from here ([`reject`]): a TCP RST or an ICMP port
 //! unreachable leaves by the device the request came in on, so nothing is routed on for a
 //! service address. ICMP errors about translated flows (fragmentation needed, port
-//! unreachable...) are translated like the flow they quote ([`icmp_error`]).
+//! unreachable...) are translated like the flow they quote ([`icmp_error`], and
+//! [`icmp_error6`] for ICMPv6's packet too big and the others).
 //!
 //! Each entry records what its direction saw (`CT_STATE_*`: answered, FIN, RST); entries have
 //! no lifetime of their own here: userspace expires idle and closed flows, both directions at
@@ -33,13 +34,14 @@
 //! flow goes to a new flow ([`snat_reuse`]).
 //!
 //! Scope: IPv4 over Ethernet, TCP and UDP (and ICMP errors quoting them), 20-byte IP headers, no
-//! fragments; IPv6 over Ethernet, TCP and UDP right behind the fixed header ([`v6`], which
-//! lists what it does not do yet). Anything else passes untouched (`TC_ACT_OK`).
+//! fragments; IPv6 over Ethernet, TCP and UDP right behind the fixed header (and ICMPv6 errors
+//! quoting them; [`v6`], which lists what it does not do yet). Anything else passes untouched (`TC_ACT_OK`).
 //!
 //! Packet reads go through `bpf_skb_load_bytes` (`ctx.load`): the helper checks the bounds itself
 //! and also works when the headers are not in the linear part of the skb, and no packet pointer
 //! is held across the rewriting helpers (which may invalidate them), so nothing needs re-reading.
 mod icmp_error;
+mod icmp_error6;
 mod refusal_limit;
 mod reject;
 mod reject6;

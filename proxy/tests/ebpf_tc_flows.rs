@@ -4,7 +4,7 @@
 //!   unreachable) and nothing is routed on for it;
 //! - PMTU discovery works through a router with a smaller MTU in front of the client, for a
 //!   NodePort flow source-NATed to a backend on another node (the router's fragmentation
-//!   needed is translated to the backend);
+//!   needed, or IPv6's packet too big, is translated to the backend);
 //! - closed flows leave `SWY_CONNTRACK` after their (netfilter) timeout, also one the node
 //!   changed while the proxy runs; open ones stay.
 //!
@@ -218,31 +218,93 @@ fn a_service_address_without_endpoints_is_refused_from_the_node_and_never_routed
 // ---------------------------------------------------------------------------------------------
 // PMTU discovery
 
-/// NodePort 30080 whose only endpoint is node2-pod1: source-NATed by node1.
-const REMOTE_BACKEND: &str = "apiVersion: v1
+/// NodePort 30080 of one family (`IPv4`, `IPv6`) whose only endpoint is node2-pod1's address
+/// of that family: source-NATed by node1.
+fn remote_backend(family: &str, cluster_ip: &str, pod: &str) -> String {
+    format!(
+        "apiVersion: v1
 kind: Service
-metadata: {name: bulk, namespace: demo}
+metadata: {{name: bulk, namespace: demo}}
 spec:
   type: NodePort
-  clusterIP: 198.18.128.61
-  selector: {app: bulk}
+  clusterIP: {cluster_ip}
+  clusterIPs: [{cluster_ip}]
+  ipFamilies: [{family}]
+  ipFamilyPolicy: SingleStack
+  selector: {{app: bulk}}
   ports:
-  - {name: tcp, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}
+  - {{name: tcp, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: bulk-1, namespace: demo, labels: {kubernetes.io/service-name: bulk}}
-addressType: IPv4
-ports: [{name: tcp, port: 8080, protocol: TCP}]
+metadata: {{name: bulk-1, namespace: demo, labels: {{kubernetes.io/service-name: bulk}}}}
+addressType: {family}
+ports: [{{name: tcp, port: 8080, protocol: TCP}}]
 endpoints:
-- {addresses: [198.19.2.11], nodeName: node2}
-";
+- {{addresses: [\"{pod}\"], nodeName: node2}}
+"
+    )
+}
 
-/// What the backend sends: more than any window, so the transfer needs full-sized segments.
+/// What bytes the backend sends: more than any window, so the transfer needs full-sized
+/// segments.
 const BULK_BYTES: usize = 512 * 1024;
+
+/// One family's addresses for [`pmtu_discovery_through_a_smaller_mtu_router`].
+struct PmtuPlan {
+    /// The router's address on the small-MTU link, with its prefix.
+    router: &'static str,
+    /// The client's address there (with prefix, and alone).
+    client: (&'static str, &'static str),
+    /// node1's address, the NodePort's.
+    node: &'static str,
+    /// The client's network and node1's gateway towards it (the underlay's address).
+    client_route: (&'static str, &'static str),
+    /// The MSS the client advertises: a 1500-byte MTU's.
+    advmss: &'static str,
+    /// The router's forwarding sysctl.
+    forwarding: &'static str,
+    /// The backend's listening address.
+    listen: &'static str,
+    /// The service's family, cluster IP and endpoint ([`remote_backend`]).
+    service: (&'static str, &'static str, &'static str),
+}
+
+const PMTU_V4: PmtuPlan = PmtuPlan {
+    router: "192.0.2.1/24",
+    client: ("192.0.2.10/24", "192.0.2.10"),
+    node: "198.18.0.11",
+    client_route: ("192.0.2.0/24", "198.18.0.1"),
+    advmss: "1460",
+    forwarding: "net/ipv4/ip_forward",
+    listen: "0.0.0.0:8080",
+    service: ("IPv4", "198.18.128.61", "198.19.2.11"),
+};
+
+const PMTU_V6: PmtuPlan = PmtuPlan {
+    router: "2001:db8:e::1/64",
+    client: ("2001:db8:e::10/64", "2001:db8:e::10"),
+    node: "2001:db8:0:1::11",
+    client_route: ("2001:db8:e::/64", "2001:db8:0:1::1"),
+    advmss: "1440",
+    forwarding: "net/ipv6/conf/all/forwarding",
+    listen: "[::]:8080",
+    service: ("IPv6", "2001:db8:5::61", "2001:db8:1:2::11"),
+};
 
 #[test]
 fn pmtu_discovery_reaches_a_source_natted_backend_through_a_smaller_mtu_router() {
+    pmtu_discovery_through_a_smaller_mtu_router(&PMTU_V4);
+}
+
+/// The same over IPv6, where routers never fragment: the router's ICMPv6 packet too big must
+/// reach the backend (`proxy-ebpf/src/tc/icmp_error6.rs`).
+#[test]
+fn ipv6_pmtu_discovery_reaches_a_source_natted_backend_through_a_smaller_mtu_router() {
+    pmtu_discovery_through_a_smaller_mtu_router(&PMTU_V6);
+}
+
+fn pmtu_discovery_through_a_smaller_mtu_router(plan: &PmtuPlan) {
     let testbed = Testbed::new(TopologySpec {
         nodes: 2,
         pods_per_node: 1,
@@ -251,7 +313,7 @@ fn pmtu_discovery_reaches_a_source_natted_backend_through_a_smaller_mtu_router()
     // The client sits behind the underlay namespace, which routes for it over a link of MTU
     // 1280. The client advertises an MSS for 1500 (as it would behind a tunnel or a PPPoE
     // hop it does not know about), so full-sized segments only fit once the backend
-    // learns the path MTU from the router's fragmentation needed.
+    // learns the path MTU from the router's ICMP error (fragmentation needed, packet too big).
     let underlay = testbed.underlay_netns().to_owned();
     let client_ns = testbed.client().netns.clone();
     ip_in(
@@ -261,46 +323,50 @@ fn pmtu_discovery_reaches_a_source_natted_backend_through_a_smaller_mtu_router()
         ],
     );
     ip_in(&underlay, &["link", "set", "vr", "mtu", "1280"]);
-    ip_in(&underlay, &["addr", "add", "192.0.2.1/24", "dev", "vr"]);
+    let v6 = plan.node.contains(':');
+    // IPv6 addresses without duplicate address detection, usable at once (as the testbed's).
+    let addr_add = |netns: &str, addr: &str, dev: &str| {
+        let mut args = vec!["addr", "add", addr, "dev", dev];
+        if v6 {
+            args.push("nodad");
+        }
+        ip_in(netns, &args);
+    };
+    addr_add(&underlay, plan.router, "vr");
     ip_in(&underlay, &["link", "set", "vr", "up"]);
-    write_sysctl(&netns_path(&underlay), "net/ipv4/ip_forward", "1").expect("forwarding");
+    write_sysctl(&netns_path(&underlay), plan.forwarding, "1").expect("forwarding");
     ip_in(&client_ns, &["link", "set", "eth1", "mtu", "1280"]);
-    ip_in(&client_ns, &["addr", "add", "192.0.2.10/24", "dev", "eth1"]);
+    addr_add(&client_ns, plan.client.0, "eth1");
     ip_in(&client_ns, &["link", "set", "eth1", "up"]);
+    let router = plan.router.split('/').next().expect("router address");
+    let node_host = format!("{}/{}", plan.node, if v6 { 128 } else { 32 });
     ip_in(
         &client_ns,
         &[
             "route",
             "add",
-            "198.18.0.11/32",
+            &node_host,
             "via",
-            "192.0.2.1",
+            router,
             "dev",
             "eth1",
             "src",
-            "192.0.2.10",
+            plan.client.1,
             "advmss",
-            "1460",
+            plan.advmss,
         ],
     );
     let node1 = testbed.node(1);
+    let (client_net, gateway) = plan.client_route;
     ip(
         &testbed,
         node1.place(),
-        &[
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "via",
-            "198.18.0.1",
-            "dev",
-            "eth0",
-        ],
+        &["route", "add", client_net, "via", gateway, "dev", "eth0"],
     );
 
     // The backend: one connection, BULK_BYTES, then close.
     let backend = testbed.pod(2, 1);
-    let listener = inside(&backend.netns_path, || TcpListener::bind("0.0.0.0:8080"))
+    let listener = inside(&backend.netns_path, || TcpListener::bind(plan.listen))
         .expect("listen in node2-pod1");
     listener.set_nonblocking(true).expect("nonblocking");
     let server = std::thread::spawn(move || -> std::io::Result<()> {
@@ -325,14 +391,17 @@ fn pmtu_discovery_reaches_a_source_natted_backend_through_a_smaller_mtu_router()
     manifests
         .write("nodes.yaml", &testbed.nodes_yaml())
         .expect("write");
-    manifests.write("bulk.yaml", REMOTE_BACKEND).expect("write");
+    let (family, cluster_ip, pod) = plan.service;
+    manifests
+        .write("bulk.yaml", &remote_backend(family, cluster_ip, pod))
+        .expect("write");
     let proxy = start(&testbed, &manifests, &[]);
 
+    let node_port = SocketAddr::new(plan.node.parse().expect("node address"), 30080);
     let received = inside(
         &testbed.client().netns_path,
         || -> std::io::Result<usize> {
-            let mut stream =
-                TcpStream::connect_timeout(&addr("198.18.0.11:30080"), Duration::from_secs(10))?;
+            let mut stream = TcpStream::connect_timeout(&node_port, Duration::from_secs(10))?;
             // A bound for a stalled transfer, not a goal: each read waits at most this long.
             stream.set_read_timeout(Some(Duration::from_secs(15)))?;
             let mut total = 0;
@@ -355,8 +424,8 @@ fn pmtu_discovery_reaches_a_source_natted_backend_through_a_smaller_mtu_router()
     match received {
         Ok(n) => assert_eq!(n, BULK_BYTES, "the whole transfer"),
         Err(e) => panic!(
-            "the transfer stalled ({e}): the router's fragmentation needed did not reach the \
-             backend; log: {}",
+            "the transfer stalled ({e}): the router's ICMP error did not reach the backend; \
+             log: {}",
             proxy.stderr()
         ),
     }
@@ -364,13 +433,13 @@ fn pmtu_discovery_reaches_a_source_natted_backend_through_a_smaller_mtu_router()
         .join()
         .expect("server thread")
         .expect("the backend sent everything");
-    // It was PMTU discovery (segments sent with DF, the MTU learned from the ICMP error),
-    // not fragmentation: the backend's route to the node address carries the MTU.
+    // It was PMTU discovery (segments sent with DF, or IPv6, the MTU learned from the ICMP
+    // error), not fragmentation: the backend's route to the node address carries the MTU.
     let route = testbed
         .run(
             backend.place(),
             "ip",
-            ["route", "get", "198.18.0.11"],
+            ["route", "get", plan.node],
             Duration::from_secs(10),
         )
         .expect("ip route get");

@@ -926,14 +926,39 @@ fn masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_
     assert_eq!(tc.conntrack_len(), 4);
 }
 
+/// A conntrack value of either family, whose last packet a test can move.
+trait Aged: aya::Pod {
+    /// The family's conntrack map.
+    const MAP: &'static str;
+    fn last_seen_ns(&mut self) -> &mut u64;
+}
+
+impl Aged for CtValue {
+    const MAP: &'static str = map_names::CONNTRACK;
+    fn last_seen_ns(&mut self) -> &mut u64 {
+        &mut self.last_seen_ns
+    }
+}
+
+impl Aged for CtValue6 {
+    const MAP: &'static str = map_names::CONNTRACK6;
+    fn last_seen_ns(&mut self) -> &mut u64 {
+        &mut self.last_seen_ns
+    }
+}
+
 /// Moves both entries of a tracked flow's last packet far into the past (to boot time).
-fn age_flow(tc: &mut Tc, keys: [CtKey; 2]) {
-    let mut map = tc.hash::<CtKey, CtValue>(map_names::CONNTRACK);
+fn age_flow_of<K: aya::Pod, V: Aged>(tc: &mut Tc, keys: [K; 2]) {
+    let mut map = tc.hash::<K, V>(V::MAP);
     for key in keys {
         let mut value = map.get(&key, 0).expect("entry to age");
-        value.last_seen_ns = 0;
+        *value.last_seen_ns() = 0;
         map.insert(key, value, 0).expect("write aged entry");
     }
+}
+
+fn age_flow(tc: &mut Tc, keys: [CtKey; 2]) {
+    age_flow_of::<CtKey, CtValue>(tc, keys);
 }
 
 #[test]
@@ -1176,7 +1201,7 @@ const SYN_OPTIONS: [u8; 20] = [
 ];
 
 /// `reply` is the RST|ACK answering the SYN `syn`: back to where it came from, acknowledging
-/// it, with valid checksums and nothing after the 20-byte header.
+/// it and its data, with valid checksums and nothing after the 20-byte header.
 fn assert_tcp_reset(reply: &[u8], syn: &[u8]) {
     assert_eq!(reply.len(), L4_OFF + 20, "headers only");
     assert_eq!(reply[..6], syn[6..12], "to the sender's MAC");
@@ -1193,10 +1218,11 @@ fn assert_tcp_reset(reply: &[u8], syn: &[u8]) {
     let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     let tcp = &reply[L4_OFF..];
     assert_eq!(be32(&tcp[4..]), 0, "sequence number");
+    let data_len = syn.len() - L4_OFF - usize::from(syn[L4_OFF + 12] >> 4) * 4;
     assert_eq!(
         be32(&tcp[8..]),
-        be32(&syn[L4_OFF + 4..]).wrapping_add(1),
-        "acknowledges the SYN"
+        be32(&syn[L4_OFF + 4..]).wrapping_add(1 + data_len as u32),
+        "acknowledges the SYN and its data"
     );
     assert_eq!(tcp[12], 0x50, "no options");
     assert_eq!(tcp[13], TCP_RST | TCP_ACK);
@@ -1209,16 +1235,27 @@ fn a_service_without_endpoints_answers_a_syn_with_a_reset_whatever_its_options()
     let mut tc = Tc::load();
     tc.external((LB_IP, 443), PROTO_TCP, 1, 0, &[]);
     let client = (CLIENT, CLIENT_PORT);
-    for options in [&[][..], &SYN_OPTIONS[..]] {
-        let syn = frame_with(tcp(client, (LB_IP, 443), TCP_SYN), options, &[]);
+    // With and without options, and carrying data (TCP Fast Open; an odd length, and one
+    // of a full 1500-byte MTU): the RST is the headers only.
+    let full = vec![0xa5u8; 1500 - 20 - 20 - SYN_OPTIONS.len()];
+    for (options, payload) in [
+        (&[][..], &[][..]),
+        (&SYN_OPTIONS[..], &[][..]),
+        (&SYN_OPTIONS[..], PAYLOAD),
+        (&[][..], &PAYLOAD[..PAYLOAD.len() - 2]),
+        (&SYN_OPTIONS[..], &full[..]),
+    ] {
+        let syn = frame_with(tcp(client, (LB_IP, 443), TCP_SYN), options, payload);
         assert_checksums_valid(&syn);
         let v = tc.ingress(&syn);
-        assert_eq!(v.ret, TC_ACT_REDIRECT, "sent back out");
+        assert_eq!(
+            v.ret,
+            TC_ACT_REDIRECT,
+            "sent back out ({} bytes of data)",
+            payload.len()
+        );
         assert_tcp_reset(&v.frame, &syn);
     }
-    // A SYN carrying data (TCP Fast Open) is dropped; the client's retry without is refused.
-    let fast_open = frame_with(tcp(client, (LB_IP, 443), TCP_SYN), &SYN_OPTIONS, PAYLOAD);
-    assert_eq!(tc.ingress(&fast_open).ret, TC_ACT_SHOT);
     assert_eq!(tc.conntrack_len(), 0);
 }
 
@@ -1445,21 +1482,21 @@ fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, code: u8, rest: [u8; 4], quoted: &[u
     f
 }
 
-/// What a test reads back out of an ICMP error frame.
+/// What a test reads back out of an ICMP (`A` = [`Ipv4Addr`]) or ICMPv6 error frame.
 #[derive(Debug)]
-struct IcmpParsed {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+struct IcmpParsed<A> {
+    src: A,
+    dst: A,
     icmp_type: u8,
     code: u8,
     rest: [u8; 4],
-    quoted_src: (Ipv4Addr, u16),
-    quoted_dst: (Ipv4Addr, u16),
+    quoted_src: (A, u16),
+    quoted_dst: (A, u16),
 }
 
 const QUOTE: usize = L4_OFF + 8;
 
-fn parse_icmp(f: &[u8]) -> IcmpParsed {
+fn parse_icmp(f: &[u8]) -> IcmpParsed<Ipv4Addr> {
     let ip4 = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
     let be16 = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
     assert_eq!(f[ETH + 9], 1, "ICMP");
@@ -1764,6 +1801,26 @@ impl Tc {
             .get(&key, 0)
             .ok()
     }
+
+    fn conntrack6_len(&mut self) -> usize {
+        self.hash::<CtKey6, CtValue6>(map_names::CONNTRACK6)
+            .keys()
+            .count()
+    }
+}
+
+impl SnatBed {
+    /// A loaded object with source NAT on node1's eth0 as the controller writes it for both
+    /// families (`ports`), node1's IPv6 address and node2-pod1's (a remote backend).
+    fn ipv6(&self, ports: std::ops::RangeInclusive<u16>) -> (Tc, Ipv6Addr, Ipv6Addr) {
+        let mut tc = Tc::load();
+        let node1 = self.testbed.node(1).underlay_ipv6;
+        tc.snat(ports, self.ifindex, self.node1);
+        tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
+            .insert(self.ifindex, words6(node1), 0)
+            .expect("write the IPv6 snat address");
+        (tc, node1, self.testbed.pod(2, 1).ip6)
+    }
 }
 
 fn assert_dnat6(v: &Verdict, input: &[u8], to: End6) {
@@ -1914,42 +1971,46 @@ fn ipv6_frontends_without_endpoints_are_refused_with_a_reset_or_icmpv6_port_unre
     tc.external6((NODE6, 53), PROTO_UDP, 9, 0, &[]);
     let client = (CLIENT6, CLIENT_PORT);
 
-    // A SYN carrying data (TCP Fast Open; the builder's segments carry a payload) is dropped,
-    // as in IPv4; the one without is refused.
+    // A SYN carrying data (TCP Fast Open; the builder's segments carry a payload), and the
+    // same SYN without: the RST is the headers only, acknowledging the SYN and its data.
     let fast_open = frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_SYN });
-    assert_eq!(tc.ingress(&fast_open).ret, TC_ACT_SHOT);
     let mut syn = fast_open[..L4_OFF6 + 20].to_vec();
     syn[ETH + 4..ETH + 6].copy_from_slice(&20u16.to_be_bytes());
     syn[L4_OFF6 + 16..L4_OFF6 + 18].copy_from_slice(&[0, 0]);
     let csum = l4_csum6(CLIENT6, NODE6, PROTO_TCP, &syn[L4_OFF6..]);
     syn[L4_OFF6 + 16..L4_OFF6 + 18].copy_from_slice(&csum.to_be_bytes());
-    assert_checksum6_valid(&syn);
-    let v = tc.ingress(&syn);
-    assert_eq!(v.ret, TC_ACT_REDIRECT, "sent back out");
-    let f = &v.frame;
-    assert_eq!(f.len(), L4_OFF6 + 20, "headers only");
-    assert_eq!(f[..6], syn[6..12], "to the sender's MAC");
-    assert_eq!(parse6(f), ((NODE6, NODE_PORT), client), "from the frontend");
-    assert_eq!(
-        u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]),
-        20,
-        "payload length"
-    );
-    let tcp = &f[L4_OFF6..];
-    let seq = u32::from_be_bytes([
-        syn[L4_OFF6 + 4],
-        syn[L4_OFF6 + 5],
-        syn[L4_OFF6 + 6],
-        syn[L4_OFF6 + 7],
-    ]);
-    assert_eq!(tcp[4..8], [0, 0, 0, 0], "sequence number 0");
-    assert_eq!(
-        tcp[8..12],
-        seq.wrapping_add(1).to_be_bytes(),
-        "acknowledges the SYN"
-    );
-    assert_eq!(tcp[13], TCP_RST | TCP_ACK);
-    assert_checksum6_valid(f);
+    for (request, data_len) in [(&fast_open, PAYLOAD.len()), (&syn, 0)] {
+        assert_checksum6_valid(request);
+        let v = tc.ingress(request);
+        assert_eq!(
+            v.ret, TC_ACT_REDIRECT,
+            "sent back out ({data_len} bytes of data)"
+        );
+        let f = &v.frame;
+        assert_eq!(f.len(), L4_OFF6 + 20, "headers only");
+        assert_eq!(f[..6], request[6..12], "to the sender's MAC");
+        assert_eq!(parse6(f), ((NODE6, NODE_PORT), client), "from the frontend");
+        assert_eq!(
+            u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]),
+            20,
+            "payload length"
+        );
+        let tcp = &f[L4_OFF6..];
+        let seq = u32::from_be_bytes([
+            request[L4_OFF6 + 4],
+            request[L4_OFF6 + 5],
+            request[L4_OFF6 + 6],
+            request[L4_OFF6 + 7],
+        ]);
+        assert_eq!(tcp[4..8], [0, 0, 0, 0], "sequence number 0");
+        assert_eq!(
+            tcp[8..12],
+            seq.wrapping_add(1 + data_len as u32).to_be_bytes(),
+            "acknowledges the SYN and its data"
+        );
+        assert_eq!(tcp[13], TCP_RST | TCP_ACK);
+        assert_checksum6_valid(f);
+    }
 
     let datagram = frame6(client, (NODE6, 53), L4::Udp { checksum: true });
     let v = tc.ingress(&datagram);
@@ -1977,13 +2038,7 @@ fn ipv6_frontends_without_endpoints_are_refused_with_a_reset_or_icmpv6_port_unre
 #[test]
 fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_back() {
     let bed = SnatBed::new();
-    let mut tc = Tc::load();
-    let node1 = bed.testbed.node(1).underlay_ipv6;
-    let remote = bed.testbed.pod(2, 1).ip6;
-    tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
-    tc.hash::<u32, [u32; 4]>(map_names::SNAT_ADDRS6)
-        .insert(bed.ifindex, words6(node1), 0)
-        .expect("write the IPv6 snat address");
+    let (mut tc, node1, remote) = bed.ipv6(SNAT_PORTS);
     tc.external6(
         (node1, NODE_PORT),
         PROTO_TCP,
@@ -2029,4 +2084,318 @@ fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewri
         (forward.nat_addr, u16::from_be(forward.nat_port)),
         (words6(node1), src.1)
     );
+}
+
+/// As [`an_ended_flows_source_nat_port_goes_to_a_new_flow_and_a_live_flows_never_does`], for
+/// IPv6 (`snat_reuse::take_ended6`).
+#[test]
+fn ipv6_an_ended_flows_source_nat_port_goes_to_a_new_flow_and_a_live_flows_never_does() {
+    let bed = SnatBed::new();
+    // One port: every new flow needs the one flow before it to have ended.
+    const PORT: u16 = 40000;
+    let (mut tc, node1, remote) = bed.ipv6(PORT..=PORT);
+    let frontend = (node1, NODE_PORT);
+    tc.external6(frontend, PROTO_TCP, 9, SERVICE_FLAG_MASQUERADE, &[remote]);
+    let (first, second) = ((CLIENT6, CLIENT_PORT), (FAR_CLIENT6, CLIENT_PORT));
+    let (backend, nat) = ((remote, POD_PORT), (node1, PORT));
+    let segment = |src: End6, dst: End6, flags: u8| frame6(src, dst, L4::Tcp { flags });
+    let v = bed.ingress(&tc, &segment(first, frontend, TCP_SYN));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(parse6(&v.frame).0, nat);
+    let keys = [
+        ct_key6(first, frontend, PROTO_TCP),
+        ct_key6(backend, nat, PROTO_TCP),
+    ];
+    let age = |tc: &mut Tc, keys| age_flow_of::<CtKey6, CtValue6>(tc, keys);
+    let reply = |tc: &Tc, flags: u8| {
+        let v = bed.ingress(tc, &segment(backend, nat, flags));
+        assert_eq!(v.ret, TC_ACT_REDIRECT, "reply of the first flow translated");
+        assert_eq!(parse6(&v.frame).1, first);
+    };
+    reply(&tc, TCP_SYN | TCP_ACK);
+    let syn = segment(second, frontend, TCP_SYN);
+
+    // Open, even when idle for long: its port stays its own.
+    age(&mut tc, keys);
+    assert_eq!(bed.ingress(&tc, &syn).ret, TC_ACT_SHOT, "open flow kept");
+    // Half closed (the client's FIN only): still its own.
+    let v = bed.ingress(&tc, &segment(first, frontend, TCP_FIN | TCP_ACK));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    age(&mut tc, keys);
+    assert_eq!(
+        bed.ingress(&tc, &syn).ret,
+        TC_ACT_SHOT,
+        "half-closed flow kept"
+    );
+    // Closed both ways, but its last packets just passed: not yet.
+    reply(&tc, TCP_FIN | TCP_ACK);
+    assert_eq!(
+        bed.ingress(&tc, &syn).ret,
+        TC_ACT_SHOT,
+        "closed flow not quiet yet"
+    );
+
+    // Closed and quiet: the new flow gets the port, and the old flow's entries are gone.
+    age(&mut tc, keys);
+    let v = bed.ingress(&tc, &syn);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "ended flow's port reused");
+    assert_eq!(parse6(&v.frame), (nat, backend));
+    assert_checksum6_valid(&v.frame);
+    assert_eq!(
+        tc.conntrack6(keys[0]),
+        None,
+        "old original-direction entry deleted"
+    );
+    let taken = tc.conntrack6(keys[1]).expect("reply entry");
+    assert_eq!(
+        (taken.nat_addr, taken.nat_port, taken.state),
+        (words6(second.0), second.1.to_be(), 0),
+        "reply entry now the new flow's"
+    );
+    assert_eq!(tc.conntrack6_len(), 2);
+    let v = bed.ingress(&tc, &segment(backend, nat, TCP_SYN | TCP_ACK));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    assert_eq!(
+        parse6(&v.frame),
+        (frontend, second),
+        "the backend's reply goes to the new client"
+    );
+
+    // A reset ends a flow too.
+    let v = bed.ingress(&tc, &segment(second, frontend, TCP_RST));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    age(&mut tc, [ct_key6(second, frontend, PROTO_TCP), keys[1]]);
+    let v = bed.ingress(&tc, &segment(first, frontend, TCP_SYN));
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "reset flow's port reused");
+    assert_eq!(tc.conntrack6(ct_key6(second, frontend, PROTO_TCP)), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ICMPv6 errors about translated IPv6 flows
+
+/// A router between the client and the node, or between the node and a backend.
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xe, 0, 0, 0, 0, 0x1);
+const ICMPV6: u8 = 58;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+const ICMPV6_TIME_EXCEED: u8 = 3;
+const ICMPV6_PARAMPROB: u8 = 4;
+const ICMPV6_PORT_UNREACH: u8 = 4;
+const QUOTE6: usize = L4_OFF6 + 8;
+
+/// An ICMPv6 error (`icmp_type`, `code`, the 4 bytes after the checksum) from `from` to `to`
+/// quoting `quoted` (an IPv6 packet, whole or cut), with a correct checksum.
+fn icmp6_error(
+    from: Ipv6Addr,
+    to: Ipv6Addr,
+    kind: (u8, u8),
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind.0, kind.1, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quoted);
+    let csum = !fold(icmp6_pseudo_sum(from, to, icmp.len()) + sum16(&icmp));
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x03]);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[ICMPV6, 64]);
+    f.extend_from_slice(&from.octets());
+    f.extend_from_slice(&to.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+fn icmp6_pseudo_sum(src: Ipv6Addr, dst: Ipv6Addr, len: usize) -> u32 {
+    sum16(&src.octets()) + sum16(&dst.octets()) + len as u32 + u32::from(ICMPV6)
+}
+
+fn parse_icmp6(f: &[u8]) -> IcmpParsed<Ipv6Addr> {
+    let ip6 = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[o..o + 16]).unwrap());
+    let be16 = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
+    assert_eq!(f[ETH + 6], ICMPV6, "ICMPv6");
+    IcmpParsed {
+        src: ip6(ETH + 8),
+        dst: ip6(ETH + 24),
+        icmp_type: f[L4_OFF6],
+        code: f[L4_OFF6 + 1],
+        rest: [
+            f[L4_OFF6 + 4],
+            f[L4_OFF6 + 5],
+            f[L4_OFF6 + 6],
+            f[L4_OFF6 + 7],
+        ],
+        quoted_src: (ip6(QUOTE6 + 8), be16(QUOTE6 + 40)),
+        quoted_dst: (ip6(QUOTE6 + 24), be16(QUOTE6 + 42)),
+    }
+}
+
+/// The ICMPv6 checksum (over its pseudo header) and, when the quote holds the whole segment,
+/// the quoted TCP/UDP checksum are valid.
+fn assert_icmp6_checksums_valid(f: &[u8]) {
+    let out = parse_icmp6(f);
+    let icmp = &f[L4_OFF6..];
+    assert_eq!(
+        fold(icmp6_pseudo_sum(out.src, out.dst, icmp.len()) + sum16(icmp)),
+        0xffff,
+        "ICMPv6 checksum"
+    );
+    let quote = &f[QUOTE6..];
+    let seg_len = usize::from(u16::from_be_bytes([quote[4], quote[5]]));
+    if quote.len() < IP6_HLEN + seg_len {
+        return;
+    }
+    let proto = quote[6];
+    let seg = &quote[IP6_HLEN..IP6_HLEN + seg_len];
+    let sum = sum16(&out.quoted_src.0.octets())
+        + sum16(&out.quoted_dst.0.octets())
+        + seg_len as u32
+        + u32::from(proto)
+        + sum16(seg);
+    assert_eq!(fold(sum), 0xffff, "quoted L4 checksum of proto {proto}");
+}
+
+/// The rest of a packet too big header: the MTU, 1280.
+const MTU6_1280: [u8; 4] = [0, 0, 0x05, 0x00];
+
+#[test]
+fn ipv6_errors_about_a_reply_reach_the_local_backend_as_about_the_backends_own_packet() {
+    let mut tc = Tc::load();
+    tc.external6((NODE6, NODE_PORT), PROTO_TCP, 7, 0, &[POD6_A]);
+    let client = (CLIENT6, CLIENT_PORT);
+    let syn = frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_SYN });
+    assert_dnat6(&tc.ingress(&syn), &syn, (POD6_A, POD_PORT));
+    // A router in front of the client cannot forward a reply as it left the node
+    // (frontend -> client): packet too big, the whole segment quoted or only its ports'
+    // 8 bytes; and the other error types, each with the whole segment.
+    let reply = frame6(
+        (NODE6, NODE_PORT),
+        client,
+        L4::Tcp {
+            flags: TCP_ACK | TCP_PSH,
+        },
+    );
+    let cases = [
+        ((ICMPV6_PKT_TOOBIG, 0), MTU6_1280, &reply[ETH..]),
+        ((ICMPV6_PKT_TOOBIG, 0), MTU6_1280, &reply[ETH..L4_OFF6 + 8]),
+        ((ICMPV6_DEST_UNREACH, 3), [0; 4], &reply[ETH..]),
+        ((ICMPV6_TIME_EXCEED, 0), [0; 4], &reply[ETH..]),
+        ((ICMPV6_PARAMPROB, 0), [0, 0, 0, 6], &reply[ETH..]),
+    ];
+    for (kind, rest, quoted) in cases {
+        let error = icmp6_error(ROUTER6, NODE6, kind, rest, quoted);
+        assert_icmp6_checksums_valid(&error);
+        let v = tc.ingress(&error);
+        assert_eq!(v.ret, TC_ACT_OK, "the kernel routes it to the pod");
+        let out = parse_icmp6(&v.frame);
+        assert_eq!((out.src, out.dst), (ROUTER6, POD6_A), "to the backend");
+        assert_eq!(
+            (out.quoted_src, out.quoted_dst),
+            ((POD6_A, POD_PORT), client),
+            "about the backend's packet"
+        );
+        assert_eq!((out.icmp_type, out.code, out.rest), (kind.0, kind.1, rest));
+        assert_eq!(v.frame.len(), error.len());
+        assert_icmp6_checksums_valid(&v.frame);
+    }
+    // An error about a packet of no tracked flow, or of another type, is not touched.
+    let other = frame6(
+        (NODE6, NODE_PORT),
+        (CLIENT6, CLIENT_PORT + 1),
+        L4::Tcp { flags: TCP_ACK },
+    );
+    let error = icmp6_error(
+        ROUTER6,
+        NODE6,
+        (ICMPV6_PKT_TOOBIG, 0),
+        MTU6_1280,
+        &other[ETH..],
+    );
+    assert_untouched(&tc.ingress(&error), &error);
+    assert_untouched(&tc.egress(&error), &error);
+    let echo = icmp6_error(ROUTER6, NODE6, (129, 0), [0; 4], &reply[ETH..]);
+    assert_untouched(&tc.ingress(&echo), &echo);
+}
+
+#[test]
+fn ipv6_an_error_from_a_local_backend_leaves_as_coming_from_the_frontend() {
+    let mut tc = Tc::load();
+    tc.external6((LB6, 53), PROTO_UDP, 9, 0, &[POD6_A]);
+    let client = (CLIENT6, 5353);
+    let query = frame6(client, (LB6, 53), L4::Udp { checksum: true });
+    assert_dnat6(&tc.ingress(&query), &query, (POD6_A, POD_PORT));
+    // Nothing listens in the pod: it refuses the datagram as it got it (client -> pod).
+    let translated = frame6(client, (POD6_A, POD_PORT), L4::Udp { checksum: true });
+    let error = icmp6_error(
+        POD6_A,
+        CLIENT6,
+        (ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH),
+        [0; 4],
+        &translated[ETH..],
+    );
+    let v = tc.egress(&error);
+    assert_eq!(v.ret, TC_ACT_OK);
+    let out = parse_icmp6(&v.frame);
+    assert_eq!((out.src, out.dst), (LB6, CLIENT6), "from the frontend");
+    assert_eq!(
+        (out.quoted_src, out.quoted_dst),
+        (client, (LB6, 53)),
+        "about the datagram the client sent"
+    );
+    assert_icmp6_checksums_valid(&v.frame);
+    // Ingress leaves such an error alone (it is not about a reply).
+    assert_untouched(&tc.ingress(&error), &error);
+}
+
+#[test]
+fn ipv6_packet_too_big_about_a_source_natted_flow_is_translated_both_ways() {
+    let bed = SnatBed::new();
+    let (mut tc, node1, remote) = bed.ipv6(SNAT_PORTS);
+    let frontend = (node1, NODE_PORT);
+    tc.external6(frontend, PROTO_TCP, 9, SERVICE_FLAG_MASQUERADE, &[remote]);
+    let client = (CLIENT6, CLIENT_PORT);
+    let v = bed.ingress(&tc, &frame6(client, frontend, L4::Tcp { flags: TCP_SYN }));
+    assert_eq!(v.ret, TC_ACT_REDIRECT);
+    let nat = parse6(&v.frame).0;
+    let backend = (remote, POD_PORT);
+    let data = L4::Tcp {
+        flags: TCP_ACK | TCP_PSH,
+    };
+
+    // From the client's side, about a reply (frontend -> client): on to the backend, as an
+    // error about its packet to node:port, from the node.
+    let reply = frame6(frontend, client, data);
+    let error = icmp6_error(
+        ROUTER6,
+        node1,
+        (ICMPV6_PKT_TOOBIG, 0),
+        MTU6_1280,
+        &reply[ETH..],
+    );
+    let v = bed.ingress(&tc, &error);
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "redirected like the flow's packets");
+    let out = parse_icmp6(&v.frame);
+    assert_eq!((out.src, out.dst), (node1, remote));
+    assert_eq!((out.quoted_src, out.quoted_dst), (backend, nat));
+    assert_eq!(out.rest, MTU6_1280, "the MTU is kept");
+    assert_icmp6_checksums_valid(&v.frame);
+
+    // From the backend's side (a router on the way to it), about a packet sent to it
+    // (node:port -> backend): back to the client, as about its packet to the frontend, from
+    // the frontend; the quote cut after the ports.
+    let forwarded = frame6(nat, backend, data);
+    for quoted in [&forwarded[ETH..], &forwarded[ETH..L4_OFF6 + 8]] {
+        let error = icmp6_error(remote, node1, (ICMPV6_PKT_TOOBIG, 0), MTU6_1280, quoted);
+        let v = bed.ingress(&tc, &error);
+        assert_eq!(v.ret, TC_ACT_REDIRECT, "redirected towards the client");
+        let out = parse_icmp6(&v.frame);
+        assert_eq!((out.src, out.dst), (node1, CLIENT6));
+        assert_eq!((out.quoted_src, out.quoted_dst), (client, frontend));
+        assert_eq!((out.icmp_type, out.rest), (ICMPV6_PKT_TOOBIG, MTU6_1280));
+        assert_eq!(v.frame.len(), error.len());
+        assert_icmp6_checksums_valid(&v.frame);
+    }
 }

@@ -27,8 +27,10 @@ const IP_HLEN: usize = 20;
 const TTL: u8 = 64;
 /// TCP header length in 32-bit words, as the data offset nibble holds it.
 const TCP_DOFF_PLAIN: u8 = (TCP_HLEN / 4) as u8;
-/// Largest TCP header: 15 words.
-const TCP_HLEN_MAX: usize = 60;
+/// Longest SYN segment answered (header, options, TCP Fast Open data): a 1500-byte MTU's.
+/// Its words are summed out one by one (a bounded loop the verifier walks through); a longer
+/// one (jumbo frames) is dropped, and the client's retry without data refused.
+const SYN_SEG_MAX: usize = 1480;
 const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -68,19 +70,16 @@ pub(super) fn send_back(ctx: &TcContext, built: Result<(), i64>) -> i32 {
 }
 
 /// Turns a SYN (RFC 9293 3.10.7.1: no ACK, so the RST has sequence number 0 and acknowledges
-/// the SYN) into RST|ACK from the frontend to the client, without options or payload.
+/// the SYN and any data it carries) into RST|ACK from the frontend to the client, without
+/// options or payload.
 #[inline(always)]
 fn tcp_reset(ctx: &TcContext) -> Result<(), i64> {
     let eth: [u8; ETH_HLEN] = ctx.load(0)?;
     let ip: Ipv4Hdr = ctx.load(ETH_HLEN)?;
     let tcp: [u8; TCP_HLEN] = ctx.load(L4_OFF)?;
     let hdr_len = usize::from(tcp[12] >> 4) * 4;
-    // A SYN with data (TCP Fast Open) is not answered: its payload would have to be summed
-    // out of the checksum too. It is dropped, and the client's retry without data refused.
-    if usize::from(u16::from_be(ip.tot_len)) != IP_HLEN + hdr_len {
-        return Err(-1);
-    }
-    reset_segment::<L4_OFF>(ctx, &tcp, hdr_len)?;
+    let seg_len = usize::from(u16::from_be(ip.tot_len)).wrapping_sub(IP_HLEN);
+    reset_segment::<L4_OFF>(ctx, &tcp, hdr_len, seg_len)?;
     reverse_ip(ctx, &ip, (IP_HLEN + TCP_HLEN) as u16, PROTO_TCP)?;
     swap_macs(ctx, &eth)?;
     // SAFETY: the program's own skb; shrinking to the headers just written.
@@ -91,37 +90,47 @@ fn tcp_reset(ctx: &TcContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// Rewrites the SYN `tcp` (header of `hdr_len` bytes) at offset `L4` into the RST|ACK that
-/// answers it, in place: options summed out of the checksum (the caller cuts them off), the
-/// fixed fields changed through `bpf_l4_csum_replace` (so every checksum state of the skb
-/// stays right), the ports swapped, and the pseudo header's length updated. Either family:
-/// the addresses' swap changes no sum.
+/// Rewrites the SYN `tcp` (header of `hdr_len` bytes, segment of `seg_len` with a TCP Fast
+/// Open payload) at offset `L4` into the RST|ACK that answers it, in place: options and
+/// payload summed out of the checksum (the caller cuts them off), the fixed fields changed
+/// through `bpf_l4_csum_replace` (so every checksum state of the skb stays right), the ports
+/// swapped, and the pseudo header's length updated. Either family: the addresses' swap
+/// changes no sum. A segment over [`SYN_SEG_MAX`] is an error (not answered).
 #[inline(always)]
 pub(super) fn reset_segment<const L4: usize>(
     ctx: &TcContext,
     tcp: &[u8; TCP_HLEN],
     hdr_len: usize,
+    seg_len: usize,
 ) -> Result<(), i64> {
     let csum_off = L4 + 16;
-    if hdr_len < TCP_HLEN {
+    if hdr_len < TCP_HLEN || seg_len < hdr_len || seg_len > SYN_SEG_MAX {
         return Err(-1);
     }
-    // The options go: each of their words leaves the checksum before the packet is cut.
+    // Everything after the fixed header goes: each of its words leaves the checksum before
+    // the packet is cut, a last short word padded with zeros as the checksum pads it. (The
+    // skb may be longer than the segment: Ethernet padding, never summed.)
     let mut off = TCP_HLEN;
-    while off < TCP_HLEN_MAX {
-        if off >= hdr_len {
+    while off < SYN_SEG_MAX {
+        if off >= seg_len {
             break;
         }
-        let word: u32 = ctx.load(L4 + off)?;
+        let word = if off + 4 <= seg_len {
+            ctx.load::<u32>(L4 + off)?
+        } else {
+            short_word(ctx, L4 + off, seg_len - off)?
+        };
         ctx.l4_csum_replace(csum_off, word as u64, 0, 4)?;
         off += 4;
     }
     // The fixed header's words, as raw network-order values (the helpers take them so).
     let word = |at: usize| u32::from_ne_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
     let seq = u32::from_be(word(4));
+    // SEG.SEQ + SEG.LEN: the SYN and its data (as Linux's own resets).
+    let ack = seq.wrapping_add(1 + (seg_len - hdr_len) as u32);
     let fields: [(usize, u32, u32); 3] = [
         (4, word(4), 0),
-        (8, word(8), seq.wrapping_add(1).to_be()),
+        (8, word(8), ack.to_be()),
         (
             12,
             word(12),
@@ -139,7 +148,7 @@ pub(super) fn reset_segment<const L4: usize>(
     // header does.
     let ports = [tcp[2], tcp[3], tcp[0], tcp[1]];
     ctx.store(L4, &ports, 0)?;
-    let old_len = (hdr_len as u16).to_be();
+    let old_len = (seg_len as u16).to_be();
     let new_len = (TCP_HLEN as u16).to_be();
     ctx.l4_csum_replace(
         csum_off,
@@ -147,6 +156,21 @@ pub(super) fn reset_segment<const L4: usize>(
         new_len as u64,
         BPF_F_PSEUDO_HDR as u64 | 2,
     )
+}
+
+/// The last `len` (1 to 3) bytes of a segment at `at`, as the checksum word they start
+/// (zeros after them), raw network order.
+#[inline(always)]
+fn short_word(ctx: &TcContext, at: usize, len: usize) -> Result<u32, i64> {
+    let mut bytes = [0u8; 4];
+    let mut i = 0;
+    while i < 3 {
+        if i < len {
+            bytes[i] = ctx.load(at + i)?;
+        }
+        i += 1;
+    }
+    Ok(u32::from_ne_bytes(bytes))
 }
 
 /// Swaps the addresses and sets the total length, TTL and protocol of the header in place,

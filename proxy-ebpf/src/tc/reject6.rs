@@ -18,6 +18,7 @@ use switchyard_common::PROTO_TCP;
 use super::{
     refusal_limit,
     reject::{fold, reset_segment, send_back, sum, swap_macs},
+    v6::PROTO_ICMPV6,
     DROP, ETH_HLEN, TCP_HLEN, UDP_HLEN,
 };
 
@@ -25,7 +26,6 @@ const IP6_HLEN: usize = 40;
 const L4_OFF: usize = ETH_HLEN + IP6_HLEN;
 /// Hop limit of the answers (Linux's default).
 const HOP_LIMIT: u8 = 64;
-const PROTO_ICMPV6: u8 = 58;
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PORT_UNREACH: u8 = 4;
 const ICMPV6_HLEN: usize = 8;
@@ -62,11 +62,8 @@ fn tcp_reset6(ctx: &TcContext) -> Result<(), i64> {
     let tcp: [u8; TCP_HLEN] = ctx.load(L4_OFF)?;
     let hdr_len = usize::from(tcp[12] >> 4) * 4;
     let payload_len: u16 = ctx.load(ETH_HLEN + 4)?;
-    // A SYN with data (TCP Fast Open) is dropped, as in IPv4.
-    if usize::from(u16::from_be(payload_len)) != hdr_len {
-        return Err(-1);
-    }
-    reset_segment::<L4_OFF>(ctx, &tcp, hdr_len)?;
+    // Options and any TCP Fast Open data are summed out, then cut off below.
+    reset_segment::<L4_OFF>(ctx, &tcp, hdr_len, usize::from(u16::from_be(payload_len)))?;
     // Payload length and hop limit (next header stays TCP), then the addresses swapped: no
     // checksum covers them but the pseudo header's, which the swap leaves as it is.
     let payload = (TCP_HLEN as u16).to_be_bytes();

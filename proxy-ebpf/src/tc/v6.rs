@@ -13,9 +13,9 @@
 //!   ICMPv6) passes untouched. Clients practically never send extension headers on TCP/UDP,
 //!   and a fragment would have to be reassembled to be translated anyway;
 //! - services without endpoints are refused from here, as IPv4's ([`super::reject6`]);
-//! - ICMPv6 errors about translated flows (packet too big) are not translated yet;
-//! - the source-NAT port of an ended flow is not taken over before userspace expires the
-//!   flow (IPv4's `snat_reuse`).
+//! - ICMPv6 errors about translated flows (packet too big...) are translated as IPv4's
+//!   ICMP errors are ([`super::icmp_error6`]), and the source-NAT port of an ended flow is
+//!   taken over as IPv4's ([`super::snat_reuse`]).
 // Keys and values are passed to the map calls by reference: they are built once on the
 // stack, and a copy per call would add to a frame that has little room (see `track`).
 #![allow(clippy::needless_borrows_for_generic_args)]
@@ -49,27 +49,30 @@ use crate::{
 };
 
 const IP6_HLEN: usize = 40;
-const IP6_SRC_OFF: usize = ETH_HLEN + 8;
-const IP6_DST_OFF: usize = ETH_HLEN + 24;
-const L4_OFF: usize = ETH_HLEN + IP6_HLEN;
+pub(super) const IP6_NEXT_HEADER_OFF: usize = ETH_HLEN + 6;
+pub(super) const IP6_SRC_OFF: usize = ETH_HLEN + 8;
+pub(super) const IP6_DST_OFF: usize = ETH_HLEN + 24;
+pub(super) const L4_OFF: usize = ETH_HLEN + IP6_HLEN;
 const L4_SRC_PORT_OFF: usize = L4_OFF;
 const L4_DST_PORT_OFF: usize = L4_OFF + 2;
 const TCP_FLAGS_OFF: usize = L4_OFF + 13;
 const TCP_CSUM_OFF: usize = L4_OFF + 16;
 const UDP_CSUM_OFF: usize = L4_OFF + 6;
 const AF_INET6: u8 = 10;
+/// Next header of ICMPv6.
+pub(super) const PROTO_ICMPV6: u8 = 58;
 
 /// The fixed IPv6 header as it is on the wire.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ipv6Hdr {
+pub(super) struct Ipv6Hdr {
     /// Version (4 bits), traffic class, flow label.
-    vtc_flow: [u8; 4],
-    payload_len: u16,
-    next_header: u8,
-    hop_limit: u8,
-    saddr: [u32; 4],
-    daddr: [u32; 4],
+    pub(super) vtc_flow: [u8; 4],
+    pub(super) payload_len: u16,
+    pub(super) next_header: u8,
+    pub(super) hop_limit: u8,
+    pub(super) saddr: [u32; 4],
+    pub(super) daddr: [u32; 4],
 }
 
 /// What the programs need of one IPv6 TCP/UDP packet (addresses as the maps hold them).
@@ -124,7 +127,7 @@ pub(super) fn enter(ctx: &TcContext, slot: u32) -> i32 {
 pub fn swy_tc_ingress6(ctx: TcContext) -> i32 {
     match parse(&ctx) {
         Some(pkt) => ingress_packet(&ctx, &pkt),
-        None => PASS,
+        None => super::icmp_error6::ingress(&ctx),
     }
 }
 
@@ -133,12 +136,12 @@ pub fn swy_tc_ingress6(ctx: TcContext) -> i32 {
 pub fn swy_tc_egress6(ctx: TcContext) -> i32 {
     match parse(&ctx) {
         Some(pkt) => egress_packet(&ctx, &pkt),
-        None => PASS,
+        None => super::icmp_error6::egress(&ctx),
     }
 }
 
 /// The TCP/UDP packet right behind the fixed header, or None (extension headers, ICMPv6,
-/// truncated headers: passed untouched).
+/// truncated headers: passed untouched, but for ICMPv6 errors, [`super::icmp_error6`]).
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Packet6> {
     let ip: Ipv6Hdr = ctx.load(ETH_HLEN).ok()?;
@@ -540,14 +543,17 @@ fn snat_flow_inner(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> Resul
             proto: pkt.proto,
             pad: [0; 3],
         };
-        // BPF_NOEXIST on the reply key is the port allocation (as IPv4).
+        // BPF_NOEXIST on the reply key is the port allocation (as IPv4), and a port whose
+        // TCP flow has ended is taken over (IPv4's `snat_reuse`).
         if CONNTRACK6
             .insert(&reply_key, &reply, BPF_NOEXIST as u64)
             .is_err()
+            && !super::snat_reuse::take_ended6(&reply_key, &reply, now)
         {
             continue;
         }
-        let forward = CtValue6 {
+        // Written in place: a local copy would add to this frame, which the takeover's sits on.
+        *flow = CtValue6 {
             addr: backend_addr,
             port: backend_port,
             flags: flags | CT_FLAG_SNAT,
@@ -556,10 +562,7 @@ fn snat_flow_inner(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> Resul
             state: seen(pkt.proto, pkt.tcp_flags),
             last_seen_ns: now,
         };
-        if CONNTRACK6
-            .insert(&key, &forward, BPF_NOEXIST as u64)
-            .is_err()
-        {
+        if CONNTRACK6.insert(&key, &*flow, BPF_NOEXIST as u64).is_err() {
             let _ = CONNTRACK6.remove(&reply_key);
             // SAFETY: a valid map value pointer for the duration of the program.
             let winner = (unsafe { CONNTRACK6.get(&key) }).ok_or(DROP)?;
@@ -567,9 +570,7 @@ fn snat_flow_inner(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> Resul
                 return Err(PASS);
             }
             *flow = *winner;
-            return Ok(());
         }
-        *flow = forward;
         return Ok(());
     }
     Err(DROP)
@@ -614,7 +615,7 @@ fn snat_reply(ctx: &TcContext, pkt: &Packet6) -> Option<i32> {
 /// through `bpf_redirect_neigh` while it is unresolved). Needs IPv6 forwarding on the device.
 /// Not inlined (its own frame).
 #[inline(never)]
-fn redirect(ctx: &TcContext, proto: u8, src: &[u32; 4], dst: &[u32; 4]) -> i32 {
+pub(super) fn redirect(ctx: &TcContext, proto: u8, src: &[u32; 4], dst: &[u32; 4]) -> i32 {
     // SAFETY: reading a field of the program's own skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let mut route = fib_params(ifindex, proto, *src, *dst);
