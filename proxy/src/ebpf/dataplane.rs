@@ -1146,17 +1146,17 @@ where
     let sweep = tc_ct::sweep_family::<F>(&entries, monotonic_ns(), timeouts, gone);
     let mut failed = 0;
     let mut changed = 0;
-    let as_read: std::collections::HashMap<&F::Key, &F::Value> = if sweep.delete.is_empty() {
-        std::collections::HashMap::new()
+    let as_read = tc_ct::ByKey::<F>::new(if sweep.delete.is_empty() {
+        &[]
     } else {
-        entries.iter().map(|(k, v)| (k, v)).collect()
-    };
+        &entries
+    });
     for key in &sweep.delete {
         // Only an entry still of the flow that was read: since then the tc programs may
         // have given its source-NAT port to a new flow. (Its time and state bits change
         // with every packet and do not count.)
         let now = conntrack.get(key, 0).ok();
-        if now.as_ref().map(F::target) != as_read.get(key).map(|v| F::target(v)) {
+        if now.as_ref().map(F::target) != as_read.get(key).map(F::target) {
             changed += 1;
             continue;
         }
