@@ -126,7 +126,7 @@ impl Maps {
     fn run_grouped<F: Family>(
         &mut self,
         ops: &[FamilyOp<F>],
-        batch: impl Fn(&Self, &[FamilyOp<F>]) -> Option<Result<(), (Partial, &'static str, u32)>>,
+        batch: impl Fn(&Self, &[FamilyOp<F>]) -> Option<Result<(), BatchFailure>>,
         single: impl Fn(&mut Self, &FamilyOp<F>) -> Result<(), OpError>,
     ) -> (usize, Result<(), OpError>) {
         let mut done = 0;
@@ -169,6 +169,9 @@ impl Maps {
     }
 }
 
+/// A batch that stopped, with the map's name and size for the error.
+type BatchFailure = (Partial, &'static str, u32);
+
 /// A run of service or backend writes of one family as one batch (`None`: source ranges,
 /// which live in LPM tries without batch operations), with the map's name and size for
 /// the error.
@@ -176,73 +179,61 @@ fn family_batch<F: Family>(
     run: &[FamilyOp<F>],
     services: (&HashMap<MapData, F::Key, ServiceValue>, &'static str, u32),
     backends: (&HashMap<MapData, BackendKey, F::Backend>, &'static str, u32),
-) -> Option<Result<(), (Partial, &'static str, u32)>>
+) -> Option<Result<(), BatchFailure>>
 where
     F::Key: Pod,
     F::Backend: Pod,
 {
-    let tagged = |name: &'static str, max: u32, result: Result<(), Partial>| {
-        result.map_err(|p| (p, name, max))
-    };
+    use FamilyOp::*;
     Some(match run.first()? {
-        FamilyOp::PutBackend(..) => {
-            let (keys, values): (Vec<_>, Vec<_>) = run
-                .iter()
-                .filter_map(|op| match op {
-                    FamilyOp::PutBackend(k, v) => Some((*k, *v)),
-                    _ => None,
-                })
-                .unzip();
-            tagged(
-                backends.1,
-                backends.2,
-                batch_write::update(backends.0, &keys, &values),
-            )
-        }
-        FamilyOp::PutService(..) => {
-            let (keys, values): (Vec<_>, Vec<_>) = run
-                .iter()
-                .filter_map(|op| match op {
-                    FamilyOp::PutService(k, v) => Some((*k, *v)),
-                    _ => None,
-                })
-                .unzip();
-            tagged(
-                services.1,
-                services.2,
-                batch_write::update(services.0, &keys, &values),
-            )
-        }
-        FamilyOp::DeleteService(..) => {
-            let keys: Vec<F::Key> = run
-                .iter()
-                .filter_map(|op| match op {
-                    FamilyOp::DeleteService(k) => Some(*k),
-                    _ => None,
-                })
-                .collect();
-            tagged(
-                services.1,
-                services.2,
-                batch_write::delete(services.0, &keys),
-            )
-        }
-        FamilyOp::DeleteBackend(..) => {
-            let keys: Vec<BackendKey> = run
-                .iter()
-                .filter_map(|op| match op {
-                    FamilyOp::DeleteBackend(k) => Some(*k),
-                    _ => None,
-                })
-                .collect();
-            tagged(
-                backends.1,
-                backends.2,
-                batch_write::delete(backends.0, &keys),
-            )
-        }
-        FamilyOp::PutSourceRange(..) | FamilyOp::DeleteSourceRange(..) => return None,
+        PutBackend(..) => put(
+            backends,
+            run.iter().filter_map(|op| match op {
+                PutBackend(k, v) => Some((*k, *v)),
+                _ => None,
+            }),
+        ),
+        PutService(..) => put(
+            services,
+            run.iter().filter_map(|op| match op {
+                PutService(k, v) => Some((*k, *v)),
+                _ => None,
+            }),
+        ),
+        DeleteService(..) => delete(
+            services,
+            run.iter().filter_map(|op| match op {
+                DeleteService(k) => Some(*k),
+                _ => None,
+            }),
+        ),
+        DeleteBackend(..) => delete(
+            backends,
+            run.iter().filter_map(|op| match op {
+                DeleteBackend(k) => Some(*k),
+                _ => None,
+            }),
+        ),
+        PutSourceRange(..) | DeleteSourceRange(..) => return None,
     })
+}
+
+/// One batch update of `map` (named, with its size, for the error).
+fn put<K: Pod, V: Pod>(
+    (map, name, max): (&HashMap<MapData, K, V>, &'static str, u32),
+    entries: impl Iterator<Item = (K, V)>,
+) -> Result<(), BatchFailure> {
+    let (keys, values): (Vec<K>, Vec<V>) = entries.unzip();
+    batch_write::update(map, &keys, &values).map_err(|p| (p, name, max))
+}
+
+/// One batch delete from `map`.
+fn delete<K: Pod, V: Pod>(
+    (map, name, max): (&HashMap<MapData, K, V>, &'static str, u32),
+    keys: impl Iterator<Item = K>,
+) -> Result<(), BatchFailure> {
+    let keys: Vec<K> = keys.collect();
+    batch_write::delete(map, &keys).map_err(|p| (p, name, max))
 }
 
 /// The kernel maps as the planner's writer: one syscall per operation, or per run of
