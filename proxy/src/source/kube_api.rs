@@ -77,21 +77,25 @@ pub async fn watch_api(
 ) -> Result<watch::Receiver<Snapshot>, SourceError> {
     let triggers = TriggerLog::default();
     let (signal_tx, mut signal_rx) = mpsc::unbounded_channel();
+    // Lists at resourceVersion 0, as client-go's informers (so kube-proxy's) make them: the
+    // API server answers from its watch cache in one response instead of reading etcd in
+    // pages of 500 (at 10,000 services, 40 round trips per kind, for every node's proxy).
+    let config = || watcher::Config::default().any_semantic();
     let services = spawn_reflector(
         Api::<Service>::all(client.clone()),
-        watcher::Config::default().labels(SERVICE_SELECTOR),
+        config().labels(SERVICE_SELECTOR),
         signal_tx.clone(),
         None,
     );
     let slices = spawn_reflector(
         Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default().labels(SLICE_SELECTOR),
+        config().labels(SLICE_SELECTOR),
         signal_tx.clone(),
         Some(triggers.clone()),
     );
     let nodes = spawn_reflector(
         Api::<Node>::all(client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        config().fields(&format!("metadata.name={node_name}")),
         signal_tx,
         None,
     );

@@ -1,7 +1,8 @@
 //! A small fake Kubernetes API server for tests: it serves core/v1 Services,
 //! discovery.k8s.io/v1 EndpointSlices and core/v1 Nodes over plain HTTP with the real
 //! list and watch protocol (resourceVersions, chunked watch streams, bookmarks,
-//! 410 Gone after compaction, `limit`/`continue` pagination, label and field selectors),
+//! 410 Gone after compaction, `limit`/`continue` pagination (ignored at resourceVersion 0, as
+//! the watch cache does), label and field selectors),
 //! so a kube-rs client can be tested against it without a cluster.
 //!
 //! Tests drive it through [`FakeApiServer`], not over HTTP: [`FakeApiServer::apply`],

@@ -128,7 +128,11 @@ fn list(shared: &Shared, target: &Target, params: &HashMap<String, String>) -> R
         Ok(s) => s,
         Err(message) => return bad_request(&message),
     };
+    // At resourceVersion 0 the real API server lists from its watch cache, which ignores
+    // `limit`: one page with everything.
+    let from_cache = params.get("resourceVersion").is_some_and(|rv| rv == "0");
     let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        _ if from_cache => None,
         None => None,
         Some(Ok(0)) => None,
         Some(Ok(n)) => Some(n),
