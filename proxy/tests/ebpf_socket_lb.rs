@@ -18,6 +18,22 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
 }
 
+/// switchyard in ebpf mode on node1, with `extra` flags.
+fn start_ebpf(
+    testbed: &Testbed,
+    manifests: &Manifests,
+    extra: &[&str],
+) -> switchyard_testbed::Result<ChildGuard> {
+    start_switchyard(
+        testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        manifests,
+        extra,
+    )
+}
+
 fn setup() -> (Testbed, Manifests) {
     let testbed = Testbed::new(TopologySpec {
         nodes: 2,
@@ -39,15 +55,7 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
                   spec: {clusterIP: 198.18.128.12, ports: [{name: http, port: 0}]}\n";
     manifests.write("broken.yaml", broken).expect("write");
     // -v 4 forwards the programs' aya-log events.
-    let proxy = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &["--v=4"],
-    )
-    .expect("switchyard");
+    let proxy = start_ebpf(&testbed, &manifests, &["--v=4"]).expect("switchyard");
 
     let client = testbed.pod(1, 2);
     let web = addr("198.18.128.10:80");
@@ -177,15 +185,8 @@ fn a_full_map_fails_only_the_service_that_does_not_fit() {
     for name in ["web.yaml", "empty.yaml"] {
         manifests.remove(name).expect("remove example");
     }
-    let proxy = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &["--ebpf-services-map-size=3"],
-    )
-    .expect("switchyard");
+    let proxy =
+        start_ebpf(&testbed, &manifests, &["--ebpf-services-map-size=3"]).expect("switchyard");
     let client = testbed.pod(1, 2);
     wait_for(
         "the services that fit to answer",
@@ -226,41 +227,14 @@ fn a_changed_map_size_recreates_the_pinned_map_instead_of_adopting_it() {
             .wait_for_answer(client, Proto::Tcp, web, Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("served: {e}\n{}", proxy.stderr()));
     };
-    let mut first = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[],
-    )
-    .expect("switchyard");
+    let mut first = start_ebpf(&testbed, &manifests, &[]).expect("switchyard");
     serving(&first);
     first.terminate().expect("stop");
-    let second = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &["--ebpf-services-map-size=1000"],
-    )
-    .expect("switchyard again");
+    let mut second = start_ebpf(&testbed, &manifests, &["--ebpf-services-map-size=1000"])
+        .expect("switchyard again");
     // The old instance's pinned programs keep serving meanwhile, so wait for the new one's
     // first full sync before judging it.
-    wait_for(
-        "the new instance's first sync",
-        Duration::from_secs(20),
-        || {
-            let log = second.stderr();
-            if log.contains("full=true") {
-                Ok(())
-            } else {
-                Err(log)
-            }
-        },
-    )
-    .expect("synced");
+    wait_for_full_sync(&mut second);
     serving(&second);
     let log = second.stderr();
     assert!(
@@ -313,15 +287,7 @@ const DNS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 ));
 
 fn start_dns_proxy(testbed: &Testbed, manifests: &Manifests) -> ChildGuard {
-    start_switchyard(
-        testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        manifests,
-        &[],
-    )
-    .expect("switchyard")
+    start_ebpf(testbed, manifests, &[]).expect("switchyard")
 }
 
 /// Waits for three replies to the held flow and checks that node2-pod1 sent them.
@@ -508,15 +474,7 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
     ] {
         manifests.write(file, text).expect("write");
     }
-    let mut proxy = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[],
-    )
-    .expect("switchyard");
+    let mut proxy = start_ebpf(&testbed, &manifests, &[]).expect("switchyard");
 
     let client = testbed.pod(1, 2);
     let dual6: SocketAddr = "[2001:db8:5::10]:80".parse().expect("literal");
@@ -618,15 +576,7 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
         v6_names,
         "no controller: {replies:?}"
     );
-    let second = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[],
-    )
-    .expect("switchyard again");
+    let second = start_ebpf(&testbed, &manifests, &[]).expect("switchyard again");
     wait_for(
         "the new instance's first sync",
         Duration::from_secs(20),
@@ -797,15 +747,13 @@ fn ipv6_maps(testbed: &Testbed, pid: u32) -> Vec<(&'static str, u32, u64)> {
 
 /// Waits for `proxy`'s first full sync (an earlier instance's pinned programs may still
 /// serve before it).
-fn wait_for_full_sync(proxy: &ChildGuard) {
-    wait_for("the first full sync", Duration::from_secs(20), || {
-        let log = proxy.stderr();
-        if log.contains("full=true") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    })
+fn wait_for_full_sync(proxy: &mut ChildGuard) {
+    wait_for_log(
+        proxy,
+        "the first full sync",
+        Duration::from_secs(20),
+        &[&["full=true"]],
+    )
     .expect("synced");
 }
 
@@ -844,16 +792,8 @@ fn an_ipv4_only_node_gets_minimal_ipv6_maps_and_full_ones_once_restarted_dual_st
     testbed
         .set_node_ipv6(1, false)
         .expect("IPv6 addresses removed");
-    let mut first = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[],
-    )
-    .expect("switchyard");
-    wait_for_full_sync(&first);
+    let mut first = start_ebpf(&testbed, &manifests, &[]).expect("switchyard");
+    wait_for_full_sync(&mut first);
     let replies = testbed.request(client, Proto::Tcp, dual4, 5, TIMEOUT);
     assert_eq!(
         backend_names(&replies),
@@ -914,16 +854,8 @@ fn an_ipv4_only_node_gets_minimal_ipv6_maps_and_full_ones_once_restarted_dual_st
 
     // Restarted on a dual-stack node: the pinned IPv6 maps are recreated at full size and
     // the IPv6 cluster IP is served.
-    let second = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[],
-    )
-    .expect("switchyard again");
-    wait_for_full_sync(&second);
+    let mut second = start_ebpf(&testbed, &manifests, &[]).expect("switchyard again");
+    wait_for_full_sync(&mut second);
     testbed
         .wait_for_answer(client, Proto::Tcp, dual6, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("the IPv6 cluster IP is served: {e}\n{}", second.stderr()));
