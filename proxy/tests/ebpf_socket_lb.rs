@@ -879,3 +879,38 @@ fn an_ipv4_only_node_gets_minimal_ipv6_maps_and_full_ones_once_restarted_dual_st
     );
     assert!(full_total > 100 * small_total, "{full:?} vs {small:?}");
 }
+
+#[test]
+fn a_node_whose_kernel_has_ipv6_disabled_gets_minimal_ipv6_maps() {
+    let (testbed, manifests) = setup();
+    let _echo = testbed.start_echo_everywhere(8080, 0).expect("echo");
+    // `all` reaches every interface of node1's namespace and drops their IPv6 addresses.
+    let off = testbed
+        .run(
+            testbed.node(1),
+            "sysctl",
+            ["-w", "net.ipv6.conf.all.disable_ipv6=1"],
+            Duration::from_secs(5),
+        )
+        .expect("sysctl");
+    assert!(off.status.success(), "{off:?}");
+    let mut proxy = start_ebpf(&testbed, &manifests, &[]).expect("switchyard");
+    wait_for_full_sync(&mut proxy);
+    let replies = testbed.request(
+        testbed.pod(1, 2),
+        Proto::Tcp,
+        addr("198.18.128.10:80"),
+        5,
+        TIMEOUT,
+    );
+    assert!(
+        replies.iter().all(Result::is_ok),
+        "{replies:?}\n{}",
+        proxy.stderr()
+    );
+    let maps = ipv6_maps(&testbed, proxy.pid());
+    assert!(maps.iter().all(|(_, max, _)| *max == 1), "{maps:?}");
+    let log = proxy.stderr();
+    assert!(log.contains("the kernel has IPv6 disabled"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+}
