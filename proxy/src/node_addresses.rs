@@ -84,6 +84,14 @@ pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// Whether `addresses` give the node IPv6 (a global or unique-local address; the address
+/// watch already leaves link-local ones out).
+pub fn has_routable_ipv6(addresses: &[IpAddr]) -> bool {
+    addresses
+        .iter()
+        .any(|ip| ip.is_ipv6() && !ip.is_loopback() && !ip.is_unspecified())
+}
+
 /// Interfaces for the packet programs when `--devices` is not given: those holding one of the
 /// Node object's addresses, or, without a Node object, every up interface with an IPv4
 /// subnet (not loopback, not a /32 like routed pod veths carry).

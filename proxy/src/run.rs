@@ -206,6 +206,11 @@ fn start_dataplane(
                 // After start-up's conntrack sysctls, so the `conntrack` section applies.
                 flow_timeouts: crate::ebpf::flow_timeouts::read(),
                 icmp_limits: crate::ebpf::icmp_limits::read(),
+                no_ipv6: crate::ebpf::ipv6_maps::decide(
+                    crate::ebpf::ipv6_maps::kernel_has_ipv6(),
+                    local,
+                )
+                .err(),
             })?
             .with_metrics(metrics.ebpf.clone());
             // SCTP ports are served by iptables rules of their own (see the module); without

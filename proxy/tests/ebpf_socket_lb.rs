@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use switchyard_testbed::{
-    backend_names, http_get, start_switchyard, wait_for, ChildGuard, Hold, Manifests, Proto,
-    RequestError, Testbed, TopologySpec,
+    backend_names, http_get, start_switchyard, wait_for, wait_for_log, ChildGuard, Hold, Manifests,
+    Proto, RequestError, Testbed, TopologySpec,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -16,6 +16,22 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
+}
+
+/// switchyard in ebpf mode on node1, with `extra` flags.
+fn start_ebpf(
+    testbed: &Testbed,
+    manifests: &Manifests,
+    extra: &[&str],
+) -> switchyard_testbed::Result<ChildGuard> {
+    start_switchyard(
+        testbed,
+        testbed.node(1),
+        BIN.as_ref(),
+        "ebpf",
+        manifests,
+        extra,
+    )
 }
 
 fn setup() -> (Testbed, Manifests) {
@@ -39,15 +55,7 @@ fn cluster_ip_is_balanced_by_connect4_and_follows_manifest_edits() {
                   spec: {clusterIP: 198.18.128.12, ports: [{name: http, port: 0}]}\n";
     manifests.write("broken.yaml", broken).expect("write");
     // -v 4 forwards the programs' aya-log events.
-    let proxy = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &["--v=4"],
-    )
-    .expect("switchyard");
+    let proxy = start_ebpf(&testbed, &manifests, &["--v=4"]).expect("switchyard");
 
     let client = testbed.pod(1, 2);
     let web = addr("198.18.128.10:80");
@@ -177,15 +185,8 @@ fn a_full_map_fails_only_the_service_that_does_not_fit() {
     for name in ["web.yaml", "empty.yaml"] {
         manifests.remove(name).expect("remove example");
     }
-    let proxy = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &["--ebpf-services-map-size=3"],
-    )
-    .expect("switchyard");
+    let proxy =
+        start_ebpf(&testbed, &manifests, &["--ebpf-services-map-size=3"]).expect("switchyard");
     let client = testbed.pod(1, 2);
     wait_for(
         "the services that fit to answer",
@@ -226,41 +227,14 @@ fn a_changed_map_size_recreates_the_pinned_map_instead_of_adopting_it() {
             .wait_for_answer(client, Proto::Tcp, web, Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("served: {e}\n{}", proxy.stderr()));
     };
-    let mut first = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[],
-    )
-    .expect("switchyard");
+    let mut first = start_ebpf(&testbed, &manifests, &[]).expect("switchyard");
     serving(&first);
     first.terminate().expect("stop");
-    let second = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &["--ebpf-services-map-size=1000"],
-    )
-    .expect("switchyard again");
+    let mut second = start_ebpf(&testbed, &manifests, &["--ebpf-services-map-size=1000"])
+        .expect("switchyard again");
     // The old instance's pinned programs keep serving meanwhile, so wait for the new one's
     // first full sync before judging it.
-    wait_for(
-        "the new instance's first sync",
-        Duration::from_secs(20),
-        || {
-            let log = second.stderr();
-            if log.contains("full=true") {
-                Ok(())
-            } else {
-                Err(log)
-            }
-        },
-    )
-    .expect("synced");
+    wait_for_full_sync(&mut second);
     serving(&second);
     let log = second.stderr();
     assert!(
@@ -313,15 +287,7 @@ const DNS: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 ));
 
 fn start_dns_proxy(testbed: &Testbed, manifests: &Manifests) -> ChildGuard {
-    start_switchyard(
-        testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        manifests,
-        &[],
-    )
-    .expect("switchyard")
+    start_ebpf(testbed, manifests, &[]).expect("switchyard")
 }
 
 /// Waits for three replies to the held flow and checks that node2-pod1 sent them.
@@ -508,15 +474,7 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
     ] {
         manifests.write(file, text).expect("write");
     }
-    let mut proxy = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[],
-    )
-    .expect("switchyard");
+    let mut proxy = start_ebpf(&testbed, &manifests, &[]).expect("switchyard");
 
     let client = testbed.pod(1, 2);
     let dual6: SocketAddr = "[2001:db8:5::10]:80".parse().expect("literal");
@@ -618,15 +576,7 @@ fn ipv6_and_dual_stack_services_are_balanced_by_the_socket_programs() {
         v6_names,
         "no controller: {replies:?}"
     );
-    let second = start_switchyard(
-        &testbed,
-        testbed.node(1),
-        BIN.as_ref(),
-        "ebpf",
-        &manifests,
-        &[],
-    )
-    .expect("switchyard again");
+    let second = start_ebpf(&testbed, &manifests, &[]).expect("switchyard again");
     wait_for(
         "the new instance's first sync",
         Duration::from_secs(20),
@@ -750,4 +700,217 @@ fn ipv6_and_v4_mapped_connected_udp_sockets_are_destroyed_when_their_backend_lea
         metrics.contains("switchyard_ebpf_sockets_destroyed_total 2\n"),
         "{metrics}"
     );
+}
+
+/// The IPv6 maps, pinned under the node's bpffs directory.
+const IPV6_MAPS: [&str; 6] = [
+    "SWY_SERVICES6",
+    "SWY_BACKENDS6",
+    "SWY_SOCK_REVNAT6",
+    "SWY_AFFINITY6",
+    "SWY_CONNTRACK6",
+    "SWY_SOURCE_RANGES6",
+];
+
+/// Each IPv6 map's `max_entries` and the kernel memory it holds (its fd's `memlock` in
+/// `pid`'s fdinfo), read through its pin; printed with the sum over all of `pid`'s maps.
+fn ipv6_maps(testbed: &Testbed, pid: u32) -> Vec<(&'static str, u32, u64)> {
+    let mut memlock_by_id = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
+        let Ok(info) = std::fs::read_to_string(entry.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:")) {
+            memlock_by_id.insert(id as u32, memlock);
+        }
+    }
+    let all: u64 = memlock_by_id.values().sum();
+    eprintln!(
+        "all {} maps of the process: {all} bytes",
+        memlock_by_id.len()
+    );
+    let maps = testbed.bpffs_dir(testbed.node(1)).join("maps");
+    IPV6_MAPS
+        .iter()
+        .map(|name| {
+            let info = aya::maps::MapInfo::from_pin(maps.join(name)).expect("pinned IPv6 map");
+            let memlock = memlock_by_id.get(&info.id()).copied().unwrap_or(0);
+            (*name, info.max_entries(), memlock)
+        })
+        .collect()
+}
+
+/// Waits for `proxy`'s first full sync (an earlier instance's pinned programs may still
+/// serve before it).
+fn wait_for_full_sync(proxy: &mut ChildGuard) {
+    wait_for_log(
+        proxy,
+        "the first full sync",
+        Duration::from_secs(20),
+        &[&["full=true"]],
+    )
+    .expect("synced");
+}
+
+#[test]
+fn an_ipv4_only_node_gets_minimal_ipv6_maps_and_full_ones_once_restarted_dual_stack() {
+    let (testbed, manifests) = setup();
+    let _echo = testbed.start_echo_everywhere(8080, 0).expect("echo");
+    let pod = |node, pod| testbed.pod(node, pod);
+    manifests
+        .write(
+            "dual.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: dual, namespace: demo}}\n\
+                 spec: {{ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6], \
+                 clusterIP: 198.18.128.31, clusterIPs: [198.18.128.31, \"2001:db8:5::31\"], \
+                 ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: dual-4, namespace: demo, labels: {{kubernetes.io/service-name: dual}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
+                 endpoints: [{{addresses: [{}], nodeName: node1}}]\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: dual-6, namespace: demo, labels: {{kubernetes.io/service-name: dual}}}}\n\
+                 addressType: IPv6\nports: [{{name: http, port: 8080}}]\n\
+                 endpoints: [{{addresses: [\"{}\"], nodeName: node1}}]\n",
+                pod(1, 1).ip,
+                pod(1, 1).ipv6(),
+            ),
+        )
+        .expect("write");
+    let client = pod(1, 2);
+    let dual4 = addr("198.18.128.31:80");
+    let dual6: SocketAddr = "[2001:db8:5::31]:80".parse().expect("literal");
+    let one = BTreeSet::from(["node1-pod1".to_string()]);
+
+    // IPv4-only: no IPv6 address on node1 when switchyard starts.
+    testbed
+        .set_node_ipv6(1, false)
+        .expect("IPv6 addresses removed");
+    let mut first = start_ebpf(&testbed, &manifests, &[]).expect("switchyard");
+    wait_for_full_sync(&mut first);
+    let replies = testbed.request(client, Proto::Tcp, dual4, 5, TIMEOUT);
+    assert_eq!(
+        backend_names(&replies),
+        one,
+        "{replies:?}\n{}",
+        first.stderr()
+    );
+    let small = ipv6_maps(&testbed, first.pid());
+    let small_total: u64 = small.iter().map(|(_, _, m)| m).sum();
+    eprintln!("IPv4-only node, IPv6 maps: {small:?}, {small_total} bytes");
+    assert!(small.iter().all(|(_, max, _)| *max == 1), "{small:?}");
+    let log = first.stderr();
+    assert!(
+        log.contains("this node does not proxy IPv6")
+            && log.contains("the node has no routable IPv6 address"),
+        "{log}"
+    );
+
+    // The node gains IPv6 while running: said once, and the IPv6 ports are left alone (no
+    // map-full errors) until a restart.
+    testbed.set_node_ipv6(1, true).expect("IPv6 addresses back");
+    wait_for_log(
+        &mut first,
+        "the warning that IPv6 needs a restart",
+        Duration::from_secs(20),
+        &[&["restart switchyard to proxy IPv6"]],
+    )
+    .expect("warned");
+    // Once a later edit is served, the address change has been synced too.
+    manifests
+        .write(
+            "later.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: later, namespace: demo}}\n\
+                 spec: {{clusterIP: 198.18.128.32, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: later-1, namespace: demo, labels: {{kubernetes.io/service-name: later}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
+                 endpoints: [{{addresses: [{}], nodeName: node1}}]\n",
+                pod(1, 1).ip,
+            ),
+        )
+        .expect("write");
+    testbed
+        .wait_for_answer(
+            client,
+            Proto::Tcp,
+            addr("198.18.128.32:80"),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("the later service is served: {e}\n{}", first.stderr()));
+    let unserved = testbed.request(client, Proto::Tcp, dual6, 2, TIMEOUT);
+    assert!(unserved.iter().all(Result::is_err), "{unserved:?}");
+    first.terminate().expect("stop");
+    let _ = first.wait_for_output(Duration::from_secs(10));
+    let log = first.stderr();
+    assert!(!log.contains("ERROR"), "{log}");
+
+    // Restarted on a dual-stack node: the pinned IPv6 maps are recreated at full size and
+    // the IPv6 cluster IP is served.
+    let mut second = start_ebpf(&testbed, &manifests, &[]).expect("switchyard again");
+    wait_for_full_sync(&mut second);
+    testbed
+        .wait_for_answer(client, Proto::Tcp, dual6, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the IPv6 cluster IP is served: {e}\n{}", second.stderr()));
+    let replies = testbed.request(client, Proto::Tcp, dual6, 5, TIMEOUT);
+    assert_eq!(backend_names(&replies), one, "{replies:?}");
+    let full = ipv6_maps(&testbed, second.pid());
+    let full_total: u64 = full.iter().map(|(_, _, m)| m).sum();
+    eprintln!("dual-stack node, IPv6 maps: {full:?}, {full_total} bytes");
+    let max = |name: &str| full.iter().find(|(n, ..)| *n == name).map(|(_, m, _)| *m);
+    assert_eq!(
+        max("SWY_SOCK_REVNAT6"),
+        Some(switchyard_common::DEFAULT_SOCK_REVNAT_MAX)
+    );
+    assert_eq!(
+        max("SWY_AFFINITY6"),
+        Some(switchyard_common::DEFAULT_AFFINITY_MAX)
+    );
+    assert_eq!(
+        max("SWY_SERVICES6"),
+        Some(switchyard_common::DEFAULT_SERVICES_MAX)
+    );
+    assert!(full_total > 100 * small_total, "{full:?} vs {small:?}");
+}
+
+#[test]
+fn a_node_whose_kernel_has_ipv6_disabled_gets_minimal_ipv6_maps() {
+    let (testbed, manifests) = setup();
+    let _echo = testbed.start_echo_everywhere(8080, 0).expect("echo");
+    // `all` reaches every interface of node1's namespace and drops their IPv6 addresses.
+    let off = testbed
+        .run(
+            testbed.node(1),
+            "sysctl",
+            ["-w", "net.ipv6.conf.all.disable_ipv6=1"],
+            Duration::from_secs(5),
+        )
+        .expect("sysctl");
+    assert!(off.status.success(), "{off:?}");
+    let mut proxy = start_ebpf(&testbed, &manifests, &[]).expect("switchyard");
+    wait_for_full_sync(&mut proxy);
+    let replies = testbed.request(
+        testbed.pod(1, 2),
+        Proto::Tcp,
+        addr("198.18.128.10:80"),
+        5,
+        TIMEOUT,
+    );
+    assert!(
+        replies.iter().all(Result::is_ok),
+        "{replies:?}\n{}",
+        proxy.stderr()
+    );
+    let maps = ipv6_maps(&testbed, proxy.pid());
+    assert!(maps.iter().all(|(_, max, _)| *max == 1), "{maps:?}");
+    let log = proxy.stderr();
+    assert!(log.contains("the kernel has IPv6 disabled"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
 }

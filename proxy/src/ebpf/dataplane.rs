@@ -12,6 +12,7 @@ use switchyard_common::{
     ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockTermKey, SockTermKey6, SourceRangeKey,
 };
 
+use super::ipv6_maps::{NoIpv6, Sizes6};
 use super::maps::{ignore_missing, Capacities, MapHandleError, Maps};
 use super::metrics::EbpfMetrics;
 use super::object::embedded_object;
@@ -51,6 +52,22 @@ pub struct EbpfConfig {
     pub flow_timeouts: crate::model::tc_conntrack::FlowTimeouts,
     /// The kernel's ICMP rate limits, for the refusals the tc programs send.
     pub icmp_limits: switchyard_common::RefusalLimits,
+    /// Why the node does not proxy IPv6 ([`super::ipv6_maps::decide`]); the IPv6 maps are then
+    /// minimal and IPv6 service ports are not programmed. `None`: dual-stack, full sizes.
+    pub no_ipv6: Option<NoIpv6>,
+}
+
+impl EbpfConfig {
+    /// The IPv6 maps' sizes for this configuration.
+    pub fn sizes6(&self) -> Sizes6 {
+        Sizes6::new(
+            self.no_ipv6,
+            self.services_max,
+            self.backends_max,
+            self.conntrack_max,
+            self.source_ranges_max,
+        )
+    }
 }
 
 /// The socket programs and their pin names under `<bpffs>/links/`.
@@ -187,6 +204,8 @@ pub struct EbpfDataplane {
     sock_term: Option<SockTerminator>,
     /// Whether the warning about namespaces we cannot enter was given (once per process).
     warned_unreachable: bool,
+    /// Whether the warning that the node gained IPv6 after start was given.
+    warned_ipv6_later: bool,
     /// `SWY_CONNTRACK`'s and `SWY_CONNTRACK6`'s entries after the last sweep (gauges).
     conntrack_entries: u64,
     conntrack6_entries: u64,
@@ -205,6 +224,16 @@ impl EbpfDataplane {
         let links_dir = config.bpffs_path.join("links");
         prepare_bpffs(&config.bpffs_path, &[&maps_dir, &links_dir])?;
         drop_incompatible_pins(&maps_dir, &config);
+        let sizes6 = config.sizes6();
+        if let Some(reason) = config.no_ipv6 {
+            tracing::info!(
+                %reason,
+                max_entries = sizes6.services,
+                "ebpf mode: this node does not proxy IPv6 (as kube-proxy's single-stack \
+                 proxier, IPv6 services are not programmed); the IPv6 maps are created minimal. \
+                 Restart switchyard once the node has IPv6"
+            );
+        }
         let adopted = maps_dir.join(map_names::SERVICES).exists();
         let mut loader = EbpfLoader::new();
         loader
@@ -215,11 +244,14 @@ impl EbpfDataplane {
             // At most one name per backend set, and every set is used by a service entry.
             .map_max_entries(map_names::SERVICE_NAMES, config.services_max)
             // IPv6 frontends and endpoints get the same room as IPv4 ones (an IPv6-only
-            // cluster needs it); not preallocated, so unused room costs only buckets.
-            .map_max_entries(map_names::SERVICES6, config.services_max)
-            .map_max_entries(map_names::BACKENDS6, config.backends_max)
-            .map_max_entries(map_names::CONNTRACK6, config.conntrack_max)
-            .map_max_entries(map_names::SOURCE_RANGES6, config.source_ranges_max);
+            // cluster needs it) on a node that proxies IPv6, one entry elsewhere.
+            .map_max_entries(map_names::SERVICES6, sizes6.services)
+            .map_max_entries(map_names::BACKENDS6, sizes6.backends)
+            .map_max_entries(map_names::CONNTRACK6, sizes6.conntrack)
+            .map_max_entries(map_names::SOURCE_RANGES6, sizes6.source_ranges)
+            .map_max_entries(map_names::SOCK_REVNAT6, sizes6.sock_revnat)
+            .map_max_entries(map_names::AFFINITY6, sizes6.affinity)
+            .map_max_entries(map_names::SOCK_TERM6, sizes6.sock_term);
         let pins: Vec<PathBuf> = MAPS.iter().map(|m| maps_dir.join(m)).collect();
         for (name, pin) in MAPS.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
@@ -308,6 +340,7 @@ impl EbpfDataplane {
             metrics: None,
             sock_term,
             warned_unreachable: false,
+            warned_ipv6_later: false,
             conntrack_entries: 0,
             conntrack6_entries: 0,
             config,
@@ -454,6 +487,7 @@ impl EbpfDataplane {
             return;
         };
         let config = &self.config;
+        let sizes6 = config.sizes6();
         let (services, backends, ranges) = self.planner.entry_counts();
         let (services6, backends6, ranges6) = self.planner6.entry_counts();
         use crate::ebpf::batch_read::count;
@@ -461,8 +495,8 @@ impl EbpfDataplane {
         let (conntrack, conntrack6) = (self.conntrack_entries, self.conntrack6_entries);
         let affinity = count(&self.maps.affinity, DEFAULT_AFFINITY_MAX as usize) as u64;
         let sock_revnat = count(&self.maps.sock_revnat, DEFAULT_SOCK_REVNAT_MAX as usize) as u64;
-        let affinity6 = count(&self.maps.affinity6, DEFAULT_AFFINITY_MAX as usize) as u64;
-        let sock_revnat6 = count(&self.maps.sock_revnat6, DEFAULT_SOCK_REVNAT_MAX as usize) as u64;
+        let affinity6 = count(&self.maps.affinity6, sizes6.affinity as usize) as u64;
+        let sock_revnat6 = count(&self.maps.sock_revnat6, sizes6.sock_revnat as usize) as u64;
         let snat_addrs = count(&self.snat_addrs, SNAT_ADDRS_MAX as usize) as u64;
         for (map, entries, capacity) in [
             (map_names::SERVICES, services as u64, config.services_max),
@@ -482,19 +516,15 @@ impl EbpfDataplane {
             (map_names::SOCK_REVNAT, sock_revnat, DEFAULT_SOCK_REVNAT_MAX),
             (map_names::SNAT_ADDRS, snat_addrs, SNAT_ADDRS_MAX),
             (map_names::SNAT_CONFIG, 1, 1),
-            (map_names::SERVICES6, services6 as u64, config.services_max),
-            (map_names::BACKENDS6, backends6 as u64, config.backends_max),
-            (map_names::AFFINITY6, affinity6, DEFAULT_AFFINITY_MAX),
-            (
-                map_names::SOCK_REVNAT6,
-                sock_revnat6,
-                DEFAULT_SOCK_REVNAT_MAX,
-            ),
-            (map_names::CONNTRACK6, conntrack6, config.conntrack_max),
+            (map_names::SERVICES6, services6 as u64, sizes6.services),
+            (map_names::BACKENDS6, backends6 as u64, sizes6.backends),
+            (map_names::AFFINITY6, affinity6, sizes6.affinity),
+            (map_names::SOCK_REVNAT6, sock_revnat6, sizes6.sock_revnat),
+            (map_names::CONNTRACK6, conntrack6, sizes6.conntrack),
             (
                 map_names::SOURCE_RANGES6,
                 ranges6 as u64,
-                config.source_ranges_max,
+                sizes6.source_ranges,
             ),
         ] {
             metrics.set_map(map, entries, capacity);
@@ -609,8 +639,9 @@ impl EbpfDataplane {
         let max = self.config.conntrack_max as usize;
         let v4 = (&mut self.maps.conntrack, map_names::CONNTRACK);
         self.conntrack_entries = sweep_map::<tc_ct::V4>(v4, max, timeouts, gone);
+        let max6 = self.config.sizes6().conntrack as usize;
         let v6 = (&mut self.maps.conntrack6, map_names::CONNTRACK6);
-        self.conntrack6_entries = sweep_map::<tc_ct::V6>(v6, max, timeouts, gone6);
+        self.conntrack6_entries = sweep_map::<tc_ct::V6>(v6, max6, timeouts, gone6);
     }
 
     /// Destroys the connected UDP sockets translated through `stranded` (pairs a sync
@@ -715,12 +746,16 @@ impl EbpfDataplane {
             .collect();
         let outcome = run_planner(&mut self.planner, &mut self.maps, &changes, full);
         // Only the ports the IPv6 maps concern: an IPv4-only node's syncs cost what they did.
+        // None on a node that does not proxy IPv6 (its maps have no room), also after it
+        // gained an address: that takes a restart.
         let planner6 = &self.planner6;
+        let proxies_ipv6 = self.config.no_ipv6.is_none();
         let changes6: Vec<(ServicePortKey, Option<&ServicePort>)> = changes
             .iter()
             .filter(|(key, port)| {
-                planner6.concerns(key)
-                    || port.is_some_and(|p| p.frontends.iter().any(|f| f.ip.is_ipv6()))
+                proxies_ipv6
+                    && (planner6.concerns(key)
+                        || port.is_some_and(|p| p.frontends.iter().any(|f| f.ip.is_ipv6())))
             })
             .cloned()
             .collect();
@@ -906,7 +941,18 @@ impl Dataplane for EbpfDataplane {
         Ok(report)
     }
 
-    fn node_addresses(&mut self, _addresses: &[std::net::IpAddr]) {
+    fn node_addresses(&mut self, addresses: &[std::net::IpAddr]) {
+        if self.config.no_ipv6 == Some(NoIpv6::NoAddress)
+            && !self.warned_ipv6_later
+            && crate::node_addresses::has_routable_ipv6(addresses)
+        {
+            self.warned_ipv6_later = true;
+            tracing::warn!(
+                "ebpf mode: the node has an IPv6 address now, but it had none at start, so the \
+                 IPv6 maps are minimal and IPv6 services are not programmed; restart switchyard \
+                 to proxy IPv6"
+            );
+        }
         // A device's address may have changed: new flows are NATed to its current one.
         for device in &self.attached {
             write_snat_addr(&mut self.snat_addrs, device);
@@ -1280,30 +1326,31 @@ fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 
         AffinityKey, AffinityValue, AffinityValue6, SockRevKey, SockRevKey6, SockRevValue,
         SockRevValue6, DEFAULT_AFFINITY_MAX, DEFAULT_SOCK_REVNAT_MAX, SNAT_ADDRS_MAX,
     };
+    let sizes6 = config.sizes6();
     [
         (
             map_names::SERVICES6,
             size_of::<ServiceKey6>(),
             size_of::<ServiceValue>(),
-            config.services_max,
+            sizes6.services,
         ),
         (
             map_names::BACKENDS6,
             size_of::<BackendKey>(),
             size_of::<Backend6>(),
-            config.backends_max,
+            sizes6.backends,
         ),
         (
             map_names::SOCK_REVNAT6,
             size_of::<SockRevKey6>(),
             size_of::<SockRevValue6>(),
-            DEFAULT_SOCK_REVNAT_MAX,
+            sizes6.sock_revnat,
         ),
         (
             map_names::AFFINITY6,
             size_of::<AffinityKey>(),
             size_of::<AffinityValue6>(),
-            DEFAULT_AFFINITY_MAX,
+            sizes6.affinity,
         ),
         (
             map_names::SERVICES,
@@ -1352,13 +1399,13 @@ fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 
             map_names::CONNTRACK6,
             size_of::<switchyard_common::CtKey6>(),
             size_of::<switchyard_common::CtValue6>(),
-            config.conntrack_max,
+            sizes6.conntrack,
         ),
         (
             map_names::SOURCE_RANGES6,
             4 + size_of::<switchyard_common::SourceRangeKey6>(),
             1,
-            config.source_ranges_max,
+            sizes6.source_ranges,
         ),
         (
             map_names::SNAT_ADDRS6,

@@ -5,6 +5,7 @@ pub mod batch_write;
 pub mod dataplane;
 pub mod flow_timeouts;
 pub mod icmp_limits;
+pub mod ipv6_maps;
 pub mod maps;
 pub mod masquerade;
 pub mod metrics;

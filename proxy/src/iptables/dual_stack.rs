@@ -10,6 +10,7 @@ use super::dataplane::IptablesDataplane;
 use super::rule_set::Family;
 use crate::dataplane::{Dataplane, SyncError, SyncKind, SyncReport};
 use crate::model::{DesiredState, StateDiff};
+use crate::node_addresses::has_routable_ipv6 as serves_ipv6;
 
 /// Both families' iptables dataplanes behind one [`Dataplane`].
 pub struct DualStackIptables {
@@ -19,14 +20,6 @@ pub struct DualStackIptables {
     /// Whether the node has served IPv6 yet. Once it has, ip6tables stays programmed (an
     /// address that comes and goes must not flap the rules).
     ipv6_serving: bool,
-}
-
-/// Whether `addresses` give the node IPv6 (a global or unique-local address; the address
-/// watch already leaves link-local ones out).
-fn serves_ipv6(addresses: &[IpAddr]) -> bool {
-    addresses
-        .iter()
-        .any(|ip| ip.is_ipv6() && !ip.is_loopback() && !ip.is_unspecified())
 }
 
 impl DualStackIptables {

@@ -762,6 +762,25 @@ impl Testbed {
         &self.pods
     }
 
+    /// Takes node `node`'s IPv6 addresses away (`on == false`: its underlay address and the
+    /// pod gateway on every pod veth), making it an IPv4-only node, or gives them back. Its
+    /// IPv6 routes stay (the kernel drops only the connected prefix route with the address).
+    pub fn set_node_ipv6(&self, node: usize, on: bool) -> Result<()> {
+        let node = self.node(node);
+        let (verb, flags) = if on { ("add", " nodad") } else { ("del", "") };
+        let mut script = format!(
+            "addr {verb} {}/64 dev {UPLINK}{flags}\n",
+            node.underlay_ipv6
+        );
+        for pod in self.pods_on(node.index) {
+            script.push_str(&format!(
+                "addr {verb} {}/128 dev {}{flags}\n",
+                node.pod_gateway_v6, pod.host_veth
+            ));
+        }
+        ip::batch(Some(&node.netns), &script)
+    }
+
     /// The pods of node `node` (1-based).
     pub fn pods_on(&self, node: usize) -> impl Iterator<Item = &Pod> + '_ {
         self.pods.iter().filter(move |p| p.node == node)
