@@ -1,7 +1,8 @@
 //! Whether this node proxies IPv6 in ebpf mode, decided once at start, and the IPv6 maps'
 //! sizes that follow from it. A node that does not proxy IPv6 gets IPv6 maps of one entry
 //! each: the programs keep their IPv6 paths (the maps must exist for them to load), their
-//! lookups simply miss, and the ~60 MB the full-size maps would hold stay free.
+//! lookups simply miss, and the ~100 MB of kernel memory the full-size maps hold at the default
+//! sizes stay free.
 //!
 //! kube-proxy decides the families once at start too (`platformCheckSupported`: an iptables
 //! proxier runs dual-stack only where ip6tables works, else single-stack, and its service
