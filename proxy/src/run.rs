@@ -222,6 +222,7 @@ fn start_dataplane(
                 dataplane,
                 backend,
                 rule_config(settings, local, Family::Ipv4),
+                rule_config(settings, local, Family::Ipv6),
             );
             // iptables mode's chains keep translating until the maps are written; older
             // versions' masquerade chains go with them (any nat rule would hook netfilter's

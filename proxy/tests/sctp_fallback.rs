@@ -2,7 +2,7 @@
 //! exist exactly while an SCTP service does (no nat rule of ebpf mode's otherwise), every
 //! jump into them matches `-p sctp`, they survive SIGTERM like the pinned maps, the mode
 //! switches hand SCTP over in both directions leaving nothing of the other mode, and
-//! `--cleanup` removes them.
+//! `--cleanup` removes them; in both families (iptables and ip6tables, a dual-stack service).
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -33,13 +33,16 @@ endpoints:
   - {addresses: [198.19.2.11], nodeName: node2}
 "#;
 
-/// An SCTP service on another node's pod.
+/// A dual-stack SCTP service on another node's pod.
 const SIG: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: sig, namespace: demo}
 spec:
   clusterIP: 198.18.128.38
+  clusterIPs: [198.18.128.38, "2001:db8:5::38"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
   selector: {app: sig}
   ports: [{name: diameter, port: 3868, targetPort: 8080, protocol: SCTP}]
 ---
@@ -50,7 +53,21 @@ addressType: IPv4
 ports: [{name: diameter, port: 8080, protocol: SCTP}]
 endpoints:
   - {addresses: [198.19.2.12], nodeName: node2}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sig-6, namespace: demo, labels: {kubernetes.io/service-name: sig}}
+addressType: IPv6
+ports: [{name: diameter, port: 8080, protocol: SCTP}]
+endpoints:
+  - {addresses: ["2001:db8:1:2::12"], nodeName: node2}
 "#;
+
+/// The SCTP service's address in each family, and the source node1-pod1 is seen from there.
+const SIG_TARGETS: [(&str, &str); 2] = [
+    ("198.18.128.38:3868", "198.19.1.11"),
+    ("[2001:db8:5::38]:3868", "2001:db8:1:1::11"),
+];
 
 struct Node {
     testbed: Testbed,
@@ -123,22 +140,39 @@ impl Node {
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
     }
 
-    /// `iptables-nft-save` (nat, filter, mangle) of node1.
+    /// `iptables-nft-save` and `ip6tables-nft-save` (nat, filter, mangle) of node1.
     fn saved(&self) -> String {
         let mut text = String::new();
-        for table in ["nat", "filter", "mangle"] {
-            let out = self
-                .testbed
-                .run(Place::Node(1), "iptables-nft-save", ["-t", table], WAIT)
-                .expect("iptables-nft-save");
-            text.push_str(&out.stdout);
+        for tool in ["iptables-nft-save", "ip6tables-nft-save"] {
+            for table in ["nat", "filter", "mangle"] {
+                let out = self
+                    .testbed
+                    .run(Place::Node(1), tool, ["-t", table], WAIT)
+                    .expect(tool);
+                text.push_str(&out.stdout);
+            }
         }
         text
     }
 
-    /// Whether some pod of node1 gets the SCTP service's INIT ACK from 198.19.2.12 now.
+    /// Whether the SCTP service answers in both families now.
     fn sctp_answers(&self) -> Result<(), String> {
-        let to: SocketAddr = "198.18.128.38:3868".parse().expect("sig");
+        SIG_TARGETS
+            .iter()
+            .try_for_each(|(to, seen)| self.sctp_answer(to, seen))
+    }
+
+    /// Whether the SCTP service answers in neither family.
+    fn sctp_answers_nowhere(&self) -> bool {
+        SIG_TARGETS
+            .iter()
+            .all(|(to, seen)| self.sctp_answer(to, seen).is_err())
+    }
+
+    /// Whether node1-pod1 gets the SCTP service's INIT ACK from node2-pod2 now over `to`,
+    /// seen from `seen`.
+    fn sctp_answer(&self, to: &str, seen: &str) -> Result<(), String> {
+        let to: SocketAddr = to.parse().expect("sig");
         match self
             .testbed
             .request(
@@ -151,10 +185,10 @@ impl Node {
             .pop()
         {
             Some(Ok(reply)) if reply.backend == "node2-pod2" => {
-                assert_eq!(reply.seen_source.ip().to_string(), "198.19.1.11");
+                assert_eq!(reply.seen_source.ip().to_string(), seen);
                 Ok(())
             }
-            other => Err(format!("{other:?}")),
+            other => Err(format!("{to}: {other:?}")),
         }
     }
 
@@ -162,13 +196,16 @@ impl Node {
         wait_for(what, WAIT, || self.sctp_answers()).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Whether node1 has an `ip nat` nftables table (whose base chains would hook NAT).
+    /// Whether node1 has an `ip` or `ip6` nat nftables table (whose base chains would hook
+    /// NAT).
     fn has_nat_table(&self) -> bool {
         let out = self
             .testbed
             .run(Place::Node(1), "nft", ["list", "tables"], WAIT)
             .expect("nft list tables");
-        out.stdout.lines().any(|l| l.trim() == "table ip nat")
+        out.stdout
+            .lines()
+            .any(|l| matches!(l.trim(), "table ip nat" | "table ip6 nat"))
     }
 
     fn fallback_chains(&self) -> Vec<String> {
@@ -196,18 +233,17 @@ fn the_fallback_exists_while_an_sctp_service_does_and_every_mode_change_hands_it
     let saved = node.saved();
     assert!(!saved.contains("SWY"), "{saved}");
     assert!(!node.has_nat_table(), "{saved}");
-    assert!(node.sctp_answers().is_err());
+    assert!(node.sctp_answers_nowhere());
 
     // An SCTP service: served through SWYSCTP-* chains entered for SCTP only.
     node.manifests.write("sig.yaml", SIG).expect("sig.yaml");
     node.wait_sctp("SCTP through ebpf mode's fallback");
     let saved = node.saved();
-    assert!(
-        node.fallback_chains()
-            .iter()
-            .any(|c| c == "SWYSCTP-SERVICES"),
-        "{saved}"
-    );
+    // In each family: iptables and ip6tables.
+    for cluster_ip in ["198.18.128.38/32", "2001:db8:5::38/128"] {
+        let rule = format!("-A SWYSCTP-SERVICES -d {cluster_ip} -p sctp");
+        assert!(saved.contains(&rule), "{rule}: {saved}");
+    }
     assert!(chains(&saved, "SWY-").is_empty(), "{saved}");
     let jumps: Vec<&str> = saved
         .lines()
@@ -222,7 +258,7 @@ fn the_fallback_exists_while_an_sctp_service_does_and_every_mode_change_hands_it
     let rows = report["services"].as_array().cloned().unwrap_or_default();
     let sctp: Vec<&serde_json::Value> = rows
         .iter()
-        .filter(|r| r["service"] == "demo/sig:diameter/SCTP")
+        .filter(|r| r["service"] == "demo/sig:diameter/SCTP" && r["address"] == "198.18.128.38")
         .collect();
     assert_eq!(sctp.len(), 1, "{report:#}");
     assert_eq!(sctp[0]["address"], "198.18.128.38", "{report:#}");
@@ -246,7 +282,7 @@ fn the_fallback_exists_while_an_sctp_service_does_and_every_mode_change_hands_it
         }
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(node.sctp_answers().is_err());
+    assert!(node.sctp_answers_nowhere());
     assert!(!node.saved().contains("SWY"));
     // Nor does the nat table the fallback made iptables-nft create: no NAT hook is left.
     assert!(!node.has_nat_table(), "{}", node.saved());
@@ -299,5 +335,5 @@ fn the_fallback_exists_while_an_sctp_service_does_and_every_mode_change_hands_it
     assert!(out.status.success(), "{}", out.stderr);
     let saved = node.saved();
     assert!(!saved.contains("SWY"), "{saved}");
-    assert!(node.sctp_answers().is_err());
+    assert!(node.sctp_answers_nowhere());
 }

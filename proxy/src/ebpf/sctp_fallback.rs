@@ -6,13 +6,18 @@
 //! rule of ebpf mode's, and netfilter's NAT hooks stay unregistered as before. A full sync
 //! without SCTP ports also removes chains a previous run left (the last SCTP service deleted
 //! while no controller ran).
+//!
+//! Both families, as iptables mode: iptables and ip6tables rules through
+//! [`DualStackIptables`], the IPv6 ones once the node has an IPv6 address.
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
 use crate::iptables::cleanup::{remove_chains_where, CleanupError};
-use crate::iptables::rule_set::RuleConfig;
-use crate::iptables::{IptablesBackend, IptablesDataplane, RuleFlavor, SystemIptables};
+use crate::iptables::rule_set::{Family, RuleConfig, Table};
+use crate::iptables::{
+    DualStackIptables, IptablesBackend, IptablesDataplane, RuleFlavor, SystemIptables, Tools,
+};
 use crate::model::iptables::sctp_fallback;
 use crate::model::{DesiredState, StateDiff};
 
@@ -20,14 +25,20 @@ use crate::model::{DesiredState, StateDiff};
 pub const REASON: &str = "the tc programs would have to recompute SCTP's CRC32c over the whole \
     packet on every translation, and the socket programs are untested with SCTP sockets";
 
-/// Removes the fallback's chains from `backend` (mode switch to iptables, `--cleanup`, the
-/// last SCTP port gone). On iptables-nft the nat table goes too when nothing else is left in
-/// it: its empty built-in chains alone would keep the NAT hooks, and conntrack, registered.
-/// (iptables-legacy's nat table cannot be unregistered from userspace.)
+/// Removes the fallback's chains from `backend`, iptables and ip6tables (mode switch to
+/// iptables, `--cleanup`, the last SCTP port gone). On iptables-nft a family's nat table goes
+/// too when nothing else is left in it: its empty built-in chains alone would keep the NAT
+/// hooks, and conntrack, registered. (iptables-legacy's nat table cannot be unregistered
+/// from userspace.)
 pub fn remove(backend: IptablesBackend) -> Result<usize, CleanupError> {
-    let removed = remove_chains_where(backend, |_, chain| sctp_fallback::is_ours(chain))?;
-    if removed > 0 && backend == IptablesBackend::Nft {
-        crate::iptables::exec::nft_delete_table_if_empty(crate::iptables::rule_set::Table::Nat)?;
+    let mut removed = 0;
+    for family in Family::ALL {
+        let tools = Tools::new(backend, family);
+        let chains = remove_chains_where(tools, |_, chain| sctp_fallback::is_ours(chain))?;
+        if chains > 0 && backend == IptablesBackend::Nft {
+            crate::iptables::exec::nft_delete_table_if_empty(family, Table::Nat)?;
+        }
+        removed += chains;
     }
     Ok(removed)
 }
@@ -37,19 +48,26 @@ pub struct WithSctpFallback<D> {
     inner: D,
     /// `None` when no iptables is installed: SCTP ports then fail, loudly, every sync.
     backend: Option<IptablesBackend>,
-    config: RuleConfig,
+    /// The renderer's inputs per family, IPv4 first (node addresses kept current).
+    configs: [RuleConfig; 2],
     /// Present while the fallback has chains (an SCTP port exists).
-    rules: Option<IptablesDataplane>,
+    rules: Option<DualStackIptables>,
     logged: bool,
 }
 
 impl<D: Dataplane> WithSctpFallback<D> {
-    /// `inner` (which leaves SCTP ports alone), with the fallback writing through `backend`.
-    pub fn new(inner: D, backend: Option<IptablesBackend>, config: RuleConfig) -> Self {
+    /// `inner` (which leaves SCTP ports alone), with the fallback writing through `backend`
+    /// with the IPv4 and IPv6 renderer inputs `ipv4` and `ipv6`.
+    pub fn new(
+        inner: D,
+        backend: Option<IptablesBackend>,
+        ipv4: RuleConfig,
+        ipv6: RuleConfig,
+    ) -> Self {
         Self {
             inner,
             backend,
-            config,
+            configs: [ipv4, ipv6],
             rules: None,
             logged: false,
         }
@@ -110,22 +128,39 @@ impl<D: Dataplane> WithSctpFallback<D> {
                         "ebpf mode serves SCTP service ports through iptables rules (chains SWYSCTP-*)"
                     );
                 }
-                // IPv4 only: the fallback serves the IPv4 SCTP ports.
-                let system = SystemIptables {
-                    backend,
-                    family: crate::iptables::rule_set::Family::Ipv4,
-                    flavor: RuleFlavor::SctpFallback,
-                };
-                let rules = IptablesDataplane::new(
-                    Box::new(system),
-                    backend.strategy(),
-                    self.config.clone(),
-                )
-                .with_flavor(RuleFlavor::SctpFallback);
-                (self.rules.insert(rules), SyncKind::Full)
+                (self.rules.insert(self.dual_stack(backend)), SyncKind::Full)
             }
         };
         rules.sync(kind, &sctp, &sctp_diff).map(drop)
+    }
+}
+
+impl<D> WithSctpFallback<D> {
+    /// The rule dataplanes of both families (no IPv6 one where ip6tables are unusable, as
+    /// iptables mode).
+    fn dual_stack(&self, backend: IptablesBackend) -> DualStackIptables {
+        let [ipv4, ipv6] = self.configs.clone().map(|config| {
+            let system = SystemIptables {
+                backend,
+                family: config.family,
+                flavor: RuleFlavor::SctpFallback,
+            };
+            IptablesDataplane::new(Box::new(system), backend.strategy(), config)
+                .with_flavor(RuleFlavor::SctpFallback)
+        });
+        let ipv6 = match crate::iptables::exec::usable(Tools::new(backend, Family::Ipv6)) {
+            Ok(()) => Some(ipv6),
+            Err(e) => {
+                tracing::warn!(error = %e, "ip6tables unusable: IPv6 SCTP service ports are not served");
+                None
+            }
+        };
+        let local: Vec<IpAddr> = self
+            .configs
+            .iter()
+            .flat_map(|c| c.node_ips.iter().copied())
+            .collect();
+        DualStackIptables::new(ipv4, ipv6, &local)
     }
 }
 
@@ -166,12 +201,13 @@ impl<D: Dataplane> Dataplane for WithSctpFallback<D> {
 
     fn node_addresses(&mut self, addresses: &[IpAddr]) {
         self.inner.node_addresses(addresses);
-        let node_ips: Vec<IpAddr> = addresses
-            .iter()
-            .copied()
-            .filter(|ip| !ip.is_loopback())
-            .collect();
-        self.config.node_ips = node_ips;
+        for config in &mut self.configs {
+            config.node_ips = addresses
+                .iter()
+                .copied()
+                .filter(|ip| !ip.is_loopback() && config.family.has(ip))
+                .collect();
+        }
         if let Some(rules) = &mut self.rules {
             rules.node_addresses(addresses);
         }
@@ -256,7 +292,12 @@ mod tests {
     #[test]
     fn without_iptables_sctp_ports_fail_every_sync_and_others_never_do() {
         let inner = Inner::default();
-        let mut dp = WithSctpFallback::new(inner.clone(), None, RuleConfig::default());
+        let mut dp = WithSctpFallback::new(
+            inner.clone(),
+            None,
+            RuleConfig::default(),
+            RuleConfig::default(),
+        );
         let tcp = state(&["TCP"]);
         let report = dp
             .sync(SyncKind::Full, &tcp, &StateDiff::default())

@@ -463,23 +463,25 @@ fn nft_rule_jumps(json: &str) -> Result<Vec<(u64, String)>, serde_json::Error> {
         .collect())
 }
 
-/// Deletes the `ip` family's `table` when it holds nothing but empty built-in chains: its
-/// base chains alone keep netfilter's hooks registered (for nat, NAT and conntrack for every
-/// packet). Returns whether it went. A rule another tool adds between the listing and the
-/// delete would go with it; tools that add rules do so to a table that already has some.
-pub fn nft_delete_table_if_empty(table: Table) -> Result<bool, ExecError> {
-    if !nft_chains()?.iter().any(|(t, _)| *t == table) {
+/// Deletes `family`'s `table` (`ip` or `ip6`) when it holds nothing but empty built-in
+/// chains: its base chains alone keep netfilter's hooks registered (for nat, NAT and
+/// conntrack for every packet). Returns whether it went. A rule another tool adds between the
+/// listing and the delete would go with it; tools that add rules do so to a table that
+/// already has some.
+pub fn nft_delete_table_if_empty(family: Family, table: Table) -> Result<bool, ExecError> {
+    if !nft_chains_of(family)?.iter().any(|(t, _)| *t == table) {
         return Ok(false);
     }
+    let nf = family.nft_family();
     let mut cmd = Command::new("nft");
-    cmd.args(["-j", "list", "table", "ip", table.as_str()]);
-    let program = format!("nft -j list table ip {}", table.as_str());
+    cmd.args(["-j", "list", "table", nf, table.as_str()]);
+    let program = format!("nft -j list table {nf} {}", table.as_str());
     let empty = nft_table_is_empty(&run(cmd, None)?).map_err(|e| ExecError::Parse {
         program,
         message: e.to_string(),
     })?;
     if empty {
-        nft_script(&format!("delete table ip {}\n", table.as_str()))?;
+        nft_script(&format!("delete table {nf} {}\n", table.as_str()))?;
     }
     Ok(empty)
 }

@@ -71,6 +71,7 @@ pub fn all() -> Vec<Scenario> {
         ipv6_udp_stale_flows(),
         ipv6_itp_local(),
         ipv6_loadbalancer(),
+        ipv6_sctp(),
     ]
 }
 
@@ -1749,6 +1750,8 @@ fn topology_same_node() -> Scenario {
 // ---------------------------------------------------------------------------------------
 // SCTP (ebpf mode: through its SCTP fallback, iptables rules of their own)
 
+const SCTP_8080: &str = "[{name: diameter, port: 8080, protocol: SCTP}]";
+
 fn sctp_services() -> Scenario {
     let yaml = format!(
         "apiVersion: v1
@@ -1784,16 +1787,8 @@ spec:
   ports:
   - {{name: diameter, port: 3868, targetPort: 8080, protocol: SCTP}}
 ",
-        slice(
-            "sig",
-            "[{name: diameter, port: 8080, protocol: SCTP}]",
-            THREE_ENDPOINTS
-        ),
-        slice(
-            "sig-sticky",
-            "[{name: diameter, port: 8080, protocol: SCTP}]",
-            THREE_ENDPOINTS
-        ),
+        slice("sig", SCTP_8080, THREE_ENDPOINTS),
+        slice("sig-sticky", SCTP_8080, THREE_ENDPOINTS),
     );
     Scenario::new("sctp")
         .manifest("sig.yaml", &yaml)
@@ -2219,6 +2214,82 @@ spec:
                     .source(Source::Own),
             ),
             check(tcp(P21, "[2001:db8:5::72]:80").answers(&["node2-pod1:8080", "node2-pod2:8080"])),
+        ])
+}
+
+/// [`sctp_services`] over IPv6 (ebpf mode: its SCTP fallback's ip6tables rules), and a
+/// dual-stack SCTP service.
+fn ipv6_sctp() -> Scenario {
+    let yaml = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: sig6, namespace: scen}}
+spec:
+  type: NodePort
+  clusterIP: 2001:db8:5::38
+  ipFamilies: [IPv6]
+  selector: {{app: sig6}}
+  ports:
+  - {{name: diameter, port: 3868, targetPort: 8080, nodePort: 30869, protocol: SCTP}}
+---
+{}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sig6-empty, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::40
+  ipFamilies: [IPv6]
+  selector: {{app: gone}}
+  ports:
+  - {{name: diameter, port: 3868, targetPort: 8080, protocol: SCTP}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sig-ds, namespace: scen}}
+spec:
+  clusterIP: 198.18.128.41
+  clusterIPs: [198.18.128.41, 2001:db8:5::41]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
+  selector: {{app: sig-ds}}
+  ports:
+  - {{name: diameter, port: 3868, targetPort: 8080, protocol: SCTP}}
+---
+{}
+---
+{}",
+        slice6("sig6", SCTP_8080, THREE_ENDPOINTS_V6),
+        slice("sig-ds", SCTP_8080, THREE_ENDPOINTS),
+        slice6("sig-ds", SCTP_8080, THREE_ENDPOINTS_V6),
+    );
+    Scenario::new("ipv6-sctp")
+        .manifest("sig6.yaml", &yaml)
+        .steps(vec![
+            check(
+                sctp(P11, "[2001:db8:5::38]:3868")
+                    .answers(&THREE_8080)
+                    .source(Source::Own),
+            ),
+            // NodePort from outside, externalTrafficPolicy Cluster: masqueraded in both modes.
+            check(
+                sctp(CLIENT, "[2001:db8:0:1::12]:30869")
+                    .answers(&THREE_8080)
+                    .source(Source::Node),
+            ),
+            // No endpoints: REJECTed (ICMPv6 port unreachable).
+            check(sctp(P11, "[2001:db8:5::40]:3868").refused()),
+            // One dual-stack service, each family's endpoints.
+            check(
+                sctp(P11, "[2001:db8:5::41]:3868")
+                    .answers(&THREE_8080)
+                    .source(Source::Own),
+            ),
+            check(
+                sctp(P11, "198.18.128.41:3868")
+                    .answers(&THREE_8080)
+                    .source(Source::Own),
+            ),
         ])
 }
 

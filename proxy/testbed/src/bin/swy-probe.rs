@@ -149,20 +149,20 @@ fn serve(name: &str, tcp_ports: &[u16], udp_ports: &[u16], sctp_ports: &[u16]) -
         }
     }
 
-    let responder = if sctp_ports.is_empty() {
-        None
+    let responders = if sctp_ports.is_empty() {
+        Vec::new()
     } else {
         match sctp_raw::bind() {
-            Ok(r) => Some(r),
+            Ok(r) => r,
             Err(e) => {
-                eprintln!("swy-probe serve: opening the raw SCTP socket: {e}");
+                eprintln!("swy-probe serve: opening the raw SCTP sockets: {e}");
                 return ExitCode::FAILURE;
             }
         }
     };
 
     let mut threads = Vec::new();
-    if let Some(responder) = responder {
+    for responder in responders {
         let (name, ports) = (name.to_owned(), sctp_ports.to_vec());
         threads.push(std::thread::spawn(move || {
             let e = sctp_raw::serve(&responder, &name, &ports);

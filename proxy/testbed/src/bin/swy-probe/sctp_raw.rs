@@ -1,53 +1,49 @@
-//! SCTP over a raw IPv4 socket (protocol 132): the responder `serve --sctp` runs and the
-//! INIT / INIT ACK exchange `request --proto sctp` makes. The kernel has no SCTP stack, and
-//! while a raw socket takes the packets it sends no ICMP protocol unreachable for them.
+//! SCTP over raw IP sockets (protocol 132), IPv4 and IPv6: the responder `serve --sctp` runs
+//! and the INIT / INIT ACK exchange `request --proto sctp` makes. The kernel has no SCTP
+//! stack, and while a raw socket takes the packets it sends no ICMP protocol unreachable (nor
+//! ICMPv6 parameter problem) for them. The SCTP packet is the same in both families (its
+//! CRC32c has no pseudo-header); only IPv4 raw sockets read the IP header with it.
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use switchyard_testbed::probe_protocol::{echo_line, parse_echo_line, FailureKind, ProbeLine};
 use switchyard_testbed::sctp::{self, CHUNK_INIT, CHUNK_INIT_ACK, IPPROTO_SCTP};
 
-/// A raw IPv4 socket of protocol SCTP.
-struct RawSctp(OwnedFd);
+use super::{from_sockaddr, to_sockaddr};
+
+/// A raw socket of protocol SCTP, of one family.
+struct RawSctp {
+    fd: OwnedFd,
+    ipv6: bool,
+}
 
 impl RawSctp {
-    fn open() -> io::Result<Self> {
+    fn open(ipv6: bool) -> io::Result<Self> {
+        let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain socket(2); the descriptor is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                IPPROTO_SCTP,
-            )
-        };
+        let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, IPPROTO_SCTP) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor nobody else owns.
-        Ok(RawSctp(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn addr(ip: Ipv4Addr) -> libc::sockaddr_in {
-        // SAFETY: all-zero is a valid sockaddr_in.
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from(ip).to_be();
-        sa
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(RawSctp { fd, ipv6 })
     }
 
     /// Only packets from `ip` are received from now on, and ICMP errors about packets to it
     /// (a REJECT's port unreachable) fail the next receive.
-    fn connect(&self, ip: Ipv4Addr) -> io::Result<()> {
-        let sa = Self::addr(ip);
-        // SAFETY: sa is a valid sockaddr_in of the stated length.
+    fn connect(&self, ip: IpAddr) -> io::Result<()> {
+        // Port 0: a raw socket's "port" is its protocol, 0 meaning its own.
+        let (sa, len) = to_sockaddr(SocketAddr::new(ip, 0));
+        // SAFETY: sa is a valid socket address of the stated length.
         let rc = unsafe {
             libc::connect(
-                self.0.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                self.fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_storage).cast(),
+                len,
             )
         };
         if rc != 0 {
@@ -64,7 +60,7 @@ impl RawSctp {
         // SAFETY: tv is a valid timeval of the stated length.
         let rc = unsafe {
             libc::setsockopt(
-                self.0.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
@@ -77,17 +73,17 @@ impl RawSctp {
         Ok(())
     }
 
-    fn send_to(&self, data: &[u8], ip: Ipv4Addr) -> io::Result<()> {
-        let sa = Self::addr(ip);
+    fn send_to(&self, data: &[u8], ip: IpAddr) -> io::Result<()> {
+        let (sa, len) = to_sockaddr(SocketAddr::new(ip, 0));
         // SAFETY: data and sa are valid for the stated lengths.
         let n = unsafe {
             libc::sendto(
-                self.0.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 data.as_ptr().cast(),
                 data.len(),
                 0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                (&sa as *const libc::sockaddr_storage).cast(),
+                len,
             )
         };
         if n < 0 {
@@ -96,14 +92,31 @@ impl RawSctp {
         Ok(())
     }
 
-    /// One IPv4 packet, its header included.
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    /// One SCTP packet into `buf`, as (its source, the packet); `Ok(None)` for a datagram
+    /// too short for its IPv4 header.
+    fn recv<'b>(&self, buf: &'b mut [u8]) -> io::Result<Option<(IpAddr, &'b [u8])>> {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: buf is valid for writes of its length, from and len describe `from`.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(n as usize)
+        let datagram = &buf[..n as usize];
+        if self.ipv6 {
+            return Ok(Some((from_sockaddr(&from)?.ip(), datagram)));
+        }
+        Ok(sctp::strip_ipv4(datagram).map(|(src, packet)| (IpAddr::V4(src), packet)))
     }
 }
 
@@ -120,12 +133,18 @@ fn random_u32() -> u32 {
     (h.finish() >> 16) as u32
 }
 
-/// The responder's socket, opened before readiness is announced.
+/// One of the responder's sockets, opened before readiness is announced.
 pub struct Responder(RawSctp);
 
-/// Opens the responder's socket.
-pub fn bind() -> io::Result<Responder> {
-    RawSctp::open().map(Responder)
+/// Opens the responder's sockets: IPv4, and IPv6 where the kernel has it.
+pub fn bind() -> io::Result<Vec<Responder>> {
+    let mut sockets = vec![Responder(RawSctp::open(false)?)];
+    match RawSctp::open(true) {
+        Ok(socket) => sockets.push(Responder(socket)),
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(sockets)
 }
 
 /// Answers every INIT to one of `ports` with an INIT ACK whose State Cookie is the echo line
@@ -134,13 +153,11 @@ pub fn serve(responder: &Responder, name: &str, ports: &[u16]) -> io::Error {
     let socket = &responder.0;
     let mut buf = [0u8; 2048];
     loop {
-        let n = match socket.recv(&mut buf) {
-            Ok(n) => n,
+        let (src, packet) = match socket.recv(&mut buf) {
+            Ok(Some(received)) => received,
+            Ok(None) => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return e,
-        };
-        let Some((src, packet)) = sctp::strip_ipv4(&buf[..n]) else {
-            continue;
         };
         let Some(init) = sctp::parse(packet) else {
             continue;
@@ -148,7 +165,7 @@ pub fn serve(responder: &Responder, name: &str, ports: &[u16]) -> io::Error {
         if init.chunk != CHUNK_INIT || !ports.contains(&init.dst_port) {
             continue;
         }
-        let cookie = echo_line(name, SocketAddr::from((src, init.src_port)));
+        let cookie = echo_line(name, SocketAddr::new(src, init.src_port));
         let ack = sctp::init_ack(&init, random_u32() | 1, cookie.as_bytes());
         if let Err(e) = socket.send_to(&ack, src) {
             eprintln!("swy-probe serve: sctp reply to {src}: {e}");
@@ -172,20 +189,19 @@ fn classify(stage: &str, e: &io::Error) -> ProbeLine {
 /// One INIT to `to` from a fresh socket and source port; the INIT ACK's cookie names the
 /// backend and the source it saw.
 pub fn attempt(to: SocketAddr, timeout: Duration) -> ProbeLine {
-    let SocketAddr::V4(to) = to else {
-        return ProbeLine::failure(FailureKind::Other, "sctp: IPv4 only");
-    };
+    // An IPv6 raw socket cannot send to a v4-mapped address; such a target is IPv4.
+    let to = SocketAddr::new(to.ip().to_canonical(), to.port());
     let deadline = Instant::now() + timeout;
-    let socket = match RawSctp::open() {
+    let socket = match RawSctp::open(to.is_ipv6()) {
         Ok(s) => s,
         Err(e) => return classify("socket", &e),
     };
-    if let Err(e) = socket.connect(*to.ip()) {
+    if let Err(e) = socket.connect(to.ip()) {
         return classify("connect", &e);
     }
     let tag = random_u32() | 1;
     let src_port = 32768 + (random_u32() % 28000) as u16;
-    if let Err(e) = socket.send_to(&sctp::init(src_port, to.port(), tag), *to.ip()) {
+    if let Err(e) = socket.send_to(&sctp::init(src_port, to.port(), tag), to.ip()) {
         return classify("send", &e);
     }
     let mut buf = [0u8; 2048];
@@ -197,13 +213,11 @@ pub fn attempt(to: SocketAddr, timeout: Duration) -> ProbeLine {
         if let Err(e) = socket.set_read_timeout(remaining) {
             return classify("set_read_timeout", &e);
         }
-        let n = match socket.recv(&mut buf) {
-            Ok(n) => n,
+        let (src, packet) = match socket.recv(&mut buf) {
+            Ok(Some(received)) => received,
+            Ok(None) => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return classify("recv", &e),
-        };
-        let Some((src, packet)) = sctp::strip_ipv4(&buf[..n]) else {
-            continue;
         };
         let Some(ack) = sctp::parse(packet) else {
             continue;
@@ -215,7 +229,7 @@ pub fn attempt(to: SocketAddr, timeout: Duration) -> ProbeLine {
         {
             continue;
         }
-        let from = SocketAddr::from((src, ack.src_port));
+        let from = SocketAddr::new(src, ack.src_port);
         let text = String::from_utf8_lossy(ack.cookie.as_deref().unwrap_or_default()).into_owned();
         return match parse_echo_line(&text) {
             Some((backend, seen)) => ProbeLine::success(&backend, seen, from),
