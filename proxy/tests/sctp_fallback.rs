@@ -253,19 +253,20 @@ fn the_fallback_exists_while_an_sctp_service_does_and_every_mode_change_hands_it
     for jump in jumps {
         assert!(jump.contains("-p sctp"), "{jump}");
     }
-    // `switchyard status` shows the SCTP port beside the maps' ports.
+    // `switchyard status` shows the SCTP port beside the maps' ports, in each family.
     let report = node.status_json();
     let rows = report["services"].as_array().cloned().unwrap_or_default();
-    let sctp: Vec<&serde_json::Value> = rows
-        .iter()
-        .filter(|r| r["service"] == "demo/sig:diameter/SCTP" && r["address"] == "198.18.128.38")
-        .collect();
-    assert_eq!(sctp.len(), 1, "{report:#}");
-    assert_eq!(sctp[0]["address"], "198.18.128.38", "{report:#}");
-    assert_eq!(
-        sctp[0]["backends"][0]["address"], "198.19.2.12",
-        "{report:#}"
-    );
+    for (cluster_ip, backend) in [
+        ("198.18.128.38", "198.19.2.12"),
+        ("2001:db8:5::38", "2001:db8:1:2::12"),
+    ] {
+        let sctp: Vec<&serde_json::Value> = rows
+            .iter()
+            .filter(|r| r["service"] == "demo/sig:diameter/SCTP" && r["address"] == cluster_ip)
+            .collect();
+        assert_eq!(sctp.len(), 1, "{cluster_ip}: {report:#}");
+        assert_eq!(sctp[0]["backends"][0]["address"], backend, "{report:#}");
+    }
     assert!(
         rows.iter().any(|r| r["service"] == "demo/web:http/TCP"),
         "{report:#}"

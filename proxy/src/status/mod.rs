@@ -171,13 +171,19 @@ fn ebpf_report(args: &StatusArgs) -> Result<Report, StatusError> {
     notes.extend(decoded.notes);
     let (mut services, mut backends) = (decoded.services, decoded.backends);
     // SCTP ports are served by iptables rules of ebpf mode's own (its SCTP fallback).
-    for (backend, save) in read_iptables::sctp_fallback(args.iptables_backend)? {
-        let fallback = status::iptables::decode_sctp_fallback(&save);
+    for (tools, save) in read_iptables::sctp_fallback(args.iptables_backend)? {
+        let mut fallback = status::iptables::decode_sctp_fallback(&save);
+        let ipv6 = tools.family == crate::iptables::rule_set::Family::Ipv6;
         notes.push(format!(
             "{} SCTP frontends are served by ebpf mode's SCTP fallback: SWYSCTP-* chains in \
-             iptables-{backend}",
-            fallback.services.len()
+             {}tables-{}",
+            fallback.services.len(),
+            if ipv6 { "ip6" } else { "ip" },
+            tools.backend
         ));
+        if ipv6 {
+            mark_ipv6_nodeports(&mut fallback.services);
+        }
         notes.extend(fallback.notes);
         services.extend(fallback.services);
         backends.extend(fallback.backends);
@@ -194,6 +200,15 @@ fn ebpf_report(args: &StatusArgs) -> Result<Report, StatusError> {
     })
 }
 
+/// IPv6 rows decoded from ip6tables: a NodePort row (no address: every NodePort address)
+/// shows `[::]` where the IPv4 one shows `*`.
+fn mark_ipv6_nodeports(rows: &mut [status::ServiceRow]) {
+    for row in rows {
+        row.address
+            .get_or_insert(std::net::Ipv6Addr::UNSPECIFIED.into());
+    }
+}
+
 fn iptables_report(backend: IptablesBackend) -> Result<Report, StatusError> {
     let saved = read_iptables::read(backend)?;
     let mut decoded = status::iptables::decode(&saved);
@@ -202,14 +217,9 @@ fn iptables_report(backend: IptablesBackend) -> Result<Report, StatusError> {
     // NodePort row shows `[::]` (every IPv6 NodePort address) where the IPv4 one shows `*`.
     if read_iptables::programs_ipv6(backend) {
         let tools = crate::iptables::Tools::new(backend, crate::iptables::rule_set::Family::Ipv6);
-        let v6 = status::iptables::decode(&read_iptables::read_family(tools)?);
-        decoded
-            .services
-            .extend(v6.services.into_iter().map(|mut row| {
-                row.address
-                    .get_or_insert(std::net::Ipv6Addr::UNSPECIFIED.into());
-                row
-            }));
+        let mut v6 = status::iptables::decode(&read_iptables::read_family(tools)?);
+        mark_ipv6_nodeports(&mut v6.services);
+        decoded.services.extend(v6.services);
         decoded.backends.extend(v6.backends);
         decoded.notes.extend(v6.notes);
         decoded.chains.extend(v6.chains.into_iter().map(|mut row| {

@@ -50,33 +50,35 @@ pub fn read_family(tools: Tools) -> Result<Saved, ExecError> {
     Ok(Saved::parse(&text))
 }
 
-/// ebpf mode's SCTP fallback chains (`SWYSCTP-*`) in the backends that hold them: `only`, or
-/// both (legacy only where its nat table exists).
-pub fn sctp_fallback(
-    only: Option<IptablesBackend>,
-) -> Result<Vec<(IptablesBackend, String)>, ExecError> {
+/// ebpf mode's SCTP fallback chains (`SWYSCTP-*`) in the backends and families that hold
+/// them: `only`, or both backends (legacy only where its nat table exists), each with
+/// iptables and ip6tables.
+pub fn sctp_fallback(only: Option<IptablesBackend>) -> Result<Vec<(Tools, String)>, ExecError> {
     use crate::model::iptables::sctp_fallback::{fallback_name, PREFIX};
     let candidates = match only {
         Some(backend) => vec![backend],
         None => vec![IptablesBackend::Nft, IptablesBackend::Legacy],
     };
-    let legacy = exec::legacy_tables();
     let mut out = Vec::new();
     for backend in candidates {
-        if backend == IptablesBackend::Legacy && !legacy.contains("nat") {
-            continue;
-        }
-        if !exec::chain_exists(backend, &ChainRef::new(Table::Nat, fallback_name(SERVICES))) {
-            continue;
-        }
-        let mut text = String::new();
-        for table in TABLES {
-            if backend == IptablesBackend::Legacy && !legacy.contains(table.as_str()) {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let tools = Tools::new(backend, family);
+            let legacy = exec::legacy_tables_of(family);
+            if backend == IptablesBackend::Legacy && !legacy.contains("nat") {
                 continue;
             }
-            text.push_str(&exec::save_prefixed(backend, table, PREFIX)?);
+            if !exec::chain_exists(tools, &ChainRef::new(Table::Nat, fallback_name(SERVICES))) {
+                continue;
+            }
+            let mut text = String::new();
+            for table in TABLES {
+                if backend == IptablesBackend::Legacy && !legacy.contains(table.as_str()) {
+                    continue;
+                }
+                text.push_str(&exec::save_prefixed(tools, table, PREFIX)?);
+            }
+            out.push((tools, text));
         }
-        out.push((backend, text));
     }
     Ok(out)
 }
