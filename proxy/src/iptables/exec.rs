@@ -1,7 +1,8 @@
 //! Running the iptables tools: restores, single-rule checks, and listing our chains.
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 
 use wait_timeout::ChildExt;
 
@@ -38,6 +39,14 @@ pub enum ExecError {
         program: String,
         /// The deadline.
         after: std::time::Duration,
+    },
+    /// The program stopped reading its input, yet exited successfully.
+    #[error("cannot write the input of {program}: {source}")]
+    Input {
+        /// Program and arguments.
+        program: String,
+        /// Underlying error.
+        source: std::io::Error,
     },
     /// The program's output could not be read.
     #[error("cannot read the output of {program}: {message}")]
@@ -146,9 +155,125 @@ fn kept_lines(pipe: impl Read, keep: &(impl Fn(&str) -> bool + Sync)) -> String 
 
 /// Runs `iptables-restore --noflush` with `input`.
 pub fn restore(tools: impl Into<Tools>, input: &str) -> Result<(), ExecError> {
-    let mut cmd = Command::new(tools.into().restore());
-    cmd.args(["--noflush", "-w", LOCK_WAIT_SECONDS]);
-    run(cmd, Some(input)).map(drop)
+    let mut run = RestoreRun::start(tools)?;
+    run.write(input)?;
+    run.finish()
+}
+
+/// An `iptables-restore --noflush` that reads its input while the caller writes it: a full
+/// sync hands its 50 MB of rules on as it renders them, so they never exist whole in memory.
+/// The deadline runs from the start: a tool that stops reading is killed then, which ends the
+/// caller's blocked write.
+pub struct RestoreRun {
+    program: String,
+    stdin: Option<BufWriter<ChildStdin>>,
+    /// Waits for the child within the deadline (killing it after), with its exit status.
+    status: Option<JoinHandle<Result<ExitStatus, ExecError>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl RestoreRun {
+    /// Starts `tools`' iptables-restore.
+    pub fn start(tools: impl Into<Tools>) -> Result<Self, ExecError> {
+        let mut cmd = Command::new(tools.into().restore());
+        cmd.args(["--noflush", "-w", LOCK_WAIT_SECONDS])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let program = format!("{cmd:?}");
+        let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let stdin = child
+            .stdin
+            .take()
+            .map(|p| BufWriter::with_capacity(64 * 1024, p));
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
+        });
+        let name = program.clone();
+        // The child is reaped only here, so killing it on timeout never hits a process that
+        // reused its pid.
+        let status = std::thread::spawn(move || match child.wait_timeout(COMMAND_DEADLINE) {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(ExecError::TimedOut {
+                    program: name,
+                    after: COMMAND_DEADLINE,
+                })
+            }
+            Err(source) => Err(ExecError::Spawn {
+                program: name,
+                source,
+            }),
+        });
+        Ok(Self {
+            program,
+            stdin,
+            status: Some(status),
+            stderr,
+        })
+    }
+
+    /// Writes more input. When the tool has stopped reading (a line it refused, the
+    /// deadline), the run ends here with the tool's own error.
+    pub fn write(&mut self, text: &str) -> Result<(), ExecError> {
+        let Some(stdin) = &mut self.stdin else {
+            return Ok(());
+        };
+        let Err(source) = stdin.write_all(text.as_bytes()) else {
+            return Ok(());
+        };
+        self.wait()?;
+        Err(ExecError::Input {
+            program: self.program.clone(),
+            source,
+        })
+    }
+
+    /// Ends the input and waits for the tool.
+    pub fn finish(mut self) -> Result<(), ExecError> {
+        let flushed = self.stdin.as_mut().map_or(Ok(()), |stdin| stdin.flush());
+        self.wait()?;
+        flushed.map_err(|source| ExecError::Input {
+            program: self.program.clone(),
+            source,
+        })
+    }
+
+    /// Closes the input, waits for the tool and reads its verdict.
+    fn wait(&mut self) -> Result<(), ExecError> {
+        drop(self.stdin.take());
+        let Some(status) = self.status.take() else {
+            return Ok(());
+        };
+        let status = status.join().unwrap_or_else(|_| {
+            Err(ExecError::Parse {
+                program: self.program.clone(),
+                message: "the thread waiting for it panicked".into(),
+            })
+        })?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if !status.success() {
+            return Err(ExecError::Failed {
+                program: self.program.clone(),
+                status,
+                stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `iptables -w N -t TABLE OP CHAIN`, ready for the operation's further arguments.
