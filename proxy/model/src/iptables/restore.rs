@@ -137,9 +137,10 @@ const PIECE_BYTES: usize = 256 * 1024;
 /// The last input of a full sync. On [`Strategy::Single`] it holds every service chain, and
 /// its nat section (nearly all of it: 50 MB at 10,000 services x 10 endpoints) is handed on
 /// as it is written instead of being built whole, so the caller can feed it to
-/// iptables-restore while the rest is rendered. Each chain is declared right before its
-/// rules, except that a port declares all its chains before any of their rules (they jump to
-/// each other) and the stale chains are all flushed before any is deleted.
+/// iptables-restore while the rest is rendered. Its chains are declared up front, sorted
+/// ([`Last::declare_nat`]): iptables-legacy-restore spends 3 s more CPU on 110,000 chains
+/// declared in hash order next to their rules. Stale chains are flushed at the end, all
+/// before any is deleted.
 struct Last {
     input: Input,
     /// The nat section written so far and not yet handed on, when streaming.
@@ -159,20 +160,25 @@ impl Last {
         self.nat.as_mut().filter(|_| table == Table::Nat)
     }
 
-    /// Declares `chains` and appends their rules.
-    fn chains<'c>(&mut self, chains: impl IntoIterator<Item = (&'c ChainRef, &'c Vec<Rule>)>) {
-        let chains: Vec<_> = chains.into_iter().collect();
-        for (chain, _) in &chains {
-            match self.streamed(chain.table) {
-                Some(nat) => drop(writeln!(nat, ":{} - [0:0]", chain.chain)),
-                None => drop(
-                    self.input
-                        .table(chain.table)
-                        .declare
-                        .insert(chain.chain.clone()),
-                ),
+    /// Declares the streamed section's chains, `names`, in order; the other tables' chains
+    /// are declared as they come.
+    fn declare_nat<E>(
+        &mut self,
+        names: &[String],
+        emit: &mut impl FnMut(Piece<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for name in names {
+            if let Some(nat) = &mut self.nat {
+                let _ = writeln!(nat, ":{name} - [0:0]");
             }
+            self.pass_on(emit)?;
         }
+        Ok(())
+    }
+
+    /// Appends the rules of `chains`, declaring those of tables that are not streamed (the
+    /// streamed ones are declared by [`Last::declare_nat`]).
+    fn chains<'c>(&mut self, chains: impl IntoIterator<Item = (&'c ChainRef, &'c Vec<Rule>)>) {
         for (chain, rules) in chains {
             match self.streamed(chain.table) {
                 Some(nat) => {
@@ -244,15 +250,18 @@ impl Last {
 /// Ports are consumed one at a time: each port's rules are written into the input and then
 /// handed to `rendered` (which keeps what it needs, e.g. a skeleton), so the rules of all
 /// ports never exist twice, as rules and as input.
-pub fn full_sync<K, E>(
+pub fn full_sync<K, E, P>(
     base: &BaseRules,
-    ports: impl IntoIterator<Item = (K, PortRules)>,
+    ports: P,
     existing: &BTreeSet<ChainRef>,
     strategy: Strategy,
     last_lines: &[(Table, String)],
     mut rendered: impl FnMut(K, PortRules),
     mut emit: impl FnMut(Piece<'_>) -> Result<(), E>,
-) -> Result<(), E> {
+) -> Result<(), E>
+where
+    P: IntoIterator<Item = (K, PortRules)> + Clone,
+{
     let mut stale: BTreeSet<&ChainRef> = existing
         .iter()
         .filter(|chain| !base.chains.contains_key(*chain))
@@ -264,7 +273,29 @@ pub fn full_sync<K, E>(
     };
     let mut last = Last::new(per_batch.is_none());
     match strategy {
-        Strategy::Single => last.chains(&base.chains),
+        Strategy::Single => {
+            // A first pass over the ports for their chain names only (rendering them twice
+            // costs a fraction of what unsorted declarations cost the tool).
+            let mut names: Vec<String> = base
+                .chains
+                .keys()
+                .filter(|c| c.table == Table::Nat)
+                .map(|c| c.chain.clone())
+                .collect();
+            for (_, port) in ports.clone() {
+                names.extend(
+                    port.chains
+                        .into_keys()
+                        .filter(|c| c.table == Table::Nat)
+                        .map(|c| c.chain),
+                );
+            }
+            names.sort_unstable();
+            names.dedup();
+            last.declare_nat(&names, &mut emit)?;
+            drop(names);
+            last.chains(&base.chains);
+        }
         Strategy::Batched { .. } => {
             // First: static chains, so service chains can jump to them. Dispatch chains
             // (no fixed rules) are only created when missing: flushing them now would cut
@@ -335,7 +366,7 @@ fn emit_input<E>(input: Input, emit: &mut impl FnMut(Piece<'_>) -> Result<(), E>
 /// [`full_sync`]'s inputs collected as whole strings (tests, small syncs).
 pub fn full_sync_inputs<K>(
     base: &BaseRules,
-    ports: impl IntoIterator<Item = (K, PortRules)>,
+    ports: impl IntoIterator<Item = (K, PortRules)> + Clone,
     existing: &BTreeSet<ChainRef>,
     strategy: Strategy,
     last_lines: &[(Table, String)],

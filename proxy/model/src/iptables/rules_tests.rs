@@ -1419,6 +1419,7 @@ fn a_single_full_sync_is_handed_on_in_bounded_pieces_as_it_is_rendered() {
     let ports = many_ports(2000);
     let mut pieces: Vec<String> = Vec::new();
     let mut ends = 0;
+    let mut while_rendering = 0;
     let rendered = std::cell::Cell::new(0);
     let stale = BTreeSet::from([chain(Table::Nat, "SWY-SVC-GONE")]);
     let Ok(()) = full_sync(
@@ -1433,9 +1434,8 @@ fn a_single_full_sync_is_handed_on_in_bounded_pieces_as_it_is_rendered() {
                 Piece::Text(text) => {
                     assert_eq!(ends, 0, "text after the end");
                     // Ports are handed on while later ones are still to come.
-                    if pieces.len() == 1 {
-                        let rendered = rendered.get();
-                        assert!(rendered < 2000, "{rendered} ports rendered before text");
+                    if (1..2000).contains(&rendered.get()) {
+                        while_rendering += 1;
                     }
                     pieces.push(text.to_owned());
                 }
@@ -1445,6 +1445,10 @@ fn a_single_full_sync_is_handed_on_in_bounded_pieces_as_it_is_rendered() {
         },
     );
     assert_eq!(ends, 1, "one transaction");
+    assert!(
+        while_rendering > 10,
+        "{while_rendering} pieces while rendering"
+    );
     let total: usize = pieces.iter().map(String::len).sum();
     let largest = pieces.iter().map(String::len).max().unwrap_or_default();
     // The whole input never exists as one string: no piece holds more than a slice of it.
@@ -1454,7 +1458,17 @@ fn a_single_full_sync_is_handed_on_in_bounded_pieces_as_it_is_rendered() {
         "largest piece {largest} of {total} bytes: {:?}",
         pieces.iter().map(String::len).collect::<Vec<_>>()
     );
-    assert_declared_before_use(&pieces.concat());
+    let input = pieces.concat();
+    assert_declared_before_use(&input);
+    // nat's chains are declared up front, in order (the stale one at the end, before -X).
+    let nat = input.split("COMMIT\n").next().unwrap_or_default();
+    let declared: Vec<&str> = nat
+        .lines()
+        .take_while(|l| !l.starts_with("-A "))
+        .filter_map(|l| l.strip_prefix(':'))
+        .collect();
+    assert!(declared.len() > 2000 * 10, "{}", declared.len());
+    assert!(declared.is_sorted(), "declarations out of order");
 }
 
 /// Every chain of ours a line appends to, jumps to or deletes is declared earlier in the same
