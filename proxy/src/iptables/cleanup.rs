@@ -70,14 +70,10 @@ fn remove_legacy(
 ) -> Result<usize, CleanupError> {
     let mut removed = 0;
     for table in legacy_tables(tools) {
-        // The chain declarations and the rules of the chains that stay: all a removal
-        // needs, out of a save that is mostly the removed chains' rules.
+        // The chain declarations and the jumps into removed chains: all a removal needs, out
+        // of a save that is mostly rules of other chains or of the removed ones.
         let kept = exec::save_lines(tools, table, |line| {
-            line.starts_with(':')
-                || line
-                    .strip_prefix("-A ")
-                    .and_then(|rest| rest.split(' ').next())
-                    .is_some_and(|chain| !wanted(table, chain))
+            removal::needed_for_removal(table, line, wanted)
         })?;
         let chains: Vec<String> = declared_chains(&kept)
             .filter(|c| wanted(table, c))

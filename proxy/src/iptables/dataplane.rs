@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::backend::{IptablesBackend, Tools};
 use super::chains::CANARY;
 use super::exec::{self, ExecError};
-use super::restore::{self, Strategy};
+use super::restore::{self, Piece, Strategy};
 use super::rule_set::{
     add_counts, BaseRules, ChainRef, Family, PortRules, RuleArgs, RuleConfig, RuleCounts, Table,
 };
@@ -66,10 +66,28 @@ impl RuleFlavor {
     }
 }
 
+/// One iptables-restore --noflush run being fed its input.
+pub trait RestoreInput: Send {
+    /// Hands the tool more input.
+    fn write(&mut self, text: &str) -> Result<(), ExecError>;
+    /// Ends the input and waits for the tool's verdict.
+    fn finish(self: Box<Self>) -> Result<(), ExecError>;
+}
+
+impl RestoreInput for exec::RestoreRun {
+    fn write(&mut self, text: &str) -> Result<(), ExecError> {
+        exec::RestoreRun::write(self, text)
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), ExecError> {
+        exec::RestoreRun::finish(*self)
+    }
+}
+
 /// What the dataplane needs from the system; faked in unit tests.
 pub trait IptablesSystem: Send {
-    /// Runs one iptables-restore --noflush input.
-    fn restore(&mut self, input: &str) -> Result<(), ExecError>;
+    /// Starts one iptables-restore --noflush run, for input written while it runs.
+    fn start_restore(&mut self) -> Result<Box<dyn RestoreInput>, ExecError>;
     /// Our chains present in `table`.
     fn our_chains(&mut self, table: Table) -> Result<BTreeSet<ChainRef>, ExecError>;
     /// Whether `chain` exists.
@@ -125,8 +143,8 @@ impl IptablesSystem for SystemIptables {
         super::cleanup::remove_chains_where(self.tools(), |_, chain| flavor.is_ours(chain))
     }
 
-    fn restore(&mut self, input: &str) -> Result<(), ExecError> {
-        exec::restore(self.tools(), input)
+    fn start_restore(&mut self) -> Result<Box<dyn RestoreInput>, ExecError> {
+        Ok(Box::new(exec::RestoreRun::start(self.tools())?))
     }
 
     fn our_chains(&mut self, table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
@@ -297,6 +315,76 @@ impl Written {
     }
 }
 
+/// The restores of one sync, one at a time, with their metrics and recording: an input's
+/// run starts with its first text and ends with [`Restoring::end`].
+struct Restoring<'a> {
+    system: &'a mut dyn IptablesSystem,
+    metrics: &'a IptablesMetrics,
+    recorded: &'a mut Option<Vec<String>>,
+    /// The run being fed, and when it started.
+    current: Option<(Box<dyn RestoreInput>, std::time::Instant)>,
+}
+
+impl<'a> Restoring<'a> {
+    /// The restores of `dataplane`, borrowing only the fields they use.
+    fn of(
+        system: &'a mut Box<dyn IptablesSystem>,
+        metrics: &'a IptablesMetrics,
+        recorded: &'a mut Option<Vec<String>>,
+    ) -> Self {
+        Self {
+            system: system.as_mut(),
+            metrics,
+            recorded,
+            current: None,
+        }
+    }
+
+    fn write(&mut self, text: &str) -> Result<(), ExecError> {
+        let run = match &mut self.current {
+            Some((run, _)) => run,
+            None => {
+                if let Some(rec) = self.recorded {
+                    rec.push(String::new());
+                }
+                self.metrics.restores.inc();
+                let started = std::time::Instant::now();
+                let run = self.system.start_restore().inspect_err(|_| self.failed())?;
+                &mut self.current.insert((run, started)).0
+            }
+        };
+        if let Some(rec) = self.recorded.as_mut().and_then(|r| r.last_mut()) {
+            rec.push_str(text);
+        }
+        let result = run.write(text);
+        if result.is_err() {
+            // The run is over; its error says why.
+            self.current = None;
+            self.failed();
+        }
+        result
+    }
+
+    /// Ends the current input (none yet: nothing to run).
+    fn end(&mut self) -> Result<(), ExecError> {
+        let Some((run, started)) = self.current.take() else {
+            return Ok(());
+        };
+        let result = run.finish();
+        self.metrics
+            .restore_duration
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.failed();
+        }
+        result
+    }
+
+    fn failed(&self) {
+        self.metrics.restore_failures.inc();
+    }
+}
+
 /// iptables mode.
 pub struct IptablesDataplane {
     system: Box<dyn IptablesSystem>,
@@ -367,19 +455,9 @@ impl IptablesDataplane {
     }
 
     fn restore(&mut self, input: &str) -> Result<(), ExecError> {
-        if let Some(rec) = &mut self.recorded {
-            rec.push(input.to_owned());
-        }
-        self.metrics.restores.inc();
-        let started = std::time::Instant::now();
-        let result = self.system.restore(input);
-        self.metrics
-            .restore_duration
-            .observe(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            self.metrics.restore_failures.inc();
-        }
-        result
+        let mut restoring = Restoring::of(&mut self.system, &self.metrics, &mut self.recorded);
+        restoring.write(input)?;
+        restoring.end()
     }
 
     fn full(&mut self, state: &DesiredState) -> Result<SyncReport, SyncError> {
@@ -405,19 +483,22 @@ impl IptablesDataplane {
             .iter()
             .map(|(key, port)| (key, flavor.port_rules(port, config)));
         let mut written: BTreeMap<ServicePortKey, Written> = BTreeMap::new();
-        let inputs = restore::full_sync(
+        // Each input goes to its iptables-restore as it is rendered (see `restore::Last`).
+        let mut restoring = Restoring::of(&mut self.system, &self.metrics, &mut self.recorded);
+        restore::full_sync(
             &self.base,
             ports,
             &existing,
             self.strategy,
             jump_lines.as_deref().unwrap_or_default(),
             |key, rules| drop(written.insert(key.clone(), Written::new(&rules))),
-        );
+            |piece| match piece {
+                Piece::Text(text) => restoring.write(text),
+                Piece::End => restoring.end(),
+            },
+        )
+        .map_err(|e| SyncError::new("full sync", e))?;
         let ports_written = written.len();
-        for input in inputs {
-            self.restore(&input)
-                .map_err(|e| SyncError::new("full sync", e))?;
-        }
         // Jumps last (unless they were in the last transaction): by now every chain they point
         // at exists and is filled.
         if jump_lines.is_none() {
@@ -583,8 +664,12 @@ mod tests {
         ensured: Arc<Mutex<usize>>,
     }
 
-    impl IptablesSystem for Fake {
-        fn restore(&mut self, _input: &str) -> Result<(), ExecError> {
+    /// A run of the fake: takes any input, then fails or succeeds as asked.
+    impl RestoreInput for Fake {
+        fn write(&mut self, _text: &str) -> Result<(), ExecError> {
+            Ok(())
+        }
+        fn finish(self: Box<Self>) -> Result<(), ExecError> {
             let mut fail = self.fail_restores.lock().unwrap();
             if *fail > 0 {
                 *fail -= 1;
@@ -595,6 +680,12 @@ mod tests {
             }
             *self.canary.lock().unwrap() = true;
             Ok(())
+        }
+    }
+
+    impl IptablesSystem for Fake {
+        fn start_restore(&mut self) -> Result<Box<dyn RestoreInput>, ExecError> {
+            Ok(Box::new(self.clone()))
         }
         fn our_chains(&mut self, _table: Table) -> Result<BTreeSet<ChainRef>, ExecError> {
             Ok(BTreeSet::new())

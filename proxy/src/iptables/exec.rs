@@ -1,7 +1,8 @@
 //! Running the iptables tools: restores, single-rule checks, and listing our chains.
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 
 use wait_timeout::ChildExt;
 
@@ -39,6 +40,14 @@ pub enum ExecError {
         /// The deadline.
         after: std::time::Duration,
     },
+    /// The program stopped reading its input, yet exited successfully.
+    #[error("cannot write the input of {program}: {source}")]
+    Input {
+        /// Program and arguments.
+        program: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// The program's output could not be read.
     #[error("cannot read the output of {program}: {message}")]
     Parse {
@@ -55,17 +64,32 @@ const LOCK_WAIT_SECONDS: &str = "5";
 const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn run(cmd: Command, input: Option<&str>) -> Result<String, ExecError> {
-    run_keeping(cmd, input, |_| true)
+    run_reading(cmd, input, |mut pipe| {
+        // Read whole, not line by line: nft's JSON is one line of up to tens of MB.
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    })
 }
 
 /// Like [`run`], but keeps only the output lines `keep` accepts, filtered as they are read:
 /// iptables-save of a 10,000-service table prints about 50 MB, of which a sync needs the
 /// chain declarations or a handful of rules.
 fn run_keeping(
-    mut cmd: Command,
+    cmd: Command,
     input: Option<&str>,
     keep: impl Fn(&str) -> bool + Sync,
 ) -> Result<String, ExecError> {
+    run_reading(cmd, input, |pipe| kept_lines(pipe, &keep))
+}
+
+/// Runs `cmd` with `input`, `read` taking its output as it comes.
+fn run_reading<R: Send>(
+    mut cmd: Command,
+    input: Option<&str>,
+    read: impl FnOnce(ChildStdout) -> R + Send,
+) -> Result<R, ExecError> {
     let program = format!("{cmd:?}");
     cmd.stdin(if input.is_some() {
         Stdio::piped()
@@ -96,7 +120,7 @@ fn run_keeping(
         let stdout = child
             .stdout
             .take()
-            .map(|pipe| scope.spawn(|| kept_lines(pipe, &keep)));
+            .map(|pipe| scope.spawn(move || read(pipe)));
         let stderr = child.stderr.take().map(|mut pipe| {
             scope.spawn(move || {
                 let mut out = Vec::new();
@@ -115,7 +139,7 @@ fn run_keeping(
                 });
             }
         };
-        let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
+        let stdout = stdout.and_then(|h| h.join().ok());
         let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
         if !status.success() {
             return Err(ExecError::Failed {
@@ -124,7 +148,10 @@ fn run_keeping(
                 stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
             });
         }
-        Ok(stdout)
+        stdout.ok_or_else(|| ExecError::Parse {
+            program: program.clone(),
+            message: "its output could not be read".into(),
+        })
     })
 }
 
@@ -146,9 +173,125 @@ fn kept_lines(pipe: impl Read, keep: &(impl Fn(&str) -> bool + Sync)) -> String 
 
 /// Runs `iptables-restore --noflush` with `input`.
 pub fn restore(tools: impl Into<Tools>, input: &str) -> Result<(), ExecError> {
-    let mut cmd = Command::new(tools.into().restore());
-    cmd.args(["--noflush", "-w", LOCK_WAIT_SECONDS]);
-    run(cmd, Some(input)).map(drop)
+    let mut run = RestoreRun::start(tools)?;
+    run.write(input)?;
+    run.finish()
+}
+
+/// An `iptables-restore --noflush` that reads its input while the caller writes it: a full
+/// sync hands its 50 MB of rules on as it renders them, so they never exist whole in memory.
+/// The deadline runs from the start: a tool that stops reading is killed then, which ends the
+/// caller's blocked write.
+pub struct RestoreRun {
+    program: String,
+    stdin: Option<BufWriter<ChildStdin>>,
+    /// Waits for the child within the deadline (killing it after), with its exit status.
+    status: Option<JoinHandle<Result<ExitStatus, ExecError>>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl RestoreRun {
+    /// Starts `tools`' iptables-restore.
+    pub fn start(tools: impl Into<Tools>) -> Result<Self, ExecError> {
+        let mut cmd = Command::new(tools.into().restore());
+        cmd.args(["--noflush", "-w", LOCK_WAIT_SECONDS])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let program = format!("{cmd:?}");
+        let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let stdin = child
+            .stdin
+            .take()
+            .map(|p| BufWriter::with_capacity(64 * 1024, p));
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
+        });
+        let name = program.clone();
+        // The child is reaped only here, so killing it on timeout never hits a process that
+        // reused its pid.
+        let status = std::thread::spawn(move || match child.wait_timeout(COMMAND_DEADLINE) {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(ExecError::TimedOut {
+                    program: name,
+                    after: COMMAND_DEADLINE,
+                })
+            }
+            Err(source) => Err(ExecError::Spawn {
+                program: name,
+                source,
+            }),
+        });
+        Ok(Self {
+            program,
+            stdin,
+            status: Some(status),
+            stderr,
+        })
+    }
+
+    /// Writes more input. When the tool has stopped reading (a line it refused, the
+    /// deadline), the run ends here with the tool's own error.
+    pub fn write(&mut self, text: &str) -> Result<(), ExecError> {
+        let Some(stdin) = &mut self.stdin else {
+            return Ok(());
+        };
+        let Err(source) = stdin.write_all(text.as_bytes()) else {
+            return Ok(());
+        };
+        self.wait()?;
+        Err(ExecError::Input {
+            program: self.program.clone(),
+            source,
+        })
+    }
+
+    /// Ends the input and waits for the tool.
+    pub fn finish(mut self) -> Result<(), ExecError> {
+        let flushed = self.stdin.as_mut().map_or(Ok(()), |stdin| stdin.flush());
+        self.wait()?;
+        flushed.map_err(|source| ExecError::Input {
+            program: self.program.clone(),
+            source,
+        })
+    }
+
+    /// Closes the input, waits for the tool and reads its verdict.
+    fn wait(&mut self) -> Result<(), ExecError> {
+        drop(self.stdin.take());
+        let Some(status) = self.status.take() else {
+            return Ok(());
+        };
+        let status = status.join().unwrap_or_else(|_| {
+            Err(ExecError::Parse {
+                program: self.program.clone(),
+                message: "the thread waiting for it panicked".into(),
+            })
+        })?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if !status.success() {
+            return Err(ExecError::Failed {
+                program: self.program.clone(),
+                status,
+                stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `iptables -w N -t TABLE OP CHAIN`, ready for the operation's further arguments.
@@ -330,15 +473,7 @@ pub fn chains_where(
             cmd.args(["-t", table.as_str()]);
             chain_declarations(&run_keeping(cmd, None, |line| line.starts_with(':'))?)
         }
-        IptablesBackend::Nft => {
-            let nf = tools.family.nft_family();
-            let mut cmd = Command::new("nft");
-            cmd.args(["-j", "list", "chains", nf]);
-            nft_chain_names(&run(cmd, None)?, table.as_str()).map_err(|e| ExecError::Parse {
-                program: format!("nft -j list chains {nf}"),
-                message: e.to_string(),
-            })?
-        }
+        IptablesBackend::Nft => nft_chain_names(nft_list_chains(tools.family)?, table.as_str()),
     };
     Ok(names
         .into_iter()
@@ -391,13 +526,7 @@ pub fn nft_chains() -> Result<Vec<(Table, String)>, ExecError> {
 
 /// [`nft_chains`] of `family` (`ip6` for ip6tables-nft's tables).
 pub fn nft_chains_of(family: Family) -> Result<Vec<(Table, String)>, ExecError> {
-    let nf = family.nft_family();
-    let mut cmd = Command::new("nft");
-    cmd.args(["-j", "list", "chains", nf]);
-    let list: NftList = serde_json::from_str(&run(cmd, None)?).map_err(|e| ExecError::Parse {
-        program: format!("nft -j list chains {nf}"),
-        message: e.to_string(),
-    })?;
+    let list = nft_list_chains(family)?;
     Ok(list
         .nftables
         .into_iter()
@@ -509,16 +638,33 @@ pub fn nft_script(script: &str) -> Result<(), ExecError> {
     run(cmd, Some(script)).map(drop)
 }
 
-/// Chain names of `table` in `nft -j list chains ip` output.
-fn nft_chain_names(json: &str, table: &str) -> Result<Vec<String>, serde_json::Error> {
-    let list: NftList = serde_json::from_str(json)?;
-    Ok(list
-        .nftables
+/// `nft -j list chains` of `family`, parsed as it is read: with 110,000 chains the JSON is
+/// 11 MB, which never needs to exist as text.
+fn nft_list_chains(family: Family) -> Result<NftList, ExecError> {
+    let nf = family.nft_family();
+    let mut cmd = Command::new("nft");
+    cmd.args(["-j", "list", "chains", nf]);
+    let parsed = run_reading(cmd, None, |pipe| {
+        let mut reader = BufReader::new(pipe);
+        let parsed = serde_json::from_reader(&mut reader);
+        // Whatever is left is drained, so nft never blocks on a full pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        parsed
+    })?;
+    parsed.map_err(|e| ExecError::Parse {
+        program: format!("nft -j list chains {nf}"),
+        message: e.to_string(),
+    })
+}
+
+/// Chain names of `table` in an `nft -j list chains` listing.
+fn nft_chain_names(list: NftList, table: &str) -> Vec<String> {
+    list.nftables
         .into_iter()
         .filter_map(|item| item.chain)
         .filter(|c| c.table == table)
         .map(|c| c.name)
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -593,8 +739,9 @@ mod tests {
         let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"chain": {"family": "ip", "table": "nat", "name": "SWY-SERVICES", "handle": 3}},
             {"chain": {"family": "ip", "table": "filter", "name": "SWY-FORWARD", "handle": 4}}]}"#;
-        assert_eq!(nft_chain_names(json, "nat").unwrap(), ["SWY-SERVICES"]);
-        assert_eq!(nft_chain_names(json, "filter").unwrap(), ["SWY-FORWARD"]);
-        assert!(nft_chain_names("not json", "nat").is_err());
+        let list = || serde_json::from_str::<NftList>(json).unwrap();
+        assert_eq!(nft_chain_names(list(), "nat"), ["SWY-SERVICES"]);
+        assert_eq!(nft_chain_names(list(), "filter"), ["SWY-FORWARD"]);
+        assert!(serde_json::from_str::<NftList>("not json").is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use crate::ebpf_plan::fake::FakeMaps;
 use crate::ebpf_plan::{MapOp, MapWriter, Planner};
 use crate::iptables::chains::MAX_CHAIN_NAME_LEN;
-use crate::iptables::restore::{full_sync, partial_sync, Strategy};
+use crate::iptables::restore::{full_sync_inputs, partial_sync, Strategy};
 use crate::iptables::rule_set::{ChainRef, PortRules, RuleConfig};
 use crate::iptables::rules::{base_rules, port_rules};
 use crate::{
@@ -119,7 +119,7 @@ impl Pipeline {
         let base = base_rules(&config);
         for strategy in [Strategy::Single, Strategy::Batched { ports_per_batch: 2 }] {
             let ports = self.rules.iter().map(|(key, rules)| (key, rules.clone()));
-            for input in full_sync(&base, ports, &existing, strategy, &[], |_, _| {}) {
+            for input in full_sync_inputs(&base, ports, &existing, strategy, &[], |_, _| {}) {
                 check_restore(&input);
             }
         }

@@ -1383,3 +1383,121 @@ fn ipv6_never_serves_node_ports_on_loopback() {
         .any(|j| j.contains("198.18.0.0") || j.contains("::1/128")));
     assert_eq!(without_loopback(net("::1/128")), Vec::<IpNet>::new());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Streamed full syncs.
+// ---------------------------------------------------------------------------------------------
+
+/// `count` LoadBalancer ports with 10 endpoints each; every third with a source range
+/// (firewall chain), every other with Local traffic policies (SVL chain): all chain kinds.
+fn many_ports(count: usize) -> Vec<(usize, PortRules)> {
+    (0..count)
+        .map(|i| {
+            let eps = (0..10)
+                .map(|e| local(ep(&format!("198.19.{}.{}", e, 1 + i % 250), 8080)))
+                .collect();
+            let mut p = lb(eps);
+            p.key = key(&format!("svc-{i}"), "http", Protocol::Tcp);
+            p.cluster_ips = vec![ip(&format!("198.18.{}.{}", 128 + i / 250, 1 + i % 250))];
+            p.node_port = Some(30000 + i as u16);
+            if i % 3 == 0 {
+                p.load_balancer_source_ranges = vec![net("198.51.100.0/24")];
+            }
+            if i % 2 == 0 {
+                p.external_traffic_policy = TrafficPolicy::Local;
+                p.internal_traffic_policy = TrafficPolicy::Local;
+            }
+            refresh_frontends(&mut p);
+            (i, port_rules(&p, &cfg()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_single_full_sync_is_handed_on_in_bounded_pieces_as_it_is_rendered() {
+    use crate::iptables::restore::{full_sync, Piece, Strategy};
+    let ports = many_ports(2000);
+    let mut pieces: Vec<String> = Vec::new();
+    let mut ends = 0;
+    let mut while_rendering = 0;
+    let rendered = std::cell::Cell::new(0);
+    let stale = BTreeSet::from([chain(Table::Nat, "SWY-SVC-GONE")]);
+    let Ok(()) = full_sync(
+        &base_rules(&cfg()),
+        ports,
+        &stale,
+        Strategy::Single,
+        &[(Table::Nat, "-I PREROUTING 1 -j SWY-SERVICES".to_owned())],
+        |_, _| rendered.set(rendered.get() + 1),
+        |piece| {
+            match piece {
+                Piece::Text(text) => {
+                    assert_eq!(ends, 0, "text after the end");
+                    // Ports are handed on while later ones are still to come.
+                    if (1..2000).contains(&rendered.get()) {
+                        while_rendering += 1;
+                    }
+                    pieces.push(text.to_owned());
+                }
+                Piece::End => ends += 1,
+            }
+            Ok::<(), std::convert::Infallible>(())
+        },
+    );
+    assert_eq!(ends, 1, "one transaction");
+    assert!(
+        while_rendering > 10,
+        "{while_rendering} pieces while rendering"
+    );
+    let total: usize = pieces.iter().map(String::len).sum();
+    let largest = pieces.iter().map(String::len).max().unwrap_or_default();
+    // The whole input never exists as one string: no piece holds more than a slice of it.
+    assert!(total > 8 << 20, "{total} bytes");
+    assert!(
+        largest < 512 << 10,
+        "largest piece {largest} of {total} bytes: {:?}",
+        pieces.iter().map(String::len).collect::<Vec<_>>()
+    );
+    let input = pieces.concat();
+    assert_declared_before_use(&input);
+    // nat's chains are declared up front, in order (the stale one at the end, before -X).
+    let nat = input.split("COMMIT\n").next().unwrap_or_default();
+    let declared: Vec<&str> = nat
+        .lines()
+        .take_while(|l| !l.starts_with("-A "))
+        .filter_map(|l| l.strip_prefix(':'))
+        .collect();
+    assert!(declared.len() > 2000 * 10, "{}", declared.len());
+    assert!(declared.is_sorted(), "declarations out of order");
+}
+
+/// Every chain of ours a line appends to, jumps to or deletes is declared earlier in the same
+/// table section, as iptables-restore needs (it resolves a jump target when it reads the rule).
+fn assert_declared_before_use(input: &str) {
+    let mut declared: BTreeSet<&str> = BTreeSet::new();
+    let mut sections = 0;
+    for line in input.lines() {
+        if line.starts_with('*') {
+            declared.clear();
+            sections += 1;
+            continue;
+        }
+        if let Some(name) = line.strip_prefix(':') {
+            declared.insert(name.split(' ').next().unwrap_or_default());
+            continue;
+        }
+        let words: Vec<&str> = line.split(' ').collect();
+        let named = words.windows(2).filter_map(|w| match w[0] {
+            "-A" | "-X" | "-j" | "-g" => Some(w[1]),
+            _ => None,
+        });
+        for chain in named.filter(|c| c.starts_with("SWY-")) {
+            assert!(
+                declared.contains(chain),
+                "{chain} used before declared: {line}"
+            );
+        }
+    }
+    assert!(sections >= 2, "nat and filter: {sections}");
+    assert!(input.contains("-X SWY-SVC-GONE\n"), "stale chain deleted");
+}

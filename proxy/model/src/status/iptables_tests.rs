@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::iptables::chains::{ext_chain, fw_chain, sep_chain, svc_chain};
-use crate::iptables::restore::{full_sync, Strategy};
+use crate::iptables::restore::{full_sync_inputs, Strategy};
 use crate::iptables::rule_set::RuleConfig;
 use crate::iptables::rules::{base_rules, port_rules};
 use crate::{Endpoint, Protocol, ServicePort, ServicePortKey, TrafficPolicy};
@@ -107,7 +107,7 @@ fn rendered(ports: &[ServicePort], with_jumps: bool) -> String {
         .iter()
         .map(|p| (p.key.clone(), port_rules(p, &cfg)))
         .collect();
-    let mut text = full_sync(
+    let mut text = full_sync_inputs(
         &base,
         rules,
         &Default::default(),
@@ -360,7 +360,7 @@ fn the_sctp_fallbacks_chains_read_back_under_their_own_names() {
     sig.session_affinity_timeout = Some(10800);
     let base = sctp_fallback::base_rules(&cfg);
     let rules = BTreeMap::from([(sig.key.clone(), sctp_fallback::port_rules(&sig, &cfg))]);
-    let mut text = full_sync(
+    let mut text = full_sync_inputs(
         &base,
         rules,
         &Default::default(),
