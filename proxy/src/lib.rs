@@ -13,6 +13,7 @@ pub mod handover;
 pub mod health;
 pub mod iptables;
 pub mod kube_proxy_cleanup;
+pub mod memory;
 pub mod metrics;
 /// The pure core, re-exported under its old path.
 pub use switchyard_model as model;

@@ -11,7 +11,7 @@ use crate::conntrack::Reconciler;
 use crate::controller::{Controller, SystemClock};
 use crate::dataplane::Dataplane;
 use crate::ebpf::sctp_fallback::WithSctpFallback;
-use crate::ebpf::{EbpfConfig, EbpfDataplane};
+use crate::ebpf::{EbpfConfig, EbpfDataplane, LoadedEbpf};
 use crate::handover::{
     remove_ebpf_state, remove_iptables_state, remove_old_masquerade_rules,
     remove_sctp_fallback_state, Leftovers,
@@ -91,6 +91,21 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     if let Some(addr) = settings.metrics_bind {
         serve("--metrics-bind-address", addr, metrics_router(state)).await?;
     }
+    let addresses = crate::node_addresses::watch_addresses()?;
+    // ebpf mode: the programs load (blocking kernel work, most of a start's after the
+    // objects) on a thread while the source reads the objects; they are attached once the
+    // Node object has chosen the devices.
+    let loading = match settings.mode {
+        ProxyMode::Ebpf => {
+            let config = ebpf_config(&settings, &addresses.borrow())?;
+            Some(tokio::task::spawn_blocking(move || {
+                let loaded = EbpfDataplane::load(config);
+                crate::memory::release_freed();
+                loaded
+            }))
+        }
+        ProxyMode::Iptables => None,
+    };
     let mut events = None;
     let source = match &settings.source {
         Source::Manifests(dir) => ManifestDir::new(dir.clone()).watch()?,
@@ -124,9 +139,12 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
         Some(Err(fallback)) => tracing::warn!("{fallback}"),
         None => {}
     }
-    let addresses = crate::node_addresses::watch_addresses()?;
     let local = addresses.borrow().clone();
-    let (dataplane, leftovers) = start_dataplane(&settings, &node_ips, &local, &metrics)?;
+    let loaded = match loading {
+        Some(loading) => Some(loading.await.context("ebpf mode: loading the programs")??),
+        None => None,
+    };
+    let (dataplane, leftovers) = start_dataplane(&settings, &node_ips, &local, &metrics, loaded)?;
     tracing::info!(mode = %settings.mode, node = %settings.node_name, "switchyard running");
     // Health check node ports are served from the controller's applied state, whatever the
     // mode.
@@ -170,6 +188,32 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     Ok(())
 }
 
+/// ebpf mode's settings, but for the devices ([`LoadedEbpf::attach`] takes them); `local`:
+/// the node's addresses at start (whether it proxies IPv6).
+fn ebpf_config(settings: &Settings, local: &[std::net::IpAddr]) -> anyhow::Result<EbpfConfig> {
+    let cgroup_path = match &settings.cgroup_path {
+        Some(path) => path.clone(),
+        None => default_cgroup_root()?,
+    };
+    Ok(EbpfConfig {
+        cgroup_path,
+        bpffs_path: settings.bpffs_path.clone(),
+        devices: Vec::new(),
+        follow_devices: None,
+        services_max: settings.ebpf_map_sizes.services,
+        backends_max: settings.ebpf_map_sizes.backends,
+        conntrack_max: settings.ebpf_map_sizes.conntrack,
+        source_ranges_max: DEFAULT_SOURCE_RANGES_MAX,
+        snat_ports: crate::ebpf::masquerade::snat_ports(&settings.nodeport_range),
+        kernel_logs: settings.verbosity >= 4,
+        // After start-up's conntrack sysctls, so the `conntrack` section applies.
+        flow_timeouts: crate::ebpf::flow_timeouts::read(),
+        icmp_limits: crate::ebpf::icmp_limits::read(),
+        no_ipv6: crate::ebpf::ipv6_maps::decide(crate::ebpf::ipv6_maps::kernel_has_ipv6(), local)
+            .err(),
+    })
+}
+
 /// Starts the mode's dataplane, and says what of the other mode's state to remove after its
 /// first successful sync (see [`crate::handover`] for why then and not before).
 fn start_dataplane(
@@ -177,9 +221,11 @@ fn start_dataplane(
     node_ips: &[std::net::IpAddr],
     local: &[std::net::IpAddr],
     metrics: &Metrics,
+    loaded: Option<LoadedEbpf>,
 ) -> anyhow::Result<(Box<dyn Dataplane>, Leftovers)> {
-    match settings.mode {
-        ProxyMode::Ebpf => {
+    match (settings.mode, loaded) {
+        (ProxyMode::Ebpf, None) => anyhow::bail!("ebpf mode: the programs were not loaded"),
+        (ProxyMode::Ebpf, Some(loaded)) => {
             let follow_devices = settings.devices.is_empty().then(|| node_ips.to_vec());
             let devices = if settings.devices.is_empty() {
                 crate::node_addresses::default_devices(node_ips)
@@ -188,31 +234,9 @@ fn start_dataplane(
                 settings.devices.clone()
             };
             tracing::info!(?devices, "ebpf mode: packet programs on these devices");
-            let cgroup_path = match &settings.cgroup_path {
-                Some(path) => path.clone(),
-                None => default_cgroup_root()?,
-            };
-            let dataplane = EbpfDataplane::start(EbpfConfig {
-                cgroup_path,
-                bpffs_path: settings.bpffs_path.clone(),
-                devices,
-                follow_devices,
-                services_max: settings.ebpf_map_sizes.services,
-                backends_max: settings.ebpf_map_sizes.backends,
-                conntrack_max: settings.ebpf_map_sizes.conntrack,
-                source_ranges_max: DEFAULT_SOURCE_RANGES_MAX,
-                snat_ports: crate::ebpf::masquerade::snat_ports(&settings.nodeport_range),
-                kernel_logs: settings.verbosity >= 4,
-                // After start-up's conntrack sysctls, so the `conntrack` section applies.
-                flow_timeouts: crate::ebpf::flow_timeouts::read(),
-                icmp_limits: crate::ebpf::icmp_limits::read(),
-                no_ipv6: crate::ebpf::ipv6_maps::decide(
-                    crate::ebpf::ipv6_maps::kernel_has_ipv6(),
-                    local,
-                )
-                .err(),
-            })?
-            .with_metrics(metrics.ebpf.clone());
+            let dataplane = loaded
+                .attach(devices, follow_devices)?
+                .with_metrics(metrics.ebpf.clone());
             // SCTP ports are served by iptables rules of their own (see the module); without
             // iptables they fail every sync, never silently.
             let backend = iptables_backend(settings)
@@ -229,7 +253,7 @@ fn start_dataplane(
             // NAT, and its conntrack, back in).
             Ok((Box::new(dataplane), Leftovers::Iptables))
         }
-        ProxyMode::Iptables => {
+        (ProxyMode::Iptables, _) => {
             // An older ebpf version's masquerade chain is named like ours: a full sync would
             // try to delete it while POSTROUTING still jumps there, so it goes first.
             remove_old_masquerade_rules();

@@ -258,8 +258,8 @@ impl Tc {
         ] {
             loader.map_max_entries(name, 1024);
         }
-        // The socket iterator's kfunc call resolved (or neutralised), as the controller does.
-        let prepared = switchyard::ebpf::sock_term::prepare_object(&object);
+        // The socket iterator's kfunc call neutralised (this test loads no iterator).
+        let prepared = switchyard::ebpf::sock_term::prepare_object(&object, None);
         let mut ebpf = loader
             .load(prepared.bytes())
             .expect("load the eBPF object (needs root)");

@@ -123,9 +123,9 @@ struct Tc {
 
 impl Tc {
     fn load(object: &[u8]) -> anyhow::Result<Self> {
-        // The socket iterator's kfunc call must be resolved (or neutralised) before aya
-        // relocates the object, as the controller does.
-        let prepared = switchyard::ebpf::sock_term::prepare_object(object);
+        // The socket iterator's kfunc call must be neutralised (no iterator is loaded here)
+        // before aya relocates the object.
+        let prepared = switchyard::ebpf::sock_term::prepare_object(object, None);
         let mut ebpf = EbpfLoader::new()
             .load(prepared.bytes())
             .context("loading the eBPF object (needs root)")?;

@@ -6,7 +6,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
-use aya::{Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf, EbpfLoader};
 use switchyard_common::{
     map_names, program_names, Backend, Backend6, BackendKey, CtKey, CtValue, ServiceKey,
     ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockTermKey, SockTermKey6, SourceRangeKey,
@@ -18,7 +18,7 @@ use super::metrics::EbpfMetrics;
 use super::object::embedded_object;
 use super::plan::names::{self, NameOp};
 use super::plan::{Family, FamilyPlanner, MapWriter, Planner, Planner6, PortFailure, RangeKey};
-use super::sock_term::{self, SockTerminator};
+use super::sock_term::{self, SockTermError, SockTerminator};
 use crate::dataplane::{Dataplane, PortError, SyncError, SyncKind, SyncReport};
 use crate::model::tc_conntrack as tc_ct;
 use crate::model::{DesiredState, ServicePort, ServicePortKey, StateDiff};
@@ -212,13 +212,72 @@ pub struct EbpfDataplane {
     config: EbpfConfig,
 }
 
-impl EbpfDataplane {
-    /// Loads the embedded object with its maps pinned under `--bpffs-path` (adopting the maps
-    /// a previous instance pinned), attaches the socket programs to the cgroup and pins the
-    /// links, replacing the previous instance's links. Traffic keeps flowing throughout: the
+/// The programs loaded and the maps resolved (a previous instance's adopted), attached
+/// nowhere yet: [`EbpfDataplane::load`]'s result, for [`LoadedEbpf::attach`].
+pub struct LoadedEbpf {
+    dataplane: EbpfDataplane,
+}
+
+impl LoadedEbpf {
+    /// Attaches the socket programs to the cgroup and the tc programs to `devices`, pinning
+    /// the links and replacing the previous instance's. Traffic keeps flowing throughout: the
     /// old links stay until the new ones are attached, and a socket translated by both sees
     /// the backend address the first one chose, which no service entry matches.
-    pub fn start(config: EbpfConfig) -> Result<Self, EbpfError> {
+    /// `follow_devices`: see [`EbpfConfig::follow_devices`].
+    pub fn attach(
+        self,
+        devices: Vec<String>,
+        follow_devices: Option<Vec<std::net::IpAddr>>,
+    ) -> Result<EbpfDataplane, EbpfError> {
+        let mut dataplane = self.dataplane;
+        dataplane.config.devices = devices;
+        dataplane.config.follow_devices = follow_devices;
+        let config = &dataplane.config;
+        let links_dir = config.bpffs_path.join("links");
+        let cgroup = File::open(&config.cgroup_path).map_err(|source| EbpfError::Cgroup {
+            path: config.cgroup_path.clone(),
+            source,
+        })?;
+        // Links pinned by this start; any other pin in links/ is a leftover (e.g. a device no
+        // longer in --devices) whose program would keep translating there.
+        let mut pinned = std::collections::BTreeSet::new();
+        for name in SOCKET_PROGRAMS {
+            let program: &mut CgroupSockAddr = program(&mut dataplane.ebpf, name)?;
+            // On kernels with BPF links (>= 5.7) a link never excludes other programs on
+            // the cgroup, and link_create rejects the ALLOW_MULTI flag: the default is right.
+            let id = program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| EbpfError::Program { name, source })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| EbpfError::Program { name, source })?;
+            pin_link(link, &links_dir.join(name))?;
+            pinned.insert(name.to_owned());
+        }
+        // The source NAT addresses are in place before the programs see a packet.
+        super::tc_v6::write_snat_addrs(&mut dataplane.ebpf, &dataplane.config.devices)?;
+        for device in &dataplane.config.devices {
+            write_snat_addr(&mut dataplane.snat_addrs, device);
+            pinned.extend(attach_tc(
+                &mut dataplane.ebpf,
+                &links_dir,
+                device,
+                dataplane.tcx,
+            )?);
+        }
+        unpin_leftover_links(&links_dir, &pinned);
+        dataplane.attached = dataplane.config.devices.iter().cloned().collect();
+        Ok(dataplane)
+    }
+}
+
+impl EbpfDataplane {
+    /// Loads the embedded object with its maps pinned under `--bpffs-path` (adopting the maps
+    /// a previous instance pinned) and loads every program, attaching none. This is the slow
+    /// part of a start (maps, BTF, the verifier: blocking kernel work) and needs no cluster
+    /// object, so it runs while the source reads them. `config.devices` and
+    /// `config.follow_devices` are not read: [`LoadedEbpf::attach`] takes them.
+    pub fn load(config: EbpfConfig) -> Result<LoadedEbpf, EbpfError> {
         let object = embedded_object().ok_or(EbpfError::NoObject)?;
         let maps_dir = config.bpffs_path.join("maps");
         let links_dir = config.bpffs_path.join("links");
@@ -236,7 +295,12 @@ impl EbpfDataplane {
         }
         let adopted = maps_dir.join(map_names::SERVICES).exists();
         let mut loader = EbpfLoader::new();
+        // The loader parsed the kernel's BTF (~18 MiB) itself; one copy, parsed after that
+        // one is dropped, serves it and the kfunc lookup below, so a start never holds two.
+        loader.btf(None);
+        let kernel_btf = Btf::from_sys_fs().map_err(SockTermError::NoBtf);
         loader
+            .btf(kernel_btf.as_ref().ok())
             .map_max_entries(map_names::SERVICES, config.services_max)
             .map_max_entries(map_names::BACKENDS, config.backends_max)
             .map_max_entries(map_names::CONNTRACK, config.conntrack_max)
@@ -257,34 +321,18 @@ impl EbpfDataplane {
             loader.map_pin_path(name, pin.as_path());
         }
         // The iterator's kfunc call resolved for this kernel (aya cannot), before aya parses it.
-        let prepared = sock_term::prepare_object(object);
+        let prepared = sock_term::prepare_object(object, kernel_btf.as_ref().ok());
         let mut ebpf = loader.load(prepared.bytes()).map_err(EbpfError::Load)?;
+        drop(loader);
         if config.kernel_logs {
             // Before the programs load: the logger owns the log ring buffer they write to.
             forward_kernel_logs(&mut ebpf);
         }
-        let cgroup = File::open(&config.cgroup_path).map_err(|source| EbpfError::Cgroup {
-            path: config.cgroup_path.clone(),
-            source,
-        })?;
-        // Links pinned by this start; any other pin in links/ is a leftover (e.g. a device no
-        // longer in --devices) whose program would keep translating there.
-        let mut pinned = std::collections::BTreeSet::new();
         for name in SOCKET_PROGRAMS {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             program
                 .load()
                 .map_err(|source| EbpfError::Program { name, source })?;
-            // On kernels with BPF links (>= 5.7) a link never excludes other programs on
-            // the cgroup, and link_create rejects the ALLOW_MULTI flag: the default is right.
-            let id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| EbpfError::Program { name, source })?;
-            let link = program
-                .take_link(id)
-                .map_err(|source| EbpfError::Program { name, source })?;
-            pin_link(link, &links_dir.join(name))?;
-            pinned.insert(name.to_owned());
         }
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
@@ -295,18 +343,13 @@ impl EbpfDataplane {
                 .map_err(|source| EbpfError::Program { name, source })?;
         }
         // The source NAT settings are in place before the programs see a packet.
-        let mut snat_addrs = write_snat_config(&mut ebpf, config.snat_ports.as_ref())?;
+        let snat_addrs = write_snat_config(&mut ebpf, config.snat_ports.as_ref())?;
         write_refusal_limits(&mut ebpf, config.icmp_limits)?;
         super::tc_v6::load(&mut ebpf)?;
-        super::tc_v6::write_snat_addrs(&mut ebpf, &config.devices)?;
-        for device in &config.devices {
-            write_snat_addr(&mut snat_addrs, device);
-            pinned.extend(attach_tc(&mut ebpf, &links_dir, device, tcx)?);
-        }
-        unpin_leftover_links(&links_dir, &pinned);
-        let sock_term = prepared
-            .support
-            .and_then(|btf| SockTerminator::load(&mut ebpf, &btf, &config.cgroup_path));
+        let sock_term = kernel_btf.and_then(|btf| {
+            prepared.support?;
+            SockTerminator::load(&mut ebpf, &btf, &config.cgroup_path)
+        });
         let sock_term = match sock_term {
             Ok(t) => Some(t),
             Err(e) => {
@@ -328,7 +371,7 @@ impl EbpfDataplane {
             },
         )?;
         let mut dataplane = Self {
-            attached: config.devices.iter().cloned().collect(),
+            attached: Default::default(),
             tcx,
             verify_phase: 0,
             ebpf,
@@ -359,7 +402,7 @@ impl EbpfDataplane {
                 .collect();
             tracing::info!(entries, "adopted pinned eBPF maps");
         }
-        Ok(dataplane)
+        Ok(LoadedEbpf { dataplane })
     }
 
     /// Sets `metrics` at every full sync and verify from now on.

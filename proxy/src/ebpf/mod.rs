@@ -14,7 +14,7 @@ pub mod sctp_fallback;
 pub mod sock_term;
 pub mod tc_v6;
 
-pub use dataplane::{EbpfConfig, EbpfDataplane, EbpfError};
+pub use dataplane::{EbpfConfig, EbpfDataplane, EbpfError, LoadedEbpf};
 pub use metrics::EbpfMetrics;
 
 /// The pure planner of map writes, from the model crate.

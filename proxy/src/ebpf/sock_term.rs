@@ -82,8 +82,9 @@ pub enum SockTermError {
 pub struct PreparedObject {
     words: Vec<u64>,
     len: usize,
-    /// The kernel's BTF when the kfunc was found (the iterator loads against it).
-    pub support: Result<Btf, SockTermError>,
+    /// Whether the kfunc was found in the kernel's BTF (`Ok` too when there was no BTF to
+    /// look in: the caller holds that error).
+    pub support: Result<(), SockTermError>,
 }
 
 impl PreparedObject {
@@ -94,20 +95,21 @@ impl PreparedObject {
     }
 }
 
-/// Copies `object` and points its calls to `bpf_sock_destroy` at the running kernel's kfunc.
-pub fn prepare_object(object: &[u8]) -> PreparedObject {
+/// Copies `object` and points its calls to `bpf_sock_destroy` at the running kernel's kfunc,
+/// found in `btf` (the kernel's, parsed once for this and the loader: ~18 MiB each).
+pub fn prepare_object(object: &[u8], btf: Option<&Btf>) -> PreparedObject {
     let mut words = vec![0u64; object.len().div_ceil(8)];
     let len = object.len();
     // SAFETY: as in `bytes`, mutably; the buffer is ours.
     let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
     bytes.copy_from_slice(object);
-    let found = kfunc_btf_id();
+    let found = btf.map(kfunc_btf_id).unwrap_or(Ok(0));
     // With no kfunc the call still has to become something aya does not try to link; the
     // program holding it is then never loaded.
-    let id = found.as_ref().map(|(_, id)| *id).unwrap_or(0);
+    let id = found.as_ref().copied().unwrap_or(0);
     let support = match patch_kfunc_calls(bytes, id) {
         Ok(0) => Err(SockTermError::Object(format!("no call to {KFUNC}"))),
-        Ok(_) => found.map(|(btf, _)| btf),
+        Ok(_) => found.map(|_| ()),
         Err(e) => Err(e),
     };
     PreparedObject {
@@ -117,13 +119,10 @@ pub fn prepare_object(object: &[u8]) -> PreparedObject {
     }
 }
 
-/// The kernel's BTF and the id of the kfunc in it.
-fn kfunc_btf_id() -> Result<(Btf, u32), SockTermError> {
-    let btf = Btf::from_sys_fs().map_err(SockTermError::NoBtf)?;
-    let id = btf
-        .id_by_type_name_kind(KFUNC, BtfKind::Func)
-        .map_err(|_| SockTermError::NoKfunc)?;
-    Ok((btf, id))
+/// The id of the kfunc in the kernel's `btf`.
+fn kfunc_btf_id(btf: &Btf) -> Result<u32, SockTermError> {
+    btf.id_by_type_name_kind(KFUNC, BtfKind::Func)
+        .map_err(|_| SockTermError::NoKfunc)
 }
 
 /// Rewrites every call instruction relocated against [`KFUNC`] into a kfunc call to BTF id
