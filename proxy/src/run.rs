@@ -160,6 +160,10 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
         if first_sync.await.is_err() {
             return;
         }
+        // The start's transient memory (the objects' text, the parse, the first sync's
+        // rendering) goes back to the kernel before the handover and the verifies allocate
+        // on top of it.
+        crate::memory::release_freed();
         // On a thread of its own: removing 10,000 services' chains, or waiting for ebpf
         // mode's flows to end, takes seconds, and this mode's syncs need none of it (neither
         // mode touches the other's state). A process that exits meanwhile does not wait for
