@@ -7,18 +7,23 @@
 //!   jumps into them from every other chain, then the chains, as kube-proxy's own `--cleanup`
 //!   does;
 //! - the `ip kube-proxy` and `ip6 kube-proxy` nftables tables of its nftables mode;
+//! - the ipsets of its ipvs mode, by their exact names
+//!   ([`switchyard_model::iptables::kube_proxy::ipvs_ipsets`]), after the chains whose rules
+//!   reference them (a referenced set cannot be destroyed), as upstream's cleanup orders it;
 //! - the `kube-ipvs0` dummy interface of its ipvs mode, which holds every ClusterIP as a local
 //!   address (IPVS serves only locally delivered packets, so without it IPVS no longer sees
 //!   service traffic).
 //!
-//! IPVS virtual servers and `KUBE-*` ipsets are left in place (other tools may use IPVS; the
-//! warning names the commands).
+//! IPVS virtual servers are left in place (other tools may use IPVS; the warning names the
+//! command).
+use std::collections::HashSet;
+use std::io::ErrorKind;
 use std::process::Command;
 
 use crate::iptables::cleanup::{remove_chains_where, CleanupError};
 use crate::iptables::rule_set::Family;
 use crate::iptables::{IptablesBackend, Tools};
-use switchyard_model::iptables::kube_proxy::is_kube_proxy_chain;
+use switchyard_model::iptables::kube_proxy::{ipvs_ipsets, is_kube_proxy_chain};
 
 /// kube-proxy's nftables table (both families use this name).
 const NFT_TABLE: &str = "kube-proxy";
@@ -32,6 +37,8 @@ pub struct Report {
     pub chains: Vec<(Tools, usize)>,
     /// nftables tables removed (`ip kube-proxy`, `ip6 kube-proxy`).
     pub nft_tables: Vec<String>,
+    /// ipsets destroyed.
+    pub ipsets: Vec<String>,
     /// Interfaces removed (`kube-ipvs0`).
     pub links: Vec<String>,
     /// What was left, and why: one line each.
@@ -49,13 +56,15 @@ pub enum StepError {
         /// Underlying error.
         source: CleanupError,
     },
-    /// An nft command.
+    /// An nft or ipset command.
     #[error("{command}: {message}")]
-    Nft {
+    Command {
         /// The command.
         command: String,
         /// What it said.
         message: String,
+        /// Whether the program is not installed.
+        not_found: bool,
     },
     /// The rtnetlink request removing the dummy interface.
     #[error("removing interface {IPVS_DUMMY}: {0}")]
@@ -86,7 +95,7 @@ pub fn remove_iptables_and_nft(report: &mut Report) {
         Ok(tables) => {
             for nf in ["ip", "ip6"] {
                 if tables.iter().any(|(f, n)| f == nf && n == NFT_TABLE) {
-                    match nft(&["delete", "table", nf, NFT_TABLE]) {
+                    match tool("nft", &["delete", "table", nf, NFT_TABLE]) {
                         Ok(_) => report.nft_tables.push(format!("{nf} {NFT_TABLE}")),
                         Err(e) => report.left.push(e.to_string()),
                     }
@@ -95,6 +104,32 @@ pub fn remove_iptables_and_nft(report: &mut Report) {
         }
         // No nft binary, or no nf_tables: nothing of kube-proxy's nftables mode there.
         Err(e) => tracing::debug!(error = %e, "cannot list nftables tables"),
+    }
+}
+
+/// Destroys the ipsets of kube-proxy's ipvs mode that exist on the node; blocking. Runs after
+/// [`remove_iptables_and_nft`]: the kernel refuses to destroy a set a rule still references.
+pub fn remove_ipvs_ipsets(report: &mut Report) {
+    let listing = match tool("ipset", &["list", "-n"]) {
+        Ok(listing) => listing,
+        // No ipset tool: no ipvs mode ran with this root filesystem either.
+        Err(StepError::Command {
+            not_found: true, ..
+        }) => {
+            tracing::debug!("no ipset command: no ipsets looked for");
+            return;
+        }
+        Err(e) => {
+            report.left.push(e.to_string());
+            return;
+        }
+    };
+    let existing: HashSet<&str> = listing.lines().map(str::trim).collect();
+    for name in ipvs_ipsets().filter(|n| existing.contains(n.as_str())) {
+        match tool("ipset", &["destroy", &name]) {
+            Ok(_) => report.ipsets.push(name),
+            Err(e) => report.left.push(e.to_string()),
+        }
     }
 }
 
@@ -116,9 +151,9 @@ pub async fn remove_ipvs_dummy(report: &mut Report) {
         Ok(()) => {
             report.links.push(IPVS_DUMMY.into());
             report.left.push(
-                "IPVS virtual servers and KUBE-* ipsets of kube-proxy's ipvs mode: kept, they \
-                 no longer see service traffic (remove them with `ipvsadm --clear` and \
-                 `ipset destroy` if nothing else on the node uses them)"
+                "IPVS virtual servers of kube-proxy's ipvs mode: kept, they no longer see \
+                 service traffic (remove them with `ipvsadm --clear` if nothing else on the \
+                 node uses IPVS)"
                     .into(),
             );
         }
@@ -131,6 +166,7 @@ pub async fn run() -> Report {
     let mut report = tokio::task::spawn_blocking(|| {
         let mut report = Report::default();
         remove_iptables_and_nft(&mut report);
+        remove_ipvs_ipsets(&mut report);
         report
     })
     .await
@@ -147,6 +183,7 @@ pub async fn run() -> Report {
     tracing::info!(
         chains = ?chains,
         nft_tables = ?report.nft_tables,
+        ipsets = ?report.ipsets,
         links = ?report.links,
         "--cleanup-kube-proxy: removed kube-proxy's leftovers"
     );
@@ -158,7 +195,7 @@ pub async fn run() -> Report {
 
 /// (family, name) of every nftables table.
 fn nft_tables() -> Result<Vec<(String, String)>, StepError> {
-    let out = nft(&["list", "tables"])?;
+    let out = tool("nft", &["list", "tables"])?;
     Ok(out
         .lines()
         .filter_map(|l| {
@@ -169,19 +206,22 @@ fn nft_tables() -> Result<Vec<(String, String)>, StepError> {
         .collect())
 }
 
-fn nft(args: &[&str]) -> Result<String, StepError> {
-    let command = format!("nft {}", args.join(" "));
-    let out = Command::new("nft")
+/// Runs `program args`, its standard output on success.
+fn tool(program: &str, args: &[&str]) -> Result<String, StepError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| StepError::Nft {
+        .map_err(|e| StepError::Command {
             command: command.clone(),
+            not_found: e.kind() == ErrorKind::NotFound,
             message: e.to_string(),
         })?;
     if !out.status.success() {
-        return Err(StepError::Nft {
+        return Err(StepError::Command {
             command,
             message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            not_found: false,
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -1,12 +1,14 @@
 //! Migrating a node from kube-proxy: node1 holds kube-proxy's rules (a kube-proxy 1.33
 //! iptables-save of the demo's web service, `fixtures/kube-proxy-iptables.save`, with its
 //! KUBE-SERVICES jumps from PREROUTING and OUTPUT), leftovers of its nftables and ipvs modes
-//! (the `ip kube-proxy` table, the `kube-ipvs0` dummy interface), and kubelet's chains. Then
+//! (the `ip kube-proxy` table, the `kube-ipvs0` dummy interface, its ipsets of both families,
+//! one referenced by a rule in kube-proxy's chains), and kubelet's chains. Then
 //! switchyard starts with `--cleanup-kube-proxy`, while a pod on node1 opens new connections
 //! to the ClusterIP the whole time: before switchyard starts (kube-proxy's rules answer),
 //! while both sets of rules exist, and after kube-proxy's are gone. Every connection must
 //! reach one of the service's pods; afterwards no chain of kube-proxy's is left, kubelet's
-//! are untouched, and the other leftovers are gone. ip6tables get kube-proxy's IPv6 service
+//! are untouched, the other leftovers are gone, and other tools' `KUBE-*` and other ipsets
+//! stay (kube-router's policy sets are named `KUBE-SRC-*`). ip6tables get kube-proxy's IPv6 service
 //! chains and kubelet's IPv6 firewall chain too (and `ip6 kube-proxy`): the same holds there.
 use std::net::SocketAddr;
 use std::path::Path;
@@ -96,6 +98,22 @@ fn migrate(mode: &str, backend: &str) {
         "nft add table ip kube-proxy && nft add chain ip kube-proxy services && \
          nft add table ip6 kube-proxy && \
          ip link add kube-ipvs0 type bridge && ip addr add 198.18.128.99/32 dev kube-ipvs0",
+    );
+    // ipvs mode's ipsets (types as upstream creates them), one referenced from kube-proxy's
+    // KUBE-SERVICES (appended after its service rules, so its rules still serve), and two
+    // sets of other tools.
+    sh(
+        &testbed,
+        &format!(
+            "ipset create KUBE-CLUSTER-IP hash:ip,port family inet && \
+             ipset add KUBE-CLUSTER-IP 198.18.128.10,tcp:80 && \
+             ipset create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 && \
+             ipset create KUBE-6-LOAD-BALANCER-SOURCE-CID hash:ip,port,net family inet6 && \
+             ipset create KUBE-SRC-ROUTERPOLICY hash:ip && \
+             ipset create cni-allowed hash:net && \
+             iptables-{backend} -t nat -A KUBE-SERVICES \
+               -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN"
+        ),
     );
     let web: SocketAddr = WEB.parse().expect("addr");
     let client = testbed.pod(1, 2);
@@ -264,6 +282,13 @@ fn migrate(mode: &str, backend: &str) {
     assert!(
         save6.contains(":KUBE-FIREWALL") && save6.contains("-A INPUT -j KUBE-FIREWALL"),
         "[{mode}/{backend}] kubelet's IPv6 chain is gone:\n{save6}"
+    );
+    let sets = sh(&testbed, "ipset list -n");
+    let sets: Vec<&str> = sets.lines().collect();
+    assert_eq!(
+        sets,
+        ["KUBE-SRC-ROUTERPOLICY", "cni-allowed"],
+        "[{mode}/{backend}] ipsets after the cleanup"
     );
     let links = sh(&testbed, "ip -o link show");
     assert!(

@@ -2,7 +2,7 @@
 //! built on this machine without a container engine or registry:
 //!
 //! 1. the root filesystem: Debian 12's `essential` set plus `image/packages` (iptables with
-//!    both backends, nftables, mount), made by mmdebstrap from Debian's archive, with
+//!    both backends, nftables, ipset, mount), made by mmdebstrap from Debian's archive, with
 //!    `SOURCE_DATE_EPOCH` fixed. It is cached under `/var/cache/switchyard-image/`, keyed by
 //!    the recipe's hash, so later builds (and CI runs on the same machine) reuse it;
 //! 2. a second layer: `/usr/local/bin/switchyard` (the eBPF object embedded), the iptables

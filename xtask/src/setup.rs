@@ -15,6 +15,8 @@ const PACKAGES: &[&str] = &[
     // The dataplane benchmark's bulk TCP and small-packet UDP measurements.
     "iperf3",
     "nftables",
+    // `--cleanup-kube-proxy` destroys kube-proxy's ipvs-mode ipsets with it (as upstream).
+    "ipset",
     "util-linux",
     "llvm-22-dev",
     "libpolly-22-dev",

@@ -39,6 +39,10 @@ pub const REQUIRED: &[(&str, &str)] = &[
         "usr/sbin/nft",
         "listing chains on nft; --cleanup-kube-proxy",
     ),
+    (
+        "usr/sbin/ipset",
+        "--cleanup-kube-proxy (ipvs mode's ipsets)",
+    ),
     ("usr/bin/sh", "the bpffs init container"),
     ("usr/bin/stat", "the bpffs init container"),
     ("usr/bin/mount", "the bpffs init container"),

@@ -158,7 +158,7 @@ fn wrapper_picks_the_hosts_backend_as_kube_proxys_image_does() {
 fn the_recipe_names_what_both_modes_need() {
     let recipe = std::fs::read_to_string(root().join("image/packages")).expect("image/packages");
     let packages = packages(&recipe);
-    for needed in ["iptables", "nftables", "mount"] {
+    for needed in ["iptables", "nftables", "ipset", "mount"] {
         assert!(
             packages.contains(&needed),
             "{needed} missing from {packages:?}"

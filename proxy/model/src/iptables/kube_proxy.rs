@@ -3,8 +3,44 @@
 //! those kube-proxy's iptables and ipvs modes create (`pkg/proxy/iptables`, `pkg/proxy/ipvs`,
 //! their `CleanupLeftovers`). kubelet's own chains (`KUBE-IPTABLES-HINT`,
 //! `KUBE-KUBELET-CANARY`, filter's `KUBE-FIREWALL`, and `KUBE-MARK-DROP` of older kubelets)
-//! are not kube-proxy's and stay.
+//! are not kube-proxy's and stay. The ipsets of its ipvs mode are named exactly
+//! ([`ipvs_ipsets`]), as other tools (kube-router's network policies) also create `KUBE-*` sets.
 use super::rule_set::Table;
+
+/// The ipsets kube-proxy's ipvs mode creates for IPv4 (`pkg/proxy/ipvs/ipset.go`).
+const IPVS_IPSETS: &[&str] = &[
+    "KUBE-LOOP-BACK",
+    "KUBE-CLUSTER-IP",
+    "KUBE-EXTERNAL-IP",
+    "KUBE-EXTERNAL-IP-LOCAL",
+    "KUBE-LOAD-BALANCER",
+    "KUBE-LOAD-BALANCER-LOCAL",
+    "KUBE-LOAD-BALANCER-FW",
+    "KUBE-LOAD-BALANCER-SOURCE-IP",
+    "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+    "KUBE-NODE-PORT-TCP",
+    "KUBE-NODE-PORT-LOCAL-TCP",
+    "KUBE-NODE-PORT-UDP",
+    "KUBE-NODE-PORT-LOCAL-UDP",
+    "KUBE-NODE-PORT-SCTP-HASH",
+    "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
+    "KUBE-HEALTH-CHECK-NODE-PORT",
+    "KUBE-IPVS-IPS",
+];
+
+/// ipset's limit on a set name's length.
+const IPSET_NAME_MAX: usize = 31;
+
+/// Every ipset name kube-proxy's ipvs mode uses, both families: the IPv6 set of each is
+/// `KUBE-6-...`, cut to ipset's 31 characters as upstream's `NewIPSet` does.
+pub fn ipvs_ipsets() -> impl Iterator<Item = String> {
+    let v6 = IPVS_IPSETS.iter().map(|name| {
+        let mut v6 = name.replacen("KUBE-", "KUBE-6-", 1);
+        v6.truncate(IPSET_NAME_MAX);
+        v6
+    });
+    IPVS_IPSETS.iter().map(|n| (*n).to_owned()).chain(v6)
+}
 
 /// Per-service chains: service, local, external, firewall and endpoint chains (`KUBE-XLB-` is
 /// the external-local chain of kube-proxy before 1.24).
@@ -99,6 +135,25 @@ mod tests {
         ] {
             assert!(!is_kube_proxy_chain(table, chain), "{chain} in {table:?}");
         }
+    }
+
+    #[test]
+    fn ipvs_ipsets_of_both_families_cut_to_ipsets_limit() {
+        let names: Vec<String> = ipvs_ipsets().collect();
+        assert_eq!(names.len(), 2 * IPVS_IPSETS.len());
+        for name in [
+            "KUBE-CLUSTER-IP",
+            "KUBE-6-CLUSTER-IP",
+            "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+            // 32 characters before the cut.
+            "KUBE-6-LOAD-BALANCER-SOURCE-CID",
+            "KUBE-6-NODE-PORT-LOCAL-SCTP-HAS",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        assert!(names.iter().all(|n| n.len() <= IPSET_NAME_MAX));
+        // kube-router's policy sets are no kube-proxy's.
+        assert!(!names.iter().any(|n| n.starts_with("KUBE-SRC-")));
     }
 
     #[test]
