@@ -98,6 +98,9 @@ async fn serve_until_the_source_ends(mut settings: Settings) -> anyhow::Result<(
     let loading = match settings.mode {
         ProxyMode::Ebpf => {
             let config = ebpf_config(&settings, &addresses.borrow())?;
+            if config.no_ipv6.is_none() {
+                metrics.serve_ipv6();
+            }
             Some(tokio::task::spawn_blocking(move || {
                 let loaded = EbpfDataplane::load(config);
                 crate::memory::release_freed();
@@ -276,7 +279,10 @@ fn start_dataplane(
             };
             let ip6tables = crate::iptables::Tools::new(iptables_backend(settings)?, Family::Ipv6);
             let ipv6 = match crate::iptables::exec::usable(ip6tables) {
-                Ok(()) => Some(family(Family::Ipv6)?),
+                Ok(()) => {
+                    metrics.serve_ipv6();
+                    Some(family(Family::Ipv6)?)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "ip6tables unusable: IPv6 services are not served");
                     None

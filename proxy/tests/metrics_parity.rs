@@ -258,6 +258,17 @@ fn metrics_match_upstream(mode: &str) {
         !body.contains("# EOF"),
         "Prometheus text format, not OpenMetrics"
     );
+    // The testbed's node is dual-stack, so it proxies IPv6 in both modes: the sync has IPv6
+    // series too, as upstream's dual-stack node with a proxier per family.
+    for family in ["IPv4", "IPv6"] {
+        let prefix =
+            format!("kubeproxy_sync_proxy_rules_duration_seconds_count{{ip_family=\"{family}\"}} ");
+        let synced = body.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+        assert!(
+            synced.is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n >= 1)),
+            "no synced {family} series:\n{body}"
+        );
+    }
     let families = parse(body);
     let problems = differences(&families, mode == "iptables");
     assert!(

@@ -23,8 +23,10 @@ pub struct NoLocalEndpoints {
 }
 
 impl NoLocalEndpoints {
-    /// The counts over `ports`, as upstream's iptables proxier counts them.
-    pub fn of<'a>(ports: impl IntoIterator<Item = &'a ServicePort>) -> Self {
+    /// The counts over `ports` of one family (IPv6 if `ipv6`), as upstream's iptables proxier
+    /// of that family counts them: a dual-stack port counts in each family with that family's
+    /// endpoints only.
+    pub fn of_family<'a>(ports: impl IntoIterator<Item = &'a ServicePort>, ipv6: bool) -> Self {
         let mut counts = Self::default();
         for port in ports {
             let internal = port.internal_traffic_policy == TrafficPolicy::Local;
@@ -33,6 +35,25 @@ impl NoLocalEndpoints {
             if !internal && !external {
                 continue;
             }
+            if !port.cluster_ips.iter().any(|ip| ip.is_ipv6() == ipv6) {
+                continue;
+            }
+            // Only Local ports with endpoints of both families pay for the copy.
+            let own_family;
+            let port = if port.endpoints.iter().all(|ep| ep.ip.is_ipv6() == ipv6) {
+                port
+            } else {
+                own_family = ServicePort {
+                    endpoints: port
+                        .endpoints
+                        .iter()
+                        .filter(|ep| ep.ip.is_ipv6() == ipv6)
+                        .cloned()
+                        .collect(),
+                    ..port.clone()
+                };
+                &own_family
+            };
             // Upstream: `hasEndpoints` and no local endpoint for a Local policy.
             if !port.has_any_endpoints() || !port.local_endpoints().is_empty() {
                 continue;

@@ -307,8 +307,10 @@ impl Controller {
         let previous = std::mem::replace(&mut self.synced_objects, input.objects.objects.clone());
         self.retired = Some(previous);
         self.update_pending();
-        self.metrics
-            .set_no_local_endpoints(NoLocalEndpoints::of(self.applied_ports()));
+        self.metrics.set_no_local_endpoints(
+            NoLocalEndpoints::of_family(self.applied_ports(), false),
+            NoLocalEndpoints::of_family(self.applied_ports(), true),
+        );
         self.publish_health_checks(&input.addresses);
         let elapsed = self.clock.now().duration_since(started).as_secs_f64();
         let now = self.clock.wall();
@@ -322,9 +324,7 @@ impl Controller {
         let observed = self.observed_trigger;
         for trigger in input.objects.triggers.iter().filter(|t| t.seq > observed) {
             let latency = now.duration_since(trigger.at).unwrap_or_default();
-            self.metrics
-                .network_programming_duration
-                .observe(latency.as_secs_f64());
+            self.metrics.programmed(latency.as_secs_f64(), trigger.ipv6);
             self.observed_trigger = trigger.seq;
         }
     }

@@ -288,15 +288,31 @@ fn a_failed_sync_keeps_the_state_and_is_retried_as_a_full_sync() {
 fn trigger_latency_is_observed_once_per_trigger_and_only_when_its_sync_succeeds() {
     let mut h = harness();
     let at = h.clock.wall();
-    let first = [Trigger { seq: 1, at }];
+    let first = [Trigger {
+        seq: 1,
+        at,
+        ipv6: false,
+    }];
     h.run_for(Duration::ZERO, &input(1, &first, &["198.18.0.11"]));
     assert_eq!(h.latency_samples(), 1);
 
     // Two more triggers arrive; the first snapshot holding them fails to sync.
     let later = [
-        Trigger { seq: 1, at },
-        Trigger { seq: 2, at },
-        Trigger { seq: 3, at },
+        Trigger {
+            seq: 1,
+            at,
+            ipv6: false,
+        },
+        Trigger {
+            seq: 2,
+            at,
+            ipv6: false,
+        },
+        Trigger {
+            seq: 3,
+            at,
+            ipv6: false,
+        },
     ];
     *h.dataplane.fail.lock().unwrap() = 1;
     h.clock.advance(Duration::from_secs(2));

@@ -7,13 +7,16 @@
 //! (`sync_proxy_rules_iptables_*`) and the conntrack reconciler's exist in iptables mode only.
 //! iptables mode writes IPv6 with a second rule set, as upstream's second proxier: its
 //! `sync_proxy_rules_iptables_*` and conntrack reconciler series are labelled
-//! `ip_family="IPv6"` (they appear once the node serves IPv6). The sync duration and timestamp
-//! series stay `IPv4` only: one controller syncs both families at once.
+//! `ip_family="IPv6"` (they appear once the node serves IPv6). On a node that serves IPv6
+//! ([`Metrics::serve_ipv6`]) the sync's families have an `IPv6` series too, as upstream's
+//! dual-stack node has two proxiers: one controller syncs both families at once, so both
+//! series observe that sync's duration and timestamp; the no-local-endpoint gauges count each
+//! family's ports, and a slice's network programming latency goes to its address type.
 pub mod build_info;
 pub mod exposition;
 pub mod process;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +50,9 @@ pub struct FamilyLabel {
 
 const FAMILY: FamilyLabel = FamilyLabel {
     ip_family: PROGRAMMED_FAMILY,
+};
+const FAMILY6: FamilyLabel = FamilyLabel {
+    ip_family: IpFamily::IPv6,
 };
 
 /// `ip_family`, `table` (iptables rule counts).
@@ -265,6 +271,8 @@ pub struct Metrics {
     pub repairs_total: Counter,
     /// Service ports not programmed because an eBPF map was full, by map.
     pub map_full_total: Family<MapLabel, Counter>,
+    /// Whether the node serves IPv6: the sync's families then get `IPv6` series too.
+    ipv6_served: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -307,6 +315,7 @@ impl Metrics {
             sync_failures_total: Counter::default(),
             repairs_total: Counter::default(),
             map_full_total: Family::default(),
+            ipv6_served: AtomicBool::new(false),
         };
         let mut registry = Registry::default();
         m.register_upstream(registry.sub_registry_with_prefix("kubeproxy"), mode);
@@ -461,30 +470,77 @@ impl Metrics {
         );
     }
 
+    /// The node serves IPv6 (decided once at start, as upstream decides its proxiers): the
+    /// sync's `IPv6` series exist from now on (zero), as `IPv4`'s do from the start.
+    pub fn serve_ipv6(&self) {
+        self.ipv6_served.store(true, Ordering::Relaxed);
+        for histogram in [
+            &self.sync_duration,
+            &self.sync_full_duration,
+            &self.sync_partial_duration,
+            &self.network_programming_duration,
+        ] {
+            drop(histogram.family.get_or_create(&FAMILY6));
+        }
+    }
+
+    /// The families whose series a sync writes.
+    fn served(&self) -> &'static [FamilyLabel] {
+        if self.ipv6_served.load(Ordering::Relaxed) {
+            &[FAMILY, FAMILY6]
+        } else {
+            &[FAMILY]
+        }
+    }
+
     /// A sync completed at `now` (Unix seconds) and took `seconds`.
     pub fn synced(&self, seconds: f64, full: bool, now: f64) {
-        self.sync_duration.observe(seconds);
-        if full {
-            self.sync_full_duration.observe(seconds);
+        let kind = if full {
+            &self.sync_full_duration
         } else {
-            self.sync_partial_duration.observe(seconds);
+            &self.sync_partial_duration
+        };
+        for label in self.served() {
+            self.sync_duration
+                .family
+                .get_or_create(label)
+                .observe(seconds);
+            kind.family.get_or_create(label).observe(seconds);
+            self.last_sync_timestamp.get_or_create(label).set(now);
         }
-        self.last_sync_timestamp.get_or_create(&FAMILY).set(now);
     }
 
     /// A change was queued at `now` (Unix seconds).
     pub fn queued(&self, now: f64) {
-        self.last_queued_timestamp.get_or_create(&FAMILY).set(now);
+        for label in self.served() {
+            self.last_queued_timestamp.get_or_create(label).set(now);
+        }
     }
 
-    /// The ports without a local endpoint in the state just synced.
-    pub fn set_no_local_endpoints(&self, counts: NoLocalEndpoints) {
-        for (policy, n) in [("internal", counts.internal), ("external", counts.external)] {
-            let label = PolicyLabel {
-                ip_family: PROGRAMMED_FAMILY,
-                traffic_policy: policy,
-            };
-            self.no_local_endpoints.get_or_create(&label).set(n as i64);
+    /// A change of an EndpointSlice (IPv6 if `ipv6`) is in the dataplane, `seconds` after its
+    /// trigger time; an IPv6 slice's only where the node serves IPv6 (upstream's single-stack
+    /// proxier ignores the other family's slices).
+    pub fn programmed(&self, seconds: f64, ipv6: bool) {
+        let label = if ipv6 { &FAMILY6 } else { &FAMILY };
+        if self.served().contains(label) {
+            self.network_programming_duration
+                .family
+                .get_or_create(label)
+                .observe(seconds);
+        }
+    }
+
+    /// The ports without a local endpoint in the state just synced, per family (`ipv4`,
+    /// `ipv6`); the IPv6 gauges only where the node serves IPv6.
+    pub fn set_no_local_endpoints(&self, ipv4: NoLocalEndpoints, ipv6: NoLocalEndpoints) {
+        for (label, counts) in self.served().iter().zip([ipv4, ipv6]) {
+            for (policy, n) in [("internal", counts.internal), ("external", counts.external)] {
+                let label = PolicyLabel {
+                    ip_family: label.ip_family,
+                    traffic_policy: policy,
+                };
+                self.no_local_endpoints.get_or_create(&label).set(n as i64);
+            }
         }
     }
 

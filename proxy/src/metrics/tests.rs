@@ -16,10 +16,13 @@ fn buckets(text: &str, family: &str) -> Vec<String> {
 fn names_labels_and_buckets_follow_upstream() {
     let m = Metrics::new();
     m.synced(0.02, true, 1_712_345_678.0);
-    m.set_no_local_endpoints(NoLocalEndpoints {
-        internal: 1,
-        external: 2,
-    });
+    m.set_no_local_endpoints(
+        NoLocalEndpoints {
+            internal: 1,
+            external: 2,
+        },
+        NoLocalEndpoints::default(),
+    );
     m.map_full_total
         .get_or_create(&MapLabel {
             map: "SWY_SERVICES".into(),
@@ -55,6 +58,49 @@ fn names_labels_and_buckets_follow_upstream() {
     assert_eq!(&npl[..5], ["0", "0.25", "0.5", "1", "2"]);
     assert_eq!(&npl[61..64], ["59", "60", "65"]);
     assert_eq!(&npl[78..], ["240", "270", "300", "+Inf"]);
+}
+
+#[test]
+fn a_node_serving_ipv6_has_ipv6_series_of_the_sync() {
+    let m = Metrics::new();
+    let counts = |external| NoLocalEndpoints {
+        internal: 0,
+        external,
+    };
+    let ipv6_series = [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 1",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 1",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"} 1.712345678e+09",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv6\",traffic_policy=\"external\"} 3",
+        "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv6\"} 1",
+    ];
+    // Single-stack: an IPv6 slice's latency and IPv6 counts are not written.
+    m.synced(0.02, true, 1_712_345_678.0);
+    m.set_no_local_endpoints(counts(1), counts(3));
+    m.programmed(0.5, true);
+    let text = m.encode();
+    assert!(!text.contains("ip_family=\"IPv6\""), "{text}");
+    assert!(
+        text.contains("kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"} 0")
+    );
+    m.serve_ipv6();
+    assert!(m
+        .encode()
+        .contains("kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 0"));
+    m.synced(0.02, true, 1_712_345_678.0);
+    m.set_no_local_endpoints(counts(1), counts(3));
+    m.programmed(0.5, true);
+    let text = m.encode();
+    for line in ipv6_series {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    for line in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 2",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"external\"} 1",
+        "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
 }
 
 #[test]

@@ -42,11 +42,11 @@ struct TriggerLogInner {
 }
 
 impl TriggerLog {
-    fn record(&self, at: SystemTime) {
+    fn record(&self, (at, ipv6): (SystemTime, bool)) {
         let mut log = self.lock();
         log.last_seq += 1;
         let seq = log.last_seq;
-        log.recent.push_back(Trigger { seq, at });
+        log.recent.push_back(Trigger { seq, at, ipv6 });
         while log.recent.len() > TRIGGERS_KEPT {
             log.recent.pop_front();
         }
@@ -91,7 +91,7 @@ pub async fn watch_api(
         Api::<EndpointSlice>::all(client.clone()),
         config().labels(SLICE_SELECTOR),
         signal_tx.clone(),
-        Some(triggers.clone()),
+        Some((triggers.clone(), slice_trigger)),
     );
     let nodes = spawn_reflector(
         Api::<Node>::all(client.clone()),
@@ -188,12 +188,16 @@ pub async fn watch_api(
     Ok(rx)
 }
 
+/// What a live change of an object records in the trigger log: its trigger time and whether
+/// it is IPv6.
+type TriggerOf<K> = fn(&K) -> Option<(SystemTime, bool)>;
+
 /// Runs a watcher into a reflector store; every event or error becomes a signal.
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     signals: mpsc::UnboundedSender<Signal>,
-    triggers: Option<TriggerLog>,
+    triggers: Option<(TriggerLog, TriggerOf<K>)>,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
@@ -217,8 +221,10 @@ where
                             // describe changes programmed by someone before us.
                             // The reflector has already put the object into the store,
                             // so any snapshot read from now on holds this change.
-                            if let Some((log, at)) = triggers.as_ref().zip(trigger_time(object)) {
-                                log.record(at);
+                            if let Some((log, of)) = &triggers {
+                                if let Some(trigger) = of(object) {
+                                    log.record(trigger);
+                                }
                             }
                         }
                         _ => {}
@@ -233,6 +239,11 @@ where
         }
     });
     reader
+}
+
+/// A slice's trigger time and whether its addresses are IPv6.
+fn slice_trigger(slice: &EndpointSlice) -> Option<(SystemTime, bool)> {
+    Some((trigger_time(slice)?, slice.address_type == "IPv6"))
 }
 
 /// The trigger-time annotation of an object, if present and valid RFC 3339.
@@ -316,6 +327,10 @@ mod tests {
             at,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
         );
+        assert_eq!(slice_trigger(&slice), Some((at, false)));
+        let mut v6 = slice.clone();
+        v6.address_type = "IPv6".into();
+        assert_eq!(slice_trigger(&v6), Some((at, true)));
         let mut no = slice.clone();
         no.metadata.annotations = None;
         assert_eq!(trigger_time(&no), None);

@@ -38,6 +38,9 @@ pub struct Trigger {
     pub seq: u64,
     /// The trigger time.
     pub at: SystemTime,
+    /// Whether the changed EndpointSlice holds IPv6 addresses: its latency is written for
+    /// `ip_family="IPv6"`, as upstream's IPv6 proxier observes the slices of its family.
+    pub ipv6: bool,
 }
 
 /// A source that cannot run at all.

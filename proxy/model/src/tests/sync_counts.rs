@@ -56,11 +56,56 @@ fn ports_without_local_endpoints_are_counted_per_policy() {
             .compute(&node_v4());
         assert!(c.warnings.is_empty(), "{case}: {:?}", c.warnings);
         assert_eq!(
-            NoLocalEndpoints::of(c.state.ports.values().map(|p| &**p)),
+            NoLocalEndpoints::of_family(c.state.ports.values().map(|p| &**p), false),
             NoLocalEndpoints { internal, external },
             "{case}"
         );
+        assert_eq!(
+            NoLocalEndpoints::of_family(c.state.ports.values().map(|p| &**p), true),
+            NoLocalEndpoints::default(),
+            "{case}: no IPv6 port"
+        );
     }
+}
+
+#[test]
+fn a_dual_stack_port_counts_in_each_family_with_that_familys_endpoints() {
+    // IPv4: a local endpoint; IPv6: only a remote one. Upstream's IPv4 proxier counts
+    // nothing, its IPv6 proxier counts the port under both policies.
+    let c = World::new()
+        .svc(service(
+            "web",
+            json!({ "spec": {
+                "type": "NodePort", "externalTrafficPolicy": "Local",
+                "internalTrafficPolicy": "Local",
+                "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"],
+                "clusterIPs": ["198.18.128.10", "2001:db8:5::10"],
+            }}),
+        ))
+        .slice(slice(
+            "web-4",
+            "web",
+            json!({ "endpoints": [ready("198.19.1.11", NODE)] }),
+        ))
+        .slice(slice(
+            "web-6",
+            "web",
+            json!({ "addressType": "IPv6", "endpoints": [ready("2001:db8:2::11", "node-b")] }),
+        ))
+        .compute(&node_dual());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let ports = || c.state.ports.values().map(|p| &**p);
+    assert_eq!(
+        NoLocalEndpoints::of_family(ports(), false),
+        NoLocalEndpoints::default()
+    );
+    assert_eq!(
+        NoLocalEndpoints::of_family(ports(), true),
+        NoLocalEndpoints {
+            internal: 1,
+            external: 1
+        }
+    );
 }
 
 fn keys(names: &[&str]) -> BTreeSet<ObjectKey> {
