@@ -140,13 +140,14 @@ fn run(mode: &str) {
 
     // Network programming latency was observed for the live slice changes.
     let (_, metrics) = http_get(&testbed, 10249, "/metrics");
-    let count: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("kubeproxy_network_programming_duration_seconds_count"))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0);
+    // Summed over the families' series: a dual-stack node prints both, in no fixed order.
+    let count = switchyard_testbed::metric_in(
+        &metrics,
+        "kubeproxy_network_programming_duration_seconds_count",
+    )
+    .unwrap_or(0.0);
     assert!(
-        count >= 2,
+        count >= 2.0,
         "[{mode}] latency observations: {count}\n{metrics}"
     );
 

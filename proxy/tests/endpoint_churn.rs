@@ -210,7 +210,7 @@ fn sockets_destroyed(testbed: &Testbed) -> u64 {
 fn syncs(testbed: &Testbed) -> u64 {
     metric(
         testbed.node(1),
-        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
     )
     .map_or(0, |v| v as u64)
 }

@@ -97,15 +97,11 @@ fn ebpf_to_iptables_and_back() {
     // Several resyncs (verifies) later, still no error: no stale chain of ebpf mode blocks a
     // sync. Counted from the sync-duration histogram, which every completed sync observes.
     wait_for("three more syncs", Duration::from_secs(20), || {
-        let syncs = switchyard_testbed::http_get(node, 10249, "/metrics")
-            .ok()
-            .and_then(|(_, body)| {
-                body.lines()
-                    .find(|l| l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|n| n.parse::<u64>().ok())
-            })
-            .unwrap_or(0);
+        let syncs = switchyard_testbed::metric(
+            node,
+            "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+        )
+        .map_or(0, |v| v as u64);
         if syncs >= 4 {
             Ok(())
         } else {

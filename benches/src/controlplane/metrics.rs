@@ -74,8 +74,10 @@ impl SyncMetrics {
 }
 
 /// Samples of a text exposition by name. A labelled series counts under its name when its
-/// only label is `ip_family` (one series per family, summed: switchyard writes IPv4 only);
-/// other labelled series (buckets, maps) are skipped, the benchmark needs none of them.
+/// only label is `ip_family="IPv4"`: one sync programs both families and observes the same
+/// duration in each family's series, so summing them would count every sync twice on a
+/// dual-stack node. Other labelled series (buckets, maps) are skipped, the benchmark needs
+/// none of them.
 fn parse_samples(text: &str) -> HashMap<&str, f64> {
     let mut samples = HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -85,11 +87,7 @@ fn parse_samples(text: &str) -> HashMap<&str, f64> {
         let name = match series.split_once('{') {
             None => series,
             Some((name, labels)) => {
-                let only_family = labels
-                    .trim_end_matches('}')
-                    .split(',')
-                    .all(|l| l.starts_with("ip_family="));
-                if !only_family {
+                if labels.trim_end_matches('}') != "ip_family=\"IPv4\"" {
                     continue;
                 }
                 name
@@ -155,11 +153,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_sync_samples_of_switchyards_exposition() {
+    fn reads_the_sync_samples_of_a_dual_stack_exposition_once() {
         let text = "# HELP kubeproxy_sync_proxy_rules_duration_seconds SyncProxyRules latency\n\
             # TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram\n\
             kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"} 2.5\n\
             kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 3\n\
+            kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family=\"IPv6\"} 2.5\n\
+            kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 3\n\
             kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\",ip_family=\"IPv4\"} 0\n\
             kubeproxy_sync_full_proxy_rules_duration_seconds_sum{ip_family=\"IPv4\"} 2.25\n\
             kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1\n\

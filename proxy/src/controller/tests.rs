@@ -195,11 +195,11 @@ impl Harness {
 
     fn latency_samples(&self) -> u64 {
         let text = self.metrics.encode();
+        // Every family's series (a dual-stack node prints both, in no fixed order).
         text.lines()
-            .find(|l| l.starts_with("kubeproxy_network_programming_duration_seconds_count"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+            .filter(|l| l.starts_with("kubeproxy_network_programming_duration_seconds_count"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
     }
 }
 

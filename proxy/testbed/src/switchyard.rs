@@ -196,8 +196,9 @@ pub fn http_get(node: &Node, port: u16, path: &str) -> Result<(u16, String)> {
 /// The value of one series on the metrics server of `node`'s proxy (`127.0.0.1:10249`, the
 /// default bind), `None` when it cannot be scraped or has no such series. `series` is the
 /// exposition's text before the value: a name with its labels as printed
-/// (`switchyard_ebpf_map_entries{map="SWY_SERVICES"}`), or a bare name, which matches the
-/// first series of that name whatever its labels.
+/// (`switchyard_ebpf_map_entries{map="SWY_SERVICES"}`), or a bare name, which sums every series
+/// of that name whatever its labels (as PromQL's `sum(name)`: a dual-stack node prints one
+/// series per `ip_family`, in no fixed order).
 pub fn metric(node: &Node, series: &str) -> Option<f64> {
     let (_, body) = http_get(node, 10249, "/metrics").ok()?;
     metric_in(&body, series)
@@ -205,13 +206,15 @@ pub fn metric(node: &Node, series: &str) -> Option<f64> {
 
 /// [`metric`] over an exposition already scraped.
 pub fn metric_in(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|line| {
+    let mut values = exposition.lines().filter_map(|line| {
         let (name, value) = line.rsplit_once(' ')?;
         let bare = name.split_once('{').map_or(name, |(bare, _)| bare);
         let matches = name == series || (!series.contains('{') && bare == series);
         // The exposition prints numbers as Go does (1048576 is `1.048576e+06`).
-        matches.then(|| value.parse().ok()).flatten()
-    })
+        matches.then(|| value.parse::<f64>().ok()).flatten()
+    });
+    let first = values.next()?;
+    Some(values.fold(first, |sum, v| sum + v))
 }
 
 /// `GET path` on `address` from inside the namespace at `netns` (a node's, a pod's, the
@@ -295,9 +298,10 @@ pub fn wait_for<T, O: std::fmt::Debug>(
 #[cfg(test)]
 mod metric_tests {
     #[test]
-    fn a_series_matches_with_its_labels_or_by_its_bare_name() {
+    fn a_series_matches_with_its_labels_or_sums_by_its_bare_name() {
         let text = "# HELP x y\nswitchyard_ebpf_map_entries{map=\"SWY_SERVICES\"} 3\n\
                     switchyard_ebpf_map_entries{map=\"SWY_BACKENDS\"} 1.048576e+06\n\
+                    kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 0\n\
                     kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 7\n\
                     switchyard_dataplane_repairs_total 2\n";
         let m = |s| super::metric_in(text, s);
@@ -309,6 +313,7 @@ mod metric_tests {
             m("kubeproxy_sync_proxy_rules_duration_seconds_count"),
             Some(7.0)
         );
+        assert_eq!(m("switchyard_ebpf_map_entries"), Some(1_048_579.0));
         assert_eq!(m("switchyard_dataplane_repairs_total"), Some(2.0));
         assert_eq!(
             m("switchyard_dataplane_repairs"),

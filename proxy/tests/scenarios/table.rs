@@ -71,7 +71,9 @@ pub fn all() -> Vec<Scenario> {
         ipv6_udp_stale_flows(),
         ipv6_itp_local(),
         ipv6_loadbalancer(),
+        ipv6_external_ip(),
         ipv6_sctp(),
+        terminating_fallback_of(Family::V6),
     ]
 }
 
@@ -1046,71 +1048,125 @@ spec:
 }
 
 fn terminating_fallback() -> Scenario {
+    terminating_fallback_of(Family::V4)
+}
+
+/// An IP family of a scenario's services, with the addresses of its pods.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// `spec.ipFamilies` and the EndpointSlice `addressType`.
+    fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// Pod `pod` of node `node` (as the testbed numbers them).
+    fn pod(self, node: u8, pod: u8) -> String {
+        match self {
+            Family::V4 => format!("198.19.{node}.{}", 10 + pod),
+            Family::V6 => format!("\"2001:db8:1:{node}::{}\"", 10 + pod),
+        }
+    }
+
+    /// Service address `n` of the scenario range (the last byte, printed in hex for IPv6), as
+    /// YAML and as the host part of a socket address.
+    fn service(self, n: u8) -> (String, String) {
+        match self {
+            Family::V4 => (format!("198.18.128.{n}"), format!("198.18.128.{n}")),
+            Family::V6 => (
+                format!("\"2001:db8:5::{n:x}\""),
+                format!("[2001:db8:5::{n:x}]"),
+            ),
+        }
+    }
+}
+
+fn terminating_fallback_of(family: Family) -> Scenario {
     // all-terminating: nothing ready, two serving-and-terminating endpoints (they serve) and
     // one terminating but not serving (never). mixed: two ready endpoints, so the serving
     // terminating one gets nothing; every listed pod runs an echo server, so a wrong pick
     // would be seen.
-    let all_terminating = "apiVersion: v1
-kind: Service
-metadata: {name: draining, namespace: scen}
-spec:
-  clusterIP: 198.18.128.80
-  selector: {app: draining}
-  ports:
-  - {name: tcp, port: 80, targetPort: 8080, protocol: TCP}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: draining-1, namespace: scen, labels: {kubernetes.io/service-name: draining}}
-addressType: IPv4
-ports: [{name: tcp, port: 8080, protocol: TCP}]
-endpoints:
-- {addresses: [198.19.1.12], nodeName: node1, conditions: {ready: false, serving: true, terminating: true}}
-- {addresses: [198.19.2.11], nodeName: node2, conditions: {ready: false, serving: true, terminating: true}}
-- {addresses: [198.19.2.12], nodeName: node2, conditions: {ready: false, serving: false, terminating: true}}
-";
-    let mixed = |pod21_ready: bool| {
-        let c = if pod21_ready {
-            "{ready: true, serving: true, terminating: false}"
-        } else {
-            "{ready: false, serving: true, terminating: true}"
-        };
+    let (v, (draining_ip, draining), (rolling_ip, rolling)) = match family {
+        Family::V4 => ("", family.service(80), family.service(81)),
+        Family::V6 => ("6", family.service(0x90), family.service(0x91)),
+    };
+    let service = |name: &str, ip: &str, conditions: [&str; 3]| {
         format!(
             "apiVersion: v1
 kind: Service
-metadata: {{name: rolling, namespace: scen}}
+metadata: {{name: {name}{v}, namespace: scen}}
 spec:
-  clusterIP: 198.18.128.81
-  selector: {{app: rolling}}
+  clusterIP: {ip}
+  ipFamilies: [{family}]
+  selector: {{app: {name}}}
   ports:
   - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {{name: rolling-1, namespace: scen, labels: {{kubernetes.io/service-name: rolling}}}}
-addressType: IPv4
+metadata: {{name: {name}{v}-1, namespace: scen, labels: {{kubernetes.io/service-name: {name}{v}}}}}
+addressType: {family}
 ports: [{{name: tcp, port: 8080, protocol: TCP}}]
 endpoints:
-- {{addresses: [198.19.1.12], nodeName: node1, conditions: {c}}}
-- {{addresses: [198.19.2.11], nodeName: node2, conditions: {c}}}
-- {{addresses: [198.19.2.12], nodeName: node2, conditions: {{ready: false, serving: true, terminating: true}}}}
-"
+- {{addresses: [{p12}], nodeName: node1, conditions: {c0}}}
+- {{addresses: [{p21}], nodeName: node2, conditions: {c1}}}
+- {{addresses: [{p22}], nodeName: node2, conditions: {c2}}}
+",
+            family = family.name(),
+            p12 = family.pod(1, 2),
+            p21 = family.pod(2, 1),
+            p22 = family.pod(2, 2),
+            c0 = conditions[0],
+            c1 = conditions[1],
+            c2 = conditions[2],
         )
     };
-    Scenario::new("terminating-fallback")
-        .manifest("draining.yaml", all_terminating)
+    const SERVING_TERMINATING: &str = "{ready: false, serving: true, terminating: true}";
+    const READY: &str = "{ready: true, serving: true, terminating: false}";
+    let all_terminating = service(
+        "draining",
+        &draining_ip,
+        [
+            SERVING_TERMINATING,
+            SERVING_TERMINATING,
+            "{ready: false, serving: false, terminating: true}",
+        ],
+    );
+    let mixed = |pod21_ready: bool| {
+        let c = if pod21_ready {
+            READY
+        } else {
+            SERVING_TERMINATING
+        };
+        service("rolling", &rolling_ip, [c, c, SERVING_TERMINATING])
+    };
+    let name = match family {
+        Family::V4 => "terminating-fallback",
+        Family::V6 => "ipv6-terminating-fallback",
+    };
+    Scenario::new(name)
+        .manifest("draining.yaml", &all_terminating)
         .manifest("rolling.yaml", &mixed(true))
         .steps(vec![
             check(
-                tcp(P11, "198.18.128.80:80")
+                tcp(P11, &format!("{draining}:80"))
                     .answers(&["node1-pod2:8080", "node2-pod1:8080"])
                     .source(Source::Own),
             ),
-            check(tcp(P11, "198.18.128.81:80").answers(&["node1-pod2:8080", "node2-pod1:8080"])),
+            check(
+                tcp(P11, &format!("{rolling}:80")).answers(&["node1-pod2:8080", "node2-pod1:8080"]),
+            ),
             // The ready ones start terminating too: now all serving-terminating ones serve.
             edit(
                 vec![write("rolling.yaml", &mixed(false))],
-                vec![tcp(P11, "198.18.128.81:80").answers(&THREE_8080)],
+                vec![tcp(P11, &format!("{rolling}:80")).answers(&THREE_8080)],
             ),
         ])
 }
@@ -2294,6 +2350,69 @@ spec:
 }
 
 /// IPv6 LoadBalancer IPs with source ranges, from outside the node.
+/// IPv6 externalIPs, from a pod and from outside, and one without endpoints: refused by the
+/// node (ICMPv6 / RST), not routed on.
+fn ipv6_external_ip() -> Scenario {
+    let ext6 = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: ext6, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::30
+  ipFamilies: [IPv6]
+  externalIPs: [\"2001:db8:f::30\"]
+  selector: {{app: ext6}}
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: udp, port: 80, targetPort: 8080, protocol: UDP}}
+---
+{}",
+        slice6("ext6", TCP_UDP_8080, THREE_ENDPOINTS_V6)
+    );
+    let empty = "apiVersion: v1
+kind: Service
+metadata: {name: ext6-empty, namespace: scen}
+spec:
+  clusterIP: 2001:db8:5::31
+  ipFamilies: [IPv6]
+  externalIPs: [\"2001:db8:f::31\"]
+  selector: {app: gone}
+  ports:
+  - {name: tcp, port: 80, targetPort: 8080, protocol: TCP}
+  - {name: udp, port: 80, targetPort: 8080, protocol: UDP}
+";
+    Scenario::new("ipv6-external-ip")
+        .client_route("2001:db8:f::/64", 1)
+        .manifest("ext6.yaml", &ext6)
+        .manifest("ext6-empty.yaml", empty)
+        .steps(vec![
+            check(
+                tcp(P11, "[2001:db8:f::30]:80")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::Own),
+            ),
+            check(
+                udp(P21, "[2001:db8:f::30]:80")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::Own),
+            ),
+            // Only the service port is taken over on the external IP.
+            check(tcp(P11, "[2001:db8:f::30]:81").no_answer()),
+            check(
+                tcp(CLIENT, "[2001:db8:f::30]:80")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            check(
+                udp(CLIENT, "[2001:db8:f::30]:80")
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            check(tcp(CLIENT, "[2001:db8:f::31]:80").refused()),
+            check(udp(CLIENT, "[2001:db8:f::31]:80").refused()),
+        ])
+}
+
 fn ipv6_loadbalancer() -> Scenario {
     Scenario::new("ipv6-loadbalancer")
         .client_route("2001:db8:f::/64", 1)
