@@ -2292,6 +2292,20 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {{name: sig6-sticky, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::39
+  ipFamilies: [IPv6]
+  externalIPs: [\"2001:db8:f::38\"]
+  selector: {{app: sig6-sticky}}
+  sessionAffinity: ClientIP
+  ports:
+  - {{name: diameter, port: 3868, targetPort: 8080, protocol: SCTP}}
+---
+{}
+---
+apiVersion: v1
+kind: Service
 metadata: {{name: sig6-empty, namespace: scen}}
 spec:
   clusterIP: 2001:db8:5::40
@@ -2316,10 +2330,12 @@ spec:
 ---
 {}",
         slice6("sig6", SCTP_8080, THREE_ENDPOINTS_V6),
+        slice6("sig6-sticky", SCTP_8080, THREE_ENDPOINTS_V6),
         slice("sig-ds", SCTP_8080, THREE_ENDPOINTS),
         slice6("sig-ds", SCTP_8080, THREE_ENDPOINTS_V6),
     );
     Scenario::new("ipv6-sctp")
+        .client_route("2001:db8:f::/64", 1)
         .manifest("sig6.yaml", &yaml)
         .steps(vec![
             check(
@@ -2331,6 +2347,15 @@ spec:
             check(
                 sctp(CLIENT, "[2001:db8:0:1::12]:30869")
                     .answers(&THREE_8080)
+                    .source(Source::Node),
+            ),
+            // ClientIP affinity over IPv6: every new association of one client to one backend.
+            check(sctp(P21, "[2001:db8:5::39]:3868").sticks_to_one_of(&THREE_8080)),
+            // The same service's IPv6 externalIP from outside (externalTrafficPolicy Cluster:
+            // masqueraded), its affinity keyed by the client's whole address.
+            check(
+                sctp(CLIENT, "[2001:db8:f::38]:3868")
+                    .sticks_to_one_of(&THREE_8080)
                     .source(Source::Node),
             ),
             // No endpoints: REJECTed (ICMPv6 port unreachable).
@@ -2349,7 +2374,6 @@ spec:
         ])
 }
 
-/// IPv6 LoadBalancer IPs with source ranges, from outside the node.
 /// IPv6 externalIPs, from a pod and from outside, and one without endpoints: refused by the
 /// node (ICMPv6 / RST), not routed on.
 fn ipv6_external_ip() -> Scenario {
@@ -2413,6 +2437,7 @@ spec:
         ])
 }
 
+/// IPv6 LoadBalancer IPs with source ranges, from outside the node.
 fn ipv6_loadbalancer() -> Scenario {
     Scenario::new("ipv6-loadbalancer")
         .client_route("2001:db8:f::/64", 1)
