@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap},
 };
 use switchyard_common::{
-    AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey, CtKey6,
-    CtValue, CtValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SnatConfig, SockRevKey,
-    SockRevKey6, SockRevValue, SockRevValue6, SockTermKey, SockTermKey6, SourceRangeKey,
-    SourceRangeKey6, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX,
-    DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SOCK_TERM_MAX,
+    AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey,
+    CtKey6, CtValue, CtValue6, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SnatConfig,
+    SockRevKey, SockRevKey6, SockRevValue, SockRevValue6, SockTermKey, SockTermKey6,
+    SourceRangeKey, SourceRangeKey6, DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX,
+    DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SOCK_TERM_MAX,
     DEFAULT_SOURCE_RANGES_MAX, SNAT_ADDRS_MAX,
 };
 
@@ -99,9 +99,10 @@ pub static BACKENDS6: HashMap<BackendKey, Backend6> =
 pub static SOCK_REVNAT6: LruHashMap<SockRevKey6, SockRevValue6> =
     LruHashMap::with_max_entries(DEFAULT_SOCK_REVNAT_MAX, 0);
 
-/// Session affinity to IPv6 services per client network namespace and service.
+/// Session affinity to IPv6 services per client (network namespace, or an external client's
+/// whole address) and service.
 #[map(name = "SWY_AFFINITY6")]
-pub static AFFINITY6: LruHashMap<AffinityKey, AffinityValue6> =
+pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue6> =
     LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);
 
 /// Packet-path connection tracking of IPv6 flows (as [`CONNTRACK`], which keeps its 16-byte

@@ -132,7 +132,7 @@ fn choose<F: Family>(
         return None;
     }
     // SAFETY: helper on the hook's own context.
-    let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let client = F::socket_client(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
     // A service entry whose slot is missing is being rewritten; refusing beats a black hole.
     let (slot, backend) = lb::pick::<F>(service, client)?;
     if service.flags & SERVICE_FLAG_AFFINITY != 0 {

@@ -13,11 +13,12 @@ use aya::maps::{HashMap, MapData};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader, TestRun, TestRunOptions};
 use switchyard_common::{
-    map_names, program_names, AffinityKey, AffinityValue, Backend, Backend6, BackendKey, CtKey,
-    CtKey6, CtValue, CtValue6, RefusalLimits, ServiceKey, ServiceKey6, ServiceValue, SnatConfig,
-    SourceRangeKey, SourceRangeKey6, CT_FLAG_REPLY, CT_FLAG_SNAT, CT_STATE_FIN, CT_STATE_RST,
-    CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET, SERVICE_FLAG_AFFINITY,
-    SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE, SERVICE_FLAG_SOURCE_RANGES,
+    map_names, program_names, AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend,
+    Backend6, BackendKey, CtKey, CtKey6, CtValue, CtValue6, RefusalLimits, ServiceKey, ServiceKey6,
+    ServiceValue, SnatConfig, SourceRangeKey, SourceRangeKey6, CT_FLAG_REPLY, CT_FLAG_SNAT,
+    CT_STATE_FIN, CT_STATE_RST, CT_STATE_SEEN, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_SOCKET,
+    SERVICE_FLAG_AFFINITY, SERVICE_FLAG_DROP_EMPTY, SERVICE_FLAG_MASQUERADE,
+    SERVICE_FLAG_SOURCE_RANGES,
 };
 use switchyard_testbed::{Testbed, TopologySpec};
 
@@ -1789,6 +1790,11 @@ impl Tc {
             id,
             count: pods.len() as u16,
             flags,
+            affinity_timeout: if flags & SERVICE_FLAG_AFFINITY != 0 {
+                10_800
+            } else {
+                0
+            },
             ..ServiceValue::default()
         };
         self.hash(map_names::SERVICES6)
@@ -1884,6 +1890,55 @@ fn ipv6_udp_is_translated_both_ways_with_valid_checksums() {
     assert_eq!(v.ret, TC_ACT_OK);
     assert_eq!(parse6(&v.frame), ((LB6, 53), client));
     assert_checksum6_valid(&v.frame);
+}
+
+#[test]
+fn ipv6_client_ip_affinity_names_an_external_client_by_its_whole_address() {
+    let mut tc = Tc::load();
+    tc.external6(
+        (NODE6, NODE_PORT),
+        PROTO_UDP,
+        9,
+        SERVICE_FLAG_AFFINITY,
+        &[POD6_A, POD6_B],
+    );
+    // A second client whose address folds to the first one's 64 bits (words 1 and 3 both
+    // differ by the same bits): folded, the two would share one affinity entry.
+    let twin = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0x101, 0, 0, 0, 0x106);
+    for client in [CLIENT6, twin] {
+        let first = frame6(
+            (client, CLIENT_PORT),
+            (NODE6, NODE_PORT),
+            L4::Udp { checksum: true },
+        );
+        let chosen = parse6(&tc.ingress(&first).frame).1;
+        for port in 1..16 {
+            let f = frame6(
+                (client, CLIENT_PORT + port),
+                (NODE6, NODE_PORT),
+                L4::Udp { checksum: true },
+            );
+            assert_dnat6(&tc.ingress(&f), &f, chosen);
+        }
+        let key = AffinityKey6 {
+            client: words6(client),
+            service_id: 9,
+            scope: u32::from(SCOPE_EXTERNAL),
+        };
+        let remembered: AffinityValue6 = tc
+            .hash::<AffinityKey6, AffinityValue6>(map_names::AFFINITY6)
+            .get(&key, 0)
+            .unwrap_or_else(|_| panic!("an affinity entry keyed by {client}"));
+        assert_eq!(
+            (remembered.backend.addr, remembered.backend.port),
+            (words6(chosen.0), chosen.1.to_be())
+        );
+    }
+    let entries = tc
+        .hash::<AffinityKey6, AffinityValue6>(map_names::AFFINITY6)
+        .keys()
+        .count();
+    assert_eq!(entries, 2, "one entry per client");
 }
 
 #[test]

@@ -481,7 +481,22 @@ pub struct SockRevValue6 {
     pub pad: u16,
 }
 
-/// Value of the IPv6 affinity map (its key is an [`AffinityKey`]).
+/// Key of the IPv6 affinity map. The client is a network namespace (the socket programs:
+/// `scope` [`SCOPE_SOCKET`], the cookie's low and high words in `client[0]` and `client[1]`)
+/// or an external client's whole address (the tc programs: [`SCOPE_EXTERNAL`]), so no two
+/// IPv6 clients share an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey6 {
+    /// The network namespace cookie, or the client's address (network order words).
+    pub client: [u32; 4],
+    /// Service entry id.
+    pub service_id: u32,
+    /// [`SCOPE_SOCKET`] or [`SCOPE_EXTERNAL`], widened: what `client` holds.
+    pub scope: u32,
+}
+
+/// Value of the IPv6 affinity map (its key is an [`AffinityKey6`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AffinityValue6 {
@@ -573,6 +588,7 @@ assert_no_padding!(ServiceKey6, 20, [[u32; 4], u16, u8, u8]);
 assert_no_padding!(Backend6, 20, [[u32; 4], u16, u16]);
 assert_no_padding!(SockRevKey6, 32, [u64, [u32; 4], u16, u16, u32]);
 assert_no_padding!(SockRevValue6, 20, [[u32; 4], u16, u16]);
+assert_no_padding!(AffinityKey6, 24, [[u32; 4], u32, u32]);
 assert_no_padding!(AffinityValue6, 32, [u64, u32, Backend6]);
 assert_no_padding!(CtKey6, 40, [[u32; 4], [u32; 4], u16, u16, u8, [u8; 3]]);
 assert_no_padding!(CtValue6, 48, [[u32; 4], u16, u16, [u32; 4], u16, u16, u64]);
@@ -596,6 +612,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockTermKey6 {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::AffinityKey6 {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::RefusalLimits {}

@@ -40,8 +40,8 @@ use switchyard_common::{
 };
 
 use super::{
-    fib_lookup, opens, seen, AFFINITY_EXTERNAL_BIT, DROP, ETH_DST_OFF, ETH_HLEN, ETH_SRC_OFF, PASS,
-    SNAT_PORT_TRIES, TCP_HLEN, UDP_HLEN,
+    fib_lookup, opens, seen, DROP, ETH_DST_OFF, ETH_HLEN, ETH_SRC_OFF, PASS, SNAT_PORT_TRIES,
+    TCP_HLEN, UDP_HLEN,
 };
 use crate::{
     lb,
@@ -303,10 +303,9 @@ fn choose(ctx: &TcContext, pkt: &Packet6, service: &ServiceValue, flow: &mut CtV
             FLOW_REFUSE
         };
     }
-    // External clients are named by their address folded to 63 bits (the top bit keeps them
-    // apart from network namespace cookies); clients sharing a fold share their affinity.
-    let a = pkt.saddr;
-    let client = AFFINITY_EXTERNAL_BIT | (((a[0] ^ a[2]) as u64) << 32 | (a[1] ^ a[3]) as u64);
+    // External clients are named by their whole address (keys of their own, apart from the
+    // socket programs' network namespaces).
+    let client = lb::Client6::external(pkt.saddr);
     let Some((slot, backend)) = lb::pick::<lb::V6>(service, client) else {
         return DROP;
     };

@@ -201,12 +201,13 @@ pub(crate) fn parse_slice(
                 "no address (exactly one is expected)",
             ));
         };
-        let field = format!("endpoints[{i}].addresses[0]");
+        // Named only on an error: a slice of 100,000 endpoints would format it 100,000 times.
+        let field = || format!("endpoints[{i}].addresses[0]");
         let ip = parse::parse_ip(text)
-            .ok_or_else(|| w.fatal(&field, format!("{text:?} is not a valid IP address")))?;
+            .ok_or_else(|| w.fatal(field(), format!("{text:?} is not a valid IP address")))?;
         if ip.is_ipv6() != want_v6 {
             return Err(w.fatal(
-                &field,
+                field(),
                 format!(
                     "{ip} is {} but the slice's addressType is {}",
                     parse::family_name(&ip),

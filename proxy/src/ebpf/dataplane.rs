@@ -1366,8 +1366,8 @@ fn link_program(pin: &str) -> Option<&'static str> {
 fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 17] {
     use std::mem::size_of;
     use switchyard_common::{
-        AffinityKey, AffinityValue, AffinityValue6, SockRevKey, SockRevKey6, SockRevValue,
-        SockRevValue6, DEFAULT_AFFINITY_MAX, DEFAULT_SOCK_REVNAT_MAX, SNAT_ADDRS_MAX,
+        AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, SockRevKey, SockRevKey6,
+        SockRevValue, SockRevValue6, DEFAULT_AFFINITY_MAX, DEFAULT_SOCK_REVNAT_MAX, SNAT_ADDRS_MAX,
     };
     let sizes6 = config.sizes6();
     [
@@ -1391,7 +1391,7 @@ fn expected_layouts(config: &EbpfConfig) -> [(&'static str, usize, usize, u32); 
         ),
         (
             map_names::AFFINITY6,
-            size_of::<AffinityKey>(),
+            size_of::<AffinityKey6>(),
             size_of::<AffinityValue6>(),
             sizes6.affinity,
         ),

@@ -4,9 +4,9 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, MapData, MapError};
 use aya::{Ebpf, Pod};
 use switchyard_common::{
-    map_names, AffinityKey, AffinityValue, AffinityValue6, Backend, Backend6, BackendKey, CtKey,
-    CtValue, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevKey, SockRevKey6,
-    SockRevValue, SockRevValue6, SourceRangeKey,
+    map_names, AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend, Backend6,
+    BackendKey, CtKey, CtValue, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevKey,
+    SockRevKey6, SockRevValue, SockRevValue6, SourceRangeKey,
 };
 
 use super::batch_write::{self, Partial};
@@ -87,7 +87,7 @@ pub struct Maps {
     /// `SWY_BACKENDS6`.
     pub backends6: HashMap<MapData, BackendKey, Backend6>,
     /// `SWY_AFFINITY6`, only counted.
-    pub affinity6: HashMap<MapData, AffinityKey, AffinityValue6>,
+    pub affinity6: HashMap<MapData, AffinityKey6, AffinityValue6>,
     /// `SWY_SOCK_REVNAT6`, only counted.
     pub sock_revnat6: HashMap<MapData, SockRevKey6, SockRevValue6>,
     /// `SWY_CONNTRACK6`.

@@ -7,9 +7,9 @@ use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, MapType};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use aya::Pod;
 use switchyard_common::{
-    map_names, AffinityKey, AffinityValue, AffinityValue6, Backend6, BackendKey, CtKey, CtValue,
-    ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevKey, SockRevKey6, SockRevValue,
-    SockRevValue6, SourceRangeKey,
+    map_names, AffinityKey, AffinityKey6, AffinityValue, AffinityValue6, Backend6, BackendKey,
+    CtKey, CtValue, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SockRevKey, SockRevKey6,
+    SockRevValue, SockRevValue6, SourceRangeKey,
 };
 
 use crate::ebpf::dataplane::MAPS;
@@ -89,7 +89,7 @@ pub fn read(root: &Path) -> Result<Pinned, ReadError> {
             map_names::SNAT_ADDRS => count::<u32, u32>(&path)?,
             map_names::SERVICES6 => services6.len(),
             map_names::BACKENDS6 => backends6.len(),
-            map_names::AFFINITY6 => count::<AffinityKey, AffinityValue6>(&path)?,
+            map_names::AFFINITY6 => count::<AffinityKey6, AffinityValue6>(&path)?,
             map_names::SOCK_REVNAT6 => count::<SockRevKey6, SockRevValue6>(&path)?,
             map_names::CONNTRACK6 => {
                 count::<switchyard_common::CtKey6, switchyard_common::CtValue6>(&path)?

@@ -2405,9 +2405,27 @@ spec:
   - {name: tcp, port: 80, targetPort: 8080, protocol: TCP}
   - {name: udp, port: 80, targetPort: 8080, protocol: UDP}
 ";
+    let sticky = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: ext6-sticky, namespace: scen}}
+spec:
+  clusterIP: 2001:db8:5::32
+  ipFamilies: [IPv6]
+  externalIPs: [\"2001:db8:f::32\"]
+  selector: {{app: ext6-sticky}}
+  sessionAffinity: ClientIP
+  ports:
+  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: udp, port: 80, targetPort: 8080, protocol: UDP}}
+---
+{}",
+        slice6("ext6-sticky", TCP_UDP_8080, THREE_ENDPOINTS_V6)
+    );
     Scenario::new("ipv6-external-ip")
         .client_route("2001:db8:f::/64", 1)
         .manifest("ext6.yaml", &ext6)
+        .manifest("ext6-sticky.yaml", &sticky)
         .manifest("ext6-empty.yaml", empty)
         .steps(vec![
             check(
@@ -2432,6 +2450,10 @@ spec:
                     .answers(&THREE_8080)
                     .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
+            // ClientIP affinity of an external IPv6 client (ebpf mode: the tc programs, keyed
+            // by the client's whole address).
+            check(tcp(CLIENT, "[2001:db8:f::32]:80").sticks_to_one_of(&THREE_8080)),
+            check(udp(CLIENT, "[2001:db8:f::32]:80").sticks_to_one_of(&THREE_8080)),
             check(tcp(CLIENT, "[2001:db8:f::31]:80").refused()),
             check(udp(CLIENT, "[2001:db8:f::31]:80").refused()),
         ])
