@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use switchyard_model::ebpf_plan::{fake::FakeMaps, Planner};
@@ -51,6 +49,22 @@ fn objects(services: usize, endpoints: usize) -> anyhow::Result<ClusterObjects> 
 
 /// Rounds of the fresh computation and of the cold cache update (their medians are reported).
 const FIRST_ROUNDS: usize = 3;
+
+/// Runs `work` [`FIRST_ROUNDS`] times: the last result and the median time. One round moves by
+/// up to 2x on a shared 2-core VM. Each result is dropped before the next round starts, so the
+/// rounds do not add up in memory.
+fn median_of_rounds<T>(mut work: impl FnMut() -> T) -> (T, Duration) {
+    let mut times = Vec::with_capacity(FIRST_ROUNDS);
+    let mut result = None;
+    for _ in 0..FIRST_ROUNDS {
+        drop(result.take());
+        let started = Instant::now();
+        result = Some(work());
+        times.push(started.elapsed());
+    }
+    let result = result.unwrap_or_else(work);
+    (result, median(times))
+}
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -95,16 +109,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &services in &args.services {
         let mut objects = objects(services, args.endpoints)?;
-        // Medians of a few rounds: one round moves by 2x on a shared 2-core VM.
-        let (mut fresh_times, mut cold_times) = (Vec::new(), Vec::new());
-        let mut fresh = None;
-        for _ in 0..FIRST_ROUNDS {
-            drop(fresh.take());
-            let started = Instant::now();
-            fresh = Some(compute_desired_state(&objects, &node));
-            fresh_times.push(started.elapsed());
-        }
-        let fresh = fresh.context("a fresh computation")?;
+        let (fresh, fresh_time) = median_of_rounds(|| compute_desired_state(&objects, &node));
         anyhow::ensure!(
             fresh.state.ports.len() == services,
             "every service has a port"
@@ -114,13 +119,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         drop(fresh);
 
         // The controller's first sync: the incremental cache's update from empty.
-        let mut cache = ModelCache::default();
-        for _ in 0..FIRST_ROUNDS {
-            cache = ModelCache::default();
-            let started = Instant::now();
+        let (mut cache, cold_time) = median_of_rounds(|| {
+            let mut cache = ModelCache::default();
             cache.update(&objects, &node);
-            cold_times.push(started.elapsed());
-        }
+            cache
+        });
         let (mut updates, mut diffs, mut changed) = (Vec::new(), Vec::new(), 0);
         for round in 1..=args.changes.max(1) {
             let slice: EndpointSlice = parse(&cluster::slice_yaml(0, args.endpoints, round))?;
@@ -135,8 +138,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         println!(
             "| {services} | {:.1} | {:.1} | {:.3} | {:.3} | {changed} | {:.1} | {:.1} |",
-            ms(median(fresh_times)),
-            ms(median(cold_times)),
+            ms(fresh_time),
+            ms(cold_time),
             ms(median(updates)),
             ms(median(diffs)),
             ms(plan_time),

@@ -206,15 +206,14 @@ pub fn metric(node: &Node, series: &str) -> Option<f64> {
 
 /// [`metric`] over an exposition already scraped.
 pub fn metric_in(exposition: &str, series: &str) -> Option<f64> {
-    let mut values = exposition.lines().filter_map(|line| {
+    let values = exposition.lines().filter_map(|line| {
         let (name, value) = line.rsplit_once(' ')?;
         let bare = name.split_once('{').map_or(name, |(bare, _)| bare);
         let matches = name == series || (!series.contains('{') && bare == series);
         // The exposition prints numbers as Go does (1048576 is `1.048576e+06`).
         matches.then(|| value.parse::<f64>().ok()).flatten()
     });
-    let first = values.next()?;
-    Some(values.fold(first, |sum, v| sum + v))
+    values.reduce(|sum, v| sum + v)
 }
 
 /// `GET path` on `address` from inside the namespace at `netns` (a node's, a pod's, the

@@ -2377,56 +2377,37 @@ spec:
 /// IPv6 externalIPs, from a pod and from outside, and one without endpoints: refused by the
 /// node (ICMPv6 / RST), not routed on.
 fn ipv6_external_ip() -> Scenario {
-    let ext6 = format!(
-        "apiVersion: v1
+    // Service `name` at 2001:db8:5::`n` with the externalIP 2001:db8:f::`n`, TCP and UDP 80,
+    // with `spec` added and, if `slice`, the three IPv6 endpoints.
+    let service = |name: &str, n: u8, spec: &str, slice: bool| {
+        let endpoints = if slice {
+            format!("---\n{}", slice6(name, TCP_UDP_8080, THREE_ENDPOINTS_V6))
+        } else {
+            String::new()
+        };
+        format!(
+            "apiVersion: v1
 kind: Service
-metadata: {{name: ext6, namespace: scen}}
+metadata: {{name: {name}, namespace: scen}}
 spec:
-  clusterIP: 2001:db8:5::30
+  clusterIP: 2001:db8:5::{n}
   ipFamilies: [IPv6]
-  externalIPs: [\"2001:db8:f::30\"]
-  selector: {{app: ext6}}
-  ports:
+  externalIPs: [\"2001:db8:f::{n}\"]
+  selector: {{app: {name}}}
+{spec}  ports:
   - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
   - {{name: udp, port: 80, targetPort: 8080, protocol: UDP}}
----
-{}",
-        slice6("ext6", TCP_UDP_8080, THREE_ENDPOINTS_V6)
-    );
-    let empty = "apiVersion: v1
-kind: Service
-metadata: {name: ext6-empty, namespace: scen}
-spec:
-  clusterIP: 2001:db8:5::31
-  ipFamilies: [IPv6]
-  externalIPs: [\"2001:db8:f::31\"]
-  selector: {app: gone}
-  ports:
-  - {name: tcp, port: 80, targetPort: 8080, protocol: TCP}
-  - {name: udp, port: 80, targetPort: 8080, protocol: UDP}
-";
-    let sticky = format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: ext6-sticky, namespace: scen}}
-spec:
-  clusterIP: 2001:db8:5::32
-  ipFamilies: [IPv6]
-  externalIPs: [\"2001:db8:f::32\"]
-  selector: {{app: ext6-sticky}}
-  sessionAffinity: ClientIP
-  ports:
-  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}
-  - {{name: udp, port: 80, targetPort: 8080, protocol: UDP}}
----
-{}",
-        slice6("ext6-sticky", TCP_UDP_8080, THREE_ENDPOINTS_V6)
-    );
+{endpoints}"
+        )
+    };
+    let ext6 = service("ext6", 30, "", true);
+    let empty = service("ext6-empty", 31, "", false);
+    let sticky = service("ext6-sticky", 32, "  sessionAffinity: ClientIP\n", true);
     Scenario::new("ipv6-external-ip")
         .client_route("2001:db8:f::/64", 1)
         .manifest("ext6.yaml", &ext6)
         .manifest("ext6-sticky.yaml", &sticky)
-        .manifest("ext6-empty.yaml", empty)
+        .manifest("ext6-empty.yaml", &empty)
         .steps(vec![
             check(
                 tcp(P11, "[2001:db8:f::30]:80")
