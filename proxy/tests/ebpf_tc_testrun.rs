@@ -1711,6 +1711,74 @@ fn frame6(src: End6, dst: End6, l4: L4) -> Vec<u8> {
     frame6_with(src, dst, l4, None)
 }
 
+/// Extension header types the tests put in front of TCP/UDP.
+const EXT_HOP_BY_HOP: u8 = 0;
+const EXT_ROUTING: u8 = 43;
+const EXT_FRAGMENT: u8 = 44;
+const EXT_DEST_OPTIONS: u8 = 60;
+
+/// An extension header of `kind` and `len` bytes (a multiple of 8): options headers hold PadN,
+/// a routing header is of type 4 (segment routing) with `segments_left`, a fragment header is
+/// the first fragment of more.
+fn extension(kind: u8, len: usize, segments_left: u8) -> Vec<u8> {
+    let mut h = vec![0u8; len];
+    h[1] = if kind == EXT_FRAGMENT {
+        0
+    } else {
+        (len / 8 - 1) as u8
+    };
+    match kind {
+        EXT_ROUTING => {
+            h[2] = 4;
+            h[3] = segments_left;
+        }
+        EXT_FRAGMENT => h[3] = 1, // offset 0, more fragments
+        _ => {
+            h[2] = 1; // PadN over the rest
+            h[3] = (len - 4) as u8;
+        }
+    }
+    h
+}
+
+/// `frame` (a [`frame6`]) with the extension headers `headers` (type, bytes) chained between
+/// its fixed header and its TCP/UDP header. No checksum changes: the pseudo header's length is
+/// the upper layer's.
+fn with_extensions(frame: &[u8], headers: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut f = frame[..L4_OFF6].to_vec();
+    let upper = frame[ETH + 6];
+    let total: usize = headers.iter().map(|(_, h)| h.len()).sum();
+    let payload = u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]) as usize + total;
+    f[ETH + 4..ETH + 6].copy_from_slice(&(payload as u16).to_be_bytes());
+    f[ETH + 6] = headers.first().map_or(upper, |(kind, _)| *kind);
+    for (i, (_, h)) in headers.iter().enumerate() {
+        let mut h = h.clone();
+        h[0] = headers.get(i + 1).map_or(upper, |(kind, _)| *kind);
+        f.extend_from_slice(&h);
+    }
+    f.extend_from_slice(&frame[L4_OFF6..]);
+    f
+}
+
+/// The upper-layer protocol of an IPv6 frame and where its header starts, past the
+/// extension headers.
+fn upper_layer6(f: &[u8]) -> (u8, usize) {
+    let (mut next, mut off) = (f[ETH + 6], L4_OFF6);
+    while matches!(
+        next,
+        EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTIONS | EXT_FRAGMENT
+    ) {
+        let len = if next == EXT_FRAGMENT {
+            8
+        } else {
+            (f[off + 1] as usize + 1) * 8
+        };
+        next = f[off];
+        off += len;
+    }
+    (next, off)
+}
+
 /// The TCP/UDP checksum over the IPv6 pseudo header (0 is sent as 0xffff for UDP).
 fn l4_csum6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, seg: &[u8]) -> u16 {
     let sum = sum16(&src.octets())
@@ -1729,17 +1797,15 @@ fn l4_csum6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, seg: &[u8]) -> u16 {
 fn parse6(f: &[u8]) -> (End6, End6) {
     let ip6 = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[o..o + 16]).unwrap());
     let be16 = |o: usize| u16::from_be_bytes([f[o], f[o + 1]]);
-    (
-        (ip6(ETH + 8), be16(L4_OFF6)),
-        (ip6(ETH + 24), be16(L4_OFF6 + 2)),
-    )
+    let (_, l4) = upper_layer6(f);
+    ((ip6(ETH + 8), be16(l4)), (ip6(ETH + 24), be16(l4 + 2)))
 }
 
 /// The segment sums to 0xffff with its pseudo header.
 fn assert_checksum6_valid(f: &[u8]) {
     let (src, dst) = parse6(f);
-    let proto = f[ETH + 6];
-    let seg = &f[L4_OFF6..];
+    let (proto, l4) = upper_layer6(f);
+    let seg = &f[l4..];
     let sum = sum16(&src.0.octets())
         + sum16(&dst.0.octets())
         + seg.len() as u32
@@ -1838,6 +1904,21 @@ fn assert_dnat6(v: &Verdict, input: &[u8], to: End6) {
     assert_checksum6_valid(&v.frame);
 }
 
+/// The backend's SYN-ACK to `client` leaves from `frontend`, its checksum valid.
+fn assert_syn_ack_leaves_as(tc: &Tc, backend: End6, client: End6, frontend: End6) {
+    let syn_ack = frame6(
+        backend,
+        client,
+        L4::Tcp {
+            flags: TCP_SYN | TCP_ACK,
+        },
+    );
+    let v = tc.egress(&syn_ack);
+    assert_eq!(v.ret, TC_ACT_OK);
+    assert_eq!(parse6(&v.frame), (frontend, client));
+    assert_checksum6_valid(&v.frame);
+}
+
 #[test]
 fn ipv6_tcp_to_a_nodeport_is_translated_tracked_and_its_replies_rewritten_back() {
     let mut tc = Tc::load();
@@ -1861,17 +1942,7 @@ fn ipv6_tcp_to_a_nodeport_is_translated_tracked_and_its_replies_rewritten_back()
     // Later segments follow the flow; the reply leaves as the NodePort.
     let ack = frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_ACK });
     assert_dnat6(&tc.ingress(&ack), &ack, (POD6_A, POD_PORT));
-    let syn_ack = frame6(
-        (POD6_A, POD_PORT),
-        client,
-        L4::Tcp {
-            flags: TCP_SYN | TCP_ACK,
-        },
-    );
-    let v = tc.egress(&syn_ack);
-    assert_eq!(v.ret, TC_ACT_OK);
-    assert_eq!(parse6(&v.frame), ((NODE6, NODE_PORT), client));
-    assert_checksum6_valid(&v.frame);
+    assert_syn_ack_leaves_as(&tc, (POD6_A, POD_PORT), client, (NODE6, NODE_PORT));
     let seen = tc
         .conntrack6(ct_key6((POD6_A, POD_PORT), client, PROTO_TCP))
         .expect("reply-direction entry");
@@ -1942,18 +2013,37 @@ fn ipv6_client_ip_affinity_names_an_external_client_by_its_whole_address() {
 }
 
 #[test]
-fn ipv6_traffic_outside_services_and_behind_extension_headers_passes_untouched() {
+fn ipv6_traffic_outside_services_and_behind_headers_that_are_not_walked_passes_untouched() {
     let mut tc = Tc::load();
     tc.external6((NODE6, NODE_PORT), PROTO_TCP, 7, 0, &[POD6_A]);
     let client = (CLIENT6, CLIENT_PORT);
     let syn = L4::Tcp { flags: TCP_SYN };
+    let to_frontend = frame6(client, (NODE6, NODE_PORT), syn);
+    let options = || (EXT_DEST_OPTIONS, extension(EXT_DEST_OPTIONS, 8, 0));
     for other in [
         // Another port, another protocol, another address.
         frame6(client, (NODE6, NODE_PORT + 1), syn),
         frame6(client, (NODE6, NODE_PORT), L4::Udp { checksum: true }),
         frame6(client, (LB6, NODE_PORT), syn),
-        // The frontend, behind a destination options header (not walked).
-        frame6_with(client, (NODE6, NODE_PORT), syn, Some(60)),
+        // The frontend as a fragment (it would need reassembly), as a waypoint of a routing
+        // header with segments left, behind hop-by-hop options that are not first (RFC 8200
+        // 4.3), and behind more headers than the programs walk.
+        with_extensions(
+            &to_frontend,
+            &[(EXT_FRAGMENT, extension(EXT_FRAGMENT, 8, 0))],
+        ),
+        with_extensions(
+            &to_frontend,
+            &[(EXT_ROUTING, extension(EXT_ROUTING, 24, 1))],
+        ),
+        with_extensions(
+            &to_frontend,
+            &[options(), (EXT_HOP_BY_HOP, extension(EXT_HOP_BY_HOP, 8, 0))],
+        ),
+        with_extensions(
+            &to_frontend,
+            &[options(), options(), options(), options(), options()],
+        ),
     ] {
         assert_untouched(&tc.ingress(&other), &other);
         assert_untouched(&tc.egress(&other), &other);
@@ -1961,6 +2051,111 @@ fn ipv6_traffic_outside_services_and_behind_extension_headers_passes_untouched()
     // The IPv4 frontend of the same port number is not an IPv6 one.
     let v4 = frame(tcp((CLIENT, CLIENT_PORT), (NODE, NODE_PORT), TCP_SYN));
     assert_untouched(&tc.ingress(&v4), &v4);
+}
+
+/// Hop-by-hop options, destination options and a routing header with no segments left: the
+/// longest chain the programs walk.
+fn walked_extensions() -> Vec<(u8, Vec<u8>)> {
+    vec![
+        (EXT_HOP_BY_HOP, extension(EXT_HOP_BY_HOP, 8, 0)),
+        (EXT_DEST_OPTIONS, extension(EXT_DEST_OPTIONS, 16, 0)),
+        (EXT_ROUTING, extension(EXT_ROUTING, 24, 0)),
+        (EXT_DEST_OPTIONS, extension(EXT_DEST_OPTIONS, 8, 0)),
+    ]
+}
+
+#[test]
+fn ipv6_tcp_and_udp_behind_extension_headers_are_translated_with_the_headers_kept() {
+    let mut tc = Tc::load();
+    tc.external6((NODE6, NODE_PORT), PROTO_TCP, 7, 0, &[POD6_A]);
+    tc.external6((LB6, 53), PROTO_UDP, 4, 0, &[POD6_B]);
+    let client = (CLIENT6, CLIENT_PORT);
+    let chain = walked_extensions();
+    let chain_len: usize = chain.iter().map(|(_, h)| h.len()).sum();
+    for (plain, backend) in [
+        (
+            frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_SYN }),
+            (POD6_A, POD_PORT),
+        ),
+        (
+            frame6(client, (LB6, 53), L4::Udp { checksum: true }),
+            (POD6_B, POD_PORT),
+        ),
+    ] {
+        let request = with_extensions(&plain, &chain);
+        assert_checksum6_valid(&request);
+        let v = tc.ingress(&request);
+        assert_dnat6(&v, &request, backend);
+        assert_eq!(
+            v.frame[ETH + 6..ETH + 8],
+            request[ETH + 6..ETH + 8],
+            "next header and hop limit kept"
+        );
+        assert_eq!(
+            v.frame[L4_OFF6..L4_OFF6 + chain_len],
+            request[L4_OFF6..L4_OFF6 + chain_len],
+            "extension headers kept"
+        );
+    }
+    // The flow is tracked as without the headers: a reply leaves as the frontend, and a
+    // later segment without them follows the flow.
+    let tracked = tc
+        .conntrack6(ct_key6(client, (NODE6, NODE_PORT), PROTO_TCP))
+        .expect("original-direction entry");
+    assert_eq!(tracked.addr, words6(POD6_A));
+    assert_syn_ack_leaves_as(&tc, (POD6_A, POD_PORT), client, (NODE6, NODE_PORT));
+    let ack = frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_ACK });
+    assert_dnat6(&tc.ingress(&ack), &ack, (POD6_A, POD_PORT));
+}
+
+#[test]
+fn ipv6_requests_behind_extension_headers_to_frontends_without_endpoints_are_refused() {
+    let mut tc = Tc::load();
+    tc.external6((NODE6, NODE_PORT), PROTO_TCP, 8, 0, &[]);
+    tc.external6((NODE6, 53), PROTO_UDP, 9, 0, &[]);
+    let client = (CLIENT6, CLIENT_PORT);
+    let chain = walked_extensions();
+
+    let syn = frame6(client, (NODE6, NODE_PORT), L4::Tcp { flags: TCP_SYN });
+    let v = tc.ingress(&with_extensions(&syn, &chain));
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "sent back out");
+    let f = &v.frame;
+    assert_eq!(
+        f.len(),
+        L4_OFF6 + 20,
+        "a plain IPv6 header and the RST only"
+    );
+    assert_eq!(f[ETH + 6], PROTO_TCP, "next header");
+    assert_eq!(
+        u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]),
+        20,
+        "payload length"
+    );
+    assert_eq!(parse6(f), ((NODE6, NODE_PORT), client), "from the frontend");
+    assert_eq!(f[L4_OFF6 + 13], TCP_RST | TCP_ACK);
+    assert_eq!(
+        f[L4_OFF6 + 8..L4_OFF6 + 12],
+        0x0102_0304u32
+            .wrapping_add(1 + PAYLOAD.len() as u32)
+            .to_be_bytes(),
+        "acknowledges the SYN and its data"
+    );
+    assert_checksum6_valid(f);
+
+    let datagram = frame6(client, (NODE6, 53), L4::Udp { checksum: true });
+    let v = tc.ingress(&with_extensions(&datagram, &chain));
+    assert_eq!(v.ret, TC_ACT_REDIRECT, "sent back out");
+    let f = &v.frame;
+    assert_eq!(f.len(), L4_OFF6 + 8 + 48, "IPv6, ICMPv6 and the quote only");
+    assert_eq!(f[ETH + 6], 58, "ICMPv6");
+    assert_eq!((parse6(f).0 .0, parse6(f).1 .0), (NODE6, CLIENT6));
+    assert_eq!((f[L4_OFF6], f[L4_OFF6 + 1]), (1, 4), "port unreachable");
+    assert_eq!(
+        f[L4_OFF6 + 8..],
+        datagram[ETH..ETH + 48],
+        "quotes the datagram's IPv6 and UDP headers as without the options"
+    );
+    assert_checksum6_valid(f);
 }
 
 #[test]

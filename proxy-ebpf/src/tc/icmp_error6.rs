@@ -11,8 +11,10 @@
 //!   (quote client -> backend) leaves from the frontend, quote client -> frontend.
 //!
 //! Errors of types 1 to 4 (destination unreachable, packet too big, time exceeded, parameter
-//! problem) quoting a TCP/UDP packet right behind its fixed IPv6 header are translated (no
-//! extension headers walked, outside or in the quote, as [`super::v6`]).
+//! problem) quoting a TCP/UDP packet right behind its fixed IPv6 header are translated. Unlike
+//! [`super::v6`], no extension headers are walked, outside or in the quote: the quoted packet
+//! is one of the flow's replies or DNATed requests, and neither side of a translated flow
+//! adds them in practice; such an error passes untouched.
 //!
 //! Checksums: IPv6 has no header checksum. The ICMPv6 checksum covers a pseudo header with
 //! the outer addresses, so an outer address change goes in as a `BPF_F_PSEUDO_HDR`

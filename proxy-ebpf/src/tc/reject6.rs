@@ -10,9 +10,16 @@
 //!   ICMPv6 header's unused word. That half is set to the pseudo header's sum, as the stack
 //!   seeds a partial checksum, and the checksum is computed with it: the message is valid
 //!   whether the device writes there or not (receivers ignore the unused word, RFC 4443 3.1).
+//! - A request behind extension headers ([`super::v6`] walks them) has them removed first
+//!   (`bpf_skb_adjust_room`, the fixed header's next header and payload length set to the
+//!   TCP/UDP header's): the answer is then built as for a plain request, and the ICMPv6 quote
+//!   is the request's fixed header and UDP header as they would be without the options.
 //! - The per-client ICMP rate limit is keyed by the client's address folded to 32 bits, with
 //!   the node's IPv4 limits ([`super::refusal_limit`]).
-use aya_ebpf::{helpers::bpf_skb_change_tail, programs::TcContext};
+use aya_ebpf::{
+    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_NET, helpers::bpf_skb_change_tail,
+    programs::TcContext,
+};
 use switchyard_common::PROTO_TCP;
 
 use super::{
@@ -32,13 +39,22 @@ const ICMPV6_HLEN: usize = 8;
 /// What the answer quotes of the request: its IPv6 header and the UDP header.
 const QUOTE_LEN: usize = IP6_HLEN + UDP_HLEN;
 
-/// Answers the IPv6 request (TCP SYN or UDP datagram of protocol `proto` from `client`) with
-/// a refusal; the verdict is a redirect, or a drop when the answer cannot be built or an ICMP
-/// answer is over the rate limits.
+/// Answers the IPv6 request (TCP SYN or UDP datagram of protocol `proto` from `client`, its
+/// header at `l4_off`) with a refusal; the verdict is a redirect, or a drop when the answer
+/// cannot be built or an ICMP answer is over the rate limits.
 /// Inlined into the entry program: a frame of its own would not fit on top of the entry's and
 /// the answer builder's.
 #[inline(always)]
-pub(super) fn refuse6(ctx: &TcContext, proto: u8, client: &[u32; 4], now: u64) -> i32 {
+pub(super) fn refuse6(
+    ctx: &TcContext,
+    proto: u8,
+    l4_off: usize,
+    client: &[u32; 4],
+    now: u64,
+) -> i32 {
+    if l4_off != L4_OFF && strip_extensions(ctx, proto, l4_off).is_err() {
+        return DROP;
+    }
     let built = if proto == PROTO_TCP {
         tcp_reset6(ctx)
     } else if icmp_allowed(client[0] ^ client[1] ^ client[2] ^ client[3], now) {
@@ -47,6 +63,22 @@ pub(super) fn refuse6(ctx: &TcContext, proto: u8, client: &[u32; 4], now: u64) -
         return DROP;
     };
     send_back(ctx, built)
+}
+
+/// Removes the extension headers between the fixed header and the `proto` header at
+/// `l4_off`, leaving a plain IPv6 packet of the same upper-layer bytes. Its own frame, gone
+/// before the answer is built.
+#[inline(never)]
+fn strip_extensions(ctx: &TcContext, proto: u8, l4_off: usize) -> Result<(), i64> {
+    let ext_len = l4_off.checked_sub(L4_OFF).ok_or(-1i64)?;
+    let payload_len: u16 = ctx.load(ETH_HLEN + 4)?;
+    let upper_len = usize::from(u16::from_be(payload_len))
+        .checked_sub(ext_len)
+        .ok_or(-1i64)?;
+    // Bytes right behind the fixed header go; no checksum covers the extension headers.
+    ctx.adjust_room(-(ext_len as i32), BPF_ADJ_ROOM_NET, 0)?;
+    let len = (upper_len as u16).to_be_bytes();
+    ctx.store(ETH_HLEN + 4, &[len[0], len[1], proto], 0)
 }
 
 /// [`refusal_limit::allow_icmp`] in a frame of its own, gone before the answer is built.

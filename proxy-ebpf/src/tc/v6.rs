@@ -8,10 +8,13 @@
 //! - no IP header checksum; the TCP/UDP checksum covers the 128-bit addresses through the
 //!   pseudo header, updated with `bpf_csum_diff` over the old and new address and one
 //!   `bpf_l4_csum_replace` (`BPF_F_PSEUDO_HDR`) with the difference;
-//! - extension headers are not walked: only a packet whose fixed header's next header is TCP
-//!   or UDP is translated, anything else (hop-by-hop options, routing headers, fragments,
-//!   ICMPv6) passes untouched. Clients practically never send extension headers on TCP/UDP,
-//!   and a fragment would have to be reassembled to be translated anyway;
+//! - extension headers are walked ([`upper_layer`]): hop-by-hop and destination options and a
+//!   routing header with no segments left are skipped to the TCP/UDP header, which is then
+//!   translated as without them (the headers stay as they were: none covers the addresses or
+//!   ports). A fragment, a routing header with segments left (the destination is a waypoint,
+//!   not the frontend), AH/ESP (translation would break or cannot see them) and chains longer
+//!   than [`MAX_EXTENSIONS`] pass untouched, as ICMPv6 does: a fragment would have to be
+//!   reassembled to be translated;
 //! - services without endpoints are refused from here, as IPv4's ([`super::reject6`]);
 //! - ICMPv6 errors about translated flows (packet too big...) are translated as IPv4's
 //!   ICMP errors are ([`super::icmp_error6`]), and the source-NAT port of an ended flow is
@@ -53,11 +56,18 @@ pub(super) const IP6_NEXT_HEADER_OFF: usize = ETH_HLEN + 6;
 pub(super) const IP6_SRC_OFF: usize = ETH_HLEN + 8;
 pub(super) const IP6_DST_OFF: usize = ETH_HLEN + 24;
 pub(super) const L4_OFF: usize = ETH_HLEN + IP6_HLEN;
-const L4_SRC_PORT_OFF: usize = L4_OFF;
-const L4_DST_PORT_OFF: usize = L4_OFF + 2;
-const TCP_FLAGS_OFF: usize = L4_OFF + 13;
-const TCP_CSUM_OFF: usize = L4_OFF + 16;
-const UDP_CSUM_OFF: usize = L4_OFF + 6;
+/// Offsets inside the TCP/UDP header, which extension headers may put anywhere.
+const L4_DST_PORT: usize = 2;
+const TCP_FLAGS: usize = 13;
+const TCP_CSUM: usize = 16;
+const UDP_CSUM: usize = 6;
+/// Most extension headers walked before the TCP/UDP header: RFC 8200's recommended order
+/// has hop-by-hop, destination options, routing, destination options.
+const MAX_EXTENSIONS: usize = 4;
+/// Next header values of the extension headers that are walked (RFC 8200 4).
+const NEXT_HOP_BY_HOP: u8 = 0;
+const NEXT_ROUTING: u8 = 43;
+const NEXT_DEST_OPTIONS: u8 = 60;
 const AF_INET6: u8 = 10;
 /// Next header of ICMPv6.
 pub(super) const PROTO_ICMPV6: u8 = 58;
@@ -84,13 +94,36 @@ struct Packet6 {
     dport: u16,
     proto: u8,
     tcp_flags: u8,
-    csum_off: usize,
-    /// `BPF_F_MARK_MANGLED_0` for UDP: a computed zero becomes 0xffff (zero means "no
-    /// checksum", which IPv6 forbids; a zero field is left alone, the packet is invalid anyway).
-    csum_flags: u64,
+    /// Where the TCP/UDP header starts: [`L4_OFF`] unless extension headers precede it
+    /// (at most [`MAX_EXTENSIONS`] of at most 2 KiB each). Narrow, and the checksum's place
+    /// and flags derived from it: the struct sits in the deepest frames.
+    l4_off: u16,
 }
 
 impl Packet6 {
+    /// Where the TCP/UDP checksum is.
+    #[inline(always)]
+    fn csum_off(&self) -> usize {
+        usize::from(self.l4_off)
+            + if self.proto == PROTO_UDP {
+                UDP_CSUM
+            } else {
+                TCP_CSUM
+            }
+    }
+
+    /// `BPF_F_MARK_MANGLED_0` for UDP: a computed zero becomes 0xffff (zero means "no
+    /// checksum", which IPv6 forbids; a zero field is left alone, the packet is invalid
+    /// anyway).
+    #[inline(always)]
+    fn csum_flags(&self) -> u64 {
+        if self.proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        }
+    }
+
     fn ct_key(&self) -> CtKey6 {
         CtKey6 {
             src_addr: self.saddr,
@@ -140,24 +173,26 @@ pub fn swy_tc_egress6(ctx: TcContext) -> i32 {
     }
 }
 
-/// The TCP/UDP packet right behind the fixed header, or None (extension headers, ICMPv6,
-/// truncated headers: passed untouched, but for ICMPv6 errors, [`super::icmp_error6`]).
+/// The TCP/UDP packet behind the fixed header and any extension headers [`upper_layer`]
+/// walks, or None (ICMPv6, fragments, truncated headers...: passed untouched, but for ICMPv6
+/// errors, [`super::icmp_error6`]).
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Packet6> {
     let ip: Ipv6Hdr = ctx.load(ETH_HLEN).ok()?;
     if ip.vtc_flow[0] >> 4 != 6 {
         return None;
     }
-    let (l4, tcp_flags, csum_off, csum_flags) = match ip.next_header {
+    let (proto, l4_off) = upper_layer(ctx, ip.next_header)?;
+    let (l4, tcp_flags) = match proto {
         PROTO_TCP => {
-            let tcp: [u8; TCP_HLEN] = ctx.load(L4_OFF).ok()?;
-            (tcp, tcp[TCP_FLAGS_OFF - L4_OFF], TCP_CSUM_OFF, 0)
+            let tcp: [u8; TCP_HLEN] = ctx.load(l4_off).ok()?;
+            (tcp, tcp[TCP_FLAGS])
         }
         PROTO_UDP => {
-            let udp: [u8; UDP_HLEN] = ctx.load(L4_OFF).ok()?;
+            let udp: [u8; UDP_HLEN] = ctx.load(l4_off).ok()?;
             let mut l4 = [0u8; TCP_HLEN];
             l4[..UDP_HLEN].copy_from_slice(&udp);
-            (l4, 0, UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0 as u64)
+            (l4, 0)
         }
         _ => return None,
     };
@@ -166,11 +201,38 @@ fn parse(ctx: &TcContext) -> Option<Packet6> {
         daddr: ip.daddr,
         sport: u16::from_ne_bytes([l4[0], l4[1]]),
         dport: u16::from_ne_bytes([l4[2], l4[3]]),
-        proto: ip.next_header,
+        proto,
         tcp_flags,
-        csum_off,
-        csum_flags,
+        l4_off: u16::try_from(l4_off).ok()?,
     })
+}
+
+/// The upper-layer protocol behind the fixed header (whose next header is `next`) and the
+/// offset of its header, past hop-by-hop options (only right behind the fixed header, RFC 8200
+/// 4.3), destination options and routing headers with no segments left; None for any other
+/// header in the chain, or a chain longer than [`MAX_EXTENSIONS`].
+#[inline(always)]
+fn upper_layer(ctx: &TcContext, mut next: u8) -> Option<(u8, usize)> {
+    let mut off = L4_OFF;
+    for _ in 0..MAX_EXTENSIONS {
+        match next {
+            PROTO_TCP | PROTO_UDP => return Some((next, off)),
+            NEXT_HOP_BY_HOP | NEXT_DEST_OPTIONS | NEXT_ROUTING => {
+                // Next header, length in 8-byte units past the first 8, and (routing) the
+                // routing type and segments left.
+                let ext: [u8; 4] = ctx.load(off).ok()?;
+                if (next == NEXT_HOP_BY_HOP && off != L4_OFF)
+                    || (next == NEXT_ROUTING && ext[3] != 0)
+                {
+                    return None;
+                }
+                next = ext[0];
+                off += (usize::from(ext[1]) + 1) * 8;
+            }
+            _ => return None,
+        }
+    }
+    matches!(next, PROTO_TCP | PROTO_UDP).then_some((next, off))
 }
 
 fn ingress_packet(ctx: &TcContext, pkt: &Packet6) -> i32 {
@@ -198,7 +260,13 @@ fn ingress_packet(ctx: &TcContext, pkt: &Packet6) -> i32 {
                 // From this frame: choose's is gone, so the answer's fits the stack.
                 // SAFETY: helper without arguments.
                 let now = unsafe { bpf_ktime_get_ns() };
-                return super::reject6::refuse6(ctx, pkt.proto, &pkt.saddr, now);
+                return super::reject6::refuse6(
+                    ctx,
+                    pkt.proto,
+                    usize::from(pkt.l4_off),
+                    &pkt.saddr,
+                    now,
+                );
             }
             if chosen != FLOW_READY {
                 return chosen;
@@ -669,9 +737,14 @@ fn rewrite_inner(
     port: u16,
 ) -> Result<(), i64> {
     let (addr_off, port_off, mut old_addr, old_port) = if dst {
-        (IP6_DST_OFF, L4_DST_PORT_OFF, pkt.daddr, pkt.dport)
+        (
+            IP6_DST_OFF,
+            usize::from(pkt.l4_off) + L4_DST_PORT,
+            pkt.daddr,
+            pkt.dport,
+        )
     } else {
-        (IP6_SRC_OFF, L4_SRC_PORT_OFF, pkt.saddr, pkt.sport)
+        (IP6_SRC_OFF, usize::from(pkt.l4_off), pkt.saddr, pkt.sport)
     };
     let mut new_addr = *addr;
     if old_addr != new_addr {
@@ -684,19 +757,19 @@ fn rewrite_inner(
         }
         // Size 0: `to` is a checksum difference already (the helper's diff mode).
         ctx.l4_csum_replace(
-            pkt.csum_off,
+            pkt.csum_off(),
             0,
             diff as u64,
-            BPF_F_PSEUDO_HDR as u64 | pkt.csum_flags,
+            BPF_F_PSEUDO_HDR as u64 | pkt.csum_flags(),
         )?;
     }
     if old_port != port {
         ctx.store(port_off, &port, 0)?;
         ctx.l4_csum_replace(
-            pkt.csum_off,
+            pkt.csum_off(),
             old_port as u64,
             port as u64,
-            pkt.csum_flags | 2,
+            pkt.csum_flags() | 2,
         )?;
     }
     Ok(())

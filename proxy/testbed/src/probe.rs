@@ -66,6 +66,8 @@ pub struct RequestSpec {
     pub timeout: Duration,
     /// UDP only: use `sendto`/`recvfrom` on an unconnected socket.
     pub unconnected: bool,
+    /// IPv6 only: every packet behind a destination options extension header.
+    pub dest_options: bool,
 }
 
 impl RequestSpec {
@@ -77,6 +79,7 @@ impl RequestSpec {
             count: 1,
             timeout: Duration::from_secs(1),
             unconnected: false,
+            dest_options: false,
         }
     }
 
@@ -98,6 +101,12 @@ impl RequestSpec {
         self
     }
 
+    /// Sends every IPv6 packet behind a destination options header.
+    pub fn dest_options(mut self, dest_options: bool) -> Self {
+        self.dest_options = dest_options;
+        self
+    }
+
     fn args(&self) -> Vec<String> {
         let mut args = vec![
             "request".to_owned(),
@@ -112,6 +121,9 @@ impl RequestSpec {
         ];
         if self.unconnected {
             args.push("--unconnected".to_owned());
+        }
+        if self.dest_options {
+            args.push("--ipv6-dest-options".to_owned());
         }
         args
     }

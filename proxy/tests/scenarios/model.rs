@@ -193,6 +193,8 @@ pub struct Check {
     /// UDP only: `sendto`/`recvfrom` on an unconnected socket; the reply must then also come
     /// from `to` (reverse NAT).
     pub unconnected: bool,
+    /// IPv6 only: every packet behind a destination options extension header.
+    pub dest_options: bool,
     /// Number of attempts; `None` uses [`default_attempts`].
     pub attempts: Option<usize>,
     /// Per-attempt timeout.
@@ -217,6 +219,7 @@ impl Check {
                 .parse()
                 .unwrap_or_else(|e| panic!("scenario table: bad address {to:?}: {e}")),
             unconnected: false,
+            dest_options: false,
             attempts: None,
             timeout: ATTEMPT_TIMEOUT,
             outcome: ByMode::both(Outcome::NoAnswer),
@@ -278,6 +281,12 @@ impl Check {
         self
     }
 
+    /// Sends every packet behind an IPv6 destination options header.
+    pub fn dest_options(mut self) -> Check {
+        self.dest_options = true;
+        self
+    }
+
     /// Sets the number of attempts.
     pub fn attempts(mut self, n: usize) -> Check {
         self.attempts = Some(n);
@@ -293,11 +302,16 @@ impl Check {
     /// One-line description for messages.
     pub fn describe(&self, mode: Mode) -> String {
         format!(
-            "{} {}{} -> {} x{}: expect {:?}{}",
+            "{} {}{}{} -> {} x{}: expect {:?}{}",
             self.from,
             self.proto,
             if self.unconnected {
                 " (unconnected)"
+            } else {
+                ""
+            },
+            if self.dest_options {
+                " (destination options)"
             } else {
                 ""
             },

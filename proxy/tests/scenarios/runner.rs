@@ -543,7 +543,8 @@ impl Run<'_> {
         let spec = RequestSpec::new(c.proto, c.to)
             .count(count)
             .timeout(c.timeout)
-            .unconnected(c.unconnected);
+            .unconnected(c.unconnected)
+            .dest_options(c.dest_options);
         self.testbed
             .request_with(place(c.from), &spec)
             .map_err(|e| format!("running the probe: {e}"))

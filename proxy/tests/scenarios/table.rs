@@ -2437,6 +2437,21 @@ spec:
             check(udp(CLIENT, "[2001:db8:f::32]:80").sticks_to_one_of(&THREE_8080)),
             check(tcp(CLIENT, "[2001:db8:f::31]:80").refused()),
             check(udp(CLIENT, "[2001:db8:f::31]:80").refused()),
+            // Behind a destination options header: served, and refused, as without it.
+            check(
+                tcp(CLIENT, "[2001:db8:f::30]:80")
+                    .dest_options()
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            check(
+                udp(CLIENT, "[2001:db8:f::30]:80")
+                    .dest_options()
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            check(tcp(CLIENT, "[2001:db8:f::31]:80").dest_options().refused()),
+            check(udp(CLIENT, "[2001:db8:f::31]:80").dest_options().refused()),
         ])
 }
 

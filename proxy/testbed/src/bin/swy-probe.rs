@@ -64,6 +64,9 @@ enum Cmd {
         /// UDP: use sendto/recvfrom on an unconnected socket.
         #[arg(long)]
         unconnected: bool,
+        /// IPv6 TCP/UDP: send every packet behind a destination options extension header.
+        #[arg(long = "ipv6-dest-options")]
+        dest_options: bool,
     },
     /// Hold one flow: ONE socket (a TCP connection or a connected UDP socket) for the
     /// whole run, one round trip per interval, one JSON line per round trip (flushed, with
@@ -98,10 +101,15 @@ fn main() -> ExitCode {
             count,
             timeout_ms,
             unconnected,
+            dest_options,
         } => {
             // A zero timeout would make connect_timeout reject its argument.
             let timeout = Duration::from_millis(timeout_ms.max(1));
-            request(proto, to, count, timeout, unconnected);
+            let options = Options {
+                unconnected,
+                dest_options,
+            };
+            request(proto, to, count, timeout, options);
             ExitCode::SUCCESS
         }
         Cmd::Hold {
@@ -581,12 +589,43 @@ fn send_with_pktinfo(
 // ---------------------------------------------------------------------------------
 // request
 
-fn request(proto: Proto, to: SocketAddr, count: usize, timeout: Duration, unconnected: bool) {
+/// How `request` sends.
+#[derive(Clone, Copy, Debug)]
+struct Options {
+    /// UDP: `sendto`/`recvfrom` on an unconnected socket.
+    unconnected: bool,
+    /// IPv6 TCP/UDP: [`DEST_OPTIONS`] on every packet.
+    dest_options: bool,
+}
+
+/// The destination options header `--ipv6-dest-options` puts in front of TCP/UDP: 8 bytes,
+/// one PadN option (the kernel fills in the next header).
+const DEST_OPTIONS: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+
+/// Makes the IPv6 socket send [`DEST_OPTIONS`] on every packet (needs CAP_NET_RAW).
+fn set_dest_options(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: valid fd and a pointer/length pair describing the header.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_DSTOPTS,
+            DEST_OPTIONS.as_ptr().cast(),
+            DEST_OPTIONS.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn request(proto: Proto, to: SocketAddr, count: usize, timeout: Duration, options: Options) {
     let mut stdout = io::stdout().lock();
     for _ in 0..count {
         let line = match proto {
-            Proto::Tcp => tcp_attempt(to, timeout),
-            Proto::Udp => udp_attempt(to, timeout, unconnected),
+            Proto::Tcp => tcp_attempt(to, timeout, options.dest_options),
+            Proto::Udp => udp_attempt(to, timeout, options),
             Proto::Sctp => sctp_raw::attempt(to, timeout),
         };
         let json = serde_json::to_string(&line).unwrap_or_else(|e| {
@@ -635,9 +674,14 @@ fn parse_reply(data: &[u8], from: SocketAddr) -> ProbeLine {
     }
 }
 
-fn tcp_attempt(to: SocketAddr, timeout: Duration) -> ProbeLine {
+fn tcp_attempt(to: SocketAddr, timeout: Duration, dest_options: bool) -> ProbeLine {
     let deadline = Instant::now() + timeout;
-    let mut stream = match TcpStream::connect_timeout(&to, timeout) {
+    let connected = if dest_options {
+        connect_with_dest_options(to, timeout)
+    } else {
+        TcpStream::connect_timeout(&to, timeout)
+    };
+    let mut stream = match connected {
         Ok(s) => s,
         Err(e) => return classify("connect", &e),
     };
@@ -670,7 +714,19 @@ fn tcp_attempt(to: SocketAddr, timeout: Duration) -> ProbeLine {
     parse_reply(&data, from)
 }
 
-fn udp_attempt(to: SocketAddr, timeout: Duration, unconnected: bool) -> ProbeLine {
+/// A TCP connection whose every segment, the SYN first, carries [`DEST_OPTIONS`].
+fn connect_with_dest_options(to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    set_dest_options(&socket)?;
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
+}
+
+fn udp_attempt(to: SocketAddr, timeout: Duration, options: Options) -> ProbeLine {
     let bind: SocketAddr = if to.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -683,9 +739,14 @@ fn udp_attempt(to: SocketAddr, timeout: Duration, unconnected: bool) -> ProbeLin
     if let Err(e) = socket.set_read_timeout(Some(timeout)) {
         return classify("set_read_timeout", &e);
     }
+    if options.dest_options {
+        if let Err(e) = set_dest_options(&socket) {
+            return classify("setsockopt IPV6_DSTOPTS", &e);
+        }
+    }
     let payload = b"swy-probe\n";
     let mut buf = [0u8; 2048];
-    if unconnected {
+    if options.unconnected {
         if let Err(e) = socket.send_to(payload, to) {
             return classify("sendto", &e);
         }
