@@ -2286,6 +2286,44 @@ fn ipv6_frontends_without_endpoints_are_refused_with_a_reset_or_icmpv6_port_unre
 }
 
 #[test]
+fn ipv6_port_unreachable_answers_are_rate_limited_per_whole_client_address() {
+    let mut tc = Tc::load();
+    tc.external6((NODE6, 53), PROTO_UDP, 9, 0, &[]);
+    // The kernel's defaults (icmp_ratelimit 1000 ms, icmp_msgs_per_sec 1000, burst 50).
+    tc.refusal_limits(RefusalLimits {
+        client_interval_ns: 1_000_000_000,
+        client_burst_ns: 6_000_000_000,
+        global_interval_ns: 1_000_000,
+        global_burst_ns: 50_000_000,
+    });
+    let answered = |tc: &Tc, client: Ipv6Addr, count: usize| {
+        (0..count)
+            .filter(|_| {
+                let datagram = frame6((client, 5353), (NODE6, 53), L4::Udp { checksum: true });
+                match tc.ingress(&datagram).ret {
+                    TC_ACT_REDIRECT => true,
+                    TC_ACT_SHOT => false,
+                    other => panic!("verdict {other}"),
+                }
+            })
+            .count()
+    };
+    // A burst of 6 per client, then one a second (this loop takes far less).
+    let first = answered(&tc, CLIENT6, 20);
+    assert!((6..=7).contains(&first), "{first} of 20 datagrams answered");
+    // Words 1 and 2 differ from CLIENT6's by the same bit: folded to 32 bits, the two
+    // clients would share one bucket.
+    let twin = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 1, 0, 1, 0, 0x7);
+    let fold = |ip: Ipv6Addr| words6(ip).iter().fold(0, |a, w| a ^ w);
+    assert_eq!(fold(twin), fold(CLIENT6));
+    assert_eq!(
+        answered(&tc, twin, 6),
+        6,
+        "another client has its own burst"
+    );
+}
+
+#[test]
 fn ipv6_masquerade_flow_to_a_remote_backend_is_source_natted_and_its_reply_rewritten_back() {
     let bed = SnatBed::new();
     let (mut tc, node1, remote) = bed.ipv6(SNAT_PORTS);

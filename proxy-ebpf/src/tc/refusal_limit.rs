@@ -2,7 +2,8 @@
 //! the ones it sends itself (kube-proxy's REJECT rule has the kernel answer), with the node
 //! namespace's sysctls as userspace wrote them into `SWY_REFUSAL_LIMITS`:
 //! - per client address, `icmp_ratelimit` (default 1 s): a burst of 6, then one per interval
-//!   (`inet_peer_xrlim_allow`, `XRLIM_BURST_FACTOR`), kept in an LRU map;
+//!   (`inet_peer_xrlim_allow`, `XRLIM_BURST_FACTOR`), kept in an LRU map per family, keyed by
+//!   the whole address (as the kernel's inet_peer is), so no two clients share a bucket;
 //! - for all clients, `icmp_msgs_per_sec` / `icmp_msgs_burst` (1000 per second, burst 50,
 //!   `icmp_global_allow`), kept per CPU: the node's total may reach that per CPU.
 //!
@@ -31,6 +32,9 @@ static LIMITS: Array<RefusalLimits> = Array::with_max_entries(1, 0);
 #[map(name = "SWY_REFUSAL_CLIENTS")]
 static CLIENTS: LruHashMap<u32, Bucket> = LruHashMap::with_max_entries(CLIENTS_MAX, 0);
 
+#[map(name = "SWY_REFUSAL_CLIENTS6")]
+static CLIENTS6: LruHashMap<[u32; 4], Bucket> = LruHashMap::with_max_entries(CLIENTS_MAX, 0);
+
 #[map(name = "SWY_REFUSAL_GLOBAL")]
 static GLOBAL: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
@@ -50,9 +54,21 @@ fn take(bucket: *mut Bucket, now: u64, interval: u64, burst: u64) -> bool {
     }
 }
 
-/// Whether an ICMP answer to `client` (network order) may be sent now.
+/// Whether an ICMP answer to the IPv4 `client` (network order) may be sent now.
 #[inline(always)]
 pub(super) fn allow_icmp(client: u32, now: u64) -> bool {
+    allow_icmp_from(&CLIENTS, &client, now)
+}
+
+/// Whether an ICMPv6 answer to the IPv6 `client` (as the maps hold addresses) may be sent now.
+#[inline(always)]
+pub(super) fn allow_icmp6(client: &[u32; 4], now: u64) -> bool {
+    allow_icmp_from(&CLIENTS6, client, now)
+}
+
+/// The global limit, then `client`'s bucket in `clients`.
+#[inline(always)]
+fn allow_icmp_from<K>(clients: &LruHashMap<K, Bucket>, client: &K, now: u64) -> bool {
     let Some(limits) = LIMITS.get(0).copied() else {
         return true;
     };
@@ -74,7 +90,7 @@ pub(super) fn allow_icmp(client: u32, now: u64) -> bool {
         return true;
     }
     let burst = limits.client_burst_ns;
-    if let Some(bucket) = CLIENTS.get_ptr_mut(client) {
+    if let Some(bucket) = clients.get_ptr_mut(client) {
         return take(bucket, now, interval, burst);
     }
     // A new client starts with a full burst, this answer taken from it.
@@ -83,6 +99,6 @@ pub(super) fn allow_icmp(client: u32, now: u64) -> bool {
         last_ns: now,
     };
     // Another CPU may insert the same client at once; either bucket is as good.
-    let _ = CLIENTS.insert(client, fresh, 0);
+    let _ = clients.insert(client, fresh, 0);
     true
 }

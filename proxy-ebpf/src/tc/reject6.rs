@@ -14,8 +14,8 @@
 //!   (`bpf_skb_adjust_room`, the fixed header's next header and payload length set to the
 //!   TCP/UDP header's): the answer is then built as for a plain request, and the ICMPv6 quote
 //!   is the request's fixed header and UDP header as they would be without the options.
-//! - The per-client ICMP rate limit is keyed by the client's address folded to 32 bits, with
-//!   the node's IPv4 limits ([`super::refusal_limit`]).
+//! - The per-client ICMP rate limit is keyed by the client's whole address, with the node's
+//!   IPv4 limits ([`super::refusal_limit`]).
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_NET, helpers::bpf_skb_change_tail,
     programs::TcContext,
@@ -57,7 +57,7 @@ pub(super) fn refuse6(
     }
     let built = if proto == PROTO_TCP {
         tcp_reset6(ctx)
-    } else if icmp_allowed(client[0] ^ client[1] ^ client[2] ^ client[3], now) {
+    } else if icmp_allowed(client, now) {
         port_unreachable6(ctx)
     } else {
         return DROP;
@@ -81,10 +81,10 @@ fn strip_extensions(ctx: &TcContext, proto: u8, l4_off: usize) -> Result<(), i64
     ctx.store(ETH_HLEN + 4, &[len[0], len[1], proto], 0)
 }
 
-/// [`refusal_limit::allow_icmp`] in a frame of its own, gone before the answer is built.
+/// [`refusal_limit::allow_icmp6`] in a frame of its own, gone before the answer is built.
 #[inline(never)]
-fn icmp_allowed(client: u32, now: u64) -> bool {
-    refusal_limit::allow_icmp(client, now)
+fn icmp_allowed(client: &[u32; 4], now: u64) -> bool {
+    refusal_limit::allow_icmp6(client, now)
 }
 
 /// The SYN turned into RST|ACK from the frontend to the client, without options or payload.
