@@ -116,5 +116,5 @@ fn changed_keys<'a, T: PartialEq>(
     old: &'a BTreeMap<ObjectKey, Arc<T>>,
     new: &'a BTreeMap<ObjectKey, Arc<T>>,
 ) -> Vec<&'a ObjectKey> {
-    differing_keys(old, new, |o, n| Arc::ptr_eq(o, n) || o == n)
+    differing_keys(old, new, Arc::ptr_eq, |o, n| o == n)
 }

@@ -286,12 +286,11 @@ fn changed_keys<K: Ord + Clone, V, C>(
     cached: &BTreeMap<K, C>,
     held: impl Fn(&C) -> &Arc<V>,
 ) -> Vec<K> {
-    differing_keys(now, cached, |object, entry| {
-        Arc::ptr_eq(object, held(entry))
-    })
-    .into_iter()
-    .cloned()
-    .collect()
+    let shared = |object: &Arc<V>, entry: &C| Arc::ptr_eq(object, held(entry));
+    differing_keys(now, cached, shared, shared)
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
