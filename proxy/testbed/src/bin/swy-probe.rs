@@ -331,14 +331,24 @@ fn bind_v6only(kind: libc::c_int, port: u16) -> io::Result<Option<OwnedFd>> {
 /// Sets an integer socket option to 1.
 fn set_int_option(fd: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
-    // SAFETY: valid fd and a pointer/length pair describing `on`.
+    set_option(fd, level, name, &on.to_ne_bytes())
+}
+
+/// Sets a socket option to the bytes of `value`.
+fn set_option(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
+    // SAFETY: valid fd and a pointer/length pair describing `value`.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -604,20 +614,7 @@ const DEST_OPTIONS: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
 
 /// Makes the IPv6 socket send [`DEST_OPTIONS`] on every packet (needs CAP_NET_RAW).
 fn set_dest_options(fd: &impl AsRawFd) -> io::Result<()> {
-    // SAFETY: valid fd and a pointer/length pair describing the header.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_DSTOPTS,
-            DEST_OPTIONS.as_ptr().cast(),
-            DEST_OPTIONS.len() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_option(fd, libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS, &DEST_OPTIONS)
 }
 
 fn request(proto: Proto, to: SocketAddr, count: usize, timeout: Duration, options: Options) {
