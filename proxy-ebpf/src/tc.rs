@@ -33,13 +33,14 @@
 //! anew, as netfilter replaces a TIME_WAIT entry, and the source-NAT port of a closed, quiet
 //! flow goes to a new flow ([`snat_reuse`]).
 //!
-//! Scope: IPv4 over Ethernet, TCP and UDP (and ICMP errors quoting them), 20-byte IP headers, no
-//! fragments; IPv6 over Ethernet, TCP and UDP right behind the fixed header (and ICMPv6 errors
+//! Scope: IPv4 over Ethernet, TCP and UDP (and ICMP errors quoting them), 20-byte IP headers,
+//! fragmented datagrams included ([`fragments`]); IPv6 over Ethernet, TCP and UDP right behind the fixed header (and ICMPv6 errors
 //! quoting them; [`v6`], which lists what it does not do yet). Anything else passes untouched (`TC_ACT_OK`).
 //!
 //! Packet reads go through `bpf_skb_load_bytes` (`ctx.load`): the helper checks the bounds itself
 //! and also works when the headers are not in the linear part of the skb, and no packet pointer
 //! is held across the rewriting helpers (which may invalidate them), so nothing needs re-reading.
+mod fragments;
 mod icmp_error;
 mod icmp_error6;
 mod refusal_limit;
@@ -100,8 +101,6 @@ const UDP_CSUM_OFF: usize = L4_OFF + 6;
 
 /// Version 4, header length 5 words: the only header layout translated.
 const IP_VERSION_IHL_PLAIN: u8 = 0x45;
-/// "More fragments" flag and fragment offset, in host order of the frag_off field.
-const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
 const ETH_DST_OFF: usize = 0;
 const ETH_SRC_OFF: usize = 6;
@@ -142,12 +141,10 @@ struct Ipv4Hdr {
 }
 
 impl Ipv4Hdr {
-    /// Whether the header has the one layout translated: version 4, no options, and the
-    /// first fragment (only that one carries ports).
+    /// Whether the header has the one layout translated: version 4, no options.
     #[inline(always)]
     fn is_plain(&self) -> bool {
         self.version_ihl == IP_VERSION_IHL_PLAIN
-            && u16::from_be(self.frag_off) & IP_MF_OFFSET_MASK == 0
     }
 }
 
@@ -159,10 +156,16 @@ struct Packet {
     sport: u16,
     dport: u16,
     proto: u8,
-    /// TCP flags byte (0 for UDP).
+    /// TCP flags byte (0 for UDP and for a later fragment).
     tcp_flags: u8,
+    /// The IP id (network order): with the addresses and protocol, what identifies the
+    /// fragments of one datagram.
+    ip_id: u16,
     /// Offset of the L4 checksum field.
-    csum_off: usize,
+    csum_off: u16,
+    /// Which part of its datagram the packet is (`fragments::WHOLE`, `FIRST` or `LATER`;
+    /// a later fragment has no TCP/UDP header, its ports are its first fragment's).
+    fragment: u8,
     /// Extra `bpf_l4_csum_replace` flags: for UDP, `BPF_F_MARK_MANGLED_0` leaves a zero
     /// ("no checksum") field alone and writes a computed zero as 0xffff.
     csum_flags: u64,
@@ -195,6 +198,10 @@ pub fn swy_tc_ingress(ctx: TcContext) -> i32 {
         return PASS;
     };
     if ip.proto == PROTO_ICMP {
+        // An ICMP error is never fragmented by its sender (RFC 1812 4.3.2.3 keeps it short).
+        if fragments::kind(&ip) != fragments::WHOLE {
+            return PASS;
+        }
         return icmp_error::ingress(&ctx);
     }
     match parse(&ctx, &ip) {
@@ -216,6 +223,10 @@ pub fn swy_tc_egress(ctx: TcContext) -> i32 {
         return PASS;
     };
     if ip.proto == PROTO_ICMP {
+        // An ICMP error is never fragmented by its sender (RFC 1812 4.3.2.3 keeps it short).
+        if fragments::kind(&ip) != fragments::WHOLE {
+            return PASS;
+        }
         return icmp_error::egress(&ctx);
     }
     match parse(&ctx, &ip) {
@@ -225,8 +236,7 @@ pub fn swy_tc_egress(ctx: TcContext) -> i32 {
 }
 
 /// The packet's IPv4 header if it is one the programs handle: IP options would move the L4
-/// header (rare enough to pass untouched), and rewriting one fragment alone would break
-/// reassembly.
+/// header (rare enough to pass untouched).
 #[inline(always)]
 fn ipv4(ctx: &TcContext, eth_proto: u16) -> Option<Ipv4Hdr> {
     // Every `load` is bounds-checked by the helper; a short packet is an error, hence None.
@@ -240,6 +250,27 @@ fn ipv4(ctx: &TcContext, eth_proto: u16) -> Option<Ipv4Hdr> {
 /// The TCP/UDP packet this is, or None for anything the programs leave alone.
 #[inline(always)]
 fn parse(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Packet> {
+    let fragment = fragments::kind(ip);
+    if fragment == fragments::LATER {
+        let csum_off = match ip.proto {
+            PROTO_TCP => TCP_CSUM_OFF,
+            PROTO_UDP => UDP_CSUM_OFF,
+            _ => return None,
+        };
+        let (sport, dport) = fragments::ports(ip)?;
+        return Some(Packet {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            sport,
+            dport,
+            proto: ip.proto,
+            tcp_flags: 0,
+            ip_id: ip.id,
+            csum_off: csum_off as u16,
+            fragment,
+            csum_flags: 0,
+        });
+    }
     // The whole fixed L4 header is loaded, so a truncated one passes untouched instead of
     // failing half-way through the rewrite (the checksum fields are at its end).
     let (l4, tcp_flags, csum_off, csum_flags) = match ip.proto {
@@ -263,7 +294,9 @@ fn parse(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Packet> {
         dport: u16::from_ne_bytes([l4[2], l4[3]]),
         proto: ip.proto,
         tcp_flags,
-        csum_off,
+        ip_id: ip.id,
+        csum_off: csum_off as u16,
+        fragment,
         csum_flags,
     })
 }
@@ -282,6 +315,9 @@ fn ingress(ctx: &TcContext, pkt: &Packet) -> i32 {
     let Some(service) = (unsafe { SERVICES.get(service_key) }).copied() else {
         return PASS;
     };
+    // The datagram's later fragments follow whatever becomes of this one (translated,
+    // refused or dropped), never routed on by themselves.
+    fragments::remember(pkt);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = pkt.ct_key();
@@ -374,7 +410,8 @@ fn new_flow(
     // segment to a random backend, the kernel gets it if the address is the node's (no socket
     // there means a RST; a node process's own connection from that port keeps working), and
     // it is dropped if the kernel would route it on: a service address never leaves the node.
-    if !opens(pkt.proto, pkt.tcp_flags) {
+    // The same goes for a later fragment whose first fragment started no flow.
+    if pkt.fragment == fragments::LATER || !opens(pkt.proto, pkt.tcp_flags) {
         return Err(if forwarded(ctx, pkt) { DROP } else { PASS });
     }
     if service.flags & SERVICE_FLAG_SOURCE_RANGES != 0 {
@@ -483,6 +520,7 @@ fn egress(ctx: &TcContext, pkt: &Packet) -> i32 {
         // or a source-NATed flow's reply entry, which ingress handles.
         return PASS;
     }
+    fragments::remember(pkt);
     // SAFETY: helper without arguments.
     touch(entry, pkt, frontend.state, unsafe { bpf_ktime_get_ns() });
     let rewritten = rewrite(
@@ -739,6 +777,7 @@ fn snat_reply(ctx: &TcContext, pkt: &Packet) -> Option<i32> {
     if flow.flags & (CT_FLAG_REPLY | CT_FLAG_SNAT) != CT_FLAG_REPLY | CT_FLAG_SNAT {
         return None;
     }
+    fragments::remember(pkt);
     // SAFETY: helper without arguments.
     touch(entry, pkt, flow.state, unsafe { bpf_ktime_get_ns() });
     let src = rewrite(
@@ -846,7 +885,8 @@ fn redirect(ctx: &TcContext, proto: u8, src: u32, dst: u32) -> i32 {
 /// Replaces one address and one port of the packet (source or destination, by offset) and
 /// fixes the IP and L4 checksums incrementally. `addr` and `port` are (old, new) pairs in
 /// network order, exactly as on the wire; the checksum helpers take them as raw big-endian
-/// values, so no byte swapping is needed.
+/// values, so no byte swapping is needed. A later fragment has no TCP/UDP header: only its
+/// address changes (its first fragment's checksum covers the pseudo header).
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
@@ -858,12 +898,20 @@ fn rewrite(
 ) -> Result<(), i64> {
     let (old_addr, new_addr) = addr;
     let (old_port, new_port) = port;
+    if pkt.fragment == fragments::LATER {
+        if old_addr != new_addr {
+            ctx.store(addr_off, &new_addr, 0)?;
+            ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4)?;
+        }
+        return Ok(());
+    }
+    let csum_off = usize::from(pkt.csum_off);
     if old_addr != new_addr {
         ctx.store(addr_off, &new_addr, 0)?;
         // The address is part of the TCP/UDP pseudo header: BPF_F_PSEUDO_HDR also keeps
         // skb->csum right for CHECKSUM_COMPLETE and the seed right for CHECKSUM_PARTIAL.
         ctx.l4_csum_replace(
-            pkt.csum_off,
+            csum_off,
             old_addr as u64,
             new_addr as u64,
             BPF_F_PSEUDO_HDR as u64 | pkt.csum_flags | 4,
@@ -873,7 +921,7 @@ fn rewrite(
     if old_port != new_port {
         ctx.store(port_off, &new_port, 0)?;
         ctx.l4_csum_replace(
-            pkt.csum_off,
+            csum_off,
             old_port as u64,
             new_port as u64,
             pkt.csum_flags | 2,

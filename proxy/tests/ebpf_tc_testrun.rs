@@ -647,12 +647,10 @@ fn traffic_that_is_not_an_external_frontend_passes_untouched() {
         )), // other address
         frame(tcp(client, (Ipv4Addr::new(198, 18, 128, 10), 80), TCP_SYN)), // socket scope only
     ];
-    // A fragment (MF set) of a matching flow.
+    // A later fragment (offset 3) of a matching flow's datagram whose first fragment was
+    // not seen: its first bytes are payload, not ports.
     let mut fragment = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
-    fragment[ETH + 6] = 0x20;
-    fragment[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-    let csum = !fold(sum16(&fragment[ETH..L4_OFF]));
-    fragment[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
+    set_ip_fields(&mut fragment, 0x1234, 3);
     cases.push(fragment);
     // IP options (ihl 6): passed as is.
     let mut options = frame(tcp(client, (NODE, NODE_PORT), TCP_SYN));
@@ -1053,8 +1051,8 @@ fn an_ended_flows_source_nat_port_goes_to_a_new_flow_and_a_live_flows_never_does
     assert_eq!(tc.conntrack(ct_key(second, frontend, PROTO_TCP)), None);
 }
 
-#[test]
-fn masquerade_udp_flow_keeps_valid_checksums_both_ways() {
+/// node1's NodePort 30053/UDP, masqueraded, with node2-pod1 (remote) as its one backend.
+fn masquerade_udp_to_remote_backend() -> (SnatBed, Tc, (Ipv4Addr, u16)) {
     let bed = SnatBed::new();
     let mut tc = Tc::load();
     tc.snat(SNAT_PORTS, bed.ifindex, bed.node1);
@@ -1066,6 +1064,12 @@ fn masquerade_udp_flow_keeps_valid_checksums_both_ways() {
         SERVICE_FLAG_MASQUERADE,
         &[bed.remote_pod],
     );
+    (bed, tc, frontend)
+}
+
+#[test]
+fn masquerade_udp_flow_keeps_valid_checksums_both_ways() {
+    let (bed, tc, frontend) = masquerade_udp_to_remote_backend();
     let client = (CLIENT, 5353);
     let v = bed.ingress(&tc, &frame(udp(client, frontend, true)));
     assert_eq!(v.ret, TC_ACT_REDIRECT);
@@ -1366,6 +1370,202 @@ fn a_segment_without_a_flow_is_dropped_unless_the_frontend_is_a_node_address() {
         // from that port keeps working).
         let to_node = frame(tcp(client, (bed.node1, NODE_PORT), flags));
         assert_untouched(&bed.ingress(&tc, &to_node), &to_node);
+    }
+    assert_eq!(tc.conntrack_len(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fragmented datagrams
+
+/// A payload long enough to be split: 200 bytes of a pattern.
+fn long_payload() -> Vec<u8> {
+    (0..200u8).collect()
+}
+
+/// Sets the IP header's id, fragment field and total length and recomputes its checksum.
+fn set_ip_fields(f: &mut [u8], id: u16, frag_off: u16) {
+    let tot_len = (f.len() - ETH) as u16;
+    f[ETH + 2..ETH + 4].copy_from_slice(&tot_len.to_be_bytes());
+    f[ETH + 4..ETH + 6].copy_from_slice(&id.to_be_bytes());
+    f[ETH + 6..ETH + 8].copy_from_slice(&frag_off.to_be_bytes());
+    f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+    let csum = !fold(sum16(&f[ETH..L4_OFF]));
+    f[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// Splits a whole datagram's frame into its first fragment (the first `first_len` bytes of the
+/// IP payload, a multiple of 8, "more fragments") and the last one (the rest, at its offset),
+/// both with IP id `id`, as a sender's stack fragments it.
+fn fragments(whole: &[u8], first_len: usize, id: u16) -> [Vec<u8>; 2] {
+    assert_eq!(first_len % 8, 0);
+    let mut first = whole[..L4_OFF + first_len].to_vec();
+    set_ip_fields(&mut first, id, 0x2000);
+    let mut last = whole[..L4_OFF].to_vec();
+    last.extend_from_slice(&whole[L4_OFF + first_len..]);
+    set_ip_fields(&mut last, id, (first_len / 8) as u16);
+    [first, last]
+}
+
+/// The whole datagram the receiver reassembles from the two fragments (headers of the first).
+fn reassemble(fragments: &[Vec<u8>; 2]) -> Vec<u8> {
+    let [first, last] = fragments;
+    assert_eq!(
+        first[ETH + 12..ETH + 20],
+        last[ETH + 12..ETH + 20],
+        "same addresses"
+    );
+    assert_eq!(first[ETH + 4..ETH + 6], last[ETH + 4..ETH + 6], "same id");
+    let mut whole = first.clone();
+    whole.extend_from_slice(&last[L4_OFF..]);
+    set_ip_fields(&mut whole, 0x1234, 0);
+    whole
+}
+
+/// A later fragment leaves with only its addresses changed: the payload as it was, the IP
+/// header's checksum right.
+fn assert_later_fragment(v: &Verdict, input: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
+    let f = &v.frame;
+    assert_eq!(f.len(), input.len());
+    assert_eq!(
+        (
+            Ipv4Addr::from(<[u8; 4]>::try_from(&f[ETH + 12..ETH + 16]).unwrap()),
+            Ipv4Addr::from(<[u8; 4]>::try_from(&f[ETH + 16..ETH + 20]).unwrap())
+        ),
+        (src, dst),
+        "addresses of the later fragment"
+    );
+    assert_eq!(
+        f[ETH + 4..ETH + 8],
+        input[ETH + 4..ETH + 8],
+        "id and offset kept"
+    );
+    assert_eq!(f[L4_OFF..], input[L4_OFF..], "payload untouched");
+    assert_eq!(fold(sum16(&f[ETH..L4_OFF])), 0xffff, "IPv4 header checksum");
+}
+
+#[test]
+fn the_later_fragments_of_a_datagram_follow_its_first_fragment_both_ways() {
+    let mut tc = Tc::load();
+    tc.external((NODE, 30053), PROTO_UDP, 9, 0, &[POD_A]);
+    let client = (CLIENT, 5353);
+    let query = frame_with(udp(client, (NODE, 30053), true), &[], &long_payload());
+    let parts = fragments(&query, 64, 0x0a01);
+
+    let first = tc.ingress(&parts[0]);
+    assert_eq!(first.ret, TC_ACT_OK);
+    assert_eq!(
+        parse(&first.frame).dst,
+        (POD_A, POD_PORT),
+        "first fragment DNATed"
+    );
+    let later = tc.ingress(&parts[1]);
+    assert_eq!(later.ret, TC_ACT_OK);
+    assert_later_fragment(&later, &parts[1], CLIENT, POD_A);
+    // What the backend reassembles is the datagram to it, its checksum right over the whole.
+    let received = reassemble(&[first.frame, later.frame]);
+    assert_eq!(parse(&received).dst, (POD_A, POD_PORT));
+    assert_checksums_valid(&received);
+    assert_eq!(
+        tc.conntrack_len(),
+        2,
+        "one flow, whatever the number of fragments"
+    );
+
+    // The backend's long answer, fragmented on its way back: the source becomes the frontend.
+    let answer = frame_with(udp((POD_A, POD_PORT), client, true), &[], &long_payload());
+    let parts = fragments(&answer, 96, 0x0b02);
+    let first = tc.egress(&parts[0]);
+    assert_eq!(
+        parse(&first.frame).src,
+        (NODE, 30053),
+        "first fragment reverse-NATed"
+    );
+    let later = tc.egress(&parts[1]);
+    assert_eq!(later.ret, TC_ACT_OK);
+    assert_later_fragment(&later, &parts[1], NODE, CLIENT);
+    let received = reassemble(&[first.frame, later.frame]);
+    assert_eq!(parse(&received).src, (NODE, 30053));
+    assert_checksums_valid(&received);
+
+    // A later fragment whose first fragment was not seen (another datagram, or one arriving
+    // before its first fragment) is left as it is, either way.
+    let [_, stray] = fragments(&query, 64, 0x0c03);
+    assert_untouched(&tc.ingress(&stray), &stray);
+    let [_, stray] = fragments(&answer, 96, 0x0c04);
+    assert_untouched(&tc.egress(&stray), &stray);
+}
+
+#[test]
+fn the_later_fragments_of_a_source_natted_datagram_follow_it_both_ways() {
+    let (bed, tc, frontend) = masquerade_udp_to_remote_backend();
+    let client = (CLIENT, 5353);
+    let query = frame_with(udp(client, frontend, true), &[], &long_payload());
+    let parts = fragments(&query, 64, 0x0a01);
+    let first = bed.ingress(&tc, &parts[0]);
+    assert_eq!(first.ret, TC_ACT_REDIRECT);
+    let out = parse(&first.frame);
+    assert_eq!(
+        (out.src.0, out.dst),
+        (bed.node1, (bed.remote_pod, POD_PORT))
+    );
+    let later = bed.ingress(&tc, &parts[1]);
+    assert_eq!(later.ret, TC_ACT_REDIRECT, "sent after its first fragment");
+    assert_eq!(
+        later.frame[..12],
+        first.frame[..12],
+        "to the same neighbour"
+    );
+    assert_later_fragment(&later, &parts[1], bed.node1, bed.remote_pod);
+    assert_checksums_valid(&reassemble(&[first.frame, later.frame]));
+
+    let answer = frame_with(
+        udp((bed.remote_pod, POD_PORT), out.src, true),
+        &[],
+        &long_payload(),
+    );
+    let parts = fragments(&answer, 96, 0x0b02);
+    let first = bed.ingress(&tc, &parts[0]);
+    assert_eq!(first.ret, TC_ACT_REDIRECT);
+    assert_eq!(
+        (parse(&first.frame).src, parse(&first.frame).dst),
+        (frontend, client)
+    );
+    let later = bed.ingress(&tc, &parts[1]);
+    assert_eq!(later.ret, TC_ACT_REDIRECT);
+    assert_later_fragment(&later, &parts[1], bed.node1, CLIENT);
+    let received = reassemble(&[first.frame, later.frame]);
+    assert_eq!(
+        (parse(&received).src, parse(&received).dst),
+        (frontend, client)
+    );
+    assert_checksums_valid(&received);
+}
+
+#[test]
+fn the_later_fragments_of_a_refused_datagram_never_leave_for_a_service_address() {
+    let bed = SnatBed::new();
+    let mut tc = Tc::load();
+    // Not an address of node1, which would route it on (its default route).
+    let lb = Ipv4Addr::new(198, 18, 200, 1);
+    tc.external((lb, 53), PROTO_UDP, 1, 0, &[]);
+    tc.external((bed.node1, 30095), PROTO_UDP, 2, 0, &[]);
+    let client = (CLIENT, 5353);
+    for (frontend, later_verdict) in [((lb, 53), TC_ACT_SHOT), ((bed.node1, 30095), TC_ACT_OK)] {
+        let query = frame_with(udp(client, frontend, true), &[], &long_payload());
+        let parts = fragments(&query, 64, 0x0d05);
+        let first = bed.ingress(&tc, &parts[0]);
+        assert_eq!(first.ret, TC_ACT_REDIRECT, "the first fragment is refused");
+        let icmp = parse_icmp(&first.frame);
+        assert_eq!((icmp.icmp_type, icmp.code), (3, 3), "port unreachable");
+        let later = bed.ingress(&tc, &parts[1]);
+        assert_eq!(
+            later.ret, later_verdict,
+            "the later fragment to {frontend:?}"
+        );
+        if later_verdict == TC_ACT_OK {
+            // The node's own stack drops the incomplete datagram after its timeout.
+            assert_eq!(later.frame, parts[1]);
+        }
     }
     assert_eq!(tc.conntrack_len(), 0);
 }
@@ -2025,13 +2225,11 @@ fn ipv6_traffic_outside_services_and_behind_headers_that_are_not_walked_passes_u
         frame6(client, (NODE6, NODE_PORT + 1), syn),
         frame6(client, (NODE6, NODE_PORT), L4::Udp { checksum: true }),
         frame6(client, (LB6, NODE_PORT), syn),
-        // The frontend as a fragment (it would need reassembly), as a waypoint of a routing
-        // header with segments left, behind hop-by-hop options that are not first (RFC 8200
-        // 4.3), and behind more headers than the programs walk.
-        with_extensions(
-            &to_frontend,
-            &[(EXT_FRAGMENT, extension(EXT_FRAGMENT, 8, 0))],
-        ),
+        // A later fragment of a datagram to the frontend whose first fragment was not seen,
+        // the frontend as a waypoint of a routing header with segments left, behind hop-by-hop
+        // options that are not first (RFC 8200 4.3), and behind more headers than the
+        // programs walk.
+        fragments6(&to_frontend, 16, 0x0e0f)[1].clone(),
         with_extensions(
             &to_frontend,
             &[(EXT_ROUTING, extension(EXT_ROUTING, 24, 1))],
@@ -2051,6 +2249,105 @@ fn ipv6_traffic_outside_services_and_behind_headers_that_are_not_walked_passes_u
     // The IPv4 frontend of the same port number is not an IPv6 one.
     let v4 = frame(tcp((CLIENT, CLIENT_PORT), (NODE, NODE_PORT), TCP_SYN));
     assert_untouched(&tc.ingress(&v4), &v4);
+}
+
+/// Splits a whole IPv6 datagram's frame (no extension headers) into its first fragment (the
+/// first `first_len` bytes of the upper layer, a multiple of 8) and its last, each behind a
+/// fragment header with identification `id`, as the sender's stack fragments it.
+fn fragments6(whole: &[u8], first_len: usize, id: u32) -> [Vec<u8>; 2] {
+    assert_eq!(first_len % 8, 0);
+    let upper = whole[ETH + 6];
+    let part = |bytes: &[u8], offset_flags: u16| {
+        let mut f = whole[..L4_OFF6].to_vec();
+        f[ETH + 4..ETH + 6].copy_from_slice(&((8 + bytes.len()) as u16).to_be_bytes());
+        f[ETH + 6] = EXT_FRAGMENT;
+        f.extend_from_slice(&[upper, 0]);
+        f.extend_from_slice(&offset_flags.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(bytes);
+        f
+    };
+    let seg = &whole[L4_OFF6..];
+    // The offset in 8-byte units sits above the three low bits; "more fragments" is bit 0.
+    [
+        part(&seg[..first_len], 1),
+        part(&seg[first_len..], first_len as u16),
+    ]
+}
+
+/// The whole IPv6 datagram the receiver reassembles from two fragments.
+fn reassemble6(parts: &[Vec<u8>; 2]) -> Vec<u8> {
+    let [first, last] = parts;
+    assert_eq!(
+        first[ETH + 8..L4_OFF6],
+        last[ETH + 8..L4_OFF6],
+        "same addresses"
+    );
+    assert_eq!(
+        first[L4_OFF6 + 4..L4_OFF6 + 8],
+        last[L4_OFF6 + 4..L4_OFF6 + 8],
+        "same id"
+    );
+    let mut whole = first[..L4_OFF6].to_vec();
+    let seg: Vec<u8> = [&first[L4_OFF6 + 8..], &last[L4_OFF6 + 8..]].concat();
+    whole[ETH + 4..ETH + 6].copy_from_slice(&(seg.len() as u16).to_be_bytes());
+    whole[ETH + 6] = first[L4_OFF6];
+    whole.extend_from_slice(&seg);
+    whole
+}
+
+/// A later IPv6 fragment leaves with only its addresses changed.
+fn assert_later_fragment6(v: &Verdict, input: &[u8], src: Ipv6Addr, dst: Ipv6Addr) {
+    assert_eq!(v.ret, TC_ACT_OK, "verdict");
+    let f = &v.frame;
+    let ip6 = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[o..o + 16]).unwrap());
+    assert_eq!((ip6(ETH + 8), ip6(ETH + 24)), (src, dst), "addresses");
+    assert_eq!(
+        f[L4_OFF6..],
+        input[L4_OFF6..],
+        "fragment header and payload untouched"
+    );
+}
+
+#[test]
+fn ipv6_the_later_fragments_of_a_datagram_follow_its_first_fragment_both_ways() {
+    let mut tc = Tc::load();
+    tc.external6((LB6, 53), PROTO_UDP, 4, 0, &[POD6_B]);
+    let client = (CLIENT6, 5353);
+    let udp = L4::Udp { checksum: true };
+    let parts = fragments6(&frame6(client, (LB6, 53), udp), 16, 0x0a0b_0c0d);
+    let first = tc.ingress(&parts[0]);
+    assert_eq!(first.ret, TC_ACT_OK);
+    assert_eq!(
+        parse6(&first.frame).1,
+        (POD6_B, POD_PORT),
+        "first fragment DNATed"
+    );
+    let later = tc.ingress(&parts[1]);
+    assert_later_fragment6(&later, &parts[1], CLIENT6, POD6_B);
+    let received = reassemble6(&[first.frame, later.frame]);
+    assert_eq!(parse6(&received).1, (POD6_B, POD_PORT));
+    assert_checksum6_valid(&received);
+
+    let answer = frame6((POD6_B, POD_PORT), client, udp);
+    let parts = fragments6(&answer, 24, 0x0102_0304);
+    let first = tc.egress(&parts[0]);
+    assert_eq!(
+        parse6(&first.frame).0,
+        (LB6, 53),
+        "first fragment reverse-NATed"
+    );
+    let later = tc.egress(&parts[1]);
+    assert_later_fragment6(&later, &parts[1], LB6, CLIENT6);
+    let received = reassemble6(&[first.frame, later.frame]);
+    assert_eq!(parse6(&received), ((LB6, 53), client));
+    assert_checksum6_valid(&received);
+
+    // Later fragments of datagrams whose first fragment was not seen pass as they are.
+    let stray = fragments6(&frame6(client, (LB6, 53), udp), 16, 0x0bad)[1].clone();
+    assert_untouched(&tc.ingress(&stray), &stray);
+    let stray = fragments6(&answer, 24, 0x0bad)[1].clone();
+    assert_untouched(&tc.egress(&stray), &stray);
 }
 
 /// Hop-by-hop options, destination options and a routing header with no segments left: the

@@ -26,7 +26,7 @@ use switchyard_common::{
     CtKey, CtValue, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
-use super::{Ipv4Hdr, DROP, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_OFF, PASS};
+use super::{fragments, Ipv4Hdr, DROP, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_OFF, PASS};
 use crate::maps::CONNTRACK;
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -157,7 +157,11 @@ fn quote(ctx: &TcContext) -> Option<Quote> {
         return None;
     }
     let inner: Ipv4Hdr = ctx.load(INNER_IP_OFF).ok()?;
-    if !inner.is_plain() || !matches!(inner.proto, PROTO_TCP | PROTO_UDP) {
+    // A quoted later fragment has no ports to match (a quoted first fragment has them).
+    if !inner.is_plain()
+        || fragments::kind(&inner) == fragments::LATER
+        || !matches!(inner.proto, PROTO_TCP | PROTO_UDP)
+    {
         return None;
     }
     let ports: [u8; 4] = ctx.load(INNER_L4_OFF).ok()?;

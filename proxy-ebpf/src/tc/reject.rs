@@ -19,7 +19,8 @@ use aya_ebpf::{
 use switchyard_common::{PROTO_ICMP, PROTO_TCP};
 
 use super::{
-    refusal_limit, Ipv4Hdr, Packet, DROP, ETH_HLEN, IP_CSUM_OFF, L4_OFF, TCP_HLEN, UDP_HLEN,
+    fragments, refusal_limit, Ipv4Hdr, Packet, DROP, ETH_HLEN, IP_CSUM_OFF, L4_OFF, TCP_HLEN,
+    UDP_HLEN,
 };
 
 const IP_HLEN: usize = 20;
@@ -46,6 +47,11 @@ const QUOTE_LEN: usize = IP_HLEN + UDP_HLEN;
 #[inline(always)]
 pub(super) fn refuse(ctx: &TcContext, pkt: &Packet, now: u64) -> i32 {
     let built = if pkt.proto == PROTO_TCP {
+        if pkt.fragment != fragments::WHOLE {
+            // A fragmented SYN (never sent by a Linux client: TCP sizes its segments to the
+            // path) is not answered: the reset would be built from one fragment of it.
+            return DROP;
+        }
         tcp_reset(ctx)
     } else if refusal_limit::allow_icmp(pkt.saddr, now) {
         port_unreachable(ctx)

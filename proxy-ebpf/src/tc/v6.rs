@@ -8,13 +8,13 @@
 //! - no IP header checksum; the TCP/UDP checksum covers the 128-bit addresses through the
 //!   pseudo header, updated with `bpf_csum_diff` over the old and new address and one
 //!   `bpf_l4_csum_replace` (`BPF_F_PSEUDO_HDR`) with the difference;
-//! - extension headers are walked ([`upper_layer`]): hop-by-hop and destination options and a
-//!   routing header with no segments left are skipped to the TCP/UDP header, which is then
-//!   translated as without them (the headers stay as they were: none covers the addresses or
-//!   ports). A fragment, a routing header with segments left (the destination is a waypoint,
-//!   not the frontend), AH/ESP (translation would break or cannot see them) and chains longer
-//!   than [`MAX_EXTENSIONS`] pass untouched, as ICMPv6 does: a fragment would have to be
-//!   reassembled to be translated;
+//! - extension headers are walked ([`upper_layer`]): hop-by-hop and destination options, a
+//!   routing header with no segments left and a fragment header are skipped to the TCP/UDP
+//!   header, which is then translated as without them (the headers stay as they were: none
+//!   covers the addresses or ports). The later fragments of a datagram follow its first one
+//!   ([`super::fragments`]). A routing header with segments left (the destination is a
+//!   waypoint, not the frontend), AH/ESP (translation would break or cannot see them) and
+//!   chains longer than [`MAX_EXTENSIONS`] pass untouched, as ICMPv6 errors quoting them do;
 //! - services without endpoints are refused from here, as IPv4's ([`super::reject6`]);
 //! - ICMPv6 errors about translated flows (packet too big...) are translated as IPv4's
 //!   ICMP errors are ([`super::icmp_error6`]), and the source-NAT port of an ended flow is
@@ -43,8 +43,8 @@ use switchyard_common::{
 };
 
 use super::{
-    fib_lookup, opens, seen, DROP, ETH_DST_OFF, ETH_HLEN, ETH_SRC_OFF, PASS, SNAT_PORT_TRIES,
-    TCP_HLEN, UDP_HLEN,
+    fib_lookup, fragments, opens, seen, DROP, ETH_DST_OFF, ETH_HLEN, ETH_SRC_OFF, PASS,
+    SNAT_PORT_TRIES, TCP_HLEN, UDP_HLEN,
 };
 use crate::{
     lb,
@@ -67,6 +67,11 @@ const MAX_EXTENSIONS: usize = 4;
 /// Next header values of the extension headers that are walked (RFC 8200 4).
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
+const NEXT_FRAGMENT: u8 = 44;
+/// Fragment header: the offset (13 bits, in 8-byte units) and "more fragments" bits of its
+/// third and fourth bytes.
+const FRAGMENT_OFFSET_MASK: u16 = 0xfff8;
+const MORE_FRAGMENTS: u16 = 0x0001;
 const NEXT_DEST_OPTIONS: u8 = 60;
 const AF_INET6: u8 = 10;
 /// Next header of ICMPv6.
@@ -87,20 +92,30 @@ pub(super) struct Ipv6Hdr {
 
 /// What the programs need of one IPv6 TCP/UDP packet (addresses as the maps hold them).
 #[derive(Clone, Copy)]
-struct Packet6 {
-    saddr: [u32; 4],
-    daddr: [u32; 4],
-    sport: u16,
-    dport: u16,
-    proto: u8,
+pub(super) struct Packet6 {
+    pub(super) saddr: [u32; 4],
+    pub(super) daddr: [u32; 4],
+    pub(super) sport: u16,
+    pub(super) dport: u16,
+    pub(super) proto: u8,
+    /// TCP flags byte (0 for UDP and for a later fragment).
     tcp_flags: u8,
     /// Where the TCP/UDP header starts: [`L4_OFF`] unless extension headers precede it
-    /// (at most [`MAX_EXTENSIONS`] of at most 2 KiB each). Narrow, and the checksum's place
-    /// and flags derived from it: the struct sits in the deepest frames.
+    /// (at most [`MAX_EXTENSIONS`] of at most 2 KiB each); 0 for a later fragment, which has
+    /// none ([`Packet6::later_fragment`]). Narrow, and the checksum's place and flags derived
+    /// from it, and no fragment fields: the struct sits in the deepest frames, whose stack is
+    /// at its limit.
     l4_off: u16,
 }
 
 impl Packet6 {
+    /// Whether this is a later fragment of a datagram (no TCP/UDP header; the ports are its
+    /// first fragment's).
+    #[inline(always)]
+    fn later_fragment(&self) -> bool {
+        self.l4_off == 0
+    }
+
     /// Where the TCP/UDP checksum is.
     #[inline(always)]
     fn csum_off(&self) -> usize {
@@ -174,15 +189,28 @@ pub fn swy_tc_egress6(ctx: TcContext) -> i32 {
 }
 
 /// The TCP/UDP packet behind the fixed header and any extension headers [`upper_layer`]
-/// walks, or None (ICMPv6, fragments, truncated headers...: passed untouched, but for ICMPv6
-/// errors, [`super::icmp_error6`]).
+/// walks, or None (ICMPv6, truncated headers, a later fragment of a datagram not matched...:
+/// passed untouched, but for ICMPv6 errors, [`super::icmp_error6`]).
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Packet6> {
     let ip: Ipv6Hdr = ctx.load(ETH_HLEN).ok()?;
     if ip.vtc_flow[0] >> 4 != 6 {
         return None;
     }
-    let (proto, l4_off) = upper_layer(ctx, ip.next_header)?;
+    let upper = upper_layer(ctx, ip.next_header)?;
+    if upper.fragment == fragments::LATER {
+        let first = fragments::ports6(&ip.saddr, &ip.daddr, upper.frag_id)?;
+        return Some(Packet6 {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            sport: first.sport,
+            dport: first.dport,
+            proto: first.proto,
+            tcp_flags: 0,
+            l4_off: 0,
+        });
+    }
+    let (proto, l4_off) = (upper.proto, upper.off);
     let (l4, tcp_flags) = match proto {
         PROTO_TCP => {
             let tcp: [u8; TCP_HLEN] = ctx.load(l4_off).ok()?;
@@ -196,7 +224,7 @@ fn parse(ctx: &TcContext) -> Option<Packet6> {
         }
         _ => return None,
     };
-    Some(Packet6 {
+    let pkt = Packet6 {
         saddr: ip.saddr,
         daddr: ip.daddr,
         sport: u16::from_ne_bytes([l4[0], l4[1]]),
@@ -204,19 +232,66 @@ fn parse(ctx: &TcContext) -> Option<Packet6> {
         proto,
         tcp_flags,
         l4_off: u16::try_from(l4_off).ok()?,
-    })
+    };
+    if upper.fragment == fragments::FIRST {
+        // Recorded for every first fragment of a TCP/UDP datagram, not only once matched as
+        // IPv4's: the fragment's identity does not fit the programs' stack to the match. IPv6
+        // routers never fragment, so these are rare (a sender's own datagrams over its MTU).
+        fragments::remember6(&pkt, upper.frag_id);
+    }
+    Some(pkt)
+}
+
+/// Where [`upper_layer`] found the TCP/UDP header, and whether it walked a fragment header.
+struct UpperLayer {
+    proto: u8,
+    off: usize,
+    /// `fragments::WHOLE`, `FIRST`, or `LATER` (then `proto` and `off` are meaningless: the
+    /// fragment holds no upper-layer header).
+    fragment: u8,
+    frag_id: u32,
 }
 
 /// The upper-layer protocol behind the fixed header (whose next header is `next`) and the
 /// offset of its header, past hop-by-hop options (only right behind the fixed header, RFC 8200
-/// 4.3), destination options and routing headers with no segments left; None for any other
-/// header in the chain, or a chain longer than [`MAX_EXTENSIONS`].
+/// 4.3), destination options, routing headers with no segments left and a fragment header
+/// (a later fragment ends the walk); None for any other header in the chain, or a chain
+/// longer than [`MAX_EXTENSIONS`].
 #[inline(always)]
-fn upper_layer(ctx: &TcContext, mut next: u8) -> Option<(u8, usize)> {
+fn upper_layer(ctx: &TcContext, mut next: u8) -> Option<UpperLayer> {
     let mut off = L4_OFF;
+    let mut fragment = fragments::WHOLE;
+    let mut frag_id = 0;
     for _ in 0..MAX_EXTENSIONS {
         match next {
-            PROTO_TCP | PROTO_UDP => return Some((next, off)),
+            PROTO_TCP | PROTO_UDP => {
+                return Some(UpperLayer {
+                    proto: next,
+                    off,
+                    fragment,
+                    frag_id,
+                })
+            }
+            NEXT_FRAGMENT => {
+                // Next header, reserved, offset and flags, identification.
+                let header: [u8; 8] = ctx.load(off).ok()?;
+                let offset_flags = u16::from_be_bytes([header[2], header[3]]);
+                frag_id = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+                if offset_flags & FRAGMENT_OFFSET_MASK != 0 {
+                    return Some(UpperLayer {
+                        proto: header[0],
+                        off,
+                        fragment: fragments::LATER,
+                        frag_id,
+                    });
+                }
+                // Offset 0 without more fragments is an atomic fragment (RFC 8021): whole.
+                if offset_flags & MORE_FRAGMENTS != 0 {
+                    fragment = fragments::FIRST;
+                }
+                next = header[0];
+                off += 8;
+            }
             NEXT_HOP_BY_HOP | NEXT_DEST_OPTIONS | NEXT_ROUTING => {
                 // Next header, length in 8-byte units past the first 8, and (routing) the
                 // routing type and segments left.
@@ -232,7 +307,12 @@ fn upper_layer(ctx: &TcContext, mut next: u8) -> Option<(u8, usize)> {
             _ => return None,
         }
     }
-    matches!(next, PROTO_TCP | PROTO_UDP).then_some((next, off))
+    matches!(next, PROTO_TCP | PROTO_UDP).then_some(UpperLayer {
+        proto: next,
+        off,
+        fragment,
+        frag_id,
+    })
 }
 
 fn ingress_packet(ctx: &TcContext, pkt: &Packet6) -> i32 {
@@ -345,7 +425,8 @@ fn choose(ctx: &TcContext, pkt: &Packet6, service: &ServiceValue, flow: &mut CtV
     if service.flags & SERVICE_FLAG_HANDOVER != 0 {
         return PASS;
     }
-    if !opens(pkt.proto, pkt.tcp_flags) {
+    // Nor does a later fragment whose first fragment started no flow (as IPv4's).
+    if pkt.later_fragment() || !opens(pkt.proto, pkt.tcp_flags) {
         return if forwarded(ctx, pkt) { DROP } else { PASS };
     }
     if service.flags & SERVICE_FLAG_SOURCE_RANGES != 0 {
@@ -747,6 +828,13 @@ fn rewrite_inner(
         (IP6_SRC_OFF, usize::from(pkt.l4_off), pkt.saddr, pkt.sport)
     };
     let mut new_addr = *addr;
+    if pkt.later_fragment() {
+        // No upper-layer header: the first fragment's checksum covers the pseudo header.
+        if old_addr != new_addr {
+            ctx.store(addr_off, &new_addr, 0)?;
+        }
+        return Ok(());
+    }
     if old_addr != new_addr {
         ctx.store(addr_off, &new_addr, 0)?;
         // SAFETY: two 16-byte stack buffers, sizes given.

@@ -68,6 +68,8 @@ pub struct RequestSpec {
     pub unconnected: bool,
     /// IPv6 only: every packet behind a destination options extension header.
     pub dest_options: bool,
+    /// UDP only: requests (and their answers) padded to this many bytes; 0 for the plain one.
+    pub size: u16,
 }
 
 impl RequestSpec {
@@ -80,6 +82,7 @@ impl RequestSpec {
             timeout: Duration::from_secs(1),
             unconnected: false,
             dest_options: false,
+            size: 0,
         }
     }
 
@@ -107,6 +110,12 @@ impl RequestSpec {
         self
     }
 
+    /// Pads UDP requests and their answers to `size` bytes.
+    pub fn size(mut self, size: u16) -> Self {
+        self.size = size;
+        self
+    }
+
     fn args(&self) -> Vec<String> {
         let mut args = vec![
             "request".to_owned(),
@@ -124,6 +133,9 @@ impl RequestSpec {
         }
         if self.dest_options {
             args.push("--ipv6-dest-options".to_owned());
+        }
+        if self.size > 0 {
+            args.extend(["--size".to_owned(), self.size.to_string()]);
         }
         args
     }

@@ -195,6 +195,9 @@ pub struct Check {
     pub unconnected: bool,
     /// IPv6 only: every packet behind a destination options extension header.
     pub dest_options: bool,
+    /// UDP only: requests and answers padded to this many bytes (0: plain), so that they are
+    /// fragmented on the testbed's 1500-byte links.
+    pub size: u16,
     /// Number of attempts; `None` uses [`default_attempts`].
     pub attempts: Option<usize>,
     /// Per-attempt timeout.
@@ -220,6 +223,7 @@ impl Check {
                 .unwrap_or_else(|e| panic!("scenario table: bad address {to:?}: {e}")),
             unconnected: false,
             dest_options: false,
+            size: 0,
             attempts: None,
             timeout: ATTEMPT_TIMEOUT,
             outcome: ByMode::both(Outcome::NoAnswer),
@@ -287,6 +291,12 @@ impl Check {
         self
     }
 
+    /// Pads the UDP requests and their answers to `size` bytes.
+    pub fn size(mut self, size: u16) -> Check {
+        self.size = size;
+        self
+    }
+
     /// Sets the number of attempts.
     pub fn attempts(mut self, n: usize) -> Check {
         self.attempts = Some(n);
@@ -302,7 +312,7 @@ impl Check {
     /// One-line description for messages.
     pub fn describe(&self, mode: Mode) -> String {
         format!(
-            "{} {}{}{} -> {} x{}: expect {:?}{}",
+            "{} {}{}{}{} -> {} x{}: expect {:?}{}",
             self.from,
             self.proto,
             if self.unconnected {
@@ -314,6 +324,11 @@ impl Check {
                 " (destination options)"
             } else {
                 ""
+            },
+            if self.size > 0 {
+                format!(" ({} bytes)", self.size)
+            } else {
+                String::new()
             },
             self.to,
             self.attempts_in(mode),

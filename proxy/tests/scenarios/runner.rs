@@ -544,7 +544,8 @@ impl Run<'_> {
             .count(count)
             .timeout(c.timeout)
             .unconnected(c.unconnected)
-            .dest_options(c.dest_options);
+            .dest_options(c.dest_options)
+            .size(c.size);
         self.testbed
             .request_with(place(c.from), &spec)
             .map_err(|e| format!("running the probe: {e}"))

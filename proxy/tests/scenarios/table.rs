@@ -558,6 +558,14 @@ spec:
                     .answers(&THREE_8080)
                     .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
+            // Datagrams longer than the links' MTU, fragmented both ways: every fragment
+            // follows the flow, to a local backend and (source-NATed) to the remote ones.
+            check(
+                udp(CLIENT, "198.18.0.11:30080")
+                    .size(4000)
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
             // No endpoints: rejected, not black-holed.
             check(tcp(CLIENT, "198.18.0.11:30090").refused()),
         ])
@@ -711,6 +719,9 @@ status:
             check(udp(CLIENT, "198.18.200.6:80").refused()),
             check(tcp(CLIENT, "198.18.0.11:30095").refused()),
             check(udp(CLIENT, "198.18.0.11:30095").refused()),
+            // Fragmented: the first fragment is refused, the others never leave the node.
+            check(udp(CLIENT, "198.18.200.5:80").size(4000).refused()),
+            check(udp(CLIENT, "198.18.0.11:30095").size(4000).refused()),
         ])
 }
 
@@ -2095,6 +2106,13 @@ spec:
                     .answers(&THREE_8080)
                     .source_by_mode(Source::Node, Source::NodeUnlessLocal),
             ),
+            // Longer than the links' MTU: fragmented by the client and by the backends.
+            check(
+                udp(CLIENT, "[2001:db8:0:1::12]:30090")
+                    .size(4000)
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
             check(tcp(CLIENT, "198.18.0.11:30090").answers(&THREE_8080)),
         ])
 }
@@ -2452,6 +2470,23 @@ spec:
             ),
             check(tcp(CLIENT, "[2001:db8:f::31]:80").dest_options().refused()),
             check(udp(CLIENT, "[2001:db8:f::31]:80").dest_options().refused()),
+            // Longer than the links' MTU: fragmented both ways (the destination options then
+            // behind the fragment header), served; the first fragment of a datagram to the
+            // service without endpoints refused.
+            check(
+                udp(CLIENT, "[2001:db8:f::30]:80")
+                    .size(4000)
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            check(
+                udp(CLIENT, "[2001:db8:f::30]:80")
+                    .size(4000)
+                    .dest_options()
+                    .answers(&THREE_8080)
+                    .source_by_mode(Source::Node, Source::NodeUnlessLocal),
+            ),
+            check(udp(CLIENT, "[2001:db8:f::31]:80").size(4000).refused()),
         ])
 }
 

@@ -67,6 +67,10 @@ enum Cmd {
         /// IPv6 TCP/UDP: send every packet behind a destination options extension header.
         #[arg(long = "ipv6-dest-options")]
         dest_options: bool,
+        /// UDP: pad each request to this many bytes (at most 65507); the server pads its
+        /// answer to the same length. Longer than the path's MTU, both are fragmented.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(..=65507))]
+        size: u16,
     },
     /// Hold one flow: ONE socket (a TCP connection or a connected UDP socket) for the
     /// whole run, one round trip per interval, one JSON line per round trip (flushed, with
@@ -102,12 +106,14 @@ fn main() -> ExitCode {
             timeout_ms,
             unconnected,
             dest_options,
+            size,
         } => {
             // A zero timeout would make connect_timeout reject its argument.
             let timeout = Duration::from_millis(timeout_ms.max(1));
             let options = Options {
                 unconnected,
                 dest_options,
+                size: usize::from(size),
             };
             request(proto, to, count, timeout, options);
             ExitCode::SUCCESS
@@ -372,12 +378,12 @@ fn bind_udp_with_pktinfo(port: u16) -> io::Result<Vec<UdpSocket>> {
 }
 
 fn serve_udp(socket: &UdpSocket, name: &str) {
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         match recv_with_local(socket, &mut buf) {
-            Ok((peer, local)) => {
-                let reply = echo_line(name, peer);
-                if let Err(e) = send_from(socket, reply.as_bytes(), peer, local) {
+            Ok((len, peer, local)) => {
+                let reply = padded(echo_line(name, peer).into_bytes(), len);
+                if let Err(e) = send_from(socket, &reply, peer, local) {
                     eprintln!("swy-probe serve: replying to {peer}: {e}");
                 }
             }
@@ -468,10 +474,11 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
 }
 
 /// Receives one datagram; returns the sender and the local address it was sent to.
+/// Receives one datagram into `buf`: its length, sender and the local address it was sent to.
 fn recv_with_local(
     socket: &UdpSocket,
     buf: &mut [u8],
-) -> io::Result<(SocketAddr, Option<LocalAddr>)> {
+) -> io::Result<(usize, SocketAddr, Option<LocalAddr>)> {
     // SAFETY: all-zero is a valid sockaddr_storage / msghdr.
     let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec {
@@ -511,7 +518,7 @@ fn recv_with_local(
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok((peer, local))
+    Ok((n as usize, peer, local))
 }
 
 /// Sends `data` to `peer` with source address `local` when known, falling back to a
@@ -606,6 +613,20 @@ struct Options {
     unconnected: bool,
     /// IPv6 TCP/UDP: [`DEST_OPTIONS`] on every packet.
     dest_options: bool,
+    /// UDP: the datagram's length (at least the plain request's).
+    size: usize,
+}
+
+/// The largest UDP datagram (over IPv4; IPv6 jumbograms are not sent).
+const MAX_DATAGRAM: usize = 65_507;
+
+/// `line` followed by newlines up to `len` bytes: the echo line stays parsable (trailing
+/// newlines are trimmed) and a long request gets an answer as long, fragmented alike.
+fn padded(mut line: Vec<u8>, len: usize) -> Vec<u8> {
+    if line.len() < len {
+        line.resize(len, b'\n');
+    }
+    line
 }
 
 /// The destination options header `--ipv6-dest-options` puts in front of TCP/UDP: 8 bytes,
@@ -669,6 +690,18 @@ fn parse_reply(data: &[u8], from: SocketAddr) -> ProbeLine {
         Some((backend, seen)) => ProbeLine::success(&backend, seen, from),
         None => ProbeLine::failure(FailureKind::Other, format!("unparsable reply {text:?}")),
     }
+}
+
+/// [`parse_reply`] of an answer that must be `size` bytes long (the server pads it as the
+/// request), so that a long answer is known to have arrived whole.
+fn sized_reply(data: &[u8], from: SocketAddr, size: usize) -> ProbeLine {
+    if data.len() < size {
+        return ProbeLine::failure(
+            FailureKind::Other,
+            format!("an answer of {} bytes to a request of {size}", data.len()),
+        );
+    }
+    parse_reply(data, from)
 }
 
 fn tcp_attempt(to: SocketAddr, timeout: Duration, dest_options: bool) -> ProbeLine {
@@ -741,14 +774,15 @@ fn udp_attempt(to: SocketAddr, timeout: Duration, options: Options) -> ProbeLine
             return classify("setsockopt IPV6_DSTOPTS", &e);
         }
     }
-    let payload = b"swy-probe\n";
-    let mut buf = [0u8; 2048];
+    let payload = padded(b"swy-probe\n".to_vec(), options.size);
+    let payload = payload.as_slice();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
     if options.unconnected {
         if let Err(e) = socket.send_to(payload, to) {
             return classify("sendto", &e);
         }
         match socket.recv_from(&mut buf) {
-            Ok((n, from)) => parse_reply(&buf[..n], from),
+            Ok((n, from)) => sized_reply(&buf[..n], from, options.size),
             Err(e) => classify("recvfrom", &e),
         }
     } else {
@@ -760,7 +794,7 @@ fn udp_attempt(to: SocketAddr, timeout: Duration, options: Options) -> ProbeLine
         }
         let from = socket.peer_addr().unwrap_or(to);
         match socket.recv(&mut buf) {
-            Ok(n) => parse_reply(&buf[..n], from),
+            Ok(n) => sized_reply(&buf[..n], from, options.size),
             Err(e) => classify("recv", &e),
         }
     }
