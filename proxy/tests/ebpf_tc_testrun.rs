@@ -2906,6 +2906,79 @@ fn ipv6_errors_about_a_reply_reach_the_local_backend_as_about_the_backends_own_p
 }
 
 #[test]
+fn ipv6_errors_quoting_a_first_fragment_or_behind_extension_headers_are_translated() {
+    let mut tc = Tc::load();
+    tc.external6((LB6, 53), PROTO_UDP, 4, 0, &[POD6_B]);
+    let client = (CLIENT6, 5353);
+    let udp = L4::Udp { checksum: true };
+    let query = frame6(client, (LB6, 53), udp);
+    assert_dnat6(&tc.ingress(&query), &query, (POD6_B, POD_PORT));
+    // The backend's long answer left the node fragmented, as frontend -> client; a router in
+    // front of the client has a smaller MTU and quotes the first fragment. The backend must
+    // get it as about its own packet: exactly the first fragment it sent.
+    let id = 0x5151_0001;
+    let sent = fragments6(&frame6((POD6_B, POD_PORT), client, udp), 16, id);
+    let left = fragments6(&frame6((LB6, 53), client, udp), 16, id);
+    let about_sent = icmp6_error(
+        ROUTER6,
+        POD6_B,
+        (ICMPV6_PKT_TOOBIG, 0),
+        MTU6_1280,
+        &sent[0][ETH..],
+    );
+    let error = icmp6_error(
+        ROUTER6,
+        LB6,
+        (ICMPV6_PKT_TOOBIG, 0),
+        MTU6_1280,
+        &left[0][ETH..],
+    );
+    let v = tc.ingress(&error);
+    assert_eq!(v.ret, TC_ACT_OK);
+    assert_eq!(
+        v.frame, about_sent,
+        "to the backend, quoting its own first fragment"
+    );
+
+    // The same error behind a destination options header (outside the quote): translated
+    // alike, the header kept.
+    let options = [(EXT_DEST_OPTIONS, extension(EXT_DEST_OPTIONS, 8, 0))];
+    let error = with_extensions(
+        &icmp6_error(
+            ROUTER6,
+            LB6,
+            (ICMPV6_PKT_TOOBIG, 0),
+            MTU6_1280,
+            &frame6((LB6, 53), client, udp)[ETH..],
+        ),
+        &options,
+    );
+    let about_sent = with_extensions(
+        &icmp6_error(
+            ROUTER6,
+            POD6_B,
+            (ICMPV6_PKT_TOOBIG, 0),
+            MTU6_1280,
+            &frame6((POD6_B, POD_PORT), client, udp)[ETH..],
+        ),
+        &options,
+    );
+    let v = tc.ingress(&error);
+    assert_eq!(v.ret, TC_ACT_OK);
+    assert_eq!(v.frame, about_sent, "behind the header, to the backend");
+
+    // An error quoting a later fragment has no ports to match: untouched.
+    let error = icmp6_error(
+        ROUTER6,
+        LB6,
+        (ICMPV6_PKT_TOOBIG, 0),
+        MTU6_1280,
+        &left[1][ETH..],
+    );
+    assert_untouched(&tc.ingress(&error), &error);
+}
+
+#[test]
 fn ipv6_an_error_from_a_local_backend_leaves_as_coming_from_the_frontend() {
     let mut tc = Tc::load();
     tc.external6((LB6, 53), PROTO_UDP, 9, 0, &[POD6_A]);

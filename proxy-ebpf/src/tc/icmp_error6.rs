@@ -11,10 +11,11 @@
 //!   (quote client -> backend) leaves from the frontend, quote client -> frontend.
 //!
 //! Errors of types 1 to 4 (destination unreachable, packet too big, time exceeded, parameter
-//! problem) quoting a TCP/UDP packet right behind its fixed IPv6 header are translated. Unlike
-//! [`super::v6`], no extension headers are walked, outside or in the quote: the quoted packet
-//! is one of the flow's replies or DNATed requests, and neither side of a translated flow
-//! adds them in practice; such an error passes untouched.
+//! problem) quoting a TCP/UDP packet are translated. Extension headers are walked as
+//! [`super::v6`] walks them, before the ICMPv6 header and in the quote: a packet too big about
+//! the first fragment of a backend's long datagram quotes its fragment header. An error
+//! quoting a later fragment (no ports) passes untouched, as one behind headers that are not
+//! walked does; so does a fragmented error.
 //!
 //! Checksums: IPv6 has no header checksum. The ICMPv6 checksum covers a pseudo header with
 //! the outer addresses, so an outer address change goes in as a `BPF_F_PSEUDO_HDR`
@@ -29,29 +30,26 @@
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, helpers::bpf_csum_diff, programs::TcContext};
 use switchyard_common::{CtKey6, CtValue6, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_TCP, PROTO_UDP};
 
-use super::v6::{
-    redirect, Ipv6Hdr, IP6_DST_OFF, IP6_NEXT_HEADER_OFF, IP6_SRC_OFF, L4_OFF, PROTO_ICMPV6,
-};
-use super::{DROP, PASS};
+use super::v6::{redirect, upper_layer, Ipv6Hdr, IP6_DST_OFF, IP6_SRC_OFF, L4_OFF, PROTO_ICMPV6};
+use super::{fragments, DROP, ETH_HLEN, PASS};
 use crate::maps::CONNTRACK6;
 
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PARAMPROB: u8 = 4;
-const ICMPV6_CSUM_OFF: usize = L4_OFF + 2;
-/// The quoted IPv6 header, right after the 8-byte ICMPv6 header.
-const INNER_IP_OFF: usize = L4_OFF + 8;
-const INNER_SRC_OFF: usize = INNER_IP_OFF + 8;
-const INNER_DST_OFF: usize = INNER_IP_OFF + 24;
-/// The quoted TCP/UDP header.
-const INNER_L4_OFF: usize = INNER_IP_OFF + 40;
-const INNER_SPORT_OFF: usize = INNER_L4_OFF;
-const INNER_DPORT_OFF: usize = INNER_L4_OFF + 2;
-const INNER_UDP_CSUM_OFF: usize = INNER_L4_OFF + 6;
-const INNER_TCP_CSUM_OFF: usize = INNER_L4_OFF + 16;
+/// Offsets from the ICMPv6 header: its checksum, the quoted IPv6 header (right after the
+/// 8-byte ICMPv6 header) and the quoted addresses.
+const ICMPV6_CSUM: usize = 2;
+const INNER_IP: usize = 8;
+const INNER_SRC: usize = INNER_IP + 8;
+const INNER_DST: usize = INNER_IP + 24;
+const IP6_HLEN: usize = 40;
+/// Offsets inside the quoted TCP/UDP header.
+const UDP_CSUM: usize = 6;
+const TCP_CSUM: usize = 16;
 /// [`Quote6::csum_off`] when the quoted checksum is not kept (not quoted, or UDP's "none").
 const NO_CSUM: usize = 0;
 
-/// The quoted packet, addresses and ports in network order.
+/// The quoted packet, addresses and ports in network order, and where the error's parts are.
 #[derive(Clone, Copy)]
 struct Quote6 {
     saddr: [u32; 4],
@@ -59,11 +57,44 @@ struct Quote6 {
     sport: u16,
     dport: u16,
     proto: u8,
+    /// Offset of the ICMPv6 header ([`L4_OFF`] unless extension headers precede it).
+    icmp_off: u16,
+    /// Offset of the quoted TCP/UDP header.
+    inner_l4_off: u16,
     /// Offset of the quoted TCP/UDP checksum, or [`NO_CSUM`].
     csum_off: usize,
 }
 
 impl Quote6 {
+    #[inline(always)]
+    fn icmp_off(&self) -> usize {
+        usize::from(self.icmp_off)
+    }
+
+    /// Where the quoted source address is.
+    #[inline(always)]
+    fn inner_src(&self) -> usize {
+        self.icmp_off() + INNER_SRC
+    }
+
+    /// Where the quoted destination address is.
+    #[inline(always)]
+    fn inner_dst(&self) -> usize {
+        self.icmp_off() + INNER_DST
+    }
+
+    /// Where the quoted source port is.
+    #[inline(always)]
+    fn inner_sport(&self) -> usize {
+        usize::from(self.inner_l4_off)
+    }
+
+    /// Where the quoted destination port is.
+    #[inline(always)]
+    fn inner_dport(&self) -> usize {
+        usize::from(self.inner_l4_off) + 2
+    }
+
     /// The key of the flow direction opposite to the quoted packet's.
     #[inline(always)]
     fn reversed_key(&self) -> CtKey6 {
@@ -114,9 +145,9 @@ pub(super) fn egress(ctx: &TcContext) -> i32 {
         return PASS;
     }
     // Quote client -> backend becomes client -> frontend, from the frontend.
-    let rewritten = set_addr(ctx, INNER_DST_OFF, &flow.addr, quote.csum_off) == 0
-        && set_port(ctx, &quote, INNER_DPORT_OFF, quote.dport, flow.port).is_ok()
-        && set_addr(ctx, IP6_SRC_OFF, &flow.addr, NO_CSUM) == 0;
+    let rewritten = set_addr(ctx, &quote, quote.inner_dst(), &flow.addr) == 0
+        && set_port(ctx, &quote, quote.inner_dport(), quote.dport, flow.port).is_ok()
+        && set_addr(ctx, &quote, IP6_SRC_OFF, &flow.addr) == 0;
     if rewritten {
         PASS
     } else {
@@ -127,9 +158,9 @@ pub(super) fn egress(ctx: &TcContext) -> i32 {
 /// An error about a reply (quote frontend -> client) goes to the backend.
 #[inline(always)]
 fn towards_backend(ctx: &TcContext, quote: &Quote6, flow: &CtValue6) -> i32 {
-    let rewritten = set_addr(ctx, INNER_SRC_OFF, &flow.addr, quote.csum_off) == 0
-        && set_port(ctx, quote, INNER_SPORT_OFF, quote.sport, flow.port).is_ok()
-        && set_addr(ctx, IP6_DST_OFF, &flow.addr, NO_CSUM) == 0;
+    let rewritten = set_addr(ctx, quote, quote.inner_src(), &flow.addr) == 0
+        && set_port(ctx, quote, quote.inner_sport(), quote.sport, flow.port).is_ok()
+        && set_addr(ctx, quote, IP6_DST_OFF, &flow.addr) == 0;
     if !rewritten {
         return DROP;
     }
@@ -138,9 +169,9 @@ fn towards_backend(ctx: &TcContext, quote: &Quote6, flow: &CtValue6) -> i32 {
         return PASS;
     }
     // The backend knows the client as node:port.
-    let rewritten = set_addr(ctx, INNER_DST_OFF, &flow.nat_addr, quote.csum_off) == 0
-        && set_port(ctx, quote, INNER_DPORT_OFF, quote.dport, flow.nat_port).is_ok()
-        && set_addr(ctx, IP6_SRC_OFF, &flow.nat_addr, NO_CSUM) == 0;
+    let rewritten = set_addr(ctx, quote, quote.inner_dst(), &flow.nat_addr) == 0
+        && set_port(ctx, quote, quote.inner_dport(), quote.dport, flow.nat_port).is_ok()
+        && set_addr(ctx, quote, IP6_SRC_OFF, &flow.nat_addr) == 0;
     if !rewritten {
         return DROP;
     }
@@ -150,43 +181,49 @@ fn towards_backend(ctx: &TcContext, quote: &Quote6, flow: &CtValue6) -> i32 {
 /// An error about a source-NATed packet (quote node:port -> backend) goes to the client.
 #[inline(always)]
 fn towards_client(ctx: &TcContext, quote: &Quote6, flow: &CtValue6) -> i32 {
-    let rewritten = set_addr(ctx, INNER_SRC_OFF, &flow.nat_addr, quote.csum_off) == 0
-        && set_port(ctx, quote, INNER_SPORT_OFF, quote.sport, flow.nat_port).is_ok()
-        && set_addr(ctx, INNER_DST_OFF, &flow.addr, quote.csum_off) == 0
-        && set_port(ctx, quote, INNER_DPORT_OFF, quote.dport, flow.port).is_ok()
-        && set_addr(ctx, IP6_SRC_OFF, &flow.addr, NO_CSUM) == 0
-        && set_addr(ctx, IP6_DST_OFF, &flow.nat_addr, NO_CSUM) == 0;
+    let rewritten = set_addr(ctx, quote, quote.inner_src(), &flow.nat_addr) == 0
+        && set_port(ctx, quote, quote.inner_sport(), quote.sport, flow.nat_port).is_ok()
+        && set_addr(ctx, quote, quote.inner_dst(), &flow.addr) == 0
+        && set_port(ctx, quote, quote.inner_dport(), quote.dport, flow.port).is_ok()
+        && set_addr(ctx, quote, IP6_SRC_OFF, &flow.addr) == 0
+        && set_addr(ctx, quote, IP6_DST_OFF, &flow.nat_addr) == 0;
     if !rewritten {
         return DROP;
     }
     redirect(ctx, PROTO_ICMPV6, &flow.addr, &flow.nat_addr)
 }
 
-/// The packet an ICMPv6 error quotes, if the packet is an error (types 1 to 4) quoting a
-/// TCP/UDP packet with its ports.
+/// The packet an ICMPv6 error quotes, if the packet is a whole error (types 1 to 4) quoting
+/// a TCP/UDP packet (or its first fragment) with its ports.
 #[inline(always)]
 fn quote(ctx: &TcContext) -> Option<Quote6> {
-    let next_header: u8 = ctx.load(IP6_NEXT_HEADER_OFF).ok()?;
-    if next_header != PROTO_ICMPV6 {
+    let outer: Ipv6Hdr = ctx.load(ETH_HLEN).ok()?;
+    let icmp = upper_layer(ctx, outer.next_header, L4_OFF)?;
+    if icmp.proto != PROTO_ICMPV6 || icmp.fragment != fragments::WHOLE {
         return None;
     }
-    let icmp_type: u8 = ctx.load(L4_OFF).ok()?;
+    let icmp_type: u8 = ctx.load(icmp.off).ok()?;
     if !(ICMPV6_DEST_UNREACH..=ICMPV6_PARAMPROB).contains(&icmp_type) {
         return None;
     }
-    let inner: Ipv6Hdr = ctx.load(INNER_IP_OFF).ok()?;
-    if inner.vtc_flow[0] >> 4 != 6 || !matches!(inner.next_header, PROTO_TCP | PROTO_UDP) {
+    let inner: Ipv6Hdr = ctx.load(icmp.off + INNER_IP).ok()?;
+    if inner.vtc_flow[0] >> 4 != 6 {
         return None;
     }
-    let ports: [u8; 4] = ctx.load(INNER_L4_OFF).ok()?;
-    let csum_off = if inner.next_header == PROTO_UDP {
-        INNER_UDP_CSUM_OFF
-    } else {
-        INNER_TCP_CSUM_OFF
-    };
+    let quoted = upper_layer(ctx, inner.next_header, icmp.off + INNER_IP + IP6_HLEN)?;
+    if quoted.fragment == fragments::LATER || !matches!(quoted.proto, PROTO_TCP | PROTO_UDP) {
+        return None;
+    }
+    let ports: [u8; 4] = ctx.load(quoted.off).ok()?;
+    let csum_off = quoted.off
+        + if quoted.proto == PROTO_UDP {
+            UDP_CSUM
+        } else {
+            TCP_CSUM
+        };
     // The quote may stop before the checksum; a zero UDP checksum stays as it is.
     let csum_off = match ctx.load::<u16>(csum_off) {
-        Ok(csum) if !(inner.next_header == PROTO_UDP && csum == 0) => csum_off,
+        Ok(csum) if !(quoted.proto == PROTO_UDP && csum == 0) => csum_off,
         _ => NO_CSUM,
     };
     Some(Quote6 {
@@ -194,30 +231,28 @@ fn quote(ctx: &TcContext) -> Option<Quote6> {
         daddr: inner.daddr,
         sport: u16::from_ne_bytes([ports[0], ports[1]]),
         dport: u16::from_ne_bytes([ports[2], ports[3]]),
-        proto: inner.next_header,
+        proto: quoted.proto,
+        icmp_off: u16::try_from(icmp.off).ok()?,
+        inner_l4_off: u16::try_from(quoted.off).ok()?,
         csum_off,
     })
 }
 
 /// The address at `off` (outer, before the ICMPv6 header, or quoted) becomes `new`; the
 /// ICMPv6 checksum follows (through its pseudo header for an outer one), and so does the
-/// quoted L4 checksum at `quoted_csum` (unless [`NO_CSUM`]) for a quoted one. 0 or the
-/// helpers' error. Not inlined (its own small frame, called from every case).
+/// quoted L4 checksum (unless [`NO_CSUM`]) for a quoted one. 0 or the helpers' error. Not
+/// inlined (its own small frame, called from every case).
 #[inline(never)]
-fn set_addr(ctx: &TcContext, off: usize, new: &[u32; 4], quoted_csum: usize) -> i64 {
-    match set_addr_inner(ctx, off, new, quoted_csum) {
+fn set_addr(ctx: &TcContext, quote: &Quote6, off: usize, new: &[u32; 4]) -> i64 {
+    match set_addr_inner(ctx, quote, off, new) {
         Ok(()) => 0,
         Err(e) => e,
     }
 }
 
 #[inline(always)]
-fn set_addr_inner(
-    ctx: &TcContext,
-    off: usize,
-    new: &[u32; 4],
-    quoted_csum: usize,
-) -> Result<(), i64> {
+fn set_addr_inner(ctx: &TcContext, quote: &Quote6, off: usize, new: &[u32; 4]) -> Result<(), i64> {
+    let icmp_csum = quote.icmp_off() + ICMPV6_CSUM;
     let mut old: [u32; 4] = ctx.load(off)?;
     let mut new = *new;
     if old == new {
@@ -229,13 +264,13 @@ fn set_addr_inner(
     if diff < 0 {
         return Err(diff);
     }
-    if off < L4_OFF {
+    if off < quote.icmp_off() {
         // Size 0: `to` is a difference (the helper's diff mode).
-        return ctx.l4_csum_replace(ICMPV6_CSUM_OFF, 0, diff as u64, BPF_F_PSEUDO_HDR as u64);
+        return ctx.l4_csum_replace(icmp_csum, 0, diff as u64, BPF_F_PSEUDO_HDR as u64);
     }
-    ctx.l4_csum_replace(ICMPV6_CSUM_OFF, 0, diff as u64, 0)?;
-    if quoted_csum != NO_CSUM {
-        quoted_field(ctx, quoted_csum, 0, diff as u64, 0)?;
+    ctx.l4_csum_replace(icmp_csum, 0, diff as u64, 0)?;
+    if quote.csum_off != NO_CSUM {
+        quoted_field(ctx, quote, 0, diff as u64, 0)?;
     }
     Ok(())
 }
@@ -247,26 +282,26 @@ fn set_port(ctx: &TcContext, quote: &Quote6, off: usize, old: u16, new: u16) -> 
         return Ok(());
     }
     ctx.store(off, &new, 0)?;
-    ctx.l4_csum_replace(ICMPV6_CSUM_OFF, old as u64, new as u64, 2)?;
+    ctx.l4_csum_replace(quote.icmp_off() + ICMPV6_CSUM, old as u64, new as u64, 2)?;
     if quote.csum_off != NO_CSUM {
-        quoted_field(ctx, quote.csum_off, old as u64, new as u64, 2)?;
+        quoted_field(ctx, quote, old as u64, new as u64, 2)?;
     }
     Ok(())
 }
 
-/// Updates the quoted checksum at `csum_off` for a change (`size` 2 or 4 bytes from `from` to
-/// `to`, or 0: `to` is a difference), and the ICMPv6 checksum for the change of that field.
+/// Updates the quoted checksum for a change (`size` 2 or 4 bytes from `from` to `to`, or 0:
+/// `to` is a difference), and the ICMPv6 checksum for the change of that field.
 #[inline(always)]
-fn quoted_field(
-    ctx: &TcContext,
-    csum_off: usize,
-    from: u64,
-    to: u64,
-    size: u64,
-) -> Result<(), i64> {
+fn quoted_field(ctx: &TcContext, quote: &Quote6, from: u64, to: u64, size: u64) -> Result<(), i64> {
+    let csum_off = quote.csum_off;
     let before: u16 = ctx.load(csum_off)?;
     // The L3 helper only rewrites the 16-bit field, whatever the skb's checksum state.
     ctx.l3_csum_replace(csum_off, from, to, size)?;
     let after: u16 = ctx.load(csum_off)?;
-    ctx.l4_csum_replace(ICMPV6_CSUM_OFF, before as u64, after as u64, 2)
+    ctx.l4_csum_replace(
+        quote.icmp_off() + ICMPV6_CSUM,
+        before as u64,
+        after as u64,
+        2,
+    )
 }

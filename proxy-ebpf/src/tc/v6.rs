@@ -52,7 +52,6 @@ use crate::{
 };
 
 const IP6_HLEN: usize = 40;
-pub(super) const IP6_NEXT_HEADER_OFF: usize = ETH_HLEN + 6;
 pub(super) const IP6_SRC_OFF: usize = ETH_HLEN + 8;
 pub(super) const IP6_DST_OFF: usize = ETH_HLEN + 24;
 pub(super) const L4_OFF: usize = ETH_HLEN + IP6_HLEN;
@@ -197,7 +196,7 @@ fn parse(ctx: &TcContext) -> Option<Packet6> {
     if ip.vtc_flow[0] >> 4 != 6 {
         return None;
     }
-    let upper = upper_layer(ctx, ip.next_header)?;
+    let upper = upper_layer(ctx, ip.next_header, L4_OFF)?;
     if upper.fragment == fragments::LATER {
         let first = fragments::ports6(&ip.saddr, &ip.daddr, upper.frag_id)?;
         return Some(Packet6 {
@@ -242,36 +241,31 @@ fn parse(ctx: &TcContext) -> Option<Packet6> {
     Some(pkt)
 }
 
-/// Where [`upper_layer`] found the TCP/UDP header, and whether it walked a fragment header.
-struct UpperLayer {
-    proto: u8,
-    off: usize,
+/// Where [`upper_layer`] found the upper-layer header, and whether it walked a fragment header.
+pub(super) struct UpperLayer {
+    pub(super) proto: u8,
+    pub(super) off: usize,
     /// `fragments::WHOLE`, `FIRST`, or `LATER` (then `proto` and `off` are meaningless: the
     /// fragment holds no upper-layer header).
-    fragment: u8,
+    pub(super) fragment: u8,
     frag_id: u32,
 }
 
-/// The upper-layer protocol behind the fixed header (whose next header is `next`) and the
-/// offset of its header, past hop-by-hop options (only right behind the fixed header, RFC 8200
-/// 4.3), destination options, routing headers with no segments left and a fragment header
-/// (a later fragment ends the walk); None for any other header in the chain, or a chain
-/// longer than [`MAX_EXTENSIONS`].
+/// The upper-layer protocol behind a fixed header (whose next header is `next`, and whose end
+/// is at `start`: a packet's, or a quoted one's) and the offset of its header, past hop-by-hop
+/// options (only right behind the fixed header, RFC 8200 4.3), destination options, routing
+/// headers with no segments left and a fragment header (a later fragment ends the walk); None
+/// for a routing header with segments left, misplaced hop-by-hop options, or a chain longer
+/// than [`MAX_EXTENSIONS`]. Any other header ends the walk as the upper layer: the caller
+/// takes the protocols it handles (TCP, UDP, ICMPv6), and AH/ESP, which hide the ports or
+/// would break, are none of them.
 #[inline(always)]
-fn upper_layer(ctx: &TcContext, mut next: u8) -> Option<UpperLayer> {
-    let mut off = L4_OFF;
+pub(super) fn upper_layer(ctx: &TcContext, mut next: u8, start: usize) -> Option<UpperLayer> {
+    let mut off = start;
     let mut fragment = fragments::WHOLE;
     let mut frag_id = 0;
     for _ in 0..MAX_EXTENSIONS {
         match next {
-            PROTO_TCP | PROTO_UDP => {
-                return Some(UpperLayer {
-                    proto: next,
-                    off,
-                    fragment,
-                    frag_id,
-                })
-            }
             NEXT_FRAGMENT => {
                 // Next header, reserved, offset and flags, identification.
                 let header: [u8; 8] = ctx.load(off).ok()?;
@@ -296,7 +290,7 @@ fn upper_layer(ctx: &TcContext, mut next: u8) -> Option<UpperLayer> {
                 // Next header, length in 8-byte units past the first 8, and (routing) the
                 // routing type and segments left.
                 let ext: [u8; 4] = ctx.load(off).ok()?;
-                if (next == NEXT_HOP_BY_HOP && off != L4_OFF)
+                if (next == NEXT_HOP_BY_HOP && off != start)
                     || (next == NEXT_ROUTING && ext[3] != 0)
                 {
                     return None;
@@ -304,10 +298,21 @@ fn upper_layer(ctx: &TcContext, mut next: u8) -> Option<UpperLayer> {
                 next = ext[0];
                 off += (usize::from(ext[1]) + 1) * 8;
             }
-            _ => return None,
+            _ => {
+                return Some(UpperLayer {
+                    proto: next,
+                    off,
+                    fragment,
+                    frag_id,
+                })
+            }
         }
     }
-    matches!(next, PROTO_TCP | PROTO_UDP).then_some(UpperLayer {
+    let walked = matches!(
+        next,
+        NEXT_HOP_BY_HOP | NEXT_DEST_OPTIONS | NEXT_ROUTING | NEXT_FRAGMENT
+    );
+    (!walked).then_some(UpperLayer {
         proto: next,
         off,
         fragment,
