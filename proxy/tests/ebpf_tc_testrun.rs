@@ -1557,17 +1557,18 @@ fn the_later_fragments_of_a_refused_datagram_never_leave_for_a_service_address()
         assert_eq!(first.ret, TC_ACT_REDIRECT, "the first fragment is refused");
         let icmp = parse_icmp(&first.frame);
         assert_eq!((icmp.icmp_type, icmp.code), (3, 3), "port unreachable");
-        let later = bed.ingress(&tc, &parts[1]);
-        assert_eq!(
-            later.ret, later_verdict,
-            "the later fragment to {frontend:?}"
-        );
-        if later_verdict == TC_ACT_OK {
-            // The node's own stack drops the incomplete datagram after its timeout.
-            assert_eq!(later.frame, parts[1]);
-        }
+        assert_later_fragment_kept(&bed.ingress(&tc, &parts[1]), &parts[1], later_verdict);
     }
     assert_eq!(tc.conntrack_len(), 0);
+}
+
+/// The later fragment of a refused datagram: dropped (`TC_ACT_SHOT`), or passed untouched
+/// (`TC_ACT_OK`) to the node's own stack, which drops the incomplete datagram after its timeout.
+fn assert_later_fragment_kept(later: &Verdict, input: &[u8], verdict: u32) {
+    assert_eq!(later.ret, verdict, "the later fragment's verdict");
+    if verdict == TC_ACT_OK {
+        assert_eq!(later.frame, input, "passed untouched");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2348,6 +2349,33 @@ fn ipv6_the_later_fragments_of_a_datagram_follow_its_first_fragment_both_ways() 
     assert_untouched(&tc.ingress(&stray), &stray);
     let stray = fragments6(&answer, 24, 0x0bad)[1].clone();
     assert_untouched(&tc.egress(&stray), &stray);
+}
+
+#[test]
+fn ipv6_the_later_fragments_of_a_refused_datagram_never_leave_for_a_service_address() {
+    let bed = SnatBed::new();
+    let (mut tc, node1, _) = bed.ipv6(SNAT_PORTS);
+    // LB6 is no address of node1, which would route it on (its IPv6 default route).
+    tc.external6((LB6, 53), PROTO_UDP, 1, 0, &[]);
+    tc.external6((node1, 30095), PROTO_UDP, 2, 0, &[]);
+    let client = (CLIENT6, 5353);
+    for (frontend, later_verdict) in [((LB6, 53), TC_ACT_SHOT), ((node1, 30095), TC_ACT_OK)] {
+        let datagram = frame6(client, frontend, L4::Udp { checksum: true });
+        let parts = fragments6(&datagram, 16, 0x0d0d_0005);
+        let first = bed.ingress(&tc, &parts[0]);
+        assert_eq!(first.ret, TC_ACT_REDIRECT, "the first fragment is refused");
+        assert_eq!(
+            (
+                first.frame[ETH + 6],
+                first.frame[L4_OFF6],
+                first.frame[L4_OFF6 + 1]
+            ),
+            (ICMPV6, ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH),
+            "with a port unreachable"
+        );
+        assert_later_fragment_kept(&bed.ingress(&tc, &parts[1]), &parts[1], later_verdict);
+    }
+    assert_eq!(tc.conntrack6_len(), 0);
 }
 
 /// Hop-by-hop options, destination options and a routing header with no segments left: the
