@@ -1737,6 +1737,38 @@ fn assert_icmp_checksums_valid(f: &[u8]) {
 }
 
 #[test]
+fn an_error_quoting_a_first_fragment_is_translated_and_one_quoting_a_later_fragment_is_not() {
+    let mut tc = Tc::load();
+    tc.external((NODE, 30053), PROTO_UDP, 9, 0, &[POD_A]);
+    let client = (CLIENT, 5353);
+    let query = frame(udp(client, (NODE, 30053), true));
+    assert_dnat(&tc.ingress(&query), &query, (POD_A, POD_PORT));
+    // The backend's long answer left the node fragmented, as frontend -> client, and a router
+    // cannot deliver it: its error quotes the first fragment, and the backend must get it as
+    // about exactly the first fragment it sent.
+    // Its second fragment starts with what looks like the flow's ports, as a quote's ports
+    // would: only its fragment offset tells it has none.
+    let mut payload = long_payload();
+    payload[56..58].copy_from_slice(&30053u16.to_be_bytes());
+    payload[58..60].copy_from_slice(&5353u16.to_be_bytes());
+    let answer = |from| frame_with(udp(from, client, true), &[], &payload);
+    let sent = fragments(&answer((POD_A, POD_PORT)), 64, 0x0e01);
+    let left = fragments(&answer((NODE, 30053)), 64, 0x0e01);
+    let host_unreachable = 1;
+    let error = icmp_error(ROUTER, NODE, host_unreachable, [0; 4], &left[0][ETH..]);
+    let v = tc.ingress(&error);
+    assert_eq!(v.ret, TC_ACT_OK);
+    assert_eq!(
+        v.frame,
+        icmp_error(ROUTER, POD_A, host_unreachable, [0; 4], &sent[0][ETH..]),
+        "to the backend, quoting its own first fragment"
+    );
+    // A quoted later fragment has no ports to match the flow by.
+    let error = icmp_error(ROUTER, NODE, host_unreachable, [0; 4], &left[1][ETH..]);
+    assert_untouched(&tc.ingress(&error), &error);
+}
+
+#[test]
 fn an_error_about_a_reply_reaches_the_local_backend_as_about_the_backends_own_packet() {
     let mut tc = Tc::load();
     tc.external((NODE, NODE_PORT), PROTO_TCP, 7, 0, &[POD_A]);
