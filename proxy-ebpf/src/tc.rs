@@ -34,8 +34,9 @@
 //! flow goes to a new flow ([`snat_reuse`]).
 //!
 //! Scope: IPv4 over Ethernet, TCP and UDP (and ICMP errors quoting them), 20-byte IP headers,
-//! fragmented datagrams included ([`fragments`]); IPv6 over Ethernet, TCP and UDP right behind the fixed header (and ICMPv6 errors
-//! quoting them; [`v6`], which lists what it does not do yet). Anything else passes untouched (`TC_ACT_OK`).
+//! fragmented datagrams included ([`fragments`]); IPv6 over Ethernet, TCP and UDP behind the
+//! extension headers [`v6`] walks (and ICMPv6 errors quoting them; [`v6`] lists what it does
+//! not do). Anything else passes untouched (`TC_ACT_OK`).
 //!
 //! Packet reads go through `bpf_skb_load_bytes` (`ctx.load`): the helper checks the bounds itself
 //! and also works when the headers are not in the linear part of the skb, and no packet pointer
@@ -252,11 +253,8 @@ fn ipv4(ctx: &TcContext, eth_proto: u16) -> Option<Ipv4Hdr> {
 fn parse(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Packet> {
     let fragment = fragments::kind(ip);
     if fragment == fragments::LATER {
-        let csum_off = match ip.proto {
-            PROTO_TCP => TCP_CSUM_OFF,
-            PROTO_UDP => UDP_CSUM_OFF,
-            _ => return None,
-        };
+        // Only TCP/UDP first fragments are recorded; no checksum field to name (`rewrite`
+        // leaves a later fragment's payload alone).
         let (sport, dport) = fragments::ports(ip)?;
         return Some(Packet {
             saddr: ip.saddr,
@@ -266,7 +264,7 @@ fn parse(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<Packet> {
             proto: ip.proto,
             tcp_flags: 0,
             ip_id: ip.id,
-            csum_off: csum_off as u16,
+            csum_off: 0,
             fragment,
             csum_flags: 0,
         });

@@ -135,7 +135,7 @@ pub(super) fn remember(pkt: &super::Packet) {
 }
 
 /// The ports and protocol of the IPv6 datagram `id` from `saddr` to `daddr`, whose later
-/// fragment this is, if its first fragment was matched.
+/// fragment this is, if its first fragment was seen.
 #[inline(always)]
 pub(super) fn ports6(saddr: &[u32; 4], daddr: &[u32; 4], id: u32) -> Option<DatagramPorts6> {
     let key = DatagramKey6 {

@@ -271,19 +271,15 @@ pub(super) fn upper_layer(ctx: &TcContext, mut next: u8, start: usize) -> Option
                 let header: [u8; 8] = ctx.load(off).ok()?;
                 let offset_flags = u16::from_be_bytes([header[2], header[3]]);
                 frag_id = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+                next = header[0];
                 if offset_flags & FRAGMENT_OFFSET_MASK != 0 {
-                    return Some(UpperLayer {
-                        proto: header[0],
-                        off,
-                        fragment: fragments::LATER,
-                        frag_id,
-                    });
+                    fragment = fragments::LATER;
+                    break;
                 }
                 // Offset 0 without more fragments is an atomic fragment (RFC 8021): whole.
                 if offset_flags & MORE_FRAGMENTS != 0 {
                     fragment = fragments::FIRST;
                 }
-                next = header[0];
                 off += 8;
             }
             NEXT_HOP_BY_HOP | NEXT_DEST_OPTIONS | NEXT_ROUTING => {
@@ -298,21 +294,16 @@ pub(super) fn upper_layer(ctx: &TcContext, mut next: u8, start: usize) -> Option
                 next = ext[0];
                 off += (usize::from(ext[1]) + 1) * 8;
             }
-            _ => {
-                return Some(UpperLayer {
-                    proto: next,
-                    off,
-                    fragment,
-                    frag_id,
-                })
-            }
+            _ => break,
         }
     }
-    let walked = matches!(
-        next,
-        NEXT_HOP_BY_HOP | NEXT_DEST_OPTIONS | NEXT_ROUTING | NEXT_FRAGMENT
-    );
-    (!walked).then_some(UpperLayer {
+    // Still at an extension header after MAX_EXTENSIONS: the chain is too long.
+    let too_long = fragment != fragments::LATER
+        && matches!(
+            next,
+            NEXT_HOP_BY_HOP | NEXT_DEST_OPTIONS | NEXT_ROUTING | NEXT_FRAGMENT
+        );
+    (!too_long).then_some(UpperLayer {
         proto: next,
         off,
         fragment,

@@ -473,7 +473,6 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
     }
 }
 
-/// Receives one datagram; returns the sender and the local address it was sent to.
 /// Receives one datagram into `buf`: its length, sender and the local address it was sent to.
 fn recv_with_local(
     socket: &UdpSocket,
