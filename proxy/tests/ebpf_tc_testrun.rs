@@ -1240,14 +1240,17 @@ fn a_service_without_endpoints_answers_a_syn_with_a_reset_whatever_its_options()
     let mut tc = Tc::load();
     tc.external((LB_IP, 443), PROTO_TCP, 1, 0, &[]);
     let client = (CLIENT, CLIENT_PORT);
-    // With and without options, and carrying data (TCP Fast Open; an odd length, and one
-    // of a full 1500-byte MTU): the RST is the headers only.
+    // With and without options, and carrying data (TCP Fast Open; lengths ending in each
+    // of 0 to 3 bytes past a 4-byte word, summed out apart from the whole words, and one of
+    // a full 1500-byte MTU): the RST is the headers only.
     let full = vec![0xa5u8; 1500 - 20 - 20 - SYN_OPTIONS.len()];
     for (options, payload) in [
         (&[][..], &[][..]),
         (&SYN_OPTIONS[..], &[][..]),
         (&SYN_OPTIONS[..], PAYLOAD),
+        (&[][..], &PAYLOAD[..PAYLOAD.len() - 1]),
         (&[][..], &PAYLOAD[..PAYLOAD.len() - 2]),
+        (&[][..], &PAYLOAD[..PAYLOAD.len() - 3]),
         (&SYN_OPTIONS[..], &full[..]),
     ] {
         let syn = frame_with(tcp(client, (LB_IP, 443), TCP_SYN), options, payload);

@@ -676,48 +676,55 @@ fn snat_flow_inner(ctx: &TcContext, pkt: &Packet6, flow: &mut CtValue6) -> Resul
         state: 0,
         last_seen_ns: now,
     };
+    let mut reply_key = CtKey6 {
+        src_addr: backend_addr,
+        dst_addr: snat_addr,
+        src_port: backend_port,
+        dst_port: 0,
+        proto: pkt.proto,
+        pad: [0; 3],
+    };
+    // The loop only finds the port, as IPv4's: the tries' exits join before the flow is
+    // recorded, so the verifier walks what follows once rather than once per try.
+    let mut found = false;
     for _ in 0..SNAT_PORT_TRIES {
         // SAFETY: helper without arguments.
         let port = (config.port_min as u32 + unsafe { bpf_get_prandom_u32() } % span) as u16;
-        let reply_key = CtKey6 {
-            src_addr: backend_addr,
-            dst_addr: snat_addr,
-            src_port: backend_port,
-            dst_port: port.to_be(),
-            proto: pkt.proto,
-            pad: [0; 3],
-        };
+        reply_key.dst_port = port.to_be();
         // BPF_NOEXIST on the reply key is the port allocation (as IPv4), and a port whose
         // TCP flow has ended is taken over (IPv4's `snat_reuse`).
         if CONNTRACK6
             .insert(&reply_key, &reply, BPF_NOEXIST as u64)
-            .is_err()
-            && !super::snat_reuse::take_ended6(&reply_key, &reply, now)
+            .is_ok()
+            || super::snat_reuse::take_ended6(&reply_key, &reply, now)
         {
-            continue;
+            found = true;
+            break;
         }
-        // Written in place: a local copy would add to this frame, which the takeover's sits on.
-        *flow = CtValue6 {
-            addr: backend_addr,
-            port: backend_port,
-            flags: flags | CT_FLAG_SNAT,
-            nat_addr: snat_addr,
-            nat_port: port.to_be(),
-            state: seen(pkt.proto, pkt.tcp_flags),
-            last_seen_ns: now,
-        };
-        if CONNTRACK6.insert(&key, &*flow, BPF_NOEXIST as u64).is_err() {
-            let _ = CONNTRACK6.remove(&reply_key);
-            // SAFETY: a valid map value pointer for the duration of the program.
-            let winner = (unsafe { CONNTRACK6.get(&key) }).ok_or(DROP)?;
-            if winner.flags & CT_FLAG_REPLY != 0 {
-                return Err(PASS);
-            }
-            *flow = *winner;
-        }
-        return Ok(());
     }
-    Err(DROP)
+    if !found {
+        return Err(DROP);
+    }
+    // Written in place: a local copy would add to this frame, which the takeover's sits on.
+    *flow = CtValue6 {
+        addr: backend_addr,
+        port: backend_port,
+        flags: flags | CT_FLAG_SNAT,
+        nat_addr: snat_addr,
+        nat_port: reply_key.dst_port,
+        state: seen(pkt.proto, pkt.tcp_flags),
+        last_seen_ns: now,
+    };
+    if CONNTRACK6.insert(&key, &*flow, BPF_NOEXIST as u64).is_err() {
+        let _ = CONNTRACK6.remove(&reply_key);
+        // SAFETY: a valid map value pointer for the duration of the program.
+        let winner = (unsafe { CONNTRACK6.get(&key) }).ok_or(DROP)?;
+        if winner.flags & CT_FLAG_REPLY != 0 {
+            return Err(PASS);
+        }
+        *flow = *winner;
+    }
+    Ok(())
 }
 
 #[inline(always)]

@@ -278,6 +278,7 @@ impl EbpfDataplane {
     /// object, so it runs while the source reads them. `config.devices` and
     /// `config.follow_devices` are not read: [`LoadedEbpf::attach`] takes them.
     pub fn load(config: EbpfConfig) -> Result<LoadedEbpf, EbpfError> {
+        let started = std::time::Instant::now();
         let object = embedded_object().ok_or(EbpfError::NoObject)?;
         let maps_dir = config.bpffs_path.join("maps");
         let links_dir = config.bpffs_path.join("links");
@@ -361,6 +362,11 @@ impl EbpfDataplane {
                 None
             }
         };
+        tracing::info!(
+            load_ms = started.elapsed().as_secs_f64() * 1000.0,
+            verified = %verified_instructions(&ebpf),
+            "ebpf mode: programs loaded"
+        );
         // Resolved once, after every program is loaded (loading relocates their references).
         let maps = Maps::take(
             &mut ebpf,
@@ -1521,6 +1527,25 @@ fn unpin_leftover_links(links_dir: &std::path::Path, keep: &std::collections::BT
 }
 
 /// The program `name`, as its concrete type.
+/// The instructions the verifier processed for each loaded program of more than a thousand,
+/// largest first ("name=count ..."): most of a start's load is the verifier's, and this is
+/// its own measure of the work, the same on every start of one kernel and object.
+fn verified_instructions(ebpf: &Ebpf) -> String {
+    let mut counts: Vec<(u32, &str)> = ebpf
+        .programs()
+        .filter_map(|(name, program)| {
+            let count = program.info().ok()?.verified_instruction_count()?;
+            (count > 1000).then_some((count, name))
+        })
+        .collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let listed: Vec<String> = counts
+        .iter()
+        .map(|(count, name)| format!("{name}={count}"))
+        .collect();
+    listed.join(" ")
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
