@@ -225,7 +225,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("\nebpf mode, idle with established flows in the packet-path conntrack map\n");
         print!("{busy}");
     }
-    println!("\niptables-restore time: {}", report::RESTORE_TIME);
+    println!(
+        "\niptables-restore or program load: {}",
+        report::RESTORE_TIME
+    );
     let doc = Document {
         unix_time,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")

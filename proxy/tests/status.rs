@@ -424,6 +424,19 @@ fn ebpf_status_reads_the_pinned_maps_running_stopped_and_restarted() {
         ),
         Some(1)
     );
+    // The start-up's load: its time, and the verifier's work on the largest program (tens of
+    // thousands of instructions; a program the verifier did not walk would read 0).
+    let load =
+        switchyard_testbed::metric(node.testbed.node(1), "switchyard_ebpf_program_load_seconds");
+    assert!(load.is_some_and(|s| s > 0.0), "program load: {load:?}");
+    let verified = gauge(
+        &node.testbed,
+        "switchyard_ebpf_program_verified_instructions{program=\"swy_tc_ingress\"}",
+    );
+    assert!(
+        verified.is_some_and(|n| n > 10_000),
+        "verified: {verified:?}"
+    );
 
     // The tables.
     let (ok, table, stderr) = node.status(&[]);

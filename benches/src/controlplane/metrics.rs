@@ -40,6 +40,9 @@ pub struct SyncMetrics {
     /// Time inside iptables-restore, summed (`switchyard_iptables_restore_duration_seconds`);
     /// 0 in ebpf mode.
     pub restore_seconds: f64,
+    /// `switchyard_ebpf_program_load_seconds`: ebpf mode's program load at start-up (maps,
+    /// BTF, the verifier), before the first sync could start; 0 in iptables mode.
+    pub program_load_seconds: f64,
     /// `switchyard_dataplane_errors_total`: service ports that could not be programmed.
     pub dataplane_errors: f64,
     /// `switchyard_service_ports`: service ports in the desired state.
@@ -66,6 +69,7 @@ impl SyncMetrics {
             service_changes: get("switchyard_service_port_changes_total"),
             restore_failures: get("kubeproxy_sync_proxy_rules_iptables_restore_failures_total"),
             restore_seconds: get("switchyard_iptables_restore_duration_seconds_sum"),
+            program_load_seconds: get("switchyard_ebpf_program_load_seconds"),
             dataplane_errors: get("switchyard_dataplane_errors_total"),
             service_ports: get("switchyard_service_ports"),
             input_warnings: get("switchyard_input_warnings"),

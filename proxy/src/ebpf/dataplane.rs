@@ -209,7 +209,54 @@ pub struct EbpfDataplane {
     /// `SWY_CONNTRACK`'s and `SWY_CONNTRACK6`'s entries after the last sweep (gauges).
     conntrack_entries: u64,
     conntrack6_entries: u64,
+    /// What loading the programs took at start-up (gauges, set once metrics are given).
+    program_load: ProgramLoad,
     config: EbpfConfig,
+}
+
+/// The start-up's program load: its time and the verifier's work per program.
+#[derive(Debug, Clone, Default)]
+struct ProgramLoad {
+    /// From the start of [`EbpfDataplane::load`] to every program loaded, seconds.
+    seconds: f64,
+    /// Instructions the verifier processed, per loaded program, largest first.
+    verified: Vec<(&'static str, u32)>,
+}
+
+/// The object's programs besides [`SOCKET_PROGRAMS`], for the load's figures.
+const PACKET_PROGRAMS: [&str; 5] = [
+    program_names::TC_INGRESS,
+    program_names::TC_EGRESS,
+    program_names::TC_INGRESS6,
+    program_names::TC_EGRESS6,
+    program_names::SOCK_TERM_UDP4,
+];
+
+impl ProgramLoad {
+    /// Reads each loaded program's verified instruction count from the kernel.
+    fn measure(ebpf: &Ebpf, seconds: f64) -> Self {
+        let mut verified: Vec<(&'static str, u32)> = SOCKET_PROGRAMS
+            .iter()
+            .chain(&PACKET_PROGRAMS)
+            .filter_map(|&name| {
+                let info = ebpf.program(name)?.info().ok()?;
+                Some((name, info.verified_instruction_count()?))
+            })
+            .collect();
+        verified.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        Self { seconds, verified }
+    }
+
+    /// "name=count ..." for the programs of more than a thousand instructions.
+    fn summary(&self) -> String {
+        let listed: Vec<String> = self
+            .verified
+            .iter()
+            .filter(|(_, count)| *count > 1000)
+            .map(|(name, count)| format!("{name}={count}"))
+            .collect();
+        listed.join(" ")
+    }
 }
 
 /// The programs loaded and the maps resolved (a previous instance's adopted), attached
@@ -362,9 +409,12 @@ impl EbpfDataplane {
                 None
             }
         };
+        // Most of a start's load is the verifier's; its instruction counts are its own measure
+        // of the work, the same on every start of one kernel and object.
+        let program_load = ProgramLoad::measure(&ebpf, started.elapsed().as_secs_f64());
         tracing::info!(
-            load_ms = started.elapsed().as_secs_f64() * 1000.0,
-            verified = %verified_instructions(&ebpf),
+            load_ms = program_load.seconds * 1000.0,
+            verified = %program_load.summary(),
             "ebpf mode: programs loaded"
         );
         // Resolved once, after every program is loaded (loading relocates their references).
@@ -392,6 +442,7 @@ impl EbpfDataplane {
             warned_ipv6_later: false,
             conntrack_entries: 0,
             conntrack6_entries: 0,
+            program_load,
             config,
         };
         if adopted {
@@ -413,6 +464,7 @@ impl EbpfDataplane {
 
     /// Sets `metrics` at every full sync and verify from now on.
     pub fn with_metrics(mut self, metrics: EbpfMetrics) -> Self {
+        metrics.set_program_load(self.program_load.seconds, &self.program_load.verified);
         self.metrics = Some(metrics);
         self
     }
@@ -1527,25 +1579,6 @@ fn unpin_leftover_links(links_dir: &std::path::Path, keep: &std::collections::BT
 }
 
 /// The program `name`, as its concrete type.
-/// The instructions the verifier processed for each loaded program of more than a thousand,
-/// largest first ("name=count ..."): most of a start's load is the verifier's, and this is
-/// its own measure of the work, the same on every start of one kernel and object.
-fn verified_instructions(ebpf: &Ebpf) -> String {
-    let mut counts: Vec<(u32, &str)> = ebpf
-        .programs()
-        .filter_map(|(name, program)| {
-            let count = program.info().ok()?.verified_instruction_count()?;
-            (count > 1000).then_some((count, name))
-        })
-        .collect();
-    counts.sort_unstable_by(|a, b| b.cmp(a));
-    let listed: Vec<String> = counts
-        .iter()
-        .map(|(count, name)| format!("{name}={count}"))
-        .collect();
-    listed.join(" ")
-}
-
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,

@@ -1,11 +1,13 @@
 //! ebpf mode's state as gauges: entries and capacity of every pinned map, and the pinned
 //! links per program. The dataplane sets them at full syncs and verifies (every
-//! `syncPeriod`), so a scrape costs no syscall. One counter: the sockets destroyed.
+//! `syncPeriod`), so a scrape costs no syscall; the start-up's program load (its time and the
+//! verifier's instructions per program), set once. One counter: the sockets destroyed.
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Label naming a map.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +36,12 @@ pub struct EbpfMetrics {
     /// `switchyard_ebpf_sockets_destroyed_total`: connected UDP sockets destroyed because
     /// their backend left the service they were connected to.
     pub sockets_destroyed: Counter,
+    /// `switchyard_ebpf_program_load_seconds`: what loading the programs took at start-up
+    /// (maps, the kernel's BTF, the verifier), before the first sync could start.
+    pub program_load_seconds: Gauge<f64, AtomicU64>,
+    /// `switchyard_ebpf_program_verified_instructions{program}`: instructions the verifier
+    /// processed to load the program.
+    pub verified_instructions: Family<ProgramLabel, Gauge>,
 }
 
 impl EbpfMetrics {
@@ -56,6 +64,16 @@ impl EbpfMetrics {
             self.links.clone(),
         );
         sy.register(
+            "ebpf_program_load_seconds",
+            "Time loading the eBPF programs took at start-up (maps, BTF, the verifier)",
+            self.program_load_seconds.clone(),
+        );
+        sy.register(
+            "ebpf_program_verified_instructions",
+            "Instructions the kernel's verifier processed to load each eBPF program",
+            self.verified_instructions.clone(),
+        );
+        sy.register(
             "ebpf_sockets_destroyed",
             "Connected UDP sockets destroyed because their backend left the service",
             self.sockets_destroyed.clone(),
@@ -71,6 +89,17 @@ impl EbpfMetrics {
         self.map_capacity
             .get_or_create(&label)
             .set(i64::from(capacity));
+    }
+
+    /// Records the start-up's program load: its time and the verifier's instructions per
+    /// program.
+    pub fn set_program_load(&self, seconds: f64, verified: &[(&'static str, u32)]) {
+        self.program_load_seconds.set(seconds);
+        for &(program, count) in verified {
+            self.verified_instructions
+                .get_or_create(&ProgramLabel { program })
+                .set(i64::from(count));
+        }
     }
 
     /// Records the links per program (programs without a link are set to 0).
@@ -95,6 +124,7 @@ mod tests {
         metrics.set_map("SWY_SERVICES", 3, 262_144);
         metrics.set_links(&[("swy_connect4", 1), ("swy_tc_ingress", 2)]);
         metrics.sockets_destroyed.inc_by(2);
+        metrics.set_program_load(0.25, &[("swy_tc_ingress", 100_215)]);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         for line in [
@@ -103,6 +133,8 @@ mod tests {
             "switchyard_ebpf_links{program=\"swy_connect4\"} 1",
             "switchyard_ebpf_links{program=\"swy_tc_ingress\"} 2",
             "switchyard_ebpf_sockets_destroyed_total 2",
+            "switchyard_ebpf_program_load_seconds 0.25",
+            "switchyard_ebpf_program_verified_instructions{program=\"swy_tc_ingress\"} 100215",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }
