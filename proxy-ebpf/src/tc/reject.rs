@@ -115,7 +115,8 @@ pub(super) fn reset_segment<const L4: usize>(
     }
     // The fixed header's words, as raw network-order values (the helpers take them so). All
     // read before the first store: the compiler reuses `tcp`'s stack for the stored values,
-    // and kept each of its bytes in a stack slot of its own otherwise (96 bytes more).
+    // and kept its bytes in stack slots of their own otherwise (32 bytes more of the entry
+    // program's stack, which is near the verifier's limit).
     let word = |at: usize| u32::from_ne_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
     let (seq_word, ack_word, flags_word) = (word(4), word(8), word(12));
     let urgent = u16::from_ne_bytes([tcp[18], tcp[19]]);
@@ -144,10 +145,10 @@ pub(super) fn reset_segment<const L4: usize>(
     // Everything after the fixed header goes: each of its words leaves the checksum before
     // the packet is cut, a last short word padded with zeros as the checksum pads it. (The
     // skb may be longer than the segment: Ethernet padding, never summed.) The loop takes the
-    // whole words only and the short one follows it, at an offset from `seg_len` alone: the
-    // verifier walks every iteration of a bounded loop, and with the short word inside (or an
-    // exit that still needs the loop's offset) it also walked what follows once per iteration
-    // (39,000 of the program's instructions verified; now the loop's exits join).
+    // whole words only; the short one is summed out apart, at an offset from `seg_len` alone.
+    // The verifier walks every iteration of a bounded loop, and with the short word inside
+    // (or an exit that still needs the loop's offset) it also walked what follows once per
+    // iteration (39,000 of the program's instructions verified; now the loop's exits join).
     let tail = seg_len & 3;
     if tail != 0 {
         // The segment's last four bytes (inside it: it is at least a header long), shifted
